@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: env demo dev test lint services bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required, found " + sys.version' 
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)  ## create the virtual environment
+
+demo: env  ## run the whole pipeline on the embedded default (sample market, SQLite instance)
+	$(PY) -m orchestration.demo
+
+dev: env  ## the Dagster UI on the same local instance as `make demo`
+	$(PY) -m orchestration.dev
+
+services:  ## start PostgreSQL and Redis if they are down
+	bash deploy/ensure-services.sh
+
+test: env services  ## every test, on the real PostgreSQL and Redis
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
+	exit $$status
+
+lint: env
+	$(VENV)/bin/ruff check .
+
+bench: env  ## wall time and peak memory on ../shared/data
+	$(PY) -m benchmarks.backfill
+
+clean:
+	rm -rf .etf_home

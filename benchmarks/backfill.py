@@ -1,0 +1,129 @@
+"""Full-history single-run backfill of the real datasets: wall time and peak memory.
+
+Each measurement runs in a fresh subprocess (so peak RSS is its own) against a fresh
+PostgreSQL-backed Dagster instance, the way a backfill launched from the UI runs. The baseline,
+in the same subprocess, is the notebook way of doing the same work with plain pandas: read every
+file, apply the factors, compute the cross-section fields — no quality gates, no lineage, no
+storage. The printed ratio is pipeline / baseline.
+
+    python -m benchmarks.backfill [dataset ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATASETS = ("cn_etf_morphkyan_raw", "cn_etf_akshare_qfq_2020")
+PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
+
+
+def _baseline(dataset: str) -> dict[str, float]:
+    """Plain pandas: what a research script does with the same files."""
+    import pandas as pd
+
+    from rotation.adjust import adjust_bars
+    from rotation.cross_section import CrossSectionConfig, build_cross_sections
+    from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+    started = time.perf_counter()
+    spec = load_dataset_spec(ROOT / "config" / "datasets" / f"{dataset}.yaml")
+    bars = FileMarketSource(SHARED / dataset, spec).load().bars
+    panel = build_cross_sections(adjust_bars(bars), CrossSectionConfig())
+    assert len(panel) and isinstance(panel, pd.DataFrame)
+    return {"seconds": time.perf_counter() - started, "rows": float(len(bars))}
+
+
+def _pipeline(dataset: str) -> dict[str, float]:
+    import dagster as dg
+    import psycopg
+
+    from orchestration.definitions import build_definitions
+    from orchestration.runs import full_history, run_range
+    from orchestration.settings import load_settings
+
+    name = f"etf_bench_{uuid.uuid4().hex[:8]}"
+    admin = f"postgresql://{PG_SERVER}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp) / "dagster"
+            home.mkdir()
+            (home / "dagster.yaml").write_text(
+                f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
+                "telemetry:\n  enabled: false\n"
+            )
+            settings = load_settings(
+                home=Path(tmp) / "etf",
+                market_data={"source": "files", "dataset": dataset,
+                             "files_root": str(SHARED / dataset)},
+            )
+            defs = build_definitions(settings)
+            start, end = full_history(defs)
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                started = time.perf_counter()
+                result = run_range(defs, instance, start, end)
+                seconds = time.perf_counter() - started
+                assert result.success, f"{dataset}: backfill failed"
+                steps = {
+                    e.step_key: e.event_specific_data.duration_ms / 1000  # type: ignore[union-attr]
+                    for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+                }
+            keys = defs.resolve_job_def("market_data_job").partitions_def.get_partition_keys()
+            partitions = sum(1 for k in keys if start <= k <= end)
+        with psycopg.connect(admin) as conn:
+            size = conn.execute("select pg_database_size(%s)", (name,)).fetchone()[0]
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return {"seconds": seconds, "partitions": float(partitions), "event_db_mb": size / 2**20,
+            **{f"step_{k}_s": v for k, v in steps.items()}}
+
+
+def _measure(dataset: str) -> dict[str, float]:
+    from orchestration.instance import configure_event_batching
+
+    configure_event_batching()
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    base = _baseline(dataset)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pipe = _pipeline(dataset)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"baseline_s": base["seconds"], "baseline_peak_mb": base_rss, "rows": base["rows"],
+            "pipeline_s": pipe.pop("seconds"), "peak_rss_mb": rss, **pipe}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        print(json.dumps(_measure(argv[1])))
+        return 0
+    for dataset in argv or DATASETS:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.backfill", "--child", dataset],
+                             cwd=ROOT, capture_output=True, text=True, check=False)
+        if out.returncode:
+            print(out.stderr[-3000:], file=sys.stderr)
+            return out.returncode
+        m = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{dataset}: {int(m['rows'])} bars, {int(m['partitions'])} session partitions")
+        print(f"  pipeline (single-run backfill, PostgreSQL instance): {m['pipeline_s']:.1f} s, "
+              f"peak RSS {m['peak_rss_mb']:.0f} MB, event log {m['event_db_mb']:.0f} MB")
+        print("  steps: " + ", ".join(f"{k[5:-2]} {v:.1f} s" for k, v in m.items()
+                                      if k.startswith("step_")))
+        print(f"  baseline (plain pandas, same process): {m['baseline_s']:.1f} s, "
+              f"peak RSS {m['baseline_peak_mb']:.0f} MB")
+        print(f"  ratio pipeline/baseline: {m['pipeline_s'] / m['baseline_s']:.1f}x wall")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""The composition root: settings → resources → one ``Definitions`` for the code location."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.market import market_assets
+from assets.partitions import session_partitions
+from jobs.market import after_close_schedule, market_data_job
+from orchestration.settings import Settings, load_settings
+from resources.market_data import (
+    AkshareMarketData,
+    FileMarketData,
+    MarketDataResource,
+    SampleMarketData,
+)
+from resources.parquet_io import PartitionedParquetIOManager
+from resources.pipeline_config import CrossSectionResource, DataQualityResource
+
+# Longest rolling window of the cross-section fields (ret_20d, vol_20d) plus slack.
+_FIELD_WINDOW = 25
+
+
+def market_data_resource(settings: Settings) -> MarketDataResource:
+    md = settings.market_data
+    common = {"calendar_name": settings.calendar, "calendar_start": settings.calendar_start}
+    if md.source == "files":
+        assert md.files_root is not None
+        return FileMarketData(
+            root=str(md.files_root.resolve()),
+            dataset_config=str(md.dataset_config_path().resolve()),
+            **common,
+        )
+    if md.source == "akshare":
+        return AkshareMarketData(
+            symbols=md.akshare_symbols, adjust=md.akshare_adjust, start=md.akshare_start,
+            retries=md.akshare_retries, **common,
+        )
+    return SampleMarketData(
+        seed=md.sample_seed, n_funds=md.sample_funds, start=md.sample_start,
+        end=md.sample_end, **common,
+    )
+
+
+def resources_for(settings: Settings) -> dict[str, object]:
+    """Everything that differs between profiles is decided here and nowhere else."""
+    return {
+        "market_data": market_data_resource(settings),
+        "data_quality": DataQualityResource(
+            **settings.quality.model_dump()
+        ),
+        "cross_section": CrossSectionResource(**settings.cross_section.model_dump()),
+        "io_manager": PartitionedParquetIOManager(
+            base_path=str(settings.resolved_storage_root.resolve())
+        ),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    resources = resources_for(settings)
+    market_data = resources["market_data"]
+    assert isinstance(market_data, MarketDataResource)
+    calendar = market_data.calendar
+    sessions = session_partitions(
+        calendar,
+        settings.partitions_start or market_data.history_start,
+        settings.schedule_timezone,
+    )
+    lookback = settings.cross_section.min_history + _FIELD_WINDOW
+    job = market_data_job()
+    market = dg.Definitions(
+        assets=market_assets(sessions, lookback),
+        jobs=[job],
+        schedules=[
+            after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)
+        ],
+    )
+    return dg.Definitions.merge(market, dg.Definitions(resources=resources))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

@@ -1,0 +1,171 @@
+"""Market data: one resource interface, three implementations (sample, files, akshare)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import dagster as dg
+import pandas as pd
+
+from rotation.bars import Instrument, LoadResult
+from rotation.calendar import TradingCalendar, get_calendar
+
+
+class MarketDataResource(dg.ConfigurableResource):
+    """Daily bars for a universe of funds, in the canonical frame of :mod:`rotation.bars`.
+
+    Implementations differ only in where bars come from; assets depend on this interface.
+    """
+
+    calendar_name: str = "XSHG"
+    calendar_start: str = "2005-01-01"
+
+    @property
+    def calendar(self) -> TradingCalendar:
+        return get_calendar(self.calendar_name, self.calendar_start)
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def history_start(self) -> str:
+        """First session the source has data for (where session partitions start)."""
+        raise NotImplementedError
+
+    @property
+    def history_end(self) -> str:
+        """Last session the source has data for (the natural end of a full backfill)."""
+        raise NotImplementedError
+
+    def load(self, start: object, end: object) -> LoadResult:
+        raise NotImplementedError
+
+    def instruments(self) -> list[Instrument]:
+        raise NotImplementedError
+
+    def accepted_anomalies(self) -> dict[tuple[str, str, str], str]:
+        """Reviewed exceptions to quality rules: (symbol, YYYY-MM-DD, rule) -> reason."""
+        return {}
+
+
+class SampleMarketData(MarketDataResource):
+    """The built-in generated market (the embedded default): deterministic, no network."""
+
+    seed: int = 20240601
+    n_funds: int = 20
+    start: str = "2019-01-02"
+    end: str = "2025-12-31"
+
+    @property
+    def _spec(self):
+        from rotation.sources.sample import SampleMarketSpec
+
+        return SampleMarketSpec(
+            seed=self.seed, n_funds=self.n_funds, start=self.start, end=self.end,
+            calendar=self.calendar_name,
+        )
+
+    @property
+    def label(self) -> str:
+        return f"sample market (generated, seed {self.seed}, {self.n_funds} funds)"
+
+    @property
+    def history_start(self) -> str:
+        return str(self.calendar.next_session_on_or_after(self.start).date())
+
+    @property
+    def history_end(self) -> str:
+        return str(self.calendar.previous_session(pd.Timestamp(self.end) + pd.Timedelta(days=1))
+                   .date())
+
+    def load(self, start: object, end: object) -> LoadResult:
+        from rotation.sources.sample import load_sample_bars
+
+        return load_sample_bars(self._spec, start, end)
+
+    def instruments(self) -> list[Instrument]:
+        from rotation.sources.sample import sample_instruments
+
+        return sample_instruments(self._spec)
+
+
+class FileMarketData(MarketDataResource):
+    """A directory of CSV/Parquet files described by a dataset config (config/datasets/*.yaml)."""
+
+    root: str
+    dataset_config: str
+
+    @cached_property
+    def _files(self):
+        from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+        return FileMarketSource(self.root, load_dataset_spec(self.dataset_config))
+
+    @property
+    def label(self) -> str:
+        return f"files: {self._files.spec.name} at {self.root}"
+
+    @property
+    def history_start(self) -> str:
+        return self._files.spec.history_start
+
+    @property
+    def history_end(self) -> str:
+        return self._files.spec.history_end
+
+    @property
+    def calendar(self) -> TradingCalendar:
+        spec = self._files.spec
+        return get_calendar(spec.calendar, spec.calendar_start)
+
+    def load(self, start: object, end: object) -> LoadResult:
+        return self._files.load(start, end)
+
+    def instruments(self) -> list[Instrument]:
+        return self._files.instruments()
+
+    def accepted_anomalies(self) -> dict[tuple[str, str, str], str]:
+        return {
+            (a.symbol, a.date.isoformat(), a.rule): a.reason
+            for a in self._files.spec.accepted_anomalies
+        }
+
+
+class AkshareMarketData(MarketDataResource):
+    """AKShare's fund history (eastmoney): the real network client, retried with backoff."""
+
+    symbols: list[str]
+    adjust: str = ""
+    start: str = "2020-01-02"
+    retries: int = 4
+    backoff_seconds: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"akshare fund_etf_hist_em ({len(self.symbols)} funds, adjust={self.adjust!r})"
+
+    @property
+    def history_start(self) -> str:
+        return str(self.calendar.next_session_on_or_after(self.start).date())
+
+    @property
+    def history_end(self) -> str:
+        today = pd.Timestamp.now(tz=self.calendar.timezone).tz_localize(None).normalize()
+        return str(self.calendar.previous_session(today + pd.Timedelta(days=1)).date())
+
+    def _feed(self):
+        from rotation.sources.akshare_feed import AkshareFeed, AkshareFeedSpec
+
+        return AkshareFeed(
+            AkshareFeedSpec(
+                symbols=self.symbols, adjust=self.adjust, retries=self.retries,
+                backoff_seconds=self.backoff_seconds,
+            )
+        )
+
+    def load(self, start: object, end: object) -> LoadResult:
+        return self._feed().load(pd.Timestamp(start), pd.Timestamp(end))
+
+    def instruments(self) -> list[Instrument]:
+        return self._feed().instruments()

@@ -1,0 +1,87 @@
+"""The canonical bar frame every market-data source produces.
+
+One row per (date, symbol). Units are normalised at the source boundary: prices in the quote
+currency per unit, ``volume`` in units (shares), ``amount`` in the quote currency (NaN where the
+source has none), ``adj_factor`` the cumulative backward-adjustment factor (adjusted price =
+raw price × factor; 1.0 where the source has no adjustment data), ``source`` the file or feed
+the row came from, so every quality failure can name it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_COLUMNS = ("date", "symbol", *PRICE_COLUMNS, "volume", "amount", "adj_factor", "source")
+ISSUE_COLUMNS = ("source", "symbol", "date", "column", "rule", "message")
+
+BAR_DTYPES: dict[str, str] = {
+    "symbol": "string",
+    "open": "float64",
+    "high": "float64",
+    "low": "float64",
+    "close": "float64",
+    "volume": "float64",
+    "amount": "float64",
+    "adj_factor": "float64",
+    "source": "string",
+}
+
+
+def empty_bars() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype=BAR_DTYPES.get(c, "object")) for c in BAR_COLUMNS})
+    frame["date"] = pd.Series(dtype="datetime64[ns]")
+    return frame
+
+
+def empty_issues() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in ISSUE_COLUMNS})
+
+
+def conform_bars(frame: pd.DataFrame) -> pd.DataFrame:
+    """Order columns, set dtypes, sort by (date, symbol). Missing optional columns become NaN."""
+    out = frame.copy()
+    if "amount" not in out:
+        out["amount"] = float("nan")
+    if "adj_factor" not in out:
+        out["adj_factor"] = 1.0
+    out["date"] = pd.to_datetime(out["date"]).dt.normalize().astype("datetime64[ns]")
+    out = out.astype(BAR_DTYPES)
+    return out.loc[:, list(BAR_COLUMNS)].sort_values(["date", "symbol"], kind="stable").reset_index(
+        drop=True
+    )
+
+
+@dataclass
+class LoadResult:
+    """Bars plus the structural problems met while reading them (kept, never dropped silently)."""
+
+    bars: pd.DataFrame
+    issues: pd.DataFrame = field(default_factory=empty_issues)
+    # Sources that were read, for lineage metadata (file paths or feed names).
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Instrument:
+    symbol: str
+    name: str = ""
+    exchange: str = ""
+    asset_class: str = ""
+    # Daily price limit as a fraction (0.10, 0.20); None for funds without one (cross-border).
+    price_limit: float | None = 0.10
+
+
+def issue(
+    source: str, symbol: str | None, date: object, column: str | None, rule: str, message: str
+) -> dict[str, object]:
+    return {
+        "source": source,
+        "symbol": symbol,
+        "date": None if date is None else pd.Timestamp(date),
+        "column": column,
+        "rule": rule,
+        "message": message,
+    }

@@ -1,0 +1,163 @@
+"""Per-date cross-section processing (SPEC §3).
+
+Coverage filter → winsorise (quantile or MAD×k) → z-score or rank to [-1, 1] → optional
+neutralisation against market beta. Inputs are wide panels (dates × symbols). Missing values
+stay missing; nothing is ever filled with zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CrossSectionConfig:
+    min_history: int = 60
+    max_stale_days: int = 5
+    winsorize: Literal["quantile", "mad", "none"] = "quantile"
+    lower_quantile: float = 0.025
+    upper_quantile: float = 0.975
+    mad_k: float = 5.0
+    standardize: Literal["zscore", "rank"] = "zscore"
+    neutralize_beta: bool = False
+    beta_window: int = 60
+    # Fewer valid funds than this on a date leaves that date's processed values missing.
+    min_funds: int = 3
+
+
+BASE_FIELDS = ("ret_1d", "ret_5d", "ret_20d", "vol_20d", "log_turnover")
+
+
+def wide(bars: pd.DataFrame, column: str) -> pd.DataFrame:
+    """A (dates × symbols) panel of one column of a long bar frame."""
+    return bars.pivot(index="date", columns="symbol", values=column).sort_index()
+
+
+def coverage(close: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
+    """True where a fund may enter the cross-section on that date.
+
+    A fund needs ``min_history`` sessions with a bar up to and including the date, and its last
+    bar no more than ``max_stale_days`` sessions ago (the limit on forward-filling a suspension).
+    """
+    has_bar = close.notna()
+    history = has_bar.cumsum()
+    positions = np.arange(len(close))[:, None]
+    last_bar = pd.DataFrame(np.where(has_bar, positions, np.nan), index=close.index,
+                            columns=close.columns).ffill()
+    staleness = positions - last_bar.to_numpy()
+    fresh = pd.DataFrame(staleness <= cfg.max_stale_days, index=close.index,
+                         columns=close.columns)
+    return (history >= cfg.min_history) & fresh
+
+
+def winsorize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
+    values = panel.to_numpy(dtype=np.float64, copy=True)
+    if cfg.winsorize == "none":
+        return panel.copy()
+    with np.errstate(all="ignore"):
+        if cfg.winsorize == "quantile":
+            lo = np.nanquantile(values, cfg.lower_quantile, axis=1, keepdims=True)
+            hi = np.nanquantile(values, cfg.upper_quantile, axis=1, keepdims=True)
+        else:
+            med = np.nanmedian(values, axis=1, keepdims=True)
+            mad = np.nanmedian(np.abs(values - med), axis=1, keepdims=True) * 1.4826
+            lo, hi = med - cfg.mad_k * mad, med + cfg.mad_k * mad
+        clipped = np.clip(values, lo, hi)
+    clipped[np.isnan(values)] = np.nan
+    return pd.DataFrame(clipped, index=panel.index, columns=panel.columns)
+
+
+def standardize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
+    values = panel.to_numpy(dtype=np.float64)
+    count = np.sum(~np.isnan(values), axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        if cfg.standardize == "zscore":
+            mean = np.nanmean(values, axis=1, keepdims=True)
+            std = np.nanstd(values, axis=1, ddof=1, keepdims=True)
+            out = (values - mean) / np.where(std > 0, std, np.nan)
+        else:
+            ranks = panel.rank(axis=1, method="average").to_numpy()
+            out = 2.0 * (ranks - 1.0) / (count - 1.0) - 1.0
+    out[np.broadcast_to(count < cfg.min_funds, out.shape)] = np.nan
+    return pd.DataFrame(out, index=panel.index, columns=panel.columns)
+
+
+def neutralize(panel: pd.DataFrame, beta: pd.DataFrame) -> pd.DataFrame:
+    """Residual of a per-date least-squares fit ``value ~ a + b·beta``."""
+    y = panel.to_numpy(dtype=np.float64)
+    x = beta.reindex_like(panel).to_numpy(dtype=np.float64)
+    ok = ~np.isnan(y) & ~np.isnan(x)
+    n = ok.sum(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        xm = np.where(ok, x, 0).sum(axis=1, keepdims=True) / n
+        ym = np.where(ok, y, 0).sum(axis=1, keepdims=True) / n
+        cov = np.where(ok, (x - xm) * (y - ym), 0).sum(axis=1, keepdims=True)
+        var = np.where(ok, (x - xm) ** 2, 0).sum(axis=1, keepdims=True)
+        slope = np.where(var > 0, cov / var, 0.0)
+        resid = y - ym - slope * (x - xm)
+    resid[~ok] = np.nan
+    return pd.DataFrame(resid, index=panel.index, columns=panel.columns)
+
+
+def market_beta(returns: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Rolling beta of each fund to the equal-weight market of the panel (past data only)."""
+    market = returns.mean(axis=1, skipna=True)
+    cov = returns.rolling(window, min_periods=window // 2).cov(market)
+    var = market.rolling(window, min_periods=window // 2).var()
+    return cov.div(var, axis=0)
+
+
+def process(panel: pd.DataFrame, eligible: pd.DataFrame, cfg: CrossSectionConfig,
+            beta: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Coverage filter → winsorise → standardise → optional beta neutralisation."""
+    masked = panel.where(
+        eligible.reindex(index=panel.index, columns=panel.columns, fill_value=False).astype(bool)
+    )
+    out = standardize(winsorize(masked, cfg), cfg)
+    if cfg.neutralize_beta and beta is not None:
+        out = standardize(neutralize(out, beta), cfg)
+    return out
+
+
+def base_fields(adjusted: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per-fund series the cross-sections carry, from adjusted bars (past data only)."""
+    close = wide(adjusted, "close")
+    ret_1d = close / close.shift(1) - 1.0
+    turnover = wide(adjusted, "turnover")
+    return {
+        "close": close,
+        "ret_1d": ret_1d,
+        "ret_5d": close / close.shift(5) - 1.0,
+        "ret_20d": close / close.shift(20) - 1.0,
+        "vol_20d": ret_1d.rolling(20, min_periods=15).std() * np.sqrt(252.0),
+        "log_turnover": np.log(turnover.where(turnover > 0)),
+    }
+
+
+def build_cross_sections(adjusted: pd.DataFrame, cfg: CrossSectionConfig,
+                         start: object = None) -> pd.DataFrame:
+    """Long frame (date, symbol) of eligible funds with raw and processed base fields.
+
+    ``adjusted`` must hold enough history before ``start`` for the windows
+    (``min_history`` + 20 sessions); output rows start at ``start``.
+    """
+    fields = base_fields(adjusted)
+    close = fields["close"]
+    eligible = coverage(close, cfg)
+    beta = market_beta(fields["ret_1d"], cfg.beta_window) if cfg.neutralize_beta else None
+    columns: dict[str, pd.DataFrame] = {"eligible": eligible}
+    for name in BASE_FIELDS:
+        columns[name] = fields[name].where(eligible)
+        columns[f"{name}_std"] = process(fields[name], eligible, cfg, beta)
+    columns["close"] = close.ffill(limit=cfg.max_stale_days).where(eligible)
+    stacked = pd.concat({k: v.stack(future_stack=True) for k, v in columns.items()}, axis=1)
+    stacked.index.names = ["date", "symbol"]
+    out = stacked.loc[stacked["eligible"].astype(bool)].drop(columns="eligible").reset_index()
+    if start is not None:
+        out = out.loc[out["date"] >= pd.Timestamp(start)]
+    out["symbol"] = out["symbol"].astype("string")
+    return out.sort_values(["date", "symbol"]).reset_index(drop=True)

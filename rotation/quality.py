@@ -1,0 +1,361 @@
+"""Market-data quality rules (SPEC §2), evaluated by a Great Expectations 1.x suite.
+
+Each rule has a name (the Dagster check name), a description and one or more expectations.
+Rules that need history (returns, gaps, stale runs, turnover consistency) are expressed as
+expectations over derived columns computed here in plain pandas, so GX reports the offending
+rows and every failure names the source file, symbol, date and rule.
+
+Structural problems met while reading a source (missing column, a string in a numeric column, an
+empty file) never reach GX as rows; they arrive as load issues and fail their own named rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from rotation.bars import PRICE_COLUMNS, Instrument, empty_issues
+from rotation.calendar import TradingCalendar
+
+log = logging.getLogger(__name__)
+
+TICK = 0.001  # exchange tick for funds (CNY)
+
+
+@dataclass(frozen=True)
+class QualityRule:
+    name: str
+    description: str
+    # Where the rule is evaluated: "source" (load issues) or "bars" (GX over the bar frame).
+    kind: str = "bars"
+
+
+RULES: tuple[QualityRule, ...] = (
+    QualityRule("source_not_empty", "every source file or feed holds rows", "source"),
+    QualityRule("source_columns", "every source has the configured columns", "source"),
+    QualityRule("source_values_numeric", "price and volume cells parse as numbers", "source"),
+    QualityRule("source_dates", "date cells parse as dates", "source"),
+    QualityRule(
+        "sessions_have_bars",
+        "every session of the range has bars (the source has published it)",
+        "coverage",
+    ),
+    QualityRule("prices_present", "open, high, low and close are present"),
+    QualityRule("prices_positive", "open, high, low and close are > 0"),
+    QualityRule("ohlc_consistent", "low <= min(open, close) and max(open, close) <= high"),
+    QualityRule("volume_non_negative", "volume >= 0"),
+    QualityRule("unique_date_symbol", "one bar per (date, symbol)"),
+    QualityRule("dates_are_sessions", "every date is a session of the exchange calendar"),
+    QualityRule("known_symbols", "every symbol belongs to the configured universe"),
+    QualityRule(
+        "returns_within_price_limit",
+        "|adjusted daily return| within the fund's price limit (+1 tick) unless an adjustment "
+        "event explains it",
+    ),
+    QualityRule("no_long_gaps", "no run of missing sessions longer than the suspension tolerance"),
+    QualityRule(
+        "no_stale_closes",
+        "no run of identical closes with non-zero volume longer than max_stale_days",
+    ),
+    QualityRule(
+        "amount_matches_prices",
+        "amount / volume (the VWAP) lies within [low, high] (catches unit and scale errors)",
+    ),
+)
+RULES_BY_NAME = {rule.name: rule for rule in RULES}
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    max_stale_days: int = 5
+    max_gap_sessions: int = 5
+    # Slack on the price limit beyond one tick: noisy vendor adjustment factors.
+    limit_slack: float = 0.002
+    # Relative slack of the VWAP band (bond funds quote with accrued interest).
+    vwap_slack: float = 0.05
+    # Funds without an exchange limit (cross-border) still cannot move this much unexplained.
+    unlimited_move_bound: float = 0.25
+
+
+@dataclass
+class QualityContext:
+    calendar: TradingCalendar
+    instruments: Sequence[Instrument]
+    config: QualityConfig = field(default_factory=QualityConfig)
+    # (symbol, YYYY-MM-DD, rule) -> reason: reviewed exceptions, reported but not failing.
+    accepted: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class RuleOutcome:
+    rule: QualityRule
+    failures: pd.DataFrame
+    accepted: pd.DataFrame
+    checked_rows: int
+
+    @property
+    def passed(self) -> bool:
+        return self.failures.empty
+
+    def summary(self, limit: int = 5) -> str:
+        if self.passed:
+            return f"{self.rule.name}: passed on {self.checked_rows} rows"
+        head = "; ".join(self.failures["message"].head(limit))
+        more = len(self.failures) - limit
+        return f"{self.rule.name}: {len(self.failures)} failing row(s): {head}" + (
+            f"; and {more} more" if more > 0 else ""
+        )
+
+
+def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame:
+    """The bar frame plus the derived columns the history-dependent rules test."""
+    cfg = ctx.config
+    frame = bars.reset_index(drop=True).copy()
+    frame["row_id"] = np.arange(len(frame), dtype=np.int64)
+    order = frame.sort_values(["symbol", "date"], kind="stable").index
+    f = frame.loc[order]
+    by = f.groupby("symbol", sort=False)
+
+    is_session = ctx.calendar.session_mask(f["date"])
+    session_pos = np.where(is_session, ctx.calendar.session_index(f["date"]), np.nan)
+    prev_pos = pd.Series(session_pos, index=f.index).groupby(f["symbol"], sort=False).shift()
+    gap = session_pos - prev_pos.to_numpy() - 1
+
+    adj_close = f["close"] * f["adj_factor"]
+    prev_adj = adj_close.groupby(f["symbol"], sort=False).shift()
+    prev_raw = by["close"].shift()
+    ret = adj_close / prev_adj - 1.0
+    limits = f["symbol"].map({i.symbol: i.price_limit for i in ctx.instruments}).astype("float64")
+    exchange_limit = limits.notna()
+    limits = limits.fillna(cfg.unlimited_move_bound)
+    tolerance = limits + TICK / prev_raw + cfg.limit_slack
+    limit_excess = ret.abs() - tolerance
+
+    same_close = (f["close"] == prev_raw) & (f["volume"] > 0)
+    run_break = (~same_close).astype(np.int64).groupby(f["symbol"], sort=False).cumsum()
+    stale_run = same_close.groupby([f["symbol"], run_break], sort=False).cumsum() + 1
+
+    vwap = f["amount"] / f["volume"].where(f["volume"] > 0)
+    band_low = f["low"] * (1 - cfg.vwap_slack)
+    band_high = f["high"] * (1 + cfg.vwap_slack)
+    vwap_excess = np.maximum(band_low - vwap, vwap - band_high) / f["close"]
+
+    derived = pd.DataFrame(
+        {
+            "is_session": is_session,
+            "missing_sessions_before": gap,
+            "adj_return": ret,
+            "price_limit": limits,
+            "exchange_limit": exchange_limit,
+            "limit_excess": limit_excess,
+            "stale_run": stale_run.astype("float64"),
+            "vwap": vwap,
+            "vwap_excess": vwap_excess,
+        },
+        index=f.index,
+    )
+    return frame.join(derived)
+
+
+def _expectations(ctx: QualityContext) -> list[tuple[str, object]]:
+    import great_expectations as gx
+
+    e = gx.expectations
+    cfg = ctx.config
+    universe = sorted({i.symbol for i in ctx.instruments})
+    out: list[tuple[str, object]] = []
+    for col in PRICE_COLUMNS:
+        out.append(("prices_present", e.ExpectColumnValuesToNotBeNull(column=col)))
+        out.append(
+            ("prices_positive", e.ExpectColumnValuesToBeBetween(column=col, min_value=0,
+                                                                 strict_min=True))
+        )
+    for a, b in (("high", "low"), ("high", "open"), ("high", "close"), ("open", "low"),
+                 ("close", "low")):
+        out.append(
+            ("ohlc_consistent",
+             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True,
+                                                       ignore_row_if="either_value_is_missing"))
+        )
+    out += [
+        ("volume_non_negative", e.ExpectColumnValuesToBeBetween(column="volume", min_value=0)),
+        ("unique_date_symbol", e.ExpectCompoundColumnsToBeUnique(column_list=["date", "symbol"])),
+        ("dates_are_sessions", e.ExpectColumnValuesToBeInSet(column="is_session",
+                                                              value_set=[True])),
+        ("known_symbols", e.ExpectColumnValuesToBeInSet(column="symbol", value_set=universe)),
+        ("returns_within_price_limit",
+         e.ExpectColumnValuesToBeBetween(column="limit_excess", max_value=0)),
+        ("no_long_gaps", e.ExpectColumnValuesToBeBetween(column="missing_sessions_before",
+                                                          max_value=cfg.max_gap_sessions)),
+        ("no_stale_closes", e.ExpectColumnValuesToBeBetween(column="stale_run",
+                                                             max_value=cfg.max_stale_days)),
+        ("amount_matches_prices", e.ExpectColumnValuesToBeBetween(column="vwap_excess",
+                                                                   max_value=0)),
+    ]
+    return out
+
+
+def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
+    """Offending ``row_id`` values per rule, from one GX validation of the whole suite."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    source = context.data_sources.add_pandas("market_data")
+    asset = source.add_dataframe_asset("bars")
+    batch_def = asset.add_batch_definition_whole_dataframe("frame")
+    suite = gx.ExpectationSuite(name="market_data_quality")
+    for rule, expectation in _expectations(ctx):
+        expectation.meta = {"rule": rule}
+        suite.add_expectation(expectation)
+    # GX compares values: give it plain numpy types, not pandas extension arrays.
+    plain = frame.astype({"symbol": object, "source": object})
+    batch = batch_def.get_batch(batch_parameters={"dataframe": plain})
+    result = batch.validate(
+        suite,
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row_id"]},
+    )
+    offending: dict[str, set[int]] = {}
+    for res in result.results:
+        rule = res.expectation_config.meta["rule"]
+        rows = offending.setdefault(rule, set())
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            raise RuntimeError(
+                f"quality rule {rule}: expectation {res.expectation_config.type} raised "
+                f"{res.exception_info.get('exception_message')}"
+            )
+        for item in res.result.get("unexpected_index_list") or []:
+            rows.add(int(item["row_id"]))
+    return offending
+
+
+def _message(rule: str, row: pd.Series) -> str:
+    day = "?" if pd.isna(row["date"]) else pd.Timestamp(row["date"]).strftime("%Y-%m-%d")
+    where = f"{row['source']}: {row['symbol']} on {day}"
+    if rule == "prices_present":
+        missing = [c for c in PRICE_COLUMNS if pd.isna(row[c])]
+        return f"{where}: missing {', '.join(missing)}"
+    if rule == "prices_positive":
+        bad = {c: row[c] for c in PRICE_COLUMNS if row[c] <= 0}
+        return f"{where}: non-positive price(s) {bad}"
+    if rule == "ohlc_consistent":
+        return (f"{where}: open {row['open']}, high {row['high']}, low {row['low']}, "
+                f"close {row['close']} are inconsistent")
+    if rule == "volume_non_negative":
+        return f"{where}: volume {row['volume']} < 0"
+    if rule == "unique_date_symbol":
+        return f"{where}: duplicate bar"
+    if rule == "dates_are_sessions":
+        return f"{where}: {day} is not a session of the exchange calendar"
+    if rule == "known_symbols":
+        return f"{where}: symbol {row['symbol']} is not in the configured universe"
+    if rule == "returns_within_price_limit":
+        bound = (f"{row['price_limit']:.0%} price limit" if row["exchange_limit"] else
+                 f"{row['price_limit']:.0%} bound for a fund without a price limit")
+        return (f"{where}: adjusted return {row['adj_return']:+.2%} beyond the {bound} with no "
+                f"adjustment event to explain it (adj_factor {row['adj_factor']:g})")
+    if rule == "no_long_gaps":
+        return (f"{where}: {int(row['missing_sessions_before'])} sessions without a bar "
+                "before this one (beyond the suspension tolerance)")
+    if rule == "no_stale_closes":
+        return (f"{where}: close {row['close']} unchanged for {int(row['stale_run'])} "
+                "sessions with non-zero volume")
+    if rule == "amount_matches_prices":
+        return (f"{where}: amount/volume = {row['vwap']:.4g} outside [low {row['low']}, "
+                f"high {row['high']}] (unit or scale error?)")
+    return f"{where}: fails {rule}"
+
+
+FAILURE_COLUMNS = ["rule", "source", "symbol", "date", "message"]
+
+
+def evaluate(
+    bars: pd.DataFrame,
+    issues: pd.DataFrame | None,
+    ctx: QualityContext,
+    *,
+    evaluate_from: object = None,
+    expected_sessions: Sequence[pd.Timestamp] = (),
+    source_label: str = "source",
+    rules: Iterable[QualityRule] = RULES,
+) -> list[RuleOutcome]:
+    """Evaluate every rule. Rows before ``evaluate_from`` are context (history) only;
+    ``expected_sessions`` are the sessions that must each hold at least one bar."""
+    issues = empty_issues() if issues is None else issues
+    frame = derive_rule_columns(bars, ctx)
+    in_scope = (
+        np.ones(len(frame), dtype=bool)
+        if evaluate_from is None
+        else (frame["date"] >= pd.Timestamp(evaluate_from)).to_numpy()
+    )
+    offending = _run_gx(frame, ctx) if len(frame) else {}
+    accepted_keys = ctx.accepted
+    outcomes: list[RuleOutcome] = []
+    for rule in rules:
+        if rule.kind == "coverage":
+            present = set(pd.DatetimeIndex(frame["date"]).normalize().asi8.tolist())
+            absent = [d for d in expected_sessions if pd.Timestamp(d).value not in present]
+            failures = pd.DataFrame(
+                {
+                    "rule": rule.name,
+                    "source": source_label,
+                    "symbol": None,
+                    "date": pd.DatetimeIndex(absent),
+                    "message": [
+                        f"{source_label}: no bars at all for session {d:%Y-%m-%d} "
+                        "(not published yet, or outside the source's history)"
+                        for d in absent
+                    ],
+                }
+            ) if absent else _empty_failures()
+            outcomes.append(RuleOutcome(rule, failures, _empty_failures(),
+                                        len(expected_sessions)))
+            continue
+        if rule.kind == "source":
+            found = issues.loc[issues["rule"] == rule.name]
+            failures = found.loc[:, ["rule", "source", "symbol", "date", "message"]]
+            outcomes.append(RuleOutcome(rule, failures.reset_index(drop=True),
+                                        _empty_failures(), len(issues)))
+            continue
+        ids = sorted(offending.get(rule.name, set()))
+        rows = frame.iloc[ids]
+        rows = rows.loc[in_scope[ids]] if ids else rows
+        if rows.empty:
+            failures = _empty_failures()
+        else:
+            failures = rows.assign(rule=rule.name)
+            failures["message"] = [_message(rule.name, r) for _, r in rows.iterrows()]
+            keep = [c for c in FAILURE_COLUMNS if c in failures] + [
+                c for c in ("open", "high", "low", "close", "volume", "amount", "adj_factor",
+                            "adj_return", "missing_sessions_before", "stale_run", "vwap")
+                if c in failures
+            ]
+            failures = failures.loc[:, keep].sort_values(["date", "symbol"]).reset_index(drop=True)
+        accepted = _empty_failures()
+        if not failures.empty and accepted_keys:
+            keys = [
+                (s, pd.Timestamp(d).strftime("%Y-%m-%d"), rule.name)
+                for s, d in zip(failures["symbol"], failures["date"], strict=True)
+            ]
+            mask = np.array([k in accepted_keys for k in keys])
+            accepted = failures.loc[mask].assign(
+                reason=[accepted_keys[k] for k in keys if k in accepted_keys]
+            )
+            failures = failures.loc[~mask].reset_index(drop=True)
+        outcomes.append(RuleOutcome(rule, failures, accepted.reset_index(drop=True),
+                                    int(in_scope.sum())))
+    return outcomes
+
+
+def _empty_failures() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in FAILURE_COLUMNS})
+
+
+def failed(outcomes: Sequence[RuleOutcome]) -> list[RuleOutcome]:
+    return [o for o in outcomes if not o.passed]
