@@ -20,14 +20,21 @@ run_coordinator:
 """
 
 
-# Dagster writes the per-partition events of a multi-partition run (planned and materialised)
-# in batches of this size instead of one transaction each: a 20-year single-run backfill has
-# ~16,000 of them. Deployments set the same variable (deploy/).
-EVENT_BATCH_SIZE = "1000"
+# A 20-year single-run backfill touches ~5,300 partitions of each asset. By default Dagster
+# writes one "planned" and one "materialised" event per partition, each in its own transaction
+# on a fresh connection (~16,000 round trips for the planning alone, 7 minutes on PostgreSQL).
+# These two documented switches make it one planned event per asset (partitions of a failed run
+# then show as missing rather than failed) and write materialisations in batches. Deployments
+# set the same variables (deploy/).
+DAGSTER_EVENT_SETTINGS = {
+    "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "true",
+    "DAGSTER_EVENT_BATCH_SIZE": "1000",
+}
 
 
 def configure_event_batching() -> None:
-    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
+    for name, value in DAGSTER_EVENT_SETTINGS.items():
+        os.environ.setdefault(name, value)
 
 
 def prepare_local_instance(settings: Settings) -> Path:
