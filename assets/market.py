@@ -7,6 +7,7 @@ untouched.
 """
 
 
+import dataclasses
 from collections.abc import Iterator
 
 import dagster as dg
@@ -17,10 +18,9 @@ from dagster_pandera import pandera_schema_to_dagster_type
 from assets.metadata import frame_metadata, markdown
 from assets.partitions import partition_sessions
 from resources.market_data import MarketDataResource
-from resources.pipeline_config import CrossSectionResource, DataQualityResource
 from rotation import quality, schemas
 from rotation.adjust import adjust_bars
-from rotation.cross_section import BASE_FIELDS, build_cross_sections
+from rotation.cross_section import BASE_FIELDS, CrossSectionConfig, build_cross_sections
 
 MARKET_GROUP = "market_data"
 CROSS_SECTION_GROUP = "cross_sections"
@@ -29,6 +29,8 @@ AdjustedBarsType = pandera_schema_to_dagster_type(schemas.AdjustedBars)
 CrossSectionsType = pandera_schema_to_dagster_type(schemas.CrossSections)
 
 STANDARDIZED_CHECK = "cross_sections_standardized"
+# Longest rolling window of the cross-section fields (ret_20d, vol_20d) plus slack.
+FIELD_WINDOW = 25
 
 
 def _check_metadata(outcome: quality.RuleOutcome) -> dict[str, object]:
@@ -46,13 +48,15 @@ def _check_metadata(outcome: quality.RuleOutcome) -> dict[str, object]:
 
 
 def market_assets(
-    sessions: dg.TimeWindowPartitionsDefinition, cross_section_lookback: int
+    sessions: dg.TimeWindowPartitionsDefinition,
+    quality_config: quality.QualityConfig,
+    cross_section_config: CrossSectionConfig,
 ) -> list[dg.AssetsDefinition]:
-    """The stage's assets over the given session partitions.
-
-    ``cross_section_lookback`` sessions of adjusted bars before each partition feed the
-    coverage filter and the rolling fields (min_history plus the longest window).
-    """
+    """The stage's assets over the given session partitions, with the configured tolerances
+    (SPEC §2) and cross-section parameters (SPEC §3)."""
+    # Days of adjusted bars before each partition that feed the coverage filter and the
+    # rolling fields: min_history plus the longest window.
+    cross_section_lookback = cross_section_config.min_history + FIELD_WINDOW
 
     @dg.asset(
         partitions_def=sessions,
@@ -72,7 +76,6 @@ def market_assets(
     def raw_bars(
         context: dg.AssetExecutionContext,
         market_data: MarketDataResource,
-        data_quality: DataQualityResource,
     ) -> Iterator[dg.AssetCheckResult | dg.Output[pd.DataFrame]]:
         first, last = partition_sessions(context)
         calendar = market_data.calendar
@@ -85,7 +88,7 @@ def market_assets(
                 "materialise it after the close",
                 allow_retries=False,
             )
-        history_from = calendar.offset(first, -data_quality.lookback_sessions)
+        history_from = calendar.offset(first, -quality_config.lookback_sessions)
         loaded = market_data.load(history_from, last)
         context.log.info(
             f"{market_data.label}: {len(loaded.bars)} rows {history_from.date()}..{last.date()} "
@@ -94,7 +97,7 @@ def market_assets(
         checks = quality.QualityContext(
             calendar=calendar,
             instruments=market_data.instruments(),
-            config=data_quality.to_config(),
+            config=quality_config,
             accepted=market_data.accepted_anomalies(),
         )
         outcomes = quality.evaluate(
@@ -181,10 +184,9 @@ def market_assets(
     def cross_sections(
         context: dg.AssetExecutionContext,
         adjusted_bars: pd.DataFrame,
-        cross_section: CrossSectionResource,
     ) -> Iterator[dg.AssetCheckResult | dg.Output[pd.DataFrame]]:
         first, _ = partition_sessions(context)
-        cfg = cross_section.to_config()
+        cfg = cross_section_config
         panel = build_cross_sections(adjusted_bars, cfg, start=first)
         problems = standardization_problems(panel, cfg.standardize, cfg.min_funds)
         yield dg.AssetCheckResult(
@@ -206,7 +208,7 @@ def market_assets(
                 panel,
                 funds_per_session_min=int(per_date.min()) if len(per_date) else 0,
                 funds_per_session_max=int(per_date.max()) if len(per_date) else 0,
-                config=cross_section.model_dump(),
+                config=dataclasses.asdict(cfg),
             ),
         )
 

@@ -15,10 +15,6 @@ from resources.market_data import (
     SampleMarketData,
 )
 from resources.parquet_io import PartitionedParquetIOManager
-from resources.pipeline_config import CrossSectionResource, DataQualityResource
-
-# Longest rolling window of the cross-section fields (ret_20d, vol_20d) plus slack.
-_FIELD_WINDOW = 25
 
 
 def market_data_resource(settings: Settings) -> MarketDataResource:
@@ -46,10 +42,6 @@ def resources_for(settings: Settings) -> dict[str, object]:
     """Everything that differs between profiles is decided here and nowhere else."""
     return {
         "market_data": market_data_resource(settings),
-        "data_quality": DataQualityResource(
-            **settings.quality.model_dump()
-        ),
-        "cross_section": CrossSectionResource(**settings.cross_section.model_dump()),
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.resolved_storage_root.resolve())
         ),
@@ -66,10 +58,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         settings.partitions_start or market_data.history_start,
         settings.schedule_timezone,
     )
-    lookback = settings.cross_section.min_history + _FIELD_WINDOW
     job = market_data_job()
     market = dg.Definitions(
-        assets=market_assets(sessions, lookback),
+        assets=market_assets(sessions, settings.quality, settings.cross_section),
         jobs=[job],
         schedules=[
             after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)

@@ -6,7 +6,6 @@ under ``.etf_home/storage``, the built-in generated sample market; no servers, n
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -32,10 +31,9 @@ def main() -> int:
     print(f"instance    : {home} (SQLite)")
     print(f"storage     : {settings.resolved_storage_root}")
     print(f"running     : market_data_job over {start} .. {end} as one run")
-    logging.getLogger("dagster").setLevel(logging.WARNING)
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        result = run_range(defs, instance, start, end)
+        result = run_range(defs, instance, start, end, log_level="INFO")
         elapsed = time.perf_counter() - started
         checks = [
             e.asset_check_evaluation_data

@@ -30,10 +30,12 @@ def run_range(
     *,
     job_name: str = "market_data_job",
     raise_on_error: bool = False,
+    log_level: str = "DEBUG",
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(job_name)
     return job.execute_in_process(
         instance=instance,
         tags={RANGE_START_TAG: start, RANGE_END_TAG: end},
         raise_on_error=raise_on_error,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )

@@ -22,6 +22,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from rotation.cross_section import CrossSectionConfig
+from rotation.quality import QualityConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATASET_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
 
@@ -91,33 +94,6 @@ class MarketDataSettings(BaseModel):
         return path
 
 
-class QualitySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_stale_days: int = Field(5, ge=1)
-    max_gap_sessions: int = Field(5, ge=0)
-    limit_slack: float = Field(0.002, ge=0, le=0.05)
-    vwap_slack: float = Field(0.05, ge=0, le=0.5)
-    unlimited_move_bound: float = Field(0.25, gt=0, le=1)
-    # Sessions of history read before a partition so history-based rules see context.
-    lookback_sessions: int = Field(10, ge=1)
-
-
-class CrossSectionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    min_history: int = Field(60, ge=1)
-    max_stale_days: int = Field(5, ge=0)
-    winsorize: Literal["quantile", "mad", "none"] = "quantile"
-    lower_quantile: float = Field(0.025, ge=0, lt=0.5)
-    upper_quantile: float = Field(0.975, gt=0.5, le=1)
-    mad_k: float = Field(5.0, gt=0)
-    standardize: Literal["zscore", "rank"] = "zscore"
-    neutralize_beta: bool = False
-    beta_window: int = Field(60, ge=10)
-    min_funds: int = Field(3, ge=2)
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETF_",
@@ -137,8 +113,8 @@ class Settings(BaseSettings):
     # After the close (15:00 Shanghai), Monday to Friday; non-sessions are skipped by calendar.
     schedule_cron: str = "30 16 * * 1-5"
     market_data: MarketDataSettings = Field(default_factory=MarketDataSettings)
-    quality: QualitySettings = Field(default_factory=QualitySettings)
-    cross_section: CrossSectionSettings = Field(default_factory=CrossSectionSettings)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    cross_section: CrossSectionConfig = Field(default_factory=CrossSectionConfig)
     mlflow_tracking_uri: str | None = None
     postgres_url: str | None = None
     redis_url: str | None = None

@@ -7,26 +7,29 @@ stay missing; nothing is ever filled with zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CrossSectionConfig:
-    min_history: int = 60
-    max_stale_days: int = 5
+    """SPEC §3 parameters (validated; also the ``cross_section`` settings section)."""
+
+    min_history: int = Field(60, ge=1)
+    max_stale_days: int = Field(5, ge=0)
     winsorize: Literal["quantile", "mad", "none"] = "quantile"
-    lower_quantile: float = 0.025
-    upper_quantile: float = 0.975
-    mad_k: float = 5.0
+    lower_quantile: float = Field(0.025, ge=0, lt=0.5)
+    upper_quantile: float = Field(0.975, gt=0.5, le=1)
+    mad_k: float = Field(5.0, gt=0)
     standardize: Literal["zscore", "rank"] = "zscore"
     neutralize_beta: bool = False
-    beta_window: int = 60
+    beta_window: int = Field(60, ge=10)
     # Fewer valid funds than this on a date leaves that date's processed values missing.
-    min_funds: int = 3
+    min_funds: int = Field(3, ge=2)
 
 
 BASE_FIELDS = ("ret_1d", "ret_5d", "ret_20d", "vol_20d", "log_turnover")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.bars import PRICE_COLUMNS, Instrument, empty_issues
 from rotation.calendar import TradingCalendar
@@ -70,16 +72,20 @@ RULES: tuple[QualityRule, ...] = (
 RULES_BY_NAME = {rule.name: rule for rule in RULES}
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class QualityConfig:
-    max_stale_days: int = 5
-    max_gap_sessions: int = 5
+    """Tolerances of the rules (validated; also the ``quality`` settings section)."""
+
+    max_stale_days: int = Field(5, ge=1)
+    max_gap_sessions: int = Field(5, ge=0)
     # Slack on the price limit beyond one tick: noisy vendor adjustment factors.
-    limit_slack: float = 0.002
+    limit_slack: float = Field(0.002, ge=0, le=0.05)
     # Relative slack of the VWAP band (bond funds quote with accrued interest).
-    vwap_slack: float = 0.05
+    vwap_slack: float = Field(0.05, ge=0, le=0.5)
     # Funds without an exchange limit (cross-border) still cannot move this much unexplained.
-    unlimited_move_bound: float = 0.25
+    unlimited_move_bound: float = Field(0.25, gt=0, le=1)
+    # Sessions of history read before a partition so history-based rules see context.
+    lookback_sessions: int = Field(10, ge=1)
 
 
 @dataclass

@@ -254,7 +254,7 @@ def repository(
     home = tmp_path_factory.mktemp("etf_home")
     settings = load_settings(home=home, partitions_start="2024-01-01")
     defs = dg.Definitions(
-        assets=market_assets(xshg_partitions, 85),
+        assets=market_assets(xshg_partitions, settings.quality, settings.cross_section),
         jobs=[schedule.job],
         schedules=[schedule],
         resources=resources_for(settings),
