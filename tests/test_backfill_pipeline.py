@@ -90,10 +90,16 @@ def test_full_history_backfill_of_a_real_dataset(
         pd.testing.assert_series_equal(merged[column], merged[f"{column}_src"],
                                        check_names=False)
 
+    # A single-run backfill's metadata describes the whole range it wrote.
     meta = _latest_metadata(pg_instance, "raw_bars")
-    assert meta["funds_covered"] == expected.loc[expected["date"] == end, "symbol"].nunique()
-    assert meta["first_date"] == meta["last_date"] == end  # the newest partition's own metadata
-    assert "preview" in meta and "missing_values" in meta
+    assert meta["dagster/row_count"] == len(expected)
+    assert meta["funds_covered"] == expected["symbol"].nunique()
+    assert (meta["first_date"], meta["last_date"]) == (start, end)
+    assert meta["sessions"] == expected["date"].nunique()
+    assert meta["missing_values"] == (
+        {"amount": int(expected["amount"].isna().sum())} if expected["amount"].isna().any() else {}
+    )
+    assert str(expected["close"].iloc[-1]) in meta["preview"]
 
     cross = io.load_partitions(dg.AssetKey("cross_sections"), [end])
     assert len(cross) >= 0.8 * cross_funds_expected(expected, end)
@@ -120,26 +126,32 @@ def test_full_history_backfill_of_the_sample_market(
     meta = _latest_metadata(pg_instance, "cross_sections")
     assert meta["funds_per_session_max"] == 20
 
-
-def test_daily_run_of_one_session_after_the_backfill(
-    pg_instance: dg.DagsterInstance, make_settings: Callable[..., Settings], tmp_path: Path
-) -> None:
-    """The schedule's unit of work: one partition, reading 85 days of history."""
-    settings = make_settings()
-    defs = build_definitions(settings)
-    first = run_range(defs, pg_instance, "2025-06-02", "2025-12-30")
-    assert first.success
-    daily = defs.resolve_job_def("market_data_job").execute_in_process(
-        instance=pg_instance, partition_key="2025-12-31"
-    )
-    assert daily.success
+    # The schedule's unit of work: one session, reading 85 days of history from storage.
+    job = defs.resolve_job_def("market_data_job")
     io = defs.resources["io_manager"]
     assert isinstance(io, PartitionedParquetIOManager)
-    day = io.load_partitions(dg.AssetKey("cross_sections"), ["2025-12-31"])
-    assert len(day) == 20 and (day["date"] == "2025-12-31").all()
-    # A weekday holiday is a partition without bars: it materialises empty, checks pass.
-    holiday = defs.resolve_job_def("market_data_job").execute_in_process(
-        instance=pg_instance, partition_key="2025-10-01"
-    )
+    before = io.load_partitions(dg.AssetKey("cross_sections"), [end])
+    daily = job.execute_in_process(instance=pg_instance, partition_key=end)
+    assert daily.success
+    pd.testing.assert_frame_equal(io.load_partitions(dg.AssetKey("cross_sections"), [end]),
+                                  before)
+    assert len(before) == 20
+    # A weekday holiday is a partition without bars: it materialises empty, every check passes.
+    holiday = job.execute_in_process(instance=pg_instance, partition_key="2025-10-01")
     assert holiday.success
     assert io.load_partitions(dg.AssetKey("raw_bars"), ["2025-10-01"]).empty
+
+
+def test_cross_sections_without_their_history_fail_clearly(
+    pg_instance: dg.DagsterInstance, make_settings: Callable[..., Settings]
+) -> None:
+    defs = build_definitions(make_settings())
+    result = run_range(defs, pg_instance, "2025-06-02", "2025-06-30")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "cross_sections"
+    assert "adjusted_bars: 85 partition(s) not materialised" in str(
+        failure.event_specific_data.error.cause
+    ) + str(failure.event_specific_data.error.message)
+
+
