@@ -32,7 +32,7 @@ test: env services  ## every test, on the real PostgreSQL and Redis
 lint: env
 	$(VENV)/bin/ruff check .
 
-bench: env  ## wall time and peak memory on ../shared/data
+bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.backfill
 
 clean:

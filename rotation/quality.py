@@ -11,7 +11,6 @@ empty file) never reach GX as rows; they arrive as load issues and fail their ow
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.bars import PRICE_COLUMNS, Instrument, empty_issues
 from rotation.calendar import TradingCalendar
-
-log = logging.getLogger(__name__)
 
 TICK = 0.001  # exchange tick for funds (CNY)
 
