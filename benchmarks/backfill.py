@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
         m = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{dataset}: {int(m['rows'])} bars, {int(m['partitions'])} session partitions")
+        print(f"{dataset}: {int(m['rows'])} bars, {int(m['partitions'])} day partitions")
         print(f"  pipeline (single-run backfill, PostgreSQL instance): {m['pipeline_s']:.1f} s, "
               f"peak RSS {m['peak_rss_mb']:.0f} MB, event log {m['event_db_mb']:.0f} MB")
         print("  steps: " + ", ".join(f"{k[5:-2]} {v:.1f} s" for k, v in m.items()
