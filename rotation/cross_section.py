@@ -7,6 +7,7 @@ stay missing; nothing is ever filled with zero.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -61,7 +62,9 @@ def winsorize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
     values = panel.to_numpy(dtype=np.float64, copy=True)
     if cfg.winsorize == "none":
         return panel.copy()
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # Dates where no fund qualifies are all-NaN rows: their result is NaN by design.
+        warnings.simplefilter("ignore", RuntimeWarning)
         if cfg.winsorize == "quantile":
             lo = np.nanquantile(values, cfg.lower_quantile, axis=1, keepdims=True)
             hi = np.nanquantile(values, cfg.upper_quantile, axis=1, keepdims=True)
@@ -77,7 +80,8 @@ def winsorize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
 def standardize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
     values = panel.to_numpy(dtype=np.float64)
     count = np.sum(~np.isnan(values), axis=1, keepdims=True)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN and single-fund dates
         if cfg.standardize == "zscore":
             mean = np.nanmean(values, axis=1, keepdims=True)
             std = np.nanstd(values, axis=1, ddof=1, keepdims=True)
