@@ -322,6 +322,9 @@ def evaluate(
             continue
         if rule.kind == "source":
             found = issues.loc[issues["rule"] == rule.name]
+            if evaluate_from is not None:
+                when = pd.to_datetime(found["date"])
+                found = found.loc[when.isna() | (when >= pd.Timestamp(evaluate_from))]
             failures = found.loc[:, ["rule", "source", "symbol", "date", "message"]]
             outcomes.append(RuleOutcome(rule, failures.reset_index(drop=True),
                                         _empty_failures(), len(issues)))

@@ -296,3 +296,17 @@ def test_good_copy_passes_every_check(baseline: Baseline, pg_instance: dg.Dagste
     b = prev.set_index("symbol").loc["513100"]
     assert a["raw_close"] / b["raw_close"] < 0.25
     assert abs(a["close"] / b["close"] - 1) < 0.10
+
+
+def test_a_bad_cell_belongs_to_its_own_partition(pristine: Path, tmp_path: Path) -> None:
+    """An unparsable value on one date fails that date's partitions, not later ones."""
+    from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+    root = tmp_path / "data"
+    shutil.copytree(pristine, root)
+    edit_prices("510300", _set("2021-12-02", close="4.9x"))(root)
+    source = FileMarketSource(root, load_dataset_spec(root / "dataset.yaml"))
+    early = source.load("2021-12-01", "2021-12-31").issues
+    assert list(early["rule"]) == ["source_values_numeric"]
+    assert "510300 on 2021-12-02" in early["message"].iloc[0]
+    assert source.load("2022-02-01", "2022-02-28").issues.empty

@@ -220,7 +220,14 @@ class FileMarketSource:
         if hi is not None:
             bars = bars.loc[bars["date"] <= hi]
         issues = pd.DataFrame(issue_rows) if issue_rows else empty_issues()
-        return LoadResult(bars=conform_bars(bars), issues=issues, sources=sources)
+        # Cell-level issues belong to their date's partition; file-level ones (no date) to all.
+        when = pd.to_datetime(issues["date"])
+        keep = when.isna()
+        keep |= (when >= lo) if lo is not None else True
+        if hi is not None:
+            keep &= when.isna() | (when <= hi)
+        return LoadResult(bars=conform_bars(bars), issues=issues.loc[keep].reset_index(drop=True),
+                          sources=sources)
 
     def _apply_factors(self, bars: pd.DataFrame) -> pd.DataFrame:
         if bars.empty:
