@@ -19,19 +19,22 @@ from rotation.calendar import TradingCalendar
 
 
 def session_partitions(
-    calendar: TradingCalendar, start: str, timezone: str
+    calendar: TradingCalendar, start: str, timezone: str, end: str | None = None
 ) -> dg.TimeWindowPartitionsDefinition:
-    """Weekday windows from the first session on ``start``, bounded by the sessions the calendar
-    knows (no partition on a day whose holidays are not published yet).
+    """Weekday windows from the first session on ``start`` to ``end`` (the last day the source
+    can have data for), bounded by the sessions the calendar knows (no partition on a day whose
+    holidays are not published yet).
 
     ``end_offset=1`` makes a day's partition available from the start of that day, so the
     after-close schedule can materialise it; ``raw_bars`` refuses a session that has not closed.
     """
     first = calendar.next_session_on_or_after(start)
+    last = calendar.last_session if end is None else min(pd.Timestamp(end),
+                                                          calendar.last_session)
     return dg.TimeWindowPartitionsDefinition(
         cron_schedule="0 0 * * 1-5",
         start=first.to_pydatetime(),
-        end=(calendar.last_session + pd.Timedelta(days=1)).to_pydatetime(),
+        end=(last + pd.Timedelta(days=1)).to_pydatetime(),
         fmt="%Y-%m-%d",
         timezone=timezone,
         end_offset=1,

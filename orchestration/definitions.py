@@ -6,7 +6,9 @@ import dagster as dg
 
 from assets.market import market_assets
 from assets.partitions import session_partitions
+from assets.research import research_assets
 from jobs.market import after_close_schedule, market_data_job
+from jobs.research import research_job
 from orchestration.settings import Settings, load_settings
 from resources.market_data import (
     AkshareMarketData,
@@ -15,6 +17,7 @@ from resources.market_data import (
     SampleMarketData,
 )
 from resources.parquet_io import PartitionedParquetIOManager
+from rotation.factors import DEFAULT_FACTORS
 
 
 def market_data_resource(settings: Settings) -> MarketDataResource:
@@ -57,6 +60,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         calendar,
         settings.partitions_start or market_data.history_start,
         settings.schedule_timezone,
+        end=market_data.history_end,
     )
     job = market_data_job()
     market = dg.Definitions(
@@ -66,7 +70,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)
         ],
     )
-    return dg.Definitions.merge(market, dg.Definitions(resources=resources))
+    research = dg.Definitions(
+        assets=research_assets(settings.cross_section, DEFAULT_FACTORS),
+        jobs=[research_job()],
+    )
+    return dg.Definitions.merge(market, research, dg.Definitions(resources=resources))
 
 
 @dg.definitions

@@ -48,9 +48,16 @@ def main() -> int:
             if not c.passed:
                 print(f"  FAILED {c.check_name}: {c.metadata.get('first_failure')}")
         if not result.success:
-            for event in result.all_events:
-                if event.event_type_value == "STEP_FAILURE":
-                    print(event.message)
+            _print_failures(result)
+            return 1
+        print("running     : research_job (factors -> rank IC -> selected factors)")
+        research = defs.resolve_job_def("research_job").execute_in_process(
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            raise_on_error=False,
+        )
+        if not research.success:
+            _print_failures(research)
             return 1
 
     io = defs.resources["io_manager"]
@@ -63,8 +70,23 @@ def main() -> int:
     pd.set_option("display.width", 160)
     print(f"\ncross-section of {end} ({len(last)} eligible funds):")
     print(last.drop(columns=["date"]).round(4).to_string(index=False))
+    ic = pd.read_parquet(io.path_for(dg.AssetKey("factor_ic")))
+    top = ic.loc[ic["horizon"] == 5].assign(abs_icir=lambda t: t["icir"].abs())
+    top = top.sort_values("abs_icir", ascending=False).head(8)
+    print("\nfactor screening, horizon 5 sessions (T1_OPEN), strongest |ICIR| first:")
+    print(top[["factor", "mean_ic", "icir", "t_nw", "p_value", "hit_rate"]].round(4)
+          .to_string(index=False))
+    reasons = pd.read_parquet(io.path_for(dg.AssetKey("selected_factors")))
+    chosen = reasons.loc[reasons["selected"], "factor"].tolist()
+    print(f"selected factors: {chosen or 'none pass the SPEC §5 screen on this market'}")
     print("\nInspect it in the UI: make dev  (same instance)")
     return 0
+
+
+def _print_failures(result: dg.ExecuteInProcessResult) -> None:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            print(event.message)
 
 
 if __name__ == "__main__":

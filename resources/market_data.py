@@ -151,8 +151,8 @@ class AkshareMarketData(MarketDataResource):
 
     @property
     def history_end(self) -> str:
-        today = pd.Timestamp.now(tz=self.calendar.timezone).tz_localize(None).normalize()
-        return str(self.calendar.previous_session(today + pd.Timedelta(days=1)).date())
+        # A live feed: today's session is the newest that can exist.
+        return str(self.calendar.last_session.date())
 
     def _feed(self):
         from rotation.sources.akshare_feed import AkshareFeed, AkshareFeedSpec

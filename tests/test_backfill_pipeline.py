@@ -141,6 +141,19 @@ def test_full_history_backfill_of_the_sample_market(
     assert holiday.success
     assert io.load_partitions(dg.AssetKey("raw_bars"), ["2025-10-01"]).empty
 
+    # The research stage reads the whole history of adjusted bars.
+    research = defs.resolve_job_def("research_job").execute_in_process(instance=pg_instance)
+    assert research.success
+    ic = pd.read_parquet(io.path_for(dg.AssetKey("factor_ic")))
+    assert set(ic["horizon"]) == {1, 5, 10, 20}
+    assert ic["factor"].nunique() >= 25
+    assert ((ic["count"] > 1000) & ic["mean_ic"].abs().lt(1)).all()
+    reasons = pd.read_parquet(io.path_for(dg.AssetKey("selected_factors")))
+    assert len(reasons) == ic["factor"].nunique()
+    meta = _latest_metadata(pg_instance, "selected_factors")
+    assert meta["selected"] == reasons.loc[reasons["selected"], "factor"].tolist()
+    assert "data:image/png;base64," in _latest_metadata(pg_instance, "factor_ic")["plots"]
+
 
 def test_cross_sections_without_their_history_fail_clearly(
     pg_instance: dg.DagsterInstance, make_settings: Callable[..., Settings]

@@ -1,0 +1,605 @@
+"""Experiment tracking (SPEC §10): a small MLflow resource that always closes its runs.
+
+One MLflow experiment per strategy; one run per WFO window and per backtest. Each run carries
+tags that tie it to the Dagster run id, asset key and partition, the code version and the data
+version, so every number can be traced back to the inputs that produced it.
+
+Everything goes through an explicit :class:`mlflow.MlflowClient` bound to ``tracking_uri``: the
+module never touches mlflow's process-global state (``mlflow.set_tracking_uri``, the fluent
+"active run"), so two resources pointing at different stores cannot leak into each other and a
+failed body cannot leave an active run behind.
+
+Local SQLite stores (``sqlite:///<home>/mlflow.db``) keep artifacts in ``<home>/mlartifacts``
+(or ``artifact_root``): every experiment this resource creates gets an explicit artifact location
+there, never mlflow's default ``./mlruns`` relative to the working directory.
+
+Usage::
+
+    with tracking.run(context, experiment=cfg.name, run_name=window.key,
+                      params=cfg.tracking_params(), data_version=version) as run:
+        run.log_metrics({"sharpe": 1.2, "cagr": 0.08})
+        run.log_figure(fig, "plots/equity.png")
+        run.log_frame(weights, "weights.parquet")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import json
+import posixpath
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from functools import cache
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import dagster as dg
+
+if TYPE_CHECKING:  # mlflow is imported on first use: it adds ~1.5 s to loading definitions
+    from mlflow import MlflowClient
+    from mlflow.entities import Experiment, Run
+
+# Tag keys written on every run (when the value is known).
+TAG_DAGSTER_RUN_ID = "dagster.run_id"
+TAG_DAGSTER_JOB = "dagster.job_name"
+TAG_DAGSTER_ASSET_KEY = "dagster.asset_key"
+TAG_DAGSTER_PARTITION_KEY = "dagster.partition_key"
+TAG_DAGSTER_PARTITION_RANGE = "dagster.partition_key_range"
+TAG_CODE_VERSION = "code_version"
+TAG_DATA_VERSION = "data_version"
+TAG_ERROR = "error"
+
+PARAMS_ARTIFACT = "params.json"
+_TRUNCATED = "…[truncated; full value in params.json]"
+_KEY_BAD_CHARS = re.compile(r"[^\w.\- /]")  # mlflow: alphanumerics, _ - . space / (and :)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Limits:
+    key: int
+    param_value: int
+    tag_value: int
+    params_per_batch: int
+    metrics_per_batch: int
+
+
+@cache
+def limits() -> _Limits:
+    """mlflow's own limits on key and value lengths and batch sizes."""
+    from mlflow.utils import validation as v
+
+    return _Limits(key=v.MAX_ENTITY_KEY_LENGTH, param_value=v.MAX_PARAM_VAL_LENGTH,
+                   tag_value=v.MAX_TAG_VAL_LENGTH, params_per_batch=v.MAX_PARAMS_TAGS_PER_BATCH,
+                   metrics_per_batch=v.MAX_METRICS_PER_BATCH)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- value conversion ---------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """Structured objects → plain mappings/lists/scalars (recursively, best effort)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_dict = getattr(value, "to_dict", None)
+        if callable(to_dict):
+            return _plain(to_dict())
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and not isinstance(value, type):
+        try:
+            return _plain(model_dump(mode="python"))
+        except Exception:  # pragma: no cover - unusual pydantic objects
+            return _scalar(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        return [_plain(v) for v in items]
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item) and getattr(value, "shape", None) == ():
+        try:
+            return item()
+        except Exception:  # pragma: no cover
+            return _scalar(value)
+    tolist = getattr(value, "tolist", None)  # numpy arrays, pandas Index/Series
+    if callable(tolist) and not isinstance(value, str | bytes):
+        try:
+            return _plain(tolist())
+        except Exception:  # pragma: no cover
+            return _scalar(value)
+    return value
+
+
+def _scalar(value: Any) -> str:
+    """A safe string for one scalar (never raises)."""
+    try:
+        if value is None:
+            return "None"
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            return str(value)
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, dt.datetime | dt.date | dt.time):
+            return value.isoformat()
+        isoformat = getattr(value, "isoformat", None)  # pandas Timestamp
+        if callable(isoformat):
+            return str(isoformat())
+        if isinstance(value, enum.Enum):
+            return str(value.value)
+        if isinstance(value, PurePath):
+            return value.as_posix()
+        if isinstance(value, bytes):
+            return repr(value)
+        return str(value)
+    except Exception:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<unprintable {type(value).__name__}>"
+
+
+def _json_default(value: Any) -> Any:
+    plain = _plain(value)
+    if plain is value:
+        return _scalar(value)
+    return plain
+
+
+def _to_json(value: Any, **kwargs: Any) -> str:
+    return json.dumps(_plain(value), default=_json_default, ensure_ascii=False, **kwargs)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping → ``{"a.b.c": "value"}``.
+
+    Mappings (and dataclasses / pydantic models) nest with ``.``; a list of scalars becomes one
+    compact JSON value; a list holding mappings nests by index (``factors.0.name``); empty
+    containers are logged as ``{}`` / ``[]``. Values are not truncated here.
+    """
+    out: dict[str, str] = {}
+
+    def walk(key: str, value: Any) -> None:
+        value = _plain(value)
+        if isinstance(value, Mapping):
+            if not value and key:
+                out[key] = "{}"
+            for k, v in value.items():
+                walk(f"{key}.{k}" if key else str(k), v)
+        elif isinstance(value, list):
+            if any(isinstance(v, Mapping | list) for v in value):
+                if not value:
+                    out[key] = "[]"
+                for i, v in enumerate(value):
+                    walk(f"{key}.{i}", v)
+            else:
+                out[key] = _to_json(value, separators=(",", ":"))
+        else:
+            out[key] = _scalar(value)
+
+    walk(prefix, params)
+    return out
+
+
+def _safe_key(key: str, taken: set[str]) -> str:
+    """A valid, unique mlflow param/metric key (bad characters → ``_``, length ≤ 250)."""
+    clean = _KEY_BAD_CHARS.sub("_", key).strip("/") or "_"
+    clean = posixpath.normpath(clean)
+    if clean in {".", ".."} or clean.startswith("../"):
+        clean = clean.replace(".", "_")
+    max_key = limits().key
+    if len(clean) > max_key:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        clean = f"{clean[:max_key - 9]}-{digest}"
+    base, n = clean, 1
+    while clean in taken:
+        n += 1
+        suffix = f"-{n}"
+        clean = base[:max_key - len(suffix)] + suffix
+    taken.add(clean)
+    return clean
+
+
+def _clip(value: str, limit: int) -> str:
+    if len(value) <= limit:
+        return value
+    return value[: limit - len(_TRUNCATED)] + _TRUNCATED
+
+
+def prepare_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened params with keys and values within mlflow's limits (values clipped)."""
+    taken: set[str] = set()
+    return {_safe_key(k, taken): _clip(v, limits().param_value)
+            for k, v in flatten_params(params).items()}
+
+
+def _artifact_name(name: str, default_suffix: str, allowed: tuple[str, ...] = ()) -> str:
+    """A relative POSIX artifact path with a suffix (``plots/equity`` → ``plots/equity.png``)."""
+    clean = posixpath.normpath(str(name).replace("\\", "/"))
+    if not name or clean in {".", ""} or clean.startswith(("/", "../")) or clean == "..":
+        raise ValueError(f"artifact name {name!r} must be a relative path inside the run")
+    suffix = PurePath(clean).suffix.lower()
+    if not suffix:
+        clean += default_suffix
+    elif allowed and suffix not in allowed:
+        raise ValueError(f"artifact name {name!r}: suffix must be one of {', '.join(allowed)}")
+    return clean
+
+
+# -- store locations ----------------------------------------------------------------------------
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores or in-memory)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    rest = uri[len("sqlite:"):].split("?", 1)[0]
+    if not rest.startswith("///"):
+        return None
+    path = rest[3:]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def _as_uri(location: str) -> str:
+    """A local path → ``file://`` URI; URIs (``s3://``, ``file:``…) unchanged."""
+    parsed = urlparse(location)
+    if parsed.scheme and len(parsed.scheme) > 1:  # not a Windows drive letter
+        return location.rstrip("/")
+    return Path(location).expanduser().resolve().as_uri()
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return slug if slug == name else f"{slug}-{digest}"
+
+
+# -- dagster context ----------------------------------------------------------------------------
+
+def dagster_tags(context: Any) -> dict[str, str]:
+    """Run id, job, asset key(s) and partition of a Dagster execution context (what it has)."""
+    if context is None:
+        return {}
+    tags: dict[str, str] = {}
+
+    def attempt(fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception:
+            return None
+
+    run_id = attempt(lambda: context.run_id)
+    if run_id:
+        tags[TAG_DAGSTER_RUN_ID] = str(run_id)
+    job = attempt(lambda: context.job_name)
+    if job:
+        tags[TAG_DAGSTER_JOB] = str(job)
+    has_assets = attempt(lambda: context.has_assets_def)
+    if has_assets or has_assets is None:
+        key = attempt(lambda: context.asset_key)
+        if key is not None:
+            tags[TAG_DAGSTER_ASSET_KEY] = key.to_user_string()
+        else:  # a multi-asset step: all the keys it materialises
+            keys = attempt(lambda: context.selected_asset_keys) or []
+            if keys:
+                tags[TAG_DAGSTER_ASSET_KEY] = ",".join(
+                    sorted(k.to_user_string() for k in keys))
+    if attempt(lambda: context.has_partition_key):
+        key = attempt(lambda: context.partition_key)
+        if key is not None:
+            tags[TAG_DAGSTER_PARTITION_KEY] = str(key)
+    elif attempt(lambda: context.has_partition_key_range):
+        rng = attempt(lambda: context.partition_key_range)
+        if rng is not None:
+            tags[TAG_DAGSTER_PARTITION_RANGE] = f"{rng.start}..{rng.end}"
+    return tags
+
+
+def _asset_code_version(context: Any) -> str | None:
+    try:
+        if context is None or not context.has_assets_def:
+            return None
+        versions = context.assets_def.code_versions_by_key
+        return versions.get(context.asset_key)
+    except Exception:
+        return None
+
+
+# -- the run handle -----------------------------------------------------------------------------
+
+class TrackedRun:
+    """An open MLflow run: log metrics and artifacts. Created by :meth:`MlflowTracking.run`."""
+
+    def __init__(self, client: MlflowClient, run: Run, url: str | None) -> None:
+        self.client = client
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+        self.artifact_uri: str = run.info.artifact_uri
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"TrackedRun(run_id={self.run_id!r}, experiment_id={self.experiment_id!r})"
+
+    # scalars
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Numeric metrics (numpy scalars fine; NaN/inf kept, None skipped)."""
+        from mlflow.entities import Metric
+
+        stamp, taken = _now_ms(), set()
+        entries: list[Metric] = []
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            plain = _plain(value)
+            if isinstance(plain, bool) or not isinstance(plain, int | float):
+                raise TypeError(f"metric {key!r}: expected a number, got {value!r}")
+            entries.append(Metric(_safe_key(str(key), taken), float(plain), stamp,
+                                  int(step or 0)))
+        size = limits().metrics_per_batch
+        for i in range(0, len(entries), size):
+            self.client.log_batch(self.run_id, metrics=entries[i:i + size])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """More params (e.g. the frozen winner of a window); keys must be new to the run."""
+        _log_params(self.client, self.run_id, params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        taken: set[str] = set()
+        entries = [RunTag(_safe_key(str(k), taken), _clip(_scalar(v), limits().tag_value))
+                   for k, v in tags.items() if v is not None]
+        size = limits().params_per_batch
+        for i in range(0, len(entries), size):
+            self.client.log_batch(self.run_id, tags=entries[i:i + size])
+
+    # artifacts
+    def _log_file(self, name: str, write: Any) -> str:
+        directory, filename = posixpath.split(name)
+        with tempfile.TemporaryDirectory(prefix="mlflow-artifact-") as tmp:
+            path = Path(tmp) / filename
+            write(path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=directory or None)
+        return name
+
+    def log_figure(self, fig: Any, name: str, *, dpi: int = 110) -> str:
+        """A matplotlib figure as PNG (a plotly figure as HTML). Returns the artifact path."""
+        if hasattr(fig, "savefig"):
+            name = _artifact_name(name, ".png", (".png", ".svg", ".pdf"))
+            return self._log_file(name, lambda p: fig.savefig(p, dpi=dpi, bbox_inches="tight"))
+        if hasattr(fig, "write_html"):
+            name = _artifact_name(name, ".html", (".html",))
+            return self._log_file(name, lambda p: fig.write_html(p, include_plotlyjs="cdn"))
+        raise TypeError(f"log_figure: expected a matplotlib or plotly figure, got "
+                        f"{type(fig).__name__}")
+
+    def log_frame(self, frame: Any, name: str) -> str:
+        """A DataFrame/Series as CSV (default) or Parquet, chosen by the name's suffix.
+
+        The index is written unless it is a plain RangeIndex.
+        """
+        import pandas as pd
+
+        if isinstance(frame, pd.Series):
+            frame = frame.to_frame()
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"log_frame: expected a DataFrame or Series, got "
+                            f"{type(frame).__name__}")
+        name = _artifact_name(name, ".csv", (".csv", ".parquet"))
+        keep_index = not (isinstance(frame.index, pd.RangeIndex) and frame.index.name is None)
+        if name.endswith(".parquet"):
+            out = frame.copy()
+            out.columns = [str(c) for c in out.columns]
+            return self._log_file(name, lambda p: out.to_parquet(p, index=keep_index))
+        return self._log_file(name, lambda p: frame.to_csv(p, index=keep_index))
+
+    def log_html(self, text: str, name: str) -> str:
+        name = _artifact_name(name, ".html", (".html", ".htm"))
+        return self._log_file(name, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def log_text(self, text: str, name: str) -> str:
+        name = _artifact_name(name, ".txt")
+        return self._log_file(name, lambda p: p.write_text(text, encoding="utf-8"))
+
+    def log_dict(self, data: Any, name: str) -> str:
+        """A mapping (or any JSON-able structure) as JSON, or YAML for ``.yaml``/``.yml``."""
+        name = _artifact_name(name, ".json", (".json", ".yaml", ".yml"))
+        if name.endswith((".yaml", ".yml")):
+            import yaml
+
+            text = yaml.safe_dump(json.loads(_to_json(data)), sort_keys=False,
+                                  allow_unicode=True)
+        else:
+            text = _to_json(data, indent=2)
+        return self._log_file(name, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> dict[str, str]:
+    from mlflow.entities import Param
+
+    clean = prepare_params(params)
+    entries = [Param(k, v) for k, v in clean.items()]
+    size = limits().params_per_batch
+    for i in range(0, len(entries), size):
+        client.log_batch(run_id, params=entries[i:i + size])
+    return clean
+
+
+# -- the resource -------------------------------------------------------------------------------
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow experiment tracking through an explicit client (SPEC §10).
+
+    ``tracking_uri``: ``sqlite:///<path>`` (local), ``http(s)://host`` (a tracking server) or
+    any other mlflow store URI. ``artifact_root``: where experiments created by this resource
+    keep artifacts (a path or URI; default for SQLite: ``mlartifacts`` beside the database; for
+    a server: the server's default). ``code_version``: tagged on every run (falls back to the
+    asset's Dagster code version).
+    """
+
+    tracking_uri: str
+    artifact_root: str | None = None
+    code_version: str = ""
+
+    # plumbing
+    def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            db.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    @property
+    def resolved_artifact_root(self) -> str | None:
+        """The artifact root URI for new experiments (None: the store's default)."""
+        if self.artifact_root:
+            return _as_uri(self.artifact_root)
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            return _as_uri(str(db.expanduser().resolve().parent / "mlartifacts"))
+        return None
+
+    @property
+    def is_server(self) -> bool:
+        return urlparse(self.tracking_uri).scheme in {"http", "https"}
+
+    def experiment(self, name: str, *, create: bool = True,
+                   client: MlflowClient | None = None) -> Experiment | None:
+        """The experiment called ``name`` (created, or restored if deleted, when ``create``)."""
+        if not name or not name.strip():
+            raise ValueError("experiment name must not be empty")
+        client = client or self.client()
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted" and create:
+                client.restore_experiment(found.experiment_id)
+                found = client.get_experiment(found.experiment_id)
+            return found
+        if not create:
+            return None
+        root = self.resolved_artifact_root
+        location = f"{root}/{_slug(name)}" if root else None
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except Exception:
+            # Created concurrently by another process: use theirs.
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found
+        return client.get_experiment(experiment_id)
+
+    @contextmanager
+    def run(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext | None,
+        *,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+        data_version: str | None = None,
+    ) -> Iterator[TrackedRun]:
+        """Start a run in ``experiment``; yield a :class:`TrackedRun`; always end it.
+
+        The run ends FINISHED when the body returns and FAILED when it raises anything
+        (including ``KeyboardInterrupt``); the exception is re-raised and its type and message
+        are tagged ``error``. Params are flattened (``a.b.c``) and clipped to mlflow's limits;
+        the complete params are also stored as the ``params.json`` artifact.
+        """
+        client = self.client()
+        exp = self.experiment(experiment, client=client)
+        assert exp is not None
+        run_tags: dict[str, str] = dagster_tags(context)
+        code_version = self.code_version or _asset_code_version(context)
+        if code_version:
+            run_tags[TAG_CODE_VERSION] = str(code_version)
+        if data_version is not None:
+            run_tags[TAG_DATA_VERSION] = str(data_version)
+        for key, value in (tags or {}).items():
+            if value is not None:
+                run_tags[str(key)] = _scalar(value)
+        taken: set[str] = set()
+        run_tags = {_safe_key(k, taken): _clip(v, limits().tag_value)
+                    for k, v in run_tags.items()}
+        mlrun = client.create_run(exp.experiment_id, run_name=run_name, tags=run_tags)
+        run_id = mlrun.info.run_id
+        handle = TrackedRun(client, mlrun, self._url(exp.experiment_id, run_id))
+        try:
+            _log_params(client, run_id, params)
+            handle.log_dict(_plain(params), PARAMS_ARTIFACT)
+            if context is not None:
+                _log_to_context(context, experiment, handle)
+            yield handle
+        except BaseException as exc:
+            # Never mask the body's exception with a tracking-store failure.
+            with suppress(BaseException):
+                client.set_tag(run_id, TAG_ERROR,
+                               _clip(f"{type(exc).__name__}: {exc}", limits().tag_value))
+            with suppress(BaseException):
+                client.set_terminated(run_id, "FAILED")
+            raise
+        else:
+            client.set_terminated(run_id, "FINISHED")
+
+    # queries and links
+    def search(self, experiment: str, filter_string: str = "", *,
+               order_by: list[str] | None = None, max_results: int = 1000) -> list[Run]:
+        """Runs of ``experiment`` matching an mlflow filter (e.g. ``tags.`dagster.run_id` = 'x'``);
+        newest first. An unknown experiment has no runs."""
+        client = self.client()
+        exp = self.experiment(experiment, create=False, client=client)
+        if exp is None:
+            return []
+        return list(client.search_runs(
+            [exp.experiment_id], filter_string=filter_string,
+            order_by=order_by or ["attributes.start_time DESC"], max_results=max_results))
+
+    def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
+        """A link to the run in the tracking server's UI (None for local stores)."""
+        if not self.is_server:
+            return None
+        if experiment_id is None:
+            experiment_id = self.client().get_run(run_id).info.experiment_id
+        return self._url(experiment_id, run_id)
+
+    def _url(self, experiment_id: str, run_id: str) -> str | None:
+        if not self.is_server:
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _log_to_context(context: Any, experiment: str, handle: TrackedRun) -> None:
+    with suppress(Exception):  # logging is a courtesy
+        where = handle.url or f"run {handle.run_id}"
+        context.log.info(f"MLflow: experiment {experiment!r}, {where}")
+
+
+__all__ = [
+    "PARAMS_ARTIFACT",
+    "TAG_CODE_VERSION",
+    "TAG_DAGSTER_ASSET_KEY",
+    "TAG_DAGSTER_JOB",
+    "TAG_DAGSTER_PARTITION_KEY",
+    "TAG_DAGSTER_PARTITION_RANGE",
+    "TAG_DAGSTER_RUN_ID",
+    "TAG_DATA_VERSION",
+    "TAG_ERROR",
+    "MlflowTracking",
+    "TrackedRun",
+    "dagster_tags",
+    "flatten_params",
+    "prepare_params",
+]

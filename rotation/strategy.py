@@ -1,0 +1,745 @@
+"""Strategy configuration (SPEC §4–§8): one validated YAML file per strategy.
+
+A strategy names its universe, its candidate factors, the label horizons, the screening
+thresholds, the walk-forward windows, the combination search, trading costs, portfolio rules and
+the execution model. :func:`load_strategy` reads ``config/strategies/<name>.yaml`` (or a path)
+and raises :class:`StrategyConfigError` naming the file, the field path and why, e.g.::
+
+    invalid strategy config config/strategies/x.yaml:
+      costs.commission_bps: commission is in basis points (2 = 0.02 %); 50.0 exceeds ...
+      factors: entry 3 ('mom_20'): field 'kernel': unknown kernel 'momentom' (...)
+
+Every section forbids unknown keys. The models are frozen; derived engine configs come from
+:meth:`StrategyConfig.wfo_config` (:class:`rotation.wfo.WfoConfig`, ``horizon = max(horizons)``)
+and :meth:`StrategyConfig.portfolio_config` (:class:`rotation.portfolio.PortfolioConfig`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rotation.factors.registry import (
+    DEFAULT_FACTORS,
+    FactorConfigError,
+    FactorSpec,
+    factor_spec,
+)
+from rotation.wfo import WfoConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STRATEGY_CONFIG_DIR = PROJECT_ROOT / "config" / "strategies"
+DATASET_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
+# The built-in generated market (rotation.sources.sample) has no dataset config file.
+SAMPLE_DATASET = "sample"
+# Commission on exchange-traded funds in China is capped at 0.3 % of the traded value.
+MAX_COMMISSION_BPS = 30.0
+
+_CODE_RE = re.compile(r"^[15]\d{5}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class StrategyConfigError(ValueError):
+    """An invalid strategy file: ``path`` and ``problems`` as ``(field path, reason)`` pairs."""
+
+    def __init__(self, path: str | Path | None, problems: list[tuple[str, str]]) -> None:
+        self.path = None if path is None else str(path)
+        self.problems = problems
+        where = f"strategy config {self.path}" if self.path else "strategy config"
+        lines = [f"{loc}: {msg}" if loc else msg for loc, msg in problems]
+        super().__init__(f"invalid {where}:\n  " + "\n  ".join(lines))
+
+
+class StrategyWarning(UserWarning):
+    """A valid but noteworthy setting (e.g. the comparison-only ``CLOSE`` execution model)."""
+
+
+def _fund_code(value: Any) -> Any:
+    """Accept ``510300``, ``"510300"``, ``"510300.SH"``; return the 6-digit code string."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a 6-digit fund code, got {value!r}")
+    if isinstance(value, int):
+        value = f"{value:06d}"
+    if isinstance(value, str):
+        text = value.strip().upper()
+        for suffix in (".SH", ".SZ"):
+            if text.endswith(suffix):
+                code = text[: -len(suffix)]
+                if _CODE_RE.match(code) and (suffix == ".SH") != code.startswith("1"):
+                    return code
+                raise ValueError(f"{value!r}: exchange suffix does not match the code "
+                                 "(Shanghai 5xxxxx.SH, Shenzhen 1xxxxx.SZ)")
+        if not _CODE_RE.match(text):
+            raise ValueError(f"{value!r} is not a fund code (6 digits: Shanghai 5xxxxx, "
+                             "Shenzhen 1xxxxx)")
+        return text
+    raise ValueError(f"expected a 6-digit fund code, got {type(value).__name__}")
+
+
+FundCode = Annotated[str, BeforeValidator(_fund_code)]
+_MODEL = ConfigDict(extra="forbid", frozen=True)
+
+
+def _sorted_unique(values: tuple[int, ...]) -> tuple[int, ...]:
+    if not values:
+        raise ValueError("at least one value is required")
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate values in {list(values)}")
+    return tuple(sorted(values))
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+
+class UniverseConfig(BaseModel):
+    """SPEC §2: the funds the strategy ranks, its benchmark and its defensive fund.
+
+    Exactly one of ``dataset`` (a config in ``config/datasets``, or ``sample`` for the built-in
+    generated market: all its funds) and ``symbols`` (an explicit list). ``exclude`` removes funds
+    from the ranking. ``defensive`` (a bond fund, or null for cash) receives the weight of
+    holdings that fail the absolute-momentum filter; it is not ranked itself.
+    """
+
+    model_config = _MODEL
+
+    dataset: str | None = None
+    symbols: tuple[FundCode, ...] = ()
+    exclude: tuple[FundCode, ...] = ()
+    benchmark: FundCode = "510300"
+    defensive: str | None = None
+
+    @field_validator("defensive", mode="before")
+    @classmethod
+    def _defensive_code(cls, value: Any) -> Any:
+        return None if value is None else _fund_code(value)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_known(cls, value: str | None) -> str | None:
+        if value is None or value == SAMPLE_DATASET:
+            return value
+        path = Path(value)
+        if path.suffix in {".yaml", ".yml"}:
+            if not path.is_file():
+                raise ValueError(f"no dataset config at {value}")
+            return value
+        if not (DATASET_CONFIG_DIR / f"{value}.yaml").is_file():
+            known = sorted(p.stem for p in DATASET_CONFIG_DIR.glob("*.yaml"))
+            raise ValueError(f"unknown dataset {value!r} (known: {[SAMPLE_DATASET, *known]})")
+        return value
+
+    @field_validator("symbols", "exclude")
+    @classmethod
+    def _unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ValueError(f"duplicate fund codes {dupes}")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UniverseConfig:
+        if (self.dataset is None) == (not self.symbols):
+            raise ValueError("dataset/symbols: give exactly one of 'dataset' and 'symbols'")
+        if self.symbols:
+            stray = sorted(set(self.exclude) - set(self.symbols))
+            if stray:
+                raise ValueError(f"exclude: {stray} not in symbols")
+            if len(set(self.symbols) - set(self.exclude) - {self.defensive}) < 2:
+                raise ValueError("symbols: fewer than 2 funds left to rank after exclusions "
+                                 "and the defensive fund")
+        if self.defensive is not None:
+            if self.defensive == self.benchmark:
+                raise ValueError(f"defensive: {self.defensive} is also the benchmark; the "
+                                 "defensive fund should be a bond fund (or null for cash)")
+            if self.defensive in self.exclude:
+                raise ValueError(f"defensive: {self.defensive} is in exclude")
+        if self.benchmark in self.exclude:
+            raise ValueError(f"benchmark: {self.benchmark} is in exclude")
+        return self
+
+    @property
+    def not_ranked(self) -> frozenset[str]:
+        """Codes never ranked: the exclusions and the defensive fund."""
+        return frozenset(self.exclude) | ({self.defensive} if self.defensive else set())
+
+
+class ScreeningConfig(BaseModel):
+    """SPEC §5 selection thresholds (the arguments of :func:`rotation.ic.select_factors`).
+
+    ``horizon``: the label horizon the screen is run on (default: the longest horizon).
+    """
+
+    model_config = _MODEL
+
+    horizon: int | None = Field(None, ge=1)
+    min_abs_ic: float = Field(0.02, ge=0, lt=1)
+    min_positive_rate: float = Field(0.5, ge=0, le=1)
+    fdr_alpha: float = Field(0.05, gt=0, lt=1)
+    max_corr: float = Field(0.7, gt=0, le=1)
+
+
+class WfoSection(BaseModel):
+    """SPEC §6 windows in sessions; the purge comes from the longest label horizon."""
+
+    model_config = _MODEL
+
+    in_sample: int = Field(252, ge=60)
+    out_of_sample: int = Field(60, ge=1)
+    step: int = Field(60, ge=1)
+    mode: Literal["rolling", "anchored"] = "rolling"
+    embargo: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_gaps(self) -> WfoSection:
+        if self.step > self.out_of_sample:
+            raise ValueError(f"step: {self.step} must be <= out_of_sample "
+                             f"({self.out_of_sample}): larger steps leave sessions out of the "
+                             "stitched out-of-sample curve")
+        return self
+
+
+class ScoreWeights(BaseModel):
+    """Weights of the rank-weighted in-sample score (SPEC §6); non-negative, summing to 1."""
+
+    model_config = _MODEL
+
+    annual_return: float = Field(0.4, ge=0, le=1)
+    sharpe: float = Field(0.3, ge=0, le=1)
+    max_drawdown: float = Field(0.3, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> ScoreWeights:
+        total = self.annual_return + self.sharpe + self.max_drawdown
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ValueError(f"weights must sum to 1, got {total:g}")
+        return self
+
+
+Weighting = Literal["equal", "inverse_vol", "score"]
+
+
+class SearchConfig(BaseModel):
+    """SPEC §6 in-sample search: factor combinations × top-N × rebalance × weighting.
+
+    Combination sizes run ``min_factors..max_factors`` over the factors that pass the screen.
+    ``complexity_penalty`` is subtracted from the score per factor beyond ``min_factors`` (the
+    score is in rank units, 0..1). ``finalists`` best candidates are re-run in vectorbt.
+    """
+
+    model_config = _MODEL
+
+    min_factors: int = Field(2, ge=1)
+    max_factors: int = Field(3, ge=1)
+    top_n: tuple[int, ...] = (3, 4, 5)
+    rebalance_every: tuple[int, ...] = (5, 10, 20)
+    weightings: tuple[Weighting, ...] = ("equal", "inverse_vol")
+    complexity_penalty: float = Field(0.02, ge=0, le=1)
+    score_weights: ScoreWeights = Field(default_factory=ScoreWeights)
+    finalists: int = Field(10, ge=1)
+
+    @field_validator("top_n", "rebalance_every")
+    @classmethod
+    def _positive_sorted(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"values must be >= 1, got {bad}")
+        return _sorted_unique(values)
+
+    @field_validator("weightings")
+    @classmethod
+    def _weightings(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("at least one weighting is required")
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate weightings in {list(values)}")
+        return values
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SearchConfig:
+        if self.max_factors < self.min_factors:
+            raise ValueError(f"max_factors: {self.max_factors} must be >= min_factors "
+                             f"({self.min_factors})")
+        return self
+
+    def n_candidates(self, n_factors: int) -> int:
+        """Candidates searched in a window where ``n_factors`` passed the screen."""
+        sizes = range(self.min_factors, min(self.max_factors, n_factors) + 1)
+        combos = sum(math.comb(n_factors, k) for k in sizes)
+        return combos * len(self.top_n) * len(self.rebalance_every) * len(self.weightings)
+
+
+class CostConfig(BaseModel):
+    """SPEC §7 trading costs. Basis points of traded value; the minimum commission is per order
+    in CNY; funds pay no stamp duty."""
+
+    model_config = _MODEL
+
+    commission_bps: float = Field(2.0, ge=0, allow_inf_nan=False)
+    min_commission: float = Field(5.0, ge=0, allow_inf_nan=False)
+    slippage_bps: float = Field(5.0, ge=0, le=200, allow_inf_nan=False)
+    stamp_duty_bps: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
+    lot_size: int = Field(100, ge=1)
+
+    @field_validator("commission_bps")
+    @classmethod
+    def _commission_in_bps(cls, value: float) -> float:
+        if value > MAX_COMMISSION_BPS:
+            raise ValueError(f"commission is in basis points (2 = 0.02 %); {value:g} exceeds "
+                             f"the {MAX_COMMISSION_BPS:g} bp (0.3 %) cap on fund commissions")
+        return value
+
+    @property
+    def commission_rate(self) -> float:
+        return self.commission_bps / 1e4
+
+    @property
+    def slippage_rate(self) -> float:
+        return self.slippage_bps / 1e4
+
+
+class RegimeLevel(BaseModel):
+    """Exposure once the market-volatility percentile reaches ``percentile``."""
+
+    model_config = _MODEL
+
+    percentile: float = Field(ge=0, le=1)
+    exposure: float = Field(ge=0, le=1)
+
+
+class RegimeConfig(BaseModel):
+    """SPEC §8 regime gate: percentile of the ``window``-session market volatility among the
+    last ``lookback`` values; exposure 1.0 below the first level. No levels: no gate."""
+
+    model_config = _MODEL
+
+    window: int = Field(20, ge=2)
+    lookback: int = Field(252, ge=2)
+    min_periods: int = Field(60, ge=1)
+    levels: tuple[RegimeLevel, ...] = (RegimeLevel(percentile=0.8, exposure=0.6),
+                                       RegimeLevel(percentile=0.95, exposure=0.3))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RegimeConfig:
+        if self.min_periods > self.lookback:
+            raise ValueError(f"min_periods: {self.min_periods} must be <= lookback "
+                             f"({self.lookback})")
+        for a, b in itertools.pairwise(self.levels):
+            if not b.percentile > a.percentile:
+                raise ValueError("levels: percentiles must be strictly increasing")
+            if b.exposure > a.exposure:
+                raise ValueError("levels: exposure must not rise with the volatility percentile")
+        return self
+
+
+class AbsMomentumConfig(BaseModel):
+    """SPEC §8: a selected fund whose ``window``-session return is below ``threshold`` hands
+    its weight to the defensive fund (or cash). ``window: null`` disables the filter."""
+
+    model_config = _MODEL
+
+    window: int | None = Field(60, ge=1)
+    threshold: float = Field(0.0, ge=-1, allow_inf_nan=False)
+
+
+class PortfolioRules(BaseModel):
+    """SPEC §8 portfolio rules of the strategy as traded (the search varies top_n, rebalance
+    frequency and weighting around them)."""
+
+    model_config = _MODEL
+
+    top_n: int = Field(3, ge=1)
+    buffer: int = Field(2, ge=0)
+    min_hold_days: int = Field(5, ge=0)
+    rebalance_every: int = Field(5, ge=1)
+    weighting: Weighting = "equal"
+    max_weight: float = Field(0.4, gt=0, le=1)
+    vol_window: int = Field(20, ge=2)
+    regime: RegimeConfig = Field(default_factory=RegimeConfig)
+    abs_momentum: AbsMomentumConfig = Field(default_factory=AbsMomentumConfig)
+    initial_cash: float = Field(1_000_000.0, gt=0, allow_inf_nan=False)
+
+
+class ExecutionConfig(BaseModel):
+    """SPEC §1: ``T1_OPEN`` (decide after close D, fill at open D+1) is the only model for
+    signals; ``CLOSE`` (fill at close D) is accepted for comparison backtests only."""
+
+    model_config = _MODEL
+
+    model: Literal["T1_OPEN", "CLOSE"] = "T1_OPEN"
+
+    @property
+    def comparison_only(self) -> bool:
+        return self.model != "T1_OPEN"
+
+
+# -- factors ------------------------------------------------------------------------------------
+
+_DEFAULTS_BY_NAME: dict[str, FactorSpec] = {s.name: s for s in DEFAULT_FACTORS}
+
+
+def _factor_entries(value: Any) -> tuple[FactorSpec, ...]:
+    """Factor list → specs: a name of the reference set, or a full configuration entry."""
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise ValueError("expected a list of factor names or factor entries "
+                         "{name, kernel, params, unit, direction}")
+    if not value:
+        raise ValueError("at least one factor is required")
+    specs: list[FactorSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(value):
+        if isinstance(entry, FactorSpec):
+            spec = entry
+        elif isinstance(entry, str):
+            spec = _DEFAULTS_BY_NAME.get(entry)
+            if spec is None:
+                close = difflib.get_close_matches(entry, _DEFAULTS_BY_NAME, n=3)
+                hint = f"; did you mean {close}?" if close else ""
+                raise ValueError(f"[{i}]: {entry!r} is not a factor of the reference set{hint} "
+                                 "(give a full entry {name, kernel, params, unit, direction} "
+                                 "for a new factor)")
+        elif isinstance(entry, Mapping):
+            try:
+                spec = factor_spec(entry, where=f"[{i}]")
+            except FactorConfigError as exc:
+                text = str(exc).removeprefix(f"[{i}]: ")
+                field = re.match(r"^field '([^']+)': (.*)$", text, re.S)
+                name = f" (factor {entry.get('name')!r})" if entry.get("name") else ""
+                if field:
+                    raise ValueError(f"[{i}].{field.group(1)}: {field.group(2)}{name}") from None
+                raise ValueError(f"[{i}]: {text}{name}") from None
+        else:
+            raise ValueError(f"[{i}]: expected a factor name or a mapping, got "
+                             f"{type(entry).__name__}")
+        if spec.name in seen:
+            raise ValueError(f"[{i}].name: duplicate factor name {spec.name!r} (also entry "
+                             f"{seen[spec.name]})")
+        seen[spec.name] = i
+        specs.append(spec)
+    return tuple(specs)
+
+
+FactorList = Annotated[tuple[FactorSpec, ...], BeforeValidator(_factor_entries)]
+
+
+# -- the strategy -------------------------------------------------------------------------------
+
+
+class StrategyConfig(BaseModel):
+    """A complete, validated strategy (one MLflow experiment: :attr:`name`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    description: str = ""
+    universe: UniverseConfig
+    factors: FactorList
+    horizons: tuple[int, ...] = (1, 5, 10, 20)
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
+    wfo: WfoSection = Field(default_factory=WfoSection)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    costs: CostConfig = Field(default_factory=CostConfig)
+    portfolio: PortfolioRules = Field(default_factory=PortfolioRules)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"{value!r}: use lower-case letters, digits and '_', starting with "
+                             "a letter (it names the MLflow experiment and partitions)")
+        return value
+
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"every horizon must be >= 1 session, got {bad}")
+        return _sorted_unique(values)
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> StrategyConfig:
+        problems: list[str] = []
+        longest = max(self.horizons)
+        if self.screening.horizon is not None and self.screening.horizon not in self.horizons:
+            problems.append(f"screening.horizon: {self.screening.horizon} is not one of the "
+                            f"horizons {list(self.horizons)}")
+        if self.wfo.in_sample < 3 * longest:
+            problems.append(f"wfo.in_sample: {self.wfo.in_sample} sessions is too short for the "
+                            f"{longest}-session horizon (need >= {3 * longest}: at least three "
+                            "non-overlapping labels)")
+        if self.search.min_factors > len(self.factors):
+            problems.append(f"search.min_factors: {self.search.min_factors} exceeds the "
+                            f"{len(self.factors)} configured factor(s)")
+        rules = self.portfolio
+        for where, n in [("portfolio.top_n", rules.top_n),
+                         *[("search.top_n", n) for n in self.search.top_n]]:
+            if rules.max_weight * n < 1 - 1e-9:
+                problems.append(f"{where}: {n} funds × portfolio.max_weight {rules.max_weight:g} "
+                                "< 100 %: the portfolio could never be fully invested")
+                break
+        if self.universe.symbols:
+            rankable = len(set(self.universe.symbols) - self.universe.not_ranked)
+            top = max(rules.top_n, *self.search.top_n)
+            if top >= rankable:
+                problems.append(f"portfolio.top_n/search.top_n: top {top} of {rankable} ranked "
+                                "funds is not a rotation (need fewer than the universe)")
+        try:
+            self.wfo_config  # noqa: B018 - the engine config must validate too
+        except ValidationError as exc:
+            problems.append(f"wfo: {exc}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def factor_specs(self) -> tuple[FactorSpec, ...]:
+        return self.factors
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.factors)
+
+    @property
+    def max_horizon(self) -> int:
+        return max(self.horizons)
+
+    @property
+    def screening_horizon(self) -> int:
+        return self.screening.horizon or self.max_horizon
+
+    @property
+    def wfo_config(self) -> WfoConfig:
+        """The walk-forward engine config; purge from the longest label horizon."""
+        w = self.wfo
+        return WfoConfig(in_sample=w.in_sample, out_of_sample=w.out_of_sample, step=w.step,
+                         mode=w.mode, horizon=self.max_horizon, embargo=w.embargo)
+
+    @property
+    def comparison_only(self) -> bool:
+        """True under the ``CLOSE`` model: results are for comparison, never for signals."""
+        return self.execution.comparison_only
+
+    @property
+    def experiment_name(self) -> str:
+        """The MLflow experiment of this strategy (SPEC §10: one per strategy)."""
+        return self.name
+
+    def select_kwargs(self) -> dict[str, float]:
+        """Keyword arguments of :func:`rotation.ic.select_factors`."""
+        s = self.screening
+        return {"min_abs_ic": s.min_abs_ic, "min_positive_rate": s.min_positive_rate,
+                "alpha": s.fdr_alpha, "max_corr": s.max_corr}
+
+    def portfolio_config(self, *, top_n: int | None = None, rebalance_every: int | None = None,
+                         weighting: str | None = None) -> Any:
+        """:class:`rotation.portfolio.PortfolioConfig` of the rules, optionally with one search
+        candidate's top-N, rebalance frequency and weighting."""
+        from rotation.portfolio import PortfolioConfig
+
+        p = self.portfolio
+        return PortfolioConfig(
+            top_n=top_n if top_n is not None else p.top_n,
+            buffer=p.buffer,
+            min_hold_days=p.min_hold_days,
+            rebalance_every=rebalance_every if rebalance_every is not None else p.rebalance_every,
+            weighting=weighting if weighting is not None else p.weighting,
+            max_weight=p.max_weight,
+            vol_window=p.vol_window,
+            regime_window=p.regime.window,
+            regime_lookback=p.regime.lookback,
+            regime_min_periods=p.regime.min_periods,
+            regime_levels=tuple((lv.percentile, lv.exposure) for lv in p.regime.levels),
+            abs_mom_window=p.abs_momentum.window,
+            abs_mom_threshold=p.abs_momentum.threshold,
+            defensive_symbol=self.universe.defensive,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-able configuration (factor entries in full)."""
+        data = self.model_dump(mode="json", exclude={"factors"})
+        data["factors"] = [s.to_dict() for s in self.factors]
+        return {"name": data.pop("name"), "description": data.pop("description"),
+                "universe": data.pop("universe"), "factors": data.pop("factors"), **data}
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) of the canonical configuration: equal configs, equal fingerprints."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def tracking_params(self) -> dict[str, Any]:
+        """Parameters for an MLflow run (nested; the tracking resource flattens them)."""
+        data = self.to_dict()
+        data.pop("description", None)
+        data["factors"] = {s.name: {"kernel": s.kernel, "params": dict(s.params),
+                                    "direction": s.direction} for s in self.factors}
+        data["wfo"]["horizon"] = self.max_horizon
+        data["wfo"]["purge"] = self.wfo_config.purge
+        return data
+
+    def tracking_tags(self) -> dict[str, str]:
+        return {"strategy": self.name, "strategy.fingerprint": self.fingerprint,
+                "execution_model": self.execution.model,
+                "comparison_only": str(self.comparison_only).lower()}
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+def _all_field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set(model.model_fields)
+    for info in model.model_fields.values():
+        for candidate in _types_in(info.annotation):
+            names |= _all_field_names(candidate, seen)
+    return names
+
+
+def _types_in(annotation: Any) -> list[type[BaseModel]]:
+    out: list[type[BaseModel]] = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        out.append(annotation)
+    for arg in getattr(annotation, "__args__", ()) or ():
+        out.extend(_types_in(arg))
+    return out
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+_LEAD_ITEM = re.compile(r"^(\[\d+\][\w.\[\]]*): (.*)$", re.S)
+_LEAD_FIELD = re.compile(r"^([a-z_][a-z0-9_]*(?:[./][a-z_][a-z0-9_]*)*): (.*)$", re.S)
+
+
+def explain(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, reason)`` per pydantic error, with the offending value and hints.
+
+    Model-level validators name the field they object to at the start of their message
+    (``"step: ..."``); that name is appended to the error's location.
+    """
+    fields = _all_field_names(StrategyConfig)
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = _loc(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+        msg = str(err["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(prefix):
+                msg = msg[len(prefix):]
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(err["loc"][-1])
+            close = difflib.get_close_matches(key, fields, n=1)
+            problems.append((loc, "unknown key" + (f" (did you mean {close[0]!r}?)"
+                                                   if close else "")))
+            continue
+        if kind not in {"value_error", "missing", "assertion_error"}:
+            problems.append((loc, f"{msg} (got {err.get('input')!r})"))
+            continue
+        for line in msg.splitlines():
+            item = _LEAD_ITEM.match(line)
+            if item:  # "[3].kernel: ..." from a list validator
+                problems.append((f"{loc}{item.group(1)}", item.group(2)))
+                continue
+            match = _LEAD_FIELD.match(line)
+            if match and all(part in fields for part in re.split(r"[./]", match.group(1))):
+                lead = "/".join(f"{loc}.{p}" if loc else p
+                                for p in match.group(1).split("/"))
+                problems.append((lead, match.group(2)))
+            else:
+                problems.append((loc, line))
+    return problems
+
+
+def resolve_strategy_path(name_or_path: str | Path) -> Path:
+    """A path as given, or ``config/strategies/<name>.yaml`` for a bare name."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.is_file():
+        return path
+    return STRATEGY_CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def strategy_from_dict(data: Any, *, path: str | Path | None = None) -> StrategyConfig:
+    """Validate a mapping (e.g. parsed YAML); errors as :class:`StrategyConfigError`."""
+    if not isinstance(data, Mapping):
+        raise StrategyConfigError(path, [("", f"expected a mapping at the top level, got "
+                                              f"{type(data).__name__}")])
+    try:
+        return StrategyConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise StrategyConfigError(path, explain(exc)) from None
+
+
+def load_strategy(name_or_path: str | Path, *, warn: bool = True) -> StrategyConfig:
+    """Read and validate a strategy YAML file (a path, or a name in ``config/strategies``).
+
+    Raises :class:`StrategyConfigError` naming the file, the field path and why. A strategy on
+    the ``CLOSE`` execution model loads (comparison backtests) with a :class:`StrategyWarning`.
+    """
+    path = resolve_strategy_path(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in STRATEGY_CONFIG_DIR.glob("*.yaml"))
+        raise StrategyConfigError(path, [("", f"no such file (strategies in "
+                                              f"{STRATEGY_CONFIG_DIR}: {known})")])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise StrategyConfigError(path, [("", f"not valid YAML: {exc}")]) from None
+    config = strategy_from_dict(data, path=path)
+    if warn and config.comparison_only:
+        warnings.warn(f"strategy {config.name!r} ({path}): execution model "
+                      f"{config.execution.model} is for comparison only; it never produces "
+                      "signals", StrategyWarning, stacklevel=2)
+    return config
+
+
+__all__ = [
+    "STRATEGY_CONFIG_DIR",
+    "AbsMomentumConfig",
+    "CostConfig",
+    "ExecutionConfig",
+    "PortfolioRules",
+    "RegimeConfig",
+    "RegimeLevel",
+    "ScoreWeights",
+    "ScreeningConfig",
+    "SearchConfig",
+    "StrategyConfig",
+    "StrategyConfigError",
+    "StrategyWarning",
+    "UniverseConfig",
+    "WfoSection",
+    "explain",
+    "load_strategy",
+    "resolve_strategy_path",
+    "strategy_from_dict",
+]
