@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 env: $(STAMP)  ## create the virtual environment
 
 demo: env  ## run the whole pipeline on the embedded default (sample market, SQLite instance)
-	$(PY) -m orchestration.demo
+	$(PY) -W "ignore:Function:Warning" -W "ignore:Parameter:Warning" -m orchestration.demo
 
 dev: env  ## the Dagster UI on the same local instance as `make demo`
 	$(PY) -m orchestration.dev
