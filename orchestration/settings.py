@@ -22,11 +22,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from rotation.config_paths import DATASET_CONFIG_DIR, PROJECT_ROOT
 from rotation.cross_section import CrossSectionConfig
 from rotation.quality import QualityConfig
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATASET_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
 
 
 class SettingsError(ValueError):

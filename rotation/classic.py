@@ -58,6 +58,11 @@ _CFG = ConfigDict(extra="forbid")
 Rebalance = Literal["on_change", "daily"]
 
 
+def _require_fast_below_slow(fast: int, slow: int) -> None:
+    if fast >= slow:
+        raise ValueError(f"fast ({fast}) must be < slow ({slow})")
+
+
 @pydantic_dataclass(frozen=True, config=_CFG)
 class MACrossConfig:
     fast: int = Field(5, ge=1)
@@ -66,8 +71,7 @@ class MACrossConfig:
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
+        _require_fast_below_slow(self.fast, self.slow)
 
 
 @pydantic_dataclass(frozen=True, config=_CFG)
@@ -79,8 +83,7 @@ class MACDConfig:
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
+        _require_fast_below_slow(self.fast, self.slow)
 
 
 @pydantic_dataclass(frozen=True, config=_CFG)

@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from rotation.config_paths import DATASET_CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.factors.registry import (
     DEFAULT_FACTORS,
     FactorConfigError,
@@ -46,9 +47,6 @@ from rotation.factors.registry import (
 )
 from rotation.wfo import WfoConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STRATEGY_CONFIG_DIR = PROJECT_ROOT / "config" / "strategies"
-DATASET_CONFIG_DIR = PROJECT_ROOT / "config" / "datasets"
 # The built-in generated market (rotation.sources.sample) has no dataset config file.
 SAMPLE_DATASET = "sample"
 # Commission on exchange-traded funds in China is capped at 0.3 % of the traded value.

@@ -86,6 +86,21 @@ def limit_flags_nb(open_adj: np.ndarray, close_adj: np.ndarray, factor: np.ndarr
 
 
 @numba.njit(cache=True)
+def _record(r: np.ndarray, t: int, j: int, side: float, req: float, qty: float, price: float,
+            notional: float, fee: float, flags: int) -> None:
+    """One row of the order ledger (sells and buys share the layout)."""
+    r[REC_ROW] = t
+    r[REC_COL] = j
+    r[REC_SIDE] = side
+    r[REC_REQ] = req
+    r[REC_UNITS] = qty
+    r[REC_PRICE] = price
+    r[REC_NOTIONAL] = notional
+    r[REC_FEE] = fee
+    r[REC_FLAGS] = flags
+
+
+@numba.njit(cache=True)
 def _fee(notional: float, rate: float, min_fee: float) -> float:
     return max(rate * notional, min_fee)
 
@@ -176,16 +191,7 @@ def simulate_nb(target: np.ndarray, open_adj: np.ndarray, close_adj: np.ndarray,
                     units[j] -= qty
                     if units[j] * factor[t, j] < 1e-6:
                         units[j] = 0.0
-                r = records[n_rec]
-                r[REC_ROW] = t
-                r[REC_COL] = j
-                r[REC_SIDE] = -1.0
-                r[REC_REQ] = req
-                r[REC_UNITS] = qty
-                r[REC_PRICE] = price
-                r[REC_NOTIONAL] = notional
-                r[REC_FEE] = fee
-                r[REC_FLAGS] = flags
+                _record(records[n_rec], t, j, -1.0, req, qty, price, notional, fee, flags)
                 n_rec += 1
             # Then buys, in column order, each limited by the cash left.
             for j in range(m):
@@ -229,16 +235,7 @@ def simulate_nb(target: np.ndarray, open_adj: np.ndarray, close_adj: np.ndarray,
                     cash -= notional + fee
                     units[j] += qty
                     bought[j] += qty
-                r = records[n_rec]
-                r[REC_ROW] = t
-                r[REC_COL] = j
-                r[REC_SIDE] = 1.0
-                r[REC_REQ] = req
-                r[REC_UNITS] = qty
-                r[REC_PRICE] = price
-                r[REC_NOTIONAL] = notional
-                r[REC_FEE] = fee
-                r[REC_FLAGS] = flags
+                _record(records[n_rec], t, j, 1.0, req, qty, price, notional, fee, flags)
                 n_rec += 1
         # Mark at the close.
         value = cash
