@@ -23,12 +23,12 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numba
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.factors.kernels import market_returns_nb, momentum_nb, volatility_nb
@@ -41,9 +41,19 @@ TRADING_DAYS = 252.0
 _CAP_RTOL = 1e-12
 
 
+# A share in [0, 1]: a volatility percentile or an exposure of the regime gate.
+_Unit = Annotated[float, Field(ge=0, le=1)]
+
+
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class PortfolioConfig:
     """SPEC §8 parameters (validated; errors name the field).
+
+    The one definition of the portfolio rules, their defaults and bounds. Strategy files give
+    them in a nested form (``portfolio: {top_n, ..., regime: {window, lookback, min_periods,
+    levels: [{percentile, exposure}]}, abs_momentum: {window, threshold}}``) that
+    :func:`rotation.strategy.portfolio_from_nested` maps onto these fields (error locations in
+    the nested form); ``defensive_symbol`` comes from the strategy's ``universe.defensive``.
 
     Selection: the ``top_n`` best-ranked eligible funds; a holding stays while its rank is
     ``<= top_n + buffer`` and is never dropped before ``min_hold_days`` sessions unless it
@@ -59,8 +69,8 @@ class PortfolioConfig:
     ``regime_min_periods`` volatility values exist. An empty ``regime_levels`` disables the gate.
 
     Absolute momentum: a selected fund whose own ``abs_mom_window``-session return is below
-    ``abs_mom_threshold`` hands its weight to ``defensive_symbol`` (up to
-    ``defensive_max_weight``, default ``max_weight``; the rest stays cash) or to cash when no
+    ``abs_mom_threshold`` (a return, so ``>= -1``) hands its weight to ``defensive_symbol`` (up
+    to ``defensive_max_weight``, default ``max_weight``; the rest stays cash) or to cash when no
     defensive fund is set. ``abs_mom_window=None`` disables the filter.
     """
 
@@ -74,34 +84,33 @@ class PortfolioConfig:
     regime_window: int = Field(20, ge=2)
     regime_lookback: int = Field(252, ge=2)
     regime_min_periods: int = Field(60, ge=1)
-    regime_levels: tuple[tuple[float, float], ...] = ((0.8, 0.5), (0.95, 0.0))
+    regime_levels: tuple[tuple[_Unit, _Unit], ...] = ((0.8, 0.5), (0.95, 0.0))
     abs_mom_window: int | None = Field(60, ge=1)
-    abs_mom_threshold: float = Field(0.0, allow_inf_nan=False)
+    abs_mom_threshold: float = Field(0.0, ge=-1, allow_inf_nan=False)
     defensive_symbol: str | None = Field(None, min_length=1)
     defensive_max_weight: float | None = Field(None, gt=0, le=1)
 
+    # Messages below do not repeat the field name: the error location names it (here the flat
+    # field, in a strategy file the nested key, e.g. ``portfolio.regime.levels``).
     @field_validator("regime_levels")
     @classmethod
     def _check_levels(cls, levels: tuple[tuple[float, float], ...]
                       ) -> tuple[tuple[float, float], ...]:
-        for pct, exposure in levels:
-            if not (0.0 <= pct <= 1.0 and 0.0 <= exposure <= 1.0):
-                raise ValueError(f"regime_levels: ({pct}, {exposure}) needs percentile and "
-                                 "exposure in [0, 1]")
         for (p0, e0), (p1, e1) in itertools.pairwise(levels):
             if not p1 > p0:
-                raise ValueError("regime_levels: percentiles must be strictly increasing")
+                raise ValueError("percentiles must be strictly increasing")
             if e1 > e0:
-                raise ValueError("regime_levels: exposures must not increase with the "
-                                 "percentile (higher volatility, lower exposure)")
+                raise ValueError("exposures must not increase with the percentile (higher "
+                                 "volatility, lower exposure)")
         return levels
 
-    @model_validator(mode="after")
-    def _check_cross_fields(self) -> PortfolioConfig:
-        if self.regime_min_periods > self.regime_lookback:
-            raise ValueError(f"regime_min_periods ({self.regime_min_periods}) must be <= "
-                             f"regime_lookback ({self.regime_lookback})")
-        return self
+    @field_validator("regime_min_periods")
+    @classmethod
+    def _check_min_periods(cls, value: int, info: ValidationInfo) -> int:
+        lookback = info.data.get("regime_lookback")  # absent when it failed validation
+        if lookback is not None and value > lookback:
+            raise ValueError(f"{value} must be <= the regime lookback ({lookback})")
+        return value
 
     @property
     def defensive_cap(self) -> float:
@@ -169,12 +178,23 @@ def rebalance_schedule(index: pd.Index, cfg: PortfolioConfig, start: object = No
 
 
 @numba.njit(cache=True)
-def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold):
+def _better_nb(score_k, key_k, score_j, key_j):
+    """A fund with (score_k, key_k) ranks before one with (score_j, key_j): higher score, ties
+    by key (symbol). Scalars, not arrays: this is called in the innermost loops."""
+    return score_k > score_j or (score_k == score_j and key_k < key_j)
+
+
+@numba.njit(cache=True)
+def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold, rank_all=True):
     """Sequential top-N with buffer and minimum holding period.
 
     Returns ``selected`` (bool), ``rank`` (1 = best among eligible funds with a score; ties by
     ``key``, i.e. by symbol; NaN when unranked) and ``held`` (sessions a fund held at t-1 has
     been held at t, NaN otherwise). Row t reads rows <= t only.
+
+    ``rank_all=False`` is the search's fast path with the same selection: ranks are computed
+    only where the selection reads them (holdings on rebalance rows) and new entries are the
+    best remaining funds found by scanning, instead of a full ranking of every row.
     """
     n_rows, n_sym = score.shape
     selected = np.zeros((n_rows, n_sym), dtype=np.bool_)
@@ -183,23 +203,31 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold):
     entry = np.full(n_sym, -1, dtype=np.int64)
     by_rank = np.empty(n_sym, dtype=np.int64)
     ok = np.empty(n_sym, dtype=np.bool_)
+    by_key = np.argsort(key)
+    cand = np.empty(n_sym, dtype=np.int64)
+    neg = np.empty(n_sym)
     for t in range(n_rows):
         n_ok = 0
         for j in range(n_sym):
             ok[j] = eligible[t, j] and np.isfinite(score[t, j])
             if ok[j]:
                 n_ok += 1
-        for j in range(n_sym):
-            if ok[j]:
-                r = 1
-                s = score[t, j]
-                for k in range(n_sym):
-                    if ok[k] and (score[t, k] > s or (score[t, k] == s and key[k] < key[j])):
-                        r += 1
-                rank[t, j] = r
-                by_rank[r - 1] = j
             if entry[j] >= 0:
                 held[t, j] = t - entry[j]
+        if rank_all:
+            # Highest score first, ties by key: a stable sort of the key-ordered candidates.
+            m = 0
+            for i in range(n_sym):
+                j = by_key[i]
+                if ok[j]:
+                    cand[m] = j
+                    neg[m] = -score[t, j]
+                    m += 1
+            order = np.argsort(neg[:m], kind="mergesort")
+            for r in range(m):
+                j = cand[order[r]]
+                rank[t, j] = r + 1
+                by_rank[r] = j
         if not rebalance[t]:
             for j in range(n_sym):
                 if entry[j] >= 0:
@@ -212,6 +240,12 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold):
         for j in range(n_sym):
             if entry[j] < 0:
                 continue
+            if not rank_all and ok[j]:
+                r = 1
+                for k in range(n_sym):
+                    if ok[k] and _better_nb(score[t, k], key[k], score[t, j], key[j]):
+                        r += 1
+                rank[t, j] = r
             in_buffer = ok[j] and rank[t, j] <= top_n + buffer
             if eligible[t, j] and (in_buffer or t - entry[j] < min_hold):
                 selected[t, j] = True
@@ -219,13 +253,26 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold):
             else:
                 entry[j] = -1
         slots = top_n - n_kept
-        for r in range(n_ok):
-            if slots <= 0:
-                break
-            j = by_rank[r]
-            if not selected[t, j]:
-                selected[t, j] = True
-                entry[j] = t
+        if rank_all:
+            for r in range(n_ok):
+                if slots <= 0:
+                    break
+                j = by_rank[r]
+                if not selected[t, j]:
+                    selected[t, j] = True
+                    entry[j] = t
+                    slots -= 1
+        else:
+            while slots > 0:
+                best = -1
+                for k in range(n_sym):
+                    if ok[k] and not selected[t, k] and (
+                            best < 0 or _better_nb(score[t, k], key[k], score[t, best], key[best])):
+                        best = k
+                if best < 0:
+                    break
+                selected[t, best] = True
+                entry[best] = t
                 slots -= 1
     return selected, rank, held
 

@@ -10,15 +10,22 @@ and raises :class:`StrategyConfigError` naming the file, the field path and why,
       factors: entry 3 ('mom_20'): field 'kernel': unknown kernel 'momentom' (...)
 
 Every section forbids unknown keys. The models are frozen; derived engine configs come from
-:meth:`StrategyConfig.wfo_config` (:class:`rotation.wfo.WfoConfig`, ``horizon = max(horizons)``)
-and :meth:`StrategyConfig.portfolio_config` (:class:`rotation.portfolio.PortfolioConfig`).
+:meth:`StrategyConfig.wfo_config` (:class:`rotation.wfo.WfoConfig`, ``horizon = max(horizons)``),
+:meth:`StrategyConfig.portfolio_config` (:class:`rotation.portfolio.PortfolioConfig`) and
+:meth:`StrategyConfig.backtest_config` (:class:`rotation.backtest.BacktestConfig`).
+
+The portfolio rules are defined once, by :class:`rotation.portfolio.PortfolioConfig`:
+:attr:`StrategyConfig.portfolio` *is* one, read from (and dumped to) the file's nested
+``portfolio:`` form by :func:`portfolio_from_nested` / :func:`portfolio_to_nested`, which only
+map key names (:data:`PORTFOLIO_KEYS`). ``initial_cash`` belongs to the backtest side
+(``costs.initial_cash``); ``portfolio.initial_cash`` in older files is still read there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -33,11 +40,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from rotation.backtest import BacktestConfig
 from rotation.config_paths import DATASET_CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.factors.registry import (
     DEFAULT_FACTORS,
@@ -45,6 +55,7 @@ from rotation.factors.registry import (
     FactorSpec,
     factor_spec,
 )
+from rotation.portfolio import PortfolioConfig, Weighting
 from rotation.wfo import WfoConfig
 
 # The built-in generated market (rotation.sources.sample) has no dataset config file.
@@ -232,9 +243,6 @@ class ScoreWeights(BaseModel):
         return self
 
 
-Weighting = Literal["equal", "inverse_vol", "score"]
-
-
 class SearchConfig(BaseModel):
     """SPEC §6 in-sample search: factor combinations × top-N × rebalance × weighting.
 
@@ -286,8 +294,14 @@ class SearchConfig(BaseModel):
 
 
 class CostConfig(BaseModel):
-    """SPEC §7 trading costs. Basis points of traded value; the minimum commission is per order
-    in CNY; funds pay no stamp duty."""
+    """SPEC §7 trading costs and the backtest's starting capital (together: the backtest side,
+    :meth:`StrategyConfig.backtest_config`). Basis points of traded value; the minimum
+    commission is per order in CNY; funds pay no stamp duty; ``initial_cash`` in CNY.
+
+    ``initial_cash`` is not a portfolio rule; older files give it as ``portfolio.initial_cash``,
+    which is still read (as ``costs.initial_cash``; giving both with different values is an
+    error).
+    """
 
     model_config = _MODEL
 
@@ -296,6 +310,7 @@ class CostConfig(BaseModel):
     slippage_bps: float = Field(5.0, ge=0, le=200, allow_inf_nan=False)
     stamp_duty_bps: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
     lot_size: int = Field(100, ge=1)
+    initial_cash: float = Field(1_000_000.0, gt=0, allow_inf_nan=False)
 
     @field_validator("commission_bps")
     @classmethod
@@ -314,66 +329,169 @@ class CostConfig(BaseModel):
         return self.slippage_bps / 1e4
 
 
-class RegimeLevel(BaseModel):
-    """Exposure once the market-volatility percentile reaches ``percentile``."""
-
-    model_config = _MODEL
-
-    percentile: float = Field(ge=0, le=1)
-    exposure: float = Field(ge=0, le=1)
-
-
-class RegimeConfig(BaseModel):
-    """SPEC §8 regime gate: percentile of the ``window``-session market volatility among the
-    last ``lookback`` values; exposure 1.0 below the first level. No levels: no gate."""
-
-    model_config = _MODEL
-
-    window: int = Field(20, ge=2)
-    lookback: int = Field(252, ge=2)
-    min_periods: int = Field(60, ge=1)
-    levels: tuple[RegimeLevel, ...] = (RegimeLevel(percentile=0.8, exposure=0.6),
-                                       RegimeLevel(percentile=0.95, exposure=0.3))
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RegimeConfig:
-        if self.min_periods > self.lookback:
-            raise ValueError(f"min_periods: {self.min_periods} must be <= lookback "
-                             f"({self.lookback})")
-        for a, b in itertools.pairwise(self.levels):
-            if not b.percentile > a.percentile:
-                raise ValueError("levels: percentiles must be strictly increasing")
-            if b.exposure > a.exposure:
-                raise ValueError("levels: exposure must not rise with the volatility percentile")
-        return self
-
-
-class AbsMomentumConfig(BaseModel):
-    """SPEC §8: a selected fund whose ``window``-session return is below ``threshold`` hands
-    its weight to the defensive fund (or cash). ``window: null`` disables the filter."""
-
-    model_config = _MODEL
-
-    window: int | None = Field(60, ge=1)
-    threshold: float = Field(0.0, ge=-1, allow_inf_nan=False)
+# The strategy file's nested ``portfolio:`` section → the fields of
+# :class:`rotation.portfolio.PortfolioConfig`, the one definition of the SPEC §8 rules (defaults,
+# bounds, checks). Only names live here. ``regime.levels`` is a list of {percentile, exposure}
+# mappings where PortfolioConfig holds (percentile, exposure) pairs.
+PORTFOLIO_KEYS: dict[tuple[str, ...], str] = {
+    ("top_n",): "top_n",
+    ("buffer",): "buffer",
+    ("min_hold_days",): "min_hold_days",
+    ("rebalance_every",): "rebalance_every",
+    ("weighting",): "weighting",
+    ("max_weight",): "max_weight",
+    ("vol_window",): "vol_window",
+    ("regime", "window"): "regime_window",
+    ("regime", "lookback"): "regime_lookback",
+    ("regime", "min_periods"): "regime_min_periods",
+    ("regime", "levels"): "regime_levels",
+    ("abs_momentum", "window"): "abs_mom_window",
+    ("abs_momentum", "threshold"): "abs_mom_threshold",
+}
+# PortfolioConfig fields a strategy file does not set in its portfolio section.
+PORTFOLIO_FIELDS_ELSEWHERE: dict[str, str] = {
+    "defensive_symbol": "universe.defensive",
+    "defensive_max_weight": "not configurable (default: portfolio.max_weight)",
+}
+LEVEL_KEYS = ("percentile", "exposure")
+_NESTED_PATH = {field: path for path, field in PORTFOLIO_KEYS.items()}
+_SECTIONS = frozenset(path[0] for path in PORTFOLIO_KEYS if len(path) > 1)
+_LEGACY_CASH = "initial_cash"
+# Every key of the nested form (for "did you mean" hints).
+_PORTFOLIO_KEY_NAMES = frozenset({k for path in PORTFOLIO_KEYS for k in path}
+                                 | set(LEVEL_KEYS) | {_LEGACY_CASH})
 
 
-class PortfolioRules(BaseModel):
-    """SPEC §8 portfolio rules of the strategy as traded (the search varies top_n, rebalance
-    frequency and weighting around them)."""
+def _line_error(kind: str, loc: tuple[Any, ...], value: Any, msg: str = "",
+                ctx: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One pydantic line error (``InitErrorDetails``); ``msg`` makes it a ``value_error``."""
+    if msg:
+        return {"type": "value_error", "loc": loc, "input": value,
+                "ctx": {"error": ValueError(msg)}}
+    out: dict[str, Any] = {"type": kind, "loc": loc, "input": value}
+    if ctx is not None:
+        out["ctx"] = ctx
+    return out
 
-    model_config = _MODEL
 
-    top_n: int = Field(3, ge=1)
-    buffer: int = Field(2, ge=0)
-    min_hold_days: int = Field(5, ge=0)
-    rebalance_every: int = Field(5, ge=1)
-    weighting: Weighting = "equal"
-    max_weight: float = Field(0.4, gt=0, le=1)
-    vol_window: int = Field(20, ge=2)
-    regime: RegimeConfig = Field(default_factory=RegimeConfig)
-    abs_momentum: AbsMomentumConfig = Field(default_factory=AbsMomentumConfig)
-    initial_cash: float = Field(1_000_000.0, gt=0, allow_inf_nan=False)
+def _cash_errors(value: Any) -> list[dict[str, Any]]:
+    """Errors of ``value`` as ``costs.initial_cash`` (empty when valid), at ``initial_cash``."""
+    try:
+        CostConfig(initial_cash=value)
+    except ValidationError as exc:
+        return [_line_error(e["type"], (_LEGACY_CASH,), e["input"], ctx=e.get("ctx"))
+                for e in exc.errors()]
+    return []
+
+
+def _nested_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A PortfolioConfig error location in the nested form: ``regime_levels.1.1`` →
+    ``regime.levels[1].exposure``."""
+    if not loc or loc[0] not in _NESTED_PATH:
+        return loc
+    rest = loc[1:]
+    if loc[0] == "regime_levels" and len(rest) >= 2 and rest[1] in (0, 1):
+        rest = (rest[0], LEVEL_KEYS[rest[1]], *rest[2:])
+    return (*_NESTED_PATH[loc[0]], *rest)
+
+
+def _levels_from_nested(value: Any, errors: list[dict[str, Any]]) -> Any:
+    """``[{percentile, exposure}, ...]`` → ``((percentile, exposure), ...)``; shape errors are
+    appended to ``errors``. Values that are no list are left to PortfolioConfig to reject."""
+    if not isinstance(value, list | tuple):
+        return value
+    loc = _NESTED_PATH["regime_levels"]
+    pairs: list[tuple[Any, Any]] = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            errors.append(_line_error("dict_type", (*loc, i), entry))
+            continue
+        for key in entry:
+            if key not in LEVEL_KEYS:
+                errors.append(_line_error("extra_forbidden", (*loc, i, key), entry[key]))
+        missing = [key for key in LEVEL_KEYS if key not in entry]
+        for key in missing:
+            errors.append(_line_error("missing", (*loc, i, key), dict(entry)))
+        if not missing:
+            pairs.append((entry["percentile"], entry["exposure"]))
+    return tuple(pairs)
+
+
+def portfolio_from_nested(value: Any) -> PortfolioConfig:
+    """:class:`rotation.portfolio.PortfolioConfig` from a strategy file's ``portfolio:`` section.
+
+    The nested form (keys in :data:`PORTFOLIO_KEYS`)::
+
+        top_n, buffer, min_hold_days, rebalance_every, weighting, max_weight, vol_window,
+        regime: {window, lookback, min_periods, levels: [{percentile, exposure}, ...]},
+        abs_momentum: {window, threshold}
+
+    Omitted keys take PortfolioConfig's defaults; unknown keys are errors. Raises
+    :class:`pydantic.ValidationError` located in the nested form (``regime.levels[1].exposure``),
+    so a strategy file's errors read ``portfolio.regime.levels[1].exposure: ...``. A
+    ``PortfolioConfig`` is returned as is. ``defensive_symbol`` is not part of the section (it
+    is the strategy's ``universe.defensive``). ``initial_cash`` (older files) is a backtest
+    setting: :class:`StrategyConfig` reads it as ``costs.initial_cash`` before this runs; here it
+    is validated and then rejected.
+    """
+    if isinstance(value, PortfolioConfig):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValidationError.from_exception_data(
+            "PortfolioConfig", [_line_error("dict_type", (), value)])  # type: ignore[list-item]
+    errors: list[dict[str, Any]] = []
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if (key,) in PORTFOLIO_KEYS:
+            flat[PORTFOLIO_KEYS[(key,)]] = item
+        elif key in _SECTIONS:
+            if not isinstance(item, Mapping):
+                errors.append(_line_error("dict_type", (key,), item))
+                continue
+            for sub, sub_item in item.items():
+                field = PORTFOLIO_KEYS.get((key, sub))
+                if field is None:
+                    errors.append(_line_error("extra_forbidden", (key, sub), sub_item))
+                elif field == "regime_levels":
+                    flat[field] = _levels_from_nested(sub_item, errors)
+                else:
+                    flat[field] = sub_item
+        elif key == _LEGACY_CASH:
+            errors.extend(_cash_errors(item) or [_line_error(
+                "value_error", (key,), item,
+                "a backtest setting, not a portfolio rule: give it as costs.initial_cash "
+                "(portfolio.initial_cash, its former place, is read only when "
+                "costs.initial_cash is absent or equal)")])
+        else:
+            errors.append(_line_error("extra_forbidden", (key,), item))
+    try:
+        config = PortfolioConfig(**flat)
+    except ValidationError as exc:
+        errors.extend(_line_error(e["type"], _nested_loc(tuple(e["loc"])), e["input"],
+                                  ctx=e.get("ctx")) for e in exc.errors())
+    if errors:
+        raise ValidationError.from_exception_data("PortfolioConfig", errors)  # type: ignore[arg-type]
+    return config
+
+
+def portfolio_to_nested(config: PortfolioConfig) -> dict[str, Any]:
+    """The strategy-file form of ``config`` (inverse of :func:`portfolio_from_nested`; without
+    the fields in :data:`PORTFOLIO_FIELDS_ELSEWHERE`)."""
+    out: dict[str, Any] = {}
+    for path, field in PORTFOLIO_KEYS.items():
+        value = getattr(config, field)
+        if field == "regime_levels":
+            value = [dict(zip(LEVEL_KEYS, level, strict=True)) for level in value]
+        target = out
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return out
+
+
+# The ``portfolio`` section: a PortfolioConfig, read and written in the nested form.
+PortfolioSection = Annotated[PortfolioConfig, BeforeValidator(portfolio_from_nested),
+                             PlainSerializer(portfolio_to_nested)]
 
 
 class ExecutionConfig(BaseModel):
@@ -455,8 +573,46 @@ class StrategyConfig(BaseModel):
     wfo: WfoSection = Field(default_factory=WfoSection)
     search: SearchConfig = Field(default_factory=SearchConfig)
     costs: CostConfig = Field(default_factory=CostConfig)
-    portfolio: PortfolioRules = Field(default_factory=PortfolioRules)
+    # SPEC §8 rules as traded (the search varies top_n, rebalance frequency and weighting
+    # around them); nested in the file, see portfolio_from_nested.
+    portfolio: PortfolioSection = Field(default_factory=PortfolioConfig, validate_default=True)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _initial_cash_under_costs(cls, data: Any) -> Any:
+        """Read ``portfolio.initial_cash`` (older files) as ``costs.initial_cash``.
+
+        Moved only when valid and not contradicted by ``costs.initial_cash``; otherwise it stays
+        and :func:`portfolio_from_nested` reports it at ``portfolio.initial_cash``.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        portfolio = data.get("portfolio")
+        if not isinstance(portfolio, Mapping) or _LEGACY_CASH not in portfolio:
+            return data
+        cash = portfolio[_LEGACY_CASH]
+        costs = data.get("costs", {})
+        if isinstance(costs, CostConfig):
+            costs = costs.model_dump()
+        if (not isinstance(costs, Mapping) or _cash_errors(cash)
+                or costs.get(_LEGACY_CASH, cash) != cash):
+            return data
+        return {**data, "costs": {**costs, _LEGACY_CASH: cash},
+                "portfolio": {k: v for k, v in portfolio.items() if k != _LEGACY_CASH}}
+
+    @field_validator("portfolio")
+    @classmethod
+    def _defensive_from_universe(cls, value: PortfolioConfig,
+                                 info: ValidationInfo) -> PortfolioConfig:
+        """The defensive fund of the rules is ``universe.defensive`` (one place)."""
+        universe = info.data.get("universe")  # absent when the universe is invalid
+        if universe is None or value.defensive_symbol == universe.defensive:
+            return value
+        if value.defensive_symbol is not None:
+            raise ValueError(f"defensive_symbol: {value.defensive_symbol!r} differs from "
+                             f"universe.defensive ({universe.defensive!r}); set it there only")
+        return dataclasses.replace(value, defensive_symbol=universe.defensive)
 
     @field_validator("name")
     @classmethod
@@ -550,28 +706,35 @@ class StrategyConfig(BaseModel):
                 "alpha": s.fdr_alpha, "max_corr": s.max_corr}
 
     def portfolio_config(self, *, top_n: int | None = None, rebalance_every: int | None = None,
-                         weighting: str | None = None) -> Any:
-        """:class:`rotation.portfolio.PortfolioConfig` of the rules, optionally with one search
-        candidate's top-N, rebalance frequency and weighting."""
-        from rotation.portfolio import PortfolioConfig
+                         weighting: str | None = None) -> PortfolioConfig:
+        """:class:`rotation.portfolio.PortfolioConfig` of the rules (:attr:`portfolio`, whose
+        ``defensive_symbol`` is ``universe.defensive``), optionally with one search candidate's
+        top-N, rebalance frequency and weighting (validated)."""
+        overrides = {key: value for key, value in (("top_n", top_n),
+                                                   ("rebalance_every", rebalance_every),
+                                                   ("weighting", weighting))
+                     if value is not None}
+        return dataclasses.replace(self.portfolio, **overrides) if overrides else self.portfolio
 
-        p = self.portfolio
-        return PortfolioConfig(
-            top_n=top_n if top_n is not None else p.top_n,
-            buffer=p.buffer,
-            min_hold_days=p.min_hold_days,
-            rebalance_every=rebalance_every if rebalance_every is not None else p.rebalance_every,
-            weighting=weighting if weighting is not None else p.weighting,
-            max_weight=p.max_weight,
-            vol_window=p.vol_window,
-            regime_window=p.regime.window,
-            regime_lookback=p.regime.lookback,
-            regime_min_periods=p.regime.min_periods,
-            regime_levels=tuple((lv.percentile, lv.exposure) for lv in p.regime.levels),
-            abs_mom_window=p.abs_momentum.window,
-            abs_mom_threshold=p.abs_momentum.threshold,
-            defensive_symbol=self.universe.defensive,
-        )
+    def backtest_config(self) -> BacktestConfig:
+        """:class:`rotation.backtest.BacktestConfig` of the ``costs`` section.
+
+        ``commission_bps``, ``min_commission``, ``slippage_bps``, ``lot_size`` and
+        ``initial_cash`` map one to one; ``tick`` and ``risk_free`` keep the engine defaults.
+        The engine has no stamp-duty rate: a non-zero ``costs.stamp_duty_bps`` (funds pay none,
+        the default) is added to the commission rate, an approximation that charges it on buys
+        as well as sells and inside the per-order minimum commission.
+
+        Raises ``ValueError`` under the ``CLOSE`` execution model: the engine simulates
+        ``T1_OPEN`` only, so it cannot produce a ``CLOSE`` comparison backtest.
+        """
+        if self.execution.model != "T1_OPEN":
+            raise ValueError(f"strategy {self.name!r}: the backtest engine simulates T1_OPEN "
+                             f"only, not the {self.execution.model} execution model")
+        c = self.costs
+        return BacktestConfig(commission_bps=c.commission_bps + c.stamp_duty_bps,
+                              min_commission=c.min_commission, slippage_bps=c.slippage_bps,
+                              lot_size=c.lot_size, initial_cash=c.initial_cash)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able configuration (factor entries in full)."""
@@ -645,7 +808,7 @@ def explain(exc: ValidationError) -> list[tuple[str, str]]:
     Model-level validators name the field they object to at the start of their message
     (``"step: ..."``); that name is appended to the error's location.
     """
-    fields = _all_field_names(StrategyConfig)
+    fields = _all_field_names(StrategyConfig) | _PORTFOLIO_KEY_NAMES
     problems: list[tuple[str, str]] = []
     for err in exc.errors():
         loc = _loc(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
@@ -721,13 +884,12 @@ def load_strategy(name_or_path: str | Path, *, warn: bool = True) -> StrategyCon
 
 
 __all__ = [
+    "PORTFOLIO_FIELDS_ELSEWHERE",
+    "PORTFOLIO_KEYS",
     "STRATEGY_CONFIG_DIR",
-    "AbsMomentumConfig",
     "CostConfig",
     "ExecutionConfig",
-    "PortfolioRules",
-    "RegimeConfig",
-    "RegimeLevel",
+    "PortfolioSection",
     "ScoreWeights",
     "ScreeningConfig",
     "SearchConfig",
@@ -738,6 +900,8 @@ __all__ = [
     "WfoSection",
     "explain",
     "load_strategy",
+    "portfolio_from_nested",
+    "portfolio_to_nested",
     "resolve_strategy_path",
     "strategy_from_dict",
 ]

@@ -589,6 +589,7 @@ def test_config_defaults() -> None:
     ({"regime_min_periods": 300}, "regime_min_periods"),
     ({"abs_mom_window": 0}, "abs_mom_window"),
     ({"abs_mom_threshold": float("nan")}, "abs_mom_threshold"),
+    ({"abs_mom_threshold": -1.5}, "abs_mom_threshold"),
     ({"defensive_symbol": ""}, "defensive_symbol"),
     ({"defensive_max_weight": 2.0}, "defensive_max_weight"),
     ({"topn": 3}, "topn"),
@@ -596,3 +597,28 @@ def test_config_defaults() -> None:
 def test_config_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         PortfolioConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "loc", "why"), [
+    ({"regime_levels": ((0.8, 0.6), (0.95, 1.3))}, ("regime_levels", 1, 1), "less than or equal"),
+    ({"regime_levels": ((-0.1, 0.6),)}, ("regime_levels", 0, 0), "greater than or equal"),
+    ({"regime_levels": ((0.8, float("nan")),)}, ("regime_levels", 0, 1), "less than or equal"),
+    ({"regime_levels": ((0.9, 0.5), (0.8, 0.0))}, ("regime_levels",), "strictly increasing"),
+    ({"regime_levels": ((0.8, 0.0), (0.9, 0.5))}, ("regime_levels",), "must not increase"),
+    ({"regime_min_periods": 300}, ("regime_min_periods",), "<= the regime lookback (252)"),
+    ({"regime_lookback": 30, "regime_min_periods": 31}, ("regime_min_periods",), "(30)"),
+])
+def test_config_errors_are_located_at_the_field(kwargs: dict[str, object],
+                                                loc: tuple[object, ...], why: str) -> None:
+    # The location names the field (the strategy file maps it onto its nested keys), so the
+    # messages need not repeat it.
+    with pytest.raises(ValidationError) as info:
+        PortfolioConfig(**kwargs)
+    (error,) = info.value.errors()
+    assert error["loc"] == loc and why in error["msg"]
+
+
+def test_min_periods_check_waits_for_a_valid_lookback() -> None:
+    with pytest.raises(ValidationError) as info:
+        PortfolioConfig(regime_lookback=1, regime_min_periods=300)
+    assert [e["loc"] for e in info.value.errors()] == [("regime_lookback",)]

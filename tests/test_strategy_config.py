@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,18 +12,33 @@ import pydantic
 import pytest
 import yaml
 
+import rotation.strategy
+from rotation.backtest import BacktestConfig
 from rotation.factors import DEFAULT_FACTORS, get_factor
+from rotation.portfolio import PortfolioConfig
 from rotation.strategy import (
+    PORTFOLIO_FIELDS_ELSEWHERE,
+    PORTFOLIO_KEYS,
     STRATEGY_CONFIG_DIR,
     StrategyConfig,
     StrategyConfigError,
     StrategyWarning,
     load_strategy,
+    portfolio_from_nested,
+    portfolio_to_nested,
     strategy_from_dict,
 )
 from rotation.wfo import WfoConfig
 
 DEFAULT_PATH = STRATEGY_CONFIG_DIR / "etf_rotation_default.yaml"
+
+# What StrategyConfig.portfolio_config() returned for the default file before the portfolio rules
+# were folded into rotation.portfolio.PortfolioConfig (hard-coded: the fold must not change it).
+DEFAULT_PORTFOLIO = PortfolioConfig(
+    top_n=3, buffer=2, min_hold_days=5, rebalance_every=5, weighting="equal", max_weight=0.5,
+    vol_window=20, regime_window=20, regime_lookback=252, regime_min_periods=60,
+    regime_levels=((0.8, 0.6), (0.95, 0.3)), abs_mom_window=60, abs_mom_threshold=0.0,
+    defensive_symbol="511260", defensive_max_weight=None)
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +86,118 @@ def test_default_strategy_loads():
 
 
 def test_default_strategy_feeds_the_engines():
-    portfolio = pytest.importorskip("rotation.portfolio")
     cfg = load_strategy("etf_rotation_default")
     pc = cfg.portfolio_config()
-    assert isinstance(pc, portfolio.PortfolioConfig)
+    assert isinstance(pc, PortfolioConfig)
     assert (pc.top_n, pc.buffer, pc.min_hold_days, pc.max_weight) == (3, 2, 5, 0.5)
     assert pc.regime_levels == ((0.8, 0.6), (0.95, 0.3))
     assert pc.abs_mom_window == 60 and pc.defensive_symbol == "511260"
     candidate = cfg.portfolio_config(top_n=4, rebalance_every=20, weighting="inverse_vol")
     assert (candidate.top_n, candidate.rebalance_every, candidate.weighting) == (
         4, 20, "inverse_vol")
+
+
+def test_default_portfolio_config_is_unchanged_by_the_fold():
+    cfg = load_strategy("etf_rotation_default")
+    assert cfg.portfolio_config() == DEFAULT_PORTFOLIO
+    # The section *is* the engine config; defensive_symbol comes from universe.defensive.
+    assert cfg.portfolio == DEFAULT_PORTFOLIO and isinstance(cfg.portfolio, PortfolioConfig)
+    assert cfg.portfolio_config(top_n=4, rebalance_every=20, weighting="inverse_vol") == (
+        dataclasses.replace(DEFAULT_PORTFOLIO, top_n=4, rebalance_every=20,
+                            weighting="inverse_vol"))
+    assert cfg.portfolio_config(top_n=5) == dataclasses.replace(DEFAULT_PORTFOLIO, top_n=5)
+    with pytest.raises(pydantic.ValidationError, match="top_n"):
+        cfg.portfolio_config(top_n=0)  # a candidate is validated like the file
+
+
+def test_portfolio_rules_are_defined_once():
+    # The removed re-declarations stay removed: PortfolioConfig is the only definition.
+    for name in ("PortfolioRules", "RegimeConfig", "RegimeLevel", "AbsMomentumConfig"):
+        assert not hasattr(rotation.strategy, name), name
+    fields = {f.name for f in dataclasses.fields(PortfolioConfig)}
+    mapped = set(PORTFOLIO_KEYS.values())
+    # Every PortfolioConfig field is either a key of the nested section or set elsewhere.
+    assert mapped | set(PORTFOLIO_FIELDS_ELSEWHERE) == fields
+    assert not mapped & set(PORTFOLIO_FIELDS_ELSEWHERE)
+    assert len(mapped) == len(PORTFOLIO_KEYS)
+
+
+def test_missing_portfolio_keys_take_portfolio_config_defaults():
+    cfg = strategy_from_dict({"name": "minimal", "universe": {"dataset": "sample"},
+                              "factors": ["momentum_20", "sharpe_20"]})
+    assert cfg.portfolio == cfg.portfolio_config() == PortfolioConfig()
+    cfg = strategy_from_dict({"name": "minimal", "universe": {"dataset": "sample"},
+                              "factors": ["momentum_20", "sharpe_20"],
+                              "portfolio": {"top_n": 4, "regime": {"window": 10}}})
+    assert cfg.portfolio == PortfolioConfig(top_n=4, regime_window=10)
+
+
+def test_nested_form_round_trips(default_data):
+    cfg = load_strategy("etf_rotation_default")
+    nested = portfolio_to_nested(cfg.portfolio)
+    expected = {k: v for k, v in default_data["portfolio"].items() if k != "initial_cash"}
+    assert nested == expected  # the file's form, key for key
+    assert portfolio_from_nested(nested) == dataclasses.replace(DEFAULT_PORTFOLIO,
+                                                                defensive_symbol=None)
+    assert portfolio_from_nested(DEFAULT_PORTFOLIO) is DEFAULT_PORTFOLIO
+    data = cfg.to_dict()
+    assert data["portfolio"] == expected and data["costs"]["initial_cash"] == 1_000_000
+    assert strategy_from_dict(data) == cfg
+
+
+def test_nested_errors_are_located_in_the_nested_form():
+    with pytest.raises(pydantic.ValidationError) as info:
+        portfolio_from_nested({"top_n": 0, "regime": {"levels": [
+            {"percentile": 0.8, "exposure": 0.6}, {"percentile": 0.9, "exposure": 1.5}]},
+            "abs_momentum": {"windw": 5}})
+    locs = {tuple(e["loc"]) for e in info.value.errors()}
+    assert locs == {("top_n",), ("regime", "levels", 1, "exposure"),
+                    ("abs_momentum", "windw")}
+
+
+def test_initial_cash_is_a_backtest_setting(default_data):
+    # The default file still gives it as portfolio.initial_cash (the former place): read into
+    # costs, where it belongs.
+    cfg = load_strategy("etf_rotation_default")
+    assert cfg.costs.initial_cash == 1_000_000
+    assert not hasattr(cfg.portfolio, "initial_cash")
+    params = cfg.tracking_params()
+    assert params["costs"]["initial_cash"] == 1_000_000
+    assert "initial_cash" not in params["portfolio"]
+    moved = copy.deepcopy(default_data)
+    moved["costs"]["initial_cash"] = moved["portfolio"].pop("initial_cash")
+    assert strategy_from_dict(moved) == cfg
+    both = copy.deepcopy(default_data)
+    both["costs"]["initial_cash"] = 1_000_000  # both places, same value: fine
+    assert strategy_from_dict(both) == cfg
+    other = copy.deepcopy(default_data)
+    del other["portfolio"]["initial_cash"]
+    other["costs"]["initial_cash"] = 250_000
+    assert strategy_from_dict(other).costs.initial_cash == 250_000
+
+
+def test_backtest_config_maps_the_costs(default_data):
+    cfg = load_strategy("etf_rotation_default")
+    assert cfg.backtest_config() == BacktestConfig(commission_bps=2.0, min_commission=5.0,
+                                                   slippage_bps=5.0, lot_size=100,
+                                                   initial_cash=1_000_000.0)
+    data = copy.deepcopy(default_data)
+    data["costs"] = {"commission_bps": 1.5, "min_commission": 0.1, "slippage_bps": 8,
+                     "stamp_duty_bps": 5, "lot_size": 10, "initial_cash": 50_000}
+    del data["portfolio"]["initial_cash"]
+    bt = strategy_from_dict(data).backtest_config()
+    # No stamp-duty field in the engine: it is added to the commission rate.
+    assert bt == BacktestConfig(commission_bps=6.5, min_commission=0.1, slippage_bps=8,
+                                lot_size=10, initial_cash=50_000.0)
+    assert bt.execution == "T1_OPEN"
+
+
+def test_backtest_config_refuses_the_close_model(default_data):
+    data = copy.deepcopy(default_data)
+    data["execution"]["model"] = "CLOSE"
+    cfg = strategy_from_dict(data)
+    with pytest.raises(ValueError, match="T1_OPEN only"):
+        cfg.backtest_config()
 
 
 def test_tracking_params_are_loggable():
@@ -167,7 +285,7 @@ def _set(*keys: str | int, value: Any):
     return mutate
 
 
-def _drop(*keys: str):
+def _drop(*keys: str | int):
     def mutate(data: dict[str, Any]) -> None:
         target: Any = data
         for key in keys[:-1]:
@@ -246,6 +364,38 @@ INVALID = [
     ("regime_exposure_range", _set("portfolio", "regime", "levels",
                                    value=[{"percentile": 0.9, "exposure": 1.5}]),
      "portfolio.regime.levels[0].exposure", "less than or equal to 1"),
+    ("regime_second_exposure", _set("portfolio", "regime", "levels", 1, "exposure", value=1.5),
+     "portfolio.regime.levels[1].exposure", "less than or equal to 1"),
+    ("regime_exposure_rises", _set("portfolio", "regime", "levels", 1, "exposure", value=0.9),
+     "portfolio.regime.levels", "must not increase"),
+    ("regime_level_missing_key", _drop("portfolio", "regime", "levels", 0, "exposure"),
+     "portfolio.regime.levels[0].exposure", "Field required"),
+    ("regime_level_unknown_key", _set("portfolio", "regime", "levels", 0, "exposre", value=1),
+     "portfolio.regime.levels[0].exposre", "did you mean 'exposure'"),
+    ("regime_level_not_a_mapping", _set("portfolio", "regime", "levels", value=[[0.8, 0.6]]),
+     "portfolio.regime.levels[0]", "valid dictionary"),
+    ("regime_not_a_mapping", _set("portfolio", "regime", value=[0.8, 0.6]),
+     "portfolio.regime", "valid dictionary"),
+    ("regime_min_periods", _set("portfolio", "regime", "min_periods", value=300),
+     "portfolio.regime.min_periods", "<= the regime lookback (252)"),
+    ("regime_window", _set("portfolio", "regime", "window", value=1),
+     "portfolio.regime.window", "greater than or equal to 2"),
+    ("unknown_abs_momentum_key", _set("portfolio", "abs_momentum", "treshold", value=0),
+     "portfolio.abs_momentum.treshold", "did you mean 'threshold'"),
+    ("abs_momentum_threshold", _set("portfolio", "abs_momentum", "threshold", value=-2),
+     "portfolio.abs_momentum.threshold", "greater than or equal to -1"),
+    ("unknown_portfolio_key", _set("portfolio", "topn", value=3), "portfolio.topn",
+     "did you mean 'top_n'"),
+    ("portfolio_weighting", _set("portfolio", "weighting", value="vol"),
+     "portfolio.weighting", "inverse_vol"),
+    ("defensive_in_portfolio", _set("portfolio", "defensive_symbol", value="511260"),
+     "portfolio.defensive_symbol", "unknown key"),
+    ("initial_cash_negative", _set("portfolio", "initial_cash", value=-1),
+     "portfolio.initial_cash", "greater than 0"),
+    ("initial_cash_twice", _set("costs", "initial_cash", value=5_000),
+     "portfolio.initial_cash", "costs.initial_cash"),
+    ("costs_initial_cash_negative", _set("costs", "initial_cash", value=0),
+     "costs.initial_cash", "greater than 0"),
     ("execution_model", _set("execution", "model", value="OPEN"), "execution.model",
      "T1_OPEN"),
     ("bad_name", _set("name", value="My Strategy"), "name", "lower-case"),

@@ -1,0 +1,323 @@
+"""Walk-forward research (SPEC §5–§8) over one history: screen → search → freeze → out of sample.
+
+:func:`prepare` turns adjusted bars into every panel a strategy needs (standardised factors,
+eligibility, market panels, labels) once. Per window, :func:`screen_window` repeats the SPEC §5
+screen on in-sample data only, :func:`evaluate_window` searches the combinations, freezes the
+winner, checks the finalists against vectorbt and evaluates the winner out of sample with the
+full backtest (lots, minimum commission). :func:`stitched_targets` chains the windows' frozen
+winners into one out-of-sample target path for :func:`rotation.backtest.run_backtest`, and
+:func:`latest_targets` applies the newest winner to the latest session.
+
+Timing: the screen of a window reads labels ending before its first out-of-sample session
+(purge), the search reads in-sample sessions only, and out-of-sample decisions of session D read
+rows <= D — so nothing here depends on data after the session it is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from rotation import ic as ic_stats
+from rotation.backtest import (
+    BacktestConfig,
+    BacktestResult,
+    MarketPanels,
+    market_panels,
+    run_backtest,
+)
+from rotation.bars import Instrument
+from rotation.cross_section import CrossSectionConfig, coverage, process
+from rotation.factors import FactorSpec, Panels, compute_factors
+from rotation.labels import forward_returns
+from rotation.portfolio import (
+    PortfolioConfig,
+    PortfolioResult,
+    build_portfolio,
+    explain,
+    rebalance_schedule,
+)
+from rotation.search import Candidate, Costs, SearchPanel, SearchSpace, candidate_of, search_window
+from rotation.wfo import WfoConfig, WfoWindow, wfo_windows
+
+# Relative daily-equity tolerance between the engine and vectorbt for every finalist.
+VBT_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Universe:
+    """The ranked funds, the benchmark and the defensive fund (None: cash)."""
+
+    ranked: tuple[str, ...]
+    benchmark: str | None
+    defensive: str | None
+
+
+@dataclass
+class ResearchData:
+    """Everything the walk-forward needs, on one session index (the bars' dates)."""
+
+    dates: pd.DatetimeIndex
+    std_factors: dict[str, pd.DataFrame]
+    directions: dict[str, int]
+    eligible: pd.DataFrame
+    close: pd.DataFrame
+    market: MarketPanels
+    labels: dict[int, pd.DataFrame]
+    universe: Universe
+    instruments: dict[str, float | None]
+
+    def search_panel(self, cfg: PortfolioConfig) -> SearchPanel:
+        return SearchPanel.build(self.std_factors, self.directions, self.eligible, self.market,
+                                 cfg, symbols=list(self.universe.ranked))
+
+
+def resolve_universe(symbols: Sequence[str], *, exclude: Sequence[str] = (),
+                     benchmark: str | None = None, defensive: str | None = None,
+                     explicit: Sequence[str] = ()) -> Universe:
+    """The ranked funds among the ``symbols`` present in the data; errors name what is missing."""
+    present = set(map(str, symbols))
+    wanted = [str(s) for s in explicit] if explicit else sorted(present)
+    missing = [s for s in wanted if s not in present]
+    if missing:
+        raise ValueError(f"universe: funds {missing} are not in the market data")
+    for role, code in (("benchmark", benchmark), ("defensive", defensive)):
+        if code is not None and code not in present:
+            raise ValueError(f"universe.{role}: {code} is not in the market data "
+                             f"(funds: {sorted(present)[:10]}…)")
+    ranked = tuple(s for s in wanted if s not in set(exclude) and s != defensive)
+    if len(ranked) < 2:
+        raise ValueError(f"universe: {len(ranked)} fund(s) left to rank")
+    return Universe(ranked=ranked, benchmark=benchmark, defensive=defensive)
+
+
+def prepare(adjusted_bars: pd.DataFrame, specs: Sequence[FactorSpec],
+            cross_section: CrossSectionConfig, universe: Universe,
+            instruments: Sequence[Instrument] | Mapping[str, float | None] | None,
+            horizons: Sequence[int], std_factors: Mapping[str, pd.DataFrame] | None = None
+            ) -> ResearchData:
+    """Panels for the walk-forward from adjusted bars. ``std_factors`` (name → dates × symbols,
+    e.g. the ``factors`` asset) is computed from the bars when not given."""
+    panels = Panels.from_bars(adjusted_bars)
+    eligible = coverage(panels.close, cross_section)
+    names = [s.name for s in specs]
+    if std_factors is None:
+        raw = compute_factors(specs, panels)
+        std = {n: process(raw[n], eligible, cross_section) for n in names}
+    else:
+        missing = [n for n in names if n not in std_factors]
+        if missing:
+            raise ValueError(f"prepare: factors {missing} are not in the factor table")
+        std = {n: std_factors[n].reindex(index=panels.index, columns=panels.columns)
+               for n in names}
+    table = ({i.symbol: i.price_limit for i in instruments}
+             if instruments is not None and not isinstance(instruments, Mapping)
+             else dict(instruments or {}))
+    traded = pd.Index(list(universe.ranked) + ([universe.defensive] if universe.defensive
+                                                else []))
+    market = market_panels(adjusted_bars, panels.index, traded, table)
+    labels = forward_returns(panels.open, horizons, "T1_OPEN")
+    return ResearchData(dates=pd.DatetimeIndex(panels.index), std_factors=std,
+                        directions={s.name: int(s.direction) for s in specs},
+                        eligible=eligible, close=panels.close, market=market, labels=labels,
+                        universe=universe, instruments=table)
+
+
+def windows_for(data: ResearchData, cfg: WfoConfig, warmup: int) -> list[WfoWindow]:
+    """Walk-forward windows over the sessions after ``warmup`` (the longest factor window)."""
+    return wfo_windows(data.dates[warmup:], cfg)
+
+
+# -- one window ---------------------------------------------------------------------------------
+
+
+def screen_window(data: ResearchData, window: WfoWindow, horizon: int,
+                  select_kwargs: Mapping[str, float], min_factors: int) -> pd.DataFrame:
+    """SPEC §5 screen on the window's in-sample sessions only, one row per factor with its
+    statistics, ``selected`` and ``reason``. When fewer than ``min_factors`` pass, the best
+    remaining factors by in-sample |ICIR| with the declared sign fill up (and say so)."""
+    in_sample = slice(window.is_start, window.is_end)
+    wide = {n: f.loc[in_sample] for n, f in data.std_factors.items()}
+    label = data.labels[horizon].loc[in_sample]
+    ics = ic_stats.rank_ic_many(wide, label)
+    summary = ic_stats.ic_summary_table(ics, horizon, data.directions)
+    correlations = ic_stats.mean_pairwise_correlation(wide)
+    result = ic_stats.select_factors(summary, correlations=correlations,
+                                     directions=data.directions, **select_kwargs)
+    table = result.reasons.copy()
+    if len(result.selected) < min_factors:
+        right_sign = table.loc[~table["selected"] & table["pass_sign"]
+                               & table["redundant_with"].eq("")]
+        fill = right_sign["icir"].abs().sort_values(ascending=False, kind="stable")
+        for name in fill.index[: min_factors - len(result.selected)]:
+            table.at[name, "selected"] = True
+            table.at[name, "reason"] = (f"filled up: only {len(result.selected)} passed the "
+                                        f"screen, best in-sample |ICIR| with the declared sign; "
+                                        f"({table.at[name, 'reason']})")
+    table = table.reset_index()
+    for key, value in window.as_dict().items():
+        table.insert(0, key, value)
+    return table
+
+
+@dataclass
+class WindowResult:
+    window: WfoWindow
+    winner: Candidate
+    candidates: pd.DataFrame
+    finalists: pd.DataFrame
+    oos: BacktestResult
+
+    def summary(self) -> dict[str, object]:
+        best = self.candidates.iloc[0]
+        out: dict[str, object] = {**self.window.as_dict(), **self.winner.as_dict()}
+        out["factors"] = ",".join(self.winner.factors)
+        out["candidates"] = len(self.candidates)
+        for metric in ("annual_return", "sharpe", "max_drawdown", "score"):
+            out[f"is_{metric}"] = float(best[metric])
+        out["vbt_max_rel_diff"] = float(self.finalists["max_rel_diff"].max())
+        for key in ("total_return", "cagr", "sharpe", "max_drawdown", "ew_excess_return"):
+            if key in self.oos.metrics:
+                out[f"oos_{key}"] = float(self.oos.metrics[key])
+        return out
+
+
+def costs_of(cfg: BacktestConfig) -> Costs:
+    """The search's proportional costs (the minimum commission is left to the backtest)."""
+    return Costs(fees=cfg.commission_bps / 1e4, slippage=cfg.slippage_bps / 1e4,
+                 init_cash=cfg.initial_cash)
+
+
+def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
+                    factors: Sequence[str], space: SearchSpace, backtest: BacktestConfig
+                    ) -> WindowResult:
+    """Search on the in-sample sessions, re-run the finalists in vectorbt (they must agree to
+    :data:`VBT_TOLERANCE`), freeze the winner and backtest it on the out-of-sample sessions."""
+    costs = costs_of(backtest)
+    table = search_window(panel, factors, window.is_start, window.is_end, space, costs)
+    rows = []
+    for rank in range(min(space.finalists, len(table))):
+        candidate = candidate_of(table.iloc[rank])
+        engine = panel.candidate_equity(candidate, window.is_start, window.is_end, costs)
+        vbt = panel.vectorbt_equity(candidate, window.is_start, window.is_end, costs)
+        diff = float(np.max(np.abs(engine.to_numpy() / vbt.to_numpy() - 1.0)))
+        rows.append({"rank": rank + 1, "factors": ",".join(candidate.factors),
+                     "top_n": candidate.top_n, "rebalance_every": candidate.rebalance_every,
+                     "weighting": candidate.weighting, "score": float(table.iloc[rank]["score"]),
+                     "engine_final": float(engine.iloc[-1]), "vbt_final": float(vbt.iloc[-1]),
+                     "max_rel_diff": diff})
+    finalists = pd.DataFrame(rows)
+    bad = finalists.loc[finalists["max_rel_diff"] > VBT_TOLERANCE]
+    if len(bad):
+        raise AssertionError(f"window {window.key}: the engine and vectorbt disagree for "
+                             f"{len(bad)} finalist(s), worst relative difference "
+                             f"{bad['max_rel_diff'].max():.3g} ({bad.iloc[0]['factors']})")
+    winner = candidate_of(table.iloc[0])
+    targets = window_targets(data, panel.cfg, winner, window)
+    oos = oos_backtest(data, targets, backtest)
+    return WindowResult(window=window, winner=winner, candidates=table, finalists=finalists,
+                        oos=oos)
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+def _bars_mapping(data: ResearchData) -> dict[str, pd.DataFrame]:
+    m = data.market
+    return {"open": m.open, "close": m.close, "adj_factor": m.factor}
+
+
+def _benchmark_curve(data: ResearchData) -> pd.Series | None:
+    code = data.universe.benchmark
+    if code is None:
+        return None
+    return data.close[code].ffill()
+
+
+def portfolio_result(data: ResearchData, cfg: PortfolioConfig, candidate: Candidate,
+                     start: object, end: object) -> PortfolioResult:
+    """The SPEC §8 chain of ``candidate`` through :func:`rotation.portfolio.build_portfolio`,
+    holding nothing before ``start`` (its first rebalance session) and ending at ``end``.
+
+    The chain runs on every session up to ``end`` so that the causal inputs (volatility, the
+    regime percentile, absolute momentum) see the same history as in the search.
+    """
+    rows = slice(None, pd.Timestamp(end))
+    ranked = list(data.universe.ranked)
+    signed = [data.std_factors[n].loc[rows, ranked] * data.directions[n]
+              for n in candidate.factors]
+    stack = np.stack([f.to_numpy(np.float64) for f in signed])
+    count = (~np.isnan(stack)).sum(axis=0)
+    with np.errstate(all="ignore"):
+        score = np.where(count > 0, np.nansum(stack, axis=0) / count, np.nan)
+    score_frame = pd.DataFrame(score, index=signed[0].index, columns=ranked)
+    pcfg = candidate.portfolio_config(cfg)
+    return build_portfolio(score_frame, data.eligible.loc[rows], pcfg,
+                           close=data.close.loc[rows, ranked],
+                           rebalance=rebalance_schedule(score_frame.index, pcfg, start))
+
+
+def trade_rows(result: PortfolioResult, start: object) -> pd.DataFrame:
+    """Targets from ``start`` on the sessions that trade (rebalance sessions and sessions where
+    the targets change), NaN elsewhere: between rebalances positions drift, they are not
+    re-weighted."""
+    w = result.weights.loc[pd.Timestamp(start):]
+    changed = w.ne(w.shift()).any(axis=1)
+    changed.iloc[:1] = True
+    keep = result.rebalance.reindex(w.index).fillna(False).astype(bool) | changed
+    return w.where(keep, np.nan)
+
+
+def window_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate,
+                   window: WfoWindow) -> pd.DataFrame:
+    """Out-of-sample targets of a frozen winner: decisions from the close before the first
+    out-of-sample session to the close before the last one (filled at the next opens), on the
+    index from that first decision to the last out-of-sample session."""
+    pos = data.dates.get_loc(window.oos_start)
+    first_decision = data.dates[pos - 1]
+    last_decision = data.dates[data.dates.get_loc(window.oos_end) - 1]
+    result = portfolio_result(data, cfg, winner, first_decision, last_decision)
+    targets = trade_rows(result, first_decision)
+    index = data.dates[pos - 1: data.dates.get_loc(window.oos_end) + 1]
+    return targets.reindex(index)
+
+
+def stitched_targets(data: ResearchData, cfg: PortfolioConfig,
+                     winners: Sequence[tuple[WfoWindow, Candidate]]) -> pd.DataFrame:
+    """One out-of-sample target path: each window's frozen winner decides from the close before
+    its first out-of-sample session until the next window takes over."""
+    ordered = sorted(winners, key=lambda item: item[0].oos_start)
+    parts = []
+    for k, (window, candidate) in enumerate(ordered):
+        targets = window_targets(data, cfg, candidate, window).iloc[:-1]
+        if k + 1 < len(ordered):
+            next_first = data.dates[data.dates.get_loc(ordered[k + 1][0].oos_start) - 1]
+            targets = targets.loc[targets.index < next_first]
+        parts.append(targets)
+    out = pd.concat(parts).sort_index()
+    last = ordered[-1][0].oos_end
+    out.loc[last] = np.nan
+    columns = list(data.universe.ranked) + ([data.universe.defensive]
+                                            if data.universe.defensive else [])
+    return out.reindex(columns=columns)
+
+
+def oos_backtest(data: ResearchData, targets: pd.DataFrame, cfg: BacktestConfig
+                 ) -> BacktestResult:
+    """The stitched out-of-sample backtest with the equal-weight universe (``ew_*``) and the
+    benchmark fund (``bm_*``) in its metrics."""
+    return run_backtest(targets, _bars_mapping(data), data.instruments, cfg,
+                        benchmark=_benchmark_curve(data))
+
+
+def latest_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate,
+                   window: WfoWindow) -> tuple[pd.Timestamp, pd.DataFrame]:
+    """The frozen winner of the newest window applied up to the latest session: the latest
+    session and why each fund is in or out (:func:`rotation.portfolio.explain`)."""
+    start = data.dates[data.dates.get_loc(window.oos_start) - 1]
+    last = data.dates[-1]
+    result = portfolio_result(data, cfg, winner, start, last)
+    return last, explain(last, result)
