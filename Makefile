@@ -34,6 +34,7 @@ lint: env
 
 bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.backfill
+	$(PY) -m benchmarks.search
 
 clean:
 	rm -rf .etf_home

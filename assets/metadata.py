@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import dagster as dg
 import pandas as pd
 
@@ -22,6 +24,12 @@ def frame_metadata(frame: pd.DataFrame, **extra: object) -> dict[str, object]:
     meta["preview"] = dg.MetadataValue.md(markdown(frame.tail(PREVIEW_ROWS)))
     meta.update({k: _value(v) for k, v in extra.items()})
     return meta
+
+
+def data_fingerprint(frame: pd.DataFrame) -> str:
+    """A short content hash of a frame (the data version tagged on MLflow runs)."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
 
 
 def markdown(frame: pd.DataFrame, limit: int = 50) -> str:

@@ -6,7 +6,7 @@ These assets read every session of ``adjusted_bars`` (the whole history is their
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 import pandas as pd
@@ -40,8 +40,10 @@ def research_assets(
     specs: Sequence[FactorSpec],
     horizons: Sequence[int] = DEFAULT_HORIZONS,
     selection_horizon: int = 5,
+    select_kwargs: Mapping[str, float] | None = None,
 ) -> list[dg.AssetsDefinition]:
     directions = {s.name: s.direction for s in specs}
+    select_kwargs = dict(select_kwargs or {})
 
     @dg.asset(
         group_name=FACTORS_GROUP,
@@ -131,7 +133,8 @@ def research_assets(
                          ) -> dg.Output[pd.DataFrame]:
         table = factor_ic.loc[factor_ic["horizon"] == selection_horizon].set_index("factor")
         correlations = ic_stats.mean_pairwise_correlation(_wide(factors))
-        result = ic_stats.select_factors(table, correlations=correlations, directions=directions)
+        result = ic_stats.select_factors(table, correlations=correlations, directions=directions,
+                                         **select_kwargs)
         reasons = result.reasons.reset_index()
         reasons["selected"] = reasons["factor"].isin(result.selected)
         return dg.Output(

@@ -1,9 +1,16 @@
-"""The research job: rebuild factors and their screening on the full history."""
+"""Research jobs: factors and their screening, the walk-forward windows, and the portfolio.
+
+Three jobs because their assets are partitioned differently: the screening assets and the
+portfolio assets cover the whole history, the walk-forward assets have one partition per
+window. A full rebuild runs them in order (``orchestration.runs.rebuild_research``); in the UI,
+"Materialize all" on the research groups launches the same as one asset backfill.
+"""
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.research import FACTORS_GROUP, SCREENING_GROUP
+from assets.walk_forward import BACKTEST_GROUP, PORTFOLIO_GROUP, WFO_GROUP
 
 
 def research_job() -> UnresolvedAssetJobDefinition:
@@ -13,4 +20,26 @@ def research_job() -> UnresolvedAssetJobDefinition:
         executor_def=dg.in_process_executor,
         description="Factors → rank IC per horizon → selected factors, on the full history of "
         "adjusted bars (run it after the market data backfill or the daily run).",
+    )
+
+
+def walk_forward_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "walk_forward_job",
+        selection=dg.AssetSelection.groups(WFO_GROUP),
+        executor_def=dg.in_process_executor,
+        description="Per walk-forward window: the in-sample factor screen, the combination "
+        "search, the vectorbt check of the finalists and the frozen winner's out-of-sample "
+        "result, one MLflow run per window. Backfill all windows as one run to share the "
+        "panels (single-run backfill policy).",
+    )
+
+
+def portfolio_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "portfolio_job",
+        selection=dg.AssetSelection.groups(BACKTEST_GROUP, PORTFOLIO_GROUP),
+        executor_def=dg.in_process_executor,
+        description="The stitched out-of-sample backtest of the walk-forward winners (MLflow "
+        "run, plots, benchmarks) and the target portfolio for the latest session.",
     )

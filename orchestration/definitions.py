@@ -7,9 +7,10 @@ import dagster as dg
 from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import research_assets
+from assets.walk_forward import walk_forward_assets, window_partitions
 from jobs.market import after_close_schedule, market_data_job
-from jobs.research import research_job
-from orchestration.settings import Settings, load_settings
+from jobs.research import portfolio_job, research_job, walk_forward_job
+from orchestration.settings import Settings, SettingsError, load_settings
 from resources.market_data import (
     AkshareMarketData,
     FileMarketData,
@@ -17,7 +18,8 @@ from resources.market_data import (
     SampleMarketData,
 )
 from resources.parquet_io import PartitionedParquetIOManager
-from rotation.factors import DEFAULT_FACTORS
+from resources.tracking import MlflowTracking
+from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 
 
 def market_data_resource(settings: Settings) -> MarketDataResource:
@@ -48,10 +50,30 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.resolved_storage_root.resolve())
         ),
+        "tracking": MlflowTracking(tracking_uri=settings.resolved_mlflow_uri),
     }
 
 
+def strategy_for(settings: Settings) -> StrategyConfig:
+    """The configured strategy; its universe must name the configured market data."""
+    try:
+        strategy = load_strategy(settings.strategy)
+    except StrategyConfigError as exc:
+        raise SettingsError(f"setting strategy [env ETF_STRATEGY]={settings.strategy!r}: "
+                            f"{exc}") from None
+    md = settings.market_data
+    source = SAMPLE_DATASET if md.source == "sample" else md.dataset
+    wanted = strategy.universe.dataset
+    if md.source != "akshare" and wanted is not None and wanted != source:
+        raise SettingsError(
+            f"setting strategy [env ETF_STRATEGY]={settings.strategy!r} trades the dataset "
+            f"{wanted!r} but market_data is {source!r}: pick the strategy of that data (e.g. "
+            f"etf_rotation_sample, etf_rotation_akshare) or point market_data at {wanted!r}")
+    return strategy
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
+    strategy = strategy_for(settings)
     resources = resources_for(settings)
     market_data = resources["market_data"]
     assert isinstance(market_data, MarketDataResource)
@@ -70,9 +92,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)
         ],
     )
+    windows = window_partitions(
+        calendar.sessions(settings.partitions_start or market_data.history_start,
+                          market_data.history_end), strategy)
     research = dg.Definitions(
-        assets=research_assets(settings.cross_section, DEFAULT_FACTORS),
-        jobs=[research_job()],
+        assets=[
+            *research_assets(settings.cross_section, strategy.factor_specs, strategy.horizons,
+                             strategy.screening_horizon, strategy.select_kwargs()),
+            *walk_forward_assets(strategy, settings.cross_section, windows),
+        ],
+        jobs=[research_job(), walk_forward_job(), portfolio_job()],
     )
     return dg.Definitions.merge(market, research, dg.Definitions(resources=resources))
 

@@ -24,7 +24,8 @@ _THREADS = 4
 
 class PartitionedParquetIOManager(dg.ConfigurableIOManager):
     base_path: str
-    # Column that assigns rows of a multi-partition output to their session partition.
+    # Column that assigns rows of a multi-partition output to their partition (session date);
+    # an asset overrides it with ``metadata={"partition_column": ...}``.
     partition_column: str = "date"
 
     def _asset_dir(self, key: dg.AssetKey) -> Path:
@@ -43,8 +44,15 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             _write(obj, self.path_for(key))
             return
         partitions = list(context.asset_partition_keys)
-        column = obj[self.partition_column]
-        keys = column.dt.strftime("%Y-%m-%d") if len(obj) else pd.Series([], dtype=str)
+        # An asset may name its own partition column (e.g. "window" for walk-forward windows).
+        name = (context.definition_metadata or {}).get("partition_column", self.partition_column)
+        column = obj[str(name)]
+        if not len(obj):
+            keys = pd.Series([], dtype=str)
+        elif pd.api.types.is_datetime64_any_dtype(column):
+            keys = column.dt.strftime("%Y-%m-%d")
+        else:
+            keys = column.astype(str)
         stray = sorted(set(keys) - set(partitions))
         if stray:
             raise ValueError(

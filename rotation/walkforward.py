@@ -177,7 +177,7 @@ class WindowResult:
         out["factors"] = ",".join(self.winner.factors)
         out["candidates"] = len(self.candidates)
         for metric in ("annual_return", "sharpe", "max_drawdown", "score"):
-            out[f"is_{metric}"] = float(best[metric])
+            out[f"in_sample_{metric}"] = float(best[metric])
         out["vbt_max_rel_diff"] = float(self.finalists["max_rel_diff"].max())
         for key in ("total_return", "cagr", "sharpe", "max_drawdown", "ew_excess_return"):
             if key in self.oos.metrics:
