@@ -13,9 +13,9 @@ import time
 import dagster as dg
 import pandas as pd
 
-from orchestration.definitions import build_definitions
+from orchestration.definitions import build_definitions, strategy_for
 from orchestration.instance import prepare_local_instance
-from orchestration.runs import full_history, run_range
+from orchestration.runs import full_history, rebuild_research, run_range, window_keys
 from orchestration.settings import load_settings
 from resources.parquet_io import PartitionedParquetIOManager
 
@@ -50,15 +50,16 @@ def main() -> int:
         if not result.success:
             _print_failures(result)
             return 1
-        print("running     : research_job (factors -> rank IC -> selected factors)")
-        research = defs.resolve_job_def("research_job").execute_in_process(
-            instance=instance,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
-        )
-        if not research.success:
-            _print_failures(research)
-            return 1
+        print("running     : research_job, walk_forward_job (every window, one run), "
+              "portfolio_job")
+        started = time.perf_counter()
+        for research in rebuild_research(defs, instance):
+            ok = "succeeded" if research.success else "FAILED"
+            print(f"  {research.dagster_run.job_name:<17}: {ok}")
+            if not research.success:
+                _print_failures(research)
+                return 1
+        print(f"research    : {time.perf_counter() - started:.1f}s")
 
     io = defs.resources["io_manager"]
     assert isinstance(io, PartitionedParquetIOManager)
@@ -79,6 +80,29 @@ def main() -> int:
     reasons = pd.read_parquet(io.path_for(dg.AssetKey("selected_factors")))
     chosen = reasons.loc[reasons["selected"], "factor"].tolist()
     print(f"selected factors: {chosen or 'none pass the SPEC §5 screen on this market'}")
+
+    results = io.load_partitions(dg.AssetKey("wfo_results"), window_keys(defs))
+    print(f"\nwalk-forward: {len(results)} windows, frozen winner per window "
+          "(in-sample score; out-of-sample result):")
+    print(results[["window", "factors", "top_n", "rebalance_every", "weighting",
+                   "in_sample_score", "oos_total_return", "oos_max_drawdown"]]
+          .round(4).to_string(index=False))
+    daily = pd.read_parquet(io.path_for(dg.AssetKey("oos_backtest")))
+    first, last_row = daily.iloc[0], daily.iloc[-1]
+    print(f"\nstitched out-of-sample backtest {first['date']:%Y-%m-%d} .. "
+          f"{last_row['date']:%Y-%m-%d}: equity {first['equity']:,.0f} -> "
+          f"{last_row['equity']:,.0f} CNY, max drawdown {daily['drawdown'].min():.2%}")
+    bench = [c for c in daily.columns if c.startswith("benchmark_")]
+    for column in bench:
+        print(f"  {column.removeprefix('benchmark_'):<22}: {last_row[column] - 1:+.2%}")
+    target = pd.read_parquet(io.path_for(dg.AssetKey("target_portfolio")))
+    held = target.loc[target["weight"] > 0]
+    print(f"\ntarget portfolio for the session after {target['date'].iloc[0]:%Y-%m-%d} "
+          f"(window {target['window'].iloc[0]}):")
+    print(held[["symbol", "weight", "reason"]].round(4).to_string(index=False))
+    print(f"cash: {1 - held['weight'].sum():.2%}")
+    experiment = strategy_for(settings).experiment_name
+    print(f"MLflow      : {settings.resolved_mlflow_uri} (experiment {experiment})")
     print("\nInspect it in the UI: make dev  (same instance)")
     return 0
 

@@ -279,7 +279,7 @@ def dagster_tags(context: Any) -> dict[str, str]:
         except Exception:
             return None
 
-    run_id = attempt(lambda: context.run_id)
+    run_id = attempt(lambda: context.run.run_id) or attempt(lambda: context.run_id)
     if run_id:
         tags[TAG_DAGSTER_RUN_ID] = str(run_id)
     job = attempt(lambda: context.job_name)
