@@ -35,6 +35,7 @@ lint: env
 bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.backfill
 	$(PY) -m benchmarks.search
+	$(PY) -m benchmarks.research
 
 clean:
 	rm -rf .etf_home

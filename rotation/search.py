@@ -297,8 +297,10 @@ def metrics_nb(equity: np.ndarray, traded: float, out: np.ndarray) -> None:
     n = equity.shape[0]
     total = equity[n - 1] / equity[0] - 1.0
     years = (n - 1) / TRADING_DAYS
-    out[0] = (equity[n - 1] / equity[0]) ** (1.0 / years) - 1.0 if years > 0 and total > -1 \
-        else -1.0
+    if years <= 0:
+        out[0] = np.nan  # a single session has no annual rate
+    else:
+        out[0] = (equity[n - 1] / equity[0]) ** (1.0 / years) - 1.0 if total > -1 else -1.0
     mean = 0.0
     for t in range(1, n):
         mean += equity[t] / equity[t - 1] - 1.0
