@@ -43,13 +43,12 @@ def warmup_sessions(strategy: StrategyConfig) -> int:
 
 
 def window_partitions(sessions: pd.DatetimeIndex, strategy: StrategyConfig
-                      ) -> dg.StaticPartitionsDefinition:
-    """One partition per walk-forward window over the calendar sessions of the data."""
+                      ) -> dg.StaticPartitionsDefinition | None:
+    """One partition per walk-forward window over the calendar sessions of the data (None
+    when the history holds no complete window)."""
     windows = wf.wfo_windows(sessions[warmup_sessions(strategy):], strategy.wfo_config)
     if not windows:
-        span = f"{sessions[0]:%Y-%m-%d}..{sessions[-1]:%Y-%m-%d}" if len(sessions) else "none"
-        raise ValueError(f"strategy {strategy.name}: no complete walk-forward window in "
-                         f"{len(sessions)} sessions ({span})")
+        return None
     return dg.StaticPartitionsDefinition([w.key for w in windows])
 
 

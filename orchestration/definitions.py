@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
+import yaml
 
 from assets.market import market_assets
 from assets.partitions import session_partitions
@@ -19,6 +22,7 @@ from resources.market_data import (
 )
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
+from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 
 
@@ -54,17 +58,39 @@ def resources_for(settings: Settings) -> dict[str, object]:
     }
 
 
-def strategy_for(settings: Settings) -> StrategyConfig:
-    """The configured strategy; its universe must name the configured market data."""
-    try:
-        strategy = load_strategy(settings.strategy)
-    except StrategyConfigError as exc:
-        raise SettingsError(f"setting strategy [env ETF_STRATEGY]={settings.strategy!r}: "
-                            f"{exc}") from None
+DEFAULT_STRATEGY = "etf_rotation_default"
+
+
+def _source_name(settings: Settings) -> str | None:
     md = settings.market_data
-    source = SAMPLE_DATASET if md.source == "sample" else md.dataset
+    if md.source == "sample":
+        return SAMPLE_DATASET
+    return md.dataset if md.source == "files" else None
+
+
+def _strategy_of_dataset(dataset: str | None) -> str:
+    """The strategy in config/strategies whose universe trades ``dataset`` (the default
+    strategy when none does: its universe is then checked against the data when it runs)."""
+    for path in sorted(STRATEGY_CONFIG_DIR.glob("*.yaml")):
+        universe = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("universe")
+        if isinstance(universe, dict) and dataset is not None \
+                and universe.get("dataset") == dataset:
+            return path.stem
+    return DEFAULT_STRATEGY
+
+
+def strategy_for(settings: Settings) -> StrategyConfig:
+    """The configured strategy (``ETF_STRATEGY``), or the one that trades the configured data.
+
+    An explicitly chosen strategy must name the configured market data."""
+    source = _source_name(settings)
+    name = settings.strategy or _strategy_of_dataset(source)
+    try:
+        strategy = load_strategy(name)
+    except StrategyConfigError as exc:
+        raise SettingsError(f"setting strategy [env ETF_STRATEGY]={name!r}: {exc}") from None
     wanted = strategy.universe.dataset
-    if md.source != "akshare" and wanted is not None and wanted != source:
+    if settings.strategy and source is not None and wanted is not None and wanted != source:
         raise SettingsError(
             f"setting strategy [env ETF_STRATEGY]={settings.strategy!r} trades the dataset "
             f"{wanted!r} but market_data is {source!r}: pick the strategy of that data (e.g. "
@@ -92,17 +118,23 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)
         ],
     )
-    windows = window_partitions(
-        calendar.sessions(settings.partitions_start or market_data.history_start,
-                          market_data.history_end), strategy)
-    research = dg.Definitions(
-        assets=[
-            *research_assets(settings.cross_section, strategy.factor_specs, strategy.horizons,
-                             strategy.screening_horizon, strategy.select_kwargs()),
-            *walk_forward_assets(strategy, settings.cross_section, windows),
-        ],
-        jobs=[research_job(), walk_forward_job(), portfolio_job()],
-    )
+    sessions_of_data = calendar.sessions(settings.partitions_start or market_data.history_start,
+                                         market_data.history_end)
+    windows = window_partitions(sessions_of_data, strategy)
+    research_stage = research_assets(settings.cross_section, strategy.factor_specs,
+                                     strategy.horizons, strategy.screening_horizon,
+                                     strategy.select_kwargs())
+    if windows is None:
+        warnings.warn(f"strategy {strategy.name}: the {len(sessions_of_data)} sessions of the "
+                      "market data hold no complete walk-forward window; the walk-forward, "
+                      "backtest and portfolio assets are not defined", stacklevel=2)
+        research = dg.Definitions(assets=research_stage, jobs=[research_job()])
+    else:
+        research = dg.Definitions(
+            assets=[*research_stage,
+                    *walk_forward_assets(strategy, settings.cross_section, windows)],
+            jobs=[research_job(), walk_forward_job(), portfolio_job()],
+        )
     return dg.Definitions.merge(market, research, dg.Definitions(resources=resources))
 
 

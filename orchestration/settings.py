@@ -114,8 +114,8 @@ class Settings(BaseSettings):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cross_section: CrossSectionConfig = Field(default_factory=CrossSectionConfig)
     # The strategy YAML (a name in config/strategies or a path); its universe must name the
-    # configured market data (sample, or the files dataset).
-    strategy: str = "etf_rotation_sample"
+    # configured market data. Unset: the strategy in config/strategies that trades that data.
+    strategy: str | None = None
     mlflow_tracking_uri: str | None = None
     postgres_url: str | None = None
     redis_url: str | None = None
