@@ -37,6 +37,7 @@ from rotation.portfolio import (
     PortfolioConfig,
     PortfolioResult,
     build_portfolio,
+    composite_score,
     explain,
     rebalance_schedule,
 )
@@ -247,13 +248,8 @@ def portfolio_result(data: ResearchData, cfg: PortfolioConfig, candidate: Candid
     """
     rows = slice(None, pd.Timestamp(end))
     ranked = list(data.universe.ranked)
-    signed = [data.std_factors[n].loc[rows, ranked] * data.directions[n]
-              for n in candidate.factors]
-    stack = np.stack([f.to_numpy(np.float64) for f in signed])
-    count = (~np.isnan(stack)).sum(axis=0)
-    with np.errstate(all="ignore"):
-        score = np.where(count > 0, np.nansum(stack, axis=0) / count, np.nan)
-    score_frame = pd.DataFrame(score, index=signed[0].index, columns=ranked)
+    score_frame = composite_score(
+        {n: data.std_factors[n].loc[rows, ranked] for n in candidate.factors}, data.directions)
     pcfg = candidate.portfolio_config(cfg)
     return build_portfolio(score_frame, data.eligible.loc[rows], pcfg,
                            close=data.close.loc[rows, ranked],
