@@ -4,8 +4,6 @@ Thin over :mod:`rotation`: factor kernels, T1_OPEN labels, rank IC and the selec
 These assets read every session of ``adjusted_bars`` (the whole history is their input).
 """
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 
 import dagster as dg
@@ -13,6 +11,7 @@ import pandas as pd
 
 from assets.metadata import frame_metadata, markdown
 from rotation import ic as ic_stats
+from rotation import report
 from rotation.cross_section import CrossSectionConfig, coverage, process
 from rotation.factors import FactorSpec, Panels, compute_factors, factor_table, factors_long
 from rotation.labels import forward_returns
@@ -20,12 +19,6 @@ from rotation.labels import forward_returns
 FACTORS_GROUP = "factors"
 SCREENING_GROUP = "factor_screening"
 DEFAULT_HORIZONS = (1, 5, 10, 20)
-
-
-def _png(fig: object) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # type: ignore[attr-defined]
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _wide(long: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -105,8 +98,7 @@ def research_assets(
         cumulative.plot(ax=axes[0], title=f"cumulative rank IC, H={selection_horizon}")
         decay = summary.pivot(index="horizon", columns="factor", values="mean_ic")
         decay[top["factor"].head(6)].plot(ax=axes[1], marker="o", title="IC decay (mean IC)")
-        plot = _png(fig)
-        plt.close(fig)
+        plot = report.markdown_image(report.png_base64(fig), "cumulative IC and decay")
         shown = top.drop(columns=["abs_icir"]).round(4)
         return dg.Output(
             summary,
@@ -114,8 +106,7 @@ def research_assets(
                 "dagster/row_count": dg.MetadataValue.int(len(summary)),
                 "horizons": dg.MetadataValue.json(list(horizons)),
                 f"top_by_icir_h{selection_horizon}": dg.MetadataValue.md(markdown(shown, 15)),
-                "plots": dg.MetadataValue.md(f"![cumulative IC and decay](data:image/png;base64,"
-                                             f"{plot})"),
+                "plots": dg.MetadataValue.md(plot),
                 "first_date": dg.MetadataValue.text(str(factors["date"].min().date())),
                 "last_date": dg.MetadataValue.text(str(factors["date"].max().date())),
             },

@@ -18,7 +18,7 @@ from resources.tracking import MlflowTracking, TrackedRun
 from rotation import report
 from rotation import walkforward as wf
 from rotation.backtest import BacktestResult
-from rotation.backtest.metrics import drawdown, equal_weight_benchmark
+from rotation.backtest.metrics import drawdown
 from rotation.cross_section import CrossSectionConfig
 from rotation.search import Candidate, SearchSpace, candidate_of
 from rotation.strategy import StrategyConfig
@@ -164,7 +164,8 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                                | {"screened_factors": chosen})
                 run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)
                                  and k.startswith(("in_sample_", "oos_", "vbt_"))})
-                _log_backtest(run, result.oos, f"out-of-sample {window.key}",
+                _log_backtest(run, result.oos, wf.benchmark_curves(data, result.oos),
+                              f"out-of-sample {window.key}",
                               notes=[f"in-sample {window.is_start:%Y-%m-%d}.."
                                      f"{window.is_end:%Y-%m-%d}, winner "
                                      f"{', '.join(result.winner.factors)} top "
@@ -216,16 +217,16 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         from rotation.backtest import vbt as vbt_replay
 
         data = prepare(adjusted_bars, factors, market_data)
-        winners = _winners(data, wfo_results)
+        winners = _winners(wfo_results)
         targets = wf.stitched_targets(data, pcfg, winners)
         with tracking.run(context, experiment=strategy.experiment_name,
                           run_name="oos backtest", params=strategy.tracking_params(),
                           tags=tags(), data_version=data_fingerprint(adjusted_bars)) as run:
             result = wf.oos_backtest(data, targets, bcfg)
             replay_diff = vbt_replay.compare(result, vbt_replay.replay(result))
-            benchmarks = _benchmarks(data, result)
+            benchmarks = wf.benchmark_curves(data, result)
             run.log_metrics({"vbt_replay_max_rel_diff": replay_diff})
-            _log_backtest(run, result, f"{strategy.name}: stitched out-of-sample",
+            _log_backtest(run, result, benchmarks, f"{strategy.name}: stitched out-of-sample",
                           notes=[f"{len(winners)} walk-forward windows"],
                           tables={"windows": wfo_results[["window", "factors", "top_n",
                                                           "rebalance_every", "weighting"]]})
@@ -265,7 +266,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                          wfo_results: pd.DataFrame, market_data: MarketDataResource
                          ) -> dg.Output[pd.DataFrame]:
         data = prepare(adjusted_bars, factors, market_data)
-        window, winner = _winners(data, wfo_results)[-1]
+        window, winner = _winners(wfo_results)[-1]
         as_of, why = wf.latest_targets(data, pcfg, winner, window)
         table = why.reset_index()
         table.insert(0, "date", as_of)
@@ -285,8 +286,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     return [wfo_windows, wfo_results, oos_backtest, target_portfolio]
 
 
-def _winners(data: wf.ResearchData, results: pd.DataFrame
-             ) -> list[tuple[WfoWindow, Candidate]]:
+def _winners(results: pd.DataFrame) -> list[tuple[WfoWindow, Candidate]]:
     ordered = results.sort_values("oos_start")
     out = []
     for i, row in enumerate(ordered.to_dict("records")):
@@ -297,14 +297,6 @@ def _winners(data: wf.ResearchData, results: pd.DataFrame
         out.append((window, candidate_of(row)))
     if not out:
         raise dg.Failure("no walk-forward results: materialise wfo_results first")
-    return out
-
-
-def _benchmarks(data: wf.ResearchData, result: BacktestResult) -> dict[str, pd.Series]:
-    out = {"equal-weight universe": equal_weight_benchmark(result.panels.close)}
-    code = data.universe.benchmark
-    if code is not None:
-        out[code] = data.close[code].ffill().reindex(result.equity.index)
     return out
 
 
@@ -323,11 +315,10 @@ def _daily_frame(result: BacktestResult, benchmarks: dict[str, pd.Series],
     return frame
 
 
-def _log_backtest(run: TrackedRun, result: BacktestResult, title: str, *,
-                  notes: Sequence[str] = (),
+def _log_backtest(run: TrackedRun, result: BacktestResult, benchmarks: dict[str, pd.Series],
+                  title: str, *, notes: Sequence[str] = (),
                   tables: dict[str, pd.DataFrame] | None = None) -> None:
     """Equity and drawdown PNG, the weights, the metrics and an HTML report of a backtest."""
-    benchmarks = {"equal-weight universe": equal_weight_benchmark(result.panels.close)}
     run.log_figure(report.equity_figure(result.equity, benchmarks, title=title),
                    "plots/equity.png")
     run.log_figure(report.drawdown_figure(result.equity, benchmarks), "plots/drawdown.png")

@@ -16,15 +16,14 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
+
+from benchmarks.scratch import scratch_postgres_home
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASETS = ("cn_etf_morphkyan_raw", "cn_etf_akshare_qfq_2020")
-PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
 
 
 def _baseline(dataset: str) -> dict[str, float]:
@@ -45,48 +44,32 @@ def _baseline(dataset: str) -> dict[str, float]:
 
 def _pipeline(dataset: str) -> dict[str, float]:
     import dagster as dg
-    import psycopg
 
     from orchestration.definitions import build_definitions
     from orchestration.runs import full_history, run_range
     from orchestration.settings import load_settings
 
-    name = f"etf_bench_{uuid.uuid4().hex[:8]}"
-    admin = f"postgresql://{PG_SERVER}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            home = Path(tmp) / "dagster"
-            home.mkdir()
-            (home / "dagster.yaml").write_text(
-                f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
-                "telemetry:\n  enabled: false\n"
-            )
-            settings = load_settings(
-                home=Path(tmp) / "etf",
-                market_data={"source": "files", "dataset": dataset,
-                             "files_root": str(SHARED / dataset)},
-            )
-            defs = build_definitions(settings)
-            start, end = full_history(defs)
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                started = time.perf_counter()
-                result = run_range(defs, instance, start, end)
-                seconds = time.perf_counter() - started
-                assert result.success, f"{dataset}: backfill failed"
-                steps = {
-                    e.step_key: e.event_specific_data.duration_ms / 1000  # type: ignore[union-attr]
-                    for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
-                }
-            keys = defs.resolve_job_def("market_data_job").partitions_def.get_partition_keys()
-            partitions = sum(1 for k in keys if start <= k <= end)
-        with psycopg.connect(admin) as conn:
-            size = conn.execute("select pg_database_size(%s)", (name,)).fetchone()[0]
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return {"seconds": seconds, "partitions": float(partitions), "event_db_mb": size / 2**20,
+    with scratch_postgres_home() as scratch:
+        settings = load_settings(
+            home=scratch.root / "etf",
+            market_data={"source": "files", "dataset": dataset,
+                         "files_root": str(SHARED / dataset)},
+        )
+        defs = build_definitions(settings)
+        start, end = full_history(defs)
+        with dg.DagsterInstance.from_config(str(scratch.dagster_home)) as instance:
+            started = time.perf_counter()
+            result = run_range(defs, instance, start, end)
+            seconds = time.perf_counter() - started
+            assert result.success, f"{dataset}: backfill failed"
+            steps = {
+                e.step_key: e.event_specific_data.duration_ms / 1000  # type: ignore[union-attr]
+                for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+            }
+        keys = defs.resolve_job_def("market_data_job").partitions_def.get_partition_keys()
+        partitions = sum(1 for k in keys if start <= k <= end)
+        size = scratch.database_mb()
+    return {"seconds": seconds, "partitions": float(partitions), "event_db_mb": size,
             **{f"step_{k}_s": v for k, v in steps.items()}}
 
 

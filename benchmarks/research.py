@@ -18,15 +18,14 @@ from __future__ import annotations
 import os
 import resource
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
+
+from benchmarks.scratch import scratch_postgres_home
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 DATASET = "cn_etf_akshare_qfq_2020"
-PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
 TARGET_SECONDS = 180.0
 TARGET_MB = 2048.0
 
@@ -77,7 +76,6 @@ def _baseline(defs: object) -> tuple[float, int]:
 
 def main() -> int:
     import dagster as dg
-    import psycopg
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ["ETF_STRATEGY"] = "etf_rotation_akshare"
@@ -90,49 +88,36 @@ def main() -> int:
     from orchestration.settings import load_settings
 
     configure_event_batching()
-    database = f"etf_bench_{uuid.uuid4().hex[:8]}"
-    admin = f"postgresql://{PG_SERVER}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            os.environ["ETF_HOME"] = tmp
-            home = Path(tmp) / "dagster"
-            home.mkdir()
-            (home / "dagster.yaml").write_text(
-                "storage:\n  postgres:\n    postgres_url: "
-                f"postgresql+psycopg2://{PG_SERVER}/{database}\ntelemetry:\n  enabled: false\n")
-            settings = load_settings()
-            defs = build_definitions(settings)
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                start, end = full_history(defs)
-                t0 = time.perf_counter()
-                assert run_range(defs, instance, start, end, log_level="WARNING").success
-                market_s, market_mb = time.perf_counter() - t0, _peak_mb()
-                t0 = time.perf_counter()
-                results = rebuild_research(defs, instance)
-                pipeline_s = time.perf_counter() - t0
-                ok = all(r.success for r in results) and len(results) == 3
-                pipeline_mb = _peak_mb()
-                baseline_s, windows = _baseline(defs)
-            print(f"research rebuild of {DATASET} ({start}..{end}), {windows} walk-forward "
-                  f"windows, {len(window_keys(defs))} window partitions, cpus {os.cpu_count()}")
-            print(f"  market backfill (not timed as research): {market_s:.1f} s, "
-                  f"peak RSS {market_mb:.0f} MB")
-            for r in results:
-                print(f"  {r.dagster_run.job_name:<17} {'ok' if r.success else 'FAILED'}")
-            print(f"  pipeline (3 jobs, PostgreSQL instance, MLflow): {pipeline_s:.1f} s, "
-                  f"peak RSS {pipeline_mb:.0f} MB")
-            print(f"  baseline (same chain as a script)             : {baseline_s:.1f} s")
-            print(f"  ratio pipeline / baseline: {pipeline_s / baseline_s:.2f}x")
-            met_s = "MET" if pipeline_s <= TARGET_SECONDS else "MISSED"
-            met_mb = "MET" if pipeline_mb <= TARGET_MB else "MISSED"
-            print(f"  target <= {TARGET_SECONDS:.0f} s: {met_s}; target <= {TARGET_MB:.0f} MB "
-                  f"peak: {met_mb}")
-            return 0 if ok else 1
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with scratch_postgres_home() as scratch:
+        os.environ["ETF_HOME"] = str(scratch.root)
+        settings = load_settings()
+        defs = build_definitions(settings)
+        with dg.DagsterInstance.from_config(str(scratch.dagster_home)) as instance:
+            start, end = full_history(defs)
+            t0 = time.perf_counter()
+            assert run_range(defs, instance, start, end, log_level="WARNING").success
+            market_s, market_mb = time.perf_counter() - t0, _peak_mb()
+            t0 = time.perf_counter()
+            results = rebuild_research(defs, instance)
+            pipeline_s = time.perf_counter() - t0
+            ok = all(r.success for r in results) and len(results) == 3
+            pipeline_mb = _peak_mb()
+            baseline_s, windows = _baseline(defs)
+        print(f"research rebuild of {DATASET} ({start}..{end}), {windows} walk-forward "
+              f"windows, {len(window_keys(defs))} window partitions, cpus {os.cpu_count()}")
+        print(f"  market backfill (not timed as research): {market_s:.1f} s, "
+              f"peak RSS {market_mb:.0f} MB")
+        for r in results:
+            print(f"  {r.dagster_run.job_name:<17} {'ok' if r.success else 'FAILED'}")
+        print(f"  pipeline (3 jobs, PostgreSQL instance, MLflow): {pipeline_s:.1f} s, "
+              f"peak RSS {pipeline_mb:.0f} MB")
+        print(f"  baseline (same chain as a script)             : {baseline_s:.1f} s")
+        print(f"  ratio pipeline / baseline: {pipeline_s / baseline_s:.2f}x")
+        met_s = "MET" if pipeline_s <= TARGET_SECONDS else "MISSED"
+        met_mb = "MET" if pipeline_mb <= TARGET_MB else "MISSED"
+        print(f"  target <= {TARGET_SECONDS:.0f} s: {met_s}; target <= {TARGET_MB:.0f} MB "
+              f"peak: {met_mb}")
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from rotation.backtest import (
     market_panels,
     run_backtest,
 )
+from rotation.backtest.metrics import equal_weight_benchmark
 from rotation.bars import Instrument
 from rotation.cross_section import CrossSectionConfig, coverage, process
 from rotation.factors import FactorSpec, Panels, compute_factors
@@ -236,6 +237,16 @@ def _benchmark_curve(data: ResearchData) -> pd.Series | None:
     if code is None:
         return None
     return data.close[code].ffill()
+
+
+def benchmark_curves(data: ResearchData, result: BacktestResult) -> dict[str, pd.Series]:
+    """The curves a backtest is compared with: the equal-weight universe (daily rebalanced over
+    the traded funds) and the benchmark fund, on the backtest's sessions."""
+    out = {"equal-weight universe": equal_weight_benchmark(result.panels.close)}
+    curve = _benchmark_curve(data)
+    if curve is not None:
+        out[str(data.universe.benchmark)] = curve.reindex(result.equity.index)
+    return out
 
 
 def portfolio_result(data: ResearchData, cfg: PortfolioConfig, candidate: Candidate,

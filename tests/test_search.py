@@ -308,19 +308,22 @@ def test_rank_score_by_hand() -> None:
 
 T, F = True, False
 NAN = np.nan
+# The hand case: two funds, six sessions. Orders decided on trade row i fill at open(i+1).
+# B is at a price limit on row 1 (bar, no trade); A has no bar on row 4.
+HAND_WEIGHTS = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.0, 1.0], [0.0, 1.0],
+                         [0.3, 0.3]])
+HAND_TRADE = np.array([T, T, F, T, T, F])
+HAND_PRICE = np.array([[10.0, 20.0], [10.0, 20.0], [12.0, 25.0], [11.0, 30.0], [NAN, 28.0],
+                       [13.0, 27.0]])
+HAND_TRADABLE = np.array([[T, T], [T, F], [T, T], [T, T], [F, T], [T, T]])
+HAND_CLOSE = np.array([[10.0, 20.0], [11.0, 22.0], [12.0, 25.0], [12.0, 26.0], [12.0, 27.0],
+                       [14.0, 28.0]])  # A's close carried over its missing bar
+HAND = (HAND_WEIGHTS, HAND_TRADE, HAND_PRICE, HAND_TRADABLE, HAND_CLOSE)
 
 
 def test_simulation_market_rules_by_hand() -> None:
     # Two funds, 1 000 cash, no costs. Orders decided on trade row i fill at open(i+1).
-    weights = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.0, 1.0], [0.0, 1.0],
-                        [0.3, 0.3]])
-    trade = np.array([T, T, F, T, T, F])
-    price = np.array([[10.0, 20.0], [10.0, 20.0], [12.0, 25.0], [11.0, 30.0], [NAN, 28.0],
-                      [13.0, 27.0]])
-    # B at a price limit on row 1 (bar, no trade); A without a bar on row 4.
-    tradable = np.array([[T, T], [T, F], [T, T], [T, T], [F, T], [T, T]])
-    close = np.array([[10.0, 20.0], [11.0, 22.0], [12.0, 25.0], [12.0, 26.0], [12.0, 27.0],
-                      [14.0, 28.0]])  # A's close carried over its missing bar
+    weights, trade, price, tradable, close = HAND
     equity, traded = simulate_target_percent_nb(weights, trade, price, tradable, close,
                                                 1000.0, 0.0, 0.0)
     a_units = 0.5 * 1100.0 / 12.0                    # 45.833…: rebalanced at open row 2
@@ -350,14 +353,7 @@ def test_simulation_market_rules_by_hand() -> None:
 def test_simulation_matches_vectorbt_on_hand_case() -> None:
     import vectorbt as vbt
 
-    weights = np.array([[0.5, 0.5], [0.5, 0.5], [0.9, 0.1], [0.0, 1.0], [0.0, 1.0],
-                        [0.3, 0.3]])
-    trade = np.array([T, T, F, T, T, F])
-    price = np.array([[10.0, 20.0], [10.0, 20.0], [12.0, 25.0], [11.0, 30.0], [NAN, 28.0],
-                      [13.0, 27.0]])
-    tradable = np.array([[T, T], [T, F], [T, T], [T, T], [F, T], [T, T]])
-    close = np.array([[10.0, 20.0], [11.0, 22.0], [12.0, 25.0], [12.0, 26.0], [12.0, 27.0],
-                      [14.0, 28.0]])
+    weights, trade, price, tradable, close = HAND
     for fees, slippage in ((0.0, 0.0), (0.003, 0.002), (0.05, 0.01)):
         equity, _ = simulate_target_percent_nb(weights, trade, price, tradable, close, 1000.0,
                                                fees, slippage)
