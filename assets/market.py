@@ -17,6 +17,7 @@ from dagster_pandera import pandera_schema_to_dagster_type
 
 from assets.metadata import frame_metadata, markdown
 from assets.partitions import partition_sessions
+from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
 from rotation import quality, schemas
 from rotation.adjust import adjust_bars
@@ -76,6 +77,7 @@ def market_assets(
     def raw_bars(
         context: dg.AssetExecutionContext,
         market_data: MarketDataResource,
+        cache: RedisCache,
     ) -> Iterator[dg.AssetCheckResult | dg.Output[pd.DataFrame]]:
         first, last = partition_sessions(context)
         calendar = market_data.calendar
@@ -89,7 +91,11 @@ def market_assets(
                 allow_retries=False,
             )
         history_from = calendar.offset(first, -quality_config.lookback_sessions)
-        loaded = market_data.load(history_from, last)
+        cache_stats = CacheStats()
+        loaded = cache.cached("bars", (market_data.label, history_from, last),
+                              market_data.source_version(),
+                              lambda: market_data.load(history_from, last), cache_stats,
+                              warn=context.log.warning)
         context.log.info(
             f"{market_data.label}: {len(loaded.bars)} rows {history_from.date()}..{last.date()} "
             f"(history from {history_from.date()} for context), {len(loaded.issues)} issue(s)"
@@ -136,7 +142,7 @@ def market_assets(
                 files_read=len(loaded.sources),
                 accepted_anomalies=accepted,
                 sessions_in_range=len(sessions),
-            ),
+            ) | cache_stats.metadata(),
         )
 
     @dg.asset(

@@ -34,7 +34,8 @@ def session_partitions(
     return dg.TimeWindowPartitionsDefinition(
         cron_schedule="0 0 * * 1-5",
         start=first.to_pydatetime(),
-        end=(last + pd.Timedelta(days=1)).to_pydatetime(),
+        # The next weekday: the window of ``last`` must be complete (a Friday ends on Monday).
+        end=(last + pd.offsets.BDay(1)).to_pydatetime(),
         fmt="%Y-%m-%d",
         timezone=timezone,
         end_offset=1,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from assets.metadata import data_fingerprint, frame_metadata, markdown
+from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
 from resources.tracking import MlflowTracking, TrackedRun
 from rotation import report
@@ -72,7 +73,19 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     space = search_space(strategy)
 
     def prepare(adjusted_bars: pd.DataFrame, factors: pd.DataFrame,
-                market_data: MarketDataResource) -> wf.ResearchData:
+                market_data: MarketDataResource, cache: RedisCache,
+                context: dg.AssetExecutionContext) -> tuple[wf.ResearchData, CacheStats]:
+        """The walk-forward panels, from Redis when these exact inputs were prepared before."""
+        stats = CacheStats()
+        version = f"{data_fingerprint(adjusted_bars)}-{data_fingerprint(factors)}"
+        data = cache.cached("research_panels", (strategy.name, strategy.tracking_params(),
+                                                cross_section, market_data.label),
+                            version, lambda: _prepare(adjusted_bars, factors, market_data),
+                            stats, warn=context.log.warning)
+        return data, stats
+
+    def _prepare(adjusted_bars: pd.DataFrame, factors: pd.DataFrame,
+                 market_data: MarketDataResource) -> wf.ResearchData:
         u = strategy.universe
         universe = wf.resolve_universe(adjusted_bars["symbol"].unique(), exclude=u.exclude,
                                        benchmark=u.benchmark, defensive=u.defensive,
@@ -111,9 +124,9 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         "the reason every factor is in or out.",
     )
     def wfo_windows(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
-                    factors: pd.DataFrame, market_data: MarketDataResource
+                    factors: pd.DataFrame, market_data: MarketDataResource, cache: RedisCache
                     ) -> dg.Output[pd.DataFrame]:
-        data = prepare(adjusted_bars, factors, market_data)
+        data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         tables = []
         for window in windows_of(data, context.partition_keys):
             tables.append(wf.screen_window(data, window, strategy.screening_horizon,
@@ -126,6 +139,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             "windows": dg.MetadataValue.int(table["window"].nunique()),
             "screened_factors": dg.MetadataValue.md(markdown(chosen, 100)),
             "horizon": dg.MetadataValue.int(strategy.screening_horizon),
+            **cache_stats.metadata(),
         })
 
     @dg.asset(
@@ -147,8 +161,9 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     )
     def wfo_results(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
                     factors: pd.DataFrame, wfo_windows: pd.DataFrame,
-                    market_data: MarketDataResource, tracking: MlflowTracking):
-        data = prepare(adjusted_bars, factors, market_data)
+                    market_data: MarketDataResource, tracking: MlflowTracking,
+                    cache: RedisCache):
+        data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         panel = data.search_panel(pcfg)
         version = data_fingerprint(adjusted_bars)
         rows, worst = [], 0.0
@@ -190,6 +205,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                 dict(zip(table["window"], table["candidates"].astype(int), strict=True))),
             "experiment": dg.MetadataValue.text(strategy.experiment_name),
             "data_version": dg.MetadataValue.text(version),
+            **cache_stats.metadata(),
         })
         yield dg.AssetCheckResult(check_name=VBT_CHECK, passed=worst <= wf.VBT_TOLERANCE,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(worst),
@@ -213,10 +229,11 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     )
     def oos_backtest(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
                      factors: pd.DataFrame, wfo_results: pd.DataFrame,
-                     market_data: MarketDataResource, tracking: MlflowTracking):
+                     market_data: MarketDataResource, tracking: MlflowTracking,
+                     cache: RedisCache):
         from rotation.backtest import vbt as vbt_replay
 
-        data = prepare(adjusted_bars, factors, market_data)
+        data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         winners = _winners(wfo_results)
         targets = wf.stitched_targets(data, pcfg, winners)
         with tracking.run(context, experiment=strategy.experiment_name,
@@ -248,6 +265,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             "drawdown": dg.MetadataValue.md(report.markdown_image(drawdown_png, "drawdown")),
             "orders": dg.MetadataValue.int(len(result.orders)),
             "mlflow_run_id": dg.MetadataValue.text(run_id),
+            **cache_stats.metadata(),
         })
         yield dg.AssetCheckResult(check_name=REPLAY_CHECK, passed=replay_diff <= 1e-9,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(replay_diff)})
@@ -262,10 +280,11 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         "applied to data up to that close (traded at the next open), with the reason each "
         "fund is in or out.",
     )
-    def target_portfolio(adjusted_bars: pd.DataFrame, factors: pd.DataFrame,
-                         wfo_results: pd.DataFrame, market_data: MarketDataResource
+    def target_portfolio(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
+                         factors: pd.DataFrame, wfo_results: pd.DataFrame,
+                         market_data: MarketDataResource, cache: RedisCache
                          ) -> dg.Output[pd.DataFrame]:
-        data = prepare(adjusted_bars, factors, market_data)
+        data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         window, winner = _winners(wfo_results)[-1]
         as_of, why = wf.latest_targets(data, pcfg, winner, window)
         table = why.reset_index()
@@ -281,6 +300,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             "holdings": dg.MetadataValue.md(markdown(held.round(4), 50)),
             "reasons": dg.MetadataValue.md(markdown(
                 table[["symbol", "rank", "weight", "reason"]].round(4), 100)),
+            **cache_stats.metadata(),
         })
 
     return [wfo_windows, wfo_results, oos_backtest, target_portfolio]

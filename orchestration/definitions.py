@@ -10,10 +10,16 @@ import yaml
 from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import research_assets
+from assets.signals import guarding_checks, signal_assets
 from assets.walk_forward import walk_forward_assets, window_partitions
+from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.research import portfolio_job, research_job, walk_forward_job
 from orchestration.settings import Settings, SettingsError, load_settings
+from resources.cache import RedisCache
+from resources.clock import ClockResource
+from resources.execution import PaperExecution
+from resources.ledger import LedgerResource
 from resources.market_data import (
     AkshareMarketData,
     FileMarketData,
@@ -24,6 +30,8 @@ from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
+from sensors.signals import approved_signal_sensor
+from trading.models import Costs
 
 
 def market_data_resource(settings: Settings) -> MarketDataResource:
@@ -49,13 +57,46 @@ def market_data_resource(settings: Settings) -> MarketDataResource:
 
 def resources_for(settings: Settings) -> dict[str, object]:
     """Everything that differs between profiles is decided here and nowhere else."""
-    return {
+    ex = settings.execution
+    resources: dict[str, object] = {
         "market_data": market_data_resource(settings),
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.resolved_storage_root.resolve())
         ),
         "tracking": MlflowTracking(tracking_uri=settings.resolved_mlflow_uri),
+        "cache": RedisCache(url=settings.redis_url),
+        "clock": ClockResource(as_of=ex.as_of, timezone=settings.schedule_timezone),
     }
+    if settings.postgres_url:
+        resources["ledger"] = LedgerResource(url=settings.postgres_url, account_id=ex.account_id,
+                                             initial_cash=ex.initial_cash)
+        resources["execution"] = PaperExecution(url=settings.postgres_url,
+                                                kill_switch=ex.kill_switch,
+                                                twap_slices=ex.twap_slices)
+    return resources
+
+
+def costs_of(strategy: StrategyConfig) -> Costs:
+    """The paper venue charges what the backtest charges."""
+    b = strategy.backtest_config()
+    return Costs(commission_bps=b.commission_bps, min_commission=b.min_commission,
+                 slippage_bps=b.slippage_bps, lot_size=b.lot_size)
+
+
+def execution_definitions(settings: Settings, strategy: StrategyConfig,
+                          guarded: list[dg.AssetsDefinition]) -> dg.Definitions:
+    """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
+    ex = settings.execution
+    costs = costs_of(strategy)
+    execution_job, kill_switch_job = execution_jobs(
+        account_id=ex.account_id, initial_cash=ex.initial_cash, costs=costs, limits=ex.risk,
+        lock_timeout=ex.lock_timeout_seconds)
+    assets = signal_assets(strategy, ex.risk, guarding_checks(guarded),
+                           account_id=ex.account_id, backtest=strategy.backtest_config(),
+                           costs=costs, lock_timeout=ex.lock_timeout_seconds,
+                           parity_tolerance=ex.parity_tolerance)
+    return dg.Definitions(assets=assets, jobs=[execution_job, kill_switch_job],
+                          sensors=[approved_signal_sensor(execution_job, ex.account_id)])
 
 
 DEFAULT_STRATEGY = "etf_rotation_default"
@@ -135,7 +176,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                     *walk_forward_assets(strategy, settings.cross_section, windows)],
             jobs=[research_job(), walk_forward_job(), portfolio_job()],
         )
-    return dg.Definitions.merge(market, research, dg.Definitions(resources=resources))
+    stages = [market, research]
+    if windows is not None and settings.postgres_url:
+        guarded = [a for d in stages for a in d.assets or []
+                   if isinstance(a, dg.AssetsDefinition)]
+        stages.append(execution_definitions(settings, strategy, guarded))
+    elif windows is not None:
+        warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
+                      "(approved_signal, execution_job, positions_report) needs the PostgreSQL "
+                      "ledger and is not defined", stacklevel=2)
+    return dg.Definitions.merge(*stages, dg.Definitions(resources=resources))
 
 
 @dg.definitions

@@ -25,6 +25,7 @@ from pydantic_settings import (
 from rotation.config_paths import DATASET_CONFIG_DIR, PROJECT_ROOT
 from rotation.cross_section import CrossSectionConfig
 from rotation.quality import QualityConfig
+from rotation.risk import RiskLimits
 
 
 class SettingsError(ValueError):
@@ -92,6 +93,27 @@ class MarketDataSettings(BaseModel):
         return path
 
 
+class ExecutionSettings(BaseModel):
+    """The execution stage (SPEC §9): paper account, venue, risk limits, kill switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str = Field("paper-main", min_length=1)
+    initial_cash: float = Field(1_000_000.0, gt=0)
+    venue: Literal["paper"] = "paper"   # live adapters (QMT, CTP) plug in as venues
+    # TWAP: child orders per parent across the session (1 = one market order at the open).
+    twap_slices: int = Field(1, ge=1, le=48)
+    # Engaged by environment (ETF_EXECUTION__KILL_SWITCH=true): no submission at all.
+    kill_switch: bool = False
+    lock_timeout_seconds: float = Field(60.0, gt=0)
+    # The clock that decides whether a signal is fresh: unset = now; a date pins it (replays,
+    # the demo on a historical sample).
+    as_of: str | None = None
+    # Paper-versus-backtest parity: max relative equity difference.
+    parity_tolerance: float = Field(0.01, gt=0)
+    risk: RiskLimits = Field(default_factory=RiskLimits)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETF_",
@@ -116,7 +138,9 @@ class Settings(BaseSettings):
     # The strategy YAML (a name in config/strategies or a path); its universe must name the
     # configured market data. Unset: the strategy in config/strategies that trades that data.
     strategy: str | None = None
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     mlflow_tracking_uri: str | None = None
+    # The ledger (and the paper broker's book); unset: no execution stage is defined.
     postgres_url: str | None = None
     redis_url: str | None = None
 

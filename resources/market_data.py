@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from functools import cached_property
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -39,6 +42,10 @@ class MarketDataResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def load(self, start: object, end: object) -> LoadResult:
+        raise NotImplementedError
+
+    def source_version(self) -> str:
+        """Changes whenever what ``load`` returns may change: the cache key's data version."""
         raise NotImplementedError
 
     def instruments(self) -> list[Instrument]:
@@ -84,6 +91,13 @@ class SampleMarketData(MarketDataResource):
 
         return load_sample_bars(self._spec, start, end)
 
+    def source_version(self) -> str:
+        # Generated deterministically from the spec (and the generator's code).
+        from rotation.sources import sample
+
+        code = Path(sample.__file__).stat().st_mtime_ns
+        return _digest(repr(self._spec), code)
+
     def instruments(self) -> list[Instrument]:
         from rotation.sources.sample import sample_instruments
 
@@ -121,6 +135,13 @@ class FileMarketData(MarketDataResource):
 
     def load(self, start: object, end: object) -> LoadResult:
         return self._files.load(start, end)
+
+    def source_version(self) -> str:
+        """Every file under the root (name, size, modification time) and the dataset config."""
+        files = sorted(p for p in Path(self.root).rglob("*") if p.is_file())
+        stats = [(str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files]
+        return _digest(stats, Path(self.dataset_config).read_bytes())
 
     def instruments(self) -> list[Instrument]:
         return self._files.instruments()
@@ -167,5 +188,13 @@ class AkshareMarketData(MarketDataResource):
     def load(self, start: object, end: object) -> LoadResult:
         return self._feed().load(pd.Timestamp(start), pd.Timestamp(end))
 
+    def source_version(self) -> str:
+        # The vendor may revise history (adjustments): a fetch is reused within the day only.
+        return _digest(self.symbols, self.adjust, dt.date.today().isoformat())
+
     def instruments(self) -> list[Instrument]:
         return self._feed().instruments()
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]

@@ -72,6 +72,14 @@ class TradingCalendar:
         """Close of a session, timezone-aware (UTC)."""
         return self._cal.session_close(pd.Timestamp(day).normalize())
 
+    def latest_closed_session(self, now: pd.Timestamp) -> pd.Timestamp:
+        """The newest session whose close is at or before ``now`` (timezone-aware)."""
+        local = now.tz_convert(self.timezone)
+        session = self.previous_session(pd.Timestamp(local.date()) + pd.Timedelta(days=1))
+        if self.session_close(session) > now:
+            session = self.previous_session(session)
+        return session
+
 
 @lru_cache(maxsize=16)
 def _exchange_calendar(name: str, start: str) -> xcals.ExchangeCalendar:

@@ -75,3 +75,94 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return load_settings(**overrides)
 
     return _make
+
+
+# -- the execution stage on real data --------------------------------------------------------
+
+EXECUTION_START = "2021-01-04"
+# The stored history ends on a Friday; the paper venue fills at the next session's open.
+EXECUTION_SIGNAL_DAY = "2023-12-29"
+EXECUTION_FILL_DAY = "2024-01-02"
+
+
+def new_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def ledger_url() -> Iterator[str]:
+    """A fresh, empty ledger database (postgresql+psycopg URL)."""
+    name = new_database("etf_ledger")
+    yield f"postgresql+psycopg://{PG_SERVER}/{name}"
+    drop_database(name)
+
+
+class ExecutionMarket:
+    """cn_etf_morphkyan_raw stored from 2021-01-04 to the signal day, researched through
+    target_portfolio on a dagster-postgres instance; ``settings`` adds a ledger and a clock."""
+
+    def __init__(self, home: Path, dataset: Path, instance: dg.DagsterInstance,
+                 shared: Path) -> None:
+        self.home, self.dataset, self.instance, self.shared = home, dataset, instance, shared
+        self.signal_day, self.fill_day = EXECUTION_SIGNAL_DAY, EXECUTION_FILL_DAY
+
+    def settings(self, ledger_url: str | None, as_of: str | None = None,
+                 **execution: Any) -> Settings:
+        return load_settings(
+            home=self.home, partitions_start=EXECUTION_START, postgres_url=ledger_url,
+            redis_url=os.environ.get("ETF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3"),
+            market_data={"source": "files", "dataset": str(self.dataset),
+                         "files_root": str(self.shared / "cn_etf_morphkyan_raw")},
+            execution={"as_of": as_of or self.signal_day, **execution})
+
+
+@pytest.fixture(scope="session")
+def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+                     ) -> Iterator[ExecutionMarket]:
+    import yaml
+
+    from orchestration.definitions import build_definitions, strategy_for
+    from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, run_range
+    from rotation import walkforward as wf
+
+    home = tmp_path_factory.mktemp("execution_home")
+    config = yaml.safe_load((ROOT / "config/datasets/cn_etf_morphkyan_raw.yaml").read_text())
+    config["history_end"] = EXECUTION_SIGNAL_DAY
+    dataset = home / "cn_etf_morphkyan_raw_to_signal_day.yaml"
+    dataset.write_text(yaml.safe_dump(config), encoding="utf-8")
+    name = new_database("etf_exec_dagster")
+    (home / "dagster").mkdir()
+    (home / "dagster" / "dagster.yaml").write_text(
+        f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
+        "telemetry:\n  enabled: false\n", encoding="utf-8")
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        market = ExecutionMarket(home, dataset, instance, shared_data)
+        settings = market.settings(None)
+        defs = build_definitions(settings)
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        assert run_range(defs, instance, EXECUTION_START, EXECUTION_SIGNAL_DAY,
+                         log_level="WARNING").success
+        assert defs.resolve_job_def("research_job").execute_in_process(
+            instance=instance, run_config=quiet).success
+        strategy = strategy_for(settings)
+        from assets.walk_forward import warmup_sessions
+
+        sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore[attr-defined]
+            EXECUTION_START, EXECUTION_SIGNAL_DAY)
+        keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
+                                               strategy.wfo_config)]
+        assert defs.resolve_job_def("walk_forward_job").execute_in_process(
+            instance=instance, run_config=quiet,
+            tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
+        assert defs.resolve_job_def("portfolio_job").execute_in_process(
+            instance=instance, run_config=quiet).success
+        yield market
+    drop_database(name)

@@ -1,0 +1,266 @@
+"""Signals and execution stage (SPEC §9): target_portfolio → approved_signal → (sensor →
+execution_job) → positions_report.
+
+``approved_signal`` is the gate: it looks up, in the Dagster instance, every blocking check
+that guards the signal's date, asks the market calendar whether the data is fresh, and runs the
+signal-level risk rules; the decision (approved, or rejected with every reason) is recorded in
+the ledger and the audit log and is this asset's value. ``positions_report`` marks the paper
+account and compares it with what the backtest engine expects for the same signals.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.metadata import data_fingerprint, frame_metadata, markdown
+from resources.cache import RedisCache
+from resources.clock import ClockResource
+from resources.execution import ExecutionResource, account_lock, market_quotes
+from resources.ledger import LedgerResource
+from resources.market_data import MarketDataResource
+from rotation import report
+from rotation.backtest import BacktestConfig, run_backtest
+from rotation.risk import RiskLimits
+from rotation.strategy import StrategyConfig
+from trading import approval
+from trading.executor import reconcile
+from trading.models import Costs, SignalStatus
+
+SIGNALS_GROUP = "signals"
+EXECUTION_GROUP = "execution"
+PARITY_CHECK = "paper_matches_backtest"
+ALL_SESSIONS = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
+
+
+@dataclass(frozen=True)
+class GuardingCheck:
+    """A blocking check that must have passed for a signal: per session partition (the market
+    data of D) or the latest evaluation (unpartitioned research checks)."""
+
+    asset: str
+    check: str
+    per_session: bool
+
+
+def guarding_checks(assets: Sequence[dg.AssetsDefinition]) -> list[GuardingCheck]:
+    """Every blocking check of ``assets``; those on session partitions are looked up for D."""
+    out = []
+    for asset in assets:
+        per_session = isinstance(asset.partitions_def, dg.TimeWindowPartitionsDefinition)
+        for spec in asset.check_specs:
+            if spec.blocking:
+                out.append(GuardingCheck(spec.asset_key.to_user_string(), spec.name,
+                                         per_session))
+    return out
+
+
+def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
+                  session: str) -> list[str]:
+    """Names of guarding checks that did not pass for ``session`` (missing counts as failed)."""
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+
+    failed = []
+    runs: dict[str, str | None] = {}
+    for guard in checks:
+        key = dg.AssetCheckKey(dg.AssetKey(guard.asset), guard.check)
+        label = f"{guard.asset}:{guard.check}"
+        if guard.per_session:
+            if guard.asset not in runs:
+                found = instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(guard.asset),
+                                          asset_partitions=[session]), limit=1)
+                runs[guard.asset] = found.records[0].run_id if found.records else None
+            run_id = runs[guard.asset]
+            if run_id is None:
+                failed.append(f"{label} ({session}: {guard.asset} not materialised)")
+                continue
+            history = instance.event_log_storage.get_asset_check_execution_history(key, 50)
+            mine = [r for r in history if r.run_id == run_id]
+        else:
+            latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
+            mine = [latest[key]] if key in latest else []
+        if not mine:
+            failed.append(f"{label} ({session}: no evaluation)")
+        elif mine[0].status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+            failed.append(f"{label} ({session}: {mine[0].status.value.lower()})")
+    return failed
+
+
+def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence[GuardingCheck],
+                  *, account_id: str, backtest: BacktestConfig, costs: Costs,
+                  lock_timeout: float, parity_tolerance: float
+                  ) -> list[dg.AssetsDefinition]:
+
+    @dg.asset(
+        group_name=SIGNALS_GROUP,
+        kinds={"postgres"},
+        ins={"adjusted_bars": ALL_SESSIONS},
+        code_version="1",
+        description="The gate between research and trading (SPEC §9): the target portfolio of "
+        "session D becomes an immutable approved signal (id = strategy, date, weights hash) "
+        "only when every blocking check guarding D passed, D is the newest closed session and "
+        "the risk limits hold; otherwise a rejected signal with every reason. Recorded in the "
+        "ledger and its audit log; the execution sensor launches one run per approved signal.",
+    )
+    def approved_signal(context: dg.AssetExecutionContext, target_portfolio: pd.DataFrame,
+                        adjusted_bars: pd.DataFrame, market_data: MarketDataResource,
+                        ledger: LedgerResource, clock: ClockResource
+                        ) -> dg.Output[pd.DataFrame]:
+        day = pd.Timestamp(target_portfolio["date"].iloc[0]).normalize()
+        calendar = market_data.calendar
+        latest = calendar.latest_closed_session(clock.now())
+        between = max(len(calendar.sessions(day, latest)) - 1, 0) if latest >= day else 0
+        on_day = adjusted_bars.loc[adjusted_bars["date"] == day]
+        traded = set(on_day.loc[on_day["volume"] > 0, "symbol"].astype(str))
+        weights = approval.proposed_weights(target_portfolio["symbol"].astype(str).tolist(),
+                                            target_portfolio["weight"].astype(float).tolist())
+        u = strategy.universe
+        universe = set(u.symbols) if u.symbols else set(adjusted_bars["symbol"].astype(str))
+        universe -= set(u.exclude)
+        if u.defensive:
+            universe.add(u.defensive)
+        facts = approval.SignalFacts(
+            strategy=strategy.name, account_id=account_id, as_of=day.date(), weights=weights,
+            latest_session=latest.date(), sessions_between=between,
+            data_as_of=pd.Timestamp(adjusted_bars["date"].max()).date(),
+            universe=universe, halted=sorted(s for s in weights if s not in traded),
+            failed_checks=failed_checks(context.instance, guards, f"{day:%Y-%m-%d}"),
+            data_version=data_fingerprint(adjusted_bars), dagster_run_id=context.run.run_id)
+        record = approval.decide(facts, ledger.ledger, limits,
+                                 actor=f"dagster:{context.run.run_id}")
+        if record.status is SignalStatus.REJECTED:
+            context.log.warning(f"signal {record.signal_id} rejected: " + "; ".join(
+                r["message"] for r in record.reasons))
+        table = pd.DataFrame({"symbol": list(record.weights),
+                              "weight": list(record.weights.values())})
+        table.insert(0, "signal_id", record.signal_id)
+        table.insert(1, "status", str(record.status))
+        table.insert(2, "date", day)
+        reasons = pd.DataFrame(record.reasons, columns=["layer", "rule", "subject", "message"])
+        return dg.Output(table, metadata={
+            "signal_id": dg.MetadataValue.text(record.signal_id),
+            "status": dg.MetadataValue.text(str(record.status)),
+            "account_id": dg.MetadataValue.text(account_id),
+            "as_of": dg.MetadataValue.text(f"{day:%Y-%m-%d}"),
+            "clock_session": dg.MetadataValue.text(f"{latest:%Y-%m-%d}"),
+            "invested": dg.MetadataValue.float(float(np.nansum(list(weights.values())))),
+            "weights": dg.MetadataValue.md(markdown(table[["symbol", "weight"]].round(6), 60)),
+            "reasons": dg.MetadataValue.md(markdown(reasons) if len(reasons) else "none"),
+            "rejected_rules": dg.MetadataValue.json(sorted({r["rule"] for r in record.reasons})),
+        })
+
+    @dg.asset(
+        group_name=EXECUTION_GROUP,
+        kinds={"postgres", "numba"},
+        deps=["approved_signal"],
+        code_version="1",
+        check_specs=[dg.AssetCheckSpec(
+            PARITY_CHECK, asset="positions_report", blocking=True,
+            description="The paper account's daily equity stays within the tolerance of what "
+            "the backtest engine produces for the same approved signals and days")],
+        description="Positions, cash and P&L of the paper account from the ledger, marked at "
+        "each session's raw close, beside the backtest engine's equity for the same approved "
+        "signals (paper orders are sized at the signal day's close, the backtest at the next "
+        "open: the difference is lot rounding and sizing price, bounded by the parity check).",
+    )
+    def positions_report(context: dg.AssetExecutionContext, market_data: MarketDataResource,
+                         ledger: LedgerResource, execution: ExecutionResource,
+                         cache: RedisCache, clock: ClockResource):
+        book = ledger.ledger
+        actor = f"dagster:{context.run.run_id}"
+        signals = [s for s in book.signals(account_id, SignalStatus.APPROVED)
+                   if s.strategy == strategy.name]
+        if not signals:
+            raise dg.Failure(f"account {account_id}: no approved signal of {strategy.name} "
+                             "yet; materialise approved_signal first")
+        first = pd.Timestamp(signals[0].as_of)
+        last = market_data.calendar.latest_closed_session(clock.now())
+        quotes = market_quotes(market_data, first, last)
+        venue = execution.venue(quotes, costs)
+        # Fills the venue has made since the last execution (e.g. this morning's open).
+        with account_lock(cache, book, account_id, lock_timeout, context.log.warning):
+            new_fills = reconcile(book, venue, account_id, actor=actor)
+        fills = book.fills(account_id)
+        bars = market_data.load(first, last).bars
+        daily = paper_equity(fills, bars, ledger.initial_cash, first, last)
+        expected = backtest_equity(signals, bars, market_data, backtest, ledger.initial_cash,
+                                   first, last)
+        frame = daily.join(expected.rename("backtest_equity"), how="left")
+        frame["difference"] = frame["equity"] / frame["backtest_equity"] - 1.0
+        for session, row in frame.iterrows():
+            book.record_valuation(account_id, session.date(), cash=float(row["cash"]),
+                                  positions_value=float(row["positions_value"]),
+                                  actor=actor)
+        positions = pd.DataFrame([{"symbol": p.symbol, "quantity": p.quantity, "cost": p.cost}
+                                  for p in book.positions(account_id).values()],
+                                 columns=["symbol", "quantity", "cost"])
+        worst = float(frame["difference"].abs().max()) if len(frame) else 0.0
+        out = frame.reset_index().rename(columns={"index": "date"})
+        png = report.png_base64(report.equity_figure(
+            frame["equity"], {"backtest": frame["backtest_equity"]},
+            title=f"Paper account {account_id} vs backtest"))
+        yield dg.Output(out, metadata={
+            **frame_metadata(out),
+            "equity": dg.MetadataValue.float(float(frame["equity"].iloc[-1])),
+            "pnl": dg.MetadataValue.float(float(frame["equity"].iloc[-1] - ledger.initial_cash)),
+            "cash": dg.MetadataValue.float(book.cash(account_id)),
+            "positions": dg.MetadataValue.md(markdown(positions.round(2), 60)),
+            "fills": dg.MetadataValue.int(len(fills)),
+            "new_fills": dg.MetadataValue.int(new_fills),
+            "approved_signals": dg.MetadataValue.int(len(signals)),
+            "equity_plot": dg.MetadataValue.md(report.markdown_image(png, "paper vs backtest")),
+        })
+        yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= parity_tolerance,
+                                  metadata={"max_rel_diff": dg.MetadataValue.float(worst),
+                                            "tolerance": dg.MetadataValue.float(
+                                                parity_tolerance),
+                                            "sessions": dg.MetadataValue.int(len(frame))})
+
+    return [approved_signal, positions_report]
+
+
+def paper_equity(fills, bars: pd.DataFrame, initial_cash: float,
+                 first: pd.Timestamp, last: pd.Timestamp) -> pd.DataFrame:
+    """Cash, positions value and equity of the account per session, replayed from its fills
+    and marked at each session's raw close (the last close without a bar)."""
+    closes = (bars.assign(date=pd.to_datetime(bars["date"]))
+              .pivot(index="date", columns="symbol", values="close").sort_index())
+    closes = closes.loc[(closes.index >= first) & (closes.index <= last)].ffill()
+    units = pd.DataFrame(0.0, index=closes.index, columns=closes.columns)
+    cash = pd.Series(initial_cash, index=closes.index)
+    for f in fills:
+        when = closes.index >= pd.Timestamp(f.session)
+        sign = 1.0 if str(f.side) == "buy" else -1.0
+        if f.symbol not in units.columns:
+            continue
+        units.loc[when, f.symbol] += sign * f.quantity
+        cash.loc[when] -= sign * f.quantity * f.price + f.commission
+    value = (units * closes.fillna(0.0)).sum(axis=1)
+    return pd.DataFrame({"cash": cash, "positions_value": value, "equity": cash + value})
+
+
+def backtest_equity(signals, bars: pd.DataFrame, market_data: MarketDataResource,
+                    cfg: BacktestConfig, initial_cash: float, first: pd.Timestamp,
+                    last: pd.Timestamp) -> pd.Series:
+    """The backtest engine's equity for the same approved signals (decision rows on each
+    signal's date, T1_OPEN) over the same sessions and starting cash."""
+    dates = pd.DatetimeIndex(sorted(pd.to_datetime(bars["date"]).unique()))
+    dates = dates[(dates >= first) & (dates <= last)]
+    symbols = sorted({s for sig in signals for s in sig.weights} |
+                     set(bars["symbol"].astype(str)))
+    targets = pd.DataFrame(np.nan, index=dates, columns=symbols)
+    for sig in signals:
+        row = pd.Timestamp(sig.as_of)
+        if row in targets.index:
+            targets.loc[row] = 0.0
+            for s, w in sig.weights.items():
+                targets.loc[row, s] = w
+    run_cfg = dataclasses.replace(cfg, initial_cash=initial_cash)
+    result = run_backtest(targets, bars, market_data.instruments(), run_cfg)
+    return result.equity

@@ -1,0 +1,119 @@
+"""Execution jobs: ``execution_job`` runs one approved signal through the execution resource
+(launched by ``approved_signal_sensor``, one run per signal id); ``kill_switch_job`` engages or
+releases the account's kill switch in the ledger."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from resources.cache import RedisCache
+from resources.clock import ClockResource
+from resources.execution import ExecutionResource, account_lock, market_quotes
+from resources.ledger import LedgerResource
+from resources.market_data import MarketDataResource
+from rotation.risk import RiskLimits
+from trading.executor import ExecutionRefused, MarketView, execute_signal
+from trading.models import Costs
+
+ACCOUNT_TAG = "etf/account"
+SIGNAL_TAG = "etf/signal_id"
+
+
+class ExecuteSignalConfig(dg.Config):
+    signal_id: str = Field(description="The approved signal to execute (its ledger id)")
+
+
+class KillSwitchConfig(dg.Config):
+    engaged: bool = Field(True, description="true stops every submission; false releases it")
+    reason: str = Field(description="Why: kept in the ledger and the audit log")
+
+
+def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
+                   lock_timeout: float) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+
+    @dg.op(
+        out=dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is this "
+                   "output's metadata"),
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=5,
+                                    backoff=dg.Backoff.EXPONENTIAL),
+        description="Reconcile earlier fills, plan orders from the ledger positions to the "
+        "signal's weights (raw closes, 100-unit lots, sells first), apply pre-trade risk, and "
+        "submit through the execution resource unless the kill switch is engaged.",
+    )
+    def execute_signal_op(context: dg.OpExecutionContext, config: ExecuteSignalConfig,
+                          ledger: LedgerResource, execution: ExecutionResource,
+                          market_data: MarketDataResource, cache: RedisCache,
+                          clock: ClockResource) -> dg.Output[None]:
+        book = ledger.ledger
+        signal = book.signal(config.signal_id)
+        if signal is None:
+            raise dg.Failure(f"signal {config.signal_id} is not in the ledger",
+                             allow_retries=False)
+        day = pd.Timestamp(signal.as_of)
+        calendar = market_data.calendar
+        quotes = market_quotes(market_data, day,
+                               calendar.latest_closed_session(clock.now()))
+        on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
+                  if (q := quotes.quote(s, day.date())) is not None}
+        market = MarketView(signal_day=day.date(),
+                            order_session=calendar.offset(day, 1).date(), quotes=on_day)
+        venue = execution.venue(quotes, costs)
+        with account_lock(cache, book, account_id, lock_timeout, context.log.warning) as lock:
+            try:
+                result = execute_signal(
+                    ledger=book, venue=venue, signal_id=signal.signal_id,
+                    account_id=account_id, market=market, limits=limits,
+                    costs=costs, actor=f"dagster:{context.run.run_id}",
+                    initial_cash=initial_cash, kill_switch_env=execution.kill_switch,
+                    dagster_run_id=context.run.run_id)
+            except ExecutionRefused as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
+        if result.status == "halted":
+            context.log.warning(f"signal {signal.signal_id} halted: {'; '.join(result.notes)}")
+        orders = pd.DataFrame([{"order_id": o.order_id, "symbol": o.symbol, "side": str(o.side),
+                                "quantity": o.quantity, "status": str(o.status),
+                                "filled": o.filled_quantity, "reason": o.reason}
+                               for o in result.orders])
+        from assets.metadata import markdown
+
+        return dg.Output(None, metadata={
+            "signal_id": dg.MetadataValue.text(signal.signal_id),
+            "status": dg.MetadataValue.text(result.status),
+            "venue": dg.MetadataValue.text(execution.name),
+            "lock": dg.MetadataValue.text(lock),
+            "submitted": dg.MetadataValue.int(result.submitted),
+            "rejected": dg.MetadataValue.int(len(result.rejected)),
+            "new_fills": dg.MetadataValue.int(result.new_fills),
+            "summary": dg.MetadataValue.json(result.summary()),
+            "orders": dg.MetadataValue.md(markdown(orders, 60) if len(orders) else "none"),
+        })
+
+    @dg.job(
+        name="execution_job",
+        tags={ACCOUNT_TAG: account_id},
+        executor_def=dg.in_process_executor,
+        description="Executes one approved signal (launched by approved_signal_sensor with "
+        "run_key = signal id). Safe to re-execute: orders and fills are idempotent by id.",
+    )
+    def execution_job() -> None:
+        execute_signal_op()
+
+    @dg.op(description="Engage or release the kill switch of the account in the ledger.")
+    def set_kill_switch(context: dg.OpExecutionContext, config: KillSwitchConfig,
+                        ledger: LedgerResource) -> None:
+        ledger.ledger.set_kill_switch(account_id, config.engaged,
+                                      actor=f"dagster:{context.run.run_id}",
+                                      reason=config.reason)
+        context.log.warning(f"kill switch of {account_id} "
+                            f"{'ENGAGED' if config.engaged else 'released'}: {config.reason}")
+
+    @dg.job(
+        name="kill_switch_job",
+        executor_def=dg.in_process_executor,
+        description="Stops (engaged: true) or resumes (engaged: false) every order submission "
+        "of the account at once; in-flight executions stop before their next order.",
+    )
+    def kill_switch_job() -> None:
+        set_kill_switch()
+
+    return execution_job, kill_switch_job

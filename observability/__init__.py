@@ -1,0 +1,1 @@
+"""Observability: the Prometheus exporter (``python -m observability.exporter``)."""

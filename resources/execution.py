@@ -1,0 +1,84 @@
+"""The execution resource: the one interface every venue is reached through (SPEC §9).
+
+:class:`ExecutionResource` is what the execution job depends on; :class:`PaperExecution` is the
+default (the paper broker on PostgreSQL, optionally TWAP-sliced). A live adapter is another
+subclass whose ``venue`` returns an implementation of :class:`trading.venue.ExecutionVenue`
+that passes :mod:`trading.contract` (see ``docs/execution_venue.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import dagster as dg
+import pandas as pd
+
+from resources.cache import LockUnavailable, RedisCache
+from resources.market_data import MarketDataResource
+from trading.ledger import Ledger
+from trading.models import Costs
+from trading.paper import FrameQuotes, PaperBroker, QuoteSource
+from trading.twap import TwapVenue
+from trading.venue import ExecutionVenue
+
+
+class ExecutionResource(dg.ConfigurableResource):
+    """``kill_switch`` (``ETF_EXECUTION__KILL_SWITCH``) stops every submission, like the
+    ledger's flag."""
+
+    kill_switch: bool = False
+    twap_slices: int = 1
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def venue(self, quotes: QuoteSource, costs: Costs) -> ExecutionVenue:
+        raise NotImplementedError
+
+
+class PaperExecution(ExecutionResource):
+    """Fills at the next open with slippage and commission, under the backtest's market rules;
+    its book lives in PostgreSQL beside the ledger."""
+
+    url: str
+
+    @property
+    def name(self) -> str:
+        return "paper" if self.twap_slices == 1 else f"paper+twap{self.twap_slices}"
+
+    def venue(self, quotes: QuoteSource, costs: Costs) -> ExecutionVenue:
+        broker = PaperBroker(self.url, quotes, costs)
+        return broker if self.twap_slices == 1 else TwapVenue(broker, slices=self.twap_slices)
+
+
+# Bars before the first session the venue needs for previous closes (limit detection).
+QUOTE_LOOKBACK_SESSIONS = 5
+
+
+@contextmanager
+def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: float,
+                 warn: Callable[[str], None]) -> Iterator[str]:
+    """One execution per account at a time: the Redis lock, or PostgreSQL's advisory lock when
+    Redis cannot be reached (the lock must hold either way)."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(cache.lock(f"execution:{account_id}", timeout_seconds=timeout))
+        kind = "redis"
+    except LockUnavailable as exc:
+        warn(f"execution lock: Redis unavailable ({exc}); using the PostgreSQL advisory lock")
+        stack.enter_context(ledger.account_lock(account_id, timeout))
+        kind = "postgres"
+    with stack:
+        yield kind
+
+
+def market_quotes(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp
+                  ) -> FrameQuotes:
+    """The raw bars the paper venue sees: from a few sessions before ``first`` up to ``last``,
+    the newest session closed by the clock (the market has not printed later bars yet)."""
+    start = market_data.calendar.offset(first, -QUOTE_LOOKBACK_SESSIONS)
+    bars = market_data.load(start, last).bars
+    limits = {i.symbol: i.price_limit for i in market_data.instruments()}
+    return FrameQuotes(bars, limits)

@@ -1,0 +1,47 @@
+"""``approved_signal_sensor``: hands each approved signal to ``execution_job`` exactly once.
+
+The cursor walks the ``approved_signal`` materialisations in storage order, so no signal is
+skipped when several arrive between ticks. The run key is the signal id: a replayed tick, a
+restarted daemon or a reset cursor asks for the same keys again and Dagster launches nothing
+new; the execution itself is idempotent in the ledger as a second line of defence.
+"""
+
+import dagster as dg
+
+from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
+
+PAGE = 100
+
+
+def approved_signal_sensor(job: dg.JobDefinition, account_id: str) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="approved_signal_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        asset_selection=None,
+        description="Launches execution_job once per approved signal (run key = signal id); "
+        "rejected signals launch nothing.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        found = context.instance.fetch_materializations(
+            dg.AssetKey("approved_signal"), limit=PAGE, cursor=context.cursor, ascending=True)
+        requests, skipped = [], []
+        for record in found.records:
+            materialization = record.asset_materialization
+            assert materialization is not None
+            meta = materialization.metadata
+            signal_id = str(meta["signal_id"].value)
+            if meta["status"].value != "approved":
+                skipped.append(signal_id)
+                continue
+            requests.append(dg.RunRequest(
+                run_key=signal_id,
+                run_config={"ops": {"execute_signal_op": {"config": {"signal_id": signal_id}}}},
+                tags={ACCOUNT_TAG: account_id, SIGNAL_TAG: signal_id}))
+        if skipped:
+            context.log.info(f"rejected signals, not executed: {skipped}")
+        return dg.SensorResult(run_requests=requests,
+                               cursor=found.cursor if found.records else context.cursor)
+
+    return _sensor

@@ -1,0 +1,978 @@
+"""The deployment files, checked by the tools that consume them wherever those run here.
+
+- deploy/dagster.prod.yaml: Dagster's own instance-config validation, then a real instance on a
+  fresh PostgreSQL database (storage, queue, pools, monitoring, retries, retention).
+- deploy/workspace.yaml: Dagster's workspace loader; the Dockerfile's CMD and HEALTHCHECK are
+  run as they are (gRPC server on the real code location, health check against it).
+- deploy/compose.yaml: structure and cross-references; the compose-spec JSON schema when
+  check-jsonschema (which vendors it) is installed; `docker compose config` when the compose
+  plugin is.
+- Grafana: every PromQL expression may only use the exporter's series.
+- deploy/helm/values.yaml: the keys of the Dagster chart's values.schema.json (1.13) that the
+  file uses; the instance the chart would render goes through Dagster's validation; `helm
+  template` with the real chart when `helm` and ETF_HELM_CHART are available.
+- .github/workflows/ci.yml: the five jobs, the test job's services, pinned actions; the
+  GitHub-workflow schema when check-jsonschema is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import jsonschema
+import psycopg
+import pytest
+import yaml
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.launcher import DefaultRunLauncher
+from dagster._core.remote_origin import GrpcServerCodeLocationOrigin
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster._core.scheduler.instigation import TickStatus
+from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load import location_origins_from_yaml_paths
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+PROD_INSTANCE = DEPLOY / "dagster.prod.yaml"
+WORKSPACE = DEPLOY / "workspace.yaml"
+COMPOSE = DEPLOY / "compose.yaml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+PROMETHEUS = DEPLOY / "prometheus.yml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "etf_rotation.json"
+HELM_VALUES = DEPLOY / "helm" / "values.yaml"
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
+BIN = Path(sys.executable).parent
+
+GRPC_PORT = 4000
+EXPORTER_PORT = 9464
+LOCATION_NAME = "etf_rotation"
+JOBS_ALWAYS_DEFINED = {"market_data_job", "research_job"}
+
+# The series of `python -m observability.exporter`: the only names a dashboard may query.
+EXPORTER_METRICS = {
+    "etf_asset_last_materialization_timestamp_seconds",
+    "etf_asset_freshness_seconds",
+    "etf_asset_check_failed",
+    "etf_asset_check_failures_total",
+    "etf_run_duration_seconds",
+    "etf_runs_total",
+    "etf_signals_total",
+    "etf_orders_total",
+    "etf_fills_total",
+    "etf_fill_notional_cny_total",
+    "etf_ledger_cash_cny",
+    "etf_ledger_positions_value_cny",
+    "etf_ledger_equity_cny",
+    "etf_ledger_gross_exposure_ratio",
+    "etf_kill_switch_engaged",
+}
+HISTOGRAMS = {"etf_run_duration_seconds"}
+QUERYABLE_SERIES = EXPORTER_METRICS | {
+    f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")
+}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def vendored_schema(name: str) -> dict[str, Any]:
+    """A JSON schema vendored by check-jsonschema (compose-spec, github-workflows)."""
+    pytest.importorskip(
+        "check_jsonschema",
+        reason="check-jsonschema is not installed (pip install 'check-jsonschema>=0.33'); it "
+        "ships the official compose-spec and GitHub-workflow JSON schemas",
+    )
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    return json.loads((vendor / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in sorted(validator.iter_errors(instance), key=lambda e: e.path)]
+
+
+# --------------------------------------------------------------------------------------------
+# Dagster instance
+# --------------------------------------------------------------------------------------------
+
+
+def prod_instance_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROD_INSTANCE, home / "dagster.yaml")
+    return home
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A psycopg2 URL of a new, empty database (dropped afterwards)."""
+    name = f"etf_deploy_{uuid.uuid4().hex[:10]}"
+    admin = f"postgresql://{PG_SERVER}/postgres"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable ({exc}); run `make services`")
+    yield f"postgresql+psycopg2://{PG_SERVER}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_prod_instance_takes_its_secrets_from_the_environment() -> None:
+    raw = load_yaml(PROD_INSTANCE)
+    assert raw["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    assert raw["telemetry"] == {"enabled": False}
+
+
+def test_prod_instance_passes_dagsters_config_validation(tmp_path: Path) -> None:
+    config, custom_instance_class = dagster_instance_config(str(prod_instance_home(tmp_path)))
+    assert custom_instance_class is None
+    # Run limits next to the pools (Dagster rejects them in the run coordinator then).
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert "max_concurrent_runs" not in config["run_coordinator"]["config"]
+    assert config["concurrency"]["pools"]["default_limit"] >= 1
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert {"key": "etf/account", "value": {"applyLimitPerUniqueValue": True},
+            "limit": 1} in limits
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2,
+                                     "retry_on_asset_or_op_failure": False}
+    assert config["run_monitoring"]["enabled"] is True
+    assert {"schedule", "sensor"} <= set(config["retention"])
+
+
+def test_prod_instance_runs_on_postgresql(tmp_path: Path, fresh_pg_url: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file as deployed: storage on a fresh database through the psycopg2 URL form, and
+    every configured class instantiated by Dagster."""
+    monkeypatch.setenv("DAGSTER_PG_URL", fresh_pg_url)
+    with dg.DagsterInstance.from_config(str(prod_instance_home(tmp_path))) as instance:
+        assert instance.get_runs_count() == 0   # the schema was created and is queryable
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        assert isinstance(instance.run_launcher, DefaultRunLauncher)
+        assert isinstance(instance.compute_log_manager, LocalComputeLogManager)
+        assert not instance.telemetry_enabled
+
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        queue = concurrency.run_queue_config
+        assert queue is not None
+        assert queue.max_concurrent_runs == 6
+        assert {t["key"] for t in queue.tag_concurrency_limits} == {"etf/account",
+                                                                    "dagster/backfill"}
+
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds == 300
+        # DefaultRunLauncher cannot resume runs; Dagster refuses a non-zero value with it.
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert not instance.run_launcher.supports_resume_run
+
+        assert instance.run_retries_enabled
+        assert instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+
+        schedule_retention = instance.get_tick_retention_settings(InstigatorType.SCHEDULE)
+        assert set(schedule_retention.values()) == {90}
+        sensor_retention = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+        assert sensor_retention[TickStatus.SKIPPED] == 7
+
+
+# --------------------------------------------------------------------------------------------
+# Workspace, Dockerfile and the code server it starts
+# --------------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    assert not pending, "Dockerfile ends inside a continuation line"
+    out = []
+    for entry in logical:
+        keyword, _, rest = entry.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def dockerfile_exec_form(instruction: str) -> list[str]:
+    """The JSON (exec) form of the last CMD, or of the HEALTHCHECK's CMD."""
+    args = [rest for keyword, rest in dockerfile_instructions() if keyword == instruction][-1]
+    if instruction == "HEALTHCHECK":
+        args = args[args.index("CMD ") + len("CMD "):]
+    command = json.loads(args)
+    assert isinstance(command, list), f"{instruction} must use the exec (JSON) form"
+    return command
+
+
+def with_option(command: list[str], option: str, value: str) -> list[str]:
+    out = list(command)
+    out[out.index(option) + 1] = value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_deploy_workspace_points_at_the_code_server() -> None:
+    (origin,) = location_origins_from_yaml_paths([str(WORKSPACE)])
+    assert isinstance(origin, GrpcServerCodeLocationOrigin)
+    assert (origin.host, origin.port, origin.location_name) == ("code", GRPC_PORT, LOCATION_NAME)
+    compose = compose_config()
+    assert "code" in compose["services"]
+    command = dockerfile_exec_form("CMD")
+    assert command[command.index("-p") + 1] == str(GRPC_PORT)
+
+
+def test_dockerfile() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim")
+    env = " ".join(rest for keyword, rest in instructions if keyword == "ENV")
+    assert "DAGSTER_HOME=/opt/dagster/home" in env
+    assert "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true" in env
+    assert ("COPY", "deploy/dagster.prod.yaml ${DAGSTER_HOME}/dagster.yaml") in instructions
+    users = [rest for keyword, rest in instructions if keyword == "USER"]
+    assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
+    assert dockerfile_exec_form("CMD") == [
+        "dagster", "api", "grpc", "-h", "0.0.0.0", "-p", str(GRPC_PORT),
+        "-m", "orchestration.definitions", "-a", "defs"]
+    assert dockerfile_exec_form("HEALTHCHECK") == [
+        "dagster", "api", "grpc-health-check", "-p", str(GRPC_PORT)]
+
+    ignored = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+               if line.strip() and not line.startswith("#")]
+    for required in (".venv", ".etf_home", ".git", "**/__pycache__", ".env", "deploy/.env"):
+        assert required in ignored, f".dockerignore must exclude {required}"
+    for keyword, rest in instructions:
+        if keyword != "COPY":
+            continue
+        *sources, _ = rest.split()
+        for source in sources:
+            if source == ".":
+                continue
+            assert (ROOT / source).exists(), f"COPY {source}: no such file"
+            assert not any(fnmatch(source, pattern) for pattern in ignored), \
+                f"COPY {source} is excluded by .dockerignore"
+
+
+@pytest.mark.timeout(300)
+def test_image_command_serves_the_code_location(tmp_path: Path) -> None:
+    """The Dockerfile's CMD and HEALTHCHECK, run as they are (loopback host and a free port
+    instead of 0.0.0.0:4000), on the local profile; then the deploy workspace (with the same
+    substitution) loads the location with its jobs."""
+    port = free_port()
+    server = with_option(with_option(dockerfile_exec_form("CMD"), "-h", "127.0.0.1"),
+                         "-p", str(port))
+    health = with_option(dockerfile_exec_form("HEALTHCHECK"), "-p", str(port))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
+    env.update(DAGSTER_HOME=str(home), ETF_HOME=str(tmp_path / "etf_home"),
+               GX_ANALYTICS_ENABLED="false")
+    log = (tmp_path / "grpc.log").open("w", encoding="utf-8")
+    process = subprocess.Popen([str(BIN / server[0]), *server[1:]], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            check = subprocess.run([str(BIN / health[0]), *health[1:]], env=env,
+                                   capture_output=True, text=True, check=False)
+            if check.returncode == 0:
+                break
+            assert process.poll() is None, \
+                "the code server exited:\n" + (tmp_path / "grpc.log").read_text()
+            assert time.monotonic() < deadline, "the health check never passed"
+            time.sleep(2)
+
+        workspace = load_yaml(WORKSPACE)
+        workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=port)
+        local_workspace = tmp_path / "workspace.yaml"
+        local_workspace.write_text(yaml.safe_dump(workspace), encoding="utf-8")
+        with dg.instance_for_test() as instance, WorkspaceProcessContext(
+                instance, WorkspaceFileTarget(paths=[str(local_workspace)])) as context:
+            request = context.create_request_context()
+            assert not request.has_code_location_error(LOCATION_NAME), \
+                request.get_code_location_error(LOCATION_NAME)
+            location = request.get_code_location(LOCATION_NAME)
+            jobs = {job.name for repo in location.get_repositories().values()
+                    for job in repo.get_all_jobs()}
+            assert jobs >= JOBS_ALWAYS_DEFINED
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Docker Compose
+# --------------------------------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(
+    r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def interpolate(text: str, variables: dict[str, str]) -> str:
+    """Compose's variable interpolation (${X}, ${X:-d}, ${X-d}, ${X:?e}, ${X?e}, $$)."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        value = variables.get(name)
+        if op in (":-", "-"):
+            if value is None or (op == ":-" and value == ""):
+                return arg
+        elif op in (":?", "?") and (value is None or (op == ":?" and value == "")):
+            raise AssertionError(f"compose requires {name}: {arg}")
+        return value or ""
+
+    return _INTERPOLATION.sub(replace, text)
+
+
+def compose_variables() -> set[tuple[str, str | None]]:
+    """(name, operator) of every variable the compose file interpolates."""
+    text = COMPOSE.read_text(encoding="utf-8")
+    return {(m.group("braced") or m.group("bare"), m.group("op"))
+            for m in _INTERPOLATION.finditer(text) if m.group(0) != "$$"}
+
+
+def compose_config() -> dict[str, Any]:
+    """compose.yaml as `docker compose` sees it with deploy/.env.example as its .env."""
+    text = interpolate(COMPOSE.read_text(encoding="utf-8"), env_example())
+    config = yaml.safe_load(text)
+    assert isinstance(config, dict)
+    return config
+
+
+def service_env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+SERVICES = {"postgres", "redis", "mlflow", "code", "webserver", "daemon", "exporter",
+            "prometheus", "grafana"}
+
+
+def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() -> None:
+    services = compose_config()["services"]
+    assert set(services) == SERVICES
+    for name, service in services.items():
+        test = (service.get("healthcheck") or {}).get("test")
+        assert test and not (service["healthcheck"].get("disable")), f"{name}: no healthcheck"
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            assert condition == {"condition": "service_healthy"}, (name, dependency)
+    expected = {
+        "mlflow": {"postgres"},
+        "code": {"postgres", "redis", "mlflow"},
+        "webserver": {"postgres", "code"},
+        "daemon": {"postgres", "code"},
+        "exporter": {"postgres"},
+        "prometheus": {"exporter"},
+        "grafana": {"prometheus"},
+    }
+    for name, dependencies in expected.items():
+        assert set(services[name]["depends_on"]) >= dependencies, name
+
+
+def test_compose_wiring() -> None:
+    config = compose_config()
+    services = config["services"]
+    for name in ("code", "exporter"):
+        env = service_env(services[name])
+        assert env["ETF_PROFILE"] == "prod"
+        assert re.fullmatch(r"postgresql\+psycopg://[^@/]+@postgres:5432/ledger",
+                            env["ETF_POSTGRES_URL"]), env["ETF_POSTGRES_URL"]
+        assert env["ETF_REDIS_URL"].startswith("redis://redis:6379")
+        assert env["ETF_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert "ETF_ALERT_WEBHOOK_URL" in env
+    for name in ("code", "webserver", "daemon", "exporter"):
+        url = service_env(services[name])["DAGSTER_PG_URL"]
+        assert re.fullmatch(r"postgresql\+psycopg2://[^@/]+@postgres:5432/dagster", url), url
+    mlflow = services["mlflow"]
+    assert re.fullmatch(r"ghcr\.io/mlflow/mlflow:v3\.\d+\.\d+(-full)?", mlflow["image"])
+    assert service_env(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith(
+        "postgresql+psycopg2://")
+    assert "mlflow:5000" in service_env(mlflow)["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+
+    init_sql = config["configs"]["postgres-init"]["content"]
+    for database in ("dagster", "ledger", "mlflow"):
+        assert f"CREATE DATABASE {database};" in init_sql
+    (init,) = services["postgres"]["configs"]
+    assert init["target"].startswith("/docker-entrypoint-initdb.d/")
+
+    # The same image (built from the repository root) for every Dagster process.
+    images = {services[n]["image"] for n in ("code", "webserver", "daemon", "exporter")}
+    assert len(images) == 1
+    for name in ("code", "webserver", "daemon", "exporter"):
+        build = services[name]["build"]
+        assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+    for name in ("webserver", "daemon"):
+        command = services[name]["command"]
+        workspace = command[command.index("-w") + 1]
+        assert workspace == "/opt/dagster/app/deploy/workspace.yaml"   # WORKDIR + this file
+        assert (ROOT / Path(workspace).relative_to("/opt/dagster/app")) == WORKSPACE
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    assert services["exporter"]["command"] == ["python", "-m", "observability.exporter"]
+    assert str(EXPORTER_PORT) in json.dumps(services["exporter"]["healthcheck"]["test"])
+
+    # The market data, read-only, by default from ../shared/data beside the repository.
+    data = [v for v in services["code"]["volumes"] if v.split(":")[1] == "/data"]
+    assert len(data) == 1 and data[0].endswith(":ro"), data
+    default_source = re.search(r"\$\{ETF_DATA_DIR:-([^}]+)\}",
+                               COMPOSE.read_text(encoding="utf-8"))
+    assert default_source is not None
+    assert (DEPLOY / default_source.group(1)).resolve() == (ROOT.parent / "shared" / "data")
+
+    # Every file bind-mounted from the repository exists.
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_compose_variables_and_env_example() -> None:
+    example = env_example()
+    for name, op in compose_variables():
+        if op not in (":-", "-"):
+            assert name in example, f"compose needs ${{{name}}}: add it to deploy/.env.example"
+    for name, value in example.items():
+        if "PASSWORD" in name or "SECRET" in name or "TOKEN" in name:
+            assert value == "change-me", f"{name} in .env.example must be a placeholder"
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    schema = vendored_schema("compose-spec")
+    errors = schema_errors(schema, compose_config())
+    assert not errors, "\n".join(errors)
+
+
+def test_docker_compose_config() -> None:
+    docker = shutil.which("docker")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                           check=False) if docker else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("the Docker Compose v2 plugin is not installed (`docker compose version` "
+                    "fails); the compose-spec schema test covers the file here")
+    result = subprocess.run(
+        [docker, "compose", "--project-directory", str(DEPLOY), "-f", str(COMPOSE),
+         "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_prometheus_scrapes_the_exporter() -> None:
+    config = load_yaml(PROMETHEUS)
+    (scrape,) = config["scrape_configs"]
+    assert scrape["honor_labels"] is True   # the run series carry their own `job` label
+    targets = [t for group in scrape["static_configs"] for t in group["targets"]]
+    assert targets == [f"exporter:{EXPORTER_PORT}"]
+    prometheus = compose_config()["services"]["prometheus"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+
+
+# --------------------------------------------------------------------------------------------
+# Grafana
+# --------------------------------------------------------------------------------------------
+
+PROMQL_WORDS = {
+    # aggregation operators and keywords
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+    "bottomk", "topk", "quantile", "limitk", "limit_ratio", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
+}
+PROMQL_FUNCTIONS = {
+    "abs", "absent", "absent_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min",
+    "day_of_month", "day_of_week", "days_in_month", "delta", "deriv", "exp", "floor",
+    "histogram_quantile", "holt_winters", "hour", "idelta", "increase", "irate", "label_join",
+    "label_replace", "ln", "log2", "log10", "minute", "month", "predict_linear", "rate",
+    "resets", "round", "scalar", "sgn", "sort", "sort_desc", "sqrt", "time", "timestamp",
+    "vector", "year", "avg_over_time", "min_over_time", "max_over_time", "sum_over_time",
+    "count_over_time", "quantile_over_time", "stddev_over_time", "last_over_time",
+    "present_over_time",
+}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression (or a Grafana label_values() query) selects."""
+    label_values = re.fullmatch(r"\s*label_values\(\s*([^,)]*?)\s*(?:,\s*\w+\s*)?\)\s*", expr)
+    if label_values:
+        expr = label_values.group(1)
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'', " ", expr)   # strings
+    text = re.sub(r"\$\{[^}]*\}|\$\w+", " ", text)                          # Grafana variables
+    text = re.sub(r"\{[^}]*\}", " ", text)                                  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)                                 # ranges
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group(0)
+        if match.start() > 0 and (text[match.start() - 1].isdigit()
+                                  or text[match.start() - 1] == "."):
+            continue   # the exponent / unit of a number literal
+        followed_by_call = re.match(r"\s*\(", text[match.end():]) is not None
+        if word in PROMQL_WORDS or (followed_by_call and word in PROMQL_FUNCTIONS):
+            continue
+        names.add(word)
+    return names
+
+
+def test_promql_metric_name_extraction() -> None:
+    assert promql_metric_names(
+        'histogram_quantile(0.95, sum by (le, job) (rate(etf_run_duration_seconds_bucket'
+        '{job=~"$job"}[$__rate_interval])))') == {"etf_run_duration_seconds_bucket"}
+    assert promql_metric_names("sum(up) or vector(0)") == {"up"}
+    assert promql_metric_names("label_values(etf_ledger_equity_cny, account)") \
+        == {"etf_ledger_equity_cny"}
+    assert promql_metric_names("etf_asset_check_failed == 1") == {"etf_asset_check_failed"}
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))   # collapsed rows
+    return panels
+
+
+def test_grafana_dashboard_queries_only_the_exporters_series() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    datasources = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yaml")
+    (datasource,) = datasources["datasources"]
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    panels = [p for p in dashboard_panels(dashboard) if p["type"] != "row"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
+
+    used: set[str] = set()
+    expressions = []
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expressions.append((panel["title"], target["expr"]))
+    for variable in dashboard["templating"]["list"]:
+        query = variable["query"]
+        expressions.append((f"${variable['name']}",
+                            query["query"] if isinstance(query, dict) else query))
+    for title, expr in expressions:
+        names = promql_metric_names(expr)
+        assert names, f"{title}: {expr!r} selects no metric"
+        unknown = names - QUERYABLE_SERIES
+        assert not unknown, f"{title}: {expr!r} uses {sorted(unknown)}"
+        used |= {name for name in QUERYABLE_SERIES if name in names}
+    used_bases = {re.sub(r"_(bucket|sum|count)$", "", n) if n.startswith(tuple(HISTOGRAMS))
+                  else n for n in used}
+    assert used_bases == EXPORTER_METRICS, f"not on the dashboard: {EXPORTER_METRICS - used_bases}"
+
+    exposure = [p for p in panels if p["title"] == "Gross exposure ratio"]
+    assert len(exposure) == 1
+    defaults = exposure[0]["fieldConfig"]["defaults"]
+    assert 1.0 in [step["value"] for step in defaults["thresholds"]["steps"]]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"
+
+
+def test_grafana_provisioning_matches_compose() -> None:
+    grafana = compose_config()["services"]["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"]
+                  if v.startswith("./"))
+    datasources = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yaml")
+    (datasource,) = datasources["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    providers = load_yaml(GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml")
+    (provider,) = providers["providers"]
+    assert mounts["./grafana/dashboards"] == provider["options"]["path"]
+    assert mounts["./grafana/provisioning/datasources"] == \
+        "/etc/grafana/provisioning/datasources"
+    assert mounts["./grafana/provisioning/dashboards"] == "/etc/grafana/provisioning/dashboards"
+
+
+# --------------------------------------------------------------------------------------------
+# Helm
+# --------------------------------------------------------------------------------------------
+
+# The part of the `dagster/dagster` chart's values.schema.json (1.13 line, generated from
+# helm/dagster/schema/schema/charts in dagster-io/dagster) that deploy/helm/values.yaml uses.
+# Sections the chart declares with additionalProperties=false are closed here as well; the
+# others are closed too (stricter than the chart, which accepts and ignores unknown keys
+# there), so a misspelt key fails here instead of being silently ignored.
+_ENV = {"anyOf": [{"type": "object", "additionalProperties": {"type": "string"}},
+                  {"type": "array", "items": {"type": "object",
+                                              "required": ["name"]}}]}
+_SECRET_REFS = {"type": "array", "items": {"type": "object", "required": ["name"]}}
+_OBJECT = {"type": "object"}
+_IMAGE = {"type": "object", "additionalProperties": False, "required": ["repository", "pullPolicy"],
+          "properties": {"repository": {"type": "string"},
+                         "tag": {"type": ["string", "integer", "null"]},
+                         "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}}
+_TAG_LIMIT = {"type": "object", "additionalProperties": False, "required": ["key", "limit"],
+              "properties": {"key": {"type": "string"}, "limit": {"type": "integer"},
+                             "value": {"anyOf": [
+                                 {"type": "string"}, {"type": "null"},
+                                 {"type": "object", "additionalProperties": False,
+                                  "required": ["applyLimitPerUniqueValue"],
+                                  "properties": {"applyLimitPerUniqueValue": {
+                                      "type": "boolean"}}}]}}}
+_TICK_RETENTION = {
+    "type": "object", "additionalProperties": False, "required": ["purgeAfterDays"],
+    "properties": {"purgeAfterDays": {"anyOf": [
+        {"type": "integer"},
+        {"type": "object", "additionalProperties": False,
+         "required": ["skipped", "success", "failure", "started"],
+         "properties": {k: {"type": "integer"}
+                        for k in ("skipped", "success", "failure", "started")}}]}}}
+
+
+def _closed(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": list(required)}
+
+
+HELM_SCHEMA: dict[str, Any] = _closed({
+    "global": {"type": "object", "properties": {
+        "postgresqlSecretName": {"type": "string"}, "dagsterHome": {"type": "string"},
+        "serviceAccountName": {"type": "string"}, "celeryConfigSecretName": {"type": "string"}}},
+    "dagsterWebserver": _closed({k: {} for k in (
+        "replicaCount", "image", "nameOverride", "pathPrefix", "service", "workspace",
+        "envConfigMaps", "envSecrets", "deploymentLabels", "labels", "nodeSelector",
+        "affinity", "tolerations", "podSecurityContext", "securityContext", "resources",
+        "readinessProbe", "livenessProbe", "startupProbe", "annotations", "enableReadOnly",
+        "dbStatementTimeout", "dbPoolRecycle", "logLevel", "schedulerName", "volumeMounts",
+        "volumes", "initContainerResources")} | {"env": _ENV}),
+    "dagster-user-deployments": _closed({
+        "enabled": {"type": "boolean"}, "enableSubchart": {"type": "boolean"},
+        "imagePullSecrets": _SECRET_REFS,
+        "deployments": {"type": "array", "minItems": 1, "items": _closed({
+            "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+            "image": _IMAGE,
+            "dagsterApiGrpcArgs": {"type": "array", "items": {"type": "string"}},
+            "codeServerArgs": {"type": "array", "items": {"type": "string"}},
+            "includeConfigInLaunchedRuns": _closed({"enabled": {"type": "boolean"}},
+                                                   ("enabled",)),
+            "deploymentNamespace": {"type": "string"},
+            "port": {"type": "integer"},
+            "replicaCount": {"type": "integer", "exclusiveMinimum": 0},
+            "env": _ENV, "envConfigMaps": _SECRET_REFS, "envSecrets": _SECRET_REFS,
+            "annotations": _OBJECT, "nodeSelector": _OBJECT, "affinity": _OBJECT,
+            "tolerations": {"type": "array"}, "podSecurityContext": _OBJECT,
+            "securityContext": _OBJECT, "resources": _OBJECT, "livenessProbe": _OBJECT,
+            "readinessProbe": _OBJECT, "startupProbe": _OBJECT, "labels": _OBJECT,
+            "volumeMounts": {"type": "array"}, "volumes": {"type": "array"},
+            "schedulerName": {"type": "string"}, "initContainers": {"type": "array"},
+            "sidecarContainers": {"type": "array"}, "deploymentStrategy": _OBJECT,
+        }, ("name", "image", "port"))}}),
+    "postgresql": _closed({
+        "image": _OBJECT, "enabled": {"type": "boolean"},
+        "postgresqlHost": {"type": "string"}, "postgresqlUsername": {"type": "string"},
+        "postgresqlPassword": {"type": "string"}, "postgresqlDatabase": {"type": "string"},
+        "postgresqlParams": _OBJECT, "postgresqlScheme": {"type": "string"},
+        "service": _closed({"port": {"type": "integer"}}, ("port",)), "pool": _OBJECT}),
+    "generatePostgresqlPasswordSecret": {"type": "boolean"},
+    "generateCeleryConfigSecret": {"type": "boolean"},
+    "rabbitmq": {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
+    "redis": {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
+    "runLauncher": _closed({
+        "type": {"enum": ["CeleryK8sRunLauncher", "K8sRunLauncher", "CustomRunLauncher"]},
+        "config": _closed({"k8sRunLauncher": _closed({
+            "image": {"anyOf": [_IMAGE, {"type": "null"}]},
+            "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            "jobNamespace": {"type": ["string", "null"]},
+            "loadInclusterConfig": {"type": "boolean"},
+            "kubeconfigFile": {"type": ["string", "null"]},
+            "envConfigMaps": _SECRET_REFS, "envSecrets": _SECRET_REFS,
+            "envVars": {"type": "array", "items": {"type": "string"}},
+            "volumeMounts": {"type": "array"}, "volumes": {"type": "array"},
+            "labels": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+            "failPodOnRunFailure": {"type": ["boolean", "null"]},
+            "resources": {"type": ["object", "null"]},
+            "schedulerName": {"type": ["string", "null"]},
+            "securityContext": {"type": ["object", "null"]},
+            "runK8sConfig": _closed({k: _OBJECT for k in (
+                "containerConfig", "podSpecConfig", "podTemplateSpecMetadata",
+                "jobSpecConfig", "jobMetadata")}),
+        })}),
+    }, ("type", "config")),
+    "dagsterDaemon": _closed({
+        "enabled": {"type": "boolean"}, "image": _IMAGE,
+        "runCoordinator": _closed({
+            "enabled": {"type": "boolean"},
+            "type": {"enum": ["QueuedRunCoordinator", "CustomRunCoordinator"]},
+            "config": _closed({"queuedRunCoordinator": _closed({
+                "maxConcurrentRuns": {"type": ["integer", "null"]},
+                "tagConcurrencyLimits": {"type": ["array", "null"], "items": _TAG_LIMIT},
+                "dequeueIntervalSeconds": {"type": ["integer", "null"]},
+                "dequeueNumWorkers": {"type": ["integer", "null"]},
+                "dequeueUseThreads": {"type": ["boolean", "null"]},
+                "blockOpConcurrencyLimitedRuns": _OBJECT})}),
+        }),
+        "heartbeatTolerance": {"type": "integer"}, "env": _ENV,
+        "envConfigMaps": _SECRET_REFS, "envSecrets": _SECRET_REFS,
+        "deploymentLabels": _OBJECT, "labels": _OBJECT, "nodeSelector": _OBJECT,
+        "affinity": _OBJECT, "tolerations": {"type": "array"}, "podSecurityContext": _OBJECT,
+        "securityContext": _OBJECT, "resources": _OBJECT, "livenessProbe": _OBJECT,
+        "readinessProbe": _OBJECT, "startupProbe": _OBJECT, "annotations": _OBJECT,
+        # keys read by the chart's configmap-instance template
+        "runMonitoring": _closed({"enabled": {"type": "boolean"},
+                                  "startTimeoutSeconds": {"type": "integer"},
+                                  "maxResumeRunAttempts": {"type": "integer"},
+                                  "pollIntervalSeconds": {"type": "integer"}}),
+        "runRetries": _closed({"enabled": {"type": "boolean"},
+                               "maxRetries": {"type": "integer"},
+                               "retryOnAssetOrOpFailure": {"type": "boolean"}}, ("enabled",)),
+        "sensors": _OBJECT, "schedules": _OBJECT, "backfills": _OBJECT,
+        "schedulerName": {"type": ["string", "null"]},
+    }),
+    "concurrency": _closed({
+        "enabled": {"type": "boolean"},
+        "pools": _closed({"defaultLimit": {"type": ["integer", "null"]},
+                          "granularity": {"enum": ["run", "op", None]},
+                          "opGranularityRunBuffer": {"type": ["integer", "null"]}}),
+        "runs": _closed({"maxConcurrentRuns": {"type": ["integer", "null"]},
+                         "tagConcurrencyLimits": {"type": "array", "items": _TAG_LIMIT}}),
+    }),
+    "computeLogManager": _closed({
+        "type": {"enum": ["NoOpComputeLogManager", "AzureBlobComputeLogManager",
+                          "GCSComputeLogManager", "S3ComputeLogManager",
+                          "CustomComputeLogManager"]},
+        "config": _closed({k: {"type": ["object", "null"]} for k in (
+            "azureBlobComputeLogManager", "gcsComputeLogManager", "s3ComputeLogManager",
+            "customComputeLogManager")}),
+    }, ("type", "config")),
+    "retention": _closed({"enabled": {"type": "boolean"}, "sensor": _TICK_RETENTION,
+                          "schedule": _TICK_RETENTION, "autoMaterialize": _TICK_RETENTION}),
+    "telemetry": _closed({"enabled": {"type": "boolean"}}, ("enabled",)),
+    "pythonLogs": _OBJECT, "ingress": _OBJECT, "flower": _OBJECT, "scheduler": _OBJECT,
+    "busybox": _OBJECT, "migrate": _OBJECT, "serviceAccount": _OBJECT,
+    "imagePullSecrets": _SECRET_REFS, "additionalInstanceConfig": _OBJECT,
+})
+
+
+def helm_values() -> dict[str, Any]:
+    values = load_yaml(HELM_VALUES)
+    assert isinstance(values, dict)
+    return values
+
+
+def instance_rendered_by_the_chart(values: dict[str, Any]) -> dict[str, Any]:
+    """The instance sections the chart's configmap-instance template writes from these values
+    (run launcher omitted: dagster-k8s is not a dependency here)."""
+    pg = values["postgresql"]
+    daemon = values["dagsterDaemon"]
+    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    snake = {"maxConcurrentRuns": "max_concurrent_runs",
+             "tagConcurrencyLimits": "tag_concurrency_limits",
+             "dequeueIntervalSeconds": "dequeue_interval_seconds"}
+    coordinator: dict[str, Any] = {"module": "dagster.core.run_coordinator",
+                                   "class": "QueuedRunCoordinator"}
+    if any(v not in (None, [], {}) for v in queued.values()):
+        coordinator["config"] = {snake[k]: v for k, v in queued.items() if v is not None}
+    concurrency = values["concurrency"]
+    monitoring = daemon["runMonitoring"]
+    retries = daemon["runRetries"]
+    retention = values["retention"]
+    return {
+        "storage": {"postgres": {"postgres_db": {
+            "username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "hostname": pg["postgresqlHost"], "db_name": pg["postgresqlDatabase"],
+            "port": pg["service"]["port"], "params": pg["postgresqlParams"],
+            "scheme": pg["postgresqlScheme"]}}},
+        "run_coordinator": coordinator,
+        "concurrency": {
+            "pools": {"default_limit": concurrency["pools"]["defaultLimit"]},
+            "runs": {"max_concurrent_runs": concurrency["runs"]["maxConcurrentRuns"],
+                     "tag_concurrency_limits": concurrency["runs"]["tagConcurrencyLimits"]}},
+        "run_monitoring": {"enabled": monitoring["enabled"],
+                           "start_timeout_seconds": monitoring["startTimeoutSeconds"],
+                           "max_resume_run_attempts": monitoring["maxResumeRunAttempts"],
+                           "poll_interval_seconds": monitoring["pollIntervalSeconds"]},
+        "run_retries": {"enabled": retries["enabled"], "max_retries": retries["maxRetries"],
+                        "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"]},
+        "retention": {k: {"purge_after_days": retention[k]["purgeAfterDays"]}
+                      for k in ("schedule", "sensor")},
+        "telemetry": {"enabled": values["telemetry"]["enabled"]},
+    }
+
+
+def test_helm_values_use_the_charts_keys() -> None:
+    errors = schema_errors(HELM_SCHEMA, helm_values())
+    assert not errors, "\n".join(errors)
+
+
+def test_helm_values_wiring(tmp_path: Path) -> None:
+    values = helm_values()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert values["dagster-user-deployments"]["enabled"] is True
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "orchestration.definitions", "-a", "defs"]
+    assert deployment["port"] == GRPC_PORT
+    assert {"name": "etf-rotation-env"} in deployment["envSecrets"]
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    assert {"name": "etf-rotation-env"} in launcher["envSecrets"]
+    assert values["postgresql"]["enabled"] is False
+    assert values["postgresql"]["postgresqlPassword"] == ""   # from the secret, never here
+    assert values["postgresql"]["postgresqlScheme"] == "postgresql+psycopg2"
+    assert values["generatePostgresqlPasswordSecret"] is False
+    assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert values["concurrency"]["enabled"] is True
+
+    home = tmp_path / "rendered"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump(instance_rendered_by_the_chart(values)), encoding="utf-8")
+    config, _ = dagster_instance_config(str(home))
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 6
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    assert "k8s_job_executor" in readme
+
+
+def test_helm_template_with_the_chart(tmp_path: Path) -> None:
+    """`helm template` validates the values against the chart's own values.schema.json; the
+    dagster.yaml it renders then goes through Dagster's validation."""
+    helm = shutil.which("helm")
+    chart = os.environ.get("ETF_HELM_CHART")
+    if not helm or not chart:
+        pytest.skip("needs `helm` and ETF_HELM_CHART (the dagster/dagster chart of the installed "
+                    "dagster version, e.g. `helm pull dagster/dagster --version "
+                    f"{dg.__version__} --untar`); CI sets both")
+    rendered = subprocess.run(
+        [helm, "template", "etf", chart, "--namespace", "etf", "-f", str(HELM_VALUES)],
+        capture_output=True, text=True, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    instance_maps = [d for d in documents if d.get("kind") == "ConfigMap"
+                     and d["metadata"]["name"].endswith("-instance")
+                     and "dagster.yaml" in (d.get("data") or {})]
+    assert len(instance_maps) == 1
+    instance_yaml = instance_maps[0]["data"]["dagster.yaml"]
+    home = tmp_path / "helm_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(instance_yaml, encoding="utf-8")
+    config, _ = dagster_instance_config(str(home))
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert "postgresql+psycopg2" in instance_yaml
+    grpc_args = " ".join(str(d) for d in documents if d.get("kind") == "Deployment")
+    assert "orchestration.definitions" in grpc_args
+
+
+# --------------------------------------------------------------------------------------------
+# GitHub Actions
+# --------------------------------------------------------------------------------------------
+
+
+def workflow() -> dict[str, Any]:
+    data = load_yaml(WORKFLOW)
+    if True in data:   # YAML 1.1 reads the key `on` as a boolean
+        data["on"] = data.pop(True)
+    return data
+
+
+def workflow_runs(job: dict[str, Any]) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_ci_workflow_jobs() -> None:
+    jobs = workflow()["jobs"]
+    assert {"lint", "typecheck", "test", "audit", "secrets"} <= set(jobs)
+    assert "ruff check ." in workflow_runs(jobs["lint"])
+    mypy = workflow_runs(jobs["typecheck"])
+    assert "mypy" in mypy and "--ignore-missing-imports" in mypy
+    assert "rotation trading" in " ".join(mypy.split())
+    assert "make test" in workflow_runs(jobs["test"])
+    assert "pip-audit" in workflow_runs(jobs["audit"])
+    assert any(step.get("uses", "").startswith(("gitleaks/gitleaks-action@",
+                                                "trufflesecurity/trufflehog@"))
+               for step in jobs["secrets"]["steps"])
+
+    services = jobs["test"]["services"]
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+    assert "5432:5432" in services["postgres"]["ports"]
+    assert services["redis"]["image"].startswith("redis:7")
+    assert "6379:6379" in services["redis"]["ports"]
+
+    for name, job in jobs.items():
+        for step in job["steps"]:
+            uses = step.get("uses")
+            if uses:
+                assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", uses), f"{name}: pin {uses}"
+            if uses and uses.startswith("actions/setup-python@"):
+                assert str(step["with"]["python-version"]) in ("3.11",
+                                                               "${{ env.PYTHON_VERSION }}")
+                assert step["with"]["cache"] == "pip"
+    assert workflow()["env"]["PYTHON_VERSION"] == "3.11"
+
+
+def test_ci_workflow_matches_the_github_workflow_schema() -> None:
+    schema = vendored_schema("github-workflows")
+    errors = schema_errors(schema, workflow())
+    assert not errors, "\n".join(errors)
+
+
+def test_shell_steps_parse() -> None:
+    """Every `run:` block of the workflow is valid bash (bash -n)."""
+    bash = shutil.which("bash")
+    if not bash:
+        pytest.skip("bash is not installed")
+    for name, job in workflow()["jobs"].items():
+        for step in job["steps"]:
+            if "run" in step:
+                check = subprocess.run([bash, "-n", "-c", step["run"]], capture_output=True,
+                                       text=True, check=False)
+                assert check.returncode == 0, f"{name}: {shlex.quote(step['run'])}\n{check.stderr}"

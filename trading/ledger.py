@@ -1,0 +1,1044 @@
+"""The execution ledger in PostgreSQL (SPEC §9): accounts, signals, executions, orders, fills,
+positions, cash, valuations and the append-only audit log.
+
+Rules every write keeps:
+
+* one public write method = one database transaction, and its audit rows are written in that
+  same transaction (a decision is never recorded without its audit entry, nor vice versa);
+* every write is idempotent (``ON CONFLICT`` or an existence check under a row lock), so a
+  transaction that lost its connection - even while committing - is simply run again until
+  ``retry_seconds`` have passed;
+* what the database can guarantee on its own it does (schema in
+  ``trading/migrations/versions/0001_ledger.py``): an approved signal is immutable, the audit
+  log is append-only, filled quantities and positions never go negative or beyond the order.
+
+Numeric columns are exact ``numeric`` in the database (cash and cost arithmetic happens there)
+and come back as ``float``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import psycopg
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from trading.models import AuditEntry, Fill, OrderStatus, Side, SignalStatus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+DRIVER = "postgresql+psycopg"
+# pg_advisory_lock keys. The migration lock lives in the one-bigint key space, account locks in
+# the (int4, int4) space under their own namespace, so they never collide.
+MIGRATION_LOCK_KEY = 0x6574665F6C656467          # "etf_ledg"
+ACCOUNT_LOCK_NAMESPACE = 0x4C656467              # "Ledg"
+
+EXECUTION_STATUSES = ("running", "completed", "halted", "failed")
+EXECUTION_FINAL = ("completed", "halted", "failed")
+
+# ---------------------------------------------------------------------------------------------
+# Tables (must match migration 0001_ledger)
+# ---------------------------------------------------------------------------------------------
+
+metadata = sa.MetaData()
+NUM = sa.Numeric(asdecimal=False)
+TS = sa.DateTime(timezone=True)
+
+ACCOUNTS = sa.Table(
+    "accounts", metadata,
+    sa.Column("account_id", sa.Text, primary_key=True),
+    sa.Column("initial_cash", NUM, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False, server_default="CNY"),
+    sa.Column("kill_switch", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("kill_reason", sa.Text),
+    sa.Column("kill_actor", sa.Text),
+    sa.Column("kill_at", TS),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+)
+SIGNALS = sa.Table(
+    "signals", metadata,
+    sa.Column("signal_id", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("strategy", sa.Text, nullable=False),
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("weights", postgresql.JSONB, nullable=False),
+    sa.Column("weights_hash", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reasons", postgresql.JSONB, nullable=False),
+    sa.Column("data_version", sa.Text),
+    sa.Column("dagster_run_id", sa.Text),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Column("decided_at", TS, nullable=False, server_default=sa.func.now()),
+)
+EXECUTIONS = sa.Table(
+    "executions", metadata,
+    sa.Column("signal_id", sa.Text, sa.ForeignKey("signals.signal_id"), primary_key=True),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("dagster_run_id", sa.Text),
+    sa.Column("started_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Column("finished_at", TS),
+    sa.Column("reason", sa.Text),
+)
+ORDERS = sa.Table(
+    "orders", metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("signal_id", sa.Text, sa.ForeignKey("signals.signal_id"), nullable=False),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("side", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("reference_price", NUM, nullable=False),
+    sa.Column("session", sa.Date, nullable=False),
+    sa.Column("parent_order_id", sa.Text),
+    sa.Column("slice_index", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("slices", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("status", sa.Text, nullable=False, server_default="planned"),
+    sa.Column("venue_order_id", sa.Text),
+    sa.Column("filled_quantity", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("average_price", NUM),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("signal_id", "symbol", "side", "slice_index"),
+)
+FILLS = sa.Table(
+    "fills", metadata,
+    sa.Column("fill_id", sa.Text, primary_key=True),
+    sa.Column("order_id", sa.Text, sa.ForeignKey("orders.order_id"), nullable=False),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("side", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("price", NUM, nullable=False),
+    sa.Column("commission", NUM, nullable=False, server_default="0"),
+    sa.Column("session", sa.Date, nullable=False),
+    sa.Column("filled_at", TS, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False, server_default=sa.func.now()),
+)
+POSITIONS = sa.Table(
+    "positions", metadata,
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("cost", NUM, nullable=False, server_default="0"),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+)
+CASH = sa.Table(
+    "cash", metadata,
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), primary_key=True),
+    sa.Column("balance", NUM, nullable=False),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+)
+VALUATIONS = sa.Table(
+    "valuations", metadata,
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), primary_key=True),
+    sa.Column("session", sa.Date, primary_key=True),
+    sa.Column("cash", NUM, nullable=False),
+    sa.Column("positions_value", NUM, nullable=False),
+    sa.Column("equity", NUM, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False, server_default=sa.func.now()),
+)
+AUDIT_LOG = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("at", TS, nullable=False, server_default=sa.func.clock_timestamp()),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("entity", sa.Text, nullable=False),
+    sa.Column("entity_id", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("details", postgresql.JSONB, nullable=False),
+)
+
+# ---------------------------------------------------------------------------------------------
+# Records and errors
+# ---------------------------------------------------------------------------------------------
+
+
+class LedgerError(RuntimeError):
+    """The ledger refused or could not do something; the message names the entity and why."""
+
+
+class ImmutableSignalError(LedgerError):
+    """An approved signal (or any signal's content) cannot change."""
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    signal_id: str
+    account_id: str
+    strategy: str
+    as_of: dt.date
+    weights: dict[str, float]                 # symbol -> target weight
+    weights_hash: str
+    status: SignalStatus
+    reasons: list[dict[str, Any]]             # [{layer, rule, subject, message}]
+    data_version: str | None
+    dagster_run_id: str | None
+    decided_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    order_id: str                             # the client order id
+    signal_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    quantity: int
+    reference_price: float
+    session: dt.date
+    status: OrderStatus = OrderStatus.PLANNED
+    parent_order_id: str | None = None
+    slice_index: int = 0
+    slices: int = 1
+    venue_order_id: str | None = None
+    filled_quantity: int = 0
+    average_price: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Position:
+    symbol: str
+    quantity: int
+    cost: float                               # cost basis including buy commissions
+
+
+@dataclass(frozen=True)
+class KillSwitch:
+    engaged: bool
+    reason: str | None
+    actor: str | None
+    at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    signal_id: str
+    account_id: str
+    status: str                               # running, completed, halted, failed
+    dagster_run_id: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    reason: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Private helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_url(url: str) -> sa.URL:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise LedgerError(f"ledger URL {url!r} is not a database URL: {exc}") from exc
+    if parsed.drivername != DRIVER:
+        raise LedgerError(
+            f"ledger URL must use the psycopg 3 driver ({DRIVER}://user@host:port/db), "
+            f"got {parsed.drivername}://"
+        )
+    return parsed
+
+
+def _dec(value: float) -> Decimal:
+    """A float as the exact decimal it prints as (0.1 -> Decimal('0.1'))."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise LedgerError(f"non-finite amount {value!r}")
+    return Decimal(repr(number))
+
+
+def _as_date(value: dt.date) -> dt.date:
+    return value.date() if isinstance(value, dt.datetime) else value
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    """A lost connection (server restart, network, terminated backend), a server not yet
+    accepting connections, or a deadlock/serialization failure: running again is safe."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if not isinstance(orig, psycopg.Error):
+        return False
+    state = orig.sqlstate
+    if state is None:
+        return isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError)
+    return state.startswith("08") or state in {"57P01", "57P02", "57P03", "40001", "40P01"}
+
+
+def _reason_text(reasons: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    for r in reasons:
+        head = "/".join(str(r[k]) for k in ("layer", "rule") if r.get(k))
+        subject = f" {r['subject']}" if r.get("subject") else ""
+        message = str(r.get("message") or "")
+        parts.append(f"{head}{subject}: {message}" if head or subject else message)
+    return "; ".join(parts)
+
+
+def _same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-15) for k in a
+    )
+
+
+def _signal_of(row: sa.Row[Any]) -> SignalRecord:
+    return SignalRecord(
+        signal_id=row.signal_id, account_id=row.account_id, strategy=row.strategy,
+        as_of=row.as_of, weights={str(k): float(v) for k, v in row.weights.items()},
+        weights_hash=row.weights_hash, status=SignalStatus(row.status),
+        reasons=list(row.reasons), data_version=row.data_version,
+        dagster_run_id=row.dagster_run_id, decided_at=row.decided_at,
+    )
+
+
+def _order_of(row: sa.Row[Any]) -> OrderRecord:
+    return OrderRecord(
+        order_id=row.order_id, signal_id=row.signal_id, account_id=row.account_id,
+        symbol=row.symbol, side=Side(row.side), quantity=row.quantity,
+        reference_price=row.reference_price, session=row.session,
+        status=OrderStatus(row.status), parent_order_id=row.parent_order_id,
+        slice_index=row.slice_index, slices=row.slices, venue_order_id=row.venue_order_id,
+        filled_quantity=row.filled_quantity, average_price=row.average_price, reason=row.reason,
+    )
+
+
+def _fill_of(row: sa.Row[Any]) -> Fill:
+    return Fill(
+        fill_id=row.fill_id, client_order_id=row.order_id, account_id=row.account_id,
+        symbol=row.symbol, side=Side(row.side), quantity=row.quantity, price=row.price,
+        commission=row.commission, session=row.session, filled_at=row.filled_at,
+    )
+
+
+def _execution_of(row: sa.Row[Any]) -> ExecutionRecord:
+    return ExecutionRecord(
+        signal_id=row.signal_id, account_id=row.account_id, status=row.status,
+        dagster_run_id=row.dagster_run_id, started_at=row.started_at,
+        finished_at=row.finished_at, reason=row.reason,
+    )
+
+
+def _order_values(order: OrderRecord) -> dict[str, Any]:
+    if not isinstance(order.quantity, int) or order.quantity <= 0:
+        raise LedgerError(f"order {order.order_id}: quantity must be a positive integer, "
+                          f"got {order.quantity!r}")
+    return {
+        "order_id": order.order_id, "signal_id": order.signal_id,
+        "account_id": order.account_id, "symbol": order.symbol,
+        "side": Side(order.side).value, "quantity": order.quantity,
+        "reference_price": _dec(order.reference_price), "session": _as_date(order.session),
+        "parent_order_id": order.parent_order_id, "slice_index": order.slice_index,
+        "slices": order.slices, "status": OrderStatus(order.status).value,
+        "venue_order_id": order.venue_order_id, "filled_quantity": order.filled_quantity,
+        "average_price": None if order.average_price is None else _dec(order.average_price),
+        "reason": order.reason,
+        # clock_timestamp keeps the insertion order of one transaction (sells before buys)
+        "created_at": sa.func.clock_timestamp(),
+    }
+
+
+def _audit(conn: Connection, *, actor: str, action: str, entity: str, entity_id: str,
+           reason: str | None = None, details: Mapping[str, Any] | None = None) -> None:
+    conn.execute(sa.insert(AUDIT_LOG).values(
+        actor=actor, action=action, entity=entity, entity_id=entity_id, reason=reason,
+        details=dict(details or {}),
+    ))
+
+
+# Order statuses only move forward: planned -> submitted -> partially_filled -> final.
+_ORDER_RANK = {OrderStatus.PLANNED: 0, OrderStatus.SUBMITTED: 1,
+               OrderStatus.PARTIALLY_FILLED: 2}
+
+
+def _rank(status: OrderStatus) -> int:
+    return _ORDER_RANK.get(status, 3)
+
+
+def _retry(attempt: Callable[[], T], *, what: str, retry_seconds: float) -> T:
+    """Run ``attempt`` again on a transient database error with exponential backoff until
+    ``retry_seconds`` have passed; integrity errors become :class:`LedgerError`."""
+    deadline = time.monotonic() + retry_seconds
+    delay = 0.1
+    while True:
+        try:
+            return attempt()
+        except sa.exc.DBAPIError as exc:
+            if isinstance(exc, sa.exc.IntegrityError):
+                raise LedgerError(f"{what} refused by the database: {exc.orig}") from exc
+            if not _is_transient(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise LedgerError(
+                    f"{what}: the ledger database stayed unreachable for {retry_seconds:g}s "
+                    f"({exc.orig})"
+                ) from exc
+            log.warning("%s: database connection lost (%s); retrying in %.1fs",
+                        what, str(exc.orig).strip(), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def migrate(url: str, *, retry_seconds: float = 30.0) -> None:
+    """Upgrade the ledger schema to the Alembic heads. Serialised by a PostgreSQL advisory
+    lock, so concurrent callers (several processes starting at once) are safe; a database
+    already at head is left unchanged."""
+    sa_url = _check_url(url)
+
+    def attempt() -> None:
+        engine = sa.create_engine(sa_url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
+                conn.commit()      # the session-level lock outlives the transaction
+                try:
+                    config = Config()
+                    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+                    config.attributes["connection"] = conn
+                    command.upgrade(config, "heads")
+                finally:
+                    if not conn.invalidated:
+                        conn.rollback()
+                        conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
+                        conn.commit()
+        finally:
+            engine.dispose()
+
+    _retry(attempt, what=f"migrating the ledger at {sa_url!r}", retry_seconds=retry_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger
+# ---------------------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The execution ledger. Thread-safe (one SQLAlchemy engine with a connection pool)."""
+
+    def __init__(self, url: str, *, retry_seconds: float = 30.0) -> None:
+        self._url = _check_url(url)
+        self.retry_seconds = retry_seconds
+        connect_args = {} if "connect_timeout" in self._url.query else {"connect_timeout": 10}
+        self.engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+
+    def __repr__(self) -> str:
+        return f"Ledger({self._url!r})"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        migrate(self._url.render_as_string(hide_password=False),
+                retry_seconds=self.retry_seconds)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A raw transaction for callers composing their own statements (no retry: a block
+        cannot be re-run by a context manager)."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _run(self, what: str, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction, re-run from the start when the connection is lost."""
+
+        def attempt() -> T:
+            with self.engine.begin() as conn:
+                return work(conn)
+
+        return _retry(attempt, what=what, retry_seconds=self.retry_seconds)
+
+    # ------------------------------------------------------------------ accounts, kill switch
+
+    def open_account(self, account_id: str, initial_cash: float, *, actor: str) -> None:
+        cash = _dec(initial_cash)
+        if cash < 0:
+            raise LedgerError(f"account {account_id}: initial cash must be >= 0, got {cash}")
+
+        def work(conn: Connection) -> None:
+            new = conn.execute(
+                pg_insert(ACCOUNTS).values(account_id=account_id, initial_cash=cash)
+                .on_conflict_do_nothing(index_elements=["account_id"])
+                .returning(ACCOUNTS.c.account_id)
+            ).first()
+            if new is None:
+                return
+            conn.execute(pg_insert(CASH).values(account_id=account_id, balance=cash)
+                         .on_conflict_do_nothing(index_elements=["account_id"]))
+            _audit(conn, actor=actor, action="account_opened", entity="account",
+                   entity_id=account_id, details={"initial_cash": float(cash)})
+
+        self._run(f"opening account {account_id}", work)
+
+    def kill_switch(self, account_id: str) -> KillSwitch:
+        def work(conn: Connection) -> KillSwitch:
+            row = conn.execute(sa.select(ACCOUNTS).where(ACCOUNTS.c.account_id == account_id)
+                               ).first()
+            if row is None:
+                raise LedgerError(f"account {account_id} is not open in the ledger")
+            return KillSwitch(engaged=row.kill_switch, reason=row.kill_reason,
+                              actor=row.kill_actor, at=row.kill_at)
+
+        return self._run(f"reading the kill switch of {account_id}", work)
+
+    def set_kill_switch(self, account_id: str, engaged: bool, *, actor: str,
+                        reason: str) -> None:
+        """Engage or release the kill switch; a call repeating the current state and reason
+        changes nothing."""
+
+        def work(conn: Connection) -> None:
+            row = conn.execute(sa.select(ACCOUNTS).where(ACCOUNTS.c.account_id == account_id)
+                               .with_for_update()).first()
+            if row is None:
+                raise LedgerError(f"kill switch: account {account_id} is not open in the ledger")
+            if row.kill_switch == engaged and row.kill_reason == reason:
+                return
+            conn.execute(sa.update(ACCOUNTS).where(ACCOUNTS.c.account_id == account_id).values(
+                kill_switch=engaged, kill_reason=reason, kill_actor=actor, kill_at=sa.func.now(),
+            ))
+            _audit(conn, actor=actor,
+                   action="kill_switch_engaged" if engaged else "kill_switch_released",
+                   entity="kill_switch", entity_id=account_id, reason=reason,
+                   details={"previously_engaged": row.kill_switch})
+
+        self._run(f"setting the kill switch of {account_id}", work)
+
+    # ------------------------------------------------------------------ signals
+
+    def record_signal(self, signal: SignalRecord, *, actor: str) -> SignalRecord:
+        """Store a decided signal, or return the stored one. A rejected signal may be decided
+        again (approved, or rejected for other reasons); an approved one never changes."""
+        status = SignalStatus(signal.status)
+        weights = {str(k): float(v) for k, v in signal.weights.items()}
+        reasons = [dict(r) for r in signal.reasons]
+        as_of = _as_date(signal.as_of)
+        sid = signal.signal_id
+
+        def audit(conn: Connection, previous: str | None) -> None:
+            _audit(conn, actor=actor, action=f"signal_{status.value}", entity="signal",
+                   entity_id=sid, reason=_reason_text(reasons),
+                   details={"strategy": signal.strategy, "as_of": as_of.isoformat(),
+                            "account_id": signal.account_id, "weights": weights,
+                            "reasons": reasons, "data_version": signal.data_version,
+                            "dagster_run_id": signal.dagster_run_id,
+                            "previous_status": previous})
+
+        def work(conn: Connection) -> SignalRecord:
+            values: dict[str, Any] = {
+                "signal_id": sid, "account_id": signal.account_id, "strategy": signal.strategy,
+                "as_of": as_of, "weights": weights, "weights_hash": signal.weights_hash,
+                "status": status.value, "reasons": reasons,
+                "data_version": signal.data_version, "dagster_run_id": signal.dagster_run_id,
+            }
+            if signal.decided_at is not None:
+                values["decided_at"] = signal.decided_at
+            inserted = conn.execute(
+                pg_insert(SIGNALS).values(**values)
+                .on_conflict_do_nothing(index_elements=["signal_id"]).returning(*SIGNALS.c)
+            ).first()
+            if inserted is not None:
+                audit(conn, None)
+                return _signal_of(inserted)
+
+            stored = _signal_of(conn.execute(
+                sa.select(SIGNALS).where(SIGNALS.c.signal_id == sid).with_for_update()).one())
+            changed = [name for name, same in (
+                ("account_id", stored.account_id == signal.account_id),
+                ("strategy", stored.strategy == signal.strategy),
+                ("as_of", stored.as_of == as_of),
+                ("weights", _same_weights(stored.weights, weights)),
+                ("weights_hash", stored.weights_hash == signal.weights_hash),
+            ) if not same]
+            if changed:
+                raise ImmutableSignalError(
+                    f"signal {sid} already exists with different {', '.join(changed)}: "
+                    "a signal's content is immutable"
+                )
+            if stored.status is SignalStatus.APPROVED:
+                if status is SignalStatus.REJECTED:
+                    raise ImmutableSignalError(
+                        f"signal {sid} is approved and immutable: refusing to reject it "
+                        f"({_reason_text(reasons)})"
+                    )
+                return stored
+            if status is SignalStatus.REJECTED and stored.reasons == reasons:
+                return stored
+            updated = conn.execute(
+                sa.update(SIGNALS).where(SIGNALS.c.signal_id == sid).values(
+                    status=status.value, reasons=reasons, data_version=signal.data_version,
+                    dagster_run_id=signal.dagster_run_id,
+                    decided_at=signal.decided_at or sa.func.now(),
+                ).returning(*SIGNALS.c)
+            ).one()
+            audit(conn, stored.status.value)
+            return _signal_of(updated)
+
+        return self._run(f"recording signal {sid}", work)
+
+    def signal(self, signal_id: str) -> SignalRecord | None:
+        def work(conn: Connection) -> SignalRecord | None:
+            row = conn.execute(sa.select(SIGNALS).where(SIGNALS.c.signal_id == signal_id)
+                               ).first()
+            return None if row is None else _signal_of(row)
+
+        return self._run(f"reading signal {signal_id}", work)
+
+    def signals(self, account_id: str | None = None,
+                status: SignalStatus | None = None) -> list[SignalRecord]:
+        query = sa.select(SIGNALS).order_by(SIGNALS.c.as_of, SIGNALS.c.created_at,
+                                            SIGNALS.c.signal_id)
+        if account_id is not None:
+            query = query.where(SIGNALS.c.account_id == account_id)
+        if status is not None:
+            query = query.where(SIGNALS.c.status == SignalStatus(status).value)
+        return self._run("reading signals",
+                         lambda conn: [_signal_of(r) for r in conn.execute(query)])
+
+    # ------------------------------------------------------------------ executions
+
+    def start_execution(self, signal_id: str, account_id: str, *, dagster_run_id: str | None,
+                        actor: str) -> ExecutionRecord:
+        """Start (or return) the execution of an approved signal. A completed or halted
+        execution is returned as it is; a failed or running one is taken over by this run."""
+
+        def work(conn: Connection) -> ExecutionRecord:
+            sig = conn.execute(sa.select(SIGNALS.c.status, SIGNALS.c.account_id)
+                               .where(SIGNALS.c.signal_id == signal_id)).first()
+            if sig is None:
+                raise LedgerError(f"execution of signal {signal_id}: signal is not in the ledger")
+            if sig.status != SignalStatus.APPROVED.value:
+                raise LedgerError(f"execution of signal {signal_id}: signal is {sig.status}, "
+                                  "only an approved signal can be executed")
+            if sig.account_id != account_id:
+                raise LedgerError(f"execution of signal {signal_id}: signal belongs to account "
+                                  f"{sig.account_id}, not {account_id}")
+            inserted = conn.execute(
+                pg_insert(EXECUTIONS).values(signal_id=signal_id, account_id=account_id,
+                                             status="running", dagster_run_id=dagster_run_id)
+                .on_conflict_do_nothing(index_elements=["signal_id"]).returning(*EXECUTIONS.c)
+            ).first()
+            if inserted is not None:
+                _audit(conn, actor=actor, action="execution_started", entity="execution",
+                       entity_id=signal_id,
+                       details={"account_id": account_id, "dagster_run_id": dagster_run_id})
+                return _execution_of(inserted)
+            row = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.signal_id == signal_id)
+                               .with_for_update()).one()
+            if row.status not in ("failed", "running") or (
+                    row.status == "running" and row.dagster_run_id == dagster_run_id):
+                return _execution_of(row)
+            restarted = conn.execute(
+                sa.update(EXECUTIONS).where(EXECUTIONS.c.signal_id == signal_id).values(
+                    status="running", dagster_run_id=dagster_run_id, started_at=sa.func.now(),
+                    finished_at=None, reason=None,
+                ).returning(*EXECUTIONS.c)
+            ).one()
+            _audit(conn, actor=actor, action="execution_started", entity="execution",
+                   entity_id=signal_id,
+                   details={"account_id": account_id, "dagster_run_id": dagster_run_id,
+                            "previous_status": row.status,
+                            "previous_dagster_run_id": row.dagster_run_id})
+            return _execution_of(restarted)
+
+        return self._run(f"starting the execution of signal {signal_id}", work)
+
+    def finish_execution(self, signal_id: str, status: str, *, actor: str,
+                         reason: str | None = None) -> None:
+        """Mark a running execution completed, halted or failed (repeating the current final
+        status is a no-op; changing a finished execution is refused)."""
+        if status not in EXECUTION_FINAL:
+            raise LedgerError(f"execution of signal {signal_id}: status must be one of "
+                              f"{', '.join(EXECUTION_FINAL)}, got {status!r}")
+
+        def work(conn: Connection) -> None:
+            row = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.signal_id == signal_id)
+                               .with_for_update()).first()
+            if row is None:
+                raise LedgerError(f"execution of signal {signal_id} was never started")
+            if row.status == status:
+                return
+            if row.status != "running":
+                raise LedgerError(f"execution of signal {signal_id} is already {row.status}; "
+                                  f"cannot mark it {status}")
+            conn.execute(sa.update(EXECUTIONS).where(EXECUTIONS.c.signal_id == signal_id)
+                         .values(status=status, finished_at=sa.func.now(), reason=reason))
+            _audit(conn, actor=actor, action=f"execution_{status}", entity="execution",
+                   entity_id=signal_id, reason=reason,
+                   details={"account_id": row.account_id, "dagster_run_id": row.dagster_run_id})
+
+        self._run(f"finishing the execution of signal {signal_id}", work)
+
+    def execution(self, signal_id: str) -> ExecutionRecord | None:
+        def work(conn: Connection) -> ExecutionRecord | None:
+            row = conn.execute(sa.select(EXECUTIONS).where(EXECUTIONS.c.signal_id == signal_id)
+                               ).first()
+            return None if row is None else _execution_of(row)
+
+        return self._run(f"reading the execution of signal {signal_id}", work)
+
+    # ------------------------------------------------------------------ orders
+
+    def record_orders(self, orders: Sequence[OrderRecord], *, actor: str) -> list[OrderRecord]:
+        """Insert the planned (or risk-rejected) orders that are not stored yet and return the
+        stored rows in the given order; an existing order id keeps its stored content."""
+        values = [_order_values(o) for o in orders]
+        if not values:
+            return []
+
+        def work(conn: Connection) -> list[OrderRecord]:
+            for order, row in zip(orders, values, strict=True):
+                new = conn.execute(
+                    pg_insert(ORDERS).values(**row)
+                    .on_conflict_do_nothing(index_elements=["order_id"])
+                    .returning(ORDERS.c.order_id)
+                ).first()
+                if new is None:
+                    continue
+                rejected = row["status"] == OrderStatus.REJECTED.value
+                _audit(conn, actor=actor,
+                       action="order_rejected" if rejected else "order_planned",
+                       entity="order", entity_id=order.order_id,
+                       reason=order.reason if rejected else None,
+                       details={"signal_id": order.signal_id, "account_id": order.account_id,
+                                "symbol": order.symbol, "side": row["side"],
+                                "quantity": order.quantity,
+                                "reference_price": float(order.reference_price),
+                                "session": row["session"].isoformat(),
+                                "slice_index": order.slice_index, "slices": order.slices,
+                                "parent_order_id": order.parent_order_id})
+            ids = [o.order_id for o in orders]
+            stored = {r.order_id: _order_of(r) for r in conn.execute(
+                sa.select(ORDERS).where(ORDERS.c.order_id.in_(ids)))}
+            return [stored[i] for i in ids]
+
+        signals = ", ".join(sorted({o.signal_id for o in orders}))
+        return self._run(f"recording orders of signal {signals}", work)
+
+    def orders(self, *, signal_id: str | None = None, account_id: str | None = None,
+               status: OrderStatus | None = None) -> list[OrderRecord]:
+        """Orders in the order they were recorded."""
+        query = sa.select(ORDERS).order_by(ORDERS.c.created_at, ORDERS.c.order_id)
+        if signal_id is not None:
+            query = query.where(ORDERS.c.signal_id == signal_id)
+        if account_id is not None:
+            query = query.where(ORDERS.c.account_id == account_id)
+        if status is not None:
+            query = query.where(ORDERS.c.status == OrderStatus(status).value)
+        return self._run("reading orders", lambda conn: [_order_of(r) for r in conn.execute(query)])
+
+    def order(self, order_id: str) -> OrderRecord | None:
+        def work(conn: Connection) -> OrderRecord | None:
+            row = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == order_id)).first()
+            return None if row is None else _order_of(row)
+
+        return self._run(f"reading order {order_id}", work)
+
+    def update_order(self, order_id: str, *, status: OrderStatus, actor: str,
+                     venue_order_id: str | None = None, reason: str | None = None
+                     ) -> OrderRecord:
+        """Move an order to ``status``. A final order is returned unchanged, and a status never
+        moves backwards (submitted after partially_filled keeps partially_filled, though a new
+        venue order id or reason is still stored). Nothing changed: no write, no audit."""
+        target = OrderStatus(status)
+
+        def work(conn: Connection) -> OrderRecord:
+            row = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == order_id)
+                               .with_for_update()).first()
+            if row is None:
+                raise LedgerError(f"order {order_id} is not in the ledger")
+            current = OrderStatus(row.status)
+            if current.is_final:
+                return _order_of(row)
+            new_status = target if _rank(target) >= _rank(current) else current
+            new_venue_id = venue_order_id if venue_order_id is not None else row.venue_order_id
+            new_reason = reason if reason is not None else row.reason
+            if (new_status, new_venue_id, new_reason) == (current, row.venue_order_id,
+                                                           row.reason):
+                return _order_of(row)
+            updated = conn.execute(
+                sa.update(ORDERS).where(ORDERS.c.order_id == order_id).values(
+                    status=new_status.value, venue_order_id=new_venue_id, reason=new_reason,
+                    updated_at=sa.func.now(),
+                ).returning(*ORDERS.c)
+            ).one()
+            _audit(conn, actor=actor, action=f"order_{new_status.value}", entity="order",
+                   entity_id=order_id, reason=reason,
+                   details={"previous_status": current.value, "venue_order_id": new_venue_id,
+                            "symbol": row.symbol, "side": row.side, "quantity": row.quantity,
+                            "filled_quantity": row.filled_quantity})
+            return _order_of(updated)
+
+        return self._run(f"updating order {order_id}", work)
+
+    # ------------------------------------------------------------------ fills, positions, cash
+
+    def record_fill(self, fill: Fill, *, actor: str) -> bool:
+        """Book one execution report: the fill, the order's filled quantity, average price and
+        status, the position and the cash, all in one transaction. Returns False (and changes
+        nothing) when the fill id is already booked."""
+        fid, oid = fill.fill_id, fill.client_order_id
+        side = Side(fill.side)
+        qty = fill.quantity
+        if not isinstance(qty, int) or qty <= 0:
+            raise LedgerError(f"fill {fid}: quantity must be a positive integer, got {qty!r}")
+        price, commission = _dec(fill.price), _dec(fill.commission)
+        if price <= 0 or commission < 0:
+            raise LedgerError(f"fill {fid}: price must be > 0 and commission >= 0, "
+                              f"got {price} and {commission}")
+        notional = price * qty
+
+        def work(conn: Connection) -> bool:
+            order = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == oid)
+                                 .with_for_update()).first()
+            if order is None:
+                raise LedgerError(f"fill {fid}: order {oid} is not in the ledger")
+            mismatch = [f"{name} {mine!r} != {theirs!r}" for name, mine, theirs in (
+                ("account", fill.account_id, order.account_id),
+                ("symbol", fill.symbol, order.symbol), ("side", side.value, order.side),
+            ) if mine != theirs]
+            if mismatch:
+                raise LedgerError(f"fill {fid} does not match order {oid}: {'; '.join(mismatch)}")
+            inserted = conn.execute(
+                pg_insert(FILLS).values(
+                    fill_id=fid, order_id=oid, account_id=fill.account_id, symbol=fill.symbol,
+                    side=side.value, quantity=qty, price=price, commission=commission,
+                    session=_as_date(fill.session), filled_at=fill.filled_at,
+                ).on_conflict_do_nothing(index_elements=["fill_id"]).returning(FILLS.c.fill_id)
+            ).first()
+            if inserted is None:
+                stored = conn.execute(sa.select(FILLS).where(FILLS.c.fill_id == fid)).one()
+                if (stored.order_id, stored.quantity) != (oid, qty) or not math.isclose(
+                        stored.price, float(price), rel_tol=1e-12):
+                    raise LedgerError(f"fill {fid} is already booked with different content "
+                                      f"(order {stored.order_id}, {stored.quantity} @ "
+                                      f"{stored.price})")
+                return False
+
+            filled = order.filled_quantity + qty
+            if filled > order.quantity:
+                raise LedgerError(
+                    f"fill {fid}: order {oid} ({order.side} {order.quantity} {order.symbol}) "
+                    f"would be filled {filled} > its quantity (already {order.filled_quantity})"
+                )
+            current = OrderStatus(order.status)
+            if current.is_final:       # late fill on a cancelled/expired order: keep its status
+                new_status = current
+            else:
+                new_status = (OrderStatus.FILLED if filled == order.quantity
+                              else OrderStatus.PARTIALLY_FILLED)
+            average = (sa.func.coalesce(ORDERS.c.average_price, 0) * ORDERS.c.filled_quantity
+                       + sa.literal(notional, sa.Numeric())) / filled
+            conn.execute(sa.update(ORDERS).where(ORDERS.c.order_id == oid).values(
+                filled_quantity=filled, average_price=average, status=new_status.value,
+                updated_at=sa.func.now(),
+            ))
+
+            held = POSITIONS.c.quantity
+            if side is Side.BUY:
+                insert = pg_insert(POSITIONS).values(
+                    account_id=fill.account_id, symbol=fill.symbol, quantity=qty,
+                    cost=notional + commission)
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=["account_id", "symbol"],
+                    set_={"quantity": held + insert.excluded.quantity,
+                          "cost": POSITIONS.c.cost + insert.excluded.cost,
+                          "updated_at": sa.func.now()},
+                ))
+                cash_delta = -(notional + commission)
+            else:
+                where = sa.and_(POSITIONS.c.account_id == fill.account_id,
+                                POSITIONS.c.symbol == fill.symbol)
+                position = conn.execute(sa.select(POSITIONS).where(where).with_for_update()
+                                        ).first()
+                have = 0 if position is None else position.quantity
+                if qty > have:
+                    raise LedgerError(f"fill {fid}: selling {qty} {fill.symbol} but account "
+                                      f"{fill.account_id} holds only {have}")
+                conn.execute(sa.update(POSITIONS).where(where).values(
+                    quantity=held - qty,
+                    cost=sa.case((held == qty, sa.literal(Decimal(0), sa.Numeric())),
+                                 else_=POSITIONS.c.cost * (held - qty) / held),
+                    updated_at=sa.func.now(),
+                ))
+                cash_delta = notional - commission
+            booked = conn.execute(
+                sa.update(CASH).where(CASH.c.account_id == fill.account_id).values(
+                    balance=CASH.c.balance + sa.literal(cash_delta, sa.Numeric()),
+                    updated_at=sa.func.now())
+            ).rowcount
+            if booked != 1:
+                raise LedgerError(f"fill {fid}: account {fill.account_id} has no cash row")
+            _audit(conn, actor=actor, action="filled", entity="fill", entity_id=fid,
+                   details={"order_id": oid, "signal_id": order.signal_id,
+                            "account_id": fill.account_id, "symbol": fill.symbol,
+                            "side": side.value, "quantity": qty, "price": float(price),
+                            "commission": float(commission),
+                            "session": _as_date(fill.session).isoformat(),
+                            "order_filled_quantity": filled, "order_status": new_status.value})
+            return True
+
+        return self._run(f"recording fill {fid} of order {oid}", work)
+
+    def fills(self, account_id: str, *, signal_id: str | None = None) -> list[Fill]:
+        query = (sa.select(FILLS).where(FILLS.c.account_id == account_id)
+                 .order_by(FILLS.c.filled_at, FILLS.c.recorded_at, FILLS.c.fill_id))
+        if signal_id is not None:
+            query = query.join(ORDERS, ORDERS.c.order_id == FILLS.c.order_id).where(
+                ORDERS.c.signal_id == signal_id)
+        return self._run(f"reading fills of {account_id}",
+                         lambda conn: [_fill_of(r) for r in conn.execute(query)])
+
+    def positions(self, account_id: str) -> dict[str, Position]:
+        query = (sa.select(POSITIONS).where(POSITIONS.c.account_id == account_id,
+                                            POSITIONS.c.quantity > 0)
+                 .order_by(POSITIONS.c.symbol))
+        return self._run(f"reading positions of {account_id}", lambda conn: {
+            r.symbol: Position(symbol=r.symbol, quantity=r.quantity, cost=r.cost)
+            for r in conn.execute(query)
+        })
+
+    def cash(self, account_id: str) -> float:
+        def work(conn: Connection) -> float:
+            balance = conn.execute(sa.select(CASH.c.balance)
+                                   .where(CASH.c.account_id == account_id)).scalar()
+            if balance is None:
+                raise LedgerError(f"account {account_id} is not open in the ledger")
+            return float(balance)
+
+        return self._run(f"reading cash of {account_id}", work)
+
+    def committed_notional(self, account_id: str, session: dt.date) -> float:
+        """What was sent to the market for ``session``: quantity x reference price of every
+        order that left the ledger (not planned, not rejected), counting cancelled and expired
+        orders only with what they filled."""
+        final_unfilled = ORDERS.c.status.in_([OrderStatus.CANCELLED.value,
+                                              OrderStatus.EXPIRED.value])
+        amount = sa.case(
+            (final_unfilled, ORDERS.c.filled_quantity
+             * sa.func.coalesce(ORDERS.c.average_price, ORDERS.c.reference_price)),
+            else_=ORDERS.c.quantity * ORDERS.c.reference_price,
+        )
+        query = sa.select(sa.func.coalesce(sa.func.sum(amount), 0)).where(
+            ORDERS.c.account_id == account_id, ORDERS.c.session == _as_date(session),
+            ORDERS.c.status.not_in([OrderStatus.PLANNED.value, OrderStatus.REJECTED.value]),
+        )
+        return self._run(f"reading the committed notional of {account_id}",
+                         lambda conn: float(conn.execute(query).scalar_one()))
+
+    # ------------------------------------------------------------------ valuations
+
+    def record_valuation(self, account_id: str, session: dt.date, *, cash: float,
+                         positions_value: float, actor: str) -> None:
+        """Upsert the end-of-session valuation (equity = cash + positions value)."""
+        day = _as_date(session)
+        cash_d, positions_d = _dec(cash), _dec(positions_value)
+        equity = cash_d + positions_d
+
+        def work(conn: Connection) -> None:
+            key = sa.and_(VALUATIONS.c.account_id == account_id, VALUATIONS.c.session == day)
+            old = conn.execute(sa.select(VALUATIONS).where(key).with_for_update()).first()
+            if old is not None and math.isclose(old.cash, float(cash_d), abs_tol=1e-9) and \
+                    math.isclose(old.positions_value, float(positions_d), abs_tol=1e-9):
+                return
+            insert = pg_insert(VALUATIONS).values(
+                account_id=account_id, session=day, cash=cash_d, positions_value=positions_d,
+                equity=equity)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["account_id", "session"],
+                set_={"cash": insert.excluded.cash,
+                      "positions_value": insert.excluded.positions_value,
+                      "equity": insert.excluded.equity, "recorded_at": sa.func.now()},
+            ))
+            _audit(conn, actor=actor, action="valuation_recorded", entity="valuation",
+                   entity_id=f"{account_id}:{day.isoformat()}",
+                   details={"account_id": account_id, "session": day.isoformat(),
+                            "cash": float(cash_d), "positions_value": float(positions_d),
+                            "equity": float(equity),
+                            "previous_equity": None if old is None else old.equity})
+
+        self._run(f"recording the valuation of {account_id} on {day}", work)
+
+    def valuations(self, account_id: str) -> pd.DataFrame:
+        """Columns session (datetime64), cash, positions_value, equity; sorted by session."""
+        query = (sa.select(VALUATIONS.c.session, VALUATIONS.c.cash,
+                           VALUATIONS.c.positions_value, VALUATIONS.c.equity)
+                 .where(VALUATIONS.c.account_id == account_id).order_by(VALUATIONS.c.session))
+        rows = self._run(f"reading valuations of {account_id}",
+                         lambda conn: [tuple(r) for r in conn.execute(query)])
+        frame = pd.DataFrame(rows, columns=["session", "cash", "positions_value", "equity"])
+        frame["session"] = pd.to_datetime(frame["session"])
+        return frame.astype({"cash": float, "positions_value": float, "equity": float})
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, entry: AuditEntry) -> None:
+        """Append one entry (for decisions made outside the ledger's own write methods)."""
+        self._run(f"auditing {entry.action} of {entry.entity} {entry.entity_id}",
+                  lambda conn: _audit(conn, actor=entry.actor, action=entry.action,
+                                      entity=entry.entity, entity_id=entry.entity_id,
+                                      reason=entry.reason, details=entry.details))
+
+    def audit_log(self, *, entity: str | None = None, entity_id: str | None = None,
+                  action: str | None = None) -> list[dict[str, Any]]:
+        """Entries as dicts (id, at, actor, action, entity, entity_id, reason, details)."""
+        query = sa.select(AUDIT_LOG).order_by(AUDIT_LOG.c.id)
+        for column, value in (("entity", entity), ("entity_id", entity_id), ("action", action)):
+            if value is not None:
+                query = query.where(AUDIT_LOG.c[column] == value)
+        return self._run("reading the audit log",
+                         lambda conn: [dict(r._mapping) for r in conn.execute(query)])
+
+    # ------------------------------------------------------------------ locks
+
+    @contextmanager
+    def account_lock(self, account_id: str, timeout_seconds: float = 30.0) -> Iterator[None]:
+        """Hold a PostgreSQL session advisory lock on the account (the execution lock when
+        Redis is unavailable). Raises :class:`LedgerError` after ``timeout_seconds``. The lock
+        lives as long as its connection: if the server drops it, the lock is gone too."""
+        key = (sa.literal(ACCOUNT_LOCK_NAMESPACE, sa.Integer()), sa.func.hashtext(account_id))
+
+        def connect() -> Connection:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(sa.select(1))
+            return conn
+
+        conn = _retry(connect, what=f"locking account {account_id}",
+                      retry_seconds=self.retry_seconds)
+        try:
+            deadline = time.monotonic() + timeout_seconds
+            while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(*key))).scalar():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LedgerError(f"account {account_id} is locked by another execution "
+                                      f"(waited {timeout_seconds:g}s)")
+                time.sleep(min(0.1, remaining))
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(*key)))
+                except sa.exc.DBAPIError as exc:   # connection gone: so is the lock
+                    log.warning("account %s: unlocking failed (%s)", account_id, exc.orig)
+                    conn.invalidate()
+        finally:
+            conn.close()

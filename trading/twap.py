@@ -1,0 +1,223 @@
+"""TWAP slicing through the execution-venue interface (SPEC §9).
+
+:class:`TwapVenue` wraps any :class:`trading.venue.ExecutionVenue` and is one itself. A parent
+order is split into ``n`` child orders sent to the wrapped venue; the caller keeps talking about
+the parent id (``submit`` / ``order`` / ``cancel`` return the parent's aggregated state), while
+``fills`` passes the wrapped venue's execution reports through unchanged, so fills carry the
+*child* ids (:meth:`TwapVenue.children` maps a parent to them).
+
+Splitting (a pure function of the parent, so a resubmission after a crash or a retry recreates
+exactly the same children and the wrapped venue's idempotency makes it a no-op):
+
+* ``n`` = ``parent.slices`` when it is > 1, else the venue's default ``slices``; ``n <= 1`` or
+  an order that is itself a child (``parent_order_id`` set) passes through unsplit.
+* The parent's whole lots are spread evenly, the remainder lots on the last children; a closing
+  sell's odd remainder (< one lot) goes into the last child; fewer children when there are
+  fewer lots than slices. A parent that cannot be split (non-positive, or an odd-lot buy) is
+  sent as one child so that the wrapped venue rejects it durably.
+* Child k (0-based position) has client id ``order_id_of(parent_id, symbol, side, k + 1)``,
+  ``parent_order_id`` = parent id, ``slice_index`` = k + 1 (the index in its id; 0 is reserved
+  for a whole, unsliced order, so a child never collides with its parent on
+  (signal, symbol, side, slice_index)) and ``slices`` = the number of children.
+
+Aggregated status of a parent: while any child is open, ``partially_filled`` if some quantity
+filled, else ``submitted``. Once every child is final: ``filled`` if all filled, ``cancelled``
+if any was cancelled, ``rejected`` if all were rejected, otherwise ``expired`` (with the filled
+quantity, if any). ``partially_filled`` is therefore never reported for a finished parent, so a
+caller waiting for a final state is not left hanging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import numbers
+import threading
+from collections.abc import Sequence
+
+from trading.models import Fill, OrderRequest, OrderStatus, Side, VenueOrder, order_id_of
+from trading.venue import ExecutionVenue, UnknownOrder
+
+
+def split_quantity(quantity: int, slices: int, lot_size: int) -> list[int]:
+    """Child sizes of a TWAP parent: whole lots spread evenly (remainder lots on the last
+    children), an odd remainder on the last child, at most ``lots`` children."""
+    if slices < 1:
+        raise ValueError(f"slices must be >= 1, got {slices}")
+    lots, odd = divmod(quantity, lot_size)
+    if quantity <= 0 or lots == 0:
+        return [quantity]
+    n = min(slices, lots)
+    base, extra = divmod(lots, n)
+    sizes = [(base + (1 if k >= n - extra else 0)) * lot_size for k in range(n)]
+    sizes[-1] += odd
+    return sizes
+
+
+class TwapVenue:
+    """An :class:`ExecutionVenue` that slices each parent order into TWAP children.
+
+    ``slices``: children per parent when the parent does not say (``parent.slices`` > 1 wins);
+    ``lot_size``: defaults to the wrapped venue's ``costs.lot_size`` when it has one, else 100.
+    """
+
+    def __init__(self, inner: ExecutionVenue, *, slices: int | None = None,
+                 lot_size: int | None = None) -> None:
+        if slices is not None and slices < 1:
+            raise ValueError(f"slices must be >= 1, got {slices}")
+        if lot_size is None:   # the wrapped venue's lot (the paper broker's costs), else 100
+            costs = getattr(inner, "costs", None)
+            lot_size = int(getattr(costs, "lot_size", 100))
+        if lot_size < 1:
+            raise ValueError(f"lot_size must be >= 1, got {lot_size}")
+        self.inner = inner
+        self.slices = slices
+        self.lot_size = lot_size
+        self.name = f"twap:{inner.name}"
+        self._plans: dict[str, list[OrderRequest]] = {}
+        self._lock = threading.Lock()
+
+    # -- planning ---------------------------------------------------------------------------
+    def slices_for(self, parent: OrderRequest) -> int:
+        if parent.parent_order_id is not None:
+            return 1
+        if parent.slices > 1:
+            return parent.slices
+        return self.slices or 1
+
+    def plan(self, parent: OrderRequest) -> list[OrderRequest]:
+        """The child orders of ``parent`` (deterministic; a single pass-through order when it
+        is not sliced)."""
+        n = self.slices_for(parent)
+        if n <= 1:
+            return [parent]
+        q = parent.quantity
+        splittable = (isinstance(q, numbers.Integral) and not isinstance(q, bool) and q > 0
+                      and not (parent.side == Side.BUY and q % self.lot_size))
+        sizes = split_quantity(int(q), n, self.lot_size) if splittable else [q]
+        return [
+            dataclasses.replace(
+                parent,
+                client_order_id=order_id_of(parent.client_order_id, parent.symbol,
+                                            Side(parent.side), k + 1),
+                quantity=size, parent_order_id=parent.client_order_id, slice_index=k + 1,
+                slices=len(sizes),
+            )
+            for k, size in enumerate(sizes)
+        ]
+
+    def children(self, parent_id: str) -> list[str]:
+        """Client ids of the child orders of ``parent_id``, by slice index ([] for an unsliced
+        order passed through, or an unknown id)."""
+        return self._known_plan(parent_id) or []
+
+    def request(self, client_order_id: str) -> OrderRequest | None:
+        """The child order request as sent to the wrapped venue (slice index, slices), from
+        this process's plans or the wrapped venue's own record (``request``)."""
+        with self._lock:
+            for plan in self._plans.values():
+                for child in plan:
+                    if child.client_order_id == client_order_id:
+                        return child
+        inner_request = getattr(self.inner, "request", None)
+        return inner_request(client_order_id) if callable(inner_request) else None
+
+    # -- ExecutionVenue ---------------------------------------------------------------------
+    def open_account(self, account_id: str, cash: float) -> None:
+        self.inner.open_account(account_id, cash)
+
+    def submit(self, order: OrderRequest) -> VenueOrder:
+        children = self.plan(order)
+        if len(children) == 1 and children[0] is order:
+            return self.inner.submit(order)
+        with self._lock:
+            self._plans[order.client_order_id] = children
+        for child in children:
+            self.inner.submit(child)
+        aggregated = self.order(order.client_order_id)
+        assert aggregated is not None
+        return aggregated
+
+    def order(self, client_order_id: str) -> VenueOrder | None:
+        ids = self._known_plan(client_order_id)
+        if ids is None:
+            return self.inner.order(client_order_id)
+        states = [self.inner.order(cid) for cid in ids]
+        if all(s is None for s in states):
+            return None
+        with self._lock:
+            plan = self._plans.get(client_order_id)
+        planned = {c.client_order_id: c.quantity for c in plan} if plan else {}
+        return aggregate(client_order_id, states,
+                         [planned.get(cid, 0) for cid in ids])
+
+    def cancel(self, client_order_id: str) -> VenueOrder:
+        ids = self._known_plan(client_order_id)
+        if ids is None:
+            return self.inner.cancel(client_order_id)
+        for cid in ids:
+            state = self.inner.order(cid)
+            if state is not None and not state.status.is_final:
+                self.inner.cancel(cid)
+        aggregated = self.order(client_order_id)
+        if aggregated is None:
+            raise UnknownOrder(f"{self.name}: cancel {client_order_id}: no child order exists")
+        return aggregated
+
+    def fills(self, account_id: str, until: dt.date | None = None) -> Sequence[Fill]:
+        return self.inner.fills(account_id, until)
+
+    def cash(self, account_id: str) -> float:
+        return self.inner.cash(account_id)
+
+    def positions(self, account_id: str) -> dict[str, int]:
+        return self.inner.positions(account_id)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _known_plan(self, parent_id: str) -> list[str] | None:
+        """Child ids of a parent split by this process, else as the wrapped venue records
+        them (``children_of``, e.g. the paper broker's ``parent_order_id``); None when the id
+        is not a TWAP parent known here."""
+        with self._lock:
+            plan = self._plans.get(parent_id)
+        if plan is not None:
+            return [c.client_order_id for c in plan]
+        children_of = getattr(self.inner, "children_of", None)
+        if callable(children_of):
+            ids = list(children_of(parent_id))
+            if ids:
+                return ids
+        return None
+
+
+def aggregate(parent_id: str, children: Sequence[VenueOrder | None],
+              planned: Sequence[int] | None = None) -> VenueOrder:
+    """The parent's view of its children (a missing child counts as open, with its planned
+    quantity when known)."""
+    planned = list(planned) if planned is not None else [0] * len(children)
+    present = [c for c in children if c is not None]
+    quantity = sum(c.quantity if c is not None else p
+                   for c, p in zip(children, planned, strict=True))
+    filled = sum(c.filled_quantity for c in present)
+    notional = sum(c.filled_quantity * c.average_price for c in present
+                   if c.filled_quantity and c.average_price is not None)
+    reasons: list[str] = []
+    for c in present:
+        for r in (c.reason or "").split(","):
+            if r and r not in reasons:
+                reasons.append(r)
+    statuses = [c.status for c in present]
+    if len(present) < len(children) or not all(s.is_final for s in statuses):
+        status = OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.SUBMITTED
+    elif all(s is OrderStatus.FILLED for s in statuses):
+        status = OrderStatus.FILLED
+    elif any(s is OrderStatus.CANCELLED for s in statuses):
+        status = OrderStatus.CANCELLED
+    elif all(s is OrderStatus.REJECTED for s in statuses):
+        status = OrderStatus.REJECTED
+    else:
+        status = OrderStatus.EXPIRED
+    return VenueOrder(client_order_id=parent_id, venue_order_id=f"twap-{parent_id}",
+                      status=status, quantity=quantity, filled_quantity=filled,
+                      average_price=notional / filled if filled else None,
+                      reason=",".join(reasons) or None)
