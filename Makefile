@@ -36,6 +36,7 @@ bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.backfill
 	$(PY) -m benchmarks.search
 	$(PY) -m benchmarks.research
+	$(PY) -m benchmarks.daily
 
 clean:
 	rm -rf .etf_home

@@ -2,6 +2,8 @@
 (launched by ``approved_signal_sensor``, one run per signal id); ``kill_switch_job`` engages or
 releases the account's kill switch in the ledger."""
 
+from collections.abc import Callable
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -12,8 +14,9 @@ from resources.execution import ExecutionResource, account_lock, market_quotes
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation.risk import RiskLimits
-from trading.executor import ExecutionRefused, MarketView, execute_signal
+from trading.executor import ExecutionRefused, ExecutionReport, MarketView, execute_signal
 from trading.models import Costs
+from trading.venue import ExecutionVenue
 
 ACCOUNT_TAG = "etf/account"
 SIGNAL_TAG = "etf/signal_id"
@@ -26,6 +29,38 @@ class ExecuteSignalConfig(dg.Config):
 class KillSwitchConfig(dg.Config):
     engaged: bool = Field(True, description="true stops every submission; false releases it")
     reason: str = Field(description="Why: kept in the ledger and the audit log")
+
+
+def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
+               market_data: MarketDataResource, cache: RedisCache, clock: ClockResource,
+               account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
+               lock_timeout: float, actor: str, dagster_run_id: str | None,
+               warn: Callable[[str], None],
+               wrap_venue: Callable[[ExecutionVenue], ExecutionVenue] | None = None
+               ) -> tuple[ExecutionReport, str]:
+    """Execute one signal under the account lock with the resources' venue and market view
+    (what ``execute_signal_op`` runs; ``wrap_venue`` decorates the venue, e.g. to audit or to
+    inject faults in tests). Returns the report and the lock that was held."""
+    book = ledger.ledger
+    signal = book.signal(signal_id)
+    if signal is None:
+        raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
+    day = pd.Timestamp(signal.as_of)
+    calendar = market_data.calendar
+    quotes = market_quotes(market_data, day, calendar.latest_closed_session(clock.now()))
+    on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
+              if (q := quotes.quote(s, day.date())) is not None}
+    market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
+                        quotes=on_day)
+    venue = execution.venue(quotes, costs)
+    if wrap_venue is not None:
+        venue = wrap_venue(venue)
+    with account_lock(cache, book, account_id, lock_timeout, warn) as lock:
+        report = execute_signal(
+            ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
+            market=market, limits=limits, costs=costs, actor=actor, initial_cash=initial_cash,
+            kill_switch_env=execution.kill_switch, dagster_run_id=dagster_run_id)
+    return report, lock
 
 
 def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
@@ -44,32 +79,18 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
                           ledger: LedgerResource, execution: ExecutionResource,
                           market_data: MarketDataResource, cache: RedisCache,
                           clock: ClockResource) -> dg.Output[None]:
-        book = ledger.ledger
-        signal = book.signal(config.signal_id)
-        if signal is None:
-            raise dg.Failure(f"signal {config.signal_id} is not in the ledger",
-                             allow_retries=False)
-        day = pd.Timestamp(signal.as_of)
-        calendar = market_data.calendar
-        quotes = market_quotes(market_data, day,
-                               calendar.latest_closed_session(clock.now()))
-        on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
-                  if (q := quotes.quote(s, day.date())) is not None}
-        market = MarketView(signal_day=day.date(),
-                            order_session=calendar.offset(day, 1).date(), quotes=on_day)
-        venue = execution.venue(quotes, costs)
-        with account_lock(cache, book, account_id, lock_timeout, context.log.warning) as lock:
-            try:
-                result = execute_signal(
-                    ledger=book, venue=venue, signal_id=signal.signal_id,
-                    account_id=account_id, market=market, limits=limits,
-                    costs=costs, actor=f"dagster:{context.run.run_id}",
-                    initial_cash=initial_cash, kill_switch_env=execution.kill_switch,
-                    dagster_run_id=context.run.run_id)
-            except ExecutionRefused as exc:
-                raise dg.Failure(str(exc), allow_retries=False) from None
+        try:
+            result, lock = run_signal(
+                config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
+                cache=cache, clock=clock, account_id=account_id, initial_cash=initial_cash,
+                costs=costs, limits=limits, lock_timeout=lock_timeout,
+                actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
+                warn=context.log.warning)
+        except ExecutionRefused as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        signal_id = config.signal_id
         if result.status == "halted":
-            context.log.warning(f"signal {signal.signal_id} halted: {'; '.join(result.notes)}")
+            context.log.warning(f"signal {signal_id} halted: {'; '.join(result.notes)}")
         orders = pd.DataFrame([{"order_id": o.order_id, "symbol": o.symbol, "side": str(o.side),
                                 "quantity": o.quantity, "status": str(o.status),
                                 "filled": o.filled_quantity, "reason": o.reason}
@@ -77,7 +98,7 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
         from assets.metadata import markdown
 
         return dg.Output(None, metadata={
-            "signal_id": dg.MetadataValue.text(signal.signal_id),
+            "signal_id": dg.MetadataValue.text(signal_id),
             "status": dg.MetadataValue.text(result.status),
             "venue": dg.MetadataValue.text(execution.name),
             "lock": dg.MetadataValue.text(lock),

@@ -24,14 +24,16 @@ def after_close_schedule(
     calendar: TradingCalendar,
     cron: str,
     timezone: str,
+    name: str = "market_data_after_close",
+    what: str = "Materialise the day's session",
 ) -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="market_data_after_close",
+        name=name,
         job=job,
         cron_schedule=cron,
         execution_timezone=timezone,
-        description=f"Materialise the day's session after the close ({cron}, {timezone}); "
-        f"days that are not {calendar.name} sessions are skipped.",
+        description=f"{what} after the close ({cron}, {timezone}); days that are not "
+        f"{calendar.name} sessions are skipped.",
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
@@ -39,6 +41,6 @@ def after_close_schedule(
         if not calendar.is_session(day):
             return dg.SkipReason(f"{day} is not a {calendar.name} session")
         key = day.isoformat()
-        return dg.RunRequest(run_key=f"market_data:{key}", partition_key=key)
+        return dg.RunRequest(run_key=f"{job.name}:{key}", partition_key=key)
 
     return _schedule

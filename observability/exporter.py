@@ -30,8 +30,8 @@ A custom collector computes every value at scrape time (no background thread, no
   Positions value: the latest recorded valuation (``positions_report``, marked at the
   session's raw close) when it covers every fill of the account (its session is not before
   the last fill's session and it was recorded after that fill was booked); otherwise the
-  current positions marked at the latest fill price of each fund (the ledger holds no other
-  price), i.e. right after an execution and before the next valuation.
+  current positions marked at the latest fill price of each fund in any account (the ledger
+  holds no other price), i.e. right after an execution and before the next valuation.
 
 * the exporter itself: ``etf_exporter_scrape_errors_total{source}`` and
   ``etf_exporter_scrape_duration_seconds{source}``. A source that fails (database down,
@@ -233,14 +233,20 @@ def _ledger_reader(ledger: Ledger) -> sa.Engine:
                                            postgresql_readonly=True)
 
 
+def _latest(query: sa.Select[Any], *, partition: sa.ColumnElement[Any],
+            order: Sequence[sa.ColumnElement[Any]], name: str) -> sa.Subquery:
+    """The first row of ``query`` per ``partition`` in ``order`` (DISTINCT ON, portably)."""
+    rank = sa.func.row_number().over(partition_by=partition, order_by=list(order))
+    ranked = query.add_columns(rank.label("rank")).subquery(f"{name}_ranked")
+    columns = [c for c in ranked.c if c.key != "rank"]
+    return sa.select(*columns).where(ranked.c.rank == 1).subquery(name)
+
+
 def ledger_metrics(engine: sa.Engine) -> list[Metric]:
-    last_price = (
-        sa.select(FILLS.c.symbol, FILLS.c.price)
-        .distinct(FILLS.c.symbol)
-        .order_by(FILLS.c.symbol, FILLS.c.filled_at.desc(), FILLS.c.recorded_at.desc(),
-                  FILLS.c.fill_id.desc())
-        .subquery("last_price")
-    )
+    last_price = _latest(
+        sa.select(FILLS.c.symbol, FILLS.c.price), partition=FILLS.c.symbol,
+        order=(FILLS.c.filled_at.desc(), FILLS.c.recorded_at.desc(), FILLS.c.fill_id.desc()),
+        name="last_price")
     marked = (
         sa.select(POSITIONS.c.account_id, sa.func.sum(
             POSITIONS.c.quantity
@@ -250,12 +256,11 @@ def ledger_metrics(engine: sa.Engine) -> list[Metric]:
         .where(POSITIONS.c.quantity > 0)
         .group_by(POSITIONS.c.account_id)
     )
-    valuation = (
+    valuation = sa.select(_latest(
         sa.select(VALUATIONS.c.account_id, VALUATIONS.c.session, VALUATIONS.c.positions_value,
-                  VALUATIONS.c.recorded_at)
-        .distinct(VALUATIONS.c.account_id)
-        .order_by(VALUATIONS.c.account_id, VALUATIONS.c.session.desc())
-    )
+                  VALUATIONS.c.recorded_at),
+        partition=VALUATIONS.c.account_id, order=(VALUATIONS.c.session.desc(),),
+        name="last_valuation"))
     fills_by_account = (
         sa.select(FILLS.c.account_id, sa.func.max(FILLS.c.session).label("session"),
                   sa.func.max(FILLS.c.recorded_at).label("recorded_at"))

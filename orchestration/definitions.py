@@ -12,6 +12,7 @@ from assets.partitions import session_partitions
 from assets.research import research_assets
 from assets.signals import guarding_checks, signal_assets
 from assets.walk_forward import walk_forward_assets, window_partitions
+from jobs.daily import daily_job, weekly_research
 from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.research import portfolio_job, research_job, walk_forward_job
@@ -30,6 +31,7 @@ from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
+from sensors.alerts import run_failure_alert_sensor
 from sensors.signals import approved_signal_sensor
 from trading.models import Costs
 
@@ -151,13 +153,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         settings.schedule_timezone,
         end=market_data.history_end,
     )
-    job = market_data_job()
     market = dg.Definitions(
         assets=market_assets(sessions, settings.quality, settings.cross_section),
-        jobs=[job],
-        schedules=[
-            after_close_schedule(job, calendar, settings.schedule_cron, settings.schedule_timezone)
-        ],
+        jobs=[market_data_job()],
     )
     sessions_of_data = calendar.sessions(settings.partitions_start or market_data.history_start,
                                          market_data.history_end)
@@ -165,16 +163,26 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     research_stage = research_assets(settings.cross_section, strategy.factor_specs,
                                      strategy.horizons, strategy.screening_horizon,
                                      strategy.select_kwargs())
+    research_run = research_job()
     if windows is None:
         warnings.warn(f"strategy {strategy.name}: the {len(sessions_of_data)} sessions of the "
                       "market data hold no complete walk-forward window; the walk-forward, "
                       "backtest and portfolio assets are not defined", stacklevel=2)
-        research = dg.Definitions(assets=research_stage, jobs=[research_job()])
+        research = dg.Definitions(
+            assets=research_stage, jobs=[research_run],
+            schedules=weekly_research(research_run, None, None, [], settings.research_cron,
+                                      settings.schedule_timezone))
     else:
+        walk_forward, portfolio = walk_forward_job(), portfolio_job()
+        automation = weekly_research(research_run, walk_forward, portfolio,
+                                     list(windows.get_partition_keys()), settings.research_cron,
+                                     settings.schedule_timezone)
         research = dg.Definitions(
             assets=[*research_stage,
                     *walk_forward_assets(strategy, settings.cross_section, windows)],
-            jobs=[research_job(), walk_forward_job(), portfolio_job()],
+            jobs=[research_run, walk_forward, portfolio],
+            schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
+            sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)],
         )
     stages = [market, research]
     if windows is not None and settings.postgres_url:
@@ -185,7 +193,18 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "
                       "ledger and is not defined", stacklevel=2)
-    return dg.Definitions.merge(*stages, dg.Definitions(resources=resources))
+    defined = {a.key.to_user_string() for d in stages for a in d.assets or []
+               if isinstance(a, dg.AssetsDefinition)}
+    daily = daily_job(defined)
+    operations = dg.Definitions(
+        jobs=[daily],
+        schedules=[after_close_schedule(
+            daily, calendar, settings.schedule_cron, settings.schedule_timezone,
+            name="daily_after_close", what="Run daily_job for the day's session")],
+        sensors=[run_failure_alert_sensor(settings.alert_webhook_url or None,
+                                          settings.alert_webhook_timeout_seconds,
+                                          dagster_url=settings.dagster_webserver_url)])
+    return dg.Definitions.merge(*stages, operations, dg.Definitions(resources=resources))
 
 
 @dg.definitions

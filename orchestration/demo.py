@@ -103,7 +103,58 @@ def main() -> int:
     print(f"cash: {1 - held['weight'].sum():.2%}")
     experiment = strategy_for(settings).experiment_name
     print(f"MLflow      : {settings.resolved_mlflow_uri} (experiment {experiment})")
+    if settings.postgres_url:
+        status = _execute(settings, end)
+        if status:
+            return status
+    else:
+        print("\nexecution   : not run (the ledger needs PostgreSQL: set ETF_POSTGRES_URL="
+              "postgresql+psycopg://user@host/db to approve the signal and paper-trade it)")
     print("\nInspect it in the UI: make dev  (same instance)")
+    return 0
+
+
+def _execute(settings, last_session: str) -> int:
+    """approved_signal → the sensor's run request → execution_job, on the sample's last session
+    (the clock is pinned there unless ETF_EXECUTION__AS_OF says otherwise)."""
+    from trading.ledger import Ledger
+
+    if not settings.execution.as_of:
+        settings = settings.model_copy(update={"execution": settings.execution.model_copy(
+            update={"as_of": last_session})})
+    defs = build_definitions(settings)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    with dg.DagsterInstance.get() as instance:
+        approval = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, run_config=quiet, asset_selection=[dg.AssetKey("approved_signal")],
+            raise_on_error=False)
+        if not approval.success:
+            _print_failures(approval)
+            return 1
+        meta = approval.asset_materializations_for_node("approved_signal")[-1].metadata
+        print(f"\nsignal      : {meta['signal_id'].value} {meta['status'].value.upper()}")
+        if meta["status"].value != "approved":
+            print(meta["reasons"].value)
+            return 0
+        sensor = defs.resolve_sensor_def("approved_signal_sensor")
+        requests = [r for r in sensor(dg.build_sensor_context(
+            instance=instance, definitions=defs)).run_requests
+            if r.run_key == meta["signal_id"].value]
+        for request in requests[-1:]:
+            run = defs.resolve_job_def("execution_job").execute_in_process(
+                instance=instance, run_config={**quiet, **request.run_config},
+                tags=request.tags, raise_on_error=False)
+            if not run.success:
+                _print_failures(run)
+                return 1
+    ledger = Ledger(settings.postgres_url)
+    orders = ledger.orders(signal_id=str(meta["signal_id"].value))
+    print(f"orders      : {len(orders)} in the ledger (paper venue; they fill at the next "
+          "open once its bar exists)")
+    for o in orders:
+        print(f"  {o.side:<4} {o.symbol} {o.quantity:>9,d} @ ref {o.reference_price:.3f} "
+              f"{o.status}")
+    ledger.dispose()
     return 0
 
 

@@ -4,13 +4,13 @@
   "message", ...}`` with ``time`` in ISO-8601 UTC (millisecond precision, ``Z`` suffix). Records
   logged through Dagster (``context.log``) also carry ``run_id``, ``job``, ``step`` and, for
   Dagster events, ``event_type``; an exception (``exc_info``, or the error of a failure event)
-  becomes ``exception``. Anything passed as ``extra={...}`` that is JSON-serialisable is kept
-  under its own key.
+  becomes ``exception``. Anything passed as ``extra={...}`` is kept under its own key (its
+  ``str()`` when it is not JSON-serialisable).
 * :data:`json_console_logger` - a Dagster logger definition (``@dg.logger``) writing those lines
   to stderr. Dagster only starts a job's loggers that the run config names, so a job uses it
   with ``logger_defs={"json": json_console_logger}`` (or ``Definitions(loggers=...)``) *and*
-  run config ``loggers: {json: {config: {log_level: INFO}}}``; it then replaces the default
-  coloured console logger of that run.
+  run config ``loggers: {json: {}}`` (or ``{json: {config: {log_level: DEBUG}}}``); it then
+  replaces the default coloured console logger of that run.
 * For every run of an instance without touching jobs, the formatter also plugs into the
   instance's ``python_logs.dagster_handler_config`` (dagster.yaml)::
 
@@ -43,6 +43,7 @@ _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "a
 # Set by Dagster's log manager on the records it hands to @dg.logger loggers.
 _DAGSTER_META = "dagster_meta"
 _DAGSTER_EVENT = "dagster_event"
+_DAGSTER_ATTRS = frozenset({_DAGSTER_META, _DAGSTER_EVENT, "dagster_event_batch_metadata"})
 _RESERVED = frozenset({"time", "level", "logger", "message", "run_id", "job", "step",
                        "event_type", "exception"})
 _HANDLER_MARK = "_etf_json_handler"
@@ -108,8 +109,8 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         for key, value in record.__dict__.items():
-            if key in _STANDARD_ATTRS or key in _RESERVED or key.startswith("_") \
-                    or key in (_DAGSTER_META, _DAGSTER_EVENT) or key in out:
+            if key in _STANDARD_ATTRS or key in _RESERVED or key in _DAGSTER_ATTRS \
+                    or key.startswith("_") or key in out:
                 continue
             out[key] = _jsonable(value)
         return json.dumps(out, ensure_ascii=False, default=str)

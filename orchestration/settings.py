@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     schedule_timezone: str = "Asia/Shanghai"
     # After the close (15:00 Shanghai), Monday to Friday; non-sessions are skipped by calendar.
     schedule_cron: str = "30 16 * * 1-5"
+    # The weekly full research rebuild (Saturday morning, before the next week's sessions).
+    research_cron: str = "0 6 * * 6"
     market_data: MarketDataSettings = Field(default_factory=MarketDataSettings)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cross_section: CrossSectionConfig = Field(default_factory=CrossSectionConfig)
@@ -143,6 +145,11 @@ class Settings(BaseSettings):
     # The ledger (and the paper broker's book); unset: no execution stage is defined.
     postgres_url: str | None = None
     redis_url: str | None = None
+    # Run-failure alerts: a webhook that receives a JSON post per failed run (empty: log only).
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_seconds: float = Field(5.0, gt=0)
+    # The webserver's public URL, for run links in alerts.
+    dagster_webserver_url: str | None = None
 
     @model_validator(mode="after")
     def _profile(self) -> Settings:

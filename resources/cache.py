@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class RedisCache(dg.ConfigurableResource):
     namespace: str = "etf"
     ttl_seconds: int = 7 * 24 * 3600
     socket_timeout_seconds: float = 2.0
+    lock_ttl_seconds: float = 30.0
 
     _client: Any = PrivateAttr(default=None)
 
@@ -114,17 +116,20 @@ class RedisCache(dg.ConfigurableResource):
             (warn or log.warning)(message)
 
     @contextmanager
-    def lock(self, name: str, *, timeout_seconds: float, hold_seconds: float = 3600
-             ) -> Iterator[None]:
+    def lock(self, name: str, *, timeout_seconds: float) -> Iterator[None]:
         """Exclusive lock ``name`` across processes. Raises :class:`LockUnavailable` when Redis
         cannot be reached (the caller picks a fallback) and :class:`LockTimeout` when another
-        holder keeps it longer than ``timeout_seconds``."""
+        holder keeps it longer than ``timeout_seconds``.
+
+        The lock lives ``lock_ttl_seconds`` and is renewed by a thread while held, so a holder
+        that dies (a killed run) frees it within one TTL and its retry can proceed."""
         if self.url is None:
             raise LockUnavailable("no redis_url configured")
         import redis
 
-        lock = self._redis().lock(f"{self.namespace}:lock:{name}", timeout=hold_seconds,
-                                  blocking_timeout=timeout_seconds)
+        lock = self._redis().lock(f"{self.namespace}:lock:{name}",
+                                  timeout=self.lock_ttl_seconds,
+                                  blocking_timeout=timeout_seconds, thread_local=False)
         try:
             acquired = lock.acquire()
         except redis.RedisError as exc:
@@ -132,10 +137,23 @@ class RedisCache(dg.ConfigurableResource):
         if not acquired:
             raise LockTimeout(f"lock {name!r} is held by another execution (waited "
                               f"{timeout_seconds:g}s)")
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lock_ttl_seconds / 3):
+                try:
+                    lock.reacquire()
+                except redis.RedisError as exc:
+                    log.warning("renewing lock %s failed: %s", name, exc)
+
+        renewer = threading.Thread(target=renew, name=f"lock-renew-{name}", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            stop.set()
+            renewer.join()
             try:
                 lock.release()
-            except redis.RedisError as exc:  # expired or Redis gone: the hold timeout frees it
+            except redis.RedisError as exc:  # expired or Redis gone: the TTL frees it
                 log.warning("releasing lock %s failed: %s", name, exc)

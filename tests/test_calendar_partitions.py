@@ -278,7 +278,7 @@ def test_schedule_on_a_session_requests_that_partition(schedule: dg.ScheduleDefi
     assert isinstance(result, dg.RunRequest)
     assert result.partition_key == day
     assert day in result.run_key
-    assert result.run_key == f"market_data:{day}"
+    assert result.run_key == f"market_data_job:{day}"
 
 
 @pytest.mark.parametrize("day", ["2024-10-01", "2024-10-07", "2024-02-12", "2025-01-28",
@@ -300,7 +300,7 @@ def test_evaluate_tick_on_a_session(schedule: dg.ScheduleDefinition,
     assert len(data.run_requests) == 1
     request = data.run_requests[0]
     assert request.partition_key == "2024-10-08"
-    assert request.run_key == "market_data:2024-10-08"
+    assert request.run_key == "market_data_job:2024-10-08"
     assert request.tags["dagster/partition"] == "2024-10-08"
     assert request.tags["dagster/schedule_name"] == "market_data_after_close"
 

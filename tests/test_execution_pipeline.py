@@ -66,6 +66,7 @@ def test_signal_to_fills_end_to_end(stage) -> None:
     account = settings.execution.account_id
     strategy = strategy_for(settings)
 
+    start = evaluate_sensor(defs, instance, None).cursor  # after earlier tests' signals
     approved = materialize(defs, instance, "approved_signal")
     assert approved.success
     meta = materialization(approved, "approved_signal")
@@ -81,7 +82,7 @@ def test_signal_to_fills_end_to_end(stage) -> None:
     assert [r["action"] for r in ledger.audit_log(entity_id=signal_id)] == ["signal_approved"]
 
     # The sensor asks for exactly one run, keyed by the signal id.
-    first = evaluate_sensor(defs, instance, None)
+    first = evaluate_sensor(defs, instance, start)
     assert [r.run_key for r in first.run_requests] == [signal_id]
     request = first.run_requests[0]
     assert request.tags["etf/account"] == account
@@ -161,10 +162,10 @@ def test_signal_to_fills_end_to_end(stage) -> None:
     # (as from the UI) sends no order and books no fill twice.
     assert evaluate_sensor(defs, instance, first.cursor).run_requests == []
     again = evaluate_sensor(defs, instance, None)
-    assert [r.run_key for r in again.run_requests] == [signal_id]
+    assert {r.run_key for r in again.run_requests} == {signal_id}
     before = (len(ledger.orders(account_id=account)), len(ledger.fills(account)),
               len(ledger.audit_log()))
-    rerun = run_request(next_day, instance, again.run_requests[0])
+    rerun = run_request(next_day, instance, again.run_requests[-1])
     assert rerun.success
     assert step_metadata(rerun)["submitted"] == 0
     assert (len(ledger.orders(account_id=account)), len(ledger.fills(account))) == before[:2]

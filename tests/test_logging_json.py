@@ -117,6 +117,7 @@ def test_json_console_logger_in_a_dagster_run(capfd: pytest.CaptureFixture[str])
         assert {"time", "level", "logger", "message"} <= record.keys()
         utc(record["time"])
         assert record["logger"] == "etf_rotation"
+        assert not any(key.startswith("dagster_") for key in record)   # internals stay out
     mine = [r for r in records if r.get("run_id") == run_id]
     hello = next(r for r in mine if r["message"] == "hello from the op")
     assert hello["level"] == "INFO"

@@ -57,7 +57,8 @@ def decide(facts: SignalFacts, ledger: Ledger, limits: RiskLimits, *, actor: str
         return existing
     record = SignalRecord(
         signal_id=signal_id, account_id=facts.account_id, strategy=facts.strategy,
-        as_of=facts.as_of, weights=dict(facts.weights), weights_hash=weights_hash(facts.weights),
+        as_of=facts.as_of, weights=dict(facts.weights),
+        weights_hash=weights_hash(facts.weights),
         status=SignalStatus.REJECTED if violations else SignalStatus.APPROVED,
         reasons=[v.as_dict() for v in violations], data_version=facts.data_version,
         dagster_run_id=facts.dagster_run_id)
@@ -68,3 +69,4 @@ def _previous_weights(ledger: Ledger, facts: SignalFacts) -> dict[str, float] | 
     earlier = [s for s in ledger.signals(facts.account_id, SignalStatus.APPROVED)
                if s.strategy == facts.strategy and s.as_of < facts.as_of]
     return dict(earlier[-1].weights) if earlier else None
+

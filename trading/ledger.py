@@ -299,8 +299,14 @@ def _reason_text(reasons: Sequence[Mapping[str, Any]]) -> str:
 
 def _same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
     return a.keys() == b.keys() and all(
-        math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-15) for k in a
+        math.isclose(a[k], b[k], rel_tol=1e-12, abs_tol=1e-15)
+        or (math.isnan(a[k]) and math.isnan(b[k])) for k in a
     )
+
+
+def _json_weight(value: float) -> float | str:
+    """JSON has no NaN/inf: a non-finite weight (a rejected signal) is stored as its text."""
+    return value if math.isfinite(value) else str(value)
 
 
 def _signal_of(row: sa.Row[Any]) -> SignalRecord:
@@ -530,6 +536,7 @@ class Ledger:
         again (approved, or rejected for other reasons); an approved one never changes."""
         status = SignalStatus(signal.status)
         weights = {str(k): float(v) for k, v in signal.weights.items()}
+        json_weights = {k: _json_weight(v) for k, v in weights.items()}
         reasons = [dict(r) for r in signal.reasons]
         as_of = _as_date(signal.as_of)
         sid = signal.signal_id
@@ -538,7 +545,7 @@ class Ledger:
             _audit(conn, actor=actor, action=f"signal_{status.value}", entity="signal",
                    entity_id=sid, reason=_reason_text(reasons),
                    details={"strategy": signal.strategy, "as_of": as_of.isoformat(),
-                            "account_id": signal.account_id, "weights": weights,
+                            "account_id": signal.account_id, "weights": json_weights,
                             "reasons": reasons, "data_version": signal.data_version,
                             "dagster_run_id": signal.dagster_run_id,
                             "previous_status": previous})
@@ -546,7 +553,7 @@ class Ledger:
         def work(conn: Connection) -> SignalRecord:
             values: dict[str, Any] = {
                 "signal_id": sid, "account_id": signal.account_id, "strategy": signal.strategy,
-                "as_of": as_of, "weights": weights, "weights_hash": signal.weights_hash,
+                "as_of": as_of, "weights": json_weights, "weights_hash": signal.weights_hash,
                 "status": status.value, "reasons": reasons,
                 "data_version": signal.data_version, "dagster_run_id": signal.dagster_run_id,
             }

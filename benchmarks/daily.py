@@ -1,0 +1,175 @@
+"""The daily path as the daemon runs it: a new session → orders in the ledger. Target ≤ 20 s.
+
+Set-up (not timed): cn_etf_morphkyan_raw stored up to the session before the signal day and
+researched through ``target_portfolio`` on a PostgreSQL-backed instance, a fresh ledger.
+
+Timed, the way the daemon does it: ``daily_job`` for the new session in a fresh process (the
+run worker: imports, code location, run), one tick of ``approved_signal_sensor``, and
+``execution_job`` for the signal it requests in a fresh process; then the orders are read back
+from the ledger. The baseline, in this process, is the same two jobs executed in process on a
+warm interpreter against a second fresh ledger: the ratio is the price of process isolation.
+
+    python -m benchmarks.daily
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from benchmarks.scratch import PG_SERVER, scratch_postgres_home
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+START, SIGNAL_DAY, PREVIOUS_DAY = "2021-01-04", "2023-12-29", "2023-12-28"
+TARGET_SECONDS = 20.0
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _database() -> str:
+    import psycopg
+
+    name = f"etf_bench_ledger_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def _drop(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _environment(root: Path, dagster_home: Path, ledger: str, last: str) -> dict[str, str]:
+    """Settings of the code location on the evening of ``last`` (its newest partition)."""
+    config = yaml.safe_load((ROOT / "config/datasets/cn_etf_morphkyan_raw.yaml").read_text())
+    config["history_end"] = last
+    dataset = root / f"dataset_{last}.yaml"
+    dataset.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return {"DAGSTER_HOME": str(dagster_home), "ETF_HOME": str(root / "etf_home"),
+            "ETF_PARTITIONS_START": START,
+            "ETF_POSTGRES_URL": f"postgresql+psycopg://{PG_SERVER}/{ledger}",
+            "ETF_REDIS_URL": "redis://127.0.0.1:6379/4",
+            "ETF_EXECUTION__AS_OF": SIGNAL_DAY, "ETF_MARKET_DATA__SOURCE": "files",
+            "ETF_MARKET_DATA__DATASET": str(dataset),
+            "ETF_MARKET_DATA__FILES_ROOT": str(SHARED / "cn_etf_morphkyan_raw"),
+            "GX_ANALYTICS_ENABLED": "false"}
+
+
+def _worker(job: str, partition: str | None, run_config: str | None) -> int:
+    """What the run worker does in its own process: load the code location and run."""
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions
+    from orchestration.settings import load_settings
+
+    tags = {"dagster/partition": partition} if partition else {}
+    config = {**QUIET, **(json.loads(run_config) if run_config else {})}
+    with dg.DagsterInstance.get() as instance:
+        result = build_definitions(load_settings()).resolve_job_def(job).execute_in_process(
+            instance=instance, run_config=config, tags=tags)
+    return 0 if result.success else 1
+
+
+def _in_child(env: dict[str, str], *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "benchmarks.daily", "worker", *args], cwd=ROOT,
+                   env={**os.environ, **env}, check=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    import dagster as dg
+
+    from orchestration.definitions import build_definitions, strategy_for
+    from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, run_range
+    from orchestration.settings import load_settings
+    from rotation import walkforward as wf
+    from trading.ledger import Ledger
+
+    ledgers = [_database(), _database()]
+    try:
+        with scratch_postgres_home() as scratch:
+            os.environ.update(_environment(scratch.root, scratch.dagster_home, ledgers[0],
+                                           PREVIOUS_DAY))
+            settings = load_settings()
+            defs = build_definitions(settings)
+            instance = dg.DagsterInstance.get()
+            print("set-up: market data, research and walk-forward up to "
+                  f"{PREVIOUS_DAY} (not timed)")
+            assert run_range(defs, instance, START, PREVIOUS_DAY, log_level="WARNING").success
+            for name in ("research_job",):
+                assert defs.resolve_job_def(name).execute_in_process(
+                    instance=instance, run_config=QUIET).success
+            from assets.walk_forward import warmup_sessions
+
+            strategy = strategy_for(settings)
+            sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore
+                START, PREVIOUS_DAY)
+            keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
+                                                   strategy.wfo_config)]
+            assert defs.resolve_job_def("walk_forward_job").execute_in_process(
+                instance=instance, run_config=QUIET,
+                tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
+            assert defs.resolve_job_def("portfolio_job").execute_in_process(
+                instance=instance, run_config=QUIET).success
+
+            # The next evening: the code location knows the new session.
+            env = _environment(scratch.root, scratch.dagster_home, ledgers[0], SIGNAL_DAY)
+            os.environ.update(env)
+            defs = build_definitions(load_settings())
+            assert keys == list(defs.resolve_job_def("walk_forward_job")
+                                .partitions_def.get_partition_keys())  # type: ignore[union-attr]
+            # The daemon's path, timed.
+            started = time.perf_counter()
+            daily = _in_child(env, "daily_job", SIGNAL_DAY)
+            tick_started = time.perf_counter()
+            sensor = defs.resolve_sensor_def("approved_signal_sensor")
+            requests = sensor(dg.build_sensor_context(instance=instance, cursor=None,
+                                                      definitions=defs)).run_requests
+            tick = time.perf_counter() - tick_started
+            assert len(requests) == 1, "no approved signal: see the approved_signal metadata"
+            execution = _in_child(env, "execution_job", "",
+                                  json.dumps(requests[0].run_config))
+            ledger = Ledger(env["ETF_POSTGRES_URL"])
+            orders = ledger.orders(signal_id=requests[0].run_key)
+            ledger.dispose()
+            wall = time.perf_counter() - started
+            assert orders, "the execution run left no order in the ledger"
+
+            # Baseline: the same two jobs in this (warm) process on a second fresh ledger.
+            os.environ["ETF_POSTGRES_URL"] = f"postgresql+psycopg://{PG_SERVER}/{ledgers[1]}"
+            warm = build_definitions(load_settings())
+            base_started = time.perf_counter()
+            assert warm.resolve_job_def("daily_job").execute_in_process(
+                instance=instance, run_config=QUIET,
+                tags={"dagster/partition": SIGNAL_DAY}).success
+            assert warm.resolve_job_def("execution_job").execute_in_process(
+                instance=instance, run_config={**QUIET, **requests[0].run_config}).success
+            baseline = time.perf_counter() - base_started
+    finally:
+        for name in ledgers:
+            _drop(name)
+    print(f"daily path (daemon-style, fresh processes): {wall:.1f} s wall — daily_job "
+          f"{daily:.1f} s, sensor tick {tick:.2f} s, execution_job {execution:.1f} s; "
+          f"{len(orders)} orders in the ledger")
+    print(f"baseline (same jobs in this warm process): {baseline:.1f} s; ratio "
+          f"{wall / baseline:.2f}x")
+    print(f"target ≤ {TARGET_SECONDS:.0f} s: {'met' if wall <= TARGET_SECONDS else 'MISSED'}")
+    return 0 if wall <= TARGET_SECONDS else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        sys.exit(_worker(sys.argv[2], sys.argv[3] or None,
+                         sys.argv[4] if len(sys.argv) > 4 else None))
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Faults on the execution path, on the real PostgreSQL and Redis: a run killed mid-way and
+retried, PostgreSQL restarted during execution, Redis stopped, the kill switch pulled while a
+signal is in flight, and bad signals. In every case: no duplicate order, no lost fill, a
+consistent ledger, and the reason in the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from test_execution_pipeline import (
+    evaluate_sensor,
+    materialization,
+    materialize,
+    run_request,
+    step_metadata,
+)
+
+from orchestration.definitions import build_definitions, costs_of, strategy_for
+from resources.execution import ExecutionResource
+from rotation.risk import RiskLimits
+from trading import approval
+from trading.executor import ExecutionRefused, execute_signal
+from trading.ledger import Ledger
+from trading.models import OrderRequest, OrderStatus, SignalStatus, VenueOrder
+from trading.venue import ExecutionVenue
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+               "--save", "", "--appendonly", "no"]
+
+
+class HookVenue:
+    """A venue decorator that calls ``after_submit(n)`` after the n-th submission."""
+
+    def __init__(self, inner: ExecutionVenue, after_submit: Callable[[int], None]) -> None:
+        self.inner, self.after_submit, self.submits = inner, after_submit, 0
+        self.name = inner.name
+
+    def submit(self, order: OrderRequest) -> VenueOrder:
+        result = self.inner.submit(order)
+        self.submits += 1
+        self.after_submit(self.submits)
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def approve(market, ledger_url: str, **execution) -> tuple[dg.Definitions, str]:
+    defs = build(market, ledger_url, **execution)
+    result = materialize(defs, market.instance, "approved_signal")
+    meta = materialization(result, "approved_signal")
+    assert meta["status"] == "approved", meta["reasons"]
+    return defs, str(meta["signal_id"])
+
+
+def run_direct(defs: dg.Definitions, signal_id: str,
+               wrap: Callable[[ExecutionVenue], ExecutionVenue] | None = None):
+    """What execute_signal_op runs, with a decorated venue."""
+    from jobs.execution import run_signal
+
+    resources = defs.resources
+    settings = defs_settings(defs)
+    return run_signal(
+        signal_id, ledger=resources["ledger"], execution=resources["execution"],
+        market_data=resources["market_data"], cache=resources["cache"],
+        clock=resources["clock"], account_id=settings.execution.account_id,
+        initial_cash=settings.execution.initial_cash, costs=costs_of(strategy_for(settings)),
+        limits=settings.execution.risk, lock_timeout=settings.execution.lock_timeout_seconds,
+        actor="test", dagster_run_id=None, warn=lambda m: None, wrap_venue=wrap)
+
+
+_SETTINGS: dict[int, object] = {}
+
+
+def defs_settings(defs: dg.Definitions):
+    return _SETTINGS[id(defs)]
+
+
+def build(market, ledger_url: str, **execution) -> dg.Definitions:
+    settings = market.settings(ledger_url, **execution)
+    defs = build_definitions(settings)
+    _SETTINGS[id(defs)] = settings
+    return defs
+
+
+def fill_next_day(market, ledger_url: str) -> dg.ExecuteInProcessResult:
+    result = materialize(build(market, ledger_url, as_of=market.fill_day), market.instance,
+                         "positions_report")
+    assert result.success
+    return result
+
+
+def assert_consistent(ledger: Ledger, account: str, signal_id: str, venue_url: str,
+                      costs) -> None:
+    """One venue order per ledger order, fills once each, positions and cash equal to the
+    venue's book."""
+    from trading.paper import PaperBroker
+
+    class NoQuotes:
+        def quote(self, symbol, session):
+            return None
+
+        def latest_session(self):
+            return None
+
+    venue = PaperBroker(venue_url, NoQuotes(), costs)
+    orders = ledger.orders(signal_id=signal_id)
+    ids = [o.order_id for o in orders]
+    assert len(ids) == len(set(ids))
+    fills = ledger.fills(account)
+    assert len({f.fill_id for f in fills}) == len(fills)
+    for order in orders:
+        remote = venue.order(order.order_id)
+        if order.venue_order_id is None:  # cancelled before it was sent (kill switch)
+            assert remote is None and order.status is OrderStatus.CANCELLED
+            continue
+        assert remote is not None, f"{order.order_id} never reached the venue"
+        assert remote.filled_quantity == sum(f.quantity for f in fills
+                                             if f.client_order_id == order.order_id)
+    assert venue.positions(account) == {s: p.quantity
+                                        for s, p in ledger.positions(account).items()}
+    assert venue.cash(account) == pytest.approx(ledger.cash(account), abs=1e-6)
+
+
+def test_killed_run_is_retried_without_duplicates(execution_market, ledger_url) -> None:
+    market = execution_market
+    defs, signal_id = approve(market, ledger_url)
+    # A separate process submits the first order and then hangs; it is killed with SIGKILL.
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from pathlib import Path
+        from conftest import ExecutionMarket
+        import test_execution_faults as t
+        market = ExecutionMarket(Path({str(market.home)!r}), Path({str(market.dataset)!r}),
+                                 None, Path({str(market.shared)!r}))
+        defs = t.build(market, {ledger_url!r})
+        def hang(n):
+            if n == 1:
+                print("submitted", flush=True)
+                time.sleep(600)
+        t.run_direct(defs, {signal_id!r}, lambda v: t.HookVenue(v, hang))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            cwd=ROOT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "submitted", "the worker never submitted"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    ledger = Ledger(ledger_url)
+    try:
+        orders = ledger.orders(signal_id=signal_id)
+        assert len(orders) >= 2
+        # Killed between the venue's acknowledgement and the ledger's update of the first
+        # order: the ledger still says planned.
+        assert ledger.execution(signal_id).status == "running"  # type: ignore[union-attr]
+        # The retry (a new run of the same request) resubmits: the venue de-duplicates.
+        request = evaluate_sensor(defs, market.instance, None).run_requests[0]
+        retried = run_request(defs, market.instance, request)
+        assert retried.success
+        assert all(o.status is OrderStatus.SUBMITTED for o in ledger.orders(signal_id=signal_id))
+        assert ledger.execution(signal_id).status == "completed"  # type: ignore[union-attr]
+        fill_next_day(market, ledger_url)
+        assert len(ledger.fills(ledger_account(defs))) == len(orders)
+        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
+                          costs_of(strategy_for(defs_settings(defs))))
+    finally:
+        ledger.dispose()
+
+
+def ledger_account(defs: dg.Definitions) -> str:
+    return defs.resources["ledger"].account_id  # type: ignore[attr-defined]
+
+
+def _pg_restart() -> None:
+    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main",
+                    "restart"], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None or not os.path.isdir(
+    "/etc/postgresql"), reason="needs pg_ctlcluster to restart the local PostgreSQL")
+def test_postgres_restart_during_execution(execution_market, ledger_url) -> None:
+    market = execution_market
+    defs, signal_id = approve(market, ledger_url)
+
+    def restart(n: int) -> None:
+        if n == 1:
+            _pg_restart()
+
+    report, _ = run_direct(defs, signal_id, lambda v: HookVenue(v, restart))
+    assert report.status == "completed"
+    ledger = Ledger(ledger_url)
+    try:
+        orders = ledger.orders(signal_id=signal_id)
+        assert len(orders) >= 2
+        assert all(o.status is OrderStatus.SUBMITTED for o in orders)
+        # Running it again after the restart changes nothing.
+        again, _ = run_direct(defs, signal_id)
+        assert again.submitted == 0
+        fill_next_day(market, ledger_url)
+        assert len(ledger.fills(ledger_account(defs))) == len(orders)
+        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
+                          costs_of(strategy_for(defs_settings(defs))))
+    finally:
+        ledger.dispose()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
+                    reason="needs redis-server and redis-cli to stop and restart Redis")
+def test_redis_stopped_runs_uncached_and_locks_in_postgres(execution_market,
+                                                           ledger_url) -> None:
+    market = execution_market
+    defs, signal_id = approve(market, ledger_url)
+    warm = materialize(defs, market.instance, "target_portfolio")
+    assert materialization(warm, "target_portfolio")["cache_hits"] == 1
+    subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True,
+                   timeout=30)
+    try:
+        cold = materialize(defs, market.instance, "target_portfolio")
+        assert cold.success
+        meta = materialization(cold, "target_portfolio")
+        assert (meta["cache_hits"], meta["cache_misses"]) == (0, 1)
+        assert str(meta["cache"]).startswith("unavailable")
+        request = evaluate_sensor(defs, market.instance, None).run_requests
+        request = [r for r in request if r.run_key == signal_id]
+        executed = run_request(defs, market.instance, request[0])
+        assert executed.success
+        assert step_metadata(executed)["lock"] == "postgres"
+    finally:
+        subprocess.run(REDIS_START, check=True, capture_output=True, timeout=30)
+        for _ in range(50):
+            if subprocess.run(["redis-cli", "ping"], capture_output=True,
+                              text=True).stdout.strip() == "PONG":
+                break
+            time.sleep(0.1)
+    ledger = Ledger(ledger_url)
+    try:
+        fill_next_day(market, ledger_url)
+        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
+                          costs_of(strategy_for(defs_settings(defs))))
+        assert len(ledger.fills(ledger_account(defs))) == len(ledger.orders(
+            signal_id=signal_id))
+    finally:
+        ledger.dispose()
+
+
+def test_kill_switch_stops_a_signal_in_flight(execution_market, ledger_url) -> None:
+    market = execution_market
+    defs, signal_id = approve(market, ledger_url)
+
+    def pull(n: int) -> None:
+        if n == 1:  # the operator launches kill_switch_job while the first order is out
+            result = defs.resolve_job_def("kill_switch_job").execute_in_process(
+                instance=market.instance, run_config={"ops": {"set_kill_switch": {"config": {
+                    "engaged": True, "reason": "desk: halt all trading"}}}})
+            assert result.success
+
+    report, _ = run_direct(defs, signal_id, lambda v: HookVenue(v, pull))
+    assert report.status == "halted"
+    ledger = Ledger(ledger_url)
+    try:
+        orders = ledger.orders(signal_id=signal_id)
+        assert orders[0].status is OrderStatus.CANCELLED  # cancelled at the venue
+        assert all(o.status is OrderStatus.CANCELLED for o in orders[1:])
+        assert all("halt all trading" in (o.reason or "") for o in orders[1:])
+        assert ledger.execution(signal_id).status == "halted"  # type: ignore[union-attr]
+        actions = [r["action"] for r in ledger.audit_log()]
+        assert "kill_switch_engaged" in actions
+        assert actions.count("order_submitted") == 1
+        # Nothing fills the next day, and a retry submits nothing while the switch is on.
+        again, _ = run_direct(defs, signal_id)
+        assert again.status == "halted" and again.submitted == 0
+        fill_next_day(market, ledger_url)
+        assert ledger.fills(ledger_account(defs)) == []
+        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
+                          costs_of(strategy_for(defs_settings(defs))))
+    finally:
+        ledger.dispose()
+
+
+def test_kill_switch_by_environment_submits_nothing(execution_market, ledger_url) -> None:
+    market = execution_market
+    _, signal_id = approve(market, ledger_url)
+    halted = build(market, ledger_url, kill_switch=True)
+    request = next(r for r in evaluate_sensor(halted, market.instance, None).run_requests
+                   if r.run_key == signal_id)
+    result = run_request(halted, market.instance, request)
+    assert result.success
+    meta = step_metadata(result)
+    assert (meta["status"], meta["submitted"]) == ("halted", 0)
+    ledger = Ledger(ledger_url)
+    try:
+        assert ledger.orders(signal_id=signal_id) == []
+        rows = ledger.audit_log(entity_id=signal_id)
+        assert rows[-1]["action"] == "execution_halted"
+        assert "ETF_EXECUTION__KILL_SWITCH" in str(rows[-1]["reason"])
+    finally:
+        ledger.dispose()
+
+
+BAD = {
+    "weights_sum": {"510300": 0.6, "510500": 0.6},
+    "nan_weight": {"510300": float("nan"), "510500": 0.5},
+    "unknown_fund": {"510300": 0.5, "999999": 0.5},
+    "negative_weight": {"510300": 0.7, "510500": -0.2},
+}
+
+
+@pytest.mark.parametrize("rule", [*BAD, "stale_signal", "failed_check"])
+def test_bad_signals_are_rejected_and_never_executed(ledger_url, rule: str) -> None:
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    ledger.open_account("paper-main", 1_000_000.0, actor="test")
+    day = dt.date(2023, 12, 29)
+    facts = approval.SignalFacts(
+        strategy="etf_rotation_default", account_id="paper-main", as_of=day,
+        weights=BAD.get(rule, {"510300": 0.5, "510500": 0.5}), latest_session=day,
+        sessions_between=0, data_as_of=day, universe={"510300", "510500", "518880"},
+        halted=[], failed_checks=[])
+    if rule == "stale_signal":
+        facts = approval.SignalFacts(**{**facts.__dict__, "latest_session": dt.date(2024, 1, 3),
+                                        "sessions_between": 2})
+    if rule == "failed_check":
+        facts = approval.SignalFacts(**{**facts.__dict__, "failed_checks": [
+            "raw_bars:prices_positive (2023-12-29: failed)"]})
+    try:
+        record = approval.decide(facts, ledger, RiskLimits(), actor="test")
+        assert record.status is SignalStatus.REJECTED
+        assert rule in {r["rule"] for r in record.reasons}
+        rows = ledger.audit_log(entity_id=record.signal_id)
+        assert [r["action"] for r in rows] == ["signal_rejected"]
+        assert rule in str(rows[0]["details"]) + str(rows[0]["reason"])
+        with pytest.raises(ExecutionRefused, match="rejected"):
+            execute_signal(ledger=ledger, venue=_Unreachable(), signal_id=record.signal_id,
+                           account_id="paper-main", market=None,  # type: ignore[arg-type]
+                           limits=RiskLimits(), costs=None,  # type: ignore[arg-type]
+                           actor="test", initial_cash=1_000_000.0)
+        assert ledger.orders(signal_id=record.signal_id) == []
+    finally:
+        ledger.dispose()
+
+
+class _Unreachable:
+    """A venue that must never be reached."""
+
+    name = "unreachable"
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"venue.{name} called for a rejected signal")
+
+
+def test_failed_upstream_check_rejects_through_dagster(execution_market, ledger_url) -> None:
+    market = execution_market
+    defs = build(market, ledger_url)
+    key = dg.AssetKey("oos_backtest")
+    instance = market.instance
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=key, check_name="engine_matches_vectorbt", passed=False))
+    try:
+        result = materialize(defs, instance, "approved_signal")
+        meta = materialization(result, "approved_signal")
+        assert meta["status"] == "rejected"
+        assert meta["rejected_rules"] == ["failed_check"]
+        assert "engine_matches_vectorbt" in str(meta["reasons"])
+        ledger = Ledger(ledger_url)
+        assert ledger.orders(account_id="paper-main") == []
+        ledger.dispose()
+    finally:
+        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+            asset_key=key, check_name="engine_matches_vectorbt", passed=True))
+
+
+def test_execution_resource_is_the_interface() -> None:
+    from resources.execution import PaperExecution
+
+    assert issubclass(PaperExecution, ExecutionResource)
+    with pytest.raises(NotImplementedError):
+        ExecutionResource().venue(None, None)  # type: ignore[arg-type]

@@ -1,0 +1,184 @@
+"""The platform as our users reach it: `dagster dev` (webserver and daemon) on a
+PostgreSQL-backed instance, driven through DagsterGraphQLClient and the GraphQL API.
+
+Launches ``daily_job`` for the signal day, a partition backfill of ``raw_bars`` over a date
+range, waits for the backfill and for the execution run that ``approved_signal_sensor`` launches
+from the daemon, checks the ledger, and shuts everything down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+from trading.ledger import Ledger
+from trading.models import OrderStatus, SignalStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKFILL_RANGE = ["2023-12-18", "2023-12-19", "2023-12-20", "2023-12-21", "2023-12-22"]
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status isAssetBackfill }
+    ... on PythonError { message }
+  }
+}"""
+RUNS = """
+query Runs($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}"""
+LOCATION = """
+query { workspaceOrError { ... on Workspace { locationEntries {
+  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as exc:  # the server may not answer yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
+        DagsterGraphQLClient, int, str]]:
+    market = execution_market
+    port = free_port()
+    settings = market.settings(ledger_url)
+    env = {**os.environ,
+           "DAGSTER_HOME": str(market.home / "dagster"),
+           "ETF_HOME": str(settings.home),
+           "ETF_PARTITIONS_START": str(settings.partitions_start),
+           "ETF_POSTGRES_URL": ledger_url,
+           "ETF_REDIS_URL": str(settings.redis_url),
+           "ETF_EXECUTION__AS_OF": market.signal_day,
+           "ETF_MARKET_DATA__SOURCE": "files",
+           "ETF_MARKET_DATA__DATASET": str(market.dataset),
+           "ETF_MARKET_DATA__FILES_ROOT": str(market.shared / "cn_etf_morphkyan_raw"),
+           "GX_ANALYTICS_ENABLED": "false"}
+    log = (tmp_path / "dagster_dev.log").open("w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
+         "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for("the webserver", lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/server_info", timeout=5).status == 200, 180)
+        client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
+
+        def loaded() -> bool:
+            entries = client._execute(LOCATION)["workspaceOrError"]["locationEntries"]
+            errors = [e for e in entries
+                      if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            assert not errors, errors[0]["locationOrLoadError"]["message"]
+            return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+        wait_for("the code location", loaded, 240)
+        yield client, port, ledger_url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            pytest.fail("dagster dev did not shut down within 90 s of SIGTERM")
+        log.close()
+
+
+def test_ui_path_daily_job_backfill_sensor_execution(dagster_dev, execution_market) -> None:
+    client, _, ledger_url = dagster_dev
+    market = execution_market
+
+    # 1. daily_job for the signal day, as the schedule (or a user) launches it.
+    run_id = client.submit_job_execution(
+        "daily_job", tags={"dagster/partition": market.signal_day})
+    status = wait_for("daily_job", lambda: (s := client.get_run_status(run_id).value) in {
+        "SUCCESS", "FAILURE", "CANCELED"} and s, 600, every=3)
+    assert status == "SUCCESS"
+
+    # 2. A partition backfill of raw_bars over a week, through the GraphQL API.
+    launched = client._execute(LAUNCH_BACKFILL, {"params": {
+        "partitionNames": BACKFILL_RANGE, "assetSelection": [{"path": ["raw_bars"]}],
+        "fromFailure": False}})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def backfill_done() -> str | None:
+        state = client._execute(BACKFILL_STATUS, {"id": backfill_id})
+        status = state["partitionBackfillOrError"]["status"]
+        return status if status not in {"REQUESTED", "CANCELING", "FAILING"} else None
+
+    assert wait_for("the raw_bars backfill", backfill_done, 600, every=3) in {
+        "COMPLETED", "COMPLETED_SUCCESS"}
+
+    # 3. The daemon's sensor hands the approved signal to execution_job, exactly once.
+    ledger = Ledger(ledger_url)
+    try:
+        signals = ledger.signals(status=SignalStatus.APPROVED)
+        assert len(signals) == 1
+        signal_id = signals[0].signal_id
+
+        def execution_runs() -> list[dict[str, Any]]:
+            runs = client._execute(RUNS, {"job": "execution_job"})["runsOrError"]["results"]
+            return [r for r in runs
+                    if {"key": "dagster/run_key", "value": signal_id} in r["tags"]
+                    and r["status"] in {"SUCCESS", "FAILURE", "CANCELED"}]
+
+        finished = wait_for("the sensor-launched execution run", execution_runs, 600, every=5)
+        assert [r["status"] for r in finished] == ["SUCCESS"]
+        tags = {t["key"]: t["value"] for t in finished[0]["tags"]}
+        assert tags["dagster/sensor_name"] == "approved_signal_sensor"
+
+        # 4. The ledger: orders planned and submitted for the next session, audited.
+        orders = ledger.orders(signal_id=signal_id)
+        assert orders and all(o.status is OrderStatus.SUBMITTED for o in orders)
+        assert all(str(o.session) == market.fill_day for o in orders)
+        actions = [r["action"] for r in ledger.audit_log()]
+        assert actions.count("signal_approved") == 1
+        assert actions.count("order_submitted") == len(orders)
+        # Later daemon ticks launch nothing more for the same signal.
+        time.sleep(35)
+        runs = client._execute(RUNS, {"job": "execution_job"})["runsOrError"]["results"]
+        assert [r["runId"] for r in runs
+                if {"key": "dagster/run_key", "value": signal_id} in r["tags"]] == [
+            finished[0]["runId"]]
+    finally:
+        ledger.dispose()
