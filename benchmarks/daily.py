@@ -134,8 +134,10 @@ def main() -> int:
             daily = _in_child(env, "daily_job", SIGNAL_DAY)
             tick_started = time.perf_counter()
             sensor = defs.resolve_sensor_def("approved_signal_sensor")
-            requests = sensor(dg.build_sensor_context(instance=instance, cursor=None,
-                                                      definitions=defs)).run_requests
+            with dg.build_sensor_context(
+                    instance=instance, cursor=None, definitions=defs,
+                    resources={"ledger": defs.resources["ledger"]}) as context:
+                requests = sensor(context).run_requests
             tick = time.perf_counter() - tick_started
             assert len(requests) == 1, "no approved signal: see the approved_signal metadata"
             execution = _in_child(env, "execution_job", "",

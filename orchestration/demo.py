@@ -137,9 +137,10 @@ def _execute(settings, last_session: str) -> int:
             print(meta["reasons"].value)
             return 0
         sensor = defs.resolve_sensor_def("approved_signal_sensor")
-        requests = [r for r in sensor(dg.build_sensor_context(
-            instance=instance, definitions=defs)).run_requests
-            if r.run_key == meta["signal_id"].value]
+        with dg.build_sensor_context(instance=instance, definitions=defs,
+                                     resources={"ledger": defs.resources["ledger"]}) as tick:
+            requests = [r for r in sensor(tick).run_requests
+                        if r.run_key == meta["signal_id"].value]
         for request in requests[-1:]:
             run = defs.resolve_job_def("execution_job").execute_in_process(
                 instance=instance, run_config={**quiet, **request.run_config},

@@ -3,12 +3,16 @@
 The cursor walks the ``approved_signal`` materialisations in storage order, so no signal is
 skipped when several arrive between ticks. The run key is the signal id: a replayed tick, a
 restarted daemon or a reset cursor asks for the same keys again and Dagster launches nothing
-new; the execution itself is idempotent in the ledger as a second line of defence.
+new; the execution itself is idempotent in the ledger as a second line of defence. A
+materialisation whose signal is not approved in this deployment's ledger (e.g. recorded against
+another ledger) is skipped and logged.
 """
 
 import dagster as dg
 
 from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
+from resources.ledger import LedgerResource
+from trading.models import SignalStatus
 
 PAGE = 100
 
@@ -23,7 +27,8 @@ def approved_signal_sensor(job: dg.JobDefinition, account_id: str) -> dg.SensorD
         description="Launches execution_job once per approved signal (run key = signal id); "
         "rejected signals launch nothing.",
     )
-    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def _sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource
+                ) -> dg.SensorResult:
         found = context.instance.fetch_materializations(
             dg.AssetKey("approved_signal"), limit=PAGE, cursor=context.cursor, ascending=True)
         requests, skipped = [], []
@@ -34,6 +39,11 @@ def approved_signal_sensor(job: dg.JobDefinition, account_id: str) -> dg.SensorD
             signal_id = str(meta["signal_id"].value)
             if meta["status"].value != "approved":
                 skipped.append(signal_id)
+                continue
+            stored = ledger.ledger.signal(signal_id)
+            if stored is None or stored.status is not SignalStatus.APPROVED:
+                context.log.warning(f"approved_signal {signal_id} is not approved in the "
+                                    f"ledger of account {account_id}: not executed")
                 continue
             requests.append(dg.RunRequest(
                 run_key=signal_id,

@@ -35,7 +35,9 @@ def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, 
 def evaluate_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
                     ) -> dg.SensorResult:
     sensor = defs.resolve_sensor_def("approved_signal_sensor")
-    return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                 resources={"ledger": defs.resources["ledger"]}) as context:
+        return sensor(context)
 
 
 def run_request(defs: dg.Definitions, instance: dg.DagsterInstance,
