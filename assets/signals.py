@@ -19,7 +19,7 @@ import pandas as pd
 from assets.metadata import data_fingerprint, frame_metadata, markdown
 from resources.cache import RedisCache
 from resources.clock import ClockResource
-from resources.execution import ExecutionResource, account_lock, market_quotes
+from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation import report
@@ -181,13 +181,13 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                              "yet; materialise approved_signal first")
         first = pd.Timestamp(signals[0].as_of)
         last = market_data.calendar.latest_closed_session(clock.now())
-        quotes = market_quotes(market_data, first, last)
-        venue = execution.venue(quotes, costs)
+        seen = venue_bars(market_data, first, last)
+        venue = execution.venue(market_quotes(market_data, seen), costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
         with account_lock(cache, book, account_id, lock_timeout, context.log.warning):
             new_fills = reconcile(book, venue, account_id, actor=actor)
         fills = book.fills(account_id)
-        bars = market_data.load(first, last).bars
+        bars = seen.loc[pd.to_datetime(seen["date"]) >= first]
         daily = paper_equity(fills, bars, ledger.initial_cash, first, last)
         expected = backtest_equity(signals, bars, market_data, backtest, ledger.initial_cash,
                                    first, last)

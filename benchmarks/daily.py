@@ -19,34 +19,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import yaml
 
-from benchmarks.scratch import PG_SERVER, scratch_postgres_home
+from benchmarks.scratch import PG_SERVER, scratch_database, scratch_postgres_home
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 START, SIGNAL_DAY, PREVIOUS_DAY = "2021-01-04", "2023-12-29", "2023-12-28"
 TARGET_SECONDS = 20.0
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-
-
-def _database() -> str:
-    import psycopg
-
-    name = f"etf_bench_ledger_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _environment(root: Path, dagster_home: Path, ledger: str, last: str) -> dict[str, str]:
@@ -96,71 +79,67 @@ def main() -> int:
     from rotation import walkforward as wf
     from trading.ledger import Ledger
 
-    ledgers = [_database(), _database()]
-    try:
-        with scratch_postgres_home() as scratch:
-            os.environ.update(_environment(scratch.root, scratch.dagster_home, ledgers[0],
-                                           PREVIOUS_DAY))
-            settings = load_settings()
-            defs = build_definitions(settings)
-            instance = dg.DagsterInstance.get()
-            print("set-up: market data, research and walk-forward up to "
-                  f"{PREVIOUS_DAY} (not timed)")
-            assert run_range(defs, instance, START, PREVIOUS_DAY, log_level="WARNING").success
-            for name in ("research_job",):
-                assert defs.resolve_job_def(name).execute_in_process(
-                    instance=instance, run_config=QUIET).success
-            from assets.walk_forward import warmup_sessions
+    with scratch_database("etf_bench_ledger") as first_ledger, \
+            scratch_database("etf_bench_ledger") as second_ledger, \
+            scratch_postgres_home() as scratch:
+        os.environ.update(_environment(scratch.root, scratch.dagster_home, first_ledger,
+                                       PREVIOUS_DAY))
+        settings = load_settings()
+        defs = build_definitions(settings)
+        instance = dg.DagsterInstance.get()
+        print("set-up: market data, research and walk-forward up to "
+              f"{PREVIOUS_DAY} (not timed)")
+        assert run_range(defs, instance, START, PREVIOUS_DAY, log_level="WARNING").success
+        assert defs.resolve_job_def("research_job").execute_in_process(
+            instance=instance, run_config=QUIET).success
+        from assets.walk_forward import warmup_sessions
 
-            strategy = strategy_for(settings)
-            sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore
-                START, PREVIOUS_DAY)
-            keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
-                                                   strategy.wfo_config)]
-            assert defs.resolve_job_def("walk_forward_job").execute_in_process(
-                instance=instance, run_config=QUIET,
-                tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
-            assert defs.resolve_job_def("portfolio_job").execute_in_process(
-                instance=instance, run_config=QUIET).success
+        strategy = strategy_for(settings)
+        sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore
+            START, PREVIOUS_DAY)
+        keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
+                                               strategy.wfo_config)]
+        assert defs.resolve_job_def("walk_forward_job").execute_in_process(
+            instance=instance, run_config=QUIET,
+            tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
+        assert defs.resolve_job_def("portfolio_job").execute_in_process(
+            instance=instance, run_config=QUIET).success
 
-            # The next evening: the code location knows the new session.
-            env = _environment(scratch.root, scratch.dagster_home, ledgers[0], SIGNAL_DAY)
-            os.environ.update(env)
-            defs = build_definitions(load_settings())
-            assert keys == list(defs.resolve_job_def("walk_forward_job")
-                                .partitions_def.get_partition_keys())  # type: ignore[union-attr]
-            # The daemon's path, timed.
-            started = time.perf_counter()
-            daily = _in_child(env, "daily_job", SIGNAL_DAY)
-            tick_started = time.perf_counter()
-            sensor = defs.resolve_sensor_def("approved_signal_sensor")
-            with dg.build_sensor_context(
-                    instance=instance, cursor=None, definitions=defs,
-                    resources={"ledger": defs.resources["ledger"]}) as context:
-                requests = sensor(context).run_requests
-            tick = time.perf_counter() - tick_started
-            assert len(requests) == 1, "no approved signal: see the approved_signal metadata"
-            execution = _in_child(env, "execution_job", "",
-                                  json.dumps(requests[0].run_config))
-            ledger = Ledger(env["ETF_POSTGRES_URL"])
-            orders = ledger.orders(signal_id=requests[0].run_key)
-            ledger.dispose()
-            wall = time.perf_counter() - started
-            assert orders, "the execution run left no order in the ledger"
+        # The next evening: the code location knows the new session.
+        env = _environment(scratch.root, scratch.dagster_home, first_ledger, SIGNAL_DAY)
+        os.environ.update(env)
+        defs = build_definitions(load_settings())
+        assert keys == list(defs.resolve_job_def("walk_forward_job")
+                            .partitions_def.get_partition_keys())  # type: ignore[union-attr]
+        # The daemon's path, timed.
+        started = time.perf_counter()
+        daily = _in_child(env, "daily_job", SIGNAL_DAY)
+        tick_started = time.perf_counter()
+        sensor = defs.resolve_sensor_def("approved_signal_sensor")
+        with dg.build_sensor_context(
+                instance=instance, cursor=None, definitions=defs,
+                resources={"ledger": defs.resources["ledger"]}) as context:
+            requests = sensor(context).run_requests
+        tick = time.perf_counter() - tick_started
+        assert len(requests) == 1, "no approved signal: see the approved_signal metadata"
+        execution = _in_child(env, "execution_job", "",
+                              json.dumps(requests[0].run_config))
+        ledger = Ledger(env["ETF_POSTGRES_URL"])
+        orders = ledger.orders(signal_id=requests[0].run_key)
+        ledger.dispose()
+        wall = time.perf_counter() - started
+        assert orders, "the execution run left no order in the ledger"
 
-            # Baseline: the same two jobs in this (warm) process on a second fresh ledger.
-            os.environ["ETF_POSTGRES_URL"] = f"postgresql+psycopg://{PG_SERVER}/{ledgers[1]}"
-            warm = build_definitions(load_settings())
-            base_started = time.perf_counter()
-            assert warm.resolve_job_def("daily_job").execute_in_process(
-                instance=instance, run_config=QUIET,
-                tags={"dagster/partition": SIGNAL_DAY}).success
-            assert warm.resolve_job_def("execution_job").execute_in_process(
-                instance=instance, run_config={**QUIET, **requests[0].run_config}).success
-            baseline = time.perf_counter() - base_started
-    finally:
-        for name in ledgers:
-            _drop(name)
+        # Baseline: the same two jobs in this (warm) process on a second fresh ledger.
+        os.environ["ETF_POSTGRES_URL"] = f"postgresql+psycopg://{PG_SERVER}/{second_ledger}"
+        warm = build_definitions(load_settings())
+        base_started = time.perf_counter()
+        assert warm.resolve_job_def("daily_job").execute_in_process(
+            instance=instance, run_config=QUIET,
+            tags={"dagster/partition": SIGNAL_DAY}).success
+        assert warm.resolve_job_def("execution_job").execute_in_process(
+            instance=instance, run_config={**QUIET, **requests[0].run_config}).success
+        baseline = time.perf_counter() - base_started
     print(f"daily path (daemon-style, fresh processes): {wall:.1f} s wall — daily_job "
           f"{daily:.1f} s, sensor tick {tick:.2f} s, execution_job {execution:.1f} s; "
           f"{len(orders)} orders in the ledger")

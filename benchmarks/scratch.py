@@ -33,21 +33,27 @@ class ScratchHome:
 
 
 @contextmanager
-def scratch_postgres_home() -> Iterator[ScratchHome]:
+def scratch_database(prefix: str = "etf_bench") -> Iterator[str]:
+    """A fresh database on the local server (its name), dropped afterwards."""
     import psycopg
 
-    database = f"etf_bench_{uuid.uuid4().hex[:8]}"
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            dagster_home = Path(tmp) / "dagster"
-            dagster_home.mkdir()
-            (dagster_home / "dagster.yaml").write_text(
-                "storage:\n  postgres:\n    postgres_url: "
-                f"postgresql+psycopg2://{PG_SERVER}/{database}\ntelemetry:\n  enabled: false\n",
-                encoding="utf-8")
-            yield ScratchHome(root=Path(tmp), dagster_home=dagster_home, database=database)
+        yield database
     finally:
         with psycopg.connect(_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_postgres_home() -> Iterator[ScratchHome]:
+    with scratch_database() as database, tempfile.TemporaryDirectory() as tmp:
+        dagster_home = Path(tmp) / "dagster"
+        dagster_home.mkdir()
+        (dagster_home / "dagster.yaml").write_text(
+            "storage:\n  postgres:\n    postgres_url: "
+            f"postgresql+psycopg2://{PG_SERVER}/{database}\ntelemetry:\n  enabled: false\n",
+            encoding="utf-8")
+        yield ScratchHome(root=Path(tmp), dagster_home=dagster_home, database=database)

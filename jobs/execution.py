@@ -10,7 +10,7 @@ from pydantic import Field
 
 from resources.cache import RedisCache
 from resources.clock import ClockResource
-from resources.execution import ExecutionResource, account_lock, market_quotes
+from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation.risk import RiskLimits
@@ -47,7 +47,8 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
         raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
     day = pd.Timestamp(signal.as_of)
     calendar = market_data.calendar
-    quotes = market_quotes(market_data, day, calendar.latest_closed_session(clock.now()))
+    quotes = market_quotes(market_data, venue_bars(
+        market_data, day, calendar.latest_closed_session(clock.now())))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),

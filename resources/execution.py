@@ -74,11 +74,15 @@ def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: fl
         yield kind
 
 
-def market_quotes(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp
-                  ) -> FrameQuotes:
+def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp
+               ) -> pd.DataFrame:
     """The raw bars the paper venue sees: from a few sessions before ``first`` up to ``last``,
     the newest session closed by the clock (the market has not printed later bars yet)."""
     start = market_data.calendar.offset(first, -QUOTE_LOOKBACK_SESSIONS)
-    bars = market_data.load(start, last).bars
+    return market_data.load(start, last).bars
+
+
+def market_quotes(market_data: MarketDataResource, bars: pd.DataFrame) -> FrameQuotes:
+    """Quotes over ``bars`` (from :func:`venue_bars`) with the funds' daily price limits."""
     limits = {i.symbol: i.price_limit for i in market_data.instruments()}
     return FrameQuotes(bars, limits)

@@ -37,16 +37,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server, dropped at the end of the session."""
-    name = f"etf_test_{uuid.uuid4().hex[:10]}"
-    admin = f"postgresql://{PG_SERVER}/postgres"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable ({exc}); run `make services`")
+    name = new_database("etf_test")
     yield name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.fixture(scope="session")
@@ -86,9 +79,13 @@ EXECUTION_FILL_DAY = "2024-01-02"
 
 
 def new_database(prefix: str) -> str:
+    """A fresh, empty database on the local server (its name)."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable ({exc}); run `make services`")
     return name
 
 

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from importlib import resources
@@ -35,9 +34,9 @@ from typing import Any
 
 import dagster as dg
 import jsonschema
-import psycopg
 import pytest
 import yaml
+from conftest import PG_SERVER, drop_database, new_database
 from dagster._core.definitions.run_request import InstigatorType
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.launcher import DefaultRunLauncher
@@ -62,7 +61,6 @@ HELM_VALUES = DEPLOY / "helm" / "values.yaml"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
 BIN = Path(sys.executable).parent
 
 GRPC_PORT = 4000
@@ -131,16 +129,9 @@ def prod_instance_home(tmp_path: Path) -> Path:
 @pytest.fixture
 def fresh_pg_url() -> Iterator[str]:
     """A psycopg2 URL of a new, empty database (dropped afterwards)."""
-    name = f"etf_deploy_{uuid.uuid4().hex[:10]}"
-    admin = f"postgresql://{PG_SERVER}/postgres"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_SERVER} is not reachable ({exc}); run `make services`")
+    name = new_database("etf_deploy")
     yield f"postgresql+psycopg2://{PG_SERVER}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 def test_prod_instance_takes_its_secrets_from_the_environment() -> None:

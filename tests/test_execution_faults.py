@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from test_execution_pipeline import (
+    NoQuotes,
     evaluate_sensor,
     materialization,
     materialize,
@@ -107,13 +108,6 @@ def assert_consistent(ledger: Ledger, account: str, signal_id: str, venue_url: s
     """One venue order per ledger order, fills once each, positions and cash equal to the
     venue's book."""
     from trading.paper import PaperBroker
-
-    class NoQuotes:
-        def quote(self, symbol, session):
-            return None
-
-        def latest_session(self):
-            return None
 
     venue = PaperBroker(venue_url, NoQuotes(), costs)
     orders = ledger.orders(signal_id=signal_id)

@@ -43,6 +43,10 @@ def decide(facts: SignalFacts, ledger: Ledger, limits: RiskLimits, *, actor: str
            ) -> SignalRecord:
     """Decide and record. Re-deciding the same signal (same strategy, date and weights) returns
     the stored approval unchanged."""
+    signal_id = signal_id_of(facts.strategy, facts.as_of, facts.weights)
+    existing = ledger.signal(signal_id)
+    if existing is not None and existing.status is SignalStatus.APPROVED:
+        return existing
     previous = _previous_weights(ledger, facts)
     valuations = ledger.valuations(facts.account_id)
     drawdown = drawdown_of(valuations["equity"].tolist()) if len(valuations) else None
@@ -51,10 +55,6 @@ def decide(facts: SignalFacts, ledger: Ledger, limits: RiskLimits, *, actor: str
         sessions_between=facts.sessions_between, universe=facts.universe, halted=facts.halted,
         previous_weights=previous, failed_checks=facts.failed_checks,
         data_as_of=facts.data_as_of, drawdown=drawdown, limits=limits)
-    signal_id = signal_id_of(facts.strategy, facts.as_of, facts.weights)
-    existing = ledger.signal(signal_id)
-    if existing is not None and existing.status is SignalStatus.APPROVED:
-        return existing
     record = SignalRecord(
         signal_id=signal_id, account_id=facts.account_id, strategy=facts.strategy,
         as_of=facts.as_of, weights=dict(facts.weights),
