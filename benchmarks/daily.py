@@ -73,10 +73,9 @@ def _in_child(env: dict[str, str], *args: str) -> float:
 def main() -> int:
     import dagster as dg
 
-    from orchestration.definitions import build_definitions, strategy_for
-    from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, run_range
+    from orchestration.definitions import build_definitions
+    from orchestration.runs import rebuild_research, run_range, window_keys
     from orchestration.settings import load_settings
-    from rotation import walkforward as wf
     from trading.ledger import Ledger
 
     with scratch_database("etf_bench_ledger") as first_ledger, \
@@ -84,33 +83,19 @@ def main() -> int:
             scratch_postgres_home() as scratch:
         os.environ.update(_environment(scratch.root, scratch.dagster_home, first_ledger,
                                        PREVIOUS_DAY))
-        settings = load_settings()
-        defs = build_definitions(settings)
+        defs = build_definitions(load_settings())
         instance = dg.DagsterInstance.get()
         print("set-up: market data, research and walk-forward up to "
               f"{PREVIOUS_DAY} (not timed)")
         assert run_range(defs, instance, START, PREVIOUS_DAY, log_level="WARNING").success
-        assert defs.resolve_job_def("research_job").execute_in_process(
-            instance=instance, run_config=QUIET).success
-        from assets.walk_forward import warmup_sessions
-
-        strategy = strategy_for(settings)
-        sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore
-            START, PREVIOUS_DAY)
-        keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
-                                               strategy.wfo_config)]
-        assert defs.resolve_job_def("walk_forward_job").execute_in_process(
-            instance=instance, run_config=QUIET,
-            tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
-        assert defs.resolve_job_def("portfolio_job").execute_in_process(
-            instance=instance, run_config=QUIET).success
+        assert all(r.success for r in rebuild_research(defs, instance))
+        keys = window_keys(defs)
 
         # The next evening: the code location knows the new session.
         env = _environment(scratch.root, scratch.dagster_home, first_ledger, SIGNAL_DAY)
         os.environ.update(env)
         defs = build_definitions(load_settings())
-        assert keys == list(defs.resolve_job_def("walk_forward_job")
-                            .partitions_def.get_partition_keys())  # type: ignore[union-attr]
+        assert keys == window_keys(defs)
         # The daemon's path, timed.
         started = time.perf_counter()
         daily = _in_child(env, "daily_job", SIGNAL_DAY)

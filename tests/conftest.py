@@ -126,9 +126,8 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
                      ) -> Iterator[ExecutionMarket]:
     import yaml
 
-    from orchestration.definitions import build_definitions, strategy_for
-    from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, run_range
-    from rotation import walkforward as wf
+    from orchestration.definitions import build_definitions
+    from orchestration.runs import rebuild_research, run_range
 
     home = tmp_path_factory.mktemp("execution_home")
     config = yaml.safe_load((ROOT / "config/datasets/cn_etf_morphkyan_raw.yaml").read_text())
@@ -144,22 +143,8 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
         market = ExecutionMarket(home, dataset, instance, shared_data)
         settings = market.settings(None)
         defs = build_definitions(settings)
-        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         assert run_range(defs, instance, EXECUTION_START, EXECUTION_SIGNAL_DAY,
                          log_level="WARNING").success
-        assert defs.resolve_job_def("research_job").execute_in_process(
-            instance=instance, run_config=quiet).success
-        strategy = strategy_for(settings)
-        from assets.walk_forward import warmup_sessions
-
-        sessions = defs.resources["market_data"].calendar.sessions(  # type: ignore[attr-defined]
-            EXECUTION_START, EXECUTION_SIGNAL_DAY)
-        keys = [w.key for w in wf.wfo_windows(sessions[warmup_sessions(strategy):],
-                                               strategy.wfo_config)]
-        assert defs.resolve_job_def("walk_forward_job").execute_in_process(
-            instance=instance, run_config=quiet,
-            tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}).success
-        assert defs.resolve_job_def("portfolio_job").execute_in_process(
-            instance=instance, run_config=quiet).success
+        assert all(r.success for r in rebuild_research(defs, instance))
         yield market
     drop_database(name)
