@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: env demo dev test lint services bench clean
+.PHONY: env demo dev test lint typecheck services bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required, found " + sys.version' 
@@ -29,8 +29,11 @@ test: env services  ## every test, on the real PostgreSQL and Redis
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
 	exit $$status
 
-lint: env
+lint: env  ## ruff over the repository
 	$(VENV)/bin/ruff check .
+
+typecheck: env  ## mypy over the Dagster-free packages ([tool.mypy] in pyproject.toml)
+	$(VENV)/bin/mypy
 
 bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.backfill

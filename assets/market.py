@@ -92,10 +92,8 @@ def market_assets(
             )
         history_from = calendar.offset(first, -quality_config.lookback_sessions)
         cache_stats = CacheStats()
-        loaded = cache.cached("bars", (market_data.label, history_from, last),
-                              market_data.source_version(),
-                              lambda: market_data.load(history_from, last), cache_stats,
-                              warn=context.log.warning)
+        loaded = market_data.load_cached(cache, history_from, last, cache_stats,
+                                         warn=context.log.warning)
         context.log.info(
             f"{market_data.label}: {len(loaded.bars)} rows {history_from.date()}..{last.date()} "
             f"(history from {history_from.date()} for context), {len(loaded.issues)} issue(s)"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from assets.metadata import data_fingerprint, frame_metadata, markdown
-from resources.cache import RedisCache
+from resources.cache import CacheStats, RedisCache
 from resources.clock import ClockResource
 from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
 from resources.ledger import LedgerResource
@@ -94,7 +94,7 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
 
 def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence[GuardingCheck],
                   *, account_id: str, backtest: BacktestConfig, costs: Costs,
-                  lock_timeout: float, parity_tolerance: float
+                  lock_timeout: float, parity_tolerance: float, quote_lookback_sessions: int
                   ) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
@@ -181,7 +181,10 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                              "yet; materialise approved_signal first")
         first = pd.Timestamp(signals[0].as_of)
         last = market_data.calendar.latest_closed_session(clock.now())
-        seen = venue_bars(market_data, first, last)
+        cache_stats = CacheStats()
+        seen = venue_bars(market_data, cache, first, last,
+                          lookback_sessions=quote_lookback_sessions, stats=cache_stats,
+                          warn=context.log.warning)
         venue = execution.venue(market_quotes(market_data, seen), costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
         with account_lock(cache, book, account_id, lock_timeout, context.log.warning):
@@ -215,6 +218,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "new_fills": dg.MetadataValue.int(new_fills),
             "approved_signals": dg.MetadataValue.int(len(signals)),
             "equity_plot": dg.MetadataValue.md(report.markdown_image(png, "paper vs backtest")),
+            **cache_stats.metadata(),
         })
         yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= parity_tolerance,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(worst),

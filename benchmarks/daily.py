@@ -6,7 +6,8 @@ researched through ``target_portfolio`` on a PostgreSQL-backed instance, a fresh
 Timed, the way the daemon does it: ``daily_job`` for the new session in a fresh process (the
 run worker: imports, code location, run), one tick of ``approved_signal_sensor``, and
 ``execution_job`` for the signal it requests in a fresh process; then the orders are read back
-from the ledger. The baseline, in this process, is the same two jobs executed in process on a
+from the ledger. The Redis cache starts empty, so ``raw_bars`` fetches the new session from
+the files and the execution reads those bars back from the cache. The baseline, in this process, is the same two jobs executed in process on a
 warm interpreter against a second fresh ledger: the ratio is the price of process isolation.
 
     python -m benchmarks.daily
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 START, SIGNAL_DAY, PREVIOUS_DAY = "2021-01-04", "2023-12-29", "2023-12-28"
 TARGET_SECONDS = 20.0
+REDIS_URL = "redis://127.0.0.1:6379/4"  # this benchmark's own database, emptied at the start
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -41,7 +43,7 @@ def _environment(root: Path, dagster_home: Path, ledger: str, last: str) -> dict
     return {"DAGSTER_HOME": str(dagster_home), "ETF_HOME": str(root / "etf_home"),
             "ETF_PARTITIONS_START": START,
             "ETF_POSTGRES_URL": f"postgresql+psycopg://{PG_SERVER}/{ledger}",
-            "ETF_REDIS_URL": "redis://127.0.0.1:6379/4",
+            "ETF_REDIS_URL": REDIS_URL,
             "ETF_EXECUTION__AS_OF": SIGNAL_DAY, "ETF_MARKET_DATA__SOURCE": "files",
             "ETF_MARKET_DATA__DATASET": str(dataset),
             "ETF_MARKET_DATA__FILES_ROOT": str(SHARED / "cn_etf_morphkyan_raw"),
@@ -72,12 +74,16 @@ def _in_child(env: dict[str, str], *args: str) -> float:
 
 def main() -> int:
     import dagster as dg
+    import redis
 
     from orchestration.definitions import build_definitions
     from orchestration.runs import rebuild_research, run_range, window_keys
     from orchestration.settings import load_settings
     from trading.ledger import Ledger
 
+    # An earlier run's cache would serve raw_bars the new session's fetch; the daemon's evening
+    # has only what the set-up put there (the execution then reads what raw_bars cached).
+    redis.Redis.from_url(REDIS_URL).flushdb()
     with scratch_database("etf_bench_ledger") as first_ledger, \
             scratch_database("etf_bench_ledger") as second_ledger, \
             scratch_postgres_home() as scratch:

@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from resources.cache import RedisCache
+from resources.cache import CacheStats, RedisCache
 from resources.clock import ClockResource
 from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
 from resources.ledger import LedgerResource
@@ -34,13 +34,15 @@ class KillSwitchConfig(dg.Config):
 def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
                market_data: MarketDataResource, cache: RedisCache, clock: ClockResource,
                account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
-               lock_timeout: float, actor: str, dagster_run_id: str | None,
-               warn: Callable[[str], None],
+               lock_timeout: float, quote_lookback_sessions: int, actor: str,
+               dagster_run_id: str | None, warn: Callable[[str], None],
+               cache_stats: CacheStats,
                wrap_venue: Callable[[ExecutionVenue], ExecutionVenue] | None = None
                ) -> tuple[ExecutionReport, str]:
     """Execute one signal under the account lock with the resources' venue and market view
     (what ``execute_signal_op`` runs; ``wrap_venue`` decorates the venue, e.g. to audit or to
-    inject faults in tests). Returns the report and the lock that was held."""
+    inject faults in tests). Returns the report and the lock that was held; the bar cache's
+    use is counted in ``cache_stats``."""
     book = ledger.ledger
     signal = book.signal(signal_id)
     if signal is None:
@@ -48,7 +50,8 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     day = pd.Timestamp(signal.as_of)
     calendar = market_data.calendar
     quotes = market_quotes(market_data, venue_bars(
-        market_data, day, calendar.latest_closed_session(clock.now())))
+        market_data, cache, day, calendar.latest_closed_session(clock.now()),
+        lookback_sessions=quote_lookback_sessions, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
@@ -65,7 +68,8 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
 
 
 def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
-                   lock_timeout: float) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+                   lock_timeout: float, quote_lookback_sessions: int
+                   ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
 
     @dg.op(
         out=dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is this "
@@ -80,13 +84,15 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
                           ledger: LedgerResource, execution: ExecutionResource,
                           market_data: MarketDataResource, cache: RedisCache,
                           clock: ClockResource) -> dg.Output[None]:
+        cache_stats = CacheStats()
         try:
             result, lock = run_signal(
                 config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
                 cache=cache, clock=clock, account_id=account_id, initial_cash=initial_cash,
                 costs=costs, limits=limits, lock_timeout=lock_timeout,
+                quote_lookback_sessions=quote_lookback_sessions,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
-                warn=context.log.warning)
+                warn=context.log.warning, cache_stats=cache_stats)
         except ExecutionRefused as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
         signal_id = config.signal_id
@@ -108,6 +114,7 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
             "new_fills": dg.MetadataValue.int(result.new_fills),
             "summary": dg.MetadataValue.json(result.summary()),
             "orders": dg.MetadataValue.md(markdown(orders, 60) if len(orders) else "none"),
+            **cache_stats.metadata(),
         })
 
     @dg.job(

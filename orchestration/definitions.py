@@ -90,13 +90,16 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
     """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
     ex = settings.execution
     costs = costs_of(strategy)
+    # The venue sees bars from the quality gate's lookback, the range raw_bars loaded.
+    quote_lookback = settings.quality.lookback_sessions
     execution_job, kill_switch_job = execution_jobs(
         account_id=ex.account_id, initial_cash=ex.initial_cash, costs=costs, limits=ex.risk,
-        lock_timeout=ex.lock_timeout_seconds)
+        lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=quote_lookback)
     assets = signal_assets(strategy, ex.risk, guarding_checks(guarded),
                            account_id=ex.account_id, backtest=strategy.backtest_config(),
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
-                           parity_tolerance=ex.parity_tolerance)
+                           parity_tolerance=ex.parity_tolerance,
+                           quote_lookback_sessions=quote_lookback)
     return dg.Definitions(assets=assets, jobs=[execution_job, kill_switch_job],
                           sensors=[approved_signal_sensor(execution_job, ex.account_id)])
 

@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 import dagster as dg
 import pandas as pd
 
-from resources.cache import LockUnavailable, RedisCache
+from resources.cache import CacheStats, LockUnavailable, RedisCache
 from resources.market_data import MarketDataResource
 from trading.ledger import Ledger
 from trading.models import Costs
@@ -53,10 +53,6 @@ class PaperExecution(ExecutionResource):
         return broker if self.twap_slices == 1 else TwapVenue(broker, slices=self.twap_slices)
 
 
-# Bars before the first session the venue needs for previous closes (limit detection).
-QUOTE_LOOKBACK_SESSIONS = 5
-
-
 @contextmanager
 def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: float,
                  warn: Callable[[str], None]) -> Iterator[str]:
@@ -74,12 +70,17 @@ def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: fl
         yield kind
 
 
-def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp
-               ) -> pd.DataFrame:
-    """The raw bars the paper venue sees: from a few sessions before ``first`` up to ``last``,
-    the newest session closed by the clock (the market has not printed later bars yet)."""
-    start = market_data.calendar.offset(first, -QUOTE_LOOKBACK_SESSIONS)
-    return market_data.load(start, last).bars
+def venue_bars(market_data: MarketDataResource, cache: RedisCache, first: pd.Timestamp,
+               last: pd.Timestamp, *, lookback_sessions: int, stats: CacheStats,
+               warn: Callable[[str], None]) -> pd.DataFrame:
+    """The raw bars the paper venue sees: from ``lookback_sessions`` before ``first`` (previous
+    closes, for limit detection) up to ``last``, the newest session closed by the clock (the
+    market has not printed later bars yet).
+
+    With the quality gate's lookback, a signal's execution on its evening asks for exactly the
+    range ``raw_bars`` loaded for that session, and reads it from the cache."""
+    start = market_data.calendar.offset(first, -lookback_sessions)
+    return market_data.load_cached(cache, start, last, stats, warn=warn).bars
 
 
 def market_quotes(market_data: MarketDataResource, bars: pd.DataFrame) -> FrameQuotes:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 
 from rotation.bars import Instrument, LoadResult
 from rotation.calendar import TradingCalendar, get_calendar
+
+if TYPE_CHECKING:
+    from resources.cache import CacheStats, RedisCache
 
 
 class MarketDataResource(dg.ConfigurableResource):
@@ -47,6 +52,15 @@ class MarketDataResource(dg.ConfigurableResource):
     def source_version(self) -> str:
         """Changes whenever what ``load`` returns may change: the cache key's data version."""
         raise NotImplementedError
+
+    def load_cached(self, cache: RedisCache, start: pd.Timestamp, end: pd.Timestamp,
+                    stats: CacheStats, warn: Callable[[str], None] | None = None) -> LoadResult:
+        """:meth:`load` through the Redis cache, keyed by this source, the range and
+        :meth:`source_version` (what ``raw_bars`` fetched for a session, the execution that
+        evening reads back instead of parsing the source again)."""
+        days = (pd.Timestamp(start).date().isoformat(), pd.Timestamp(end).date().isoformat())
+        return cache.cached("bars", (self.label, *days), self.source_version(),
+                            lambda: self.load(start, end), stats, warn=warn)
 
     def instruments(self) -> list[Instrument]:
         raise NotImplementedError

@@ -10,9 +10,12 @@ the row came from, so every quality failure can name it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pandas as pd
 
+# What a source's prices are: as traded, or adjusted forward (qfq) / backward (hfq).
+PriceBasis = Literal["raw", "forward_adjusted", "backward_adjusted"]
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("date", "symbol", *PRICE_COLUMNS, "volume", "amount", "adj_factor", "source")
 ISSUE_COLUMNS = ("source", "symbol", "date", "column", "rule", "message")

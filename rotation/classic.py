@@ -65,9 +65,9 @@ def _require_fast_below_slow(fast: int, slow: int) -> None:
 
 @pydantic_dataclass(frozen=True, config=_CFG)
 class MACrossConfig:
-    fast: int = Field(5, ge=1)
-    slow: int = Field(20, ge=2)
-    max_weight: float | None = Field(None, gt=0, le=1)
+    fast: int = Field(default=5, ge=1)
+    slow: int = Field(default=20, ge=2)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
@@ -76,10 +76,10 @@ class MACrossConfig:
 
 @pydantic_dataclass(frozen=True, config=_CFG)
 class MACDConfig:
-    fast: int = Field(12, ge=1)
-    slow: int = Field(26, ge=2)
-    signal: int = Field(9, ge=1)
-    max_weight: float | None = Field(None, gt=0, le=1)
+    fast: int = Field(default=12, ge=1)
+    slow: int = Field(default=26, ge=2)
+    signal: int = Field(default=9, ge=1)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
@@ -88,18 +88,18 @@ class MACDConfig:
 
 @pydantic_dataclass(frozen=True, config=_CFG)
 class BollingerConfig:
-    window: int = Field(20, ge=2)
-    k_std: float = Field(2.0, gt=0)
-    max_weight: float | None = Field(None, gt=0, le=1)
+    window: int = Field(default=20, ge=2)
+    k_std: float = Field(default=2.0, gt=0)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
     rebalance: Rebalance = "on_change"
 
 
 @pydantic_dataclass(frozen=True, config=_CFG)
 class RSIConfig:
-    window: int = Field(14, ge=1)
-    low: float = Field(30.0, ge=0, le=100)
-    high: float = Field(70.0, ge=0, le=100)
-    max_weight: float | None = Field(None, gt=0, le=1)
+    window: int = Field(default=14, ge=1)
+    low: float = Field(default=30.0, ge=0, le=100)
+    high: float = Field(default=70.0, ge=0, le=100)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
@@ -112,10 +112,10 @@ class GridConfig:
     """``step``: grid spacing (relative); ``n_levels``: steps from flat to ``max_weight``;
     ``initial_levels``: steps held at the reference price (default ``n_levels // 2``)."""
 
-    step: float = Field(0.05, gt=0, lt=1)
-    n_levels: int = Field(4, ge=1)
-    initial_levels: int | None = Field(None, ge=0)
-    max_weight: float | None = Field(None, gt=0, le=1)
+    step: float = Field(default=0.05, gt=0, lt=1)
+    n_levels: int = Field(default=4, ge=1)
+    initial_levels: int | None = Field(default=None, ge=0)
+    max_weight: float | None = Field(default=None, gt=0, le=1)
     rebalance: Rebalance = "on_change"
 
     def __post_init__(self) -> None:
@@ -315,9 +315,10 @@ def classic_exposure(name: str, panels: Panels | pd.DataFrame,
         initial = cfg.n_levels // 2 if cfg.initial_levels is None else cfg.initial_levels
         vals = _grid_levels(p.array("close"), cfg.step, cfg.n_levels, initial) / cfg.n_levels
     else:
-        fn = {"ma_cross": _ma_cross_exposure, "macd": _macd_exposure,
-              "bollinger": _bollinger_exposure, "rsi": _rsi_exposure}[name]
-        vals = fn(p, cfg)
+        exposures: dict[str, Callable[[Panels, Any], np.ndarray]] = {
+            "ma_cross": _ma_cross_exposure, "macd": _macd_exposure,
+            "bollinger": _bollinger_exposure, "rsi": _rsi_exposure}
+        vals = exposures[name](p, cfg)
     return _frame(np.asarray(vals, dtype=np.float64), p)
 
 

@@ -23,7 +23,6 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 TRADING_DAYS = 252
 DEFAULT_MIN_OBS = 5
@@ -525,6 +524,8 @@ def ic_summary(ic: pd.Series, horizon: int, direction: int = 1) -> dict[str, flo
     icir = mean / std if n > 1 and std > 0 else np.nan
     se = newey_west_se(x, lag)
     t_nw = mean / se if np.isfinite(se) and se > 0 else np.nan
+    from scipy import stats  # seconds to import: only where a summary is made
+
     p_value = float(2.0 * stats.norm.sf(abs(t_nw))) if np.isfinite(t_nw) else np.nan
     return {
         "horizon": float(horizon),

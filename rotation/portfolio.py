@@ -74,21 +74,21 @@ class PortfolioConfig:
     defensive fund is set. ``abs_mom_window=None`` disables the filter.
     """
 
-    top_n: int = Field(3, ge=1)
-    buffer: int = Field(2, ge=0)
-    min_hold_days: int = Field(5, ge=0)
-    rebalance_every: int = Field(5, ge=1)
+    top_n: int = Field(default=3, ge=1)
+    buffer: int = Field(default=2, ge=0)
+    min_hold_days: int = Field(default=5, ge=0)
+    rebalance_every: int = Field(default=5, ge=1)
     weighting: Weighting = "equal"
-    max_weight: float = Field(0.4, gt=0, le=1)
-    vol_window: int = Field(20, ge=2)
-    regime_window: int = Field(20, ge=2)
-    regime_lookback: int = Field(252, ge=2)
-    regime_min_periods: int = Field(60, ge=1)
+    max_weight: float = Field(default=0.4, gt=0, le=1)
+    vol_window: int = Field(default=20, ge=2)
+    regime_window: int = Field(default=20, ge=2)
+    regime_lookback: int = Field(default=252, ge=2)
+    regime_min_periods: int = Field(default=60, ge=1)
     regime_levels: tuple[tuple[_Unit, _Unit], ...] = ((0.8, 0.5), (0.95, 0.0))
-    abs_mom_window: int | None = Field(60, ge=1)
-    abs_mom_threshold: float = Field(0.0, ge=-1, allow_inf_nan=False)
-    defensive_symbol: str | None = Field(None, min_length=1)
-    defensive_max_weight: float | None = Field(None, gt=0, le=1)
+    abs_mom_window: int | None = Field(default=60, ge=1)
+    abs_mom_threshold: float = Field(default=0.0, ge=-1, allow_inf_nan=False)
+    defensive_symbol: str | None = Field(default=None, min_length=1)
+    defensive_max_weight: float | None = Field(default=None, gt=0, le=1)
 
     # Messages below do not repeat the field name: the error location names it (here the flat
     # field, in a strategy file the nested key, e.g. ``portfolio.regime.levels``).

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.bars import PRICE_COLUMNS, Instrument, empty_issues
 from rotation.calendar import TradingCalendar
+
+if TYPE_CHECKING:  # GX takes seconds to import: only where a validation runs
+    from great_expectations.expectations import Expectation
 
 TICK = 0.001  # exchange tick for funds (CNY)
 
@@ -73,16 +77,16 @@ RULES_BY_NAME = {rule.name: rule for rule in RULES}
 class QualityConfig:
     """Tolerances of the rules (validated; also the ``quality`` settings section)."""
 
-    max_stale_days: int = Field(5, ge=1)
-    max_gap_sessions: int = Field(5, ge=0)
+    max_stale_days: int = Field(default=5, ge=1)
+    max_gap_sessions: int = Field(default=5, ge=0)
     # Slack on the price limit beyond one tick: noisy vendor adjustment factors.
-    limit_slack: float = Field(0.002, ge=0, le=0.05)
+    limit_slack: float = Field(default=0.002, ge=0, le=0.05)
     # Relative slack of the VWAP band (bond funds quote with accrued interest).
-    vwap_slack: float = Field(0.05, ge=0, le=0.5)
+    vwap_slack: float = Field(default=0.05, ge=0, le=0.5)
     # Funds without an exchange limit (cross-border) still cannot move this much unexplained.
-    unlimited_move_bound: float = Field(0.25, gt=0, le=1)
+    unlimited_move_bound: float = Field(default=0.25, gt=0, le=1)
     # Sessions of history read before a partition so history-based rules see context.
-    lookback_sessions: int = Field(10, ge=1)
+    lookback_sessions: int = Field(default=10, ge=1)
 
 
 @dataclass
@@ -165,13 +169,13 @@ def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame
     return frame.join(derived)
 
 
-def _expectations(ctx: QualityContext) -> list[tuple[str, object]]:
+def _expectations(ctx: QualityContext) -> list[tuple[str, Expectation]]:
     import great_expectations as gx
 
     e = gx.expectations
     cfg = ctx.config
     universe = sorted({i.symbol for i in ctx.instruments})
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, Expectation]] = []
     for col in PRICE_COLUMNS:
         out.append(("prices_present", e.ExpectColumnValuesToNotBeNull(column=col)))
         out.append(
@@ -209,7 +213,9 @@ def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("market_data")
     asset = source.add_dataframe_asset("bars")
     batch_def = asset.add_batch_definition_whole_dataframe("frame")
@@ -226,11 +232,14 @@ def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
     )
     offending: dict[str, set[int]] = {}
     for res in result.results:
-        rule = res.expectation_config.meta["rule"]
+        config = res.expectation_config
+        if config is None or not config.meta:
+            raise RuntimeError("GX returned a validation result without its expectation")
+        rule = config.meta["rule"]
         rows = offending.setdefault(rule, set())
         if res.exception_info and res.exception_info.get("raised_exception"):
             raise RuntimeError(
-                f"quality rule {rule}: expectation {res.expectation_config.type} raised "
+                f"quality rule {rule}: expectation {config.type} raised "
                 f"{res.exception_info.get('exception_message')}"
             )
         for item in res.result.get("unexpected_index_list") or []:

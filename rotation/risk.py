@@ -84,20 +84,23 @@ class RiskLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # 50 %: a top-2 equal-weight portfolio (the smallest top-N the searches consider) passes.
-    max_weight: float = Field(0.50, gt=0, le=1, description="max target weight per fund")
-    max_gross_exposure: float = Field(1.0, gt=0, le=1, description="max Σ|weight|")
+    max_weight: float = Field(default=0.50, gt=0, le=1, description="max target weight per fund")
+    max_gross_exposure: float = Field(default=1.0, gt=0, le=1, description="max Σ|weight|")
     max_turnover: float = Field(
-        1.0, ge=0, le=1, description="max Σ|w_new − w_old| / 2 per signal (1 = full rotation)")
+        default=1.0, ge=0, le=1,
+        description="max Σ|w_new − w_old| / 2 per signal (1 = full rotation)")
     drawdown_stop: float = Field(
-        0.25, gt=0, le=1, description="no new signal while account drawdown ≥ this")
+        default=0.25, gt=0, le=1, description="no new signal while account drawdown ≥ this")
     max_signal_age_sessions: int = Field(
-        0, ge=0, description="sessions a signal may lag the latest session (0 = same session)")
-    max_order_notional: float = Field(500_000.0, gt=0, description="CNY per order")
-    max_daily_notional: float = Field(2_000_000.0, gt=0, description="CNY traded per day")
+        default=0, ge=0,
+        description="sessions a signal may lag the latest session (0 = same session)")
+    max_order_notional: float = Field(default=500_000.0, gt=0, description="CNY per order")
+    max_daily_notional: float = Field(default=2_000_000.0, gt=0, description="CNY traded per day")
     price_band: float = Field(
-        0.10, gt=0, lt=1, description="max |reference price / last close − 1|")
-    weight_tolerance: float = Field(1e-6, ge=0, le=1e-2, description="float slack of weights")
-    lot_size: int = Field(100, ge=1, description="units per lot")
+        default=0.10, gt=0, lt=1, description="max |reference price / last close − 1|")
+    weight_tolerance: float = Field(default=1e-6, ge=0, le=1e-2,
+                                    description="float slack of weights")
+    lot_size: int = Field(default=100, ge=1, description="units per lot")
 
 
 @dataclass(frozen=True)

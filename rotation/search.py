@@ -550,7 +550,9 @@ def search_window(panel: SearchPanel, factors: Sequence[str], start: object, end
     combos = combinations(len(idx), space.min_factors, space.max_factors)
     mapped = np.where(combos >= 0, idx[np.maximum(combos, 0)], -1)
     params = space.params()
-    metrics = search_window_nb(panel.signed, mapped, params, a, b, *panel._common(),
+    # numba's stub cannot match a star-expanded argument tuple to the kernel's signature.
+    metrics = search_window_nb(panel.signed, mapped, params, a, b,  # type: ignore[call-arg]
+                               *panel._common(),
                                panel.price, panel.tradable, panel.close, costs.init_cash,
                                costs.fees, costs.slippage)
     n_c, n_p = len(combos), len(params)

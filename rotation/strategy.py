@@ -199,11 +199,11 @@ class ScreeningConfig(BaseModel):
 
     model_config = _MODEL
 
-    horizon: int | None = Field(None, ge=1)
-    min_abs_ic: float = Field(0.02, ge=0, lt=1)
-    min_positive_rate: float = Field(0.5, ge=0, le=1)
-    fdr_alpha: float = Field(0.05, gt=0, lt=1)
-    max_corr: float = Field(0.7, gt=0, le=1)
+    horizon: int | None = Field(default=None, ge=1)
+    min_abs_ic: float = Field(default=0.02, ge=0, lt=1)
+    min_positive_rate: float = Field(default=0.5, ge=0, le=1)
+    fdr_alpha: float = Field(default=0.05, gt=0, lt=1)
+    max_corr: float = Field(default=0.7, gt=0, le=1)
 
 
 class WfoSection(BaseModel):
@@ -211,11 +211,11 @@ class WfoSection(BaseModel):
 
     model_config = _MODEL
 
-    in_sample: int = Field(252, ge=60)
-    out_of_sample: int = Field(60, ge=1)
-    step: int = Field(60, ge=1)
+    in_sample: int = Field(default=252, ge=60)
+    out_of_sample: int = Field(default=60, ge=1)
+    step: int = Field(default=60, ge=1)
     mode: Literal["rolling", "anchored"] = "rolling"
-    embargo: int = Field(0, ge=0)
+    embargo: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _no_gaps(self) -> WfoSection:
@@ -231,9 +231,9 @@ class ScoreWeights(BaseModel):
 
     model_config = _MODEL
 
-    annual_return: float = Field(0.4, ge=0, le=1)
-    sharpe: float = Field(0.3, ge=0, le=1)
-    max_drawdown: float = Field(0.3, ge=0, le=1)
+    annual_return: float = Field(default=0.4, ge=0, le=1)
+    sharpe: float = Field(default=0.3, ge=0, le=1)
+    max_drawdown: float = Field(default=0.3, ge=0, le=1)
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> ScoreWeights:
@@ -253,14 +253,14 @@ class SearchConfig(BaseModel):
 
     model_config = _MODEL
 
-    min_factors: int = Field(2, ge=1)
-    max_factors: int = Field(3, ge=1)
+    min_factors: int = Field(default=2, ge=1)
+    max_factors: int = Field(default=3, ge=1)
     top_n: tuple[int, ...] = (3, 4, 5)
     rebalance_every: tuple[int, ...] = (5, 10, 20)
     weightings: tuple[Weighting, ...] = ("equal", "inverse_vol")
-    complexity_penalty: float = Field(0.02, ge=0, le=1)
+    complexity_penalty: float = Field(default=0.02, ge=0, le=1)
     score_weights: ScoreWeights = Field(default_factory=ScoreWeights)
-    finalists: int = Field(10, ge=1)
+    finalists: int = Field(default=10, ge=1)
 
     @field_validator("top_n", "rebalance_every")
     @classmethod
@@ -305,12 +305,12 @@ class CostConfig(BaseModel):
 
     model_config = _MODEL
 
-    commission_bps: float = Field(2.0, ge=0, allow_inf_nan=False)
-    min_commission: float = Field(5.0, ge=0, allow_inf_nan=False)
-    slippage_bps: float = Field(5.0, ge=0, le=200, allow_inf_nan=False)
-    stamp_duty_bps: float = Field(0.0, ge=0, le=10, allow_inf_nan=False)
-    lot_size: int = Field(100, ge=1)
-    initial_cash: float = Field(1_000_000.0, gt=0, allow_inf_nan=False)
+    commission_bps: float = Field(default=2.0, ge=0, allow_inf_nan=False)
+    min_commission: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    slippage_bps: float = Field(default=5.0, ge=0, le=200, allow_inf_nan=False)
+    stamp_duty_bps: float = Field(default=0.0, ge=0, le=10, allow_inf_nan=False)
+    lot_size: int = Field(default=100, ge=1)
+    initial_cash: float = Field(default=1_000_000.0, gt=0, allow_inf_nan=False)
 
     @field_validator("commission_bps")
     @classmethod
@@ -525,13 +525,14 @@ def _factor_entries(value: Any) -> tuple[FactorSpec, ...]:
         if isinstance(entry, FactorSpec):
             spec = entry
         elif isinstance(entry, str):
-            spec = _DEFAULTS_BY_NAME.get(entry)
-            if spec is None:
+            known = _DEFAULTS_BY_NAME.get(entry)
+            if known is None:
                 close = difflib.get_close_matches(entry, _DEFAULTS_BY_NAME, n=3)
                 hint = f"; did you mean {close}?" if close else ""
                 raise ValueError(f"[{i}]: {entry!r} is not a factor of the reference set{hint} "
                                  "(give a full entry {name, kernel, params, unit, direction} "
                                  "for a new factor)")
+            spec = known
         elif isinstance(entry, Mapping):
             try:
                 spec = factor_spec(entry, where=f"[{i}]")
@@ -710,7 +711,7 @@ class StrategyConfig(BaseModel):
         """:class:`rotation.portfolio.PortfolioConfig` of the rules (:attr:`portfolio`, whose
         ``defensive_symbol`` is ``universe.defensive``), optionally with one search candidate's
         top-N, rebalance frequency and weighting (validated)."""
-        overrides = {key: value for key, value in (("top_n", top_n),
+        overrides: dict[str, Any] = {key: value for key, value in (("top_n", top_n),
                                                    ("rebalance_every", rebalance_every),
                                                    ("weighting", weighting))
                      if value is not None}

@@ -18,13 +18,13 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class WfoConfig:
-    in_sample: int = Field(252, ge=20)
-    out_of_sample: int = Field(60, ge=1)
-    step: int = Field(60, ge=1)
+    in_sample: int = Field(default=252, ge=20)
+    out_of_sample: int = Field(default=60, ge=1)
+    step: int = Field(default=60, ge=1)
     mode: Literal["rolling", "anchored"] = "rolling"
     # Longest label horizon used in-sample: purge = horizon + 1 sessions (T1_OPEN labels).
-    horizon: int = Field(20, ge=0)
-    embargo: int = Field(0, ge=0)
+    horizon: int = Field(default=20, ge=0)
+    embargo: int = Field(default=0, ge=0)
 
     @property
     def purge(self) -> int:

@@ -21,6 +21,7 @@ from rotation.cross_section import (
     market_beta,
     neutralize,
     process,
+    row_quantile,
     standardize,
     wide,
     winsorize,
@@ -58,6 +59,23 @@ def test_winsorize_quantile(panel: pd.DataFrame) -> None:
         np.testing.assert_allclose(out.loc[date].to_numpy(), expected.to_numpy(), rtol=1e-12)
     assert out.iloc[0, 3] < 25.0 and out.iloc[1, 5] > -40.0  # the outliers were pulled in
     assert out.isna().equals(panel.isna())  # holes stay holes, nothing filled
+
+
+@pytest.mark.parametrize("q", [0.0, 0.025, 0.1, 1 / 3, 0.5, 0.9, 0.975, 1.0])
+def test_row_quantile_equals_numpy_nanquantile(q: float) -> None:
+    rng = np.random.default_rng(11)
+    values = rng.standard_t(3, size=(300, 37))
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[5, :] = np.nan           # nobody
+    values[6, 1:] = np.nan          # one fund
+    values[7, 2:] = np.nan          # two funds
+    values[8, :] = 1.5              # ties only
+    values[9, 3] = np.inf           # an infinite value sorts like numpy's
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # numpy: all-NaN slice
+        expected = np.nanquantile(values, q, axis=1, keepdims=True)
+    got = row_quantile(values, q)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)  # bit for bit, NaN where numpy has NaN
 
 
 def test_winsorize_mad(panel: pd.DataFrame) -> None:

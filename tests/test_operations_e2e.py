@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
@@ -174,6 +175,13 @@ def test_ui_path_daily_job_backfill_sensor_execution(dagster_dev, execution_mark
         actions = [r["action"] for r in ledger.audit_log()]
         assert actions.count("signal_approved") == 1
         assert actions.count("order_submitted") == len(orders)
+        # The execution read the session's bars from the cache that daily_job's raw_bars
+        # filled, instead of parsing the source files again.
+        outputs = market.instance.all_logs(finished[0]["runId"],
+                                           of_type=dg.DagsterEventType.STEP_OUTPUT)
+        (metadata,) = [e.dagster_event.step_output_data.metadata for e in outputs]
+        assert metadata["cache"].value == "ok"
+        assert (metadata["cache_hits"].value, metadata["cache_misses"].value) == (1, 0)
         # Later daemon ticks launch nothing more for the same signal.
         time.sleep(35)
         runs = client._execute(RUNS, {"job": "execution_job"})["runsOrError"]["results"]

@@ -228,7 +228,7 @@ def _record_children(ledger: Ledger, venue: ExecutionVenue, parent: OrderRecord,
     children_of = getattr(venue, "children", None)
     if children_of is None:
         return
-    children = []
+    children: list[OrderRecord] = []
     for child_id in children_of(parent.order_id):
         remote = venue.order(child_id)
         if remote is None:

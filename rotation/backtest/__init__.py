@@ -52,13 +52,13 @@ DEFAULT_PRICE_LIMIT = 0.10
 class BacktestConfig:
     """Costs and trading rules (validated). ``tick`` is the limit-check tolerance in raw CNY."""
 
-    commission_bps: float = Field(2.0, ge=0)
-    min_commission: float = Field(5.0, ge=0)
-    slippage_bps: float = Field(0.0, ge=0)
-    lot_size: int = Field(100, ge=1)
-    initial_cash: float = Field(1_000_000.0, gt=0)
+    commission_bps: float = Field(default=2.0, ge=0)
+    min_commission: float = Field(default=5.0, ge=0)
+    slippage_bps: float = Field(default=0.0, ge=0)
+    lot_size: int = Field(default=100, ge=1)
+    initial_cash: float = Field(default=1_000_000.0, gt=0)
     execution: Literal["T1_OPEN"] = "T1_OPEN"
-    tick: float = Field(0.001, ge=0)
+    tick: float = Field(default=0.001, ge=0)
     risk_free: float = 0.0
 
 

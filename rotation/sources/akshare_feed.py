@@ -22,8 +22,18 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rotation.bars import Instrument, LoadResult, conform_bars, empty_bars, empty_issues
+from rotation.bars import (
+    Instrument,
+    LoadResult,
+    PriceBasis,
+    conform_bars,
+    empty_bars,
+    empty_issues,
+)
 from rotation.sources.mapping import ColumnMap, SourceSchema, normalise
+
+_PRICE_BASIS: dict[str, PriceBasis] = {"": "raw", "qfq": "forward_adjusted",
+                                       "hfq": "backward_adjusted"}
 
 try:  # requests is what akshare uses underneath; its errors are network errors too.
     import requests
@@ -85,12 +95,14 @@ class AkshareFeedSpec(BaseModel):
     symbols: list[str] = Field(min_length=1, description="6-digit fund codes, e.g. 510300")
     adjust: Literal["", "qfq", "hfq"] = ""
     period: Literal["daily"] = "daily"
-    retries: int = Field(4, ge=0, description="retries after the first attempt, per symbol")
-    backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles each time")
-    max_backoff_seconds: float = Field(30.0, gt=0)
+    retries: int = Field(default=4, ge=0,
+                         description="retries after the first attempt, per symbol")
+    backoff_seconds: float = Field(default=1.0, gt=0,
+                                   description="first retry delay; doubles each time")
+    max_backoff_seconds: float = Field(default=30.0, gt=0)
     timeout_seconds: float = Field(
-        20.0, gt=0, description="wall-clock limit for one fetch call, then it counts as failed"
-    )
+        default=20.0, gt=0,
+        description="wall-clock limit for one fetch call, then it counts as failed")
     columns: SourceSchema = Field(default_factory=default_columns)
 
     @field_validator("symbols")
@@ -105,9 +117,9 @@ class AkshareFeedSpec(BaseModel):
         return symbols
 
     @property
-    def price_basis(self) -> Literal["raw", "forward_adjusted", "backward_adjusted"]:
+    def price_basis(self) -> PriceBasis:
         """Same vocabulary as a file dataset's ``price_basis``."""
-        return {"": "raw", "qfq": "forward_adjusted", "hfq": "backward_adjusted"}[self.adjust]
+        return _PRICE_BASIS[self.adjust]
 
 
 class AkshareUnavailableError(ImportError):

@@ -19,7 +19,15 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rotation.bars import Instrument, LoadResult, conform_bars, empty_bars, empty_issues, issue
+from rotation.bars import (
+    Instrument,
+    LoadResult,
+    PriceBasis,
+    conform_bars,
+    empty_bars,
+    empty_issues,
+    issue,
+)
 from rotation.calendar import get_calendar
 from rotation.sources.mapping import SourceSchema, normalise, symbol_of
 
@@ -64,6 +72,10 @@ class UniverseSpec(BaseModel):
     exclude: list[str] = Field(default_factory=list)
 
 
+def _default_prefix_limits() -> dict[str, float | None]:
+    return {"588": 0.20}  # STAR-market funds move ±20 %
+
+
 class PriceLimits(BaseModel):
     """Daily price limit per fund: by symbol, then by code prefix, then by asset class, else
     the default. ``null`` means no limit (cross-border funds)."""
@@ -71,7 +83,7 @@ class PriceLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: float | None = 0.10
-    by_prefix: dict[str, float | None] = Field(default_factory=lambda: {"588": 0.20})
+    by_prefix: dict[str, float | None] = Field(default_factory=_default_prefix_limits)
     by_asset_class_prefix: dict[str, float | None] = Field(default_factory=dict)
     by_symbol: dict[str, float | None] = Field(default_factory=dict)
 
@@ -109,7 +121,7 @@ class DatasetSpec(BaseModel):
     history_start: str
     # Last session with data for any fund of the dataset (a backfill's natural end).
     history_end: str
-    price_basis: Literal["raw", "forward_adjusted", "backward_adjusted"] = "raw"
+    price_basis: PriceBasis = "raw"
     prices: PriceFiles
     adjustment_factors: FactorFiles | None = None
     splits: SplitTable | None = None
@@ -212,13 +224,14 @@ class FileMarketSource:
             frames.append(bars)
         bars = pd.concat(frames, ignore_index=True) if frames else empty_bars()
         bars = bars.loc[~bars["symbol"].isin(excluded)]
-        bars = self._apply_factors(bars)
         lo = pd.Timestamp(start) if start is not None else None
         hi = pd.Timestamp(end) if end is not None else None
+        # Each bar's factor depends only on its own date and symbol: cut the range first.
         if lo is not None:
             bars = bars.loc[bars["date"] >= lo]
         if hi is not None:
             bars = bars.loc[bars["date"] <= hi]
+        bars = self._apply_factors(bars)
         issues = pd.DataFrame(issue_rows) if issue_rows else empty_issues()
         # Cell-level issues belong to their date's partition; file-level ones (no date) to all.
         when = pd.to_datetime(issues["date"])

@@ -44,8 +44,9 @@ class SourceSchema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schemas: list[ColumnMap] = Field(min_length=1)
-    volume_multiplier: float = Field(1.0, gt=0, description="units per volume unit, 100 for lots")
-    amount_multiplier: float = Field(1.0, gt=0)
+    volume_multiplier: float = Field(default=1.0, gt=0,
+                                     description="units per volume unit, 100 for lots")
+    amount_multiplier: float = Field(default=1.0, gt=0)
     date_format: str | None = None
 
     def choose(self, columns: pd.Index) -> tuple[ColumnMap | None, list[str]]:
@@ -115,7 +116,12 @@ def normalise(
             continue
         values = raw[column]
         numbers = pd.to_numeric(values, errors="coerce")
-        bad = numbers.isna() & values.notna() & (values.astype(str).str.strip() != "")
+        # Unparsable: no number from a value that is not blank (looked at only where no number
+        # came out; stripping every cell of a long file is most of a read's time).
+        suspect = numbers.isna() & values.notna()
+        bad = suspect & False
+        if suspect.any():
+            bad.loc[suspect] = values.loc[suspect].astype(str).str.strip() != ""
         for idx in raw.index[bad]:
             issues.append(
                 issue(
