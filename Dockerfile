@@ -4,7 +4,12 @@
 # the same dagster / dagster-postgres versions.
 #
 #   docker build -t etf-rotation:dev .
+#   docker build --build-arg EXTRAS=k8s -t etf-rotation:k8s .   # for the Helm chart
 FROM python:3.11-slim
+
+# Optional extras of pyproject.toml, comma-separated: k8s (dagster-k8s, for
+# ETF_WALK_FORWARD__EXECUTOR=k8s), akshare.
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -14,12 +19,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/dagster/app
 
 # Dependencies first, in their own layer: they change with pyproject.toml, not with the code.
-# The list is exactly [project].dependencies of pyproject.toml.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+# The list is [project].dependencies of pyproject.toml plus the extras asked for.
+COPY pyproject.toml deploy/requirements.py ./
+RUN python requirements.py "${EXTRAS}" pyproject.toml > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+    && rm /tmp/requirements.txt requirements.py
 
 # The package itself. Editable on purpose: rotation/config_paths.py finds config/ (datasets,
 # strategies) beside the source tree, which a site-packages copy would not have.

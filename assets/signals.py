@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from assets.metadata import data_fingerprint, frame_metadata, markdown
-from resources.cache import CacheStats, RedisCache
+from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
 from resources.ledger import LedgerResource
@@ -181,10 +181,8 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                              "yet; materialise approved_signal first")
         first = pd.Timestamp(signals[0].as_of)
         last = market_data.calendar.latest_closed_session(clock.now())
-        cache_stats = CacheStats()
-        seen = venue_bars(market_data, cache, first, last,
-                          lookback_sessions=quote_lookback_sessions, stats=cache_stats,
-                          warn=context.log.warning)
+        # Uncached: the range grows every day, a cache entry would never be read again.
+        seen = venue_bars(market_data, first, last, lookback_sessions=quote_lookback_sessions)
         venue = execution.venue(market_quotes(market_data, seen), costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
         with account_lock(cache, book, account_id, lock_timeout, context.log.warning):
@@ -218,7 +216,6 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "new_fills": dg.MetadataValue.int(new_fills),
             "approved_signals": dg.MetadataValue.int(len(signals)),
             "equity_plot": dg.MetadataValue.md(report.markdown_image(png, "paper vs backtest")),
-            **cache_stats.metadata(),
         })
         yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= parity_tolerance,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(worst),

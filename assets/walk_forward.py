@@ -65,8 +65,12 @@ def search_space(strategy: StrategyConfig) -> SearchSpace:
 
 
 def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionConfig,
-                        partitions: dg.StaticPartitionsDefinition
+                        partitions: dg.StaticPartitionsDefinition, fan_out: bool = False
                         ) -> list[dg.AssetsDefinition]:
+    """``fan_out``: a backfill of the windows is one run per window (to run them on separate
+    pods) instead of one run sharing the prepared panels."""
+    window_backfill = (dg.BackfillPolicy.multi_run(1) if fan_out
+                       else dg.BackfillPolicy.single_run())
     warmup = warmup_sessions(strategy)
     pcfg = strategy.portfolio_config()
     bcfg = strategy.backtest_config()
@@ -115,7 +119,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         group_name=WFO_GROUP,
         kinds={"pandas", "numba"},
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=window_backfill,
         ins={"adjusted_bars": ALL_SESSIONS},
         metadata={"partition_column": "window"},
         code_version=CODE_VERSION,
@@ -146,7 +150,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         group_name=WFO_GROUP,
         kinds={"numba", "vectorbt", "mlflow"},
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        backfill_policy=window_backfill,
         ins={"adjusted_bars": ALL_SESSIONS},
         metadata={"partition_column": "window"},
         code_version=CODE_VERSION,

@@ -7,8 +7,10 @@ Timed, the way the daemon does it: ``daily_job`` for the new session in a fresh 
 run worker: imports, code location, run), one tick of ``approved_signal_sensor``, and
 ``execution_job`` for the signal it requests in a fresh process; then the orders are read back
 from the ledger. The Redis cache starts empty, so ``raw_bars`` fetches the new session from
-the files and the execution reads those bars back from the cache. The baseline, in this process, is the same two jobs executed in process on a
-warm interpreter against a second fresh ledger: the ratio is the price of process isolation.
+the files and the execution reads those bars back from the cache.
+
+The baseline, in this process, is the same two jobs executed in process on a warm interpreter
+against a second fresh ledger: the ratio is the price of process isolation.
 
     python -m benchmarks.daily
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.scratch import PG_SERVER, scratch_database, scratch_postgres_home
+from orchestration.runs import PARTITION_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -57,7 +60,7 @@ def _worker(job: str, partition: str | None, run_config: str | None) -> int:
     from orchestration.definitions import build_definitions
     from orchestration.settings import load_settings
 
-    tags = {"dagster/partition": partition} if partition else {}
+    tags = {PARTITION_TAG: partition} if partition else {}
     config = {**QUIET, **(json.loads(run_config) if run_config else {})}
     with dg.DagsterInstance.get() as instance:
         result = build_definitions(load_settings()).resolve_job_def(job).execute_in_process(
@@ -121,13 +124,15 @@ def main() -> int:
         wall = time.perf_counter() - started
         assert orders, "the execution run left no order in the ledger"
 
-        # Baseline: the same two jobs in this (warm) process on a second fresh ledger.
+        # Baseline: the same two jobs in this (warm) process on a second fresh ledger, from the
+        # same empty cache.
+        redis.Redis.from_url(REDIS_URL).flushdb()
         os.environ["ETF_POSTGRES_URL"] = f"postgresql+psycopg://{PG_SERVER}/{second_ledger}"
         warm = build_definitions(load_settings())
         base_started = time.perf_counter()
         assert warm.resolve_job_def("daily_job").execute_in_process(
             instance=instance, run_config=QUIET,
-            tags={"dagster/partition": SIGNAL_DAY}).success
+            tags={PARTITION_TAG: SIGNAL_DAY}).success
         assert warm.resolve_job_def("execution_job").execute_in_process(
             instance=instance, run_config={**QUIET, **requests[0].run_config}).success
         baseline = time.perf_counter() - base_started

@@ -4,7 +4,10 @@ signal → the sensor hands it to execution) and the weekly full research rebuil
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG
+from orchestration.runs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+
+# Every walk-forward run of one weekly rebuild carries the id of the research run that began it.
+REBUILD_TAG = "etf/rebuild"
 
 # The assets a new session has to refresh, in lineage order; the walk-forward winners are
 # reused until the weekly rebuild.
@@ -29,15 +32,19 @@ def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
 def weekly_research(research: UnresolvedAssetJobDefinition,
                     walk_forward: UnresolvedAssetJobDefinition | None,
                     portfolio: UnresolvedAssetJobDefinition | None, window_keys: list[str],
-                    cron: str, timezone: str) -> list[dg.ScheduleDefinition | dg.SensorDefinition]:
-    """The weekly rebuild: research_job on the schedule, then every walk-forward window as one
-    run, then the portfolio, each launched when the previous job succeeds."""
+                    cron: str, timezone: str, fan_out: bool = False
+                    ) -> list[dg.ScheduleDefinition | dg.SensorDefinition]:
+    """The weekly rebuild: research_job on the schedule, then the walk-forward windows, then
+    the portfolio, each launched when the previous stage succeeds.
+
+    The windows run as one run, or with ``fan_out`` as one run per window (separate pods on
+    Kubernetes); the portfolio then starts once every window run of the rebuild succeeded."""
     schedule = dg.ScheduleDefinition(
         name="weekly_research", job=research, cron_schedule=cron,
         execution_timezone=timezone, default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Full research rebuild ({cron}, {timezone}): factors and IC screening, "
-        "then every walk-forward window (one run), then the out-of-sample backtest and the "
-        "target portfolio.")
+        f"then every walk-forward window ({'a run each' if fan_out else 'one run'}), then the "
+        "out-of-sample backtest and the target portfolio.")
     out: list[dg.ScheduleDefinition | dg.SensorDefinition] = [schedule]
     if walk_forward is None or portfolio is None or not window_keys:
         return out
@@ -46,18 +53,44 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
         name="research_to_walk_forward", run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[research], request_job=walk_forward,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="After research_job succeeds: every walk-forward window as one run.")
-    def research_to_walk_forward(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-        return dg.RunRequest(run_key=f"wfo:{context.dagster_run.run_id}",
-                             tags={RANGE_START_TAG: window_keys[0],
-                                   RANGE_END_TAG: window_keys[-1]})
+        description="After research_job succeeds: every walk-forward window, "
+        + ("a run each." if fan_out else "as one run."))
+    def research_to_walk_forward(context: dg.RunStatusSensorContext) -> list[dg.RunRequest]:
+        rebuild = context.dagster_run.run_id
+        if fan_out:
+            return [dg.RunRequest(run_key=f"wfo:{rebuild}:{key}", partition_key=key,
+                                  tags={REBUILD_TAG: rebuild}) for key in window_keys]
+        return [dg.RunRequest(run_key=f"wfo:{rebuild}",
+                              tags={REBUILD_TAG: rebuild, RANGE_START_TAG: window_keys[0],
+                                    RANGE_END_TAG: window_keys[-1]})]
 
     @dg.run_status_sensor(
         name="walk_forward_to_portfolio", run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[walk_forward], request_job=portfolio,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="After the walk-forward windows succeed: the backtest and the portfolio.")
-    def walk_forward_to_portfolio(context: dg.RunStatusSensorContext) -> dg.RunRequest:
-        return dg.RunRequest(run_key=f"portfolio:{context.dagster_run.run_id}")
+        description="After the walk-forward windows of a rebuild succeed: the backtest and "
+        "the portfolio.")
+    def walk_forward_to_portfolio(context: dg.RunStatusSensorContext
+                                  ) -> dg.RunRequest | dg.SkipReason:
+        run = context.dagster_run
+        if not fan_out:  # one run held every window
+            return dg.RunRequest(run_key=f"portfolio:{run.run_id}")
+        rebuild = run.tags.get(REBUILD_TAG)
+        if rebuild is None:
+            return dg.SkipReason(f"run {run.run_id} of {walk_forward.name} is not part of a "
+                                 "weekly rebuild: launch portfolio_job once its windows are done")
+        runs = context.instance.get_runs(dg.RunsFilter(job_name=walk_forward.name,
+                                                       tags={REBUILD_TAG: rebuild}))
+        done = {r.tags.get(PARTITION_TAG) for r in runs
+                if r.status == dg.DagsterRunStatus.SUCCESS}
+        # The run whose success woke the sensor counts even if its stored status lags the
+        # event (the run row is updated after the event is written).
+        done.add(run.tags.get(PARTITION_TAG))
+        waiting = [k for k in window_keys if k not in done]
+        if waiting:
+            return dg.SkipReason(f"rebuild {rebuild}: {len(window_keys) - len(waiting)} of "
+                                 f"{len(window_keys)} windows done; waiting for {waiting[:3]}")
+        # The last window to finish requests it; the run key makes it once per rebuild.
+        return dg.RunRequest(run_key=f"portfolio:{rebuild}", tags={REBUILD_TAG: rebuild})
 
     return [*out, research_to_walk_forward, walk_forward_to_portfolio]

@@ -50,8 +50,8 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     day = pd.Timestamp(signal.as_of)
     calendar = market_data.calendar
     quotes = market_quotes(market_data, venue_bars(
-        market_data, cache, day, calendar.latest_closed_session(clock.now()),
-        lookback_sessions=quote_lookback_sessions, stats=cache_stats, warn=warn))
+        market_data, day, calendar.latest_closed_session(clock.now()),
+        lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),

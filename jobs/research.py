@@ -23,15 +23,18 @@ def research_job() -> UnresolvedAssetJobDefinition:
     )
 
 
-def walk_forward_job() -> UnresolvedAssetJobDefinition:
+def walk_forward_job(executor_def: dg.ExecutorDefinition = dg.in_process_executor,
+                     fan_out: bool = False) -> UnresolvedAssetJobDefinition:
+    how = ("Each window is its own run (one pod per run, one pod per step with "
+           "k8s_job_executor)." if fan_out else
+           "Backfill all windows as one run to share the panels (single-run backfill policy).")
     return dg.define_asset_job(
         "walk_forward_job",
         selection=dg.AssetSelection.groups(WFO_GROUP),
-        executor_def=dg.in_process_executor,
+        executor_def=executor_def,
         description="Per walk-forward window: the in-sample factor screen, the combination "
         "search, the vectorbt check of the finalists and the frozen winner's out-of-sample "
-        "result, one MLflow run per window. Backfill all windows as one run to share the "
-        "panels (single-run backfill policy).",
+        "result, one MLflow run per window. " + how,
     )
 
 

@@ -19,7 +19,7 @@ from jobs.research import portfolio_job, research_job, walk_forward_job
 from orchestration.settings import Settings, SettingsError, load_settings
 from resources.cache import RedisCache
 from resources.clock import ClockResource
-from resources.execution import PaperExecution
+from resources.execution import PaperExecution, quote_lookback
 from resources.ledger import LedgerResource
 from resources.market_data import (
     AkshareMarketData,
@@ -78,6 +78,26 @@ def resources_for(settings: Settings) -> dict[str, object]:
     return resources
 
 
+def walk_forward_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """One process locally and in compose; on Kubernetes, a pod per step of a window's run."""
+    wf = settings.walk_forward
+    if wf.executor == "in_process":
+        return dg.in_process_executor
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError:
+        raise SettingsError(
+            "setting walk_forward.executor [env ETF_WALK_FORWARD__EXECUTOR]='k8s' needs "
+            "dagster-k8s: install the k8s extra (pip install '.[k8s]'; the image: docker build "
+            "--build-arg EXTRAS=k8s)") from None
+    resources = {"requests": {"cpu": wf.step_cpu, "memory": wf.step_memory},
+                 "limits": {"memory": wf.step_memory_limit}}
+    # Namespace, image, env, secrets and volumes come from the K8sRunLauncher of the instance.
+    return k8s_job_executor.configured(
+        {"step_k8s_config": {"container_config": {"resources": resources}}},
+        name="k8s_walk_forward")
+
+
 def costs_of(strategy: StrategyConfig) -> Costs:
     """The paper venue charges what the backtest charges."""
     b = strategy.backtest_config()
@@ -90,16 +110,15 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
     """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
     ex = settings.execution
     costs = costs_of(strategy)
-    # The venue sees bars from the quality gate's lookback, the range raw_bars loaded.
-    quote_lookback = settings.quality.lookback_sessions
+    lookback = quote_lookback(settings.quality.lookback_sessions)
     execution_job, kill_switch_job = execution_jobs(
         account_id=ex.account_id, initial_cash=ex.initial_cash, costs=costs, limits=ex.risk,
-        lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=quote_lookback)
+        lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=lookback)
     assets = signal_assets(strategy, ex.risk, guarding_checks(guarded),
                            account_id=ex.account_id, backtest=strategy.backtest_config(),
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
                            parity_tolerance=ex.parity_tolerance,
-                           quote_lookback_sessions=quote_lookback)
+                           quote_lookback_sessions=lookback)
     return dg.Definitions(assets=assets, jobs=[execution_job, kill_switch_job],
                           sensors=[approved_signal_sensor(execution_job, ex.account_id)])
 
@@ -176,13 +195,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             schedules=weekly_research(research_run, None, None, [], settings.research_cron,
                                       settings.schedule_timezone))
     else:
-        walk_forward, portfolio = walk_forward_job(), portfolio_job()
+        fan_out = settings.walk_forward.executor == "k8s"
+        walk_forward = walk_forward_job(walk_forward_executor(settings), fan_out=fan_out)
+        portfolio = portfolio_job()
         automation = weekly_research(research_run, walk_forward, portfolio,
                                      list(windows.get_partition_keys()), settings.research_cron,
-                                     settings.schedule_timezone)
+                                     settings.schedule_timezone, fan_out=fan_out)
         research = dg.Definitions(
             assets=[*research_stage,
-                    *walk_forward_assets(strategy, settings.cross_section, windows)],
+                    *walk_forward_assets(strategy, settings.cross_section, windows,
+                                         fan_out=fan_out)],
             jobs=[research_run, walk_forward, portfolio],
             schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
             sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)],

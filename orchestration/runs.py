@@ -7,6 +7,7 @@ import dagster as dg
 
 from resources.market_data import MarketDataResource
 
+PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 

@@ -114,6 +114,23 @@ class ExecutionSettings(BaseModel):
     risk: RiskLimits = Field(default_factory=RiskLimits)
 
 
+class WalkForwardSettings(BaseModel):
+    """Where the walk-forward windows run.
+
+    ``in_process``: a rebuild runs every window in one run and one process, the panels
+    prepared once (local, compose). ``k8s``: one run per window (a pod each under the Helm
+    chart's K8sRunLauncher) with ``k8s_job_executor``, so each step of a window (its screen,
+    then its search, vectorbt check and out-of-sample result) is a pod with the resources
+    below; needs the ``k8s`` extra (dagster-k8s)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    executor: Literal["in_process", "k8s"] = "in_process"
+    step_cpu: str = "2"
+    step_memory: str = "6Gi"
+    step_memory_limit: str = "8Gi"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETF_",
@@ -141,6 +158,7 @@ class Settings(BaseSettings):
     # configured market data. Unset: the strategy in config/strategies that trades that data.
     strategy: str | None = None
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
     mlflow_tracking_uri: str | None = None
     # The ledger (and the paper broker's book); unset: no execution stage is defined.
     postgres_url: str | None = None

@@ -70,17 +70,29 @@ def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: fl
         yield kind
 
 
-def venue_bars(market_data: MarketDataResource, cache: RedisCache, first: pd.Timestamp,
-               last: pd.Timestamp, *, lookback_sessions: int, stats: CacheStats,
-               warn: Callable[[str], None]) -> pd.DataFrame:
-    """The raw bars the paper venue sees: from ``lookback_sessions`` before ``first`` (previous
-    closes, for limit detection) up to ``last``, the newest session closed by the clock (the
-    market has not printed later bars yet).
+# At least this many sessions of bars before the first traded session: the venue needs the
+# previous close of a fund suspended for a few days before it (limit detection).
+MIN_QUOTE_LOOKBACK_SESSIONS = 5
 
-    With the quality gate's lookback, a signal's execution on its evening asks for exactly the
-    range ``raw_bars`` loaded for that session, and reads it from the cache."""
+
+def quote_lookback(quality_lookback_sessions: int) -> int:
+    """The venue's lookback: the quality gate's, so that a signal's execution on its evening
+    asks for exactly the range ``raw_bars`` loaded for that session (a cache hit), but never
+    fewer than :data:`MIN_QUOTE_LOOKBACK_SESSIONS`."""
+    return max(quality_lookback_sessions, MIN_QUOTE_LOOKBACK_SESSIONS)
+
+
+def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp, *,
+               lookback_sessions: int, cache: RedisCache | None = None,
+               stats: CacheStats | None = None,
+               warn: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """The raw bars the paper venue sees: from ``lookback_sessions`` before ``first`` up to
+    ``last``, the newest session closed by the clock (the market has not printed later bars
+    yet); through the Redis ``cache`` when one is given."""
     start = market_data.calendar.offset(first, -lookback_sessions)
-    return market_data.load_cached(cache, start, last, stats, warn=warn).bars
+    if cache is None:
+        return market_data.load(start, last).bars
+    return market_data.load_cached(cache, start, last, stats or CacheStats(), warn=warn).bars
 
 
 def market_quotes(market_data: MarketDataResource, bars: pd.DataFrame) -> FrameQuotes:

@@ -65,6 +65,8 @@ def row_quantile(values: np.ndarray, q: float) -> np.ndarray:
     numpy's interpolation formula), by one sort instead of a Python-level loop over rows,
     which made winsorising every date of a long history take seconds.
     """
+    if values.shape[1] == 0:
+        return np.full((len(values), 1), np.nan)
     ordered = np.sort(values, axis=1)  # NaN sorts last
     count = np.count_nonzero(~np.isnan(values), axis=1)
     position = (count - 1) * q

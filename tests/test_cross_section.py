@@ -77,6 +77,11 @@ def test_row_quantile_equals_numpy_nanquantile(q: float) -> None:
     assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)  # bit for bit, NaN where numpy has NaN
 
+    no_funds = np.empty((4, 0))
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanquantile(no_funds, q, axis=1, keepdims=True)
+    np.testing.assert_array_equal(row_quantile(no_funds, q), expected)
+
 
 def test_winsorize_mad(panel: pd.DataFrame) -> None:
     cfg = CrossSectionConfig(winsorize="mad", mad_k=2.0)

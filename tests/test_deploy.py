@@ -49,6 +49,8 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load import location_origins_from_yaml_paths
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from orchestration.settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PROD_INSTANCE = DEPLOY / "dagster.prod.yaml"
@@ -848,7 +850,7 @@ def test_helm_values_use_the_charts_keys() -> None:
     assert not errors, "\n".join(errors)
 
 
-def test_helm_values_wiring(tmp_path: Path) -> None:
+def test_helm_values_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     values = helm_values()
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert values["dagster-user-deployments"]["enabled"] is True
@@ -873,6 +875,39 @@ def test_helm_values_wiring(tmp_path: Path) -> None:
     assert config["concurrency"]["runs"]["max_concurrent_runs"] == 6
     readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
     assert "k8s_job_executor" in readme
+
+    # The code location fans the walk-forward windows out on Kubernetes: its walk-forward env,
+    # read by the platform's own settings loader, selects the k8s executor.
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert env["ETF_WALK_FORWARD__EXECUTOR"] == "k8s"
+    for name, value in env.items():
+        if name.startswith("ETF_WALK_FORWARD__"):
+            monkeypatch.setenv(name, value)
+    settings = load_settings(home=tmp_path / "etf_home")
+    assert settings.walk_forward.executor == "k8s"
+    assert settings.walk_forward.step_memory == "6Gi"
+
+
+def test_image_requirements_include_the_asked_extras() -> None:
+    script = DEPLOY / "requirements.py"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), *args, str(ROOT / "pyproject.toml")],
+                              capture_output=True, text=True, timeout=60)
+
+    plain = run("").stdout.splitlines()
+    assert plain == project["dependencies"]
+    with_k8s = run("k8s").stdout.splitlines()
+    assert with_k8s == [*project["dependencies"], *project["optional-dependencies"]["k8s"]]
+    assert any(r.startswith("dagster-k8s") for r in with_k8s)
+    wrong = run("kubernetes")
+    assert wrong.returncode != 0 and "unknown extra(s) ['kubernetes']" in wrong.stderr
+    runs = [" ".join(rest.split()) for keyword, rest in dockerfile_instructions()
+            if keyword == "RUN"]
+    assert ('python requirements.py "${EXTRAS}" pyproject.toml > /tmp/requirements.txt '
+            "&& pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt "
+            "requirements.py") in runs
 
 
 def test_helm_template_with_the_chart(tmp_path: Path) -> None:

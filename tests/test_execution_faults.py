@@ -29,7 +29,7 @@ from test_execution_pipeline import (
 
 from orchestration.definitions import build_definitions, costs_of, strategy_for
 from resources.cache import CacheStats
-from resources.execution import ExecutionResource
+from resources.execution import ExecutionResource, quote_lookback
 from rotation.risk import RiskLimits
 from trading import approval
 from trading.executor import ExecutionRefused, execute_signal
@@ -80,7 +80,7 @@ def run_direct(defs: dg.Definitions, signal_id: str,
         clock=resources["clock"], account_id=settings.execution.account_id,
         initial_cash=settings.execution.initial_cash, costs=costs_of(strategy_for(settings)),
         limits=settings.execution.risk, lock_timeout=settings.execution.lock_timeout_seconds,
-        quote_lookback_sessions=settings.quality.lookback_sessions, actor="test",
+        quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions), actor="test",
         dagster_run_id=None, warn=lambda m: None, cache_stats=CacheStats(), wrap_venue=wrap)
 
 

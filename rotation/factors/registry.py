@@ -233,7 +233,8 @@ def _validate(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise _fail(where, fld, f"expected {p.kind.__name__}, got bool")
         if p.kind is int:
             if isinstance(value, numbers.Real) and float(value).is_integer():
-                value = int(float(value))
+                value = int(value) if isinstance(value, numbers.Integral) \
+                    else int(float(value))
             if not isinstance(value, int):
                 raise _fail(where, fld, f"expected an integer, got {value!r}")
         else:
