@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.scratch import PG_SERVER, scratch_database, scratch_postgres_home
+from orchestration.instance import DAGSTER_EVENT_SETTINGS
 from orchestration.runs import PARTITION_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,9 @@ def _environment(root: Path, dagster_home: Path, ledger: str, last: str) -> dict
             "ETF_EXECUTION__AS_OF": SIGNAL_DAY, "ETF_MARKET_DATA__SOURCE": "files",
             "ETF_MARKET_DATA__DATASET": str(dataset),
             "ETF_MARKET_DATA__FILES_ROOT": str(SHARED / "cn_etf_morphkyan_raw"),
-            "GX_ANALYTICS_ENABLED": "false"}
+            "GX_ANALYTICS_ENABLED": "false",
+            # The deployment's event settings (Dockerfile, deploy/), as the daemon's workers run.
+            **DAGSTER_EVENT_SETTINGS}
 
 
 def _worker(job: str, partition: str | None, run_config: str | None) -> int:
