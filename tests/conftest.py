@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,16 @@ def new_database(prefix: str) -> str:
 def drop_database(name: str) -> None:
     with psycopg.connect(f"postgresql://{PG_SERVER}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """:func:`new_database`, dropped when the block ends."""
+    name = new_database(prefix)
+    try:
+        yield name
+    finally:
+        drop_database(name)
 
 
 @pytest.fixture

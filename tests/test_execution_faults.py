@@ -105,13 +105,14 @@ def fill_next_day(market, ledger_url: str) -> dg.ExecuteInProcessResult:
     return result
 
 
-def assert_consistent(ledger: Ledger, account: str, signal_id: str, venue_url: str,
-                      costs) -> None:
-    """One venue order per ledger order, fills once each, positions and cash equal to the
-    venue's book."""
+def assert_consistent(ledger: Ledger, defs: dg.Definitions, signal_id: str, venue_url: str
+                      ) -> None:
+    """One venue order per ledger order, fills once each, positions and cash of the account
+    of ``defs`` equal to the venue's book."""
     from trading.paper import PaperBroker
 
-    venue = PaperBroker(venue_url, NoQuotes(), costs)
+    account = ledger_account(defs)
+    venue = PaperBroker(venue_url, NoQuotes(), costs_of(strategy_for(defs_settings(defs))))
     orders = ledger.orders(signal_id=signal_id)
     ids = [o.order_id for o in orders]
     assert len(ids) == len(set(ids))
@@ -173,8 +174,7 @@ def test_killed_run_is_retried_without_duplicates(execution_market, ledger_url) 
         assert ledger.execution(signal_id).status == "completed"  # type: ignore[union-attr]
         fill_next_day(market, ledger_url)
         assert len(ledger.fills(ledger_account(defs))) == len(orders)
-        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
-                          costs_of(strategy_for(defs_settings(defs))))
+        assert_consistent(ledger, defs, signal_id, ledger_url)
     finally:
         ledger.dispose()
 
@@ -211,8 +211,7 @@ def test_postgres_restart_during_execution(execution_market, ledger_url) -> None
         assert again.submitted == 0
         fill_next_day(market, ledger_url)
         assert len(ledger.fills(ledger_account(defs))) == len(orders)
-        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
-                          costs_of(strategy_for(defs_settings(defs))))
+        assert_consistent(ledger, defs, signal_id, ledger_url)
     finally:
         ledger.dispose()
 
@@ -248,8 +247,7 @@ def test_redis_stopped_runs_uncached_and_locks_in_postgres(execution_market,
     ledger = Ledger(ledger_url)
     try:
         fill_next_day(market, ledger_url)
-        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
-                          costs_of(strategy_for(defs_settings(defs))))
+        assert_consistent(ledger, defs, signal_id, ledger_url)
         assert len(ledger.fills(ledger_account(defs))) == len(ledger.orders(
             signal_id=signal_id))
     finally:
@@ -284,8 +282,7 @@ def test_kill_switch_stops_a_signal_in_flight(execution_market, ledger_url) -> N
         assert again.status == "halted" and again.submitted == 0
         fill_next_day(market, ledger_url)
         assert ledger.fills(ledger_account(defs)) == []
-        assert_consistent(ledger, ledger_account(defs), signal_id, ledger_url,
-                          costs_of(strategy_for(defs_settings(defs))))
+        assert_consistent(ledger, defs, signal_id, ledger_url)
     finally:
         ledger.dispose()
 

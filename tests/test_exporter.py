@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import psycopg
 import pytest
+from conftest import PG_SERVER, scratch_database
 from prometheus_client import generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,8 +28,6 @@ from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.models import Fill, OrderStatus, Side, SignalStatus, order_id_of, weights_hash
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
-ADMIN_URL = f"postgresql://{PG_SERVER}/postgres"
 D0 = dt.date(2024, 3, 4)
 D1 = dt.date(2024, 3, 5)
 AT = dt.datetime(2024, 3, 5, 9, 30, tzinfo=dt.UTC)
@@ -124,15 +122,8 @@ def dagster_work(pg_instance: dg.DagsterInstance) -> DagsterWork:
 
 @pytest.fixture(scope="module")
 def ledger_url() -> Iterator[str]:
-    name = f"etf_exporter_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://{PG_SERVER}/{name}"
-    try:
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database("etf_exporter") as name:
+        yield f"postgresql+psycopg://{PG_SERVER}/{name}"
 
 
 def signal_record(signal_id: str, account: str, weights: dict[str, float],

@@ -4,13 +4,12 @@ audited writes, database-enforced immutability, fill arithmetic, locks and recon
 from __future__ import annotations
 
 import datetime as dt
-import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import Any
 
 import psycopg
@@ -18,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import PG_SERVER, scratch_database
 
 from trading.ledger import (
     MIGRATIONS_DIR,
@@ -42,8 +42,6 @@ from trading.models import (
     weights_hash,
 )
 
-PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
-ADMIN_URL = f"postgresql://{PG_SERVER}/postgres"
 SESSION = dt.date(2024, 3, 5)
 AT = dt.datetime(2024, 3, 5, 9, 30, tzinfo=dt.UTC)
 
@@ -52,21 +50,9 @@ def sa_url(database: str, server: str = PG_SERVER) -> str:
     return f"postgresql+psycopg://{server}/{database}"
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"etf_ledger_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    with fresh_database() as name:
+    with scratch_database("etf_ledger") as name:
         migrate(sa_url(name))
         yield name
 
@@ -152,7 +138,7 @@ def alembic_state(url: str) -> tuple[set[str], set[str]]:
 
 
 def test_migrate_is_idempotent_and_at_head() -> None:
-    with fresh_database() as name:
+    with scratch_database("etf_ledger") as name:
         url = sa_url(name)
         migrate(url)
         current, heads = alembic_state(url)
@@ -176,7 +162,7 @@ def _ancestry(head: str) -> list[str]:
 
 
 def test_migrate_concurrently_from_two_threads() -> None:
-    with fresh_database() as name:
+    with scratch_database("etf_ledger") as name:
         url = sa_url(name)
         errors: list[BaseException] = []
         barrier = threading.Barrier(2)
