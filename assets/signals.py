@@ -26,13 +26,18 @@ from rotation import report
 from rotation.backtest import BacktestConfig, run_backtest
 from rotation.risk import RiskLimits
 from rotation.strategy import StrategyConfig
+from sensors.executions import stalled_executions
 from trading import approval
 from trading.executor import reconcile
+from trading.ledger import Ledger
 from trading.models import Costs, SignalStatus
+from trading.venue import ExecutionVenue
 
 SIGNALS_GROUP = "signals"
 EXECUTION_GROUP = "execution"
 PARITY_CHECK = "paper_matches_backtest"
+BOOK_CHECK = "ledger_matches_venue"
+STALL_CHECK = "no_stalled_execution"
 ALL_SESSIONS = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
 
@@ -103,8 +108,9 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         ins={"adjusted_bars": ALL_SESSIONS},
         code_version="1",
         description="The gate between research and trading (SPEC §9): the target portfolio of "
-        "session D becomes an immutable approved signal (id = strategy, date, weights hash) "
-        "only when every blocking check guarding D passed, D is the newest closed session and "
+        "session D becomes an immutable approved signal (id = strategy, account, date, weights "
+        "hash; one per account and session) only when every blocking check guarding D passed, "
+        "D is the newest closed session and "
         "the risk limits hold; otherwise a rejected signal with every reason. Recorded in the "
         "ledger and its audit log; the execution sensor launches one run per approved signal.",
     )
@@ -137,6 +143,10 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         if record.status is SignalStatus.REJECTED:
             context.log.warning(f"signal {record.signal_id} rejected: " + "; ".join(
                 r["message"] for r in record.reasons))
+        elif record.status is SignalStatus.SUPERSEDED:
+            # Re-deciding a superseded target returns it as it is: it is never executed again.
+            context.log.warning(f"signal {record.signal_id} was superseded in the ledger: not "
+                                "executed (approve another target for this session instead)")
         table = pd.DataFrame({"symbol": list(record.weights),
                               "weight": list(record.weights.values())})
         table.insert(0, "signal_id", record.signal_id)
@@ -160,10 +170,20 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         kinds={"postgres", "numba"},
         deps=["approved_signal"],
         code_version="1",
-        check_specs=[dg.AssetCheckSpec(
-            PARITY_CHECK, asset="positions_report", blocking=True,
-            description="The paper account's daily equity stays within the tolerance of what "
-            "the backtest engine produces for the same approved signals and days")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                PARITY_CHECK, asset="positions_report", blocking=True,
+                description="The paper account's daily equity stays within the tolerance of "
+                "what the backtest engine produces for the same approved signals and days"),
+            dg.AssetCheckSpec(
+                BOOK_CHECK, asset="positions_report", blocking=True,
+                description="The ledger's positions and cash equal the venue's book, unit for "
+                "unit (after reconciling every fill)"),
+            # A warning, not a block: stalled_execution_sensor alerts and recovers it.
+            dg.AssetCheckSpec(
+                STALL_CHECK, asset="positions_report",
+                description="No execution is left running in the ledger without a Dagster run "
+                "working on it (stalled_execution_sensor recovers them)")],
         description="Positions, cash and P&L of the paper account from the ledger, marked at "
         "each session's raw close, beside the backtest engine's equity for the same approved "
         "signals (paper orders are sized at the signal day's close, the backtest at the next "
@@ -185,12 +205,15 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         seen = venue_bars(market_data, first, last, lookback_sessions=quote_lookback_sessions)
         venue = execution.venue(market_quotes(market_data, seen), costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
-        with account_lock(cache, book, account_id, lock_timeout, context.log.warning):
-            new_fills = reconcile(book, venue, account_id, actor=actor)
+        with account_lock(book, account_id, lock_timeout):
+            new_fills = reconcile(book, venue, account_id, actor=actor,
+                                  closed_through=last.date())
+            differences = book_differences(book, venue, account_id)
         fills = book.fills(account_id)
+        initial_cash = book.initial_cash(account_id)   # the ledger's, not today's setting
         bars = seen.loc[pd.to_datetime(seen["date"]) >= first]
-        daily = paper_equity(fills, bars, ledger.initial_cash, first, last)
-        expected = backtest_equity(signals, bars, market_data, backtest, ledger.initial_cash,
+        daily = paper_equity(fills, bars, initial_cash, first, last)
+        expected = backtest_equity(signals, bars, market_data, backtest, initial_cash,
                                    first, last)
         frame = daily.join(expected.rename("backtest_equity"), how="left")
         frame["difference"] = frame["equity"] / frame["backtest_equity"] - 1.0
@@ -209,7 +232,8 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         yield dg.Output(out, metadata={
             **frame_metadata(out),
             "equity": dg.MetadataValue.float(float(frame["equity"].iloc[-1])),
-            "pnl": dg.MetadataValue.float(float(frame["equity"].iloc[-1] - ledger.initial_cash)),
+            "pnl": dg.MetadataValue.float(float(frame["equity"].iloc[-1] - initial_cash)),
+            "initial_cash": dg.MetadataValue.float(initial_cash),
             "cash": dg.MetadataValue.float(book.cash(account_id)),
             "positions": dg.MetadataValue.md(markdown(positions.round(2), 60)),
             "fills": dg.MetadataValue.int(len(fills)),
@@ -222,8 +246,29 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                                             "tolerance": dg.MetadataValue.float(
                                                 parity_tolerance),
                                             "sessions": dg.MetadataValue.int(len(frame))})
+        yield dg.AssetCheckResult(
+            check_name=BOOK_CHECK, passed=not differences,
+            metadata={"differences": dg.MetadataValue.md(
+                "\n".join(f"- {d}" for d in differences) or "none")})
+        stalls = stalled_executions(context.instance, book, account_id)
+        yield dg.AssetCheckResult(
+            check_name=STALL_CHECK, passed=not stalls, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"stalled": dg.MetadataValue.md(
+                "\n".join(f"- {s.describe()}" for s in stalls) or "none")})
 
     return [approved_signal, positions_report]
+
+
+def book_differences(ledger: Ledger, venue: ExecutionVenue, account_id: str) -> list[str]:
+    """Where the ledger's positions and cash differ from the venue's book (empty: equal)."""
+    mine = {s: p.quantity for s, p in ledger.positions(account_id).items()}
+    theirs = venue.positions(account_id)
+    out = [f"{s}: ledger {mine.get(s, 0)} units, venue {theirs.get(s, 0)}"
+           for s in sorted(set(mine) | set(theirs)) if mine.get(s, 0) != theirs.get(s, 0)]
+    cash, venue_cash = ledger.cash(account_id), venue.cash(account_id)
+    if abs(cash - venue_cash) > 1e-6:
+        out.append(f"cash: ledger {cash:,.2f}, venue {venue_cash:,.2f}")
+    return out
 
 
 def paper_equity(fills, bars: pd.DataFrame, initial_cash: float,

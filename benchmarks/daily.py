@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ SHARED = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data")
 START, SIGNAL_DAY, PREVIOUS_DAY = "2021-01-04", "2023-12-29", "2023-12-28"
 TARGET_SECONDS = 20.0
 REDIS_URL = "redis://127.0.0.1:6379/4"  # this benchmark's own database, emptied at the start
+# Signs this run's cache entries (the database is emptied anyway); the children get it by env.
+CACHE_SECRET = os.environ.get("ETF_CACHE_SECRET") or secrets.token_hex(32)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -47,7 +50,7 @@ def _environment(root: Path, dagster_home: Path, ledger: str, last: str) -> dict
     return {"DAGSTER_HOME": str(dagster_home), "ETF_HOME": str(root / "etf_home"),
             "ETF_PARTITIONS_START": START,
             "ETF_POSTGRES_URL": f"postgresql+psycopg://{PG_SERVER}/{ledger}",
-            "ETF_REDIS_URL": REDIS_URL,
+            "ETF_REDIS_URL": REDIS_URL, "ETF_CACHE_SECRET": CACHE_SECRET,
             "ETF_EXECUTION__AS_OF": SIGNAL_DAY, "ETF_MARKET_DATA__SOURCE": "files",
             "ETF_MARKET_DATA__DATASET": str(dataset),
             "ETF_MARKET_DATA__FILES_ROOT": str(SHARED / "cn_etf_morphkyan_raw"),

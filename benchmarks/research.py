@@ -42,11 +42,14 @@ def _baseline(defs: object) -> tuple[float, int]:
     from assets.walk_forward import search_space, warmup_sessions
     from orchestration.definitions import strategy_for
     from orchestration.settings import load_settings
+    from resources.deployment import deployed
+    from resources.market_data import MarketDataResource
+    from resources.parquet_io import PartitionedParquetIOManager
     from rotation import walkforward as wf
     from rotation.cross_section import CrossSectionConfig
 
-    io = defs.resources["io_manager"]  # type: ignore[attr-defined]
-    market = defs.resources["market_data"]  # type: ignore[attr-defined]
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
+    market = deployed(defs, "market_data", MarketDataResource)
     folder = io.path_for(dg.AssetKey("adjusted_bars"), "x").parent
     started = time.perf_counter()
     bars = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))],

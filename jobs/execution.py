@@ -33,7 +33,7 @@ class KillSwitchConfig(dg.Config):
 
 def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
                market_data: MarketDataResource, cache: RedisCache, clock: ClockResource,
-               account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
+               account_id: str, costs: Costs, limits: RiskLimits,
                lock_timeout: float, quote_lookback_sessions: int, actor: str,
                dagster_run_id: str | None, warn: Callable[[str], None],
                cache_stats: CacheStats,
@@ -49,25 +49,27 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
         raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
     day = pd.Timestamp(signal.as_of)
     calendar = market_data.calendar
+    closed = calendar.latest_closed_session(clock.now())
     quotes = market_quotes(market_data, venue_bars(
-        market_data, day, calendar.latest_closed_session(clock.now()),
+        market_data, day, closed,
         lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
-                        quotes=on_day)
+                        quotes=on_day, closed_through=closed.date())
     venue = execution.venue(quotes, costs)
     if wrap_venue is not None:
         venue = wrap_venue(venue)
-    with account_lock(cache, book, account_id, lock_timeout, warn) as lock:
+    with account_lock(book, account_id, lock_timeout) as lock:
         report = execute_signal(
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
-            market=market, limits=limits, costs=costs, actor=actor, initial_cash=initial_cash,
-            kill_switch_env=execution.kill_switch, dagster_run_id=dagster_run_id)
-    return report, lock
+            market=market, limits=limits, costs=costs, actor=actor,
+            kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
+            dagster_run_id=dagster_run_id, lock=lock)
+    return report, "postgres"
 
 
-def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits: RiskLimits,
+def execution_jobs(*, account_id: str, costs: Costs, limits: RiskLimits,
                    lock_timeout: float, quote_lookback_sessions: int
                    ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
 
@@ -88,7 +90,7 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
         try:
             result, lock = run_signal(
                 config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
-                cache=cache, clock=clock, account_id=account_id, initial_cash=initial_cash,
+                cache=cache, clock=clock, account_id=account_id,
                 costs=costs, limits=limits, lock_timeout=lock_timeout,
                 quote_lookback_sessions=quote_lookback_sessions,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
@@ -119,7 +121,9 @@ def execution_jobs(*, account_id: str, initial_cash: float, costs: Costs, limits
 
     @dg.job(
         name="execution_job",
-        tags={ACCOUNT_TAG: account_id},
+        # A run that dies with its code server is failed by run monitoring after this (not the
+        # instance's 4 h default), so the account's queue moves on; healthy runs take seconds.
+        tags={ACCOUNT_TAG: account_id, dg.MAX_RUNTIME_SECONDS_TAG: "900"},
         executor_def=dg.in_process_executor,
         description="Executes one approved signal (launched by approved_signal_sensor with "
         "run_key = signal id). Safe to re-execute: orders and fills are idempotent by id.",

@@ -16,9 +16,11 @@ from jobs.daily import daily_job, weekly_research
 from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.research import portfolio_job, research_job, walk_forward_job
+from jobs.signal_decisions import supersede_signal_job
 from orchestration.settings import Settings, SettingsError, load_settings
 from resources.cache import RedisCache
 from resources.clock import ClockResource
+from resources.deployment import fixed
 from resources.execution import PaperExecution, quote_lookback
 from resources.ledger import LedgerResource
 from resources.market_data import (
@@ -32,6 +34,7 @@ from resources.tracking import MlflowTracking
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
+from sensors.executions import stalled_execution_sensor
 from sensors.signals import approved_signal_sensor
 from trading.models import Costs
 
@@ -57,16 +60,16 @@ def market_data_resource(settings: Settings) -> MarketDataResource:
     )
 
 
-def resources_for(settings: Settings) -> dict[str, object]:
+def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Everything that differs between profiles is decided here and nowhere else."""
     ex = settings.execution
-    resources: dict[str, object] = {
+    resources: dict[str, dg.ConfigurableResource] = {
         "market_data": market_data_resource(settings),
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.resolved_storage_root.resolve())
         ),
         "tracking": MlflowTracking(tracking_uri=settings.resolved_mlflow_uri),
-        "cache": RedisCache(url=settings.redis_url),
+        "cache": RedisCache.for_settings(settings.redis_url, settings.cache_secret),
         "clock": ClockResource(as_of=ex.as_of, timezone=settings.schedule_timezone),
     }
     if settings.postgres_url:
@@ -112,15 +115,21 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
     costs = costs_of(strategy)
     lookback = quote_lookback(settings.quality.lookback_sessions)
     execution_job, kill_switch_job = execution_jobs(
-        account_id=ex.account_id, initial_cash=ex.initial_cash, costs=costs, limits=ex.risk,
+        account_id=ex.account_id, costs=costs, limits=ex.risk,
         lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=lookback)
     assets = signal_assets(strategy, ex.risk, guarding_checks(guarded),
                            account_id=ex.account_id, backtest=strategy.backtest_config(),
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
                            parity_tolerance=ex.parity_tolerance,
                            quote_lookback_sessions=lookback)
-    return dg.Definitions(assets=assets, jobs=[execution_job, kill_switch_job],
-                          sensors=[approved_signal_sensor(execution_job, ex.account_id)])
+    return dg.Definitions(assets=assets,
+                          jobs=[execution_job, kill_switch_job,
+                                supersede_signal_job(account_id=ex.account_id)],
+                          sensors=[approved_signal_sensor(execution_job, ex.account_id),
+                                   stalled_execution_sensor(
+                                       execution_job, ex.account_id,
+                                       settings.alert_webhook_url or None,
+                                       settings.alert_webhook_timeout_seconds)])
 
 
 DEFAULT_STRATEGY = "etf_rotation_default"
@@ -229,7 +238,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[run_failure_alert_sensor(settings.alert_webhook_url or None,
                                           settings.alert_webhook_timeout_seconds,
                                           dagster_url=settings.dagster_webserver_url)])
-    return dg.Definitions.merge(*stages, operations, dg.Definitions(resources=resources))
+    # No resource is launch-configurable: the controls are the deployment's (resources/deployment).
+    deployment = dg.Definitions(resources={k: fixed(v) for k, v in resources.items()})
+    return dg.Definitions.merge(*stages, operations, deployment)
 
 
 @dg.definitions

@@ -17,6 +17,8 @@ from orchestration.definitions import build_definitions, strategy_for
 from orchestration.instance import prepare_local_instance
 from orchestration.runs import full_history, rebuild_research, run_range, window_keys
 from orchestration.settings import load_settings
+from resources.deployment import deployed
+from resources.market_data import MarketDataResource
 from resources.parquet_io import PartitionedParquetIOManager
 
 
@@ -26,8 +28,8 @@ def main() -> int:
     home = prepare_local_instance(settings)
     defs = build_definitions(settings)
     start, end = full_history(defs)
-    market_data = defs.resources["market_data"]
-    print(f"market data : {market_data.label}")  # type: ignore[attr-defined]
+    market_data = deployed(defs, "market_data", MarketDataResource)
+    print(f"market data : {market_data.label}")
     print(f"instance    : {home} (SQLite)")
     print(f"storage     : {settings.resolved_storage_root}")
     print(f"running     : market_data_job over {start} .. {end} as one run")
@@ -61,8 +63,7 @@ def main() -> int:
                 return 1
         print(f"research    : {time.perf_counter() - started:.1f}s")
 
-    io = defs.resources["io_manager"]
-    assert isinstance(io, PartitionedParquetIOManager)
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     for name in ("raw_bars", "adjusted_bars", "cross_sections"):
         folder = io.path_for(dg.AssetKey(name), "x").parent
         stored = list(folder.glob("*.parquet"))

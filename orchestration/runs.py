@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from resources.deployment import deployed
 from resources.market_data import MarketDataResource
 
 PARTITION_TAG = "dagster/partition"
@@ -14,8 +15,7 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 def full_history(defs: dg.Definitions) -> tuple[str, str]:
     """First and last partition key of the configured source's history."""
-    market_data = defs.resources["market_data"]
-    assert isinstance(market_data, MarketDataResource)
+    market_data = deployed(defs, "market_data", MarketDataResource)
     job = defs.resolve_job_def("market_data_job")
     keys = job.partitions_def.get_partition_keys()  # type: ignore[union-attr]
     start = max(market_data.history_start, keys[0])

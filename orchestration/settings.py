@@ -9,12 +9,30 @@ wiring in :mod:`orchestration.definitions`.
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import os
+import re
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,6 +50,36 @@ class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it and says why."""
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _yaml_date_as_text(value: object) -> object:
+    # YAML reads an unquoted 2024-01-02 as a date; the setting is its ISO text.
+    return value.isoformat() if type(value) is dt.date else value
+
+
+def _calendar_date(value: str) -> str:
+    """A real calendar date in YYYY-MM-DD form, refused on load rather than mid-run."""
+    if not _ISO_DATE.fullmatch(value):
+        raise PydanticCustomError("calendar_date", "not a date in YYYY-MM-DD form")
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise PydanticCustomError("calendar_date", "not a real calendar date: {why}",
+                                  {"why": str(exc)}) from None
+    return value
+
+
+def _empty_is_unset(value: object) -> object:
+    # An empty variable (compose's ``${X:-}``) means "not set", as the consumers always read it.
+    return None if value == "" else value
+
+
+# Every date setting: its own error type, so the message names the env var and the value.
+CalendarDate = Annotated[str, BeforeValidator(_yaml_date_as_text), AfterValidator(_calendar_date)]
+OptionalCalendarDate = Annotated[CalendarDate | None, BeforeValidator(_empty_is_unset)]
+
+
 class MarketDataSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,13 +90,13 @@ class MarketDataSettings(BaseModel):
     # akshare: the funds to fetch, the price adjustment asked of the vendor and the history start.
     akshare_symbols: list[str] = Field(default_factory=list)
     akshare_adjust: Literal["", "qfq", "hfq"] = ""
-    akshare_start: str = "2020-01-02"
+    akshare_start: CalendarDate = "2020-01-02"
     akshare_retries: int = Field(4, ge=0)
     # sample: the built-in generated market.
     sample_seed: int = 20240601
     sample_funds: int = Field(20, ge=4, le=60)
-    sample_start: str = "2019-01-02"
-    sample_end: str = "2025-12-31"
+    sample_start: CalendarDate = "2019-01-02"
+    sample_end: CalendarDate = "2025-12-31"
 
     @model_validator(mode="after")
     def _complete(self) -> MarketDataSettings:
@@ -108,7 +156,7 @@ class ExecutionSettings(BaseModel):
     lock_timeout_seconds: float = Field(60.0, gt=0)
     # The clock that decides whether a signal is fresh: unset = now; a date pins it (replays,
     # the demo on a historical sample).
-    as_of: str | None = None
+    as_of: OptionalCalendarDate = None
     # Paper-versus-backtest parity: max relative equity difference.
     parity_tolerance: float = Field(0.01, gt=0)
     risk: RiskLimits = Field(default_factory=RiskLimits)
@@ -131,6 +179,35 @@ class WalkForwardSettings(BaseModel):
     step_memory_limit: str = "8Gi"
 
 
+# Passwords of examples and quick starts (deploy/.env.example's placeholder among them); in a prod
+# URL they mean the example was never edited. Compared case-insensitively; "" is an explicitly
+# empty password (user:@host). A URL without a password is accepted: trust or certificate
+# authentication, a .pgpass file or a Redis on a private network need none.
+DEFAULT_PASSWORDS = frozenset(
+    {"", "change-me", "changeme", "change_me", "password", "postgres", "etf", "admin", "secret"})
+SERVICE_URL_SETTINGS = ("postgres_url", "redis_url", "mlflow_tracking_uri")
+
+
+def _default_password_settings(settings: Settings) -> list[str]:
+    """The service URL settings whose password is empty or a well-known default."""
+    weak = []
+    for name in SERVICE_URL_SETTINGS:
+        url = getattr(settings, name)
+        password = urlsplit(url).password if url else None
+        if password is not None and unquote(password).strip().lower() in DEFAULT_PASSWORDS:
+            weak.append(name)
+    return weak
+
+
+def _without_password(url: str) -> str:
+    """``url`` for an error message: its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ETF_",
@@ -143,9 +220,9 @@ class Settings(BaseSettings):
     home: Path = PROJECT_ROOT / ".etf_home"
     storage_root: Path | None = None
     calendar: str = "XSHG"
-    calendar_start: str = "2005-01-01"
+    calendar_start: CalendarDate = "2005-01-01"
     # First session of the session partitions; default: the start of the configured source.
-    partitions_start: str | None = None
+    partitions_start: OptionalCalendarDate = None
     schedule_timezone: str = "Asia/Shanghai"
     # After the close (15:00 Shanghai), Monday to Friday; non-sessions are skipped by calendar.
     schedule_cron: str = "30 16 * * 1-5"
@@ -162,7 +239,15 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     # The ledger (and the paper broker's book); unset: no execution stage is defined.
     postgres_url: str | None = None
+    # The ledger owner's login (member of etf_ledger_owner), used only by the migrate step
+    # (`python -m orchestration.migrate_ledger`: compose's ledger-migrate service, the Helm
+    # init container) when postgres_url is the application's role, which may not migrate.
+    # Unset: postgres_url migrates on first use (one all-powerful URL: tests, make demo).
+    ledger_admin_url: str | None = None
     redis_url: str | None = None
+    # Signs every Redis cache entry (HMAC-SHA256, resources/cache.py): required with redis_url,
+    # at least 32 characters (openssl rand -hex 32). SecretStr: never printed.
+    cache_secret: SecretStr | None = None
     # Run-failure alerts: a webhook that receives a JSON post per failed run (empty: log only).
     alert_webhook_url: str | None = None
     alert_webhook_timeout_seconds: float = Field(5.0, gt=0)
@@ -182,11 +267,50 @@ class Settings(BaseSettings):
                     f"profile=prod needs {', '.join(missing)} "
                     f"(set {', '.join('ETF_' + m.upper() for m in missing)})"
                 )
+            weak = _default_password_settings(self)
+            if weak:
+                raise ValueError("; ".join(
+                    f"profile=prod refuses {name} [env ETF_{name.upper()}]: its password is "
+                    "empty or a well-known default (such as the placeholder of "
+                    "deploy/.env.example); set a real one (the value is not shown)"
+                    for name in weak))
         if self.postgres_url and not self.postgres_url.startswith("postgresql+psycopg://"):
             raise ValueError(
-                f"postgres_url [env ETF_POSTGRES_URL]={self.postgres_url!r} must use the "
-                "psycopg 3 driver: postgresql+psycopg://user@host/db"
+                f"postgres_url [env ETF_POSTGRES_URL]={_without_password(self.postgres_url)!r} "
+                "must use the psycopg 3 driver: postgresql+psycopg://user@host/db"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ledger_admin_url(self) -> Settings:
+        # The owner's URL can alter or drop the ledger: a default password is refused in every
+        # profile (the migrate step runs without profile prod).
+        url = self.ledger_admin_url
+        if url is None:
+            return self
+        if not url.startswith("postgresql+psycopg://"):
+            raise ValueError(
+                f"ledger_admin_url [env ETF_LEDGER_ADMIN_URL]={_without_password(url)!r} must "
+                "use the psycopg 3 driver: postgresql+psycopg://owner@host/db")
+        password = urlsplit(url).password
+        if password is not None and unquote(password).strip().lower() in DEFAULT_PASSWORDS:
+            raise ValueError(
+                "ledger_admin_url [env ETF_LEDGER_ADMIN_URL]: its password is empty or a "
+                "well-known default (such as the placeholder of deploy/.env.example); set a "
+                "real one (the value is not shown)")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_secret(self) -> Settings:
+        # Without a secret no cache entry can be verified, and an unverified cache is code
+        # execution for whoever reaches Redis: refused in every profile, never defaulted.
+        if self.redis_url and self.cache_secret is None:
+            need = "profile=prod needs" if self.profile == "prod" else "redis_url needs"
+            raise ValueError(f"{need} cache_secret (set ETF_CACHE_SECRET): every Redis cache "
+                             "entry is signed with it (generate one: openssl rand -hex 32)")
+        if self.cache_secret is not None and len(self.cache_secret.get_secret_value()) < 32:
+            raise ValueError("cache_secret [env ETF_CACHE_SECRET] must be at least 32 characters "
+                             "(generate one: openssl rand -hex 32; the value is not shown)")
         return self
 
     @classmethod
@@ -218,11 +342,153 @@ class Settings(BaseSettings):
         return self.home / "dagster"
 
 
+# -- names that are not settings ----------------------------------------------------------------
+
+ENV_PREFIX = "ETF_"
+# The project's ETF_ variables that are not settings, and why each exists. Any other ETF_
+# variable that names no setting stops start-up: pydantic-settings would ignore it silently
+# (ETF_EXECUTION_KILL_SWITCH=true with one underscore used to let orders go out).
+NON_SETTING_ENV: dict[str, str] = {
+    "ETF_CONFIG_FILE": "the YAML settings file (this module)",
+    "ETF_SHARED_DATA": "tests, benchmarks: the shared market data folder (CI sets it)",
+    "ETF_SHARED_DATA_URL": ".github/workflows/ci.yml: the secret with that folder's archive URL "
+                           "(exported by whoever fetches the data as CI does)",
+    "ETF_TEST_PG_SERVER": "tests, benchmarks: user@host:port of the scratch PostgreSQL server",
+    "ETF_TEST_REDIS_URL": "tests: the Redis of the execution tests",
+    "ETF_TEST_CACHE_SECRET": "tests: the cache_secret of the test settings (conftest.py)",
+    "ETF_TEST_PG_HOST": "deploy/ensure-services.sh (make services): PostgreSQL host to check",
+    "ETF_TEST_PG_PORT": "deploy/ensure-services.sh (make services): PostgreSQL port to check",
+    "ETF_TEST_REDIS_PORT": "deploy/ensure-services.sh (make services): Redis port to check",
+    "ETF_HELM_CHART": "tests/test_deploy.py: the unpacked dagster chart for `helm template`",
+    "ETF_DATA_DIR": "deploy/compose.yaml (from deploy/.env): host folder mounted at /data",
+    "ETF_IMAGE_TAG": "deploy/compose.yaml (from deploy/.env): the image tag",
+    "ETF_EXPORTER_PORT": "observability/exporter.py: the metrics port",
+    "ETF_EXPORTER_ADDRESS": "observability/exporter.py: the listen address",
+    "ETF_EXPORTER_LOG_LEVEL": "observability/exporter.py: its log level",
+}
+# Kubernetes service links: every pod gets <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://… and
+# so on for each service of its namespace, so the Helm chart's `etf-rotation` service yields
+# ETF_ROTATION_… variables. Exempt when both the name and the value have that shape (so that
+# ETF_REDIS_PORT=6379, say, is still refused: Kubernetes' bare _PORT is tcp://host:port).
+_K8S_LINK_PORT = r"_PORT_\d+_(TCP|UDP|SCTP)"
+_K8S_SERVICE_LINKS = tuple((re.compile(name), re.compile(value)) for name, value in (
+    (rf"ETF_\w+?(_SERVICE_HOST|{_K8S_LINK_PORT}_ADDR)", r"[0-9A-Fa-f.:]+"),
+    (rf"ETF_\w+?(_SERVICE_PORT(_\w+)?|{_K8S_LINK_PORT}_PORT)", r"\d+"),
+    (rf"ETF_\w+?(_PORT|{_K8S_LINK_PORT})", r"(tcp|udp|sctp)://\S+:\d+"),
+    (rf"ETF_\w+?{_K8S_LINK_PORT}_PROTO", r"tcp|udp|sctp"),
+))
+
+
+def _is_k8s_service_link(name: str, value: str) -> bool:
+    return any(n.fullmatch(name) and v.fullmatch(value) for n, v in _K8S_SERVICE_LINKS)
+
+
+def _fields_of(section: object) -> dict[str, FieldInfo]:
+    """The fields of a settings section (a pydantic model or dataclass); {} for a value."""
+    if not isinstance(section, type) or get_origin(section) is not None:
+        return {}
+    if issubclass(section, BaseModel):
+        return dict(section.model_fields)
+    if is_pydantic_dataclass(section):
+        return dict(section.__pydantic_fields__)
+    return {}
+
+
+def _section_of(annotation: object) -> object | None:
+    """The section type of a field (``X | None`` unwrapped), None for a plain value."""
+    union = get_origin(annotation) in (Union, types.UnionType)
+    for candidate in get_args(annotation) if union else (annotation,):
+        if _fields_of(candidate):
+            return candidate
+    return None
+
+
+def _setting_paths(section: object, parent: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every setting and section, as a path (a section can be given whole, as JSON or YAML)."""
+    for name, info in _fields_of(section).items():
+        path = (*parent, name)
+        yield path
+        child = _section_of(info.annotation)
+        if child is not None:
+            yield from _setting_paths(child, path)
+
+
+def setting_env_names() -> dict[str, str]:
+    """Env var -> setting path of every setting, as pydantic-settings reads them (prefix
+    ``ETF_``, sections nested with ``__``)."""
+    return {ENV_PREFIX + "__".join(path).upper(): ".".join(path)
+            for path in _setting_paths(Settings)}
+
+
+def _closest(name: str, candidates: Mapping[str, str] | set[str]) -> str | None:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _unknown_env(environ: Mapping[str, str]) -> list[str]:
+    """One line per ETF_ variable that is neither a setting nor one of NON_SETTING_ENV
+    (case-insensitive, as pydantic-settings matches them); values are never shown."""
+    settings = setting_env_names()
+    known = set(settings) | set(NON_SETTING_ENV)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if _is_k8s_service_link(upper, environ[name]):
+            continue
+        guess = _closest(upper, known)
+        hint = "" if guess is None else f"; did you mean {guess}" + (
+            f" (setting {settings[guess]})?" if guess in settings else "?")
+        lines.append(f"environment variable {name} names no setting{hint}")
+    return lines
+
+
+def _unknown_keys(data: Mapping[Any, Any], section: object, parent: str = ""
+                  ) -> Iterator[str]:
+    """The dotted path of every key of a settings mapping that names no setting."""
+    fields = _fields_of(section)
+    for key, value in data.items():
+        path = f"{parent}{key}"
+        info = fields.get(key) if isinstance(key, str) else None
+        child = None if info is None else _section_of(info.annotation)
+        if info is None:
+            yield path
+        elif child is not None and isinstance(value, Mapping):
+            yield from _unknown_keys(value, child, f"{path}.")
+
+
+def _unknown_config_keys(config_file: str) -> list[str]:
+    """One line per key of the ETF_CONFIG_FILE YAML that names no setting."""
+    try:
+        data = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"ETF_CONFIG_FILE={config_file}: not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        return []       # not a mapping: pydantic-settings reports it
+    paths = set(setting_env_names().values())
+    lines = []
+    for key in _unknown_keys(data, Settings):
+        guess = _closest(key, paths)
+        hint = "" if guess is None else f"; did you mean {guess}?"
+        lines.append(f"ETF_CONFIG_FILE={config_file}: key {key} names no setting{hint}")
+    return lines
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from overrides, environment and ``ETF_CONFIG_FILE``; clear errors on failure."""
+    """Settings from overrides, environment and ``ETF_CONFIG_FILE``; clear errors on failure.
+    An ETF_ variable or a YAML key that names no setting is refused, not ignored."""
     config_file = os.environ.get("ETF_CONFIG_FILE")
     if config_file and not Path(config_file).is_file():
         raise SettingsError(f"ETF_CONFIG_FILE={config_file}: no such file")
+    unknown = _unknown_env(os.environ)
+    if config_file:
+        unknown += _unknown_config_keys(config_file)
+    if unknown:
+        raise SettingsError(
+            "unknown settings (they would be ignored or misread; a setting's variable is ETF_ "
+            "and its path joined by __, e.g. ETF_EXECUTION__KILL_SWITCH for "
+            "execution.kill_switch):\n  " + "\n  ".join(unknown))
     try:
         return Settings(**overrides)
     except ValidationError as exc:

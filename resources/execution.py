@@ -9,23 +9,23 @@ that passes :mod:`trading.contract` (see ``docs/execution_venue.md``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import dagster as dg
 import pandas as pd
 
-from resources.cache import CacheStats, LockUnavailable, RedisCache
+from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
-from trading.ledger import Ledger
+from trading.ledger import AccountLock, Ledger
 from trading.models import Costs
 from trading.paper import FrameQuotes, PaperBroker, QuoteSource
-from trading.twap import TwapVenue
 from trading.venue import ExecutionVenue
 
 
 class ExecutionResource(dg.ConfigurableResource):
     """``kill_switch`` (``ETF_EXECUTION__KILL_SWITCH``) stops every submission, like the
-    ledger's flag."""
+    ledger's flag; ``twap_slices`` children per order are planned by the executor. Bound by
+    the deployment (resources/deployment.py): no run can set them."""
 
     kill_switch: bool = False
     twap_slices: int = 1
@@ -49,25 +49,17 @@ class PaperExecution(ExecutionResource):
         return "paper" if self.twap_slices == 1 else f"paper+twap{self.twap_slices}"
 
     def venue(self, quotes: QuoteSource, costs: Costs) -> ExecutionVenue:
-        broker = PaperBroker(self.url, quotes, costs)
-        return broker if self.twap_slices == 1 else TwapVenue(broker, slices=self.twap_slices)
+        # TWAP children are planned into the ledger by the executor (write-ahead) and sent
+        # to the broker one by one: the venue itself never slices.
+        return PaperBroker(self.url, quotes, costs)
 
 
 @contextmanager
-def account_lock(cache: RedisCache, ledger: Ledger, account_id: str, timeout: float,
-                 warn: Callable[[str], None]) -> Iterator[str]:
-    """One execution per account at a time: the Redis lock, or PostgreSQL's advisory lock when
-    Redis cannot be reached (the lock must hold either way)."""
-    stack = ExitStack()
-    try:
-        stack.enter_context(cache.lock(f"execution:{account_id}", timeout_seconds=timeout))
-        kind = "redis"
-    except LockUnavailable as exc:
-        warn(f"execution lock: Redis unavailable ({exc}); using the PostgreSQL advisory lock")
-        stack.enter_context(ledger.account_lock(account_id, timeout))
-        kind = "postgres"
-    with stack:
-        yield kind
+def account_lock(ledger: Ledger, account_id: str, timeout: float) -> Iterator[AccountLock]:
+    """One execution per account at a time: PostgreSQL's advisory lock on the ledger is the
+    only authority (a second lock service could split: two workers each holding "the" lock)."""
+    with ledger.account_lock(account_id, timeout) as lock:
+        yield lock
 
 
 # At least this many sessions of bars before the first traded session: the venue needs the

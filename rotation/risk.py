@@ -78,10 +78,22 @@ RULES: tuple[str, ...] = (
 )
 
 
-class RiskLimits(BaseModel):
-    """Pre-trade limits (validated configuration; fractions, not percent)."""
+# Upper bounds of the limits that have no natural one. A limit beyond them is no limit: it is a
+# typo (an exponent slip such as 1e18) that switches the check off, so it is refused on load.
+# 1e11 CNY (100 bn) is more than the biggest A-share ETF trades in a day and far beyond any
+# account this platform runs.
+MAX_NOTIONAL_LIMIT = 1e11
+# 20 sessions (four weeks): a signal further behind the market is not a signal any more.
+MAX_SIGNAL_AGE_LIMIT = 20
+# Exchange lots are 1 to a few thousand units (A-share ETFs: 100).
+MAX_LOT_SIZE = 1_000_000
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class RiskLimits(BaseModel):
+    """Pre-trade limits (validated configuration; fractions, not percent). Every limit is
+    finite and bounded: ``inf``, ``nan`` or an absurd value would silently disable a check."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # 50 %: a top-2 equal-weight portfolio (the smallest top-N the searches consider) passes.
     max_weight: float = Field(default=0.50, gt=0, le=1, description="max target weight per fund")
@@ -92,15 +104,17 @@ class RiskLimits(BaseModel):
     drawdown_stop: float = Field(
         default=0.25, gt=0, le=1, description="no new signal while account drawdown ≥ this")
     max_signal_age_sessions: int = Field(
-        default=0, ge=0,
+        default=0, ge=0, le=MAX_SIGNAL_AGE_LIMIT,
         description="sessions a signal may lag the latest session (0 = same session)")
-    max_order_notional: float = Field(default=500_000.0, gt=0, description="CNY per order")
-    max_daily_notional: float = Field(default=2_000_000.0, gt=0, description="CNY traded per day")
+    max_order_notional: float = Field(default=500_000.0, gt=0, le=MAX_NOTIONAL_LIMIT,
+                                      description="CNY per order")
+    max_daily_notional: float = Field(default=2_000_000.0, gt=0, le=MAX_NOTIONAL_LIMIT,
+                                      description="CNY traded per day")
     price_band: float = Field(
         default=0.10, gt=0, lt=1, description="max |reference price / last close − 1|")
     weight_tolerance: float = Field(default=1e-6, ge=0, le=1e-2,
                                     description="float slack of weights")
-    lot_size: int = Field(default=100, ge=1, description="units per lot")
+    lot_size: int = Field(default=100, ge=1, le=MAX_LOT_SIZE, description="units per lot")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ Dagster instance on dagster-postgres, and settings for each data source."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,10 @@ from orchestration.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
+# Signs the test Redis cache entries (settings refuse a redis_url without one); fixed so every
+# test process and the subprocesses they start verify each other's entries.
+TEST_CACHE_SECRET = os.environ.get("ETF_TEST_CACHE_SECRET") or hashlib.sha256(
+    b"etf-rotation tests: not a production secret").hexdigest()
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 configure_event_batching()
@@ -127,6 +132,7 @@ class ExecutionMarket:
         return load_settings(
             home=self.home, partitions_start=EXECUTION_START, postgres_url=ledger_url,
             redis_url=os.environ.get("ETF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3"),
+            cache_secret=TEST_CACHE_SECRET,
             market_data={"source": "files", "dataset": str(self.dataset),
                          "files_root": str(self.shared / "cn_etf_morphkyan_raw")},
             execution={"as_of": as_of or self.signal_day, **execution})

@@ -14,6 +14,7 @@ import pytest
 from orchestration.definitions import build_definitions
 from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, full_history, run_range
 from orchestration.settings import Settings
+from resources.deployment import deployed
 from resources.parquet_io import PartitionedParquetIOManager
 from rotation import quality
 from rotation.sources.files import FileMarketSource, load_dataset_spec
@@ -79,7 +80,7 @@ def test_full_history_backfill_of_a_real_dataset(
     # Everything the source holds was stored, bar for bar, with factors applied.
     source = FileMarketSource(root, load_dataset_spec(settings.market_data.dataset_config_path()))
     expected = source.load().bars
-    io = defs.resources["io_manager"]
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     assert isinstance(io, PartitionedParquetIOManager)
     keys = sorted(p.stem for p in (settings.resolved_storage_root / "raw_bars").glob("*.parquet"))
     stored = io.load_partitions(dg.AssetKey("raw_bars"), keys)
@@ -128,7 +129,7 @@ def test_full_history_backfill_of_the_sample_market(
 
     # The schedule's unit of work: one session, reading 85 days of history from storage.
     job = defs.resolve_job_def("market_data_job")
-    io = defs.resources["io_manager"]
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     assert isinstance(io, PartitionedParquetIOManager)
     before = io.load_partitions(dg.AssetKey("cross_sections"), [end])
     daily = job.execute_in_process(instance=pg_instance, partition_key=end)

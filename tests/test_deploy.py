@@ -32,6 +32,7 @@ from fnmatch import fnmatch
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 import jsonschema
@@ -49,7 +50,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load import location_origins_from_yaml_paths
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from orchestration.settings import load_settings
+from orchestration.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -184,6 +185,11 @@ def test_prod_instance_runs_on_postgresql(tmp_path: Path, fresh_pg_url: str,
         # DefaultRunLauncher cannot resume runs; Dagster refuses a non-zero value with it.
         assert instance.run_monitoring_max_resume_run_attempts == 0
         assert not instance.run_launcher.supports_resume_run
+        # Nor health-check its workers: a run whose worker and code server died together ends
+        # only at the maximum runtime (tests/test_run_monitoring.py shows both).
+        assert not instance.run_launcher.supports_check_run_worker_health
+        assert instance.run_monitoring_max_runtime_seconds == 4 * 3600
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
 
         assert instance.run_retries_enabled
         assert instance.run_retries_max_retries == 2
@@ -397,24 +403,33 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 SERVICES = {"postgres", "redis", "mlflow", "code", "webserver", "daemon", "exporter",
-            "prometheus", "grafana"}
+            "prometheus", "grafana", "ledger-migrate"}
+# Run once and exit: no healthcheck; who depends on them waits for a successful exit.
+ONE_SHOT = {"ledger-migrate"}
 
 
 def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() -> None:
     services = compose_config()["services"]
     assert set(services) == SERVICES
     for name, service in services.items():
-        test = (service.get("healthcheck") or {}).get("test")
-        assert test and not (service["healthcheck"].get("disable")), f"{name}: no healthcheck"
+        if name in ONE_SHOT:
+            assert service["restart"] == "no", f"{name} runs once"
+        else:
+            test = (service.get("healthcheck") or {}).get("test")
+            assert test and not (service["healthcheck"].get("disable")), \
+                f"{name}: no healthcheck"
         for dependency, condition in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown service {dependency}"
-            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            wanted = ("service_completed_successfully" if dependency in ONE_SHOT
+                      else "service_healthy")
+            assert condition == {"condition": wanted}, (name, dependency)
     expected = {
         "mlflow": {"postgres"},
-        "code": {"postgres", "redis", "mlflow"},
+        "ledger-migrate": {"postgres"},
+        "code": {"postgres", "ledger-migrate", "redis", "mlflow"},
         "webserver": {"postgres", "code"},
         "daemon": {"postgres", "code"},
-        "exporter": {"postgres"},
+        "exporter": {"postgres", "ledger-migrate"},
         "prometheus": {"exporter"},
         "grafana": {"prometheus"},
     }
@@ -430,7 +445,8 @@ def test_compose_wiring() -> None:
         assert env["ETF_PROFILE"] == "prod"
         assert re.fullmatch(r"postgresql\+psycopg://[^@/]+@postgres:5432/ledger",
                             env["ETF_POSTGRES_URL"]), env["ETF_POSTGRES_URL"]
-        assert env["ETF_REDIS_URL"].startswith("redis://redis:6379")
+        assert re.fullmatch(r"redis://:[^@/]+@redis:6379/\d+", env["ETF_REDIS_URL"]), (
+            "ETF_REDIS_URL must carry the Redis password")
         assert env["ETF_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert "ETF_ALERT_WEBHOOK_URL" in env
     for name in ("code", "webserver", "daemon", "exporter"):
@@ -443,8 +459,9 @@ def test_compose_wiring() -> None:
     assert "mlflow:5000" in service_env(mlflow)["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
 
     init_sql = config["configs"]["postgres-init"]["content"]
-    for database in ("dagster", "ledger", "mlflow"):
-        assert f"CREATE DATABASE {database};" in init_sql
+    for database, owner in (("dagster", "dagster"), ("ledger", "etf_ledger_owner"),
+                            ("mlflow", "mlflow")):
+        assert f"CREATE DATABASE {database} OWNER {owner};" in init_sql
     (init,) = services["postgres"]["configs"]
     assert init["target"].startswith("/docker-entrypoint-initdb.d/")
 
@@ -490,6 +507,160 @@ def test_compose_variables_and_env_example() -> None:
     for name, value in example.items():
         if "PASSWORD" in name or "SECRET" in name or "TOKEN" in name:
             assert value == "change-me", f"{name} in .env.example must be a placeholder"
+
+
+# PostgreSQL: one login role per consumer (password variable -> login role), created by
+# configs.postgres-init; only the postgres service knows the superuser.
+PG_LOGINS = {
+    "DAGSTER_DB_PASSWORD": "dagster",
+    "MLFLOW_DB_PASSWORD": "mlflow",
+    "LEDGER_OWNER_PASSWORD": "etf_ledger_migrator",
+    "LEDGER_WRITER_PASSWORD": "etf_app",
+    "LEDGER_READER_PASSWORD": "etf_reader",
+}
+PG_PASSWORDS = (*PG_LOGINS, "POSTGRES_PASSWORD")
+# Which PostgreSQL passwords each service may see (in its environment, command or URLs).
+PG_PASSWORDS_SEEN = {
+    "postgres": set(PG_PASSWORDS),
+    "code": {"DAGSTER_DB_PASSWORD", "LEDGER_WRITER_PASSWORD"},
+    "exporter": {"DAGSTER_DB_PASSWORD", "LEDGER_READER_PASSWORD"},
+    "webserver": {"DAGSTER_DB_PASSWORD"},
+    "daemon": {"DAGSTER_DB_PASSWORD"},
+    "mlflow": {"MLFLOW_DB_PASSWORD"},
+    "ledger-migrate": {"LEDGER_OWNER_PASSWORD"},
+}
+
+
+def distinct_pg_passwords() -> dict[str, str]:
+    """.env.example with a different password per PostgreSQL variable, so that a URL shows
+    which variable it took its password from."""
+    return {**env_example(), **{name: f"pw-{name.lower().replace('_', '-')}"
+                                for name in PG_PASSWORDS}}
+
+
+def postgres_init_script(config: dict[str, Any]) -> str:
+    return str(config["configs"]["postgres-init"]["content"])
+
+
+def init_sql_statements(script: str) -> list[str]:
+    """The SQL the init script hands to psql (its heredoc), one statement per entry."""
+    body = script.split("<<'SQL'\n", 1)[1].rsplit("\nSQL", 1)[0]
+    return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_compose_postgres_has_one_login_per_consumer() -> None:
+    variables = distinct_pg_passwords()
+    config = yaml.safe_load(interpolate(COMPOSE.read_text(encoding="utf-8"), variables))
+    services = config["services"]
+
+    def login(url: str) -> tuple[str | None, str | None, str]:
+        parts = urlsplit(url)
+        return parts.username, parts.password, parts.path.lstrip("/")
+
+    expected = {
+        ("code", "ETF_POSTGRES_URL"): ("etf_app", "LEDGER_WRITER_PASSWORD", "ledger"),
+        ("exporter", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
+        ("ledger-migrate", "ETF_LEDGER_ADMIN_URL"): (
+            "etf_ledger_migrator", "LEDGER_OWNER_PASSWORD", "ledger"),
+        ("mlflow", "MLFLOW_BACKEND_STORE_URI"): ("mlflow", "MLFLOW_DB_PASSWORD", "mlflow"),
+        **{(name, "DAGSTER_PG_URL"): ("dagster", "DAGSTER_DB_PASSWORD", "dagster")
+           for name in ("code", "webserver", "daemon", "exporter")},
+    }
+    for (service, variable), (user, password, database) in expected.items():
+        assert login(service_env(services[service])[variable]) == (
+            user, variables[password], database), (service, variable)
+    for name, service in services.items():
+        text = json.dumps(service)
+        seen = {v for v in PG_PASSWORDS if variables[v] in text}
+        assert seen == PG_PASSWORDS_SEEN.get(name, set()), name
+        if name != "ledger-migrate":
+            assert "ETF_LEDGER_ADMIN_URL" not in service_env(service), name
+    postgres_env = service_env(services["postgres"])
+    for name in PG_PASSWORDS:
+        assert postgres_env[name] == variables[name]
+
+    # Every PostgreSQL password is required: no default, compose refuses to start without it.
+    text = COMPOSE.read_text(encoding="utf-8")
+    operators: dict[str, set[str | None]] = {}
+    for name, op in compose_variables():
+        if name in PG_PASSWORDS:
+            operators.setdefault(name, set()).add(op)
+    assert operators == {name: {":?"} for name in PG_PASSWORDS}
+    for name in PG_PASSWORDS:
+        with pytest.raises(AssertionError, match=f"compose requires {name}"):
+            interpolate(text, {k: v for k, v in variables.items() if k != name})
+
+    # The migrate step runs the module that exists, with a URL the settings accept.
+    migrate_step = services["ledger-migrate"]
+    assert migrate_step["command"] == ["python", "-m", "orchestration.migrate_ledger"]
+    assert (ROOT / "orchestration" / "migrate_ledger.py").is_file()
+    assert set(service_env(migrate_step)) == {"ETF_LEDGER_ADMIN_URL"}
+    admin_url = service_env(migrate_step)["ETF_LEDGER_ADMIN_URL"]
+    assert load_settings(ledger_admin_url=admin_url).ledger_admin_url == admin_url
+    with pytest.raises(SettingsError, match="ETF_LEDGER_ADMIN_URL"):
+        load_settings(ledger_admin_url=admin_url.replace(variables["LEDGER_OWNER_PASSWORD"],
+                                                         "change-me"))
+
+
+def test_compose_postgres_init_creates_the_roles_and_refuses_placeholders() -> None:
+    config = compose_config()
+    (init,) = config["services"]["postgres"]["configs"]
+    assert init["target"].endswith(".sh")     # sourced by the image's entrypoint
+    script = postgres_init_script(config)
+    statements = init_sql_statements(script)
+    psql_variables = dict(re.findall(r'-v (\w+)="\$(\w+)"', script))
+    for variable, role in PG_LOGINS.items():
+        (psql_variable,) = [p for p, v in psql_variables.items() if v == variable]
+        assert any(re.fullmatch(rf"CREATE ROLE {role} LOGIN PASSWORD :'{psql_variable}'"
+                                rf"( IN ROLE \w+)?;", s) for s in statements), role
+    for group in ("etf_ledger_owner", "etf_ledger_writer", "etf_ledger_reader"):
+        assert f"CREATE ROLE {group} NOLOGIN;" in statements
+    for login, group in (("etf_ledger_migrator", "etf_ledger_owner"),
+                         ("etf_app", "etf_ledger_writer"), ("etf_reader", "etf_ledger_reader")):
+        assert any(s.startswith(f"CREATE ROLE {login} ") and s.endswith(f" IN ROLE {group};")
+                   for s in statements), login
+    assert not any("SUPERUSER" in s or "CREATEROLE" in s for s in statements)
+    # The placeholder check covers every PostgreSQL password, change-me among the refused.
+    checked = re.search(r"for name in ([\w \\\n]+?); do", script)
+    assert checked is not None
+    assert set(checked.group(1).replace("\\", " ").split()) == set(PG_PASSWORDS)
+    refused = re.search(r'^\s*""\|([\w|-]+)\)$', script, re.M)
+    assert refused is not None
+    assert {"change-me", "password", "postgres"} <= set(refused.group(1).split("|"))
+
+
+def test_compose_redis_requires_a_password_and_the_app_gets_the_cache_secret() -> None:
+    # Both are required variables: compose refuses to start without them, no default exists.
+    required = {name: op for name, op in compose_variables()
+                if name in {"REDIS_PASSWORD", "ETF_CACHE_SECRET"}}
+    assert required == {"REDIS_PASSWORD": ":?", "ETF_CACHE_SECRET": ":?"}
+    example = env_example()
+    text = COMPOSE.read_text(encoding="utf-8")
+    for name in required:
+        with pytest.raises(AssertionError, match=f"compose requires {name}"):
+            interpolate(text, {k: v for k, v in example.items() if k != name})
+
+    services = compose_config()["services"]
+    redis = services["redis"]
+    password = example["REDIS_PASSWORD"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1] == password
+    # The healthcheck's redis-cli authenticates (REDISCLI_AUTH), or PING would answer NOAUTH.
+    assert service_env(redis)["REDISCLI_AUTH"] == password
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert "PONG" in " ".join(redis["healthcheck"]["test"])
+    for name in ("code", "exporter"):
+        env = service_env(services[name])
+        url = urlsplit(env["ETF_REDIS_URL"])
+        assert (url.hostname, url.password) == ("redis", password)
+        assert env["ETF_CACHE_SECRET"] == example["ETF_CACHE_SECRET"]
+    for name in ("webserver", "daemon"):   # they run no asset code: no cache secret
+        assert "ETF_CACHE_SECRET" not in service_env(services[name])
+
+    # The placeholder is no working secret: the app refuses it at start-up.
+    with pytest.raises(SettingsError, match="ETF_CACHE_SECRET"):
+        load_settings(redis_url="redis://:x@redis:6379/0",
+                      cache_secret=example["ETF_CACHE_SECRET"])
 
 
 def test_compose_matches_the_compose_spec_schema() -> None:
@@ -766,8 +937,11 @@ HELM_SCHEMA: dict[str, Any] = _closed({
         # keys read by the chart's configmap-instance template
         "runMonitoring": _closed({"enabled": {"type": "boolean"},
                                   "startTimeoutSeconds": {"type": "integer"},
+                                  "cancelTimeoutSeconds": {"type": "integer"},
+                                  "maxRuntimeSeconds": {"type": "integer"},
                                   "maxResumeRunAttempts": {"type": "integer"},
-                                  "pollIntervalSeconds": {"type": "integer"}}),
+                                  "pollIntervalSeconds": {"type": "integer"},
+                                  "freeSlotsAfterRunEndSeconds": {"type": "integer"}}),
         "runRetries": _closed({"enabled": {"type": "boolean"},
                                "maxRetries": {"type": "integer"},
                                "retryOnAssetOrOpFailure": {"type": "boolean"}}, ("enabled",)),
@@ -835,8 +1009,12 @@ def instance_rendered_by_the_chart(values: dict[str, Any]) -> dict[str, Any]:
                      "tag_concurrency_limits": concurrency["runs"]["tagConcurrencyLimits"]}},
         "run_monitoring": {"enabled": monitoring["enabled"],
                            "start_timeout_seconds": monitoring["startTimeoutSeconds"],
+                           "cancel_timeout_seconds": monitoring["cancelTimeoutSeconds"],
+                           "max_runtime_seconds": monitoring["maxRuntimeSeconds"],
                            "max_resume_run_attempts": monitoring["maxResumeRunAttempts"],
-                           "poll_interval_seconds": monitoring["pollIntervalSeconds"]},
+                           "poll_interval_seconds": monitoring["pollIntervalSeconds"],
+                           "free_slots_after_run_end_seconds":
+                               monitoring["freeSlotsAfterRunEndSeconds"]},
         "run_retries": {"enabled": retries["enabled"], "max_retries": retries["maxRetries"],
                         "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"]},
         "retention": {k: {"purge_after_days": retention[k]["purgeAfterDays"]}
@@ -873,6 +1051,10 @@ def test_helm_values_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         yaml.safe_dump(instance_rendered_by_the_chart(values)), encoding="utf-8")
     config, _ = dagster_instance_config(str(home))
     assert config["concurrency"]["runs"]["max_concurrent_runs"] == 6
+    # The same run-monitoring limits as the compose instance, except resuming (K8s can).
+    prod_monitoring = load_yaml(PROD_INSTANCE)["run_monitoring"]
+    assert {k: v for k, v in config["run_monitoring"].items() if k != "max_resume_run_attempts"} \
+        == {k: v for k, v in prod_monitoring.items() if k != "max_resume_run_attempts"}
     readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
     assert "k8s_job_executor" in readme
 
@@ -886,6 +1068,62 @@ def test_helm_values_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     settings = load_settings(home=tmp_path / "etf_home")
     assert settings.walk_forward.executor == "k8s"
     assert settings.walk_forward.step_memory == "6Gi"
+
+
+def test_helm_redis_password_and_cache_secret_come_from_the_secret() -> None:
+    values = helm_values()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    # Never as plain values: the code server and every run pod get them from etf-rotation-env.
+    plain = {e["name"] for e in deployment["env"]} | {
+        v.partition("=")[0] for v in launcher["envVars"]}
+    assert not plain & {"ETF_REDIS_URL", "ETF_CACHE_SECRET"}
+    assert {"name": "etf-rotation-env"} in deployment["envSecrets"]
+    assert {"name": "etf-rotation-env"} in launcher["envSecrets"]
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    command = re.search(r"create secret generic etf-rotation-env(?:[^\n]*\\\n)+[^\n]*", readme)
+    assert command is not None, "deploy/helm/README.md must show how etf-rotation-env is made"
+    literals = dict(re.findall(r"--from-literal=(\w+)=(?:'([^']*)'|\"[^\"]*\")", command.group(0)))
+    assert "ETF_CACHE_SECRET" in literals
+    assert urlsplit(literals["ETF_REDIS_URL"]).password, "ETF_REDIS_URL needs the password"
+
+
+def test_helm_ledger_roles_and_the_migrate_job() -> None:
+    """Kubernetes mirrors compose: the code location (and so every run pod) gets the
+    application's login only; the owner's login is the migrate Job's alone."""
+    values = helm_values()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert values["postgresql"]["postgresqlUsername"] == "dagster"
+    # The chart copies a deployment's initContainers into run pods: no migrate step there.
+    assert "initContainers" not in deployment
+    assert "etf-ledger-admin" not in yaml.safe_dump(values)
+
+    job = load_yaml(DEPLOY / "helm" / "ledger-migrate-job.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "orchestration.migrate_ledger"]
+    image = deployment["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    assert container["envFrom"] == [{"secretRef": {"name": "etf-ledger-admin"}}]
+
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    secrets = {}
+    for name in ("etf-rotation-env", "etf-ledger-admin"):
+        command = re.search(rf"create secret generic {name}(?:[^\n]*\\\n)*[^\n]*", readme)
+        assert command is not None, name
+        secrets[name] = dict(re.findall(r"--from-literal=(\w+)='([^']*)'", command.group(0)))
+    assert urlsplit(secrets["etf-rotation-env"]["ETF_POSTGRES_URL"]).username == "etf_app"
+    assert urlsplit(secrets["etf-ledger-admin"]["ETF_LEDGER_ADMIN_URL"]).username == \
+        "etf_ledger_migrator"
+    assert "apply -f deploy/helm/ledger-migrate-job.yaml" in readme
+    # The README's role SQL is compose's, statement for statement.
+    block = re.search(r"```sql\n(.*?)```", readme, re.S)
+    assert block is not None
+    readme_sql = [line.split("--", 1)[0].strip() for line in block.group(1).splitlines()]
+    assert [s for s in readme_sql if s] == init_sql_statements(
+        postgres_init_script(compose_config()))
 
 
 def test_image_requirements_include_the_asked_extras() -> None:
@@ -935,6 +1173,11 @@ def test_helm_template_with_the_chart(tmp_path: Path) -> None:
     config, _ = dagster_instance_config(str(home))
     assert config["concurrency"]["pools"]["default_limit"] == 1
     assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    # The chart renders the monitoring limits we set (it ignores keys it does not know).
+    monitoring = helm_values()["dagsterDaemon"]["runMonitoring"]
+    assert config["run_monitoring"]["max_runtime_seconds"] == monitoring["maxRuntimeSeconds"]
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] == \
+        monitoring["freeSlotsAfterRunEndSeconds"]
     assert "postgresql+psycopg2" in instance_yaml
     grpc_args = " ".join(str(d) for d in documents if d.get("kind") == "Deployment")
     assert "orchestration.definitions" in grpc_args

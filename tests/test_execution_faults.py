@@ -27,9 +27,11 @@ from test_execution_pipeline import (
     step_metadata,
 )
 
-from orchestration.definitions import build_definitions, costs_of, strategy_for
+from orchestration.definitions import build_definitions, costs_of, resources_for, strategy_for
 from resources.cache import CacheStats
+from resources.deployment import deployed
 from resources.execution import ExecutionResource, quote_lookback
+from resources.ledger import LedgerResource
 from rotation.risk import RiskLimits
 from trading import approval
 from trading.executor import ExecutionRefused, execute_signal
@@ -72,13 +74,13 @@ def run_direct(defs: dg.Definitions, signal_id: str,
     """What execute_signal_op runs, with a decorated venue."""
     from jobs.execution import run_signal
 
-    resources = defs.resources
     settings = defs_settings(defs)
+    resources = resources_for(settings)
     return run_signal(
         signal_id, ledger=resources["ledger"], execution=resources["execution"],
         market_data=resources["market_data"], cache=resources["cache"],
         clock=resources["clock"], account_id=settings.execution.account_id,
-        initial_cash=settings.execution.initial_cash, costs=costs_of(strategy_for(settings)),
+        costs=costs_of(strategy_for(settings)),
         limits=settings.execution.risk, lock_timeout=settings.execution.lock_timeout_seconds,
         quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions), actor="test",
         dagster_run_id=None, warn=lambda m: None, cache_stats=CacheStats(), wrap_venue=wrap)
@@ -118,10 +120,14 @@ def assert_consistent(ledger: Ledger, defs: dg.Definitions, signal_id: str, venu
     assert len(ids) == len(set(ids))
     fills = ledger.fills(account)
     assert len({f.fill_id for f in fills}) == len(fills)
+    parents = {o.parent_order_id for o in orders if o.parent_order_id is not None}
     for order in orders:
+        if order.order_id in parents:     # a TWAP parent is sent as its children
+            continue
         remote = venue.order(order.order_id)
-        if order.venue_order_id is None:  # cancelled before it was sent (kill switch)
-            assert remote is None and order.status is OrderStatus.CANCELLED
+        if order.venue_order_id is None:  # never sent: kill switch, or its session closed
+            assert remote is None
+            assert order.status in {OrderStatus.CANCELLED, OrderStatus.EXPIRED}
             continue
         assert remote is not None, f"{order.order_id} never reached the venue"
         assert remote.filled_quantity == sum(f.quantity for f in fills
@@ -135,30 +141,7 @@ def test_killed_run_is_retried_without_duplicates(execution_market, ledger_url) 
     market = execution_market
     defs, signal_id = approve(market, ledger_url)
     # A separate process submits the first order and then hangs; it is killed with SIGKILL.
-    script = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(ROOT / 'tests')!r})
-        from pathlib import Path
-        from conftest import ExecutionMarket
-        import test_execution_faults as t
-        market = ExecutionMarket(Path({str(market.home)!r}), Path({str(market.dataset)!r}),
-                                 None, Path({str(market.shared)!r}))
-        defs = t.build(market, {ledger_url!r})
-        def hang(n):
-            if n == 1:
-                print("submitted", flush=True)
-                time.sleep(600)
-        t.run_direct(defs, {signal_id!r}, lambda v: t.HookVenue(v, hang))
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            cwd=ROOT, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "submitted", "the worker never submitted"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+    kill_after_submits(market, ledger_url, signal_id, 1)
     ledger = Ledger(ledger_url)
     try:
         orders = ledger.orders(signal_id=signal_id)
@@ -179,8 +162,37 @@ def test_killed_run_is_retried_without_duplicates(execution_market, ledger_url) 
         ledger.dispose()
 
 
+def kill_after_submits(market, ledger_url: str, signal_id: str, submits: int,
+                       **execution: object) -> None:
+    """A worker process that executes ``signal_id`` (settings ``execution``), hangs after its
+    ``submits``-th venue submission and is killed there with SIGKILL, as a lost run worker."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT / 'tests')!r})
+        from pathlib import Path
+        from conftest import ExecutionMarket
+        import test_execution_faults as t
+        market = ExecutionMarket(Path({str(market.home)!r}), Path({str(market.dataset)!r}),
+                                 None, Path({str(market.shared)!r}))
+        defs = t.build(market, {ledger_url!r}, **{execution!r})
+        def hang(n):
+            if n == {submits}:
+                print("submitted", flush=True)
+                time.sleep(600)
+        t.run_direct(defs, {signal_id!r}, lambda v: t.HookVenue(v, hang))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            cwd=ROOT, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "submitted", "the worker never submitted"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+
 def ledger_account(defs: dg.Definitions) -> str:
-    return defs.resources["ledger"].account_id  # type: ignore[attr-defined]
+    return deployed(defs, "ledger", LedgerResource).account_id
 
 
 def _pg_restart() -> None:
@@ -343,7 +355,7 @@ def test_bad_signals_are_rejected_and_never_executed(ledger_url, rule: str) -> N
             execute_signal(ledger=ledger, venue=_Unreachable(), signal_id=record.signal_id,
                            account_id="paper-main", market=None,  # type: ignore[arg-type]
                            limits=RiskLimits(), costs=None,  # type: ignore[arg-type]
-                           actor="test", initial_cash=1_000_000.0)
+                           actor="test")
         assert ledger.orders(signal_id=record.signal_id) == []
     finally:
         ledger.dispose()

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from orchestration.definitions import build_definitions, costs_of, strategy_for
+from resources.deployment import deployed
+from resources.market_data import MarketDataResource
 from rotation.orders import plan_orders
 from trading.ledger import Ledger
 from trading.models import OrderStatus, Side, SignalStatus
@@ -72,7 +74,7 @@ def test_signal_to_fills_end_to_end(stage) -> None:
     meta = materialization(approved, "approved_signal")
     assert meta["status"] == "approved", meta["reasons"]
     signal_id = str(meta["signal_id"])
-    assert signal_id.startswith(f"{strategy.name}:{market.signal_day}:")
+    assert signal_id.startswith(f"{strategy.name}:{account}:{market.signal_day}:")
     signal = ledger.signal(signal_id)
     assert signal is not None and signal.status is SignalStatus.APPROVED
     target = pd.read_parquet(settings.resolved_storage_root / "target_portfolio.parquet")
@@ -93,7 +95,7 @@ def test_signal_to_fills_end_to_end(stage) -> None:
 
     # Orders: the ledger's empty book diffed against the target at the signal day's raw
     # closes, in 100-unit lots, all submitted; the next open has not printed yet (clock = D).
-    bars = defs.resources["market_data"].load(market.signal_day,  # type: ignore[attr-defined]
+    bars = deployed(defs, "market_data", MarketDataResource).load(market.signal_day,
                                               market.fill_day).bars
     closes = bars.loc[bars["date"] == pd.Timestamp(market.signal_day)].set_index("symbol")
     costs = costs_of(strategy)
@@ -211,8 +213,14 @@ class NoQuotes:
 def test_signal_id_is_deterministic() -> None:
     from trading.models import signal_id_of
 
-    a = signal_id_of("s", pd.Timestamp("2024-01-02").date(), {"510300": 0.5, "518880": 0.5})
-    b = signal_id_of("s", pd.Timestamp("2024-01-02").date(), {"518880": 0.5 + 1e-13,
-                                                               "510300": 0.5})
-    c = signal_id_of("s", pd.Timestamp("2024-01-02").date(), {"510300": 0.6, "518880": 0.4})
+    a = signal_id_of("s", "acct", pd.Timestamp("2024-01-02").date(),
+                     {"510300": 0.5, "518880": 0.5})
+    b = signal_id_of("s", "acct", pd.Timestamp("2024-01-02").date(),
+                     {"518880": 0.5 + 1e-13, "510300": 0.5})
+    c = signal_id_of("s", "acct", pd.Timestamp("2024-01-02").date(),
+                     {"510300": 0.6, "518880": 0.4})
+    # The account is part of the id: the same target for another account is another signal.
+    other = signal_id_of("s", "acct-2", pd.Timestamp("2024-01-02").date(),
+                         {"510300": 0.5, "518880": 0.5})
+    assert other != a and ":acct-2:" in other
     assert a == b != c

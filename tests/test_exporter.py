@@ -29,6 +29,7 @@ from trading.models import Fill, OrderStatus, Side, SignalStatus, order_id_of, w
 
 ROOT = Path(__file__).resolve().parents[1]
 D0 = dt.date(2024, 3, 4)
+D0_PREVIOUS = dt.date(2024, 3, 1)
 D1 = dt.date(2024, 3, 5)
 AT = dt.datetime(2024, 3, 5, 9, 30, tzinfo=dt.UTC)
 
@@ -164,11 +165,12 @@ def ledger_book(ledger_url: str) -> Iterator[Ledger]:
 
     book.record_signal(signal_record("sig-a", "acct-a", {"510300": 0.5, "159915": 0.5},
                                      SignalStatus.APPROVED), actor=actor)
-    # Rejected, then approved after the fix: counted once in each status.
+    # Rejected, then approved after the fix: counted once in each status. Another session
+    # than sig-a's: an account has one approved signal per session.
     book.record_signal(signal_record("sig-a2", "acct-a", {"510500": 1.0},
-                                     SignalStatus.REJECTED), actor=actor)
+                                     SignalStatus.REJECTED, D0_PREVIOUS), actor=actor)
     book.record_signal(signal_record("sig-a2", "acct-a", {"510500": 1.0},
-                                     SignalStatus.APPROVED), actor=actor)
+                                     SignalStatus.APPROVED, D0_PREVIOUS), actor=actor)
     book.record_signal(signal_record("sig-rej", "acct-a", {"512880": 1.0},
                                      SignalStatus.REJECTED), actor=actor)
     book.record_signal(signal_record("sig-b", "acct-b", {"588000": 1.0},

@@ -81,7 +81,7 @@ def make_signal(account_id: str, weights: dict[str, float], *,
                 reasons: list[dict[str, Any]] | None = None,
                 as_of: dt.date = dt.date(2024, 3, 4), strategy: str = "rot") -> SignalRecord:
     return SignalRecord(
-        signal_id=signal_id_of(f"{strategy}-{account_id}", as_of, weights),
+        signal_id=signal_id_of(strategy, account_id, as_of, weights),
         account_id=account_id, strategy=strategy, as_of=as_of, weights=weights,
         weights_hash=weights_hash(weights), status=status, reasons=reasons or [],
         data_version="dv-1", dagster_run_id="run-1",

@@ -51,6 +51,26 @@ query Runs($job: String!) {
     ... on Runs { results { runId status tags { key value } } }
   }
 }"""
+RESOURCES = """
+query Resources($selector: RepositorySelector!) {
+  allTopLevelResourceDetailsOrError(repositorySelector: $selector) {
+    __typename
+    ... on ResourceDetailsList { results { name description
+      configuredValues { key value type } } }
+  }
+}"""
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+SELECTOR = {"repositoryLocationName": "etf_rotation", "repositoryName": "__repository__"}
+# Trust auth ignores the password: it is there to prove the UI never shows it.
+LEDGER_PASSWORD = "s3cret-ledger-pw"
 LOCATION = """
 query { workspaceOrError { ... on Workspace { locationEntries {
   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
@@ -82,6 +102,8 @@ def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
         DagsterGraphQLClient, int, str]]:
     market = execution_market
     port = free_port()
+    user, rest = ledger_url.split("://", 1)[1].split("@", 1)
+    ledger_url = f"postgresql+psycopg://{user.split(':')[0]}:{LEDGER_PASSWORD}@{rest}"
     settings = market.settings(ledger_url)
     env = {**os.environ,
            "DAGSTER_HOME": str(market.home / "dagster"),
@@ -89,6 +111,8 @@ def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
            "ETF_PARTITIONS_START": str(settings.partitions_start),
            "ETF_POSTGRES_URL": ledger_url,
            "ETF_REDIS_URL": str(settings.redis_url),
+           "ETF_CACHE_SECRET": settings.cache_secret.get_secret_value()
+           if settings.cache_secret else "",
            "ETF_EXECUTION__AS_OF": market.signal_day,
            "ETF_MARKET_DATA__SOURCE": "files",
            "ETF_MARKET_DATA__DATASET": str(market.dataset),
@@ -127,6 +151,23 @@ def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
 def test_ui_path_daily_job_backfill_sensor_execution(dagster_dev, execution_market) -> None:
     client, _, ledger_url = dagster_dev
     market = execution_market
+
+    # 0. The UI shows no resource configuration (no secret) and refuses launch config that
+    # names a resource: the controls are the deployment's.
+    found = client._execute(RESOURCES, {"selector": SELECTOR})[
+        "allTopLevelResourceDetailsOrError"]
+    assert found["__typename"] == "ResourceDetailsList", found
+    assert {r["name"] for r in found["results"]} >= {"ledger", "execution", "clock", "cache"}
+    assert all(r["configuredValues"] == [] for r in found["results"])
+    assert LEDGER_PASSWORD not in str(found)
+    for resource, config in (("execution", {"kill_switch": False}),
+                             ("clock", {"as_of": "2099-12-31"}),
+                             ("ledger", {"url": "postgresql+psycopg://postgres@127.0.0.1/x"})):
+        refused = client._execute(LAUNCH, {"params": {
+            "selector": {**SELECTOR, "jobName": "execution_job"},
+            "runConfigData": {"ops": {"execute_signal_op": {"config": {"signal_id": "x"}}},
+                              "resources": {resource: {"config": config}}}}})["launchRun"]
+        assert refused["__typename"] == "RunConfigValidationInvalid", refused
 
     # 1. daily_job for the signal day, as the schedule (or a user) launches it.
     run_id = client.submit_job_execution(

@@ -28,6 +28,7 @@ from orchestration.runs import (
     window_keys,
 )
 from orchestration.settings import Settings, SettingsError
+from resources.deployment import deployed
 from resources.parquet_io import PartitionedParquetIOManager
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -46,7 +47,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, pg_instance: dg.DagsterInsta
 
 
 def _io(defs: dg.Definitions) -> PartitionedParquetIOManager:
-    io = defs.resources["io_manager"]
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     assert isinstance(io, PartitionedParquetIOManager)
     return io
 

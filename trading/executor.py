@@ -1,4 +1,4 @@
-"""Execute one approved signal against a venue, idempotently (SPEC §9).
+"""Execute one approved signal against a venue, idempotently and write-ahead (SPEC §9).
 
 Each step is one ledger transaction and can be repeated: a run killed anywhere and retried, a
 re-execution from the UI or a duplicate launch finds the signal's orders already planned (their
@@ -6,13 +6,20 @@ ids are deterministic), resubmits only what the venue has not acknowledged (the 
 de-duplicates by client order id as well) and records fills by their venue fill id. So no order
 is sent twice and no fill is lost or counted twice.
 
-Steps: reconcile earlier fills → plan (ledger positions vs target at the signal day's raw
-closes, lots, sells first) → pre-trade risk (rejections recorded with their rule) → submit,
-checking the kill switch before every order → collect fills and order states.
+Write-ahead: every order, and every TWAP child with its slicing plan, is in the ledger before
+the first one is sent. A retry sends what the ledger holds, whatever the slicing setting is now,
+so the book never goes past the target; an order the venue has that the ledger still calls
+planned (a run killed between the two) is adopted from the venue at the next reconcile.
+
+Steps: reconcile earlier fills → plan (ledger positions and open orders vs target at the signal
+day's raw closes, lots, sells first, TWAP children) → pre-trade risk (rejections recorded with
+their rule) → submit, checking the kill switch before every order → collect fills and order
+states. Nothing is sent once the orders' session has closed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +33,7 @@ from rotation.risk import (
     limit_state,
     order_check_of,
 )
-from trading.ledger import Ledger, OrderRecord
+from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
 from trading.models import (
     AuditEntry,
     Costs,
@@ -35,8 +42,10 @@ from trading.models import (
     Quote,
     Side,
     SignalStatus,
+    VenueOrder,
     order_id_of,
 )
+from trading.twap import aggregate, child_orders
 from trading.venue import ExecutionVenue
 
 log = logging.getLogger(__name__)
@@ -74,24 +83,80 @@ class MarketView:
     signal_day: dt.date
     order_session: dt.date
     quotes: Mapping[str, Quote]        # symbol → raw bar of the signal day (absent = no bar)
+    closed_through: dt.date | None = None   # the newest session closed by the clock
 
     def last_close(self) -> dict[str, float]:
         return {s: q.close for s, q in self.quotes.items()}
 
 
 def reconcile(ledger: Ledger, venue: ExecutionVenue, account_id: str, *, actor: str,
-              until: dt.date | None = None) -> int:
-    """Record every venue fill not yet in the ledger and align open orders' states with the
-    venue. Returns the number of new fills."""
+              until: dt.date | None = None, closed_through: dt.date | None = None) -> int:
+    """Record every venue fill not yet in the ledger and align the ledger's open orders with
+    the venue; returns the number of new fills.
+
+    A ``planned`` order the venue knows was sent by a run that died before recording it: it
+    takes the venue's state. A ``planned`` order the venue does not know whose session is
+    over (``<= closed_through``, the newest session closed by the clock) was never sent and
+    never will be: it expires. TWAP parents follow their children."""
+    # Adopt what a dead run sent before its fills land (so the venue order id is kept).
+    for order in _open_leaves(ledger, account_id, OrderStatus.PLANNED):
+        remote = venue.order(order.order_id)
+        if remote is not None:
+            ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
+                                venue_order_id=remote.venue_order_id, reason=remote.reason)
     new = sum(ledger.record_fill(f, actor=actor) for f in venue.fills(account_id, until))
-    for order in ledger.orders(account_id=account_id):
-        if order.status.is_final or order.status is OrderStatus.PLANNED:
-            continue
+    for order in _open_leaves(ledger, account_id):
         remote = venue.order(order.order_id)
         if remote is not None and remote.status != order.status:
             ledger.update_order(order.order_id, status=remote.status, actor=actor,
                                 venue_order_id=remote.venue_order_id, reason=remote.reason)
+        elif remote is None and order.status is OrderStatus.PLANNED \
+                and closed_through is not None and order.session <= closed_through:
+            ledger.update_order(order.order_id, status=OrderStatus.EXPIRED, actor=actor,
+                                reason=f"never sent: session {order.session} closed")
+    _sync_parents(ledger, account_id=account_id, actor=actor)
     return new
+
+
+def _open_leaves(ledger: Ledger, account_id: str, status: OrderStatus | None = None
+                 ) -> list[OrderRecord]:
+    """Orders of the account that are not final and not TWAP parents (``status``: only those)."""
+    orders = ledger.orders(account_id=account_id, status=status)
+    parents = {o.parent_order_id for o in ledger.orders(account_id=account_id)
+               if o.parent_order_id is not None}
+    return [o for o in orders if not o.status.is_final and o.order_id not in parents]
+
+
+def _sent_status(remote: VenueOrder) -> OrderStatus:
+    return remote.status if remote.status is not OrderStatus.PLANNED else OrderStatus.SUBMITTED
+
+
+def _sync_parents(ledger: Ledger, *, actor: str, account_id: str | None = None,
+                  signal_id: str | None = None) -> None:
+    """A TWAP parent is never sent itself: its state is its children's (trading.twap)."""
+    orders = ledger.orders(account_id=account_id, signal_id=signal_id)
+    children: dict[str, list[OrderRecord]] = {}
+    for o in orders:
+        if o.parent_order_id is not None:
+            children.setdefault(o.parent_order_id, []).append(o)
+    for parent in orders:
+        kids = children.get(parent.order_id)
+        if not kids or parent.status.is_final:
+            continue
+        if all(k.status is OrderStatus.PLANNED for k in kids):
+            continue
+        state = aggregate(parent.order_id, [_as_venue_order(k) for k in kids])
+        ledger.update_order(parent.order_id, status=state.status, actor=actor,
+                            reason=state.reason)
+
+
+def _as_venue_order(order: OrderRecord) -> VenueOrder:
+    # A child still planned counts as open (SUBMITTED) for the parent's aggregate.
+    status = OrderStatus.SUBMITTED if order.status is OrderStatus.PLANNED else order.status
+    return VenueOrder(client_order_id=order.order_id, venue_order_id=order.venue_order_id or "",
+                      status=status, quantity=order.quantity,
+                      filled_quantity=order.filled_quantity,
+                      average_price=order.average_price, reason=order.reason)
 
 
 def kill_switch_reason(ledger: Ledger, account_id: str, env_engaged: bool) -> str | None:
@@ -105,12 +170,13 @@ def kill_switch_reason(ledger: Ledger, account_id: str, env_engaged: bool) -> st
 
 def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, account_id: str,
                    market: MarketView, limits: RiskLimits, costs: Costs, actor: str,
-                   initial_cash: float,
-                   kill_switch_env: bool = False, dagster_run_id: str | None = None,
+                   kill_switch_env: bool = False, twap_slices: int = 1,
+                   dagster_run_id: str | None = None, lock: AccountLock | None = None,
                    on_submitted: Callable[[OrderRecord], None] | None = None
                    ) -> ExecutionReport:
-    """Execute ``signal_id`` (see module doc). The caller holds the account lock;
-    ``initial_cash`` funds the venue account the first time (a paper venue)."""
+    """Execute ``signal_id`` (see module doc). The caller holds the account ``lock``, checked
+    before every order. The venue account is funded with the ledger's initial cash the first
+    time (a paper venue)."""
     signal = ledger.signal(signal_id)
     if signal is None:
         raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
@@ -121,37 +187,45 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         raise ExecutionRefused(f"signal {signal_id} belongs to account {signal.account_id}, "
                                f"not {account_id}")
     report = ExecutionReport(signal_id=signal_id, status="completed")
-    ledger.start_execution(signal_id, account_id, dagster_run_id=dagster_run_id, actor=actor)
-    venue.open_account(account_id, initial_cash)
+    started = ledger.start_execution(signal_id, account_id, dagster_run_id=dagster_run_id,
+                                     actor=actor)
+    venue.open_account(account_id, ledger.initial_cash(account_id))
+    # Every session the clock has closed can be matched (late: the order session too, so a
+    # dead run's sent orders fill before anything unsent is halted).
     report.new_fills += reconcile(ledger, venue, account_id, actor=actor,
-                                  until=market.signal_day)
+                                  until=max(market.signal_day,
+                                            market.closed_through or market.signal_day),
+                                  closed_through=market.closed_through)
+    if started.status in EXECUTION_FINAL:     # a replay of a finished execution sends nothing
+        report.status = started.status
+        report.orders = ledger.orders(signal_id=signal_id)
+        return report
 
-    stop = kill_switch_reason(ledger, account_id, kill_switch_env)
     orders = ledger.orders(signal_id=signal_id)
+    stop = kill_switch_reason(ledger, account_id, kill_switch_env) or _session_over(market)
     if stop is not None:
         return _halt(ledger, venue, report, orders, stop, actor)
     if not orders:
         orders = _plan(ledger, report, signal_id, signal.weights, account_id, market, limits,
-                       costs, actor)
+                       costs, twap_slices, actor)
 
-    for order in orders:
-        if order.status is not OrderStatus.PLANNED or order.parent_order_id is not None:
-            continue
+    for order in _sendable(orders):
+        if lock is not None:
+            lock.ensure()
         stop = kill_switch_reason(ledger, account_id, kill_switch_env)
         if stop is not None:
             return _halt(ledger, venue, report, ledger.orders(signal_id=signal_id), stop, actor)
         remote = venue.submit(_request(order))
-        _record_children(ledger, venue, order, actor)
-        status = remote.status if remote.status is not OrderStatus.PLANNED \
-            else OrderStatus.SUBMITTED
-        stored = ledger.update_order(order.order_id, status=status, actor=actor,
+        stored = ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
                                      venue_order_id=remote.venue_order_id, reason=remote.reason)
         report.submitted += 1
         if on_submitted is not None:
             on_submitted(stored)
+    _sync_parents(ledger, signal_id=signal_id, actor=actor)
 
     report.new_fills += reconcile(ledger, venue, account_id, actor=actor,
-                                  until=market.order_session)
+                                  until=market.order_session,
+                                  closed_through=market.closed_through)
     report.orders = ledger.orders(signal_id=signal_id)
     ledger.finish_execution(signal_id, "completed", actor=actor,
                             reason=f"{report.submitted} submitted, {len(report.rejected)} "
@@ -159,18 +233,55 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     return report
 
 
-def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
-          account_id: str, market: MarketView, limits: RiskLimits, costs: Costs, actor: str
-          ) -> list[OrderRecord]:
+def _session_over(market: MarketView) -> str | None:
+    """Orders are for the session after the signal: once it has closed they are never sent
+    (a recovered or replayed execution must not trade a day that is over)."""
+    if market.closed_through is not None and market.order_session <= market.closed_through:
+        return (f"order session {market.order_session} closed (clock: "
+                f"{market.closed_through}) before the orders were sent")
+    return None
+
+
+def _sendable(orders: Sequence[OrderRecord]) -> list[OrderRecord]:
+    """The planned orders that go to the venue: whole orders and TWAP children, never a parent
+    (its children, already in the ledger, are what is sent)."""
+    parents = {o.parent_order_id for o in orders if o.parent_order_id is not None}
+    return [o for o in orders if o.status is OrderStatus.PLANNED and o.order_id not in parents]
+
+
+def _book_after_open_orders(ledger: Ledger, account_id: str, signal_id: str, costs: Costs
+                            ) -> tuple[dict[str, int], float]:
+    """Positions and cash as they stand once every open order of the account (other signals'
+    orders not yet final, sent or not) is done: open sells' units leave, open buys' units
+    arrive and their cost with commission is reserved. Sale proceeds are not counted until
+    filled. Planning from this book is what keeps two signals from spending the same cash."""
     positions = {s: p.quantity for s, p in ledger.positions(account_id).items()}
     cash = ledger.cash(account_id)
+    orders = ledger.orders(account_id=account_id)
+    parents = {o.parent_order_id for o in orders if o.parent_order_id is not None}
+    for o in orders:
+        if o.status.is_final or o.order_id in parents or o.signal_id == signal_id:
+            continue
+        left = o.quantity - o.filled_quantity
+        if o.side is Side.BUY:
+            positions[o.symbol] = positions.get(o.symbol, 0) + left
+            cash -= left * o.reference_price + costs.commission(left * o.reference_price)
+        else:
+            positions[o.symbol] = positions.get(o.symbol, 0) - left
+    return {s: q for s, q in positions.items() if q > 0}, cash
+
+
+def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
+          account_id: str, market: MarketView, limits: RiskLimits, costs: Costs,
+          twap_slices: int, actor: str) -> list[OrderRecord]:
+    positions, cash = _book_after_open_orders(ledger, account_id, signal_id, costs)
     closes = market.last_close()
     missing = sorted(s for s in set(weights) | set(positions)
                      if s not in closes and (weights.get(s, 0.0) > 0 or positions.get(s)))
     # A fund without a bar on the signal day cannot be valued or traded: risk rejects it below.
     planned = plan_orders({s: w for s, w in weights.items() if s not in missing},
                           {s: q for s, q in positions.items() if s not in missing},
-                          cash, closes, lot_size=costs.lot_size,
+                          max(cash, 0.0), closes, lot_size=costs.lot_size,
                           commission_rate=costs.commission_bps / 1e4,
                           min_commission=costs.min_commission)
     equity = cash + sum(q * closes.get(s, 0.0) for s, q in positions.items())
@@ -198,12 +309,13 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
     records = []
     for p, c in zip(planned, checks, strict=True):
         found = violations.get(c.order_id, [])
-        records.append(OrderRecord(
+        parent = OrderRecord(
             order_id=c.order_id, signal_id=signal_id, account_id=account_id, symbol=p.symbol,
             side=Side(p.side), quantity=p.quantity, reference_price=p.reference_price,
             session=market.order_session,
             status=OrderStatus.REJECTED if found else OrderStatus.PLANNED,
-            reason="; ".join(f"{v.layer}/{v.rule}: {v.message}" for v in found) or p.reason))
+            reason="; ".join(f"{v.layer}/{v.rule}: {v.message}" for v in found) or p.reason)
+        records.extend(_with_slices(parent, 1 if found else twap_slices, costs.lot_size))
     for symbol in missing:
         ledger.audit(AuditEntry(actor=actor, action="order_not_planned", entity="signal",
                                 entity_id=signal_id, reason=f"instrument/halted: {symbol} has no "
@@ -212,46 +324,38 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
         report.rejected.append({"order_id": "", "layer": "instrument", "rule": "halted",
                                 "subject": symbol,
                                 "message": f"{symbol} has no bar on {market.signal_day}"})
+    # Write-ahead: every order, TWAP children included, is in the ledger (one transaction)
+    # before the first one is sent; a retry sends exactly these, whatever the settings now.
     return ledger.record_orders(records, actor=actor)
+
+
+def _with_slices(parent: OrderRecord, slices: int, lot_size: int) -> list[OrderRecord]:
+    """The parent and, when it is sliced, its TWAP children (trading.twap.child_orders)."""
+    children = child_orders(_request(parent), slices, lot_size)
+    if len(children) == 1:
+        return [parent]
+    return [dataclasses.replace(parent, slices=len(children)), *(
+        dataclasses.replace(parent, order_id=c.client_order_id, quantity=c.quantity,
+                            parent_order_id=parent.order_id, slice_index=c.slice_index,
+                            slices=c.slices, reason=None)
+        for c in children)]
 
 
 def _request(order: OrderRecord) -> OrderRequest:
     return OrderRequest(client_order_id=order.order_id, account_id=order.account_id,
                         symbol=order.symbol, side=order.side, quantity=order.quantity,
-                        session=order.session, reference_price=order.reference_price)
-
-
-def _record_children(ledger: Ledger, venue: ExecutionVenue, parent: OrderRecord,
-                     actor: str) -> None:
-    """A slicing venue (TWAP) creates child orders; the ledger keeps them so their fills attach
-    to an order and every child submission is audited."""
-    children_of = getattr(venue, "children", None)
-    if children_of is None:
-        return
-    children: list[OrderRecord] = []
-    for child_id in children_of(parent.order_id):
-        remote = venue.order(child_id)
-        if remote is None:
-            continue
-        info = venue.request(child_id) if hasattr(venue, "request") else None
-        children.append(OrderRecord(
-            order_id=child_id, signal_id=parent.signal_id, account_id=parent.account_id,
-            symbol=parent.symbol, side=parent.side, quantity=remote.quantity,
-            reference_price=parent.reference_price, session=parent.session,
-            status=remote.status, parent_order_id=parent.order_id,
-            slice_index=getattr(info, "slice_index", len(children) + 1),
-            slices=getattr(info, "slices", 1), venue_order_id=remote.venue_order_id,
-            reason=remote.reason))
-    if children:
-        ledger.record_orders(children, actor=actor)
+                        session=order.session, reference_price=order.reference_price,
+                        parent_order_id=order.parent_order_id, slice_index=order.slice_index,
+                        slices=order.slices)
 
 
 def _halt(ledger: Ledger, venue: ExecutionVenue, report: ExecutionReport,
           orders: Sequence[OrderRecord], reason: str, actor: str) -> ExecutionReport:
-    """Kill switch: nothing more is submitted; planned orders are cancelled in the ledger and
-    open ones at the venue."""
+    """Nothing more is submitted: planned orders are cancelled in the ledger, open ones at the
+    venue (a TWAP parent through its children)."""
+    parents = {o.parent_order_id for o in orders if o.parent_order_id is not None}
     for order in orders:
-        if order.status.is_final:
+        if order.status.is_final or order.order_id in parents:
             continue
         if order.status is not OrderStatus.PLANNED:
             remote = venue.cancel(order.order_id)
@@ -260,6 +364,7 @@ def _halt(ledger: Ledger, venue: ExecutionVenue, report: ExecutionReport,
         else:
             ledger.update_order(order.order_id, status=OrderStatus.CANCELLED, actor=actor,
                                 reason=reason)
+    _sync_parents(ledger, signal_id=report.signal_id, actor=actor)
     report.status = "halted"
     report.notes.append(reason)
     report.orders = ledger.orders(signal_id=report.signal_id)

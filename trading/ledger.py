@@ -10,7 +10,11 @@ Rules every write keeps:
   ``retry_seconds`` have passed;
 * what the database can guarantee on its own it does (schema in
   ``trading/migrations/versions/0001_ledger.py``): an approved signal is immutable, the audit
-  log is append-only, filled quantities and positions never go negative or beyond the order.
+  log is append-only, filled quantities and positions never go negative or beyond the order;
+* signals (``0003_signal_discipline.py``): one approved signal per account and session; a
+  decision is written only by the database functions ``ledger_decide_signal`` and
+  ``ledger_supersede_signal`` (the application's role ``etf_ledger_writer`` may not write the
+  table), and a trigger audits every insert and decision change, whoever makes it.
 
 Numeric columns are exact ``numeric`` in the database (cash and cost arithmetic happens there)
 and come back as ``float``.
@@ -19,6 +23,7 @@ and come back as ``float``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -34,6 +39,8 @@ import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
@@ -182,6 +189,11 @@ class ImmutableSignalError(LedgerError):
     """An approved signal (or any signal's content) cannot change."""
 
 
+class SignalSessionConflict(LedgerError):
+    """The account already has an approved signal for the session (one_signal_per_session):
+    supersede it first."""
+
+
 @dataclass(frozen=True)
 class SignalRecord:
     signal_id: str
@@ -319,6 +331,66 @@ def _signal_of(row: sa.Row[Any]) -> SignalRecord:
     )
 
 
+# Signals are written only through these functions of migration 0003 (the application's role
+# has no INSERT or UPDATE on the table); their trigger writes the audit row.
+_DECIDE_SIGNAL = sa.text(
+    "SELECT * FROM ledger_decide_signal(CAST(:signal_id AS text), CAST(:account_id AS text), "
+    "CAST(:strategy AS text), CAST(:as_of AS date), CAST(:weights AS jsonb), "
+    "CAST(:weights_hash AS text), CAST(:status AS text), CAST(:reasons AS jsonb), "
+    "CAST(:data_version AS text), CAST(:dagster_run_id AS text), "
+    "CAST(:decided_at AS timestamptz), CAST(:actor AS text), CAST(:reason AS text))"
+).bindparams(sa.bindparam("weights", type_=postgresql.JSONB),
+             sa.bindparam("reasons", type_=postgresql.JSONB))
+_SUPERSEDE_SIGNAL = sa.text(
+    "SELECT * FROM ledger_supersede_signal(CAST(:signal_id AS text), CAST(:actor AS text), "
+    "CAST(:reason AS text), CAST(:lock_wait AS double precision))")
+SESSION_INDEX = "signals_one_signal_per_session"
+# SQLSTATEs the decision functions and the signal triggers refuse with.
+_RESTRICT, _UNIQUE = "23001", "23505"
+_REFUSALS = {_RESTRICT, _UNIQUE, "23502", "23514", "P0002", "55P03"}
+
+
+def _refusal(exc: sa.exc.DBAPIError, immutable: type[LedgerError]) -> LedgerError | None:
+    """The ledger error for a refusal by the database's signal rules (``immutable`` for a
+    restrict violation), or None when ``exc`` is something else (the caller re-raises it)."""
+    orig = exc.orig
+    if not isinstance(orig, psycopg.Error) or orig.sqlstate not in _REFUSALS:
+        return None
+    message = orig.diag.message_primary or str(orig)
+    if orig.sqlstate == _UNIQUE:
+        return SignalSessionConflict(message) if orig.diag.constraint_name == SESSION_INDEX \
+            else None
+    return immutable(message) if orig.sqlstate == _RESTRICT else LedgerError(message)
+
+
+def _settled(stored: SignalRecord, status: SignalStatus, reasons: list[dict[str, Any]]
+             ) -> bool:
+    """True when ``stored`` already is this decision; raises when it may not become it."""
+    sid = stored.signal_id
+    if stored.status is SignalStatus.SUPERSEDED:
+        raise ImmutableSignalError(f"signal {sid} was superseded: it cannot be decided again")
+    if stored.status is SignalStatus.APPROVED:
+        if status is SignalStatus.REJECTED:
+            raise ImmutableSignalError(f"signal {sid} is approved and immutable: refusing to "
+                                       f"reject it ({_reason_text(reasons)})")
+        return True
+    return status is SignalStatus.REJECTED and stored.reasons == reasons
+
+
+def _require_same_content(stored: SignalRecord, signal: SignalRecord,
+                          weights: Mapping[str, float], as_of: dt.date) -> None:
+    changed = [name for name, same in (
+        ("account_id", stored.account_id == signal.account_id),
+        ("strategy", stored.strategy == signal.strategy),
+        ("as_of", stored.as_of == as_of),
+        ("weights", _same_weights(stored.weights, weights)),
+        ("weights_hash", stored.weights_hash == signal.weights_hash),
+    ) if not same]
+    if changed:
+        raise ImmutableSignalError(f"signal {signal.signal_id} already exists with different "
+                                   f"{', '.join(changed)}: a signal's content is immutable")
+
+
 def _order_of(row: sa.Row[Any]) -> OrderRecord:
     return OrderRecord(
         order_id=row.order_id, signal_id=row.signal_id, account_id=row.account_id,
@@ -406,10 +478,70 @@ def _retry(attempt: Callable[[], T], *, what: str, retry_seconds: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
+def _migration_tables() -> frozenset[str]:
+    """Every table the ledger's migrations create (the paper broker's and Alembic's version
+    table included), read from the SQL they would run, so no list is kept by hand."""
+    import io
+    import re
+
+    sql = io.StringIO()
+    config = Config(output_buffer=sql)
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", f"{DRIVER}://")      # the dialect only
+    command.upgrade(config, "heads", sql=True)
+    return frozenset(re.findall(r'CREATE TABLE (?:IF NOT EXISTS )?"?(\w+)"?', sql.getvalue()))
+
+
+# Listed first when found: the Dagster storage is the database most easily taken for the
+# ledger's (same server; compose creates both), and these two tables say whose it is.
+_TELLING_FOREIGN_TABLES = ("runs", "event_logs")
+
+_FOREIGN_RELATIONS = sa.text(r"""
+    SELECT n.nspname AS schema, c.relname AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                      AND d.objid = c.oid AND d.deptype = 'e')
+    UNION ALL
+    SELECT s.nspname, NULL FROM pg_namespace s
+    WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+      AND s.nspname NOT LIKE 'pg\_%' AND s.nspname <> current_schema()
+      AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_namespace'::regclass
+                      AND d.objid = s.oid AND d.deptype = 'e')
+      AND NOT EXISTS (SELECT 1 FROM pg_class t WHERE t.relnamespace = s.oid
+                      AND t.relkind IN ('r', 'p', 'v', 'm', 'f'))   -- named by its tables
+""")
+
+
+def _refuse_foreign_database(conn: Connection, sa_url: sa.URL) -> None:
+    """Raise :class:`LedgerError` unless the database is empty or holds only the ledger's
+    tables (in the schema it migrates into). Objects of extensions are not counted; functions
+    and roles are not looked at. Ends the (read-only) transaction it opens."""
+    schema = conn.execute(sa.text("SELECT current_schema()")).scalar() or "public"
+    rows = conn.execute(_FOREIGN_RELATIONS).all()
+    conn.commit()
+    ours = _migration_tables()
+    foreign = sorted(
+        f"schema {s}" if name is None else name if s == schema else f"{s}.{name}"
+        for s, name in rows if not (s == schema and name in ours))
+    if not foreign:
+        return
+    foreign.sort(key=lambda t: t not in _TELLING_FOREIGN_TABLES)    # stable: the rest sorted
+    shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+    raise LedgerError(
+        f"ledger database {sa_url.database!r} on {sa_url.host or 'localhost'}:"
+        f"{sa_url.port or 5432} holds {len(foreign)} table(s) or schema(s) that are not the "
+        f"ledger's: {shown}. The ledger needs a database of its own (its migrations must not "
+        "mix with another application's schema, such as Dagster's storage): create one, e.g. "
+        "CREATE DATABASE ledger, and point the ledger URL (ETF_POSTGRES_URL) at it")
+
+
 def migrate(url: str, *, retry_seconds: float = 30.0) -> None:
     """Upgrade the ledger schema to the Alembic heads. Serialised by a PostgreSQL advisory
     lock, so concurrent callers (several processes starting at once) are safe; a database
-    already at head is left unchanged."""
+    already at head is left unchanged. A database holding anything but the ledger's tables
+    (another application's, e.g. Dagster's) is refused with :class:`LedgerError`."""
     sa_url = _check_url(url)
 
     def attempt() -> None:
@@ -419,6 +551,7 @@ def migrate(url: str, *, retry_seconds: float = 30.0) -> None:
                 conn.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
                 conn.commit()      # the session-level lock outlives the transaction
                 try:
+                    _refuse_foreign_database(conn, sa_url)
                     config = Config()
                     config.set_main_option("script_location", str(MIGRATIONS_DIR))
                     config.attributes["connection"] = conn
@@ -434,9 +567,118 @@ def migrate(url: str, *, retry_seconds: float = 30.0) -> None:
     _retry(attempt, what=f"migrating the ledger at {sa_url!r}", retry_seconds=retry_seconds)
 
 
+VERSION_TABLE = "etf_ledger_alembic_version"           # migrations/env.py's
+# Who may migrate (migration 0003): a superuser, the owner role of the ledger or a member of it;
+# on a database without a ledger yet, a role that may create tables in its schema.
+_MIGRATE_RIGHTS = sa.text("""
+    SELECT current_user AS role, to_regclass(:version_table) IS NOT NULL AS has_schema,
+           CASE WHEN to_regclass(:version_table) IS NULL
+                THEN has_schema_privilege(current_schema(), 'CREATE')
+                ELSE pg_has_role(current_user, (SELECT relowner FROM pg_class
+                                                WHERE oid = to_regclass(:version_table)),
+                                 'USAGE')
+           END AS may_migrate
+""")
+
+
+@functools.cache
+def _schema_heads() -> frozenset[str]:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+def ensure_schema(url: str, *, retry_seconds: float = 30.0) -> None:
+    """The ledger schema at head before first use. A role that may migrate (a superuser, the
+    owner role or a member of it: tests, ``make demo``, one all-powerful local URL) runs
+    :func:`migrate` as before; a role that may not (deploy's application role, a member of
+    ``etf_ledger_writer``) only checks the schema is at head, and otherwise gets
+    :class:`LedgerError` saying that the migrate step has not run."""
+    sa_url = _check_url(url)
+    heads = _schema_heads()
+
+    def inspect() -> tuple[frozenset[str], str, bool]:
+        engine = sa.create_engine(sa_url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                rights = conn.execute(_MIGRATE_RIGHTS, {"version_table": VERSION_TABLE}).one()
+                current = frozenset(MigrationContext.configure(
+                    conn, opts={"version_table": VERSION_TABLE}).get_current_heads()
+                ) if rights.has_schema else frozenset()
+        finally:
+            engine.dispose()
+        return current, str(rights.role), bool(rights.may_migrate)
+
+    current, role, may_migrate = _retry(
+        inspect, what=f"checking the ledger schema at {sa_url!r}", retry_seconds=retry_seconds)
+    if may_migrate:
+        # Every time, as before 0003: at head it changes nothing but still checks the database.
+        migrate(sa_url.render_as_string(hide_password=False), retry_seconds=retry_seconds)
+        return
+    if current == heads:
+        return
+    found = ", ".join(sorted(current)) or "no ledger schema"
+    raise LedgerError(
+        f"ledger database {sa_url.database!r}: the schema is at {found}, this code needs "
+        f"{', '.join(sorted(heads))}, and role {role} may not migrate it: the migrate step has "
+        "not run. Run it with the owner's URL (ETF_LEDGER_ADMIN_URL=postgresql+psycopg://"
+        "<owner login>@host/db python -m orchestration.migrate_ledger; compose: the "
+        "ledger-migrate service; Kubernetes: deploy/helm/ledger-migrate-job.yaml)")
+
+
 # ---------------------------------------------------------------------------------------------
 # The ledger
 # ---------------------------------------------------------------------------------------------
+
+
+class AccountLock:
+    """A held account lock (see :meth:`Ledger.account_lock`) on its own connection."""
+
+    def __init__(self, ledger: Ledger, account_id: str) -> None:
+        self.account_id = account_id
+        self._ledger = ledger
+        self._key = (sa.literal(ACCOUNT_LOCK_NAMESPACE, sa.Integer()),
+                     sa.func.hashtext(account_id))
+        self._conn = self._connect()
+
+    def _connect(self) -> Connection:
+        def connect() -> Connection:
+            conn = self._ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(sa.select(1))
+            return conn
+
+        return _retry(connect, what=f"locking account {self.account_id}",
+                      retry_seconds=self._ledger.retry_seconds)
+
+    def try_take(self) -> bool:
+        return bool(self._conn.execute(sa.select(sa.func.pg_try_advisory_lock(*self._key)))
+                    .scalar())
+
+    def ensure(self) -> None:
+        """Raise :class:`LedgerError` unless the lock is still held. When the server dropped
+        the connection (a restart), the lock went with it: it is taken again without waiting,
+        or, if another execution took it meanwhile, the holder must stop."""
+        try:
+            self._conn.execute(sa.select(1))
+            return
+        except sa.exc.DBAPIError:
+            self._conn.invalidate()
+            self._conn.close()
+        self._conn = self._connect()
+        if not self.try_take():
+            raise LedgerError(f"account {self.account_id}: the execution lock was lost (its "
+                              "connection dropped) and another execution holds it now; "
+                              "stopping before the next order")
+        log.warning("account %s: lock connection dropped; lock taken again", self.account_id)
+
+    def release(self) -> None:
+        try:
+            self._conn.execute(sa.select(sa.func.pg_advisory_unlock(*self._key)))
+        except sa.exc.DBAPIError as exc:   # connection gone: so is the lock
+            log.warning("account %s: unlocking failed (%s)", self.account_id, exc.orig)
+            self._conn.invalidate()
+        finally:
+            self._conn.close()
 
 
 class Ledger:
@@ -455,8 +697,10 @@ class Ledger:
         self.engine.dispose()
 
     def migrate(self) -> None:
-        migrate(self._url.render_as_string(hide_password=False),
-                retry_seconds=self.retry_seconds)
+        """Migrate to head, or - for a role that may not migrate - require the schema at
+        head (:func:`ensure_schema`)."""
+        ensure_schema(self._url.render_as_string(hide_password=False),
+                      retry_seconds=self.retry_seconds)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -496,6 +740,20 @@ class Ledger:
 
         self._run(f"opening account {account_id}", work)
 
+    def initial_cash(self, account_id: str) -> float:
+        """The cash the account was opened with: the ledger's, whatever the settings say now."""
+        return self._account_amount(ACCOUNTS.c.initial_cash, account_id, "initial cash")
+
+    def _account_amount(self, column: sa.Column[Any], account_id: str, what: str) -> float:
+        def work(conn: Connection) -> float:
+            value = conn.execute(sa.select(column).where(
+                column.table.c.account_id == account_id)).scalar()
+            if value is None:
+                raise LedgerError(f"account {account_id} is not open in the ledger")
+            return float(value)
+
+        return self._run(f"reading the {what} of {account_id}", work)
+
     def kill_switch(self, account_id: str) -> KillSwitch:
         def work(conn: Connection) -> KillSwitch:
             row = conn.execute(sa.select(ACCOUNTS).where(ACCOUNTS.c.account_id == account_id)
@@ -532,73 +790,43 @@ class Ledger:
     # ------------------------------------------------------------------ signals
 
     def record_signal(self, signal: SignalRecord, *, actor: str) -> SignalRecord:
-        """Store a decided signal, or return the stored one. A rejected signal may be decided
-        again (approved, or rejected for other reasons); an approved one never changes."""
+        """Store a decided (approved or rejected) signal, or return the stored one. A rejected
+        signal may be decided again (approved, or rejected for other reasons); an approved one
+        never changes except to superseded (:meth:`supersede_signal`). Written through the
+        database function ``ledger_decide_signal``, whose trigger writes the audit row. A
+        second approved signal for the account and session raises
+        :class:`SignalSessionConflict`."""
         status = SignalStatus(signal.status)
+        sid = signal.signal_id
+        if status is SignalStatus.SUPERSEDED:
+            raise LedgerError(f"signal {sid}: record_signal records approvals and rejections; "
+                              "an approved signal is superseded with supersede_signal")
         weights = {str(k): float(v) for k, v in signal.weights.items()}
-        json_weights = {k: _json_weight(v) for k, v in weights.items()}
         reasons = [dict(r) for r in signal.reasons]
         as_of = _as_date(signal.as_of)
-        sid = signal.signal_id
-
-        def audit(conn: Connection, previous: str | None) -> None:
-            _audit(conn, actor=actor, action=f"signal_{status.value}", entity="signal",
-                   entity_id=sid, reason=_reason_text(reasons),
-                   details={"strategy": signal.strategy, "as_of": as_of.isoformat(),
-                            "account_id": signal.account_id, "weights": json_weights,
-                            "reasons": reasons, "data_version": signal.data_version,
-                            "dagster_run_id": signal.dagster_run_id,
-                            "previous_status": previous})
+        params = {
+            "signal_id": sid, "account_id": signal.account_id, "strategy": signal.strategy,
+            "as_of": as_of, "weights": {k: _json_weight(v) for k, v in weights.items()},
+            "weights_hash": signal.weights_hash, "status": status.value, "reasons": reasons,
+            "data_version": signal.data_version, "dagster_run_id": signal.dagster_run_id,
+            "decided_at": signal.decided_at, "actor": actor, "reason": _reason_text(reasons),
+        }
 
         def work(conn: Connection) -> SignalRecord:
-            values: dict[str, Any] = {
-                "signal_id": sid, "account_id": signal.account_id, "strategy": signal.strategy,
-                "as_of": as_of, "weights": json_weights, "weights_hash": signal.weights_hash,
-                "status": status.value, "reasons": reasons,
-                "data_version": signal.data_version, "dagster_run_id": signal.dagster_run_id,
-            }
-            if signal.decided_at is not None:
-                values["decided_at"] = signal.decided_at
-            inserted = conn.execute(
-                pg_insert(SIGNALS).values(**values)
-                .on_conflict_do_nothing(index_elements=["signal_id"]).returning(*SIGNALS.c)
-            ).first()
-            if inserted is not None:
-                audit(conn, None)
-                return _signal_of(inserted)
-
-            stored = _signal_of(conn.execute(
-                sa.select(SIGNALS).where(SIGNALS.c.signal_id == sid).with_for_update()).one())
-            changed = [name for name, same in (
-                ("account_id", stored.account_id == signal.account_id),
-                ("strategy", stored.strategy == signal.strategy),
-                ("as_of", stored.as_of == as_of),
-                ("weights", _same_weights(stored.weights, weights)),
-                ("weights_hash", stored.weights_hash == signal.weights_hash),
-            ) if not same]
-            if changed:
-                raise ImmutableSignalError(
-                    f"signal {sid} already exists with different {', '.join(changed)}: "
-                    "a signal's content is immutable"
-                )
-            if stored.status is SignalStatus.APPROVED:
-                if status is SignalStatus.REJECTED:
-                    raise ImmutableSignalError(
-                        f"signal {sid} is approved and immutable: refusing to reject it "
-                        f"({_reason_text(reasons)})"
-                    )
-                return stored
-            if status is SignalStatus.REJECTED and stored.reasons == reasons:
-                return stored
-            updated = conn.execute(
-                sa.update(SIGNALS).where(SIGNALS.c.signal_id == sid).values(
-                    status=status.value, reasons=reasons, data_version=signal.data_version,
-                    dagster_run_id=signal.dagster_run_id,
-                    decided_at=signal.decided_at or sa.func.now(),
-                ).returning(*SIGNALS.c)
-            ).one()
-            audit(conn, stored.status.value)
-            return _signal_of(updated)
+            row = conn.execute(sa.select(SIGNALS).where(SIGNALS.c.signal_id == sid)).first()
+            if row is not None:
+                stored = _signal_of(row)
+                # Content never changes, so this unlocked read is safe to compare against.
+                _require_same_content(stored, signal, weights, as_of)
+                if _settled(stored, status, reasons):
+                    return stored
+            try:
+                return _signal_of(conn.execute(_DECIDE_SIGNAL, params).one())
+            except sa.exc.DBAPIError as exc:
+                refusal = _refusal(exc, ImmutableSignalError)
+                if refusal is None:
+                    raise
+                raise refusal from exc
 
         return self._run(f"recording signal {sid}", work)
 
@@ -620,6 +848,44 @@ class Ledger:
             query = query.where(SIGNALS.c.status == SignalStatus(status).value)
         return self._run("reading signals",
                          lambda conn: [_signal_of(r) for r in conn.execute(query)])
+
+    def approved_signal_for(self, account_id: str, as_of: dt.date) -> SignalRecord | None:
+        """The account's approved signal for a session, if any (at most one: the database's
+        ``signals_one_signal_per_session`` index)."""
+        query = sa.select(SIGNALS).where(SIGNALS.c.account_id == account_id,
+                                         SIGNALS.c.as_of == _as_date(as_of),
+                                         SIGNALS.c.status == SignalStatus.APPROVED.value)
+
+        def work(conn: Connection) -> SignalRecord | None:
+            row = conn.execute(query).first()
+            return None if row is None else _signal_of(row)
+
+        return self._run(f"reading the approved signal of {account_id} for {as_of}", work)
+
+    def supersede_signal(self, signal_id: str, *, actor: str, reason: str,
+                         lock_wait_seconds: float = 30.0) -> SignalRecord:
+        """Set an approved signal aside (approved -> superseded), audited with ``actor`` and
+        ``reason``, so that another signal may be approved for its account and session.
+        Refused (:class:`LedgerError` naming why) once any of its orders went to a venue or its
+        execution is running, completed or halted: that is the kill switch's or a later
+        session's business. Waits up to ``lock_wait_seconds`` for a running execution of the
+        account to release the account lock. A superseded signal is returned unchanged."""
+        if not actor.strip() or not reason.strip():
+            raise LedgerError(f"superseding signal {signal_id}: an actor and a reason are "
+                              "required (they go to the audit log)")
+        params = {"signal_id": signal_id, "actor": actor, "reason": reason,
+                  "lock_wait": float(lock_wait_seconds)}
+
+        def work(conn: Connection) -> SignalRecord:
+            try:
+                return _signal_of(conn.execute(_SUPERSEDE_SIGNAL, params).one())
+            except sa.exc.DBAPIError as exc:
+                refusal = _refusal(exc, LedgerError)
+                if refusal is None:
+                    raise
+                raise refusal from exc
+
+        return self._run(f"superseding signal {signal_id}", work)
 
     # ------------------------------------------------------------------ executions
 
@@ -702,6 +968,17 @@ class Ledger:
             return None if row is None else _execution_of(row)
 
         return self._run(f"reading the execution of signal {signal_id}", work)
+
+    def executions(self, *, status: str | None = None,
+                   account_id: str | None = None) -> list[ExecutionRecord]:
+        """Executions by start time (``status`` running: the ones a stall watch looks at)."""
+        query = sa.select(EXECUTIONS).order_by(EXECUTIONS.c.started_at, EXECUTIONS.c.signal_id)
+        if status is not None:
+            query = query.where(EXECUTIONS.c.status == status)
+        if account_id is not None:
+            query = query.where(EXECUTIONS.c.account_id == account_id)
+        return self._run("reading executions",
+                         lambda conn: [_execution_of(r) for r in conn.execute(query)])
 
     # ------------------------------------------------------------------ orders
 
@@ -925,19 +1202,12 @@ class Ledger:
         })
 
     def cash(self, account_id: str) -> float:
-        def work(conn: Connection) -> float:
-            balance = conn.execute(sa.select(CASH.c.balance)
-                                   .where(CASH.c.account_id == account_id)).scalar()
-            if balance is None:
-                raise LedgerError(f"account {account_id} is not open in the ledger")
-            return float(balance)
-
-        return self._run(f"reading cash of {account_id}", work)
+        return self._account_amount(CASH.c.balance, account_id, "cash")
 
     def committed_notional(self, account_id: str, session: dt.date) -> float:
         """What was sent to the market for ``session``: quantity x reference price of every
         order that left the ledger (not planned, not rejected), counting cancelled and expired
-        orders only with what they filled."""
+        orders only with what they filled. A TWAP parent counts through its children only."""
         final_unfilled = ORDERS.c.status.in_([OrderStatus.CANCELLED.value,
                                               OrderStatus.EXPIRED.value])
         amount = sa.case(
@@ -945,9 +1215,11 @@ class Ledger:
              * sa.func.coalesce(ORDERS.c.average_price, ORDERS.c.reference_price)),
             else_=ORDERS.c.quantity * ORDERS.c.reference_price,
         )
+        children = ORDERS.alias("children")
         query = sa.select(sa.func.coalesce(sa.func.sum(amount), 0)).where(
             ORDERS.c.account_id == account_id, ORDERS.c.session == _as_date(session),
             ORDERS.c.status.not_in([OrderStatus.PLANNED.value, OrderStatus.REJECTED.value]),
+            ~sa.exists().where(children.c.parent_order_id == ORDERS.c.order_id),
         )
         return self._run(f"reading the committed notional of {account_id}",
                          lambda conn: float(conn.execute(query).scalar_one()))
@@ -1018,34 +1290,20 @@ class Ledger:
     # ------------------------------------------------------------------ locks
 
     @contextmanager
-    def account_lock(self, account_id: str, timeout_seconds: float = 30.0) -> Iterator[None]:
-        """Hold a PostgreSQL session advisory lock on the account (the execution lock when
-        Redis is unavailable). Raises :class:`LedgerError` after ``timeout_seconds``. The lock
-        lives as long as its connection: if the server drops it, the lock is gone too."""
-        key = (sa.literal(ACCOUNT_LOCK_NAMESPACE, sa.Integer()), sa.func.hashtext(account_id))
-
-        def connect() -> Connection:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            conn.execute(sa.select(1))
-            return conn
-
-        conn = _retry(connect, what=f"locking account {account_id}",
-                      retry_seconds=self.retry_seconds)
+    def account_lock(self, account_id: str, timeout_seconds: float = 30.0
+                     ) -> Iterator[AccountLock]:
+        """Hold the account's PostgreSQL session advisory lock: the one execution lock.
+        Raises :class:`LedgerError` after ``timeout_seconds``. The lock lives as long as its
+        connection; :meth:`AccountLock.ensure` tells a holder whether it still has it."""
+        lock = AccountLock(self, account_id)
         try:
             deadline = time.monotonic() + timeout_seconds
-            while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(*key))).scalar():
+            while not lock.try_take():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LedgerError(f"account {account_id} is locked by another execution "
                                       f"(waited {timeout_seconds:g}s)")
                 time.sleep(min(0.1, remaining))
-            try:
-                yield
-            finally:
-                try:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(*key)))
-                except sa.exc.DBAPIError as exc:   # connection gone: so is the lock
-                    log.warning("account %s: unlocking failed (%s)", account_id, exc.orig)
-                    conn.invalidate()
+            yield lock
         finally:
-            conn.close()
+            lock.release()

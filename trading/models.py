@@ -38,6 +38,9 @@ class OrderStatus(enum.StrEnum):
 class SignalStatus(enum.StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
+    # Set aside by an audited re-decision before any of its orders reached a venue, so that
+    # another signal can be approved for the same account and session.
+    SUPERSEDED = "superseded"
 
 
 def weights_hash(weights: Mapping[str, float]) -> str:
@@ -47,9 +50,12 @@ def weights_hash(weights: Mapping[str, float]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def signal_id_of(strategy: str, as_of: dt.date, weights: Mapping[str, float]) -> str:
-    """Deterministic signal id (SPEC §9): strategy, date and the weights hash."""
-    return f"{strategy}:{as_of:%Y-%m-%d}:{weights_hash(weights)[:16]}"
+def signal_id_of(strategy: str, account_id: str, as_of: dt.date,
+                 weights: Mapping[str, float]) -> str:
+    """Deterministic signal id (SPEC §9): strategy, account, date and the weights hash. The
+    account is part of it: the same target for two accounts is two decisions, each with its own
+    money (and its own one-approved-signal-per-session slot)."""
+    return f"{strategy}:{account_id}:{as_of:%Y-%m-%d}:{weights_hash(weights)[:16]}"
 
 
 def order_id_of(signal_id: str, symbol: str, side: Side, slice_index: int = 0) -> str:

@@ -54,6 +54,28 @@ def split_quantity(quantity: int, slices: int, lot_size: int) -> list[int]:
     return sizes
 
 
+def child_orders(parent: OrderRequest, slices: int, lot_size: int) -> list[OrderRequest]:
+    """The TWAP children of ``parent`` (see the module doc), or ``[parent]`` when ``slices``
+    is 1. A pure function of its arguments: the executor records exactly these children in the
+    ledger before the first one is sent."""
+    if slices <= 1:
+        return [parent]
+    q = parent.quantity
+    splittable = (isinstance(q, numbers.Integral) and not isinstance(q, bool) and q > 0
+                  and not (parent.side == Side.BUY and q % lot_size))
+    sizes = split_quantity(int(q), slices, lot_size) if splittable else [q]
+    return [
+        dataclasses.replace(
+            parent,
+            client_order_id=order_id_of(parent.client_order_id, parent.symbol,
+                                        Side(parent.side), k + 1),
+            quantity=size, parent_order_id=parent.client_order_id, slice_index=k + 1,
+            slices=len(sizes),
+        )
+        for k, size in enumerate(sizes)
+    ]
+
+
 class TwapVenue:
     """An :class:`ExecutionVenue` that slices each parent order into TWAP children.
 
@@ -88,23 +110,7 @@ class TwapVenue:
     def plan(self, parent: OrderRequest) -> list[OrderRequest]:
         """The child orders of ``parent`` (deterministic; a single pass-through order when it
         is not sliced)."""
-        n = self.slices_for(parent)
-        if n <= 1:
-            return [parent]
-        q = parent.quantity
-        splittable = (isinstance(q, numbers.Integral) and not isinstance(q, bool) and q > 0
-                      and not (parent.side == Side.BUY and q % self.lot_size))
-        sizes = split_quantity(int(q), n, self.lot_size) if splittable else [q]
-        return [
-            dataclasses.replace(
-                parent,
-                client_order_id=order_id_of(parent.client_order_id, parent.symbol,
-                                            Side(parent.side), k + 1),
-                quantity=size, parent_order_id=parent.client_order_id, slice_index=k + 1,
-                slices=len(sizes),
-            )
-            for k, size in enumerate(sizes)
-        ]
+        return child_orders(parent, self.slices_for(parent), self.lot_size)
 
     def children(self, parent_id: str) -> list[str]:
         """Client ids of the child orders of ``parent_id``, by slice index ([] for an unsliced
