@@ -35,7 +35,7 @@ from resources.ledger import LedgerResource
 from rotation.risk import RiskLimits
 from trading import approval
 from trading.executor import ExecutionRefused, execute_signal
-from trading.ledger import Ledger
+from trading.ledger import Ledger, OrderRecord
 from trading.models import OrderRequest, OrderStatus, SignalStatus, VenueOrder
 from trading.venue import ExecutionVenue
 
@@ -120,9 +120,17 @@ def assert_consistent(ledger: Ledger, defs: dg.Definitions, signal_id: str, venu
     assert len(ids) == len(set(ids))
     fills = ledger.fills(account)
     assert len({f.fill_id for f in fills}) == len(fills)
-    parents = {o.parent_order_id for o in orders if o.parent_order_id is not None}
+    children: dict[str, list[OrderRecord]] = {}
+    for o in orders:
+        if o.parent_order_id is not None:
+            children.setdefault(o.parent_order_id, []).append(o)
     for order in orders:
-        if order.order_id in parents:     # a TWAP parent is sent as its children
+        if order.order_id in children:    # a TWAP parent is sent as its children
+            kids = children[order.order_id]
+            assert sum(k.quantity for k in kids) == order.quantity
+            assert order.filled_quantity == sum(k.filled_quantity for k in kids)
+            if all(k.status.is_final for k in kids):
+                assert order.status.is_final, (order.status, [k.status for k in kids])
             continue
         remote = venue.order(order.order_id)
         if order.venue_order_id is None:  # never sent: kill switch, or its session closed

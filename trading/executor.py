@@ -45,7 +45,7 @@ from trading.models import (
     VenueOrder,
     order_id_of,
 )
-from trading.twap import aggregate, child_orders
+from trading.twap import child_orders
 from trading.venue import ExecutionVenue
 
 log = logging.getLogger(__name__)
@@ -133,30 +133,11 @@ def _sent_status(remote: VenueOrder) -> OrderStatus:
 
 def _sync_parents(ledger: Ledger, *, actor: str, account_id: str | None = None,
                   signal_id: str | None = None) -> None:
-    """A TWAP parent is never sent itself: its state is its children's (trading.twap)."""
+    """A TWAP parent is never sent itself: its state is its children's."""
     orders = ledger.orders(account_id=account_id, signal_id=signal_id)
-    children: dict[str, list[OrderRecord]] = {}
-    for o in orders:
-        if o.parent_order_id is not None:
-            children.setdefault(o.parent_order_id, []).append(o)
-    for parent in orders:
-        kids = children.get(parent.order_id)
-        if not kids or parent.status.is_final:
-            continue
-        if all(k.status is OrderStatus.PLANNED for k in kids):
-            continue
-        state = aggregate(parent.order_id, [_as_venue_order(k) for k in kids])
-        ledger.update_order(parent.order_id, status=state.status, actor=actor,
-                            reason=state.reason)
-
-
-def _as_venue_order(order: OrderRecord) -> VenueOrder:
-    # A child still planned counts as open (SUBMITTED) for the parent's aggregate.
-    status = OrderStatus.SUBMITTED if order.status is OrderStatus.PLANNED else order.status
-    return VenueOrder(client_order_id=order.order_id, venue_order_id=order.venue_order_id or "",
-                      status=status, quantity=order.quantity,
-                      filled_quantity=order.filled_quantity,
-                      average_price=order.average_price, reason=order.reason)
+    open_ids = {o.order_id for o in orders if not o.status.is_final}
+    for parent_id in sorted({o.parent_order_id for o in orders if o.parent_order_id} & open_ids):
+        ledger.sync_parent(parent_id, actor=actor)
 
 
 def kill_switch_reason(ledger: Ledger, account_id: str, env_engaged: bool) -> str | None:

@@ -45,7 +45,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from trading.models import AuditEntry, Fill, OrderStatus, Side, SignalStatus
+from trading.models import AuditEntry, Fill, OrderStatus, Side, SignalStatus, VenueOrder
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,15 @@ def _order_of(row: sa.Row[Any]) -> OrderRecord:
         slice_index=row.slice_index, slices=row.slices, venue_order_id=row.venue_order_id,
         filled_quantity=row.filled_quantity, average_price=row.average_price, reason=row.reason,
     )
+
+
+def _child_state(order: OrderRecord) -> VenueOrder:
+    """A TWAP child as its parent's aggregate sees it: still planned counts as open."""
+    status = OrderStatus.SUBMITTED if order.status is OrderStatus.PLANNED else order.status
+    return VenueOrder(client_order_id=order.order_id, venue_order_id=order.venue_order_id or "",
+                      status=status, quantity=order.quantity,
+                      filled_quantity=order.filled_quantity,
+                      average_price=order.average_price, reason=order.reason)
 
 
 def _fill_of(row: sa.Row[Any]) -> Fill:
@@ -1073,6 +1082,44 @@ class Ledger:
             return _order_of(updated)
 
         return self._run(f"updating order {order_id}", work)
+
+    def sync_parent(self, parent_id: str, *, actor: str) -> OrderRecord:
+        """Bring a TWAP parent in line with its children in one transaction: the aggregated
+        status (:func:`trading.twap.aggregate`; forward only), the summed filled quantity and
+        the average fill price. A parent whose children are all still planned is unchanged."""
+        from trading.twap import aggregate
+
+        def work(conn: Connection) -> OrderRecord:
+            row = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == parent_id)
+                               .with_for_update()).first()
+            if row is None:
+                raise LedgerError(f"order {parent_id} is not in the ledger")
+            kids = [_order_of(r) for r in conn.execute(
+                sa.select(ORDERS).where(ORDERS.c.parent_order_id == parent_id)
+                .order_by(ORDERS.c.slice_index))]
+            if not kids or all(k.status is OrderStatus.PLANNED for k in kids):
+                return _order_of(row)
+            state = aggregate(parent_id, [_child_state(k) for k in kids])
+            current = OrderStatus(row.status)
+            status = current if current.is_final or _rank(state.status) < _rank(current) \
+                else state.status
+            values = {"status": status.value, "filled_quantity": state.filled_quantity,
+                      "average_price": None if state.average_price is None
+                      else _dec(state.average_price), "reason": state.reason or row.reason}
+            if (status.value, state.filled_quantity, values["reason"]) == (
+                    row.status, row.filled_quantity, row.reason):
+                return _order_of(row)
+            updated = conn.execute(sa.update(ORDERS).where(ORDERS.c.order_id == parent_id)
+                                   .values(**values, updated_at=sa.func.now())
+                                   .returning(*ORDERS.c)).one()
+            _audit(conn, actor=actor, action=f"order_{status.value}", entity="order",
+                   entity_id=parent_id, reason=state.reason,
+                   details={"previous_status": current.value, "symbol": row.symbol,
+                            "side": row.side, "quantity": row.quantity,
+                            "filled_quantity": state.filled_quantity, "children": len(kids)})
+            return _order_of(updated)
+
+        return self._run(f"aggregating TWAP parent {parent_id}", work)
 
     # ------------------------------------------------------------------ fills, positions, cash
 
