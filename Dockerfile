@@ -18,9 +18,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/dagster/app
 
-# Dependencies first, in their own layer: they change with pyproject.toml, not with the code.
-# The list is [project].dependencies of pyproject.toml plus the extras asked for.
-COPY pyproject.toml deploy/requirements.py ./
+# The uv that uv.lock pins (the Makefile's UV_VERSION; tests/test_lock.py keeps them equal).
+ARG UV_VERSION=0.13.9
+
+# Dependencies first, in their own layer: they change with pyproject.toml and uv.lock, not with
+# the code. uv exports [project].dependencies plus the extras asked for from uv.lock, as exact
+# versions with their hashes (--locked: the build stops when pyproject.toml has moved away from
+# the lock); pip installs exactly those, hash-checked, and resolves nothing itself.
+COPY pyproject.toml uv.lock deploy/requirements.py ./
+RUN python -m venv /tmp/uv && /tmp/uv/bin/pip install --quiet "uv==${UV_VERSION}" \
+    && /tmp/uv/bin/uv export --locked --no-emit-project --format requirements.txt \
+       $(echo "${EXTRAS}" | tr ',' '\n' | sed '/^ *$/d; s/^ */--extra /') \
+       --output-file /tmp/locked.txt \
+    && pip install --require-hashes --no-deps -r /tmp/locked.txt \
+    && rm -rf /tmp/uv /tmp/locked.txt
+# pyproject.toml's own ranges for the same extras, as pip reads them: the locked set already
+# meets every one, so this installs nothing (it is pip's cross-check of the lock).
 RUN python requirements.py "${EXTRAS}" pyproject.toml > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt requirements.py
@@ -45,6 +58,15 @@ COPY deploy/dagster.prod.yaml ${DAGSTER_HOME}/dagster.yaml
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/dagster dagster \
     && mkdir -p "${DAGSTER_HOME}/compute_logs" "${DAGSTER_HOME}/storage" "${ETF_HOME}" \
     && chown -R dagster:dagster "${DAGSTER_HOME}" "${ETF_HOME}"
+
+# The source revision MLflow runs are tagged with (git.commit, git.dirty): the image has no
+# .git, so the build says it. Last, so a new commit rebuilds only this layer:
+#   --build-arg GIT_COMMIT=$(git rev-parse HEAD) \
+#   --build-arg GIT_DIRTY=$(test -z "$(git status --porcelain)" && echo false || echo true)
+ARG GIT_COMMIT=unknown
+ARG GIT_DIRTY=unknown
+ENV GIT_COMMIT=${GIT_COMMIT} \
+    GIT_DIRTY=${GIT_DIRTY}
 USER dagster
 
 EXPOSE 4000

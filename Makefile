@@ -2,20 +2,27 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+# The uv that uv.lock pins (tests/test_lock.py keeps the two equal). pip installs it into the
+# fresh venv once; from then on `uv sync` keeps it at the lock's version like any package.
+UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: env demo dev test lint typecheck services bench clean
 
-$(STAMP): pyproject.toml
+# Exactly uv.lock (versions and hashes), with the dev extra, into $(VENV); packages the lock
+# does not list are removed. --locked refuses a lock that pyproject.toml has moved away from
+# (run `$(UV) lock`), so a commit always installs what it locked.
+$(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] in ((3, 11), (3, 12)), "Python 3.11 or 3.12 is required, found " + sys.version' 
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra dev
 	touch $(STAMP)
 
 env: $(STAMP)  ## create the virtual environment
 
-demo: env  ## run the whole pipeline on the embedded default (sample market, SQLite instance)
+demo: env  ## the whole chain on the embedded default (sample market, SQLite instance, embedded PostgreSQL ledger)
 	$(PY) -W "ignore:Function:Warning" -W "ignore:Parameter:Warning" -m orchestration.demo
 
 dev: env  ## the Dagster UI on the same local instance as `make demo`

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 import pandas as pd
 
+from assets.code_version import code_version
 from assets.metadata import frame_metadata, markdown
 from rotation import ic as ic_stats
 from rotation import report
@@ -28,6 +29,25 @@ def _wide(long: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
+def daily_ic(factors: pd.DataFrame, adjusted_bars: pd.DataFrame, horizons: Sequence[int]
+             ) -> pd.DataFrame:
+    """Long frame ``date, horizon, factor, ic``: the daily cross-sectional Spearman rank IC of
+    every factor against the T1_OPEN forward return of each horizon, as ``factor_ic`` computes
+    it (``rotation.ic.rank_ic_many``); days without enough funds are left out."""
+    opens = adjusted_bars.pivot(index="date", columns="symbol", values="open").sort_index()
+    labels = forward_returns(opens, horizons, "T1_OPEN")
+    wide = _wide(factors)
+    parts = []
+    for horizon in horizons:
+        ics = ic_stats.rank_ic_many(wide, labels[horizon])
+        ics.index.name, ics.columns.name = "date", "factor"
+        long = ics.stack(future_stack=True).dropna().rename("ic").reset_index()
+        long.insert(1, "horizon", horizon)
+        parts.append(long)
+    return pd.concat(parts, ignore_index=True).sort_values(
+        ["date", "horizon", "factor"], ignore_index=True)
+
+
 def research_assets(
     cross_section_config: CrossSectionConfig,
     specs: Sequence[FactorSpec],
@@ -37,13 +57,20 @@ def research_assets(
 ) -> list[dg.AssetsDefinition]:
     directions = {s.name: s.direction for s in specs}
     select_kwargs = dict(select_kwargs or {})
+    versions = {
+        "factors": code_version("factors", specs, cross_section_config),
+        "factor_ic": code_version("factor_ic", horizons, directions, selection_horizon),
+        "factor_ic_daily": code_version("factor_ic_daily", horizons),
+        "selected_factors": code_version("selected_factors", selection_horizon, select_kwargs,
+                                         directions),
+    }
 
     @dg.asset(
         group_name=FACTORS_GROUP,
         kinds={"pandas", "numba"},
         description="Every configured factor per (date, fund), computed from adjusted bars up "
         "to each date's close, then coverage-filtered, winsorised and standardised per date.",
-        code_version="1",
+        code_version=versions["factors"],
     )
     def factors(adjusted_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         panels = Panels.from_bars(adjusted_bars)
@@ -67,7 +94,7 @@ def research_assets(
         kinds={"pandas", "numba"},
         description="Daily cross-sectional Spearman rank IC of every factor against T1_OPEN "
         "forward returns for each horizon, with ICIR, Newey–West t, positive rate and decay.",
-        code_version="1",
+        code_version=versions["factor_ic"],
     )
     def factor_ic(factors: pd.DataFrame, adjusted_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         import matplotlib
@@ -114,11 +141,32 @@ def research_assets(
 
     @dg.asset(
         group_name=SCREENING_GROUP,
+        kinds={"pandas", "numba"},
+        description="The daily rank IC series behind factor_ic, one row per (date, horizon, "
+        "factor): the Spearman rank IC of the factor's cross-section on that date against the "
+        "T1_OPEN forward returns of the horizon. Load it to plot, resample or test an IC series.",
+        code_version=versions["factor_ic_daily"],
+    )
+    def factor_ic_daily(factors: pd.DataFrame, adjusted_bars: pd.DataFrame
+                        ) -> dg.Output[pd.DataFrame]:
+        frame = daily_ic(factors, adjusted_bars, horizons)
+        means = frame.pivot_table(index="factor", columns="horizon", values="ic", aggfunc="mean")
+        return dg.Output(frame, metadata=frame_metadata(
+            frame,
+            horizons=list(horizons),
+            factor_count=int(frame["factor"].nunique()),
+            days_per_horizon={str(h): int(n) for h, n in
+                              frame.groupby("horizon")["date"].nunique().items()},
+            mean_ic=dg.MetadataValue.md(markdown(means.round(4).reset_index(), 100)),
+        ))
+
+    @dg.asset(
+        group_name=SCREENING_GROUP,
         kinds={"pandas"},
         description="SPEC §5 selection on the full history (|mean IC|, positive rate in the "
         "declared direction, Benjamini–Hochberg FDR, redundancy removal) with the reason every "
         "factor is in or out. Walk-forward windows repeat this on in-sample data only.",
-        code_version="1",
+        code_version=versions["selected_factors"],
     )
     def selected_factors(factor_ic: pd.DataFrame, factors: pd.DataFrame
                          ) -> dg.Output[pd.DataFrame]:
@@ -139,4 +187,4 @@ def research_assets(
             },
         )
 
-    return [factors, factor_ic, selected_factors]
+    return [factors, factor_ic, factor_ic_daily, selected_factors]

@@ -16,6 +16,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.code_version import code_version, strategy_sections
 from assets.metadata import data_fingerprint, frame_metadata, markdown
 from resources.cache import RedisCache
 from resources.clock import ClockResource
@@ -66,9 +67,7 @@ def guarding_checks(assets: Sequence[dg.AssetsDefinition]) -> list[GuardingCheck
 def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
                   session: str) -> list[str]:
     """Names of guarding checks that did not pass for ``session`` (missing counts as failed)."""
-    from dagster._core.storage.asset_check_execution_record import (
-        AssetCheckExecutionRecordStatus,
-    )
+    from orchestration.dagster_private import AssetCheckExecutionRecordStatus
 
     failed = []
     runs: dict[str, str | None] = {}
@@ -101,12 +100,18 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                   *, account_id: str, backtest: BacktestConfig, costs: Costs,
                   lock_timeout: float, parity_tolerance: float, quote_lookback_sessions: int
                   ) -> list[dg.AssetsDefinition]:
+    sections = strategy_sections(strategy, "name", "universe")
+    versions = {
+        "approved_signal": code_version("approved_signal", sections, limits, account_id),
+        "positions_report": code_version("positions_report", sections, account_id, backtest,
+                                         costs, parity_tolerance, quote_lookback_sessions),
+    }
 
     @dg.asset(
         group_name=SIGNALS_GROUP,
         kinds={"postgres"},
         ins={"adjusted_bars": ALL_SESSIONS},
-        code_version="1",
+        code_version=versions["approved_signal"],
         description="The gate between research and trading (SPEC §9): the target portfolio of "
         "session D becomes an immutable approved signal (id = strategy, account, date, weights "
         "hash; one per account and session) only when every blocking check guarding D passed, "
@@ -169,7 +174,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         group_name=EXECUTION_GROUP,
         kinds={"postgres", "numba"},
         deps=["approved_signal"],
-        code_version="1",
+        code_version=versions["positions_report"],
         check_specs=[
             dg.AssetCheckSpec(
                 PARITY_CHECK, asset="positions_report", blocking=True,

@@ -6,12 +6,13 @@ Thin over :mod:`rotation.walkforward`. Each walk-forward window is one partition
 panels once. Every window and every backtest is an MLflow run in the strategy's experiment.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.code_version import code_version, strategy_sections
 from assets.metadata import data_fingerprint, frame_metadata, markdown
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
@@ -30,7 +31,7 @@ BACKTEST_GROUP = "backtest"
 PORTFOLIO_GROUP = "portfolio"
 VBT_CHECK = "finalists_match_vectorbt"
 REPLAY_CHECK = "engine_matches_vectorbt"
-CODE_VERSION = "1"
+POSITIONS_CHECK = "positions_match_oos_backtest"
 ALL_SESSIONS = dg.AssetIn(partition_mapping=dg.AllPartitionMapping())
 
 
@@ -75,6 +76,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     pcfg = strategy.portfolio_config()
     bcfg = strategy.backtest_config()
     space = search_space(strategy)
+    versions = _code_versions(strategy, cross_section)
 
     def prepare(adjusted_bars: pd.DataFrame, factors: pd.DataFrame,
                 market_data: MarketDataResource, cache: RedisCache,
@@ -122,7 +124,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         backfill_policy=window_backfill,
         ins={"adjusted_bars": ALL_SESSIONS},
         metadata={"partition_column": "window"},
-        code_version=CODE_VERSION,
+        code_version=versions["wfo_windows"],
         description="Walk-forward windows (SPEC §6: in-sample, purge, embargo, out-of-sample) "
         "and the SPEC §5 factor screen repeated on each window's in-sample sessions only, with "
         "the reason every factor is in or out.",
@@ -153,7 +155,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         backfill_policy=window_backfill,
         ins={"adjusted_bars": ALL_SESSIONS},
         metadata={"partition_column": "window"},
-        code_version=CODE_VERSION,
+        code_version=versions["wfo_results"],
         check_specs=[dg.AssetCheckSpec(
             VBT_CHECK, asset="wfo_results", blocking=True,
             description="Every finalist's daily equity from the numba search engine equals "
@@ -221,7 +223,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         kinds={"numba", "vectorbt", "mlflow"},
         ins={"adjusted_bars": ALL_SESSIONS,
              "wfo_results": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-        code_version=CODE_VERSION,
+        code_version=versions["oos_backtest"],
         check_specs=[dg.AssetCheckSpec(
             REPLAY_CHECK, asset="oos_backtest", blocking=True,
             description="The backtest engine's executed orders replayed in vectorbt give the "
@@ -279,7 +281,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         kinds={"pandas"},
         ins={"adjusted_bars": ALL_SESSIONS,
              "wfo_results": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
-        code_version=CODE_VERSION,
+        code_version=versions["target_portfolio"],
         description="Target weights for the latest session: the newest window's frozen winner "
         "applied to data up to that close (traded at the next open), with the reason each "
         "fund is in or out.",
@@ -307,7 +309,102 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             **cache_stats.metadata(),
         })
 
-    return [wfo_windows, wfo_results, oos_backtest, target_portfolio]
+    @dg.asset(
+        group_name=BACKTEST_GROUP,
+        kinds={"pandas", "numba"},
+        ins={"adjusted_bars": ALL_SESSIONS,
+             "wfo_results": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+        code_version=versions["oos_positions"],
+        check_specs=[dg.AssetCheckSpec(
+            POSITIONS_CHECK, asset="oos_positions",
+            description="The backtest behind these rows is oos_backtest's (the same daily "
+            "equity to 1e-9 relative) and the positions' value plus the cash is that equity")],
+        description="The stitched out-of-sample backtest of oos_backtest per session and fund: "
+        "the target weight decided at the close (empty: no decision that session; traded at "
+        "the next open), the order filled at the open (side, units, price, commission, or "
+        "blocked and why) and the position held after the close (raw units, value at the "
+        "close, weight of the equity); window is the walk-forward window whose out-of-sample "
+        "session it is. Funds neither held, targeted nor traded are left out.",
+    )
+    def oos_positions(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
+                      factors: pd.DataFrame, wfo_results: pd.DataFrame,
+                      oos_backtest: pd.DataFrame, market_data: MarketDataResource,
+                      cache: RedisCache
+                      ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+        data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
+        winners = _winners(wfo_results)
+        result = wf.oos_backtest(data, wf.stitched_targets(data, pcfg, winners), bcfg)
+        frame = position_rows(result, winners)
+        stored = oos_backtest.set_index("date")["equity"]
+        marked = frame.groupby("date")["value"].sum().reindex(result.equity.index, fill_value=0.0)
+        worst = max(_rel_diff(result.equity, stored),
+                    _rel_diff(marked + result.cash, result.equity))
+        blocked = result.orders["blocked"]
+        yield dg.Output(frame, metadata={
+            **frame_metadata(frame),
+            "orders_filled": dg.MetadataValue.int(int((~blocked).sum())),
+            "orders_blocked": dg.MetadataValue.int(int(blocked.sum())),
+            "sessions_invested": dg.MetadataValue.int(int((marked > 0).sum())),
+            **cache_stats.metadata(),
+        })
+        yield dg.AssetCheckResult(check_name=POSITIONS_CHECK, passed=worst <= 1e-9,
+                                  metadata={"max_rel_diff": dg.MetadataValue.float(worst)})
+
+    return [wfo_windows, wfo_results, oos_backtest, oos_positions, target_portfolio]
+
+
+def _code_versions(strategy: StrategyConfig, cross_section: CrossSectionConfig
+                   ) -> dict[str, str]:
+    """Each asset's code version with the strategy sections it reads (``prepare`` reads the
+    universe, the factors, the horizons and the windows)."""
+    base = ("universe", "factors", "horizons", "wfo")
+    trading = ("costs", "portfolio", "execution")
+
+    def version(asset: str, *sections: str) -> str:
+        return code_version(asset, strategy_sections(strategy, *base, *sections), cross_section)
+
+    return {"wfo_windows": version("wfo_windows", "screening", "search"),
+            "wfo_results": version("wfo_results", "screening", "search", *trading),
+            "oos_backtest": version("oos_backtest", *trading),
+            "oos_positions": version("oos_positions", *trading),
+            "target_portfolio": version("target_portfolio", "name", "portfolio")}
+
+
+def _rel_diff(a: pd.Series, b: pd.Series) -> float:
+    """The largest relative difference of two curves on ``a``'s dates (inf if any is missing)."""
+    ratio = a / b.reindex(a.index)
+    return float(np.abs(ratio.to_numpy() - 1.0).max()) if ratio.notna().all() else np.inf
+
+
+def position_rows(result: BacktestResult, winners: Sequence[tuple[WfoWindow, Candidate]]
+                  ) -> pd.DataFrame:
+    """One row per (session, fund) that is held, targeted above zero or traded: the target
+    decided at the close, the order filled at the open and the position after the close."""
+    columns = pd.Index(result.positions.columns, name="symbol")
+    held = {
+        "target_weight": result.target_weights.reindex(index=result.equity.index,
+                                                       columns=columns),
+        "units": result.positions,
+        "value": result.positions_adj * result.panels.close_marked.fillna(0.0),
+    }
+    frame = pd.concat({k: v.set_axis(columns, axis=1).stack(future_stack=True)
+                       for k, v in held.items()}, axis=1)
+    frame.index.names = ["date", "symbol"]
+    frame = frame.reset_index()
+    frame["weight"] = frame["value"] / frame["date"].map(result.equity)
+    orders = result.orders[["date", "symbol", "side", "requested_units", "units", "price",
+                            "commission", "blocked", "reason"]]
+    frame = frame.merge(orders.add_prefix("order_").rename(
+        columns={"order_date": "date", "order_symbol": "symbol"}), on=["date", "symbol"],
+        how="left", validate="one_to_one")
+    frame["order_blocked"] = frame["order_blocked"].astype("boolean")
+    keep = frame["units"].ne(0) | frame["target_weight"].gt(0) | frame["order_side"].notna()
+    frame = frame.loc[keep].reset_index(drop=True)
+    starts = pd.Series([w.key for w, _ in winners], index=[w.oos_start for w, _ in winners])
+    frame.insert(1, "window", frame["date"].map(
+        starts.reindex(result.equity.index, method="ffill")))
+    frame["symbol"] = frame["symbol"].astype(str)
+    return frame
 
 
 def _winners(results: pd.DataFrame) -> list[tuple[WfoWindow, Candidate]]:

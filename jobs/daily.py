@@ -2,8 +2,8 @@
 signal → the sensor hands it to execution) and the weekly full research rebuild."""
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from orchestration.dagster_private import UnresolvedAssetJobDefinition
 from orchestration.runs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 # Every walk-forward run of one weekly rebuild carries the id of the research run that began it.

@@ -50,8 +50,12 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     day = pd.Timestamp(signal.as_of)
     calendar = market_data.calendar
     closed = calendar.latest_closed_session(clock.now())
+    # The venue must see the bars of every session an open order is for: an order left open
+    # since before the signal (a gap in the daily runs) fills at its own session's open.
+    waiting = [pd.Timestamp(o.session) for o in book.orders(account_id=account_id)
+               if not o.status.is_final]
     quotes = market_quotes(market_data, venue_bars(
-        market_data, day, closed,
+        market_data, min([day, *waiting]), closed,
         lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}

@@ -2,9 +2,11 @@
 
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.market import CROSS_SECTION_GROUP, MARKET_GROUP
+from assets.partitions import session_run_partitions
+from orchestration.dagster_private import UnresolvedAssetJobDefinition
+from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG
 from rotation.calendar import TradingCalendar
 
 
@@ -22,6 +24,7 @@ def market_data_job() -> UnresolvedAssetJobDefinition:
 def after_close_schedule(
     job: UnresolvedAssetJobDefinition,
     calendar: TradingCalendar,
+    partitions: dg.TimeWindowPartitionsDefinition,
     cron: str,
     timezone: str,
     name: str = "market_data_after_close",
@@ -32,7 +35,8 @@ def after_close_schedule(
         job=job,
         cron_schedule=cron,
         execution_timezone=timezone,
-        description=f"{what} after the close ({cron}, {timezone}); days that are not "
+        description=f"{what} after the close ({cron}, {timezone}), with the weekday "
+        f"holidays since the previous session (empty partitions); days that are not "
         f"{calendar.name} sessions are skipped.",
         default_status=dg.DefaultScheduleStatus.STOPPED,
     )
@@ -41,6 +45,14 @@ def after_close_schedule(
         if not calendar.is_session(day):
             return dg.SkipReason(f"{day} is not a {calendar.name} session")
         key = day.isoformat()
-        return dg.RunRequest(run_key=f"{job.name}:{key}", partition_key=key)
+        keys = session_run_partitions(partitions, calendar, day)
+        if not keys:
+            return dg.SkipReason(f"{day} is before the first partition ({partitions.start:%F})")
+        if keys == [key]:
+            return dg.RunRequest(run_key=f"{job.name}:{key}", partition_key=key)
+        # The holidays before the session are stored (empty) in the same run: readers of a
+        # lookback range or of the whole history find every partition up to the session.
+        return dg.RunRequest(run_key=f"{job.name}:{key}",
+                             tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
 
     return _schedule

@@ -7,10 +7,10 @@ window. A full rebuild runs them in order (``orchestration.runs.rebuild_research
 """
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.research import FACTORS_GROUP, SCREENING_GROUP
 from assets.walk_forward import BACKTEST_GROUP, PORTFOLIO_GROUP, WFO_GROUP
+from orchestration.dagster_private import UnresolvedAssetJobDefinition
 
 
 def research_job() -> UnresolvedAssetJobDefinition:

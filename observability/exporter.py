@@ -130,7 +130,7 @@ def asset_metrics(instance: dg.DagsterInstance, now: float) -> list[Metric]:
 
 
 def _sql_event_log(instance: dg.DagsterInstance) -> Any:
-    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+    from orchestration.dagster_private import SqlEventLogStorage
 
     storage = instance.event_log_storage
     if not isinstance(storage, SqlEventLogStorage):
@@ -140,7 +140,7 @@ def _sql_event_log(instance: dg.DagsterInstance) -> Any:
 
 
 def _sql_run_storage(instance: dg.DagsterInstance) -> Any:
-    from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+    from orchestration.dagster_private import SqlRunStorage
 
     storage = instance.run_storage
     if not isinstance(storage, SqlRunStorage):
@@ -150,7 +150,7 @@ def _sql_run_storage(instance: dg.DagsterInstance) -> Any:
 
 
 def check_metrics(instance: dg.DagsterInstance) -> list[Metric]:
-    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable as checks
+    from orchestration.dagster_private import AssetCheckExecutionsTable as checks
 
     storage = _sql_event_log(instance)
     key = (checks.c.asset_key, checks.c.check_name)
@@ -184,7 +184,7 @@ def check_metrics(instance: dg.DagsterInstance) -> list[Metric]:
 
 def run_metrics(instance: dg.DagsterInstance,
                 buckets: Sequence[float] = RUN_DURATION_BUCKETS) -> list[Metric]:
-    from dagster._core.storage.runs.schema import RunsTable as runs
+    from orchestration.dagster_private import RunsTable as runs
 
     storage = _sql_run_storage(instance)
     duration = runs.c.end_time - runs.c.start_time

@@ -233,7 +233,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     operations = dg.Definitions(
         jobs=[daily],
         schedules=[after_close_schedule(
-            daily, calendar, settings.schedule_cron, settings.schedule_timezone,
+            daily, calendar, sessions, settings.schedule_cron, settings.schedule_timezone,
             name="daily_after_close", what="Run daily_job for the day's session")],
         sensors=[run_failure_alert_sensor(settings.alert_webhook_url or None,
                                           settings.alert_webhook_timeout_seconds,

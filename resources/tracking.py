@@ -2,7 +2,8 @@
 
 One MLflow experiment per strategy; one run per WFO window and per backtest. Each run carries
 tags that tie it to the Dagster run id, asset key and partition, the code version and the data
-version, so every number can be traced back to the inputs that produced it.
+version, so every number can be traced back to the inputs that produced it; ``git.commit`` and
+``git.dirty`` name the source it ran (see :func:`source_revision`).
 
 Everything goes through an explicit :class:`mlflow.MlflowClient` bound to ``tracking_uri``: the
 module never touches mlflow's process-global state (``mlflow.set_tracking_uri``, the fluent
@@ -29,8 +30,10 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import os
 import posixpath
 import re
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -54,7 +57,13 @@ TAG_DAGSTER_PARTITION_KEY = "dagster.partition_key"
 TAG_DAGSTER_PARTITION_RANGE = "dagster.partition_key_range"
 TAG_CODE_VERSION = "code_version"
 TAG_DATA_VERSION = "data_version"
+TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_DIRTY = "git.dirty"
 TAG_ERROR = "error"
+# Set at image build (the Dockerfile's build args): an installed image has no .git to ask.
+ENV_GIT_COMMIT = "GIT_COMMIT"
+ENV_GIT_DIRTY = "GIT_DIRTY"
+UNKNOWN = "unknown"
 
 PARAMS_ARTIFACT = "params.json"
 _TRUNCATED = "…[truncated; full value in params.json]"
@@ -306,6 +315,27 @@ def dagster_tags(context: Any) -> dict[str, str]:
     return tags
 
 
+@cache
+def source_revision() -> dict[str, str]:
+    """The commit of the running code and whether its work tree had changes (``true``/
+    ``false``), once per process: from git, else from ``GIT_COMMIT`` / ``GIT_DIRTY`` (set when
+    the image is built), else ``unknown``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = "true" if _git(root, "status", "--porcelain") else "false"
+    except (OSError, subprocess.SubprocessError):
+        commit = os.environ.get(ENV_GIT_COMMIT) or UNKNOWN
+        dirty = os.environ.get(ENV_GIT_DIRTY) or UNKNOWN
+    return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: dirty}
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout.strip()
+
+
 def _asset_code_version(context: Any) -> str | None:
     try:
         if context is None or not context.has_assets_def:
@@ -522,7 +552,7 @@ class MlflowTracking(dg.ConfigurableResource):
         client = self.client()
         exp = self.experiment(experiment, client=client)
         assert exp is not None
-        run_tags: dict[str, str] = dagster_tags(context)
+        run_tags: dict[str, str] = dagster_tags(context) | source_revision()
         code_version = self.code_version or _asset_code_version(context)
         if code_version:
             run_tags[TAG_CODE_VERSION] = str(code_version)
@@ -597,9 +627,12 @@ __all__ = [
     "TAG_DAGSTER_RUN_ID",
     "TAG_DATA_VERSION",
     "TAG_ERROR",
+    "TAG_GIT_COMMIT",
+    "TAG_GIT_DIRTY",
     "MlflowTracking",
     "TrackedRun",
     "dagster_tags",
     "flatten_params",
     "prepare_params",
+    "source_revision",
 ]

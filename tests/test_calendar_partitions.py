@@ -237,7 +237,7 @@ def schedule(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dagster-pandera beta warnings on import
         job = market_data_job()
-    return after_close_schedule(job, xshg, "30 16 * * 1-5", "Asia/Shanghai")
+    return after_close_schedule(job, xshg, xshg_partitions, "30 16 * * 1-5", "Asia/Shanghai")
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,8 @@ def test_schedule_definition(schedule: dg.ScheduleDefinition) -> None:
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
 
 
-@pytest.mark.parametrize("day", ["2024-10-08", "2024-02-19", "2024-12-31"])
+# A session after weekday holidays requests them too (tests/test_daily_schedule.py).
+@pytest.mark.parametrize("day", ["2024-10-09", "2024-02-20", "2024-12-31"])
 def test_schedule_on_a_session_requests_that_partition(schedule: dg.ScheduleDefinition,
                                                        day: str) -> None:
     when = dt.datetime.combine(dt.date.fromisoformat(day), dt.time(16, 30), tzinfo=SHANGHAI)
@@ -293,15 +294,15 @@ def test_schedule_skips_non_sessions(schedule: dg.ScheduleDefinition, day: str) 
 
 def test_evaluate_tick_on_a_session(schedule: dg.ScheduleDefinition,
                                     repository: dg.RepositoryDefinition) -> None:
-    when = dt.datetime(2024, 10, 8, 16, 30, tzinfo=SHANGHAI)
+    when = dt.datetime(2024, 10, 9, 16, 30, tzinfo=SHANGHAI)
     ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repository)
     data = schedule.evaluate_tick(ctx)
     assert data.skip_message is None
     assert len(data.run_requests) == 1
     request = data.run_requests[0]
-    assert request.partition_key == "2024-10-08"
-    assert request.run_key == "market_data_job:2024-10-08"
-    assert request.tags["dagster/partition"] == "2024-10-08"
+    assert request.partition_key == "2024-10-09"
+    assert request.run_key == "market_data_job:2024-10-09"
+    assert request.tags["dagster/partition"] == "2024-10-09"
     assert request.tags["dagster/schedule_name"] == "market_data_after_close"
 
 

@@ -1,6 +1,7 @@
 """Corrupted inputs, made here from the real files of cn_etf_morphkyan_raw: each fails its named
 blocking check with a message naming the file, symbol, date and rule, blocks everything
-downstream, and leaves the last good partition files untouched."""
+downstream of the partitions it fails, and leaves their last good files untouched (a range
+stores its other partitions: tests/test_partial_backfill.py)."""
 
 from __future__ import annotations
 
@@ -274,11 +275,24 @@ def test_corruption_fails_its_check_blocks_downstream_and_keeps_last_good(
     assert record.run_id == result.run_id
     assert record.status.value == "FAILED"
 
-    # Nothing downstream ran; nothing was materialised; the last good files are untouched.
+    # No downstream step ran. The failed partitions (all of them without a date) were not
+    # materialised and keep their last good files; only the others may have been stored.
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert started == {"raw_bars"}
-    assert not [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
-    assert _hashes(storage) == baseline.hashes
+    failed = failure.event_specific_data.user_failure_data.metadata["failed_partitions"].value
+    if corruption.date:
+        assert corruption.date in failed["raw_bars"]
+    else:
+        assert len(failed["raw_bars"]) == len(pd.bdate_range(START, END))
+    stored = {(e.asset_key.to_user_string(), e.partition) for e in result.all_events
+              if e.event_type_value == "ASSET_MATERIALIZATION"}
+    assert not stored & {(asset, key) for asset, keys in failed.items() for key in keys}
+    hashes = _hashes(storage)
+    assert hashes.keys() == baseline.hashes.keys()
+    for asset, keys in failed.items():
+        for key in keys:
+            name = f"{asset}/{key}.parquet"
+            assert hashes[name] == baseline.hashes[name], name
 
 
 def test_good_copy_passes_every_check(baseline: Baseline, pg_instance: dg.DagsterInstance

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from assets.walk_forward import REPLAY_CHECK, VBT_CHECK
+from assets.walk_forward import POSITIONS_CHECK, REPLAY_CHECK, VBT_CHECK
 from orchestration.definitions import build_definitions, strategy_for
 from orchestration.runs import (
     RANGE_END_TAG,
@@ -63,7 +63,7 @@ def test_every_stage_runs_and_its_checks_pass(chain, pg_instance: dg.DagsterInst
                                                          "portfolio_job"]
     assert all(r.success for r in results)
     assert _checks(results[1]) == {VBT_CHECK: True}
-    assert _checks(results[2]) == {REPLAY_CHECK: True}
+    assert _checks(results[2]) == {REPLAY_CHECK: True, POSITIONS_CHECK: True}
     keys = window_keys(defs)
     assert len(keys) >= 3
     for asset in ("wfo_windows", "wfo_results"):

@@ -1,0 +1,224 @@
+"""Code versions of the assets, derived from the code and the configuration they run.
+
+Dagster marks an asset stale when its code version differs from the one its latest
+materialisation recorded, and every MLflow run carries it as its ``code_version`` tag; both
+mean something only when the version changes exactly when the asset's output can change.
+:func:`code_version` hashes
+
+* the source of what the asset runs (:data:`ASSET_CODE`, an explicit list per asset): its own
+  function in ``assets/`` and the helpers there it calls (``"module:name"``), and the
+  Dagster-free modules of ``rotation/`` and ``trading/`` (and the resource modules that read its
+  data) it runs — a package means all of its modules. ``tests/test_code_version.py`` checks that
+  every list is closed under the project's imports (``rotation.portfolio`` runs factor kernels,
+  so whatever runs the portfolio lists ``rotation.factors``);
+* the code of its upstream assets, so an edit of a factor kernel changes ``factors`` and every
+  asset computed from it, and nothing upstream of it;
+* the configuration it reads, which the asset's factory passes (the strategy's sections, the
+  factor specs, the cross-section config, ...).
+
+Source is compared as its syntax tree without docstrings and ``description=`` arguments:
+comments, formatting and documentation mark nothing stale.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rotation.strategy import StrategyConfig
+
+VERSION_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class AssetCode:
+    """What an asset runs: ``functions`` are ``"assets.module:name"`` (a function or class,
+    nested or not, found by its unique name), ``modules`` dotted modules or packages, and
+    ``parents`` the upstream assets whose code it builds on."""
+
+    functions: tuple[str, ...]
+    modules: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
+
+
+# The data source (files, sample, akshare) as raw_bars reads it.
+_SOURCE = ("resources.market_data", "rotation.sources", "rotation.bars", "rotation.calendar")
+_FACTORS = ("rotation.factors", "rotation.cross_section")
+# rotation.walkforward and what it imports (prepare, screen, search, portfolio, backtest), the
+# strategy's derived settings and the funds' instruments from the data source.
+_WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rotation.portfolio",
+                 "rotation.backtest", "rotation.ic", "rotation.labels", "rotation.orders",
+                 "rotation.strategy", "rotation.config_paths", *_FACTORS, *_SOURCE)
+_PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
+_TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
+            "trading.venue", "rotation.risk", "rotation.orders")
+
+ASSET_CODE: dict[str, AssetCode] = {
+    "raw_bars": AssetCode(
+        ("assets.market:raw_bars", "assets.market:failed_partitions",
+         "assets.market:PartialBackfill", "assets.market:contiguous"),
+        ("rotation.quality", "rotation.adjust", "rotation.cross_section", *_SOURCE)),
+    "adjusted_bars": AssetCode(("assets.market:adjusted_bars",),
+                               ("rotation.adjust", "rotation.bars"), ("raw_bars",)),
+    "cross_sections": AssetCode(
+        ("assets.market:cross_sections", "assets.market:standardization_problems"),
+        ("rotation.cross_section",), ("adjusted_bars",)),
+    "factors": AssetCode(("assets.research:factors",), _FACTORS, ("adjusted_bars",)),
+    "factor_ic": AssetCode(("assets.research:factor_ic", "assets.research:_wide"),
+                           ("rotation.ic", "rotation.labels", "rotation.report",
+                            "rotation.backtest.metrics"), ("factors", "adjusted_bars")),
+    "factor_ic_daily": AssetCode(
+        ("assets.research:factor_ic_daily", "assets.research:daily_ic", "assets.research:_wide"),
+        ("rotation.ic", "rotation.labels"), ("factors", "adjusted_bars")),
+    "selected_factors": AssetCode(("assets.research:selected_factors", "assets.research:_wide"),
+                                  ("rotation.ic",), ("factor_ic", "factors")),
+    "wfo_windows": AssetCode(
+        ("assets.walk_forward:wfo_windows", "assets.walk_forward:windows_of",
+         "assets.walk_forward:warmup_sessions", *_PREPARE),
+        _WALK_FORWARD, ("adjusted_bars", "factors")),
+    "wfo_results": AssetCode(
+        ("assets.walk_forward:wfo_results", "assets.walk_forward:windows_of",
+         "assets.walk_forward:warmup_sessions", "assets.walk_forward:search_space", *_PREPARE),
+        (*_WALK_FORWARD, "rotation.report"), ("adjusted_bars", "factors", "wfo_windows")),
+    "oos_backtest": AssetCode(
+        ("assets.walk_forward:oos_backtest", "assets.walk_forward:_winners",
+         "assets.walk_forward:_daily_frame", *_PREPARE),
+        (*_WALK_FORWARD, "rotation.report"), ("adjusted_bars", "factors", "wfo_results")),
+    "oos_positions": AssetCode(
+        ("assets.walk_forward:oos_positions", "assets.walk_forward:_winners",
+         "assets.walk_forward:position_rows", *_PREPARE),
+        _WALK_FORWARD, ("adjusted_bars", "factors", "wfo_results", "oos_backtest")),
+    "target_portfolio": AssetCode(
+        ("assets.walk_forward:target_portfolio", "assets.walk_forward:_winners", *_PREPARE),
+        _WALK_FORWARD, ("adjusted_bars", "factors", "wfo_results")),
+    "approved_signal": AssetCode(
+        ("assets.signals:approved_signal", "assets.signals:failed_checks"),
+        (*_TRADING, *_SOURCE), ("target_portfolio", "adjusted_bars")),
+    "positions_report": AssetCode(
+        ("assets.signals:positions_report", "assets.signals:book_differences",
+         "assets.signals:paper_equity", "assets.signals:backtest_equity"),
+        ("resources.execution", "trading.executor", "trading.paper", "rotation.backtest",
+         "rotation.report", *_SOURCE, *_TRADING), ("approved_signal",)),
+}
+
+
+def code_version(asset: str, *config: object) -> str:
+    """The code version of ``asset``: its code, its upstream assets' code and ``config``."""
+    parts = [code_lineage(asset)] + [canonical_json(item) for item in config]
+    return _digest(parts)[:VERSION_LENGTH]
+
+
+def code_lineage(asset: str) -> str:
+    """A digest of the source ``asset`` runs and of its upstream assets' (no configuration)."""
+    spec = ASSET_CODE[asset]
+    parts = [function_digest(ref) for ref in spec.functions]
+    parts += [module_digest(name) for module in spec.modules for name in modules_of(module)]
+    parts += [code_lineage(parent) for parent in spec.parents]
+    return _digest(parts)
+
+
+def strategy_sections(strategy: StrategyConfig, *names: str) -> dict[str, Any]:
+    """The named sections of the strategy's configuration (as in its YAML file)."""
+    data = strategy.to_dict()
+    return {name: data[name] for name in names}
+
+
+# -- source ----------------------------------------------------------------------------------
+
+
+def modules_of(module: str) -> list[str]:
+    """``module`` itself, or every module of a package (sorted), sub-packages included."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"code version: no module {module!r}")
+    if not spec.submodule_search_locations:
+        return [module]
+    root = Path(spec.origin).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        names.append(".".join((module, *parts[:-1])) if parts[-1] == "__init__"
+                     else ".".join((module, *parts)))
+    return names
+
+
+@cache
+def source_text(module: str) -> str:
+    """The source of one module, as the code version reads it (the file on disk)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"code version: no module {module!r}")
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def module_digest(module: str) -> str:
+    return _tree_digest(source_text(module), None)
+
+
+def function_digest(ref: str) -> str:
+    module, _, name = ref.partition(":")
+    return _tree_digest(source_text(module), name)
+
+
+@cache
+def _tree_digest(text: str, name: str | None) -> str:
+    """The digest of a module's syntax tree, or of the one definition called ``name`` in it."""
+    node: ast.AST = ast.parse(text)
+    if name is not None:
+        found = [n for n in ast.walk(node) if isinstance(
+            n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == name]
+        if len(found) != 1:
+            raise ValueError(f"code version: {len(found)} definitions named {name!r}")
+        node = found[0]
+    return _digest([ast.dump(_Normalise().visit(node))])
+
+
+class _Normalise(ast.NodeTransformer):
+    """Drops what documents the code without changing what it computes."""
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+                and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, ast.Call):
+            node.keywords = [k for k in node.keywords if k.arg != "description"]
+        return super().generic_visit(node)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def canonical_json(value: object) -> str:
+    """Equal configurations, equal text: sorted keys, plain values."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and not isinstance(value, type):
+        return model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted((_plain(v) for v in value), key=repr)
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _digest(parts: Iterable[str]) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

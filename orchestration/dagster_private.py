@@ -1,0 +1,45 @@
+"""The one place the project imports Dagster's private (``dagster._``) modules.
+
+Each name here has no public equivalent in Dagster 1.13; keeping them together means an upgrade
+that moves them breaks one import block, reviewed in one file:
+
+* ``UnresolvedAssetJobDefinition``: the type ``dg.define_asset_job`` returns (job factories'
+  annotations).
+* ``AssetCheckExecutionRecordStatus``: the status of a stored check evaluation (the approval
+  gate reads whether a guarding check passed).
+* ``CODE_VERSION_TAG``, ``PartitionsSubset`` and the event types below: recording one
+  materialisation per good partition of a failed range run (assets/market.py), which Dagster's
+  public API cannot express (a step stores all partitions of its range or none).
+* The SQL storages and their tables: the metrics exporter counts runs and check results in
+  the instance's database directly (one query each instead of paging the public API).
+"""
+
+from dagster._core.definitions.data_version import CODE_VERSION_TAG
+from dagster._core.definitions.partitions.subset import PartitionsSubset
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.events import (
+    AssetMaterializationPlannedData,
+    DagsterEvent,
+    DagsterEventBatchMetadata,
+    generate_event_batch_id,
+)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._core.storage.runs.schema import RunsTable
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+
+__all__ = [
+    "CODE_VERSION_TAG",
+    "AssetCheckExecutionRecordStatus",
+    "AssetCheckExecutionsTable",
+    "AssetMaterializationPlannedData",
+    "DagsterEvent",
+    "DagsterEventBatchMetadata",
+    "PartitionsSubset",
+    "RunsTable",
+    "SqlEventLogStorage",
+    "SqlRunStorage",
+    "UnresolvedAssetJobDefinition",
+    "generate_event_batch_id",
+]
