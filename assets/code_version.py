@@ -51,13 +51,14 @@ class AssetCode:
 
 
 # The data source (files, sample, akshare) as raw_bars reads it.
-_SOURCE = ("resources.market_data", "rotation.sources", "rotation.bars", "rotation.calendar")
+_SOURCE = ("resources.market_data", "rotation.sources", "rotation.bars", "rotation.calendar",
+           "rotation.market", "rotation.yaml_config", "rotation.config_paths")
 _FACTORS = ("rotation.factors", "rotation.cross_section")
 # rotation.walkforward and what it imports (prepare, screen, search, portfolio, backtest), the
 # strategy's derived settings and the funds' instruments from the data source.
 _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rotation.portfolio",
                  "rotation.backtest", "rotation.ic", "rotation.labels", "rotation.orders",
-                 "rotation.strategy", "rotation.config_paths", *_FACTORS, *_SOURCE)
+                 "rotation.strategy", *_FACTORS, *_SOURCE)
 _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
             "trading.venue", "rotation.risk", "rotation.orders")
@@ -129,7 +130,10 @@ def code_lineage(asset: str) -> str:
 def strategy_sections(strategy: StrategyConfig, *names: str) -> dict[str, Any]:
     """The named sections of the strategy's configuration (as in its YAML file)."""
     data = strategy.to_dict()
-    return {name: data[name] for name in names}
+    out = {name: data[name] for name in names}
+    if "costs" in names:  # the costs as charged come from the market profile's rules
+        out["market"] = strategy.market.model_dump(mode="json")
+    return out
 
 
 # -- source ----------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def research_assets(
     def factors(adjusted_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         panels = Panels.from_bars(adjusted_bars)
         raw = compute_factors(specs, panels)
-        eligible = coverage(panels.close, cross_section_config)
+        eligible = coverage(panels.close, cross_section_config, panels.turnover)
         standardised = {name: process(frame, eligible, cross_section_config)
                         for name, frame in raw.items()}
         long = factors_long(standardised)

@@ -181,18 +181,18 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                               tags=tags(window), data_version=version) as run:
                 result = wf.evaluate_window(data, panel, window, chosen, space, bcfg)
                 summary = result.summary()
-                run.log_params({f"winner.{k}": v for k, v in result.winner.as_dict().items()}
+                if result.winner is None:
+                    context.log.warning(result.no_trade_reason)
+                    run.set_tags({"no_trade": "true", "no_trade_reason": result.no_trade_reason})
+                winner = result.winner.as_dict() if result.winner else {"no_trade": True}
+                run.log_params({f"winner.{k}": v for k, v in winner.items()}
                                | {"screened_factors": chosen})
                 run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)
                                  and k.startswith(("in_sample_", "oos_", "vbt_"))})
                 _log_backtest(run, result.oos, wf.benchmark_curves(data, result.oos),
                               f"out-of-sample {window.key}",
                               notes=[f"in-sample {window.is_start:%Y-%m-%d}.."
-                                     f"{window.is_end:%Y-%m-%d}, winner "
-                                     f"{', '.join(result.winner.factors)} top "
-                                     f"{result.winner.top_n} every "
-                                     f"{result.winner.rebalance_every} "
-                                     f"({result.winner.weighting})"])
+                                     f"{window.is_end:%Y-%m-%d}, " + _winner_text(result)])
                 run.log_frame(result.candidates.head(200), "search/candidates.csv")
                 run.log_frame(result.finalists, "search/finalists.csv")
                 summary["mlflow_run_id"] = run.run_id
@@ -270,6 +270,8 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             "equity": dg.MetadataValue.md(report.markdown_image(equity_png, "equity")),
             "drawdown": dg.MetadataValue.md(report.markdown_image(drawdown_png, "drawdown")),
             "orders": dg.MetadataValue.int(len(result.orders)),
+            "currency": dg.MetadataValue.text(strategy.market.currency),
+            "benchmark": dg.MetadataValue.text(str(strategy.universe.benchmark)),
             "mlflow_run_id": dg.MetadataValue.text(run_id),
             **cache_stats.metadata(),
         })
@@ -292,7 +294,9 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                          ) -> dg.Output[pd.DataFrame]:
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         window, winner = _winners(wfo_results)[-1]
-        as_of, why = wf.latest_targets(data, pcfg, winner, window)
+        newest = wfo_results.sort_values("oos_start").iloc[-1]
+        as_of, why = wf.latest_targets(data, pcfg, winner, window,
+                                       str(newest.get("no_trade_reason", "") or ""))
         table = why.reset_index()
         table.insert(0, "date", as_of)
         table.insert(1, "strategy", strategy.name)
@@ -301,7 +305,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         return dg.Output(table, metadata={
             "as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
             "window": dg.MetadataValue.text(window.key),
-            "winner": dg.MetadataValue.json(winner.as_dict()),
+            "winner": dg.MetadataValue.json(winner.as_dict() if winner else {"no_trade": True}),
             "invested": dg.MetadataValue.float(float(table["weight"].sum())),
             "holdings": dg.MetadataValue.md(markdown(held.round(4), 50)),
             "reasons": dg.MetadataValue.md(markdown(
@@ -407,15 +411,24 @@ def position_rows(result: BacktestResult, winners: Sequence[tuple[WfoWindow, Can
     return frame
 
 
-def _winners(results: pd.DataFrame) -> list[tuple[WfoWindow, Candidate]]:
+def _winner_text(result: wf.WindowResult) -> str:
+    w = result.winner
+    if w is None:
+        return result.no_trade_reason
+    return (f"winner {', '.join(w.factors)} top {w.top_n} every {w.rebalance_every} "
+            f"({w.weighting})")
+
+
+def _winners(results: pd.DataFrame) -> list[tuple[WfoWindow, Candidate | None]]:
+    """Each window and its frozen winner (None for a no-trade window)."""
     ordered = results.sort_values("oos_start")
-    out = []
+    out: list[tuple[WfoWindow, Candidate | None]] = []
     for i, row in enumerate(ordered.to_dict("records")):
         window = WfoWindow(index=i, is_start=pd.Timestamp(row["is_start"]),
                            is_end=pd.Timestamp(row["is_end"]),
                            oos_start=pd.Timestamp(row["oos_start"]),
                            oos_end=pd.Timestamp(row["oos_end"]))
-        out.append((window, candidate_of(row)))
+        out.append((window, None if row.get("no_trade") else candidate_of(row)))
     if not out:
         raise dg.Failure("no walk-forward results: materialise wfo_results first")
     return out

@@ -32,6 +32,7 @@ from resources.market_data import (
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
 from rotation.config_paths import STRATEGY_CONFIG_DIR
+from rotation.risk import RiskLimits
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
 from sensors.executions import stalled_execution_sensor
@@ -105,19 +106,30 @@ def costs_of(strategy: StrategyConfig) -> Costs:
     """The paper venue charges what the backtest charges."""
     b = strategy.backtest_config()
     return Costs(commission_bps=b.commission_bps, min_commission=b.min_commission,
-                 slippage_bps=b.slippage_bps, lot_size=b.lot_size)
+                 slippage_bps=b.slippage_bps, lot_size=b.lot_size, sell_fee_bps=b.sell_fee_bps)
+
+
+def risk_limits_of(limits: RiskLimits, strategy: StrategyConfig) -> RiskLimits:
+    """The settings' risk limits with the lot of the strategy's market (one lot rule)."""
+    lot = strategy.market.lot_size
+    if "lot_size" in limits.model_fields_set and limits.lot_size != lot:
+        raise ValueError(f"execution.risk.lot_size: {limits.lot_size} differs from market "
+                         f"{strategy.market.name}'s lot of {lot} units; lots come from the "
+                         "market profile (remove the setting)")
+    return limits.model_copy(update={"lot_size": lot})
 
 
 def execution_definitions(settings: Settings, strategy: StrategyConfig,
                           guarded: list[dg.AssetsDefinition]) -> dg.Definitions:
     """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
     ex = settings.execution
+    limits = risk_limits_of(ex.risk, strategy)
     costs = costs_of(strategy)
     lookback = quote_lookback(settings.quality.lookback_sessions)
     execution_job, kill_switch_job = execution_jobs(
-        account_id=ex.account_id, costs=costs, limits=ex.risk,
+        account_id=ex.account_id, costs=costs, limits=limits,
         lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=lookback)
-    assets = signal_assets(strategy, ex.risk, guarding_checks(guarded),
+    assets = signal_assets(strategy, limits, guarding_checks(guarded),
                            account_id=ex.account_id, backtest=strategy.backtest_config(),
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
                            parity_tolerance=ex.parity_tolerance,

@@ -209,7 +209,8 @@ def _summarise_walk_forward(defs: dg.Definitions, io: PartitionedParquetIOManage
     first, last_row = daily.iloc[0], daily.iloc[-1]
     print(f"\nstitched out-of-sample backtest {first['date']:%Y-%m-%d} .. "
           f"{last_row['date']:%Y-%m-%d}: equity {first['equity']:,.0f} -> "
-          f"{last_row['equity']:,.0f} CNY, max drawdown {daily['drawdown'].min():.2%}")
+          f"{last_row['equity']:,.0f} {_currency(defs)}, max drawdown "
+          f"{daily['drawdown'].min():.2%}")
     for column in [c for c in daily.columns if c.startswith("benchmark_")]:
         print(f"  {column.removeprefix('benchmark_'):<22}: {last_row[column] - 1:+.2%}")
     target = pd.read_parquet(io.path_for(dg.AssetKey("target_portfolio")))
@@ -319,7 +320,7 @@ def _next_session(settings: Settings, days: DemoDays, signal_id: str) -> int:
             return 1
         report = _materialize(defs, instance, "positions_report")
     _print_fills(settings, signal_id)
-    _print_report(report)
+    _print_report(report, _currency(defs))
     if not report.success:
         _print_failures(report)
         return 1
@@ -339,11 +340,15 @@ def _print_fills(settings: Settings, signal_id: str) -> None:
               f"commission {f.commission:.2f} on {f.session}")
 
 
-def _print_report(report: dg.ExecuteInProcessResult) -> None:
+def _currency(defs: dg.Definitions) -> str:
+    return deployed(defs, "market_data", MarketDataResource).market().currency
+
+
+def _print_report(report: dg.ExecuteInProcessResult, currency: str) -> None:
     done = report.asset_materializations_for_node("positions_report")
     if done:
         meta = {k: v.value for k, v in done[-1].metadata.items()}
-        print(f"account     : equity {meta['equity']:,.2f} CNY (cash {meta['cash']:,.2f}), "
+        print(f"account     : equity {meta['equity']:,.2f} {currency} (cash {meta['cash']:,.2f}), "
               f"P&L {meta['pnl']:+,.2f} on {meta['initial_cash']:,.0f}")
         print(f"positions   :\n{meta['positions']}")
     for check in report.get_asset_check_evaluations():

@@ -42,6 +42,7 @@ from pydantic_settings import (
 
 from rotation.config_paths import DATASET_CONFIG_DIR, PROJECT_ROOT
 from rotation.cross_section import CrossSectionConfig
+from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
 
@@ -223,8 +224,10 @@ class Settings(BaseSettings):
     calendar_start: CalendarDate = "2005-01-01"
     # First session of the session partitions; default: the start of the configured source.
     partitions_start: OptionalCalendarDate = None
+    # Unset: the timezone of the market data's market profile (config/markets).
     schedule_timezone: str = "Asia/Shanghai"
-    # After the close (15:00 Shanghai), Monday to Friday; non-sessions are skipped by calendar.
+    # After the close (15:00 Shanghai, 16:00 New York), Monday to Friday, in the schedule's
+    # timezone; non-sessions are skipped by calendar.
     schedule_cron: str = "30 16 * * 1-5"
     # The weekly full research rebuild (Saturday morning, before the next week's sessions).
     research_cron: str = "0 6 * * 6"
@@ -253,6 +256,22 @@ class Settings(BaseSettings):
     alert_webhook_timeout_seconds: float = Field(5.0, gt=0)
     # The webserver's public URL, for run links in alerts.
     dagster_webserver_url: str | None = None
+
+    @model_validator(mode="after")
+    def _market_timezone(self) -> Settings:
+        """The schedule runs in the market's timezone unless a timezone is set."""
+        md = self.market_data
+        if "schedule_timezone" not in self.model_fields_set and md.source == "files" \
+                and md.dataset:
+            # Only the market's name: the dataset config itself is checked where it is read.
+            try:
+                spec = yaml.safe_load(md.dataset_config_path().read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError):
+                return self
+            name = spec.get("market", DEFAULT_MARKET) if isinstance(spec, dict) else None
+            if isinstance(name, str):
+                self.schedule_timezone = load_market(name).timezone
+        return self
 
     @model_validator(mode="after")
     def _profile(self) -> Settings:

@@ -42,12 +42,13 @@ class RejectedEntry(ValueError):
 @cache
 def cacheable_dataclasses() -> dict[str, Any]:
     """The composite values the pipeline caches: ``bars`` (LoadResult) and
-    ``research_panels`` (ResearchData with its MarketPanels and Universe)."""
+    ``research_panels`` (ResearchData with its MarketPanels, Universe and Instruments)."""
     from rotation.backtest import MarketPanels
-    from rotation.bars import LoadResult
+    from rotation.bars import Instrument, LoadResult
     from rotation.walkforward import ResearchData, Universe
 
-    return {cls.__name__: cls for cls in (LoadResult, ResearchData, MarketPanels, Universe)}
+    return {cls.__name__: cls for cls in (LoadResult, ResearchData, MarketPanels, Universe,
+                                          Instrument)}
 
 
 # -- sealing ------------------------------------------------------------------------------------

@@ -89,5 +89,7 @@ def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Ti
 
 def market_quotes(market_data: MarketDataResource, bars: pd.DataFrame) -> FrameQuotes:
     """Quotes over ``bars`` (from :func:`venue_bars`) with the funds' daily price limits."""
-    limits = {i.symbol: i.price_limit for i in market_data.instruments()}
-    return FrameQuotes(bars, limits)
+    instruments = market_data.instruments()
+    limits = {i.symbol: i.price_limit for i in instruments}
+    classes = {i.symbol: (i.same_session_sell, i.sale_cash_same_day) for i in instruments}
+    return FrameQuotes(bars, limits, classes=classes)

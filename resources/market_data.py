@@ -14,6 +14,7 @@ import pandas as pd
 
 from rotation.bars import Instrument, LoadResult
 from rotation.calendar import TradingCalendar, get_calendar
+from rotation.market import DEFAULT_MARKET, MarketProfile, load_market
 
 if TYPE_CHECKING:
     from resources.cache import CacheStats, RedisCache
@@ -68,6 +69,10 @@ class MarketDataResource(dg.ConfigurableResource):
     def accepted_anomalies(self) -> dict[tuple[str, str, str], str]:
         """Reviewed exceptions to quality rules: (symbol, YYYY-MM-DD, rule) -> reason."""
         return {}
+
+    def market(self) -> MarketProfile:
+        """The market profile of this source (currency, symbols, lots, fees, classes)."""
+        return load_market(DEFAULT_MARKET)
 
 
 class SampleMarketData(MarketDataResource):
@@ -145,7 +150,7 @@ class FileMarketData(MarketDataResource):
     @property
     def calendar(self) -> TradingCalendar:
         spec = self._files.spec
-        return get_calendar(spec.calendar, spec.calendar_start)
+        return get_calendar(spec.calendar_name, spec.calendar_start)
 
     def load(self, start: object, end: object) -> LoadResult:
         return self._files.load(start, end)
@@ -159,6 +164,9 @@ class FileMarketData(MarketDataResource):
 
     def instruments(self) -> list[Instrument]:
         return self._files.instruments()
+
+    def market(self) -> MarketProfile:
+        return self._files.profile
 
     def accepted_anomalies(self) -> dict[tuple[str, str, str], str]:
         return {

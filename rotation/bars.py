@@ -73,8 +73,18 @@ class Instrument:
     name: str = ""
     exchange: str = ""
     asset_class: str = ""
-    # Daily price limit as a fraction (0.10, 0.20); None for funds without one (cross-border).
+    # Daily price limit as a fraction (0.10, 0.20); None for funds without a daily limit.
     price_limit: float | None = 0.10
+    # The fund's class in its market profile (rotation.market) and that class's rules.
+    instrument_class: str = "equity"
+    settlement: str = "T+1"          # T+0: units bought in a session may be sold in it
+    sale_cash_same_day: bool = True  # sale proceeds may pay for buys in the same session
+    # Longest run of unchanged closes the class allows (None: the quality configuration's).
+    max_stale_days: int | None = None
+
+    @property
+    def same_session_sell(self) -> bool:
+        return self.settlement == "T+0"
 
 
 def issue(

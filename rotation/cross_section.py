@@ -31,6 +31,10 @@ class CrossSectionConfig:
     beta_window: int = Field(default=60, ge=10)
     # Fewer valid funds than this on a date leaves that date's processed values missing.
     min_funds: int = Field(default=3, ge=2)
+    # Point-in-time liquidity filter: on each date only the ``liquidity_top`` funds by mean
+    # traded value over the ``liquidity_window`` sessions up to that date (None: no filter).
+    liquidity_top: int | None = Field(default=None, ge=2)
+    liquidity_window: int = Field(default=20, ge=1)
 
 
 BASE_FIELDS = ("ret_1d", "ret_5d", "ret_20d", "vol_20d", "log_turnover")
@@ -41,11 +45,15 @@ def wide(bars: pd.DataFrame, column: str) -> pd.DataFrame:
     return bars.pivot(index="date", columns="symbol", values=column).sort_index()
 
 
-def coverage(close: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
-    """True where a fund may enter the cross-section on that date.
+def coverage(close: pd.DataFrame, cfg: CrossSectionConfig,
+             turnover: pd.DataFrame | None = None) -> pd.DataFrame:
+    """True where a fund may enter the cross-section on that date — the point-in-time universe.
 
-    A fund needs ``min_history`` sessions with a bar up to and including the date, and its last
-    bar no more than ``max_stale_days`` sessions ago (the limit on forward-filling a suspension).
+    Everything is known at the date: a fund needs ``min_history`` sessions with a bar up to and
+    including it (no fund before its listing), its last bar no more than ``max_stale_days``
+    sessions ago (a delisted or suspended fund drops out), and, with ``liquidity_top``, a rank
+    among the ``liquidity_top`` most traded of those funds by mean ``turnover`` over the
+    ``liquidity_window`` sessions up to the date — never by today's liquidity.
     """
     has_bar = close.notna()
     history = has_bar.cumsum()
@@ -55,7 +63,14 @@ def coverage(close: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
     staleness = positions - last_bar.to_numpy()
     fresh = pd.DataFrame(staleness <= cfg.max_stale_days, index=close.index,
                          columns=close.columns)
-    return (history >= cfg.min_history) & fresh
+    eligible = (history >= cfg.min_history) & fresh
+    if cfg.liquidity_top is None:
+        return eligible
+    if turnover is None:
+        raise ValueError("coverage: liquidity_top needs the turnover panel")
+    trailing = turnover.reindex_like(close).rolling(cfg.liquidity_window, min_periods=1).mean()
+    rank = trailing.where(eligible).rank(axis=1, ascending=False, method="first")
+    return eligible & (rank <= cfg.liquidity_top)
 
 
 def row_quantile(values: np.ndarray, q: float) -> np.ndarray:
@@ -178,7 +193,7 @@ def build_cross_sections(adjusted: pd.DataFrame, cfg: CrossSectionConfig,
     """
     fields = base_fields(adjusted)
     close = fields["close"]
-    eligible = coverage(close, cfg)
+    eligible = coverage(close, cfg, np.exp(fields["log_turnover"]))
     beta = market_beta(fields["ret_1d"], cfg.beta_window) if cfg.neutralize_beta else None
     columns: dict[str, pd.DataFrame] = {"eligible": eligible}
     for name in BASE_FIELDS:

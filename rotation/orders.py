@@ -151,13 +151,16 @@ def _pct(x: float) -> str:
 
 def plan_orders(target_weights: Mapping[str, float], positions: Mapping[str, int], cash: float,
                 last_close: Mapping[str, float], *, lot_size: int = 100,
-                commission_rate: float = 0.0, min_commission: float = 0.0
+                commission_rate: float = 0.0, min_commission: float = 0.0,
+                sell_fee_rate: float = 0.0, held_back: frozenset[str] = frozenset()
                 ) -> list[PlannedOrder]:
     """Orders that move ``positions`` (raw units) to ``target_weights`` of equity.
 
     ``last_close`` holds raw closes of the signal day (a fund without a bar that day carries
-    its previous close). ``commission_rate`` / ``min_commission`` only enter the cash bound of
-    the buys (module docstring). Raises :class:`ValueError` naming the fund for a target weight
+    its previous close). ``commission_rate`` / ``min_commission`` and the sell-side duty rate
+    ``sell_fee_rate`` only enter the cash bound of the buys (module docstring); sale proceeds of
+    the funds in ``held_back`` (classes that cannot reuse sale cash the same session) do not.
+    Raises :class:`ValueError` naming the fund for a target weight
     that is NaN, infinite or negative, negative or fractional position units, a fund to value
     or trade without a positive finite last close, negative or non-finite cash, or a lot size
     below 1.
@@ -206,9 +209,13 @@ def plan_orders(target_weights: Mapping[str, float], positions: Mapping[str, int
 
     # Cash bound: buys are paid from the cash plus the sell proceeds (fees included).
     available = cash
+    if not (math.isfinite(sell_fee_rate) and sell_fee_rate >= 0.0):
+        raise ValueError(f"sell_fee_rate {sell_fee_rate!r} must be finite and >= 0")
     for order in sells:
         notional = order_notional(order)
-        available += notional - _fee(notional, commission_rate, min_commission)
+        if order.symbol not in held_back:
+            available += notional - _fee(notional, commission_rate, min_commission) \
+                - notional * sell_fee_rate
     planned_buys: list[PlannedOrder] = []
     for symbol, qty, price, target_value, reason in buys:
         held = units.get(symbol, 0)

@@ -42,7 +42,19 @@ RULES: tuple[QualityRule, ...] = (
     QualityRule("source_not_empty", "every source file or feed holds rows", "source"),
     QualityRule("source_columns", "every source has the configured columns", "source"),
     QualityRule("source_values_numeric", "price and volume cells parse as numbers", "source"),
-    QualityRule("source_dates", "date cells parse as dates", "source"),
+    QualityRule("source_dates", "date cells parse as dates, without a timezone", "source"),
+    QualityRule("source_symbols", "every row's symbol reads in the market's symbol scheme",
+                "source"),
+    QualityRule("symbol_exchange", "a code's exchange suffix is the exchange the code trades on",
+                "source"),
+    QualityRule("volume_units",
+                "volume is in the unit the dataset configures (units or lots)", "source"),
+    QualityRule("source_adj_close", "an adjusted close gives a positive adjustment factor",
+                "source"),
+    QualityRule("factor_dates_valid",
+                "adjustment-factor files: dates parse and are unique per fund", "source"),
+    QualityRule("factor_values_valid",
+                "adjustment-factor files: factors are finite numbers > 0", "source"),
     QualityRule(
         "sessions_have_bars",
         "every session of the range has bars (the source has published it)",
@@ -59,6 +71,11 @@ RULES: tuple[QualityRule, ...] = (
         "returns_within_price_limit",
         "|adjusted daily return| within the fund's price limit (+1 tick) unless an adjustment "
         "event explains it",
+    ),
+    QualityRule(
+        "open_within_price_limit",
+        "the open lies within the fund's price limit of the previous close (an open beyond it "
+        "with the close inside means open and close were swapped, or the open is wrong)",
     ),
     QualityRule("no_long_gaps", "no run of missing sessions longer than the suspension tolerance"),
     QualityRule(
@@ -142,25 +159,37 @@ def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame
     limits = limits.fillna(cfg.unlimited_move_bound)
     tolerance = limits + TICK / prev_raw + cfg.limit_slack
     limit_excess = ret.abs() - tolerance
+    # An open beyond the band while the close is inside: open and close swapped (or a bad open).
+    open_ret = f["open"] * f["adj_factor"] / prev_adj - 1.0
+    open_excess = (open_ret.abs() - tolerance).where(exchange_limit & (limit_excess <= 0), -1.0)
 
     same_close = (f["close"] == prev_raw) & (f["volume"] > 0)
     run_break = (~same_close).astype(np.int64).groupby(f["symbol"], sort=False).cumsum()
     stale_run = same_close.groupby([f["symbol"], run_break], sort=False).cumsum() + 1
+    # A class may allow longer rests (T-bill funds' prices sit still for weeks at zero rates).
+    stale_bound = f["symbol"].map({i.symbol: i.max_stale_days for i in ctx.instruments}
+                                  ).astype("float64").fillna(cfg.max_stale_days)
 
     vwap = f["amount"] / f["volume"].where(f["volume"] > 0)
     band_low = f["low"] * (1 - cfg.vwap_slack)
     band_high = f["high"] * (1 + cfg.vwap_slack)
     vwap_excess = np.maximum(band_low - vwap, vwap - band_high) / f["close"]
 
+    known = f["symbol"].isin({i.symbol for i in ctx.instruments}) & f["symbol"].notna()
     derived = pd.DataFrame(
         {
             "is_session": is_session,
+            "symbol_known": known,
             "missing_sessions_before": gap,
             "adj_return": ret,
             "price_limit": limits,
             "exchange_limit": exchange_limit,
             "limit_excess": limit_excess,
+            "open_return": open_ret,
+            "open_excess": open_excess.fillna(-1.0),
             "stale_run": stale_run.astype("float64"),
+            "stale_bound": stale_bound,
+            "stale_excess": stale_run - stale_bound,
             "vwap": vwap,
             "vwap_excess": vwap_excess,
         },
@@ -174,7 +203,6 @@ def _expectations(ctx: QualityContext) -> list[tuple[str, Expectation]]:
 
     e = gx.expectations
     cfg = ctx.config
-    universe = sorted({i.symbol for i in ctx.instruments})
     out: list[tuple[str, Expectation]] = []
     for col in PRICE_COLUMNS:
         out.append(("prices_present", e.ExpectColumnValuesToNotBeNull(column=col)))
@@ -194,13 +222,18 @@ def _expectations(ctx: QualityContext) -> list[tuple[str, Expectation]]:
         ("unique_date_symbol", e.ExpectCompoundColumnsToBeUnique(column_list=["date", "symbol"])),
         ("dates_are_sessions", e.ExpectColumnValuesToBeInSet(column="is_session",
                                                               value_set=[True])),
-        ("known_symbols", e.ExpectColumnValuesToBeInSet(column="symbol", value_set=universe)),
+        # On a derived flag: a set expectation skips nulls, and a row without a readable
+        # symbol belongs to no universe.
+        ("known_symbols", e.ExpectColumnValuesToBeInSet(column="symbol_known",
+                                                        value_set=[True])),
         ("returns_within_price_limit",
          e.ExpectColumnValuesToBeBetween(column="limit_excess", max_value=0)),
+        ("open_within_price_limit",
+         e.ExpectColumnValuesToBeBetween(column="open_excess", max_value=0)),
         ("no_long_gaps", e.ExpectColumnValuesToBeBetween(column="missing_sessions_before",
                                                           max_value=cfg.max_gap_sessions)),
-        ("no_stale_closes", e.ExpectColumnValuesToBeBetween(column="stale_run",
-                                                             max_value=cfg.max_stale_days)),
+        ("no_stale_closes", e.ExpectColumnValuesToBeBetween(column="stale_excess",
+                                                             max_value=0)),
         ("amount_matches_prices", e.ExpectColumnValuesToBeBetween(column="vwap_excess",
                                                                    max_value=0)),
     ]
@@ -266,18 +299,24 @@ def _message(rule: str, row: pd.Series) -> str:
     if rule == "dates_are_sessions":
         return f"{where}: {day} is not a session of the exchange calendar"
     if rule == "known_symbols":
+        if pd.isna(row["symbol"]):
+            return f"{where}: the row has no readable symbol, so it belongs to no fund"
         return f"{where}: symbol {row['symbol']} is not in the configured universe"
     if rule == "returns_within_price_limit":
         bound = (f"{row['price_limit']:.0%} price limit" if row["exchange_limit"] else
                  f"{row['price_limit']:.0%} bound for a fund without a price limit")
         return (f"{where}: adjusted return {row['adj_return']:+.2%} beyond the {bound} with no "
                 f"adjustment event to explain it (adj_factor {row['adj_factor']:g})")
+    if rule == "open_within_price_limit":
+        return (f"{where}: open {row['open']} is {row['open_return']:+.2%} from the previous "
+                f"close, beyond the {row['price_limit']:.0%} price limit, while the close is "
+                "inside it (open and close swapped?)")
     if rule == "no_long_gaps":
         return (f"{where}: {int(row['missing_sessions_before'])} sessions without a bar "
                 "before this one (beyond the suspension tolerance)")
     if rule == "no_stale_closes":
         return (f"{where}: close {row['close']} unchanged for {int(row['stale_run'])} "
-                "sessions with non-zero volume")
+                f"sessions with non-zero volume (at most {int(row['stale_bound'])})")
     if rule == "amount_matches_prices":
         return (f"{where}: amount/volume = {row['vwap']:.4g} outside [low {row['low']}, "
                 f"high {row['high']}] (unit or scale error?)")
@@ -348,7 +387,8 @@ def evaluate(
             failures["message"] = [_message(rule.name, r) for _, r in rows.iterrows()]
             keep = [c for c in FAILURE_COLUMNS if c in failures] + [
                 c for c in ("open", "high", "low", "close", "volume", "amount", "adj_factor",
-                            "adj_return", "missing_sessions_before", "stale_run", "vwap")
+                            "adj_return", "open_return", "missing_sessions_before", "stale_run",
+                            "vwap")
                 if c in failures
             ]
             failures = failures.loc[:, keep].sort_values(["date", "symbol"]).reset_index(drop=True)

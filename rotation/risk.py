@@ -14,7 +14,9 @@ Layers, in the order violations are reported:
 * ``strategy`` — turnover against the previous target (``turnover``), the account drawdown
   stop (``drawdown_stop``).
 * ``instrument`` — weight per fund (``max_weight``), halted funds (``halted``), limit days
-  (``limit_day``), the reference price against the last close (``price_band``).
+  (``limit_day``), the reference price against the last close (``price_band``), a sell of
+  units bought in the same session of a T+1 fund (``t1_same_session_sell``; the fund's
+  instrument class, ``rotation.market``, says whether it settles T+0 or T+1).
 * ``order`` — lot validity (``lot_size``), notional per order (``max_order_notional``).
 
 Every check runs and every violation is returned (not just the first), sorted by layer, rule
@@ -320,6 +322,7 @@ class OrderCheck:
     quantity: int
     reference_price: float
     closes_position: bool  # a sell of the whole position (may be an odd lot)
+    held_before: int | None = None  # units held before the order (for the settlement rule)
 
     @property
     def notional(self) -> float:
@@ -331,7 +334,8 @@ def order_check_of(order: PlannedOrder, order_id: str) -> OrderCheck:
     return OrderCheck(order_id=order_id, symbol=order.symbol, side=order.side,
                       quantity=order.quantity, reference_price=order.reference_price,
                       closes_position=order.side == "sell"
-                      and order.quantity == order.current_units)
+                      and order.quantity == order.current_units,
+                      held_before=int(order.current_units))
 
 
 def _order_rules(o: OrderCheck, last_close: Mapping[str, float], limit_up: set[str],
@@ -389,10 +393,33 @@ def _order_rules(o: OrderCheck, last_close: Mapping[str, float], limit_up: set[s
     return out
 
 
+def unsellable_units(bought_in_session: Mapping[str, int],
+                     same_session_sell: Mapping[str, bool]) -> dict[str, int]:
+    """Units bought in a session that no sell of that session may use: those of funds whose
+    instrument class settles T+1 (a fund missing from ``same_session_sell`` counts as T+1)."""
+    return {s: int(q) for s, q in bought_in_session.items()
+            if q > 0 and not same_session_sell.get(s, False)}
+
+
+def _settlement_rule(o: OrderCheck, unsellable: Mapping[str, int]) -> list[RiskViolation]:
+    """A sell that needs units bought earlier in the same session of a T+1 fund."""
+    blocked = int(unsellable.get(o.symbol, 0))
+    if o.side != "sell" or blocked <= 0 or o.held_before is None:
+        return []
+    sellable = max(o.held_before - blocked, 0)
+    if o.quantity <= sellable:
+        return []
+    return [RiskViolation(
+        "instrument", "t1_same_session_sell", o.order_id,
+        f"sell {o.quantity} {o.symbol}: {blocked} of the {o.held_before} units held were bought "
+        f"this session and the fund's class settles T+1; at most {sellable} can be sold")]
+
+
 def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float],
                  limit_up_close: Collection[str], limit_down_close: Collection[str],
                  halted: Collection[str], committed_notional: float, equity: float,
-                 positions_value_after: float, limits: RiskLimits
+                 positions_value_after: float, limits: RiskLimits,
+                 unsellable: Mapping[str, int] | None = None
                  ) -> tuple[list[OrderCheck], list[tuple[OrderCheck, RiskViolation]]]:
     """Split ``orders`` into (accepted, rejected with each violation).
 
@@ -400,7 +427,9 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
     back in that order. A rejected order appears once per violation. ``committed_notional`` is
     the notional already traded or submitted today; ``positions_value_after`` the value of the
     positions once all ``orders`` are filled, at the last close (see the module docstring for
-    the daily-notional rule). Raises :class:`ValueError` on duplicate order ids, an unknown
+    the daily-notional rule). ``unsellable``: per fund of a T+1 class, the units bought in the
+    orders' session, which no sell of that session may touch (``t1_same_session_sell``; a T+0
+    fund is absent). Raises :class:`ValueError` on duplicate order ids, an unknown
     side or a non-finite account figure.
     """
     committed = _finite("committed_notional", committed_notional)
@@ -432,6 +461,7 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
     cap_hit = False
     for o in sequence:
         found = _order_rules(o, last_close, up, down, stop, limits)
+        found.extend(_settlement_rule(o, unsellable or {}))
         if o.side == "buy" and exposure_violation is not None:
             found.append(RiskViolation("account", "gross_exposure", o.order_id,
                                        f"buy {o.symbol}: {exposure_violation}"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pandera.pandas as pa
 from pandera.typing import Series
 
-SYMBOL_PATTERN = r"^\d{6}$"
+# Any market's symbol (6-digit A-share codes, US tickers, HK codes); whether it belongs to
+# the dataset's market and universe is the known_symbols quality rule's business.
+SYMBOL_PATTERN = r"^[A-Z0-9][A-Z0-9.\-]{0,11}$"
 
 
 class RawBars(pa.DataFrameModel):
@@ -17,12 +19,12 @@ class RawBars(pa.DataFrameModel):
 
     date: Series[pa.DateTime] = pa.Field(nullable=False, description="session date")
     symbol: Series[pa.String] = pa.Field(str_matches=SYMBOL_PATTERN, description="6-digit code")
-    open: Series[float] = pa.Field(gt=0, description="raw open, CNY")
-    high: Series[float] = pa.Field(gt=0, description="raw high, CNY")
-    low: Series[float] = pa.Field(gt=0, description="raw low, CNY")
-    close: Series[float] = pa.Field(gt=0, description="raw close, CNY")
+    open: Series[float] = pa.Field(gt=0, description="raw open, market currency")
+    high: Series[float] = pa.Field(gt=0, description="raw high, market currency")
+    low: Series[float] = pa.Field(gt=0, description="raw low, market currency")
+    close: Series[float] = pa.Field(gt=0, description="raw close, market currency")
     volume: Series[float] = pa.Field(ge=0, description="units traded")
-    amount: Series[float] = pa.Field(nullable=True, ge=0, description="value traded, CNY")
+    amount: Series[float] = pa.Field(nullable=True, ge=0, description="value traded, currency")
     adj_factor: Series[float] = pa.Field(gt=0, description="cumulative backward factor")
     source: Series[pa.String] = pa.Field(description="file or feed the row came from")
 

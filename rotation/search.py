@@ -211,11 +211,58 @@ def _insert_argsort_nb(values: np.ndarray, order: np.ndarray) -> None:
 
 
 @numba.njit(cache=True)
+def _close_fills_nb(w: np.ndarray, close: np.ndarray, tradable: np.ndarray, pos: np.ndarray,
+                    bought: np.ndarray, t0: np.ndarray, cash: float, fees: float,
+                    slippage: float) -> tuple[float, float]:
+    """Same-session orders at the close towards ``w`` (NaN: none), sells first: a fund of a
+    T+1 class cannot sell units bought at this session's open. Returns (cash, traded)."""
+    value = cash
+    for j in range(w.shape[0]):
+        if pos[j] != 0.0:
+            value += pos[j] * close[j]
+    traded = 0.0
+    for side in (-1.0, 1.0):
+        for j in range(w.shape[0]):
+            if np.isnan(w[j]) or not tradable[j] or np.isnan(close[j]):
+                continue
+            size = w[j] * value / close[j] - pos[j]
+            if side < 0.0 and size < 0.0:
+                qty = min(pos[j], -size) if t0[j] else min(pos[j] - bought[j], -size)
+                if qty <= 0.0:
+                    continue
+                got = qty * close[j] * (1.0 - slippage)
+                cash += got - got * fees
+                pos[j] -= qty
+                traded += got
+            elif side > 0.0 and size > 0.0:
+                px = close[j] * (1.0 + slippage)
+                qty = min(size, cash / (px * (1.0 + fees)))
+                cash -= qty * px * (1.0 + fees)
+                pos[j] += qty
+                bought[j] += qty
+                traded += qty * px
+    return cash, traded
+
+
+@numba.njit(cache=True)
 def simulate_target_percent_nb(weights: np.ndarray, trade: np.ndarray, price: np.ndarray,
                                tradable: np.ndarray, close: np.ndarray, init_cash: float,
                                fees: float, slippage: float) -> tuple[np.ndarray, float]:
+    """:func:`simulate_sessions_nb` with orders at the open only (how candidates trade)."""
+    return simulate_sessions_nb(weights, trade, price, tradable, close, init_cash, fees,
+                                slippage, np.zeros(weights.shape[1], dtype=np.bool_),
+                                np.empty((0, weights.shape[1])))
+
+
+@numba.njit(cache=True)
+def simulate_sessions_nb(weights: np.ndarray, trade: np.ndarray, price: np.ndarray,
+                         tradable: np.ndarray, close: np.ndarray, init_cash: float,
+                         fees: float, slippage: float, t0: np.ndarray,
+                         close_weights: np.ndarray) -> tuple[np.ndarray, float]:
     """Daily equity (at the close) of target weights decided on trade rows and filled at the
-    next row's ``price`` (the open). Returns ``(equity, traded_value)``.
+    next row's ``price`` (the open). Returns ``(equity, traded_value)``. ``close_weights``
+    (rows × funds, NaN = no order; zero rows = none at all) are filled at the close of their own
+    row after its open orders, under the funds' settlement classes (``t0``).
 
     Mirrors ``vectorbt.Portfolio.from_orders(size_type="targetpercent", cash_sharing=True,
     call_seq="auto", direction="longonly")``: the group is valued once per session at the
@@ -230,7 +277,9 @@ def simulate_target_percent_nb(weights: np.ndarray, trade: np.ndarray, price: np
     order = np.empty(n_col, dtype=np.int64)
     cash = init_cash
     traded = 0.0
+    bought = np.zeros(n_col)
     for i in range(n_rows):
+        bought[:] = 0.0
         for j in range(n_col):
             if not np.isnan(price[i, j]):
                 last_val[j] = price[i, j]
@@ -272,6 +321,7 @@ def simulate_target_percent_nb(weights: np.ndarray, trade: np.ndarray, price: np
                         continue
                     cash = _add_nb(cash, -spent)
                     pos[j] = _add_nb(pos[j], filled)
+                    bought[j] += filled
                     traded += filled * adj_price
                 else:
                     qty = min(pos[j], -size)
@@ -282,6 +332,10 @@ def simulate_target_percent_nb(weights: np.ndarray, trade: np.ndarray, price: np
                     cash = cash + _add_nb(acquired, -acquired * fees)
                     pos[j] = _add_nb(pos[j], -qty)
                     traded += acquired
+        if close_weights.shape[0] > 0:
+            cash, extra = _close_fills_nb(close_weights[i], close[i], tradable[i], pos, bought,
+                                          t0, cash, fees, slippage)
+            traded += extra
         value = cash
         for j in range(n_col):
             if pos[j] != 0.0:
@@ -397,6 +451,8 @@ class SearchPanel:
     tradable: np.ndarray
     close: np.ndarray
     cfg: PortfolioConfig
+    # Per column: T+0 class (units bought in a session sellable in it).
+    t0: np.ndarray
 
     @property
     def has_defensive(self) -> bool:
@@ -455,7 +511,8 @@ class SearchPanel:
                    exposure=np.ascontiguousarray(exposure, dtype=np.float64),
                    abs_neg=np.ascontiguousarray(abs_neg), def_ok=def_ok,
                    price=np.ascontiguousarray(price), tradable=np.ascontiguousarray(tradable),
-                   close=np.ascontiguousarray(close), cfg=cfg)
+                   close=np.ascontiguousarray(close), cfg=cfg,
+                   t0=market.same_session_sell.reindex(columns).fillna(False).to_numpy(bool))
 
     def rows(self, start: object, end: object) -> tuple[int, int]:
         """Row positions of the sessions ``start..end`` (inclusive)."""

@@ -23,6 +23,7 @@ map key names (:data:`PORTFOLIO_KEYS`). ``initial_cash`` belongs to the backtest
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import hashlib
@@ -55,6 +56,14 @@ from rotation.factors.registry import (
     FactorSpec,
     factor_spec,
 )
+from rotation.market import (
+    DEFAULT_MARKET,
+    FeeSchedule,
+    MarketConfigError,
+    MarketProfile,
+    SymbolScheme,
+    load_market,
+)
 from rotation.portfolio import PortfolioConfig, Weighting
 from rotation.wfo import WfoConfig
 
@@ -82,8 +91,21 @@ class StrategyWarning(UserWarning):
     """A valid but noteworthy setting (e.g. the comparison-only ``CLOSE`` execution model)."""
 
 
+# The symbol scheme codes are read with: the market of the universe being validated
+# (set by UniverseConfig's validator; A-share fund codes otherwise).
+_SCHEME: contextvars.ContextVar[SymbolScheme | None] = contextvars.ContextVar("scheme",
+                                                                              default=None)
+
+
 def _fund_code(value: Any) -> Any:
-    """Accept ``510300``, ``"510300"``, ``"510300.SH"``; return the 6-digit code string."""
+    """A fund symbol in the market's scheme: ``510300``, ``"510300"``, ``"510300.SH"`` for
+    A-share funds (returned as the 6-digit code), ``SPY`` for US funds."""
+    scheme = _SCHEME.get()
+    if scheme is not None and scheme.kind != "cn_fund":
+        if not isinstance(value, str) or scheme.parse(value.strip().upper()) \
+                != value.strip().upper():
+            raise ValueError(f"{value!r} is not a symbol of this market ({scheme.kind})")
+        return value.strip().upper()
     if isinstance(value, bool):
         raise ValueError(f"expected a 6-digit fund code, got {value!r}")
     if isinstance(value, int):
@@ -102,6 +124,23 @@ def _fund_code(value: Any) -> Any:
                              "Shenzhen 1xxxxx)")
         return text
     raise ValueError(f"expected a 6-digit fund code, got {type(value).__name__}")
+
+
+def _market_of(data: Mapping[str, Any]) -> str:
+    """The market profile a universe section trades in: ``market``, else its dataset's."""
+    if data.get("market"):
+        return str(data["market"])
+    dataset = data.get("dataset")
+    if not isinstance(dataset, str) or dataset == SAMPLE_DATASET:
+        return DEFAULT_MARKET
+    path = Path(dataset) if Path(dataset).suffix in {".yaml", ".yml"} \
+        else DATASET_CONFIG_DIR / f"{dataset}.yaml"
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return DEFAULT_MARKET  # the dataset field reports the unreadable file
+    return str(spec.get("market", DEFAULT_MARKET)) if isinstance(spec, Mapping) \
+        else DEFAULT_MARKET
 
 
 FundCode = Annotated[str, BeforeValidator(_fund_code)]
@@ -131,10 +170,31 @@ class UniverseConfig(BaseModel):
     model_config = _MODEL
 
     dataset: str | None = None
+    # The market profile (config/markets); by default the dataset's, A-share funds otherwise.
+    market: str = DEFAULT_MARKET
     symbols: tuple[FundCode, ...] = ()
     exclude: tuple[FundCode, ...] = ()
-    benchmark: FundCode = "510300"
+    # Default: the market profile's benchmark (510300 for A-share funds, SPY for US funds).
+    benchmark: FundCode
     defensive: str | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_market(cls, data: Any, handler: Any) -> Any:
+        """Codes are read in the universe's market; the benchmark defaults to its profile's."""
+        if not isinstance(data, Mapping):
+            return handler(data)
+        name = _market_of(data)
+        try:
+            profile = load_market(name)
+        except MarketConfigError as exc:
+            raise ValueError(f"market: {exc}") from None
+        data = {"market": name, "benchmark": profile.benchmark, **data}
+        token = _SCHEME.set(profile.symbol_scheme)
+        try:
+            return handler(data)
+        finally:
+            _SCHEME.reset(token)
 
     @field_validator("defensive", mode="before")
     @classmethod
@@ -295,8 +355,13 @@ class SearchConfig(BaseModel):
 
 class CostConfig(BaseModel):
     """SPEC §7 trading costs and the backtest's starting capital (together: the backtest side,
-    :meth:`StrategyConfig.backtest_config`). Basis points of traded value; the minimum
-    commission is per order in CNY; funds pay no stamp duty; ``initial_cash`` in CNY.
+    :meth:`StrategyConfig.backtest_config`).
+
+    The market profile's fee schedule (``config/markets``) is the cost model: lots and sell-side
+    duties (stamp duty, a regulator's fee) come from it only. ``commission_bps`` and
+    ``min_commission`` (in the market's currency) override its commission for a broker's
+    negotiated rate; ``lot_size``, if given, must equal the market's. ``initial_cash`` is in the
+    market's currency.
 
     ``initial_cash`` is not a portfolio rule; older files give it as ``portfolio.initial_cash``,
     which is still read (as ``costs.initial_cash``; giving both with different values is an
@@ -305,24 +370,25 @@ class CostConfig(BaseModel):
 
     model_config = _MODEL
 
-    commission_bps: float = Field(default=2.0, ge=0, allow_inf_nan=False)
-    min_commission: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    commission_bps: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    min_commission: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     slippage_bps: float = Field(default=5.0, ge=0, le=200, allow_inf_nan=False)
-    stamp_duty_bps: float = Field(default=0.0, ge=0, le=10, allow_inf_nan=False)
-    lot_size: int = Field(default=100, ge=1)
+    lot_size: int | None = Field(default=None, ge=1)
     initial_cash: float = Field(default=1_000_000.0, gt=0, allow_inf_nan=False)
+
+    def fees(self, market: MarketProfile) -> FeeSchedule:
+        """The market's fee schedule with this strategy's commission overrides."""
+        overrides = {k: v for k, v in (("commission_bps", self.commission_bps),
+                                       ("min_commission", self.min_commission)) if v is not None}
+        return market.fees.model_copy(update=overrides) if overrides else market.fees
 
     @field_validator("commission_bps")
     @classmethod
-    def _commission_in_bps(cls, value: float) -> float:
-        if value > MAX_COMMISSION_BPS:
+    def _commission_in_bps(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_COMMISSION_BPS:
             raise ValueError(f"commission is in basis points (2 = 0.02 %); {value:g} exceeds "
                              f"the {MAX_COMMISSION_BPS:g} bp (0.3 %) cap on fund commissions")
         return value
-
-    @property
-    def commission_rate(self) -> float:
-        return self.commission_bps / 1e4
 
     @property
     def slippage_rate(self) -> float:
@@ -645,6 +711,11 @@ class StrategyConfig(BaseModel):
         if self.search.min_factors > len(self.factors):
             problems.append(f"search.min_factors: {self.search.min_factors} exceeds the "
                             f"{len(self.factors)} configured factor(s)")
+        lot = self.costs.lot_size
+        if lot is not None and lot != self.market.lot_size:
+            problems.append(f"costs.lot_size: {lot} differs from market {self.market.name}'s lot "
+                            f"of {self.market.lot_size} units; lots come from the market profile "
+                            "(remove the field)")
         rules = self.portfolio
         for where, n in [("portfolio.top_n", rules.top_n),
                          *[("search.top_n", n) for n in self.search.top_n]]:
@@ -667,6 +738,16 @@ class StrategyConfig(BaseModel):
         return self
 
     # -- derived ----------------------------------------------------------------------------
+    @property
+    def market(self) -> MarketProfile:
+        """The market profile the strategy trades in (its universe's)."""
+        return load_market(self.universe.market)
+
+    @property
+    def fees(self) -> FeeSchedule:
+        """The one cost model: the market's fee schedule with this strategy's overrides."""
+        return self.costs.fees(self.market)
+
     @property
     def factor_specs(self) -> tuple[FactorSpec, ...]:
         return self.factors
@@ -718,13 +799,9 @@ class StrategyConfig(BaseModel):
         return dataclasses.replace(self.portfolio, **overrides) if overrides else self.portfolio
 
     def backtest_config(self) -> BacktestConfig:
-        """:class:`rotation.backtest.BacktestConfig` of the ``costs`` section.
-
-        ``commission_bps``, ``min_commission``, ``slippage_bps``, ``lot_size`` and
-        ``initial_cash`` map one to one; ``tick`` and ``risk_free`` keep the engine defaults.
-        The engine has no stamp-duty rate: a non-zero ``costs.stamp_duty_bps`` (funds pay none,
-        the default) is added to the commission rate, an approximation that charges it on buys
-        as well as sells and inside the per-order minimum commission.
+        """:class:`rotation.backtest.BacktestConfig`: the market's lot and fee schedule (with
+        the strategy's commission overrides), ``slippage_bps`` and ``initial_cash``; ``tick`` and
+        ``risk_free`` keep the engine defaults.
 
         Raises ``ValueError`` under the ``CLOSE`` execution model: the engine simulates
         ``T1_OPEN`` only, so it cannot produce a ``CLOSE`` comparison backtest.
@@ -732,10 +809,13 @@ class StrategyConfig(BaseModel):
         if self.execution.model != "T1_OPEN":
             raise ValueError(f"strategy {self.name!r}: the backtest engine simulates T1_OPEN "
                              f"only, not the {self.execution.model} execution model")
-        c = self.costs
-        return BacktestConfig(commission_bps=c.commission_bps + c.stamp_duty_bps,
-                              min_commission=c.min_commission, slippage_bps=c.slippage_bps,
-                              lot_size=c.lot_size, initial_cash=c.initial_cash)
+        fees = self.fees
+        return BacktestConfig(commission_bps=fees.commission_bps,
+                              min_commission=fees.min_commission,
+                              sell_fee_bps=fees.sell_rate * 1e4,
+                              slippage_bps=self.costs.slippage_bps,
+                              lot_size=self.market.lot_size, tick=self.market.tick,
+                              initial_cash=self.costs.initial_cash)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able configuration (factor entries in full)."""
@@ -758,6 +838,12 @@ class StrategyConfig(BaseModel):
                                     "direction": s.direction} for s in self.factors}
         data["wfo"]["horizon"] = self.max_horizon
         data["wfo"]["purge"] = self.wfo_config.purge
+        # The costs as charged: the market's fee schedule with this strategy's overrides.
+        fees, market = self.fees, self.market
+        data["costs"].update(commission_bps=fees.commission_bps,
+                             min_commission=fees.min_commission,
+                             sell_fee_bps=fees.sell_rate * 1e4, lot_size=market.lot_size,
+                             currency=market.currency)
         return data
 
     def tracking_tags(self) -> dict[str, str]:

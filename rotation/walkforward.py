@@ -70,7 +70,7 @@ class ResearchData:
     market: MarketPanels
     labels: dict[int, pd.DataFrame]
     universe: Universe
-    instruments: dict[str, float | None]
+    instruments: tuple[Instrument, ...] | dict[str, float | None]
 
     def search_panel(self, cfg: PortfolioConfig) -> SearchPanel:
         return SearchPanel.build(self.std_factors, self.directions, self.eligible, self.market,
@@ -104,7 +104,7 @@ def prepare(adjusted_bars: pd.DataFrame, specs: Sequence[FactorSpec],
     """Panels for the walk-forward from adjusted bars. ``std_factors`` (name → dates × symbols,
     e.g. the ``factors`` asset) is computed from the bars when not given."""
     panels = Panels.from_bars(adjusted_bars)
-    eligible = coverage(panels.close, cross_section)
+    eligible = coverage(panels.close, cross_section, panels.turnover)
     names = [s.name for s in specs]
     if std_factors is None:
         raw = compute_factors(specs, panels)
@@ -115,9 +115,10 @@ def prepare(adjusted_bars: pd.DataFrame, specs: Sequence[FactorSpec],
             raise ValueError(f"prepare: factors {missing} are not in the factor table")
         std = {n: std_factors[n].reindex(index=panels.index, columns=panels.columns)
                for n in names}
-    table = ({i.symbol: i.price_limit for i in instruments}
-             if instruments is not None and not isinstance(instruments, Mapping)
-             else dict(instruments or {}))
+    # The funds' market rules (price band, settlement class) travel with the data.
+    table: tuple[Instrument, ...] | dict[str, float | None] = (
+        tuple(instruments) if instruments is not None and not isinstance(instruments, Mapping)
+        else dict(instruments or {}))
     traded = pd.Index(list(universe.ranked) + ([universe.defensive] if universe.defensive
                                                 else []))
     market = market_panels(adjusted_bars, panels.index, traded, table)
@@ -168,19 +169,28 @@ def screen_window(data: ResearchData, window: WfoWindow, horizon: int,
 @dataclass
 class WindowResult:
     window: WfoWindow
-    winner: Candidate
+    winner: Candidate | None  # None: the window does not trade (``no_trade_reason``)
     candidates: pd.DataFrame
     finalists: pd.DataFrame
     oos: BacktestResult
+    no_trade_reason: str = ""
 
     def summary(self) -> dict[str, object]:
-        best = self.candidates.iloc[0]
-        out: dict[str, object] = {**self.window.as_dict(), **self.winner.as_dict()}
-        out["factors"] = ",".join(self.winner.factors)
-        out["candidates"] = len(self.candidates)
-        for metric in ("annual_return", "sharpe", "max_drawdown", "score"):
-            out[f"in_sample_{metric}"] = float(best[metric])
-        out["vbt_max_rel_diff"] = float(self.finalists["max_rel_diff"].max())
+        out: dict[str, object] = {**self.window.as_dict(), "no_trade": self.winner is None,
+                                  "no_trade_reason": self.no_trade_reason}
+        if self.winner is None:
+            out.update(factors="", top_n=None, rebalance_every=None, weighting=None,
+                       candidates=0, vbt_max_rel_diff=0.0)
+            out.update({f"in_sample_{m}": float("nan")
+                        for m in ("annual_return", "sharpe", "max_drawdown", "score")})
+        else:
+            best = self.candidates.iloc[0]
+            out.update(self.winner.as_dict())
+            out["factors"] = ",".join(self.winner.factors)
+            out["candidates"] = len(self.candidates)
+            for metric in ("annual_return", "sharpe", "max_drawdown", "score"):
+                out[f"in_sample_{metric}"] = float(best[metric])
+            out["vbt_max_rel_diff"] = float(self.finalists["max_rel_diff"].max())
         for key in ("total_return", "cagr", "sharpe", "max_drawdown", "ew_excess_return"):
             if key in self.oos.metrics:
                 out[f"oos_{key}"] = float(self.oos.metrics[key])
@@ -198,6 +208,11 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                     ) -> WindowResult:
     """Search on the in-sample sessions, re-run the finalists in vectorbt (they must agree to
     :data:`VBT_TOLERANCE`), freeze the winner and backtest it on the out-of-sample sessions."""
+    if len(factors) < space.min_factors:
+        return _no_trade(data, panel.cfg, window, backtest,
+                         f"window {window.key}: {len(factors)} factor(s) passed the in-sample "
+                         f"screen, fewer than the {space.min_factors} a combination needs (too "
+                         "few funds or too little signal in-sample): no trade, held in cash")
     costs = costs_of(backtest)
     table = search_window(panel, factors, window.is_start, window.is_end, space, costs)
     rows = []
@@ -222,6 +237,15 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
     oos = oos_backtest(data, targets, backtest)
     return WindowResult(window=window, winner=winner, candidates=table, finalists=finalists,
                         oos=oos)
+
+
+def _no_trade(data: ResearchData, cfg: PortfolioConfig, window: WfoWindow,
+              backtest: BacktestConfig, reason: str) -> WindowResult:
+    """A window that holds cash through its out-of-sample sessions, and why."""
+    oos = oos_backtest(data, window_targets(data, cfg, None, window), backtest)
+    return WindowResult(window=window, winner=None, candidates=pd.DataFrame(),
+                        finalists=pd.DataFrame({"max_rel_diff": pd.Series(dtype=float)}),
+                        oos=oos, no_trade_reason=reason)
 
 
 # -- targets ------------------------------------------------------------------------------------
@@ -278,13 +302,19 @@ def trade_rows(result: PortfolioResult, start: object) -> pd.DataFrame:
     return w.where(keep, np.nan)
 
 
-def window_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate,
+def window_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate | None,
                    window: WfoWindow) -> pd.DataFrame:
     """Out-of-sample targets of a frozen winner: decisions from the close before the first
     out-of-sample session to the close before the last one (filled at the next opens), on the
-    index from that first decision to the last out-of-sample session."""
+    index from that first decision to the last out-of-sample session. Without a winner (a
+    no-trade window) everything is sold at the first open and held in cash."""
     pos = data.dates.get_loc(window.oos_start)
     first_decision = data.dates[pos - 1]
+    if winner is None:
+        index = data.dates[pos - 1: data.dates.get_loc(window.oos_end) + 1]
+        cash = pd.DataFrame(np.nan, index=index, columns=_traded_columns(data))
+        cash.iloc[0] = 0.0
+        return cash
     last_decision = data.dates[data.dates.get_loc(window.oos_end) - 1]
     result = portfolio_result(data, cfg, winner, first_decision, last_decision)
     targets = trade_rows(result, first_decision)
@@ -293,7 +323,7 @@ def window_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate,
 
 
 def stitched_targets(data: ResearchData, cfg: PortfolioConfig,
-                     winners: Sequence[tuple[WfoWindow, Candidate]]) -> pd.DataFrame:
+                     winners: Sequence[tuple[WfoWindow, Candidate | None]]) -> pd.DataFrame:
     """One out-of-sample target path: each window's frozen winner decides from the close before
     its first out-of-sample session until the next window takes over."""
     ordered = sorted(winners, key=lambda item: item[0].oos_start)
@@ -307,9 +337,12 @@ def stitched_targets(data: ResearchData, cfg: PortfolioConfig,
     out = pd.concat(parts).sort_index()
     last = ordered[-1][0].oos_end
     out.loc[last] = np.nan
-    columns = list(data.universe.ranked) + ([data.universe.defensive]
-                                            if data.universe.defensive else [])
-    return out.reindex(columns=columns)
+    return out.reindex(columns=_traded_columns(data))
+
+
+def _traded_columns(data: ResearchData) -> list[str]:
+    return list(data.universe.ranked) + ([data.universe.defensive]
+                                         if data.universe.defensive else [])
 
 
 def oos_backtest(data: ResearchData, targets: pd.DataFrame, cfg: BacktestConfig
@@ -320,11 +353,20 @@ def oos_backtest(data: ResearchData, targets: pd.DataFrame, cfg: BacktestConfig
                         benchmark=_benchmark_curve(data))
 
 
-def latest_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate,
-                   window: WfoWindow) -> tuple[pd.Timestamp, pd.DataFrame]:
+def latest_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate | None,
+                   window: WfoWindow, no_trade_reason: str = ""
+                   ) -> tuple[pd.Timestamp, pd.DataFrame]:
     """The frozen winner of the newest window applied up to the latest session: the latest
-    session and why each fund is in or out (:func:`rotation.portfolio.explain`)."""
+    session and why each fund is in or out (:func:`rotation.portfolio.explain`). A no-trade
+    window targets cash, every fund with the window's reason."""
     start = data.dates[data.dates.get_loc(window.oos_start) - 1]
     last = data.dates[-1]
+    if winner is None:
+        columns = _traded_columns(data)
+        return last, pd.DataFrame({"score": np.nan, "rank": np.nan, "eligible": False,
+                                   "held_before": False, "held_days": np.nan,
+                                   "selected": False, "base_weight": 0.0, "weight": 0.0,
+                                   "reason": no_trade_reason or "no trade"},
+                                  index=pd.Index(columns, name="symbol"))
     result = portfolio_result(data, cfg, winner, start, last)
     return last, explain(last, result)

@@ -52,11 +52,17 @@ def pg_database() -> Iterator[str]:
 def pg_instance(tmp_path_factory: pytest.TempPathFactory, pg_database: str
                 ) -> Iterator[dg.DagsterInstance]:
     """A Dagster instance whose run, event-log and schedule storage is dagster-postgres."""
-    home = tmp_path_factory.mktemp("dagster_home")
+    with postgres_instance(tmp_path_factory.mktemp("dagster_home"), pg_database) as instance:
+        yield instance
+
+
+@contextmanager
+def postgres_instance(home: Path, database: str) -> Iterator[dg.DagsterInstance]:
+    """A dagster-postgres instance on ``database``, its dagster.yaml in ``home``."""
     (home / "dagster.yaml").write_text(
         "storage:\n"
         "  postgres:\n"
-        f"    postgres_url: postgresql+psycopg2://{PG_SERVER}/{pg_database}\n"
+        f"    postgres_url: postgresql+psycopg2://{PG_SERVER}/{database}\n"
         "telemetry:\n"
         "  enabled: false\n",
         encoding="utf-8",

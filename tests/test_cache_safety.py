@@ -277,10 +277,13 @@ def test_research_panels_round_trip_exactly(cache: RedisCache,
     assert (stats.hits, stats.rejected) == (1, 0)
     assert value is not research_data
     assert_same(research_data, value)
-    # The parts that make it a hard case: NaN factors, bool panels, int label keys, None limits.
+    # The parts that make it a hard case: NaN factors, bool panels, int label keys, the funds'
+    # market rules (Instrument dataclasses of several classes).
     assert value.std_factors and any(f.isna().any().any() for f in value.std_factors.values())
     assert value.market.has_bar.dtypes.eq(bool).all()
-    assert set(value.labels) == set(research_data.labels) and None in value.instruments.values()
+    assert set(value.labels) == set(research_data.labels)
+    assert value.instruments == research_data.instruments
+    assert {i.settlement for i in value.instruments} == {"T+0", "T+1"}
 
 
 @pytest.mark.parametrize("value", [

@@ -459,3 +459,49 @@ def test_wide_panel(market: pd.DataFrame) -> None:
     assert close["LATE"].iloc[:LATE_FROM].isna().all()
     assert close["SUSP"].iloc[list(SUSPENDED)].isna().all()
     assert close.notna().sum().sum() == len(market)
+
+
+# -- the point-in-time universe (SPEC §2, issue 13) ---------------------------------------------
+@pytest.fixture(scope="module")
+def real_panels(shared_data) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pathlib import Path
+
+    from rotation.factors.compute import Panels
+    from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+    root = Path(__file__).resolve().parents[1]
+    source = FileMarketSource(shared_data / "cn_etf_morphkyan_raw", load_dataset_spec(
+        root / "config/datasets/cn_etf_morphkyan_raw.yaml"))
+    panels = Panels.from_bars(adjust_bars(source.load("2012-01-01", "2016-12-31").bars))
+    return panels.close, panels.turnover
+
+
+def test_universe_is_point_in_time(real_panels) -> None:
+    """Membership on D depends on nothing after D: later turnover, later prices and funds that
+    list after D change nothing up to D; a fund enters only after min_history sessions."""
+    close, turnover = real_panels
+    cfg = CrossSectionConfig(min_history=60, liquidity_top=8, liquidity_window=20)
+    base = coverage(close, cfg, turnover)
+    day = close.index[close.index.get_indexer([pd.Timestamp("2014-06-30")], method="bfill")[0]]
+    rng = np.random.default_rng(11)
+    later = close.index > day
+    turnover2 = turnover.copy()
+    turnover2.loc[later] = turnover2.loc[later] * rng.uniform(0.01, 100.0,
+                                                              turnover2.loc[later].shape)
+    close2 = close.copy()
+    close2.loc[later] = close2.loc[later] * rng.uniform(0.5, 1.5, close2.loc[later].shape)
+    # A fund that lists after D, more liquid than any other from its first day.
+    close2["599999"] = np.where(later, 1.0, np.nan)
+    turnover2["599999"] = np.where(later, 1e13, np.nan)
+    changed = coverage(close2, cfg, turnover2)
+    pd.testing.assert_frame_equal(changed.loc[:day, base.columns], base.loc[:day])
+    assert not changed.loc[:day, "599999"].any()
+    # Eight funds at most, each with 60 sessions of history by then.
+    assert (base.sum(axis=1) <= 8).all() and base.loc[day].sum() == 8
+    history = close.notna().cumsum()
+    assert (history.to_numpy()[base.to_numpy()] >= 60).all()
+    # The ranking is by trailing turnover up to D: today's most traded funds do not decide.
+    trailing = turnover.rolling(20, min_periods=1).mean().loc[day]
+    eligible = coverage(close, CrossSectionConfig(min_history=60), None).loc[day]
+    expected = trailing[eligible].sort_values(ascending=False).index[:8]
+    assert set(base.columns[base.loc[day]]) == set(expected)

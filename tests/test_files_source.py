@@ -18,6 +18,7 @@ import pytest
 from orchestration.settings import DATASET_CONFIG_DIR
 from rotation.bars import BAR_COLUMNS
 from rotation.calendar import get_calendar
+from rotation.market import load_market, resolve
 from rotation.sources.files import (
     DatasetConfigError,
     DatasetSpec,
@@ -248,11 +249,13 @@ def test_morph_instruments(morph: FileMarketSource) -> None:
         assert inst.name == table.loc[symbol, "name"]
         assert inst.exchange == table.loc[symbol, "exchange"]
         assert inst.asset_class == table.loc[symbol, "asset_class"]
-        if table.loc[symbol, "asset_class"].startswith("overseas_equity"):
-            assert inst.price_limit is None, symbol
-        else:
-            assert inst.price_limit == 0.10, symbol
-    assert {s for s, i in by_symbol.items() if i.price_limit is None} == set(OVERSEAS)
+        # SPEC §2: cross-border funds also have the 10 % band on SSE/SZSE.
+        assert inst.price_limit == 0.10, symbol
+        asset_class = table.loc[symbol, "asset_class"]
+        t0 = asset_class.startswith(("overseas_equity", "bond", "commodity"))
+        assert inst.same_session_sell is t0, (symbol, asset_class, inst.settlement)
+    assert {s for s, i in by_symbol.items() if i.instrument_class == "cross_border"} \
+        == set(OVERSEAS)
     assert by_symbol["513100"].name == "纳指ETF国泰"
     assert by_symbol["510050"].name == "上证50ETF华夏"
 
@@ -309,12 +312,14 @@ def test_akshare_instruments_and_limits(akshare: FileMarketSource) -> None:
     assert instruments["159915"].price_limit == 0.20
     assert instruments["159949"].price_limit == 0.20
     assert instruments["588000"].price_limit == 0.20  # STAR Market prefix
-    assert instruments["513100"].price_limit is None
-    assert instruments["510900"].price_limit is None
+    assert instruments["513100"].price_limit == 0.10  # cross-border: 10 % band (SPEC §2)
+    assert instruments["510900"].settlement == "T+0"
+    assert instruments["518880"].instrument_class == "gold"
     assert instruments["510300"].price_limit == 0.10
+    assert instruments["510300"].settlement == "T+1"
     assert instruments["512690"].price_limit == 0.10
     assert instruments["159915"].name == "创业板ETF易方达"
-    cross_border = {s for s, i in instruments.items() if i.price_limit is None}
+    cross_border = {s for s, i in instruments.items() if i.instrument_class == "cross_border"}
     assert len(cross_border) == 11
 
 
@@ -351,8 +356,12 @@ def test_minimal_dataset_config(tmp_path: Path) -> None:
     spec = load_dataset_spec(path)
     assert spec.calendar == "XSHG"
     assert spec.prices.format == "csv"
-    assert spec.price_limits.limit_for("588000") == 0.20
-    assert spec.price_limits.limit_for("510300") == 0.10
+    assert spec.market == "cn_funds"
+    profile = load_market(spec.market)
+    star, broad = resolve(profile, spec.instrument_classes,
+                          [{"symbol": "588000"}, {"symbol": "510300"}])
+    assert (star.price_limit, star.settlement) == (0.20, "T+1")
+    assert (broad.price_limit, broad.instrument_class) == (0.10, "equity")
 
 
 @pytest.mark.parametrize(
@@ -532,3 +541,38 @@ def test_split_after_the_factor_file_ends(tmp_path: Path) -> None:
     f510500 = bars.loc[bars["symbol"] == "510500"].set_index("date")["adj_factor"]
     # The 2015 step comes from the factor file only (≈0.2803), not 0.2803 twice.
     assert f510500.loc["2015-04-15"] == pytest.approx(0.2804, abs=2e-4)
+
+
+# -- inputs that used to crash or mislead (issue 13) -------------------------------------------
+def test_gbk_symbols_file_reads_with_its_names(tmp_path: Path) -> None:
+    """Chinese vendors often write GBK: the names come out right, not as a decode error."""
+    src = _data_root() / "cn_etf_morphkyan_raw"
+    table = pd.read_csv(src / "symbols.csv", dtype=str)
+    (tmp_path / "prices").mkdir()
+    (tmp_path / "symbols.csv").write_bytes(table.to_csv(index=False).encode("gbk"))
+    spec = load_dataset_spec(DATASET_CONFIG_DIR / "cn_etf_morphkyan_raw.yaml")
+    names = {i.symbol: i.name for i in FileMarketSource(tmp_path, spec).instruments()}
+    expected = table.set_index("code")["name"].drop("160520")
+    assert names == expected.to_dict()
+    (tmp_path / "symbols.csv").write_bytes(b"code,name\n510300,\xff\xfe\xfa\n")
+    with pytest.raises(DatasetConfigError, match=r"symbols\.csv: neither UTF-8 nor GBK"):
+        FileMarketSource(tmp_path, spec).instruments()
+
+
+def test_split_recorded_on_a_non_session_applies_from_the_next_session(tmp_path: Path) -> None:
+    """159928 split 1:4 recorded on 2021-06-24 (a session); moved to Saturday 2021-06-26 it
+    takes effect on Monday 2021-06-28, the first session after it, not a session later."""
+    src = _data_root() / "cn_etf_morphkyan_raw"
+    (tmp_path / "prices").mkdir()
+    (tmp_path / "meta").mkdir()
+    shutil.copy(src / "prices" / "159928.csv.gz", tmp_path / "prices")
+    splits = pd.read_csv(src / "meta" / "platform_splits.csv", dtype=str)
+    splits = splits.loc[splits["code"] == "159928"].assign(split_date="2021-06-26")
+    splits.to_csv(tmp_path / "meta" / "platform_splits.csv", index=False)
+    pd.read_csv(src / "symbols.csv", dtype=str).query("code == '159928'").to_csv(
+        tmp_path / "symbols.csv", index=False)
+    spec = load_dataset_spec(DATASET_CONFIG_DIR / "cn_etf_morphkyan_raw.yaml")
+    bars = FileMarketSource(tmp_path, spec).load("2021-06-23", "2021-06-30").bars
+    factor = bars.set_index("date")["adj_factor"]
+    assert factor[:"2021-06-25"].eq(1.0).all()
+    assert factor["2021-06-28":].eq(4.0).all()

@@ -238,8 +238,10 @@ def test_agrees_with_backtest_engine_sizing() -> None:
         target[0], target[1] = w1, w2
         ones = np.ones((3, n))
         no = np.zeros((3, n), dtype=np.bool_)
-        _, cash_e, units_e, rec = simulate_nb(target, p, p, ones, ~no, no, no, 1e6, rate,
-                                              min_fee, 0.0, 100.0)
+        costs = np.array([rate, min_fee, 0.0, 0.0, 100.0])
+        t1, reuse = np.zeros(n, dtype=np.bool_), np.ones(n, dtype=np.bool_)
+        _, cash_e, units_e, rec = simulate_nb(target, p, p, ones, ~no, no, no, 1e6, costs, t1,
+                                              reuse, np.full((3, n), np.nan), no, no)
         positions: dict[str, int] = {}
         cash = 1e6
         for t, w in ((1, w1), (2, w2)):

@@ -190,7 +190,78 @@ def _unexplained_split(root: Path) -> None:
                                                   index=False)
 
 
+def _factor_file(root: Path, symbol: str) -> Path:
+    return root / "hfq_factor" / f"{symbol}_hfq_factor.csv.gz"
+
+
+def edit_factors(symbol: str, day: str, **values: str) -> Callable[[Path], None]:
+    def _apply(root: Path) -> None:
+        path = _factor_file(root, symbol)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        rows = frame.index[frame["trade_date"] == day]
+        assert len(rows) == 1
+        for column, value in values.items():
+            frame.loc[rows, column] = value
+        with gzip.open(path, "wt", encoding="utf-8", newline="") as fh:
+            frame.to_csv(fh, index=False)
+
+    return _apply
+
+
+def _timezone(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[on(frame, "2022-01-13"), "trade_date"] = "2022-01-13T00:00:00+08:00"
+    return frame
+
+
+def _wrong_exchange(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["code"] = "510050.SZ"  # 5xxxxx trades in Shanghai
+    return frame
+
+
+def _shares_not_lots(frame: pd.DataFrame) -> pd.DataFrame:
+    volume = pd.to_numeric(frame["volume"])
+    frame["volume"] = (volume * 100).map("{:.1f}".format)
+    frame["amount"] = ""  # no amount column to catch the scale
+    return frame
+
+
+def _open_swapped(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = on(frame, "2022-01-10")
+    before = frame.index[frame["trade_date"] < "2022-01-10"][-1]
+    jumped = f"{float(frame.loc[before, 'close']) * 1.12:.3f}"  # 12 % above the last close
+    frame.loc[rows, "open"] = jumped
+    frame.loc[rows, "high"] = jumped
+    return frame
+
+
+def _unreadable_code(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.loc[on(frame, "2022-01-12"), "code"] = "51OO5O.SH"  # letters O, not zeros
+    return frame
+
+
 CORRUPTIONS = {
+    "timezone_aware_date": Corruption("source_dates", edit_prices("510300", _timezone),
+                                      "prices/510300.csv.gz", "510300", None),
+    "factor_unparsable_date": Corruption(
+        "factor_dates_valid", edit_factors("510300", "2022-01-11", trade_date="2022-01-3x"),
+        "hfq_factor/510300_hfq_factor.csv.gz", "510300", None),
+    "factor_not_a_number": Corruption(
+        "factor_values_valid", edit_factors("510300", "2022-01-10", hfq_factor="nan"),
+        "hfq_factor/510300_hfq_factor.csv.gz", "510300", "2022-01-10"),
+    "factor_not_positive": Corruption(
+        "factor_values_valid", edit_factors("510300", "2022-01-12", hfq_factor="-1.09"),
+        "hfq_factor/510300_hfq_factor.csv.gz", "510300", "2022-01-12"),
+    "wrong_exchange_suffix": Corruption("symbol_exchange", edit_prices("510050",
+                                                                       _wrong_exchange),
+                                        "prices/510050.csv.gz", "510050.SZ", None),
+    "unreadable_symbol": Corruption("source_symbols", edit_prices("510050", _unreadable_code),
+                                    "prices/510050.csv.gz", "51OO5O.SH", "2022-01-12"),
+    "volume_in_shares_not_lots": Corruption(
+        "volume_units", edit_prices("510050", _shares_not_lots), "prices/510050.csv.gz",
+        "510050", None),
+    "open_close_swapped": Corruption(
+        "open_within_price_limit", edit_prices("510300", _open_swapped),
+        "prices/510300.csv.gz", "510300", "2022-01-10"),
     "nan_price": Corruption("prices_present", edit_prices("510300", _set("2022-01-05", close="")),
                             "prices/510300.csv.gz", "510300", "2022-01-05"),
     "negative_price": Corruption(

@@ -290,7 +290,8 @@ def test_unknown_dataset_lists_known_ones(clean_env: pytest.MonkeyPatch, tmp_pat
                              "ETF_MARKET_DATA__FILES_ROOT": str(tmp_path)})
     assert "ETF_MARKET_DATA__DATASET]='cn_etf_nope'" in msg
     assert str(DATASET_CONFIG_DIR / "cn_etf_nope.yaml") in msg
-    assert KNOWN_DATASETS == ["cn_etf_akshare_qfq_2020", "cn_etf_morphkyan_raw"]
+    assert KNOWN_DATASETS == ["cn_etf_akshare_qfq_2020", "cn_etf_morphkyan_raw",
+                              "us_etf_phainia_yf_adjusted", "us_etf_taa_dashboard_yf"]
     assert f"known: {KNOWN_DATASETS}" in msg
 
 

@@ -78,9 +78,10 @@ def test_default_strategy_loads():
     assert s.score_weights.model_dump() == {"annual_return": 0.4, "sharpe": 0.3,
                                             "max_drawdown": 0.3}
     assert s.n_candidates(8) == (28 + 56) * 4 * 3 * 2
-    c = cfg.costs
-    assert (c.commission_bps, c.min_commission, c.stamp_duty_bps, c.lot_size) == (2, 5, 0, 100)
-    assert c.commission_rate == pytest.approx(0.0002)
+    assert cfg.universe.market == "cn_funds" and cfg.market.currency == "CNY"
+    f = cfg.fees
+    assert (f.commission_bps, f.min_commission, f.sell_rate) == (2, 5, 0)
+    assert cfg.market.lot_size == 100 and cfg.costs.lot_size is None
     assert cfg.execution.model == "T1_OPEN" and not cfg.comparison_only
     assert cfg.tracking_tags()["comparison_only"] == "false"
 
@@ -183,13 +184,19 @@ def test_backtest_config_maps_the_costs(default_data):
                                                    initial_cash=1_000_000.0)
     data = copy.deepcopy(default_data)
     data["costs"] = {"commission_bps": 1.5, "min_commission": 0.1, "slippage_bps": 8,
-                     "stamp_duty_bps": 5, "lot_size": 10, "initial_cash": 50_000}
+                     "initial_cash": 50_000}
     del data["portfolio"]["initial_cash"]
     bt = strategy_from_dict(data).backtest_config()
-    # No stamp-duty field in the engine: it is added to the commission rate.
-    assert bt == BacktestConfig(commission_bps=6.5, min_commission=0.1, slippage_bps=8,
-                                lot_size=10, initial_cash=50_000.0)
+    # A broker's rate overrides the market's commission; lots and duties stay the market's.
+    assert bt == BacktestConfig(commission_bps=1.5, min_commission=0.1, slippage_bps=8,
+                                lot_size=100, initial_cash=50_000.0)
     assert bt.execution == "T1_OPEN"
+    for field, value, why in (("lot_size", 10, "lots come from the market profile"),
+                              ("stamp_duty_bps", 5, "stamp_duty_bps")):
+        bad = copy.deepcopy(data)
+        bad["costs"][field] = value
+        with pytest.raises(StrategyConfigError, match=why):
+            strategy_from_dict(bad)
 
 
 def test_backtest_config_refuses_the_close_model(default_data):
@@ -234,8 +241,8 @@ def test_minimal_config_gets_spec_defaults():
     assert cfg.screening_horizon == 20
     assert (cfg.wfo.in_sample, cfg.wfo.out_of_sample, cfg.wfo.step) == (252, 60, 60)
     assert cfg.wfo_config.horizon == 20
-    assert (cfg.costs.commission_bps, cfg.costs.min_commission) == (2.0, 5.0)
-    assert (cfg.costs.stamp_duty_bps, cfg.costs.lot_size) == (0.0, 100)
+    assert (cfg.fees.commission_bps, cfg.fees.min_commission) == (2.0, 5.0)
+    assert (cfg.fees.sell_rate, cfg.market.lot_size) == (0.0, 100)
     assert cfg.search.score_weights.annual_return == 0.4
     assert cfg.execution.model == "T1_OPEN"
 

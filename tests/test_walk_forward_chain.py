@@ -125,3 +125,43 @@ def test_out_of_sample_backtest_replays_in_vectorbt(chains) -> None:
     # Only out-of-sample sessions are traded: nothing before the first window's first decision.
     first = base["windows"][0]
     assert result.orders["date"].min() >= first.oos_start
+
+
+def test_a_window_too_thin_to_screen_is_no_trade_with_its_reason(shared_data: Path) -> None:
+    """2006–2008 with two funds: no factor can pass a cross-sectional screen, so each window
+    completes as "no trade" (cash), names itself and why, and the stitched curve goes on."""
+    source = FileMarketSource(shared_data / "cn_etf_morphkyan_raw", load_dataset_spec(
+        ROOT / "config/datasets/cn_etf_morphkyan_raw.yaml"))
+    bars = source.load("2005-02-23", "2008-12-31").bars
+    bars = adjust_bars(bars.loc[bars["symbol"].isin(["510050", "510180"])])
+    strategy = load_strategy("etf_rotation_default")
+    space = SearchSpace(**{**search_space(strategy).__dict__, "max_factors": 2,
+                           "top_n": (1,), "rebalance_every": (5,), "finalists": 1})
+    universe = wf.resolve_universe(bars["symbol"].unique())
+    data = wf.prepare(bars, strategy.factor_specs[:4], CrossSectionConfig(), universe,
+                      source.instruments(), strategy.horizons)
+    pcfg = strategy.portfolio_config(top_n=1)
+    pcfg = type(pcfg)(**{**pcfg.__dict__, "defensive_symbol": None, "max_weight": 1.0})
+    panel = data.search_panel(pcfg)
+    windows = wf.windows_for(data, strategy.wfo_config, warmup_sessions(strategy))
+    assert len(windows) >= 2
+    results = []
+    for window in windows:
+        screen = wf.screen_window(data, window, strategy.screening_horizon,
+                                  strategy.select_kwargs(), space.min_factors)
+        chosen = screen.loc[screen["selected"], "factor"].tolist()
+        results.append(wf.evaluate_window(data, panel, window, chosen, space,
+                                          strategy.backtest_config()))
+    for result in results:
+        summary = result.summary()
+        assert summary["no_trade"] is True and result.winner is None
+        assert result.window.key in summary["no_trade_reason"]
+        assert "fewer than the 2 a combination needs" in summary["no_trade_reason"]
+        assert result.oos.orders.empty or not result.oos.orders["units"].gt(0).any()
+    targets = wf.stitched_targets(data, pcfg, [(r.window, r.winner) for r in results])
+    backtest = wf.oos_backtest(data, targets, strategy.backtest_config())
+    assert backtest.equity.eq(strategy.costs.initial_cash).all()
+    as_of, why = wf.latest_targets(data, pcfg, None, results[-1].window,
+                                   results[-1].no_trade_reason)
+    assert as_of == data.dates[-1] and why["weight"].eq(0).all()
+    assert why["reason"].str.contains("no trade").all()

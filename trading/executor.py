@@ -32,6 +32,7 @@ from rotation.risk import (
     check_orders,
     limit_state,
     order_check_of,
+    unsellable_units,
 )
 from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
 from trading.models import (
@@ -252,6 +253,15 @@ def _book_after_open_orders(ledger: Ledger, account_id: str, signal_id: str, cos
     return {s: q for s, q in positions.items() if q > 0}, cash
 
 
+def _bought_in_session(ledger: Ledger, account_id: str, market: MarketView) -> dict[str, int]:
+    """Units of T+1 funds bought in the orders' session: no sell of that session may use them."""
+    bought: dict[str, int] = {}
+    for f in ledger.fills(account_id):
+        if f.session == market.order_session and f.side is Side.BUY:
+            bought[f.symbol] = bought.get(f.symbol, 0) + int(f.quantity)
+    return unsellable_units(bought, {s: q.same_session_sell for s, q in market.quotes.items()})
+
+
 def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
           account_id: str, market: MarketView, limits: RiskLimits, costs: Costs,
           twap_slices: int, actor: str) -> list[OrderRecord]:
@@ -264,7 +274,10 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
                           {s: q for s, q in positions.items() if s not in missing},
                           max(cash, 0.0), closes, lot_size=costs.lot_size,
                           commission_rate=costs.commission_bps / 1e4,
-                          min_commission=costs.min_commission)
+                          min_commission=costs.min_commission,
+                          sell_fee_rate=costs.sell_fee_bps / 1e4,
+                          held_back=frozenset(s for s, q in market.quotes.items()
+                                              if not q.sale_cash_same_day))
     equity = cash + sum(q * closes.get(s, 0.0) for s, q in positions.items())
     after = dict(positions)
     for p in planned:
@@ -282,7 +295,7 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
             account_id, market.order_session),
         equity=equity, positions_value_after=sum(q * closes.get(s, 0.0)
                                                  for s, q in after.items()),
-        limits=limits)
+        limits=limits, unsellable=_bought_in_session(ledger, account_id, market))
     violations: dict[str, list[RiskViolation]] = {}
     for c, v in rejected:
         violations.setdefault(c.order_id, []).append(v)

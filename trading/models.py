@@ -125,6 +125,10 @@ class Quote:
     volume: float
     previous_close: float | None
     price_limit: float | None            # 0.10 / 0.20; None = no daily limit
+    # The fund's instrument class (rotation.market): units bought in a session sellable in it
+    # (T+0), and sale proceeds usable for buys in the same session.
+    same_session_sell: bool = False
+    sale_cash_same_day: bool = True
 
     def limit_up(self, tick: float = 0.001) -> bool:
         return (self.price_limit is not None and self.previous_close is not None
@@ -137,13 +141,22 @@ class Quote:
 
 @dataclass(frozen=True)
 class Costs:
+    """What the venue charges and trades in: the market profile's fee schedule (commission
+    with a minimum, sell-side duties), slippage and the lot (see ``rotation.market``)."""
+
     commission_bps: float = 2.0
     min_commission: float = 5.0
     slippage_bps: float = 0.0
     lot_size: int = 100
+    sell_fee_bps: float = 0.0   # stamp duty + a regulator's fee on sells, bp of the notional
 
     def commission(self, notional: float) -> float:
         return max(notional * self.commission_bps / 1e4, self.min_commission)
+
+    def fee(self, notional: float, side: str) -> float:
+        """Everything an order pays: commission, plus the sell-side duties on a sell."""
+        duty = notional * self.sell_fee_bps / 1e4 if str(side).lower() == "sell" else 0.0
+        return self.commission(notional) + duty
 
 
 @dataclass(frozen=True)

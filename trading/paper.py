@@ -8,14 +8,18 @@ the tables ``paper_accounts``, ``paper_positions``, ``paper_orders`` and ``paper
 
 Market rules (the same as the backtest engine, :mod:`rotation.backtest.engine`):
 
-* An order for session S is matched on S's raw daily bar. All sells of the session are matched
-  before its buys (so a sell funds a buy of the same session); within a side, by arrival.
-* Fill price = open × (1 + slippage) for a buy, open × (1 − slippage) for a sell; commission =
-  ``costs.commission(notional)`` (rate with a minimum per order); no stamp duty for funds.
+* An order for session S is matched on S's raw daily bar, in the order of its time in the
+  session (a whole order and the first TWAP child at the open, the last child at the close);
+  at one time, sells before buys (so a sell funds a buy of the same session), then by arrival.
+* Fill price = open × (1 + slippage) for a buy, open × (1 − slippage) for a sell; fee =
+  ``costs.fee(notional, side)``: commission (rate with a minimum per order) plus the market's
+  sell-side duties on sells.
 * No bar → the order expires (``no_bar``); a buy at limit-up (``limit_up``) and a sell at
   limit-down (``limit_down``) expire unfilled. Expired orders are not carried to the next session.
-* T+1: a sell can only sell units held before its session (units bought in that session are not
-  sellable); a shortfall fills what is sellable and expires the rest (``t1``).
+* Settlement by instrument class (``Quote.same_session_sell``): a fund of a T+1 class can only
+  sell units held before its session (units bought in that session are not sellable; a shortfall
+  fills what is sellable and expires the rest, ``t1``); a T+0 fund can sell them. Sale proceeds
+  of a fund whose class cannot reuse them the same session do not pay for that session's buys.
 * Cash: a buy that the cash cannot pay (commission included) is cut to the largest affordable
   number of whole lots, the rest expires (``cash_short``); zero lots → expired unfilled.
 * Lots: a buy is whole lots of ``costs.lot_size``. A sell is whole lots, or its odd remainder
@@ -108,7 +112,8 @@ class FrameQuotes:
 
     def __init__(self, bars: pd.DataFrame, price_limits: Mapping[str, float | None] | None = None,
                  *, default_limit: float | None = 0.10, as_of: dt.date | None = None,
-                 ex_adjust: bool = True) -> None:
+                 ex_adjust: bool = True,
+                 classes: Mapping[str, tuple[bool, bool]] | None = None) -> None:
         missing = {"date", "symbol", "open", "high", "low", "close", "volume"} - set(bars.columns)
         if missing:
             raise ValueError(f"FrameQuotes: bars lack columns {sorted(missing)}")
@@ -130,6 +135,8 @@ class FrameQuotes:
             prev_close = prev_close * prev_factor / factor
         self._limits = dict(price_limits or {})
         self._default_limit = default_limit
+        # symbol → (same-session sell, sale cash same day); absent: T+1, cash reusable.
+        self._classes = dict(classes or {})
         self._dates = [d.date() for d in frame["date"]]
         self._symbols = frame["symbol"].tolist()
         self._values = frame[["open", "high", "low", "close", "volume"]].to_numpy(np.float64)
@@ -147,9 +154,11 @@ class FrameQuotes:
             return None
         o, h, lo, c, v = (float(x) for x in self._values[i])
         prev = float(self._prev[i])
+        t0, reuse = self._classes.get(symbol, (False, True))
         return Quote(symbol=symbol, session=session, open=o, high=h, low=lo, close=c, volume=v,
                      previous_close=None if math.isnan(prev) else prev,
-                     price_limit=self.price_limit(symbol))
+                     price_limit=self.price_limit(symbol), same_session_sell=t0,
+                     sale_cash_same_day=reuse)
 
     def latest_session(self) -> dt.date | None:
         return self._latest
@@ -202,6 +211,7 @@ class _Book:
     cash: float
     positions: dict[str, int]
     bought: dict[str, int]   # units bought in the session being matched (T+1)
+    held_back: float = 0.0   # sale cash of funds whose class cannot reuse it this session
 
 
 @dataclass(frozen=True)
@@ -441,7 +451,9 @@ class PaperBroker:
                        parent_order_id, slice_index, slices
                 FROM paper_orders
                 WHERE account_id = :a AND session = :s AND status IN (:s1, :s2)
-                ORDER BY (side = 'buy'), seq
+                ORDER BY CASE WHEN parent_order_id IS NOT NULL AND slices > 1
+                              THEN (slice_index - 1)::float / (slices - 1) ELSE 0 END,
+                         (side = 'buy'), seq
                 FOR UPDATE
             """),
             {"a": account_id, "s": session, "s1": OPEN_STATUSES[0], "s2": OPEN_STATUSES[1]},
@@ -523,23 +535,27 @@ class PaperBroker:
         lot = self.costs.lot_size
         if side is Side.SELL:
             held = book.positions.get(symbol, 0)
-            sellable = held - book.bought.get(symbol, 0)
+            # T+1 classes cannot sell units bought in this session; T+0 classes can.
+            sellable = held if quote.same_session_sell else held - book.bought.get(symbol, 0)
             qty = sellable_quantity(wanted, sellable, held, lot)
             shortfall_reason = REASON_T1 if sellable < wanted else REASON_ODD_LOT
             if qty <= 0:
                 return _expired(shortfall_reason)
             notional = qty * price
-            commission = self.costs.commission(notional)
+            commission = self.costs.fee(notional, "sell")
             book.cash += notional - commission
+            if not quote.sale_cash_same_day:
+                book.held_back += notional - commission
             book.positions[symbol] = held - qty
         else:
             qty = wanted - wanted % lot
             commission = self.costs.commission(qty * price)
-            if qty * price + commission > book.cash + _CASH_EPS:
-                lots = min(qty // lot, max(int(book.cash // (price * lot)), 0))
+            usable = book.cash - book.held_back
+            if qty * price + commission > usable + _CASH_EPS:
+                lots = min(qty // lot, max(int(usable // (price * lot)), 0))
                 while lots > 0 and (lots * lot * price
                                     + self.costs.commission(lots * lot * price)
-                                    > book.cash + _CASH_EPS):
+                                    > usable + _CASH_EPS):
                     lots -= 1
                 qty = lots * lot
                 shortfall_reason = REASON_CASH_SHORT

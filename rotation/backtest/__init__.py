@@ -23,7 +23,9 @@ from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.backtest.engine import (
+    FILL_POINTS,
     FLAG_NAMES,
+    REC_AT,
     REC_COL,
     REC_FEE,
     REC_FLAGS,
@@ -43,7 +45,8 @@ from rotation.backtest.metrics import (
 )
 from rotation.bars import Instrument
 
-__all__ = ["BacktestConfig", "BacktestResult", "MarketPanels", "market_panels", "run_backtest"]
+__all__ = ["BacktestConfig", "BacktestResult", "MarketPanels", "class_arrays", "cost_array",
+           "market_panels", "run_backtest"]
 
 DEFAULT_PRICE_LIMIT = 0.10
 
@@ -54,6 +57,8 @@ class BacktestConfig:
 
     commission_bps: float = Field(default=2.0, ge=0)
     min_commission: float = Field(default=5.0, ge=0)
+    # Sell-side duties (stamp duty, a regulator's transaction fee) in bp of the notional.
+    sell_fee_bps: float = Field(default=0.0, ge=0)
     slippage_bps: float = Field(default=0.0, ge=0)
     lot_size: int = Field(default=100, ge=1)
     initial_cash: float = Field(default=1_000_000.0, gt=0)
@@ -72,6 +77,12 @@ class MarketPanels:
     has_bar: pd.DataFrame
     limit_up: pd.DataFrame
     limit_down: pd.DataFrame
+    close_limit_up: pd.DataFrame
+    close_limit_down: pd.DataFrame
+    # Per fund, from its instrument class: units bought in a session sellable in it (T+0);
+    # sale cash usable for buys in the same session.
+    same_session_sell: pd.Series
+    sale_cash_same_day: pd.Series
 
     @property
     def close_marked(self) -> pd.DataFrame:
@@ -107,6 +118,19 @@ def _limits(instruments: Sequence[Instrument] | Mapping[str, float | None] | Non
     return out
 
 
+def class_arrays(instruments: Sequence[Instrument] | Mapping[str, float | None] | None,
+                 symbols: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Per fund: may units bought in a session be sold in it (T+0), and may its sale cash buy
+    in the same session. Funds without an :class:`Instrument` are T+1 and reuse sale cash."""
+    table = {i.symbol: i for i in instruments} if instruments is not None \
+        and not isinstance(instruments, Mapping) else {}
+    t0 = np.array([table[s].same_session_sell if s in table else False for s in symbols],
+                  dtype=np.bool_)
+    reuse = np.array([table[s].sale_cash_same_day if s in table else True for s in symbols],
+                     dtype=np.bool_)
+    return t0, reuse
+
+
 def market_panels(bars: pd.DataFrame | Mapping[str, pd.DataFrame], index: pd.Index,
                   symbols: pd.Index,
                   instruments: Sequence[Instrument] | Mapping[str, float | None] | None = None,
@@ -138,8 +162,13 @@ def market_panels(bars: pd.DataFrame | Mapping[str, pd.DataFrame], index: pd.Ind
     o, c, f = (x.reindex(columns=cols).sort_index() for x in (o, c, f))
     has = (o.notna() & c.notna()).to_numpy()
     f_ff = f.ffill().fillna(1.0)
+    limits = _limits(instruments, cols)
+    t0, reuse = class_arrays(instruments, cols)
     up, down = limit_flags_nb(o.to_numpy(float), c.to_numpy(float), f_ff.to_numpy(float), has,
-                              _limits(instruments, cols), float(tick))
+                              limits, float(tick))
+    # The close against the previous close: a fund closing at a limit cannot trade that way.
+    close_up, close_down = limit_flags_nb(c.to_numpy(float), c.to_numpy(float),
+                                          f_ff.to_numpy(float), has, limits, float(tick))
     missing = pd.Index(index).difference(o.index)
     if len(missing):
         raise ValueError(f"target dates without market data calendar rows: {list(missing[:5])}")
@@ -153,6 +182,10 @@ def market_panels(bars: pd.DataFrame | Mapping[str, pd.DataFrame], index: pd.Ind
         open=_on(o, None), close=_on(c, None), factor=_on(f_ff, None),
         has_bar=_on(pd.DataFrame(has, index=o.index, columns=cols), False).astype(bool),
         limit_up=_on(up, False).astype(bool), limit_down=_on(down, False).astype(bool),
+        close_limit_up=_on(close_up, False).astype(bool),
+        close_limit_down=_on(close_down, False).astype(bool),
+        same_session_sell=pd.Series(t0, index=cols, name="same_session_sell"),
+        sale_cash_same_day=pd.Series(reuse, index=cols, name="sale_cash_same_day"),
     )
 
 
@@ -167,6 +200,7 @@ def _ledger(rec: np.ndarray, panels: MarketPanels) -> pd.DataFrame:
         "date": dates[rows],
         "symbol": cols[js].astype(str),
         "side": np.where(rec[:, REC_SIDE] > 0, "buy", "sell"),
+        "fill_at": np.asarray(FILL_POINTS)[rec[:, REC_AT].astype(np.int64)],
         "requested_units": np.round(rec[:, REC_REQ] * fac, 6),
         "units": np.round(rec[:, REC_UNITS] * fac, 6),
         "price": rec[:, REC_PRICE] / fac,
@@ -180,13 +214,22 @@ def _ledger(rec: np.ndarray, panels: MarketPanels) -> pd.DataFrame:
     return out
 
 
+def cost_array(cfg: BacktestConfig) -> np.ndarray:
+    """The engine's ``costs`` vector: [rate, min_fee, sell_rate, slippage, lot_size]."""
+    return np.array([cfg.commission_bps / 1e4, float(cfg.min_commission),
+                     cfg.sell_fee_bps / 1e4, cfg.slippage_bps / 1e4, float(cfg.lot_size)])
+
+
 def run_backtest(target_weights: pd.DataFrame,
                  bars: pd.DataFrame | Mapping[str, pd.DataFrame],
                  instruments: Sequence[Instrument] | Mapping[str, float | None] | None = None,
                  cfg: BacktestConfig | None = None, *,
-                 benchmark: str | pd.Series | None = None) -> BacktestResult:
+                 benchmark: str | pd.Series | None = None,
+                 close_weights: pd.DataFrame | None = None) -> BacktestResult:
     """Simulate ``target_weights`` (dates × symbols, decided after close of each row, NaN row =
     no decision) on the calendar ``target_weights.index``; see the module docs for rules.
+    ``close_weights`` (same layout, NaN = no order) are filled at the close of their own row,
+    after that session's open fills (a same-session exit).
 
     Metrics always include the equal-weight universe benchmark (``ew_*``, daily rebalanced over
     the target columns' adjusted closes); ``benchmark`` adds a fund (a symbol among the bars,
@@ -197,12 +240,15 @@ def run_backtest(target_weights: pd.DataFrame,
     if (tw < 0).any().any() or (tw.fillna(0).sum(axis=1) > 1 + 1e-9).any():
         raise ValueError("target weights must be >= 0 with rows summing to <= 1 (long only)")
     panels = market_panels(bars, tw.index, tw.columns, instruments, cfg.tick)
+    at_close = (pd.DataFrame(np.nan, index=tw.index, columns=tw.columns) if close_weights is None
+                else close_weights.reindex(index=tw.index, columns=tw.columns).astype(float))
     equity, cash, units, rec = simulate_nb(
         tw.to_numpy(float), panels.open.to_numpy(float), panels.close.to_numpy(float),
         panels.factor.to_numpy(float), panels.has_bar.to_numpy(bool),
         panels.limit_up.to_numpy(bool), panels.limit_down.to_numpy(bool),
-        float(cfg.initial_cash), cfg.commission_bps / 1e4, float(cfg.min_commission),
-        cfg.slippage_bps / 1e4, float(cfg.lot_size))
+        float(cfg.initial_cash), cost_array(cfg), panels.same_session_sell.to_numpy(bool),
+        panels.sale_cash_same_day.to_numpy(bool), at_close.to_numpy(float),
+        panels.close_limit_up.to_numpy(bool), panels.close_limit_down.to_numpy(bool))
     idx, cols = tw.index, tw.columns
     eq = pd.Series(equity, index=idx, name="equity")
     cash_s = pd.Series(cash, index=idx, name="cash")

@@ -30,6 +30,7 @@ from rotation.bars import (
     empty_bars,
     empty_issues,
 )
+from rotation.market import DEFAULT_MARKET, ClassAssignment, load_market, resolve
 from rotation.sources.mapping import ColumnMap, SourceSchema, normalise
 
 _PRICE_BASIS: dict[str, PriceBasis] = {"": "raw", "qfq": "forward_adjusted",
@@ -104,6 +105,9 @@ class AkshareFeedSpec(BaseModel):
         default=20.0, gt=0,
         description="wall-clock limit for one fetch call, then it counts as failed")
     columns: SourceSchema = Field(default_factory=default_columns)
+    instrument_classes: ClassAssignment = Field(
+        default_factory=ClassAssignment,
+        description="classes of config/markets/cn_funds.yaml by symbol or code prefix")
 
     @field_validator("symbols")
     @classmethod
@@ -194,17 +198,11 @@ class AkshareFeed:
 
     # -- universe ---------------------------------------------------------------------------
     def instruments(self) -> list[Instrument]:
-        """The configured symbols. Exchange follows the code (5xxxxx Shanghai, else Shenzhen);
-        the price limit is the usual 10 %, 20 % for STAR-market (588) funds. Funds with other
-        limits (ChiNext 20 %, cross-border none) need the universe configuration to say so."""
-        return [
-            Instrument(
-                symbol=s,
-                exchange="SH" if s.startswith("5") else "SZ",
-                price_limit=0.20 if s.startswith("588") else 0.10,
-            )
-            for s in self.spec.symbols
-        ]
+        """The configured symbols with the A-share fund profile's rules: exchange by code,
+        STAR-market (588) funds in the 20 % class, the rest by ``instrument_classes``
+        (default: domestic equity)."""
+        rows = [{"symbol": s} for s in self.spec.symbols]
+        return resolve(load_market(DEFAULT_MARKET), self.spec.instrument_classes, rows)
 
     # -- bars -------------------------------------------------------------------------------
     def load(self, start: object = None, end: object = None) -> LoadResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import io
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -16,8 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rotation.bars import (
     Instrument,
@@ -29,7 +29,17 @@ from rotation.bars import (
     issue,
 )
 from rotation.calendar import get_calendar
-from rotation.sources.mapping import SourceSchema, normalise, symbol_of
+from rotation.market import (
+    DEFAULT_MARKET,
+    ClassAssignment,
+    MarketConfigError,
+    MarketProfile,
+    SymbolScheme,
+    load_market,
+    resolve,
+)
+from rotation.sources.mapping import SourceSchema, normalise
+from rotation.yaml_config import load_yaml_model
 
 
 class PriceFiles(SourceSchema):
@@ -72,33 +82,6 @@ class UniverseSpec(BaseModel):
     exclude: list[str] = Field(default_factory=list)
 
 
-def _default_prefix_limits() -> dict[str, float | None]:
-    return {"588": 0.20}  # STAR-market funds move ±20 %
-
-
-class PriceLimits(BaseModel):
-    """Daily price limit per fund: by symbol, then by code prefix, then by asset class, else
-    the default. ``null`` means no limit (cross-border funds)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    default: float | None = 0.10
-    by_prefix: dict[str, float | None] = Field(default_factory=_default_prefix_limits)
-    by_asset_class_prefix: dict[str, float | None] = Field(default_factory=dict)
-    by_symbol: dict[str, float | None] = Field(default_factory=dict)
-
-    def limit_for(self, symbol: str, asset_class: str = "") -> float | None:
-        if symbol in self.by_symbol:
-            return self.by_symbol[symbol]
-        for prefix, limit in self.by_prefix.items():
-            if symbol.startswith(prefix):
-                return limit
-        for prefix, limit in self.by_asset_class_prefix.items():
-            if asset_class.startswith(prefix):
-                return limit
-        return self.default
-
-
 class AcceptedAnomaly(BaseModel):
     """A documented, reviewed exception to one quality rule for one (symbol, date)."""
 
@@ -115,7 +98,10 @@ class DatasetSpec(BaseModel):
 
     name: str
     description: str = ""
-    calendar: str = "XSHG"
+    # The market profile (config/markets/<market>.yaml): currency, symbols, lots, fees, classes.
+    market: str = DEFAULT_MARKET
+    # The sessions the data follows: the market profile's calendar unless given.
+    calendar: str | None = None
     calendar_start: str = "2005-01-01"
     # First session with data: where the session partitions of this dataset start.
     history_start: str
@@ -126,8 +112,27 @@ class DatasetSpec(BaseModel):
     adjustment_factors: FactorFiles | None = None
     splits: SplitTable | None = None
     universe: UniverseSpec = Field(default_factory=UniverseSpec)
-    price_limits: PriceLimits = Field(default_factory=PriceLimits)
+    instrument_classes: ClassAssignment = Field(default_factory=ClassAssignment)
     accepted_anomalies: list[AcceptedAnomaly] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _market_rules(self) -> DatasetSpec:
+        try:
+            profile = load_market(self.market)
+        except MarketConfigError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = self.instrument_classes.unknown_classes(profile)
+        if unknown:
+            raise ValueError(f"instrument_classes: class(es) {unknown} are not defined by "
+                             f"market {profile.name} (known: {sorted(profile.classes)})")
+        if self.calendar is None:
+            self.calendar = profile.calendar
+        return self
+
+    @property
+    def calendar_name(self) -> str:
+        assert self.calendar is not None  # filled from the market profile on validation
+        return self.calendar
 
 
 class DatasetConfigError(ValueError):
@@ -135,18 +140,7 @@ class DatasetConfigError(ValueError):
 
 
 def load_dataset_spec(path: str | os.PathLike[str]) -> DatasetSpec:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DatasetConfigError(f"dataset config {path}: cannot read: {exc}") from exc
-    try:
-        return DatasetSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise DatasetConfigError(f"dataset config {path}: {problems}") from exc
+    return load_yaml_model(Path(path), DatasetSpec, DatasetConfigError, "dataset config")
 
 
 class FileMarketSource:
@@ -166,11 +160,11 @@ class FileMarketSource:
         u = self.spec.universe
         rows: list[dict[str, str]] = []
         if u.symbols_file:
-            table = pd.read_csv(self.root / u.symbols_file, dtype=str).fillna("")
+            table = _read_table(self.root / u.symbols_file).fillna("")
             for rec in table.to_dict("records"):
                 rows.append(
                     {
-                        "symbol": symbol_of(rec[u.symbol_column]) or rec[u.symbol_column],
+                        "symbol": self._parse(rec[u.symbol_column]) or rec[u.symbol_column],
                         "name": rec.get(u.name_column or "", ""),
                         "exchange": rec.get(u.exchange_column or "", ""),
                         "asset_class": rec.get(u.asset_class_column or "", ""),
@@ -180,24 +174,22 @@ class FileMarketSource:
             rows = [{"symbol": s, "name": "", "exchange": "", "asset_class": ""} for s in u.symbols]
         else:
             rows = [
-                {"symbol": symbol_of(Path(p).name) or "", "name": "", "exchange": "",
+                {"symbol": self._parse(Path(p).name) or "", "name": "", "exchange": "",
                  "asset_class": ""}
                 for p in self._price_paths()
             ]
         if u.symbols and u.symbols_file:
             rows = [r for r in rows if r["symbol"] in set(u.symbols)]
         excluded = set(u.exclude)
-        return [
-            Instrument(
-                symbol=r["symbol"],
-                name=r["name"],
-                exchange=r["exchange"],
-                asset_class=r["asset_class"],
-                price_limit=self.spec.price_limits.limit_for(r["symbol"], r["asset_class"]),
-            )
-            for r in rows
-            if r["symbol"] and r["symbol"] not in excluded
-        ]
+        kept = [r for r in rows if r["symbol"] and r["symbol"] not in excluded]
+        return resolve(self.profile, self.spec.instrument_classes, kept)
+
+    @property
+    def profile(self) -> MarketProfile:
+        return load_market(self.spec.market)
+
+    def _parse(self, text: object) -> str | None:
+        return self.profile.symbol_scheme.parse(text)
 
     # -- bars -------------------------------------------------------------------------------
     def load(self, start: object = None, end: object = None) -> LoadResult:
@@ -213,11 +205,12 @@ class FileMarketSource:
                       f"{self.root}: no file matches {self.spec.prices.glob!r}")
             )
         for path in paths:
-            symbol = symbol_of(Path(path).name)
+            symbol = self._parse(Path(path).name)
             if symbol in excluded:
                 continue
             bars, found = _read_price_file(
-                path, _mtime(path), self.spec.prices.model_dump_json(), self._rel(path)
+                path, _mtime(path), self.spec.prices.model_dump_json(), self._rel(path),
+                self.profile.symbol_scheme.model_dump_json(), self.profile.lot_size,
             )
             sources.append(self._rel(path))
             issue_rows.extend(found)
@@ -231,7 +224,8 @@ class FileMarketSource:
             bars = bars.loc[bars["date"] >= lo]
         if hi is not None:
             bars = bars.loc[bars["date"] <= hi]
-        bars = self._apply_factors(bars)
+        bars, factor_issues = self._apply_factors(bars)
+        issue_rows.extend(factor_issues)
         issues = pd.DataFrame(issue_rows) if issue_rows else empty_issues()
         # Cell-level issues belong to their date's partition; file-level ones (no date) to all.
         when = pd.to_datetime(issues["date"])
@@ -242,13 +236,17 @@ class FileMarketSource:
         return LoadResult(bars=conform_bars(bars), issues=issues.loc[keep].reset_index(drop=True),
                           sources=sources)
 
-    def _apply_factors(self, bars: pd.DataFrame) -> pd.DataFrame:
+    def _apply_factors(self, bars: pd.DataFrame
+                       ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+        """Bars with their adjustment factor, and the factor files' problems."""
         if bars.empty:
-            return bars
-        factor = pd.Series(1.0, index=bars.index)
+            return bars, []
+        # The price file's own factor (adj_close / close where the source has it, else 1).
+        factor = bars["adj_factor"].astype("float64")
         covered_until: dict[str, pd.Timestamp] = {}
+        found: list[dict[str, object]] = []
         if self.spec.adjustment_factors is not None:
-            table = self._factor_table()
+            table, found = self._factor_table()
             if not table.empty:
                 covered_until = table.groupby("symbol")["date"].max().to_dict()
                 keyed = bars[["date", "symbol"]].reset_index()
@@ -260,12 +258,12 @@ class FileMarketSource:
                     direction="backward",
                 ).set_index("index")
                 # Before a fund's first factor row the factor is 1 (the source's own convention).
-                factor = merged["factor"].reindex(bars.index).fillna(1.0)
+                factor = factor * merged["factor"].reindex(bars.index).fillna(1.0)
         if self.spec.splits is not None:
             factor = factor * self._split_factor(bars, covered_until)
         out = bars.copy()
         out["adj_factor"] = factor.to_numpy()
-        return out
+        return out, found
 
     def _split_factor(
         self, bars: pd.DataFrame, covered_until: dict[str, pd.Timestamp]
@@ -273,13 +271,15 @@ class FileMarketSource:
         """Split events not already inside a factor series (no file, or after its last date)."""
         spec = self.spec.splits
         assert spec is not None
-        cal = get_calendar(self.spec.calendar, self.spec.calendar_start)
+        cal = get_calendar(self.spec.calendar_name, self.spec.calendar_start)
         events = pd.read_csv(self.root / spec.path, dtype={spec.symbol_column: str})
         out = pd.Series(1.0, index=bars.index)
         for rec in events.to_dict("records"):
-            symbol = symbol_of(rec[spec.symbol_column])
-            day = pd.Timestamp(rec[spec.date_column])
-            ex = cal.offset(day, 1) if spec.effective == "next_session" else day
+            symbol = self._parse(rec[spec.symbol_column])
+            day = pd.Timestamp(rec[spec.date_column]).normalize()
+            # The first session after the record date (whether or not that date is a session).
+            ex = cal.next_session_on_or_after(
+                day + pd.Timedelta(days=1) if spec.effective == "next_session" else day)
             if symbol in covered_until and ex <= covered_until[symbol]:
                 continue
             ratio = float(rec[spec.ratio_column])
@@ -287,16 +287,20 @@ class FileMarketSource:
             out.loc[mask] *= ratio
         return out
 
-    def _factor_table(self) -> pd.DataFrame:
+    def _factor_table(self) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+        """Every factor file's valid rows, and each invalid row as an issue naming its file."""
         spec = self.spec.adjustment_factors
         assert spec is not None
-        frames = []
+        frames, found = [], []
         for path in sorted(glob.glob(str(self.root / spec.glob))):
-            frames.append(_read_factor_file(path, _mtime(path), spec.date_column,
-                                            spec.factor_column))
+            table, issues = _read_factor_file(path, _mtime(path), spec.date_column,
+                                              spec.factor_column, self._rel(path),
+                                              self.profile.symbol_scheme.model_dump_json())
+            frames.append(table)
+            found.extend(issues)
         if not frames:
-            return pd.DataFrame({"date": [], "symbol": [], "factor": []})
-        return pd.concat(frames, ignore_index=True)
+            return pd.DataFrame({"date": [], "symbol": [], "factor": []}), found
+        return pd.concat(frames, ignore_index=True), found
 
     def _price_paths(self) -> list[str]:
         return sorted(glob.glob(str(self.root / self.spec.prices.glob)))
@@ -305,40 +309,131 @@ class FileMarketSource:
         return f"{self.spec.name}/{Path(path).relative_to(self.root).as_posix()}"
 
 
+# Chinese vendors write CSV in UTF-8 (often with a BOM) or in GBK / its superset GB18030.
+_ENCODINGS = ("utf-8-sig", "gb18030")
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A small CSV of text cells (a symbols file) in UTF-8 or GB18030; else a clear error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetConfigError(f"{path}: cannot read: {exc}") from exc
+    for encoding in _ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return pd.read_csv(io.StringIO(text), dtype=str)
+    raise DatasetConfigError(f"{path}: neither UTF-8 nor GBK/GB18030 text; re-save it as UTF-8")
+
+
 def _mtime(path: str) -> float:
     return os.stat(path).st_mtime_ns
 
 
 @lru_cache(maxsize=512)
 def _read_price_file(
-    path: str, mtime: float, spec_json: str, label: str
+    path: str, mtime: float, spec_json: str, label: str, scheme_json: str, lot_size: int = 1
 ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
     """Parse one price file (memoised on path and mtime: a backfill reads each file once)."""
     spec = PriceFiles.model_validate_json(spec_json)
-    symbol = symbol_of(Path(path).name)
+    scheme = SymbolScheme.model_validate_json(scheme_json)
+    symbol = scheme.parse(Path(path).name)
     try:
-        if spec.format == "parquet":
-            raw = pd.read_parquet(path)
-        else:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=True)
+        raw = pd.read_parquet(path) if spec.format == "parquet" else _read_csv(path, spec)
     except pd.errors.EmptyDataError:
         raw = pd.DataFrame()
     except (OSError, ValueError) as exc:
         return empty_bars(), [issue(label, symbol, None, None, "source_columns",
                                     f"{label}: unreadable: {exc}")]
-    return normalise(raw, spec, source=label, symbol=symbol)
+    if symbol is None and not any(m.symbol for m in spec.schemas):
+        return empty_bars(), [issue(label, None, None, None, "source_symbols",
+                                    f"{label}: the file name names no symbol of this market "
+                                    f"({scheme.kind}) and the file has no symbol column")]
+    bars, found = normalise(raw, spec, source=label, symbol=symbol, parse=scheme.parse,
+                            suffix_problem=scheme.suffix_problem)
+    return bars, found + _volume_unit_issues(bars, spec, lot_size, label)
+
+
+# A file is in the wrong volume unit when this share of its traded days says so (below).
+_UNIT_EVIDENCE = 0.95
+_UNIT_MIN_DAYS = 20
+
+
+def _volume_unit_issues(bars: pd.DataFrame, spec: PriceFiles, lot: int, label: str
+                        ) -> list[dict[str, object]]:
+    """``volume_units``: the volume's unit contradicts the configuration. Trades happen in
+    whole lots, so a count of units (shares) is nearly always a multiple of the lot while a
+    count of lots is not: a file said to be in lots whose values are almost all multiples of
+    the lot is in units, and one said to be in units whose values mostly are not is in lots."""
+    raw = bars["volume"] / spec.volume_multiplier
+    traded = raw[raw > 0]
+    if lot <= 1 or len(traded) < _UNIT_MIN_DAYS:
+        return []
+    whole = float((np.mod(traded, lot) == 0).mean())
+    said_lots = spec.volume_multiplier == lot
+    if said_lots and whole >= _UNIT_EVIDENCE:
+        unit, configured = "units (shares)", f"lots (volume_multiplier {lot:g})"
+    elif spec.volume_multiplier == 1 and whole <= 1 - _UNIT_EVIDENCE:
+        unit, configured = f"lots of {lot}", "units (volume_multiplier 1)"
+    else:
+        return []
+    first = bars.loc[traded.index[0]]
+    return [issue(label, first["symbol"], None, "volume", "volume_units",
+                  f"{label}: {first['symbol']}: {whole:.0%} of {len(traded)} traded days have a "
+                  f"volume that is a whole multiple of {lot}: the file counts {unit}, but the "
+                  f"dataset configures {configured}")]
+
+
+def _read_csv(path: str, spec: PriceFiles) -> pd.DataFrame:
+    """All cells as text; ``header_lines`` lines before the data, the first naming the columns
+    unless ``column_names`` does."""
+    if spec.column_names is not None:
+        return pd.read_csv(path, dtype=str, header=None, names=spec.column_names,
+                           skiprows=spec.header_lines, keep_default_na=True)
+    skip = list(range(1, spec.header_lines))
+    return pd.read_csv(path, dtype=str, skiprows=skip, keep_default_na=True)
 
 
 @lru_cache(maxsize=512)
-def _read_factor_file(path: str, mtime: float, date_column: str, factor_column: str
-                      ) -> pd.DataFrame:
-    table = pd.read_csv(path)
-    out = pd.DataFrame(
-        {
-            "date": pd.to_datetime(table[date_column]).astype("datetime64[ns]"),
-            "symbol": symbol_of(Path(path).name),
-            "factor": pd.to_numeric(table[factor_column], errors="coerce").astype(np.float64),
-        }
-    )
+def _read_factor_file(path: str, mtime: float, date_column: str, factor_column: str,
+                      label: str, scheme_json: str
+                      ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+    """One fund's cumulative factors (memoised on path and mtime) and the rows that are not
+    usable: unparsable or repeated dates (``factor_dates_valid``), factors that are not finite
+    numbers > 0 (``factor_values_valid``). Bad rows are left out and reported, never guessed."""
+    symbol = SymbolScheme.model_validate_json(scheme_json).parse(Path(path).name)
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (OSError, ValueError) as exc:
+        return _no_factors(), [issue(label, symbol, None, None, "factor_values_valid",
+                                     f"{label}: unreadable: {exc}")]
+    missing = [c for c in (date_column, factor_column) if c not in table.columns]
+    if missing:
+        return _no_factors(), [issue(label, symbol, None, ",".join(missing), "source_columns",
+                                     f"{label}: missing column(s) {missing}")]
+    dates = pd.to_datetime(table[date_column], errors="coerce")
+    values = pd.to_numeric(table[factor_column], errors="coerce")
+    found: list[dict[str, object]] = []
+    bad_date = dates.isna() | dates.duplicated(keep=False)
+    for idx in table.index[bad_date]:
+        what = "unparsable" if pd.isna(dates.at[idx]) else "repeated"
+        found.append(issue(label, symbol, None if pd.isna(dates.at[idx]) else dates.at[idx],
+                           date_column, "factor_dates_valid",
+                           f"{label}: row {idx}: {what} date {table.at[idx, date_column]!r}"))
+    bad_value = ~bad_date & ~(np.isfinite(values) & (values > 0))
+    for idx in table.index[bad_value]:
+        found.append(issue(label, symbol, dates.at[idx], factor_column, "factor_values_valid",
+                           f"{label}: {symbol} on {dates.at[idx]:%Y-%m-%d}: factor "
+                           f"{table.at[idx, factor_column]!r} is not a number > 0"))
+    keep = ~bad_date & ~bad_value
+    out = pd.DataFrame({"date": dates[keep].astype("datetime64[ns]"), "symbol": symbol,
+                        "factor": values[keep].astype(np.float64)})
     out["symbol"] = out["symbol"].astype("string")
-    return out.dropna(subset=["factor"])
+    return out, found
+
+
+def _no_factors() -> pd.DataFrame:
+    return pd.DataFrame({"date": pd.Series(dtype="datetime64[ns]"),
+                         "symbol": pd.Series(dtype="string"), "factor": pd.Series(dtype=float)})

@@ -9,6 +9,7 @@ dropping or guessing.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,10 @@ class ColumnMap(BaseModel):
     volume: str
     amount: str | None = None
     symbol: str | None = None
+    # A total-return (split- and dividend-adjusted) close beside the traded close: the
+    # adjustment factor is adj_close / close, so research sees total returns and order sizing
+    # the traded prices (yfinance's "Adj Close").
+    adj_close: str | None = None
 
     def required(self) -> dict[str, str]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -48,6 +53,10 @@ class SourceSchema(BaseModel):
                                      description="units per volume unit, 100 for lots")
     amount_multiplier: float = Field(default=1.0, gt=0)
     date_format: str | None = None
+    # Lines before the data (CSV): the first holds the column names unless ``column_names``
+    # gives them (yfinance's multi-index CSV has 4 header lines).
+    header_lines: int = Field(default=1, ge=0, le=20)
+    column_names: list[str] | None = None
 
     def choose(self, columns: pd.Index) -> tuple[ColumnMap | None, list[str]]:
         """The first schema whose columns are all present; else the fewest-missing columns."""
@@ -68,9 +77,13 @@ def symbol_of(text: str) -> str | None:
 
 
 def normalise(
-    raw: pd.DataFrame, spec: SourceSchema, *, source: str, symbol: str | None
+    raw: pd.DataFrame, spec: SourceSchema, *, source: str, symbol: str | None,
+    parse: Callable[[str], str | None] = symbol_of,
+    suffix_problem: Callable[[str], str | None] | None = None,
 ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
-    """Canonical bars from one source frame, and the issues found on the way."""
+    """Canonical bars from one source frame, and the issues found on the way. ``parse`` reads
+    a symbol from the frame's symbol column (the market's symbol scheme); ``suffix_problem``
+    says why a written code's exchange suffix is wrong (``510050.SZ``), if it is."""
     issues: list[dict[str, object]] = []
     if raw.empty:
         issues.append(issue(source, symbol, None, None, "source_not_empty", f"{source}: no rows"))
@@ -91,8 +104,17 @@ def normalise(
 
     cols = mapping.required()
     out = pd.DataFrame(index=raw.index)
-    dates = pd.to_datetime(raw[cols["date"]], format=spec.date_format, errors="coerce")
-    for idx in raw.index[dates.isna()]:
+    aware = _timezone_aware(raw[cols["date"]])
+    for idx in raw.index[aware]:
+        issues.append(issue(
+            source, symbol, None, cols["date"], "source_dates",
+            f"{source}: row {idx}: date {raw.at[idx, cols['date']]!r} carries a timezone; dates "
+            "must be the exchange's calendar dates"))
+    column = raw[cols["date"]]
+    if isinstance(column.dtype, pd.DatetimeTZDtype):
+        column = column.dt.tz_localize(None)  # every row is reported above
+    dates = pd.to_datetime(column.where(~aware), format=spec.date_format, errors="coerce")
+    for idx in raw.index[dates.isna() & ~aware]:
         issues.append(
             issue(
                 source,
@@ -105,7 +127,14 @@ def normalise(
         )
     out["date"] = dates
     if mapping.symbol is not None:
-        out["symbol"] = raw[mapping.symbol].astype(str).map(symbol_of)
+        out["symbol"] = raw[mapping.symbol].astype(str).map(parse)
+        if suffix_problem is not None:
+            issues.extend(_suffix_issues(raw[mapping.symbol], dates, source, suffix_problem))
+        for idx in raw.index[out["symbol"].isna()]:
+            issues.append(issue(
+                source, None, dates.at[idx], mapping.symbol, "source_symbols",
+                f"{source}: row {idx} ({_day(dates.at[idx])}): column {mapping.symbol!r} holds "
+                f"{raw.at[idx, mapping.symbol]!r}, not a symbol of this market"))
     else:
         out["symbol"] = symbol
 
@@ -137,10 +166,59 @@ def normalise(
         out[field] = numbers.astype("float64")
     out["volume"] = out["volume"] * spec.volume_multiplier
     out["amount"] = out["amount"] * spec.amount_multiplier
-    out["adj_factor"] = 1.0
+    out["adj_factor"] = 1.0 if mapping.adj_close is None else _factor_from_adj_close(
+        raw[mapping.adj_close], out, source, issues)
     out["source"] = source
     out = out.loc[out["date"].notna(), list(BAR_COLUMNS)]
     return conform_bars(out), issues
+
+
+def _suffix_issues(codes: pd.Series, dates: pd.Series, source: str,
+                   problem_of: Callable[[str], str | None]) -> list[dict[str, object]]:
+    """One ``symbol_exchange`` issue per written code whose suffix names the wrong exchange
+    (at its first row)."""
+    out: list[dict[str, object]] = []
+    for code, rows in codes.astype(str).groupby(codes.astype(str), sort=True).groups.items():
+        problem = problem_of(str(code))
+        if problem is not None:
+            first = rows[0]
+            # File-level (no date): every partition the file feeds is blocked.
+            out.append(issue(source, str(code), None, codes.name, "symbol_exchange",
+                             f"{source}: row {first} ({_day(dates.at[first])}): {problem}; "
+                             f"{len(rows)} row(s)"))
+    return out
+
+
+_TZ_SUFFIX = r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
+
+
+def _timezone_aware(values: pd.Series) -> pd.Series:
+    """Rows whose date carries a timezone (a tz-aware column, or text with an offset)."""
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return pd.Series(True, index=values.index)
+    if values.dtype != object:
+        return pd.Series(False, index=values.index)
+    text = values.astype(str)
+    long = text.str.len() > 10  # a bare date cannot carry an offset
+    out = pd.Series(False, index=values.index)
+    out.loc[long] = text.loc[long].str.contains(_TZ_SUFFIX, regex=True)
+    stamped = values.map(lambda v: getattr(v, "tzinfo", None) is not None)
+    return out | stamped.astype(bool)
+
+
+def _factor_from_adj_close(adj_close: pd.Series, out: pd.DataFrame, source: str,
+                           issues: list[dict[str, object]]) -> pd.Series:
+    """adj_close / close; a row where that is not a positive number is an issue (factor NaN,
+    so the bar fails the factor rule rather than trading on a guessed factor)."""
+    factor = pd.to_numeric(adj_close, errors="coerce") / out["close"]
+    bad = ~(factor > 0) & out["close"].notna()
+    for idx in out.index[bad]:
+        issues.append(issue(
+            source, out.at[idx, "symbol"], out.at[idx, "date"], adj_close.name, "source_adj_close",
+            f"{source}: {out.at[idx, 'symbol']} on {_day(out.at[idx, 'date'])}: adjusted close "
+            f"{adj_close.at[idx]!r} against close {out.at[idx, 'close']!r} gives no positive "
+            "adjustment factor"))
+    return factor.where(~bad).astype("float64")
 
 
 def _day(value: object) -> str:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from rotation.bars import Instrument, LoadResult, conform_bars, empty_issues
 from rotation.calendar import get_calendar
+from rotation.market import DEFAULT_MARKET, ClassAssignment, load_market, resolve
 
 SOURCE = "sample:generated"
 TICK = 0.001  # exchange tick of SH/SZ funds, in CNY
@@ -150,19 +151,24 @@ def _funds(n_funds: int) -> tuple[_Fund, ...]:
     return tuple(funds)
 
 
-def _instrument(fund: _Fund) -> Instrument:
-    return Instrument(
-        symbol=fund.symbol,
-        name=f"SAMPLE {fund.label} (generated data, not a real fund)",
-        exchange=fund.exchange,
-        asset_class=fund.asset_class,
-        price_limit=fund.price_limit,
-    )
+# The generated funds' classes in the A-share fund profile (config/markets/cn_funds.yaml).
+SAMPLE_CLASSES = ClassAssignment(
+    by_asset_class_prefix={"bond": "bond", "commodity(gold)": "gold"},
+)
+
+
+def _row(fund: _Fund) -> dict[str, str]:
+    return {"symbol": fund.symbol, "exchange": fund.exchange, "asset_class": fund.asset_class,
+            "name": f"SAMPLE {fund.label} (generated data, not a real fund)"}
 
 
 def sample_instruments(spec: SampleMarketSpec = SampleMarketSpec()) -> list[Instrument]:
     """The generated universe, sorted by code (names say the data is generated)."""
-    return sorted((_instrument(f) for f in _funds(spec.n_funds)), key=lambda i: i.symbol)
+    funds = sorted(_funds(spec.n_funds), key=lambda f: f.symbol)
+    out = resolve(load_market(DEFAULT_MARKET), SAMPLE_CLASSES, [_row(f) for f in funds])
+    for fund, instrument in zip(funds, out, strict=True):
+        assert instrument.price_limit == fund.price_limit, "generator and profile disagree"
+    return out
 
 
 # -- random building blocks ----------------------------------------------------------------------
