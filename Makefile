@@ -7,8 +7,14 @@ UV := $(VENV)/bin/uv
 # fresh venv once; from then on `uv sync` keeps it at the lock's version like any package.
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
+# Where `make dev` serves the Dagster UI and the MLflow UI (loopback only), and where the links
+# in the asset metadata and the MLflow runs written by `make demo` / `make dev` point:
+# `make dev DAGSTER_PORT=3100 MLFLOW_PORT=5100`. ETF_DAGSTER_WEBSERVER_URL / ETF_MLFLOW_UI_URL
+# in the environment win over both.
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
 
-.PHONY: env demo dev test lint typecheck services bench clean
+.PHONY: env demo dev mlflow test lint typecheck services browser bench clean
 
 # Exactly uv.lock (versions and hashes), with the dev extra, into $(VENV); packages the lock
 # does not list are removed. --locked refuses a lock that pyproject.toml has moved away from
@@ -22,16 +28,25 @@ $(STAMP): pyproject.toml uv.lock
 
 env: $(STAMP)  ## create the virtual environment
 
-demo: env  ## the whole chain on the embedded default (sample market, SQLite instance, embedded PostgreSQL ledger)
-	$(PY) -W "ignore:Function:Warning" -W "ignore:Parameter:Warning" -m orchestration.demo
+demo dev mlflow: export ETF_DAGSTER_WEBSERVER_URL ?= http://127.0.0.1:$(DAGSTER_PORT)
+demo dev mlflow: export ETF_MLFLOW_UI_URL ?= http://127.0.0.1:$(MLFLOW_PORT)
 
-dev: env  ## the Dagster UI on the same local instance as `make demo`
+demo: env  ## the whole chain on the embedded default (sample market, SQLite instance, embedded PostgreSQL ledger)
+	$(PY) -m orchestration.demo
+
+dev: env  ## the Dagster UI (DAGSTER_PORT, default 3000) and the MLflow UI (MLFLOW_PORT, 5000) on the instance of `make demo`
 	$(PY) -m orchestration.dev
+
+mlflow: env  ## the MLflow UI alone, one worker (low memory), on MLFLOW_PORT
+	$(PY) -m orchestration.dev --mlflow-only
 
 services:  ## start PostgreSQL and Redis if they are down
 	bash deploy/ensure-services.sh
 
-test: env services  ## every test, on the real PostgreSQL and Redis
+browser:  ## Debian's Chromium for the browser tests (installed when missing and allowed)
+	bash deploy/ensure-browser.sh
+
+test: env services browser  ## every test, on the real PostgreSQL and Redis
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
 	exit $$status

@@ -14,7 +14,7 @@ the steps of ``adjusted_bars`` and ``cross_sections`` do not run.
 
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,7 +24,7 @@ import pandas as pd
 from dagster_pandera import pandera_schema_to_dagster_type
 
 from assets.code_version import code_version
-from assets.metadata import frame_metadata, markdown
+from assets.metadata import frame_metadata, markdown, partition_metadata, rows_by_partition
 from assets.partitions import partition_sessions
 from orchestration.dagster_private import (
     CODE_VERSION_TAG,
@@ -38,6 +38,7 @@ from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
 from rotation import quality, schemas
 from rotation.adjust import adjust_bars
+from rotation.calendar import TradingCalendar
 from rotation.cross_section import BASE_FIELDS, CrossSectionConfig, build_cross_sections
 
 MARKET_GROUP = "market_data"
@@ -86,7 +87,7 @@ def market_assets(
         kinds={"pandas", "parquet"},
         dagster_type=RawBarsType,
         check_specs=[
-            dg.AssetCheckSpec(rule.name, asset="raw_bars", blocking=True,
+            dg.AssetCheckSpec(rule.name, asset="raw_bars", blocking=rule.blocking,
                               description=rule.description)
             for rule in quality.RULES
         ],
@@ -125,7 +126,8 @@ def market_assets(
             accepted=market_data.accepted_anomalies(),
         )
         outcomes = quality.evaluate(
-            loaded.bars,
+            pd.concat([previous_bars(market_data, loaded.bars, first), loaded.bars],
+                      ignore_index=True),
             loaded.issues,
             checks,
             evaluate_from=first,
@@ -136,7 +138,8 @@ def market_assets(
             yield dg.AssetCheckResult(
                 check_name=outcome.rule.name,
                 passed=outcome.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
+                severity=(dg.AssetCheckSeverity.ERROR if outcome.rule.blocking
+                          else dg.AssetCheckSeverity.WARN),
                 metadata=_check_metadata(outcome),
             )
         bars = loaded.bars.loc[loaded.bars["date"] >= first].reset_index(drop=True)
@@ -163,13 +166,12 @@ def market_assets(
         accepted = sum(len(o.accepted) for o in outcomes)
         yield dg.Output(
             bars,
-            metadata=frame_metadata(
-                bars,
-                source=market_data.label,
-                files_read=len(loaded.sources),
-                accepted_anomalies=accepted,
-                sessions_in_range=len(sessions),
-            ) | cache_stats.metadata(),
+            metadata=partition_metadata(
+                context, bars, no_session=no_session_text(calendar),
+                run={"source": market_data.label, "files_read": len(loaded.sources),
+                     "accepted_anomalies": accepted, "sessions": len(sessions),
+                     **cache_stats.metadata()},
+            ),
         )
 
     @dg.asset(
@@ -182,12 +184,13 @@ def market_assets(
         "open/close kept for order sizing.",
         code_version=versions["adjusted_bars"],
     )
-    def adjusted_bars(raw_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
+    def adjusted_bars(context: dg.AssetExecutionContext, raw_bars: pd.DataFrame
+                      ) -> dg.Output[pd.DataFrame]:
         adjusted = adjust_bars(raw_bars)
         events = int((raw_bars.groupby("symbol")["adj_factor"].nunique() > 1).sum())
-        return dg.Output(
-            adjusted, metadata=frame_metadata(adjusted, funds_with_adjustment_events=events)
-        )
+        return dg.Output(adjusted, metadata=partition_metadata(
+            context, adjusted, no_session=no_bars_text,
+            run={"funds_with_adjustment_events": events}))
 
     @dg.asset(
         partitions_def=sessions,
@@ -235,17 +238,30 @@ def market_assets(
                 allow_retries=False,
             )
         per_date = panel.groupby("date")["symbol"].count()
-        yield dg.Output(
-            panel,
-            metadata=frame_metadata(
-                panel,
-                funds_per_session_min=int(per_date.min()) if len(per_date) else 0,
-                funds_per_session_max=int(per_date.max()) if len(per_date) else 0,
-                config=dataclasses.asdict(cfg),
-            ),
-        )
+        yield dg.Output(panel, metadata=partition_metadata(
+            context, panel, no_session=no_bars_text,
+            run={"funds_per_session_min": int(per_date.min()) if len(per_date) else 0,
+                 "funds_per_session_max": int(per_date.max()) if len(per_date) else 0,
+                 "config": dataclasses.asdict(cfg)}))
 
     return [raw_bars, adjusted_bars, cross_sections]
+
+
+def previous_bars(market_data: MarketDataResource, bars: pd.DataFrame, first: pd.Timestamp
+                  ) -> pd.DataFrame:
+    """Each fund's last bar before ``bars`` begin, for the funds with bars from ``first`` on but
+    none in the lookback before it (back from a suspension longer than the lookback): their
+    first bar of the partition is then checked against its previous close (returns, open, gap)
+    on a daily run as in a backfill, not passed for want of one and blamed on the next day."""
+    before = bars["date"] < first
+    wanted = set(bars.loc[~before, "symbol"].dropna()) - set(bars.loc[before, "symbol"].dropna())
+    start = pd.Timestamp(market_data.history_start)
+    loaded_from = bars["date"].min() if len(bars) else first
+    if not wanted or loaded_from <= start:
+        return bars.iloc[0:0]
+    earlier = market_data.load(start, loaded_from - pd.Timedelta(days=1)).bars
+    earlier = earlier.loc[earlier["symbol"].isin(wanted)]
+    return earlier.sort_values("date").groupby("symbol", sort=False).tail(1)
 
 
 def standardization_problems(
@@ -272,6 +288,22 @@ def standardization_problems(
     return pd.DataFrame(rows, columns=["date", "field", "n", "mean", "std"]).astype(
         {"n": np.int64}
     )
+
+
+def no_session_text(calendar: TradingCalendar) -> Callable[[str], str | None]:
+    """What a partition says when its day is not a session of ``calendar`` (None: a session)."""
+    def text(key: str) -> str | None:
+        if calendar.is_session(pd.Timestamp(key)):
+            return None
+        return (f"no session: {key} is not a trading session of the {calendar.name} calendar "
+                "(exchange holiday); no bars")
+    return text
+
+
+def no_bars_text(key: str) -> str:
+    """An empty partition downstream of raw_bars: a day without a session (raw_bars refuses
+    a session without bars)."""
+    return f"no session: {key} holds no bars (not a trading session)"
 
 
 # -- a range stores what is good ----------------------------------------------------------------
@@ -424,12 +456,14 @@ class PartialBackfill:
             io.handle_output(dg.build_output_context(
                 asset_key=key, asset_partitions_def=self.partitions,
                 asset_partition_key_range=dg.PartitionKeyRange(start, end)), frame.loc[within])
-        metadata = frame_metadata(frame, stored_by="raw_bars: the partitions of a failed "
-                                  "range that passed")
+        stored_by = "raw_bars: the partitions of a failed range that passed"
         tags = {CODE_VERSION_TAG: self.versions[asset]}
+        parts = rows_by_partition(frame, list(keys))
         self.materializations += [
-            dg.AssetMaterialization(asset_key=key, partition=partition, metadata=metadata,
-                                    tags=tags)
+            dg.AssetMaterialization(
+                asset_key=key, partition=partition, tags=tags,
+                metadata=frame_metadata(parts[partition], stored_by=stored_by,
+                                        partition=partition))
             for partition in keys]
 
     def events(self) -> list[DagsterEvent]:

@@ -1,13 +1,30 @@
-"""Metadata a researcher sees in the UI: rows, date range, funds, missing data, a preview."""
+"""Metadata a researcher sees in the UI: rows, date range, funds, missing data, a preview.
+
+Everything is Dagster's native metadata: previews and result tables are
+``MetadataValue.table`` with a ``TableSchema`` (shown inline, not behind "[Show Markdown]"),
+every frame carries ``dagster/column_schema``, and each metric is its own float key whose name
+carries the unit (``total_return_pct``), so the asset's Plots tab charts it across
+materialisations.
+
+A partitioned asset materialised over a range (a single-run backfill) describes each partition
+by itself (:func:`partition_metadata`: its rows, funds, missing values and preview, or that it
+has no session); the figures of the whole run are keyed ``run_…`` and say so.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 PREVIEW_ROWS = 10
+# Figures of a partitioned asset's whole run (not of the partition shown) carry this prefix.
+RUN_PREFIX = "run_"
+RUN_SCOPE_KEY = "run_scope"
 
 
 def frame_metadata(frame: pd.DataFrame, **extra: object) -> dict[str, object]:
@@ -20,10 +37,203 @@ def frame_metadata(frame: pd.DataFrame, **extra: object) -> dict[str, object]:
         meta["funds_covered"] = dg.MetadataValue.int(int(frame["symbol"].nunique()))
     missing = frame.isna().sum()
     missing = missing[missing > 0]
-    meta["missing_values"] = dg.MetadataValue.json({k: int(v) for k, v in missing.items()})
-    meta["preview"] = dg.MetadataValue.md(markdown(frame.tail(PREVIEW_ROWS)))
+    meta["missing_values"] = dg.MetadataValue.int(int(missing.sum()))
+    if len(missing):
+        meta["missing_by_column"] = dg.MetadataValue.json(
+            {str(k): int(v) for k, v in missing.items()})
+    meta["preview"] = table(frame.tail(PREVIEW_ROWS))
+    meta["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(frame))
     meta.update({k: _value(v) for k, v in extra.items()})
     return meta
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+def _column_type(series: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_float_dtype(series):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "date"
+    return "string"
+
+
+def column_schema(frame: pd.DataFrame, descriptions: Mapping[str, str] | None = None
+                  ) -> dg.TableSchema:
+    """The frame's columns and their types (and descriptions where given)."""
+    descriptions = descriptions or {}
+    return dg.TableSchema(columns=[
+        dg.TableColumn(str(name), _column_type(frame[name]),
+                       description=descriptions.get(str(name)))
+        for name in frame.columns])
+
+
+def _cell(value: object) -> str | int | float | bool | None:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if not math.isfinite(number):
+            return None
+        # Amounts and volumes to the cent; prices, returns and statistics to 6 decimals.
+        return round(number, 2) if abs(number) >= 1e4 else round(number, 6)
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d") if value == value.normalize() else value.isoformat()
+    if isinstance(value, list | tuple | set):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def table(frame: pd.DataFrame, limit: int = 50,
+          descriptions: Mapping[str, str] | None = None) -> dg.TableMetadataValue:
+    """The first ``limit`` rows of ``frame`` as a native Dagster table (shown inline in the UI);
+    dates as YYYY-MM-DD, floats to 6 decimals, missing values empty."""
+    shown = frame.head(limit)
+    records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()})
+               for row in shown.to_dict("records")]
+    return dg.MetadataValue.table(records, schema=column_schema(frame, descriptions))
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+# Metric name → (unit suffix of the key, scale): fractions are shown in percent.
+_PERCENT = ("return", "cagr", "drawdown", "volatility", "exposure", "turnover", "win_rate",
+            "tracking_error", "invested", "weight")
+_COUNTS = ("duration", "days", "sessions", "orders", "trades", "count")
+
+
+def metric_key(name: str) -> tuple[str, float]:
+    """The metadata key of a metric with its unit, and the factor its value is multiplied by:
+    fractions become ``…_pct`` (×100), counts ``…_sessions``/``…`` as they are, ratios bare."""
+    lower = name.lower()
+    if "duration" in lower:
+        return f"{name}_sessions", 1.0
+    if any(c in lower for c in _COUNTS):
+        return name, 1.0
+    if any(p in lower for p in _PERCENT):
+        return f"{name}_pct", 100.0
+    return name, 1.0
+
+
+def metric_metadata(metrics: Mapping[str, object], prefix: str = "",
+                    digits: int = 2) -> dict[str, dg.MetadataValue]:
+    """One float key per metric, in its unit (percent for fractions), rounded for reading; the
+    Plots tab of the asset charts each key across materialisations. Non-finite values are left
+    out (a chart point of NaN says nothing)."""
+    out: dict[str, dg.MetadataValue] = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            continue
+        key, scale = metric_key(name)
+        out[f"{prefix}{key}"] = dg.MetadataValue.float(round(number * scale, digits + 2
+                                                             if scale == 1.0 else digits))
+    return out
+
+
+def metric_label(name: str, value: object) -> str:
+    """A metric as text in the unit of its metadata key (``12.34 %``, ``1.23``)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return "–"
+    _, scale = metric_key(name)
+    return f"{number * scale:.2f} %" if scale != 1.0 else f"{number:.4g}"
+
+
+# -- partitions ---------------------------------------------------------------------------------
+
+def rows_by_partition(frame: pd.DataFrame, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The rows of each partition of ``keys`` (sorted weekday keys): a row belongs to the last
+    key on or before its date (a Saturday bar is in Friday's window)."""
+    starts = pd.DatetimeIndex(pd.to_datetime(list(keys)))
+    if "date" not in frame or frame.empty:
+        return {k: frame.iloc[0:0] for k in keys}
+    days = pd.DatetimeIndex(pd.to_datetime(frame["date"])).normalize()
+    position = starts.searchsorted(days, side="right") - 1
+    groups = {int(p): part for p, part in frame.groupby(position, sort=False)}
+    return {k: groups.get(i, frame.iloc[0:0]) for i, k in enumerate(keys)}
+
+
+def partition_metadata(
+    context: dg.AssetExecutionContext,
+    frame: pd.DataFrame,
+    *,
+    no_session: Callable[[str], str | None],
+    sort: Sequence[str] = ("symbol",),
+    run: Mapping[str, object] | None = None,
+    per_partition: Callable[[str, pd.DataFrame], Mapping[str, object]] | None = None,
+) -> dict[str, object]:
+    """Per-partition metadata of a partitioned asset (``context.add_asset_metadata`` with each
+    partition key), followed by the run-level figures keyed ``run_…``; returns the (empty)
+    metadata for the step's output, so nothing of the run is shown without its label.
+
+    Each partition shows its own rows (``dagster/row_count``), date, funds, missing values and
+    a preview of its rows; a partition without a session says so (``no_session(key)`` returns
+    the sentence, or None for a session) instead of showing rows of other days."""
+    keys = list(context.partition_keys)
+    parts = rows_by_partition(frame, keys)
+    whole_run = run_metadata(frame, keys, **(run or {}))
+    for key, part in parts.items():
+        reason = no_session(key)
+        shown = part.sort_values([c for c in sort if c in part.columns] or list(part.columns)[:1]
+                                 ) if len(part) else part
+        meta = frame_metadata(shown)
+        meta["partition"] = dg.MetadataValue.text(key)
+        if reason is not None and part.empty:
+            meta["session"] = dg.MetadataValue.text(reason)
+        elif "date" in part and len(part):
+            meta["session"] = dg.MetadataValue.text(f"{pd.Timestamp(part['date'].max()):%Y-%m-%d}")
+        meta["preview"] = table(shown.head(PREVIEW_ROWS)) if len(part) else \
+            dg.MetadataValue.text(reason or "no rows")
+        if per_partition is not None:
+            meta.update({k: _value(v) for k, v in per_partition(key, part).items()})
+        # The partition's own figures first, then the run's (as the UI lists them).
+        context.add_asset_metadata(meta | whole_run, partition_key=key)
+    return {}
+
+
+def run_metadata(frame: pd.DataFrame, keys: Sequence[str], **extra: object
+                 ) -> dict[str, object]:
+    """The figures of a whole run over ``keys``, each keyed ``run_…``."""
+    scope = (f"run_* figures cover this run's {len(keys)} partition(s) {keys[0]}..{keys[-1]}, "
+             "not only the partition shown" if keys else "run_* figures cover this run")
+    meta: dict[str, object] = {RUN_SCOPE_KEY: dg.MetadataValue.text(scope),
+                               f"{RUN_PREFIX}partitions": dg.MetadataValue.int(len(keys)),
+                               f"{RUN_PREFIX}row_count": dg.MetadataValue.int(len(frame))}
+    if "date" in frame and len(frame):
+        meta[f"{RUN_PREFIX}first_date"] = dg.MetadataValue.text(f"{frame['date'].min():%Y-%m-%d}")
+        meta[f"{RUN_PREFIX}last_date"] = dg.MetadataValue.text(f"{frame['date'].max():%Y-%m-%d}")
+    if "symbol" in frame:
+        meta[f"{RUN_PREFIX}funds_covered"] = dg.MetadataValue.int(int(frame["symbol"].nunique()))
+    meta.update({k if k.startswith(RUN_PREFIX) else f"{RUN_PREFIX}{k}": _value(v)
+                 for k, v in extra.items()})
+    return meta
+
+
+def run_level(metadata: Mapping[str, object]) -> dict[str, object]:
+    """``metadata`` with every key prefixed ``run_`` (figures of the whole run)."""
+    return {k if k.startswith(RUN_PREFIX) else f"{RUN_PREFIX}{k}": v
+            for k, v in metadata.items()}
+
+
+def names_of(symbols: Iterable[str], instruments: Iterable[object]) -> dict[str, str]:
+    """Fund name by symbol (empty when the source has none)."""
+    names = {str(getattr(i, "symbol", "")): str(getattr(i, "name", "") or "")
+             for i in instruments}
+    return {str(s): names.get(str(s), "") for s in symbols}
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:

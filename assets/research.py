@@ -10,7 +10,9 @@ import dagster as dg
 import pandas as pd
 
 from assets.code_version import code_version
-from assets.metadata import frame_metadata, markdown
+from assets.metadata import frame_metadata
+from assets.metadata import table as metadata_table
+from resources.tracking import MlflowTracking
 from rotation import ic as ic_stats
 from rotation import report
 from rotation.cross_section import CrossSectionConfig, coverage, process
@@ -48,13 +50,68 @@ def daily_ic(factors: pd.DataFrame, adjusted_bars: pd.DataFrame, horizons: Seque
         ["date", "horizon", "factor"], ignore_index=True)
 
 
+IC_COLUMNS = {
+    "direction": "the sign the strategy declares for the factor (+1: higher is better)",
+    "directed_icir": "ICIR × direction: positive when the factor works as declared",
+    "icir": "mean daily rank IC / its standard deviation",
+    "mean_ic": "mean daily Spearman rank IC against the T1_OPEN forward return",
+    "t_nw": "Newey–West t statistic of the mean IC",
+    "hit_rate": "share of days whose IC has the declared sign",
+}
+
+
+def ranked_by_direction(summary: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """The factors of one horizon, best first by ICIR in their declared direction."""
+    return (summary.loc[summary["horizon"] == horizon]
+            .assign(direction=lambda t: t["direction"].astype(int),
+                    directed_icir=lambda t: t["icir"] * t["direction"])
+            .sort_values("directed_icir", ascending=False, na_position="last", kind="stable")
+            .reset_index(drop=True))
+
+
+def screen_outcome(selected: Sequence[str], tested: int) -> str:
+    """What the full-history SPEC §5 screen decided, in words (the same sentence everywhere)."""
+    if not selected:
+        return (f"none of the {tested} factors passes the SPEC §5 screen on the full history; "
+                "this screen is informative only: each walk-forward window screens its own "
+                "in-sample sessions and fills up to the search's minimum with the best "
+                "factors in their declared direction (wfo_windows says which and why)")
+    return (f"{len(selected)} of {tested} factors pass the SPEC §5 screen on the full history "
+            f"({', '.join(selected)}); each walk-forward window screens its own in-sample "
+            "sessions (wfo_windows)")
+
+
+def _log_screening(context: dg.AssetExecutionContext, tracking: MlflowTracking,
+                   experiment: str, shown: pd.DataFrame, figures: Mapping[str, object]
+                   ) -> dict[str, object]:
+    """The screening's plots and table as an MLflow run; the plots shown inline in Dagster
+    from the MLflow UI, with a link to the run."""
+    with tracking.run(context, experiment=experiment, run_name="factor screening",
+                      params={"factors": len(shown)}) as run:
+        run.log_frame(shown, "factor_ic.csv")
+        paths = {name: run.log_figure(fig, f"plots/{name}.png", dpi=80)
+                 for name, fig in figures.items()}
+        url = run.url
+        images = {name: run.artifact_url(path) for name, path in paths.items()}
+    meta: dict[str, object] = {}
+    if url:
+        meta["mlflow_run"] = dg.MetadataValue.url(url)
+    for name, image in images.items():
+        if image:
+            meta[f"plot_{name}"] = dg.MetadataValue.md(f"![{name}]({image})")
+    return meta
+
+
 def research_assets(
     cross_section_config: CrossSectionConfig,
     specs: Sequence[FactorSpec],
     horizons: Sequence[int] = DEFAULT_HORIZONS,
     selection_horizon: int = 5,
     select_kwargs: Mapping[str, float] | None = None,
+    experiment: str | None = None,
 ) -> list[dg.AssetsDefinition]:
+    """``experiment``: the MLflow experiment the screening's plots are logged to (None: the
+    plots stay in the metadata as inline images)."""
     directions = {s.name: s.direction for s in specs}
     select_kwargs = dict(select_kwargs or {})
     versions = {
@@ -79,12 +136,11 @@ def research_assets(
         standardised = {name: process(frame, eligible, cross_section_config)
                         for name, frame in raw.items()}
         long = factors_long(standardised)
-        table = factor_table(specs)
         return dg.Output(
             long,
             metadata=frame_metadata(
                 long,
-                factors=dg.MetadataValue.md(markdown(table, limit=100)),
+                factors=metadata_table(factor_table(specs), limit=100),
                 factor_count=len(specs),
             ),
         )
@@ -96,12 +152,9 @@ def research_assets(
         "forward returns for each horizon, with ICIR, Newey–West t, positive rate and decay.",
         code_version=versions["factor_ic"],
     )
-    def factor_ic(factors: pd.DataFrame, adjusted_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def factor_ic(context: dg.AssetExecutionContext, factors: pd.DataFrame,
+                  adjusted_bars: pd.DataFrame, tracking: MlflowTracking
+                  ) -> dg.Output[pd.DataFrame]:
         opens = adjusted_bars.pivot(index="date", columns="symbol", values="open").sort_index()
         labels = forward_returns(opens, horizons, "T1_OPEN")
         wide = _wide(factors)
@@ -117,27 +170,38 @@ def research_assets(
             {name: ic_stats.factor_turnover(frame) for name, frame in wide.items()}
         )
 
-        top = (summary.loc[summary["horizon"] == selection_horizon]
-               .assign(abs_icir=lambda t: t["icir"].abs())
-               .sort_values("abs_icir", ascending=False))
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        cumulative = daily[selection_horizon][top["factor"].head(6)].fillna(0.0).cumsum()
-        cumulative.plot(ax=axes[0], title=f"cumulative rank IC, H={selection_horizon}")
-        decay = summary.pivot(index="horizon", columns="factor", values="mean_ic")
-        decay[top["factor"].head(6)].plot(ax=axes[1], marker="o", title="IC decay (mean IC)")
-        plot = report.markdown_image(report.png_base64(fig), "cumulative IC and decay")
-        shown = top.drop(columns=["abs_icir"]).round(4)
-        return dg.Output(
-            summary,
-            metadata={
-                "dagster/row_count": dg.MetadataValue.int(len(summary)),
-                "horizons": dg.MetadataValue.json(list(horizons)),
-                f"top_by_icir_h{selection_horizon}": dg.MetadataValue.md(markdown(shown, 15)),
-                "plots": dg.MetadataValue.md(plot),
-                "first_date": dg.MetadataValue.text(str(factors["date"].min().date())),
-                "last_date": dg.MetadataValue.text(str(factors["date"].max().date())),
-            },
-        )
+        top = ranked_by_direction(summary, selection_horizon)
+        best = top["factor"].head(6).tolist()
+        signs = pd.Series({f: float(directions.get(f, 1)) for f in best})
+        cumulative = (daily[selection_horizon][best].fillna(0.0) * signs).cumsum()
+        decay = summary.pivot(index="horizon", columns="factor", values="mean_ic")[best] * signs
+        decay.index = decay.index.astype(int)          # horizons as ticks: 1, 5, 10, 20
+        figures = {
+            "cumulative_ic": report.lines_figure(
+                cumulative, title=f"cumulative rank IC in the declared direction, "
+                f"H={selection_horizon} (best 6 by directed ICIR)", ylabel="sum of daily IC"),
+            "ic_decay": report.lines_figure(
+                decay, title="IC decay: mean IC in the declared direction by horizon",
+                ylabel="mean IC", marker="o"),
+        }
+        shown = top[["factor", "direction", "directed_icir", "icir", "mean_ic", "t_nw",
+                     "p_value", "hit_rate", "turnover"]].round(4)
+        meta: dict[str, object] = {
+            "dagster/row_count": dg.MetadataValue.int(len(summary)),
+            "horizons": dg.MetadataValue.text(", ".join(f"{h} sessions" for h in horizons)),
+            "first_date": dg.MetadataValue.text(str(factors["date"].min().date())),
+            "last_date": dg.MetadataValue.text(str(factors["date"].max().date())),
+            f"top_by_directed_icir_h{selection_horizon}": metadata_table(shown, 15, IC_COLUMNS),
+            "ranking": dg.MetadataValue.text(
+                "ranked by directed ICIR = ICIR × declared direction: a factor whose IC has "
+                "the opposite sign of its declared direction ranks last, not first"),
+        }
+        if experiment is not None:
+            meta |= _log_screening(context, tracking, experiment, shown, figures)
+        else:
+            meta["plots"] = dg.MetadataValue.md("\n\n".join(
+                report.markdown_image(report.png_base64(f), n) for n, f in figures.items()))
+        return dg.Output(summary, metadata=meta)
 
     @dg.asset(
         group_name=SCREENING_GROUP,
@@ -157,7 +221,7 @@ def research_assets(
             factor_count=int(frame["factor"].nunique()),
             days_per_horizon={str(h): int(n) for h, n in
                               frame.groupby("horizon")["date"].nunique().items()},
-            mean_ic=dg.MetadataValue.md(markdown(means.round(4).reset_index(), 100)),
+            mean_ic=metadata_table(means.rename(columns=lambda h: f"h{h}").reset_index(), 100),
         ))
 
     @dg.asset(
@@ -170,19 +234,21 @@ def research_assets(
     )
     def selected_factors(factor_ic: pd.DataFrame, factors: pd.DataFrame
                          ) -> dg.Output[pd.DataFrame]:
-        table = factor_ic.loc[factor_ic["horizon"] == selection_horizon].set_index("factor")
+        stats = factor_ic.loc[factor_ic["horizon"] == selection_horizon].set_index("factor")
         correlations = ic_stats.mean_pairwise_correlation(_wide(factors))
-        result = ic_stats.select_factors(table, correlations=correlations, directions=directions,
+        result = ic_stats.select_factors(stats, correlations=correlations, directions=directions,
                                          **select_kwargs)
         reasons = result.reasons.reset_index()
         reasons["selected"] = reasons["factor"].isin(result.selected)
+        shown = reasons.sort_values(["selected", "factor"], ascending=[False, True])
         return dg.Output(
             reasons,
             metadata={
+                "outcome": dg.MetadataValue.text(screen_outcome(result.selected, len(reasons))),
                 "selected": dg.MetadataValue.json(result.selected),
                 "selected_count": dg.MetadataValue.int(len(result.selected)),
                 "tested": dg.MetadataValue.int(len(reasons)),
-                "reasons": dg.MetadataValue.md(markdown(reasons.round(4), 100)),
+                "reasons": metadata_table(shown, 100),
                 "horizon": dg.MetadataValue.int(selection_horizon),
             },
         )

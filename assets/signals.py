@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from assets.code_version import code_version, strategy_sections
-from assets.metadata import data_fingerprint, frame_metadata, markdown
+from assets.metadata import data_fingerprint, frame_metadata
+from assets.metadata import table as table_value
 from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
@@ -165,8 +166,8 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "as_of": dg.MetadataValue.text(f"{day:%Y-%m-%d}"),
             "clock_session": dg.MetadataValue.text(f"{latest:%Y-%m-%d}"),
             "invested": dg.MetadataValue.float(float(np.nansum(list(weights.values())))),
-            "weights": dg.MetadataValue.md(markdown(table[["symbol", "weight"]].round(6), 60)),
-            "reasons": dg.MetadataValue.md(markdown(reasons) if len(reasons) else "none"),
+            "weights": table_value(table[["symbol", "weight"]], 60),
+            "reasons": table_value(reasons) if len(reasons) else dg.MetadataValue.text("none"),
             "rejected_rules": dg.MetadataValue.json(sorted({r["rule"] for r in record.reasons})),
         })
 
@@ -240,7 +241,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "pnl": dg.MetadataValue.float(float(frame["equity"].iloc[-1] - initial_cash)),
             "initial_cash": dg.MetadataValue.float(initial_cash),
             "cash": dg.MetadataValue.float(book.cash(account_id)),
-            "positions": dg.MetadataValue.md(markdown(positions.round(2), 60)),
+            "positions": table_value(positions.round(2), 60),
             "fills": dg.MetadataValue.int(len(fills)),
             "new_fills": dg.MetadataValue.int(new_fills),
             "approved_signals": dg.MetadataValue.int(len(signals)),

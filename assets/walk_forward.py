@@ -6,14 +6,16 @@ Thin over :mod:`rotation.walkforward`. Each walk-forward window is one partition
 panels once. Every window and every backtest is an MLflow run in the strategy's experiment.
 """
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from assets.code_version import code_version, strategy_sections
-from assets.metadata import data_fingerprint, frame_metadata, markdown
+from assets.metadata import data_fingerprint, frame_metadata, metric_metadata, run_level, table
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
 from resources.tracking import MlflowTracking, TrackedRun
@@ -25,6 +27,9 @@ from rotation.cross_section import CrossSectionConfig
 from rotation.search import Candidate, SearchSpace, candidate_of
 from rotation.strategy import StrategyConfig
 from rotation.wfo import WfoWindow
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WFO_GROUP = "walk_forward"
 BACKTEST_GROUP = "backtest"
@@ -117,6 +122,18 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             out["wfo.window"] = window.key
         return out
 
+    def latest_target(data: wf.ResearchData, wfo_results: pd.DataFrame
+                      ) -> tuple[pd.Timestamp, pd.DataFrame]:
+        """The newest window's frozen winner applied up to the latest close: target_portfolio's
+        rows (date, symbol, score, rank, …, weight, reason); oos_backtest reports the same."""
+        window, winner = _winners(wfo_results)[-1]
+        newest = wfo_results.sort_values("oos_start").iloc[-1]
+        as_of, why = wf.latest_targets(data, pcfg, winner, window,
+                                       str(newest.get("no_trade_reason", "") or ""))
+        table = why.reset_index()
+        table.insert(0, "date", as_of)
+        return as_of, table
+
     @dg.asset(
         group_name=WFO_GROUP,
         kinds={"pandas", "numba"},
@@ -138,15 +155,28 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             tables.append(wf.screen_window(data, window, strategy.screening_horizon,
                                            strategy.select_kwargs(), space.min_factors))
         table = pd.concat(tables, ignore_index=True)
-        chosen = (table.loc[table["selected"]].groupby("window")["factor"]
-                  .agg(lambda s: ", ".join(s)).reset_index(name="screened_factors"))
-        return dg.Output(table, metadata={
-            "dagster/row_count": dg.MetadataValue.int(len(table)),
+        outcomes = screen_summary(table, space.min_factors)
+        whole_run = run_level({
             "windows": dg.MetadataValue.int(table["window"].nunique()),
-            "screened_factors": dg.MetadataValue.md(markdown(chosen, 100)),
+            "screens": metadata_table(outcomes, 100, SCREEN_COLUMNS),
             "horizon": dg.MetadataValue.int(strategy.screening_horizon),
-            **cache_stats.metadata(),
-        })
+            **cache_stats.metadata()})
+        for key, part in table.groupby("window", sort=False):
+            outcome = outcomes.set_index("window").loc[key]
+            shown = part[["factor", "selected", "reason", "mean_ic", "icir", "hit_rate"]
+                         ].sort_values(["selected", "factor"], ascending=[False, True])
+            context.add_asset_metadata({
+                "dagster/row_count": dg.MetadataValue.int(len(part)),
+                "window": dg.MetadataValue.text(str(key)),
+                "in_sample": dg.MetadataValue.text(
+                    f"{part['is_start'].iloc[0]:%Y-%m-%d}..{part['is_end'].iloc[0]:%Y-%m-%d}"),
+                "screen_outcome": dg.MetadataValue.text(str(outcome["outcome"])),
+                "passed": dg.MetadataValue.int(int(outcome["passed"])),
+                "filled_up": dg.MetadataValue.int(int(outcome["filled_up"])),
+                "chosen_factors": dg.MetadataValue.text(str(outcome["chosen"]) or "none"),
+                "screen": metadata_table(shown, 100),
+            } | whole_run, partition_key=str(key))
+        return dg.Output(table)
 
     @dg.asset(
         group_name=WFO_GROUP,
@@ -172,6 +202,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         panel = data.search_panel(pcfg)
         version = data_fingerprint(adjusted_bars)
+        names = fund_names(market_data)
         rows, worst = [], 0.0
         for window in windows_of(data, context.partition_keys):
             screen = wfo_windows.loc[wfo_windows["window"] == window.key]
@@ -189,30 +220,41 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                                | {"screened_factors": chosen})
                 run.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)
                                  and k.startswith(("in_sample_", "oos_", "vbt_"))})
-                _log_backtest(run, result.oos, wf.benchmark_curves(data, result.oos),
-                              f"out-of-sample {window.key}",
-                              notes=[f"in-sample {window.is_start:%Y-%m-%d}.."
-                                     f"{window.is_end:%Y-%m-%d}, " + _winner_text(result)])
+                side_by_side = in_and_out_of_sample(pd.DataFrame([summary]))
+                outcome = screen_summary(screen, space.min_factors).iloc[0]
+                images = _log_backtest(
+                    run, result.oos, wf.benchmark_curves(data, result.oos),
+                    f"out-of-sample {window.key}", names=names,
+                    notes=[f"in-sample {window.is_start:%Y-%m-%d}..{window.is_end:%Y-%m-%d}, "
+                           f"out-of-sample {window.oos_start:%Y-%m-%d}.."
+                           f"{window.oos_end:%Y-%m-%d}; " + _winner_text(result),
+                           f"screen: {outcome['outcome']}"],
+                    tables={"in-sample against out-of-sample": side_by_side,
+                            "factor screen (in-sample sessions only)": screen[
+                                ["factor", "selected", "reason"]]})
                 run.log_frame(result.candidates.head(200), "search/candidates.csv")
                 run.log_frame(result.finalists, "search/finalists.csv")
                 summary["mlflow_run_id"] = run.run_id
+                context.add_asset_metadata(_window_metadata(
+                    summary, side_by_side, outcome, run.url, images),
+                    partition_key=window.key)
             worst = max(worst, float(result.finalists["max_rel_diff"].max()))
             rows.append(summary)
         table = pd.DataFrame(rows)
         table["screened_factors"] = table["window"].map(
             wfo_windows.loc[wfo_windows["selected"]].groupby("window")["factor"]
             .agg(",".join))
-        shown = table[["window", "factors", "top_n", "rebalance_every", "weighting",
-                       "in_sample_score", "oos_total_return", "oos_sharpe", "oos_max_drawdown"]]
-        yield dg.Output(table, metadata={
-            "dagster/row_count": dg.MetadataValue.int(len(table)),
-            "winners": dg.MetadataValue.md(markdown(shown.round(4), 100)),
-            "candidates_per_window": dg.MetadataValue.json(
-                dict(zip(table["window"], table["candidates"].astype(int), strict=True))),
+        whole_run = run_level({
+            "windows": dg.MetadataValue.int(len(table)),
+            "winners": metadata_table(in_and_out_of_sample(table), 100, WINDOW_COLUMNS),
+            "factor_stability": metadata_table(
+                factor_stability(table, wfo_windows), 100, STABILITY_COLUMNS),
             "experiment": dg.MetadataValue.text(strategy.experiment_name),
             "data_version": dg.MetadataValue.text(version),
-            **cache_stats.metadata(),
-        })
+            **cache_stats.metadata()})
+        for key in table["window"]:
+            context.add_asset_metadata(whole_run, partition_key=str(key))
+        yield dg.Output(table)
         yield dg.AssetCheckResult(check_name=VBT_CHECK, passed=worst <= wf.VBT_TOLERANCE,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(worst),
                                             "tolerance": dg.MetadataValue.float(
@@ -240,8 +282,13 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         from rotation.backtest import vbt as vbt_replay
 
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
-        winners = _winners(wfo_results)
+        winners = through_latest(data, _winners(wfo_results))
         targets = wf.stitched_targets(data, pcfg, winners)
+        names = fund_names(market_data)
+        windows = in_and_out_of_sample(wfo_results)
+        stability = factor_stability(wfo_results)
+        as_of, latest = latest_target(data, wfo_results)
+        span = backtest_span(data, _winners(wfo_results))
         with tracking.run(context, experiment=strategy.experiment_name,
                           run_name="oos backtest", params=strategy.tracking_params(),
                           tags=tags(), data_version=data_fingerprint(adjusted_bars)) as run:
@@ -249,32 +296,43 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             replay_diff = vbt_replay.compare(result, vbt_replay.replay(result))
             benchmarks = wf.benchmark_curves(data, result)
             run.log_metrics({"vbt_replay_max_rel_diff": replay_diff})
-            _log_backtest(run, result, benchmarks, f"{strategy.name}: stitched out-of-sample",
-                          notes=[f"{len(winners)} walk-forward windows"],
-                          tables={"windows": wfo_results[["window", "factors", "top_n",
-                                                          "rebalance_every", "weighting"]]})
+            images = _log_backtest(
+                run, result, benchmarks, f"{strategy.name}: stitched out-of-sample",
+                names=names, notes=[span, f"{len(winners)} walk-forward windows"],
+                tables={"walk-forward windows: in-sample against out-of-sample": windows,
+                        "factor stability across windows": stability},
+                figures=window_figures(windows),
+                latest=(as_of, latest))
             run.log_frame(result.orders, "orders.csv")
-            run_id = run.run_id
+            url = run.url
         segments = [w.oos_start for w, _ in winners]
         frame = _daily_frame(result, benchmarks, winners)
-        equity_png = report.png_base64(report.equity_figure(
-            result.equity, benchmarks, title="Out-of-sample equity", segments=segments))
-        drawdown_png = report.png_base64(report.drawdown_figure(result.equity, benchmarks))
-        metrics = {k: round(float(v), 6) for k, v in result.metrics.items()}
-        yield dg.Output(frame, metadata={
-            **frame_metadata(frame),
-            "metrics": dg.MetadataValue.json(metrics),
-            "total_return": dg.MetadataValue.float(metrics.get("total_return", np.nan)),
-            "sharpe": dg.MetadataValue.float(metrics.get("sharpe", np.nan)),
-            "max_drawdown": dg.MetadataValue.float(metrics.get("max_drawdown", np.nan)),
-            "equity": dg.MetadataValue.md(report.markdown_image(equity_png, "equity")),
-            "drawdown": dg.MetadataValue.md(report.markdown_image(drawdown_png, "drawdown")),
-            "orders": dg.MetadataValue.int(len(result.orders)),
+        held = latest.loc[latest["weight"] > 0, ["symbol", "weight"]]
+        # What a researcher reads first: the figures, the span, the link and the plots; the
+        # frame's own description (rows, preview, columns) last.
+        meta: dict[str, object] = {
+            **metric_metadata(result.metrics),
+            "span": dg.MetadataValue.text(span),
             "currency": dg.MetadataValue.text(strategy.market.currency),
             "benchmark": dg.MetadataValue.text(str(strategy.universe.benchmark)),
-            "mlflow_run_id": dg.MetadataValue.text(run_id),
-            **cache_stats.metadata(),
-        })
+        }
+        if url:
+            meta["mlflow_run"] = dg.MetadataValue.url(url)
+        meta |= {f"plot_{name}": dg.MetadataValue.md(f"![{name}]({link})")
+                 for name, link in images.items() if link}
+        if not any(images.values()):   # no MLflow UI to serve them: the images themselves
+            meta["plot_equity"] = dg.MetadataValue.md(report.markdown_image(report.png_base64(
+                report.equity_figure(result.equity, benchmarks, title="Out-of-sample equity",
+                                     segments=segments)), "equity"))
+        meta |= {
+            "windows": metadata_table(windows, 100, WINDOW_COLUMNS),
+            "factor_stability": metadata_table(stability, 100, STABILITY_COLUMNS),
+            "latest_target": metadata_table(_named(held, names), 60),
+            "latest_target_as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
+            "orders": dg.MetadataValue.int(len(result.orders)),
+            **frame_metadata(frame),
+        }
+        yield dg.Output(frame, metadata=meta | cache_stats.metadata())
         yield dg.AssetCheckResult(check_name=REPLAY_CHECK, passed=replay_diff <= 1e-9,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(replay_diff)})
 
@@ -290,28 +348,32 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
     )
     def target_portfolio(context: dg.AssetExecutionContext, adjusted_bars: pd.DataFrame,
                          factors: pd.DataFrame, wfo_results: pd.DataFrame,
-                         market_data: MarketDataResource, cache: RedisCache
-                         ) -> dg.Output[pd.DataFrame]:
+                         market_data: MarketDataResource, cache: RedisCache,
+                         tracking: MlflowTracking) -> dg.Output[pd.DataFrame]:
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
         window, winner = _winners(wfo_results)[-1]
         newest = wfo_results.sort_values("oos_start").iloc[-1]
-        as_of, why = wf.latest_targets(data, pcfg, winner, window,
-                                       str(newest.get("no_trade_reason", "") or ""))
-        table = why.reset_index()
-        table.insert(0, "date", as_of)
+        as_of, table = latest_target(data, wfo_results)
         table.insert(1, "strategy", strategy.name)
         table.insert(2, "window", window.key)
+        names = fund_names(market_data)
         held = table.loc[table["weight"] > 0, ["symbol", "weight", "reason"]]
-        return dg.Output(table, metadata={
+        meta: dict[str, object] = {
             "as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
             "window": dg.MetadataValue.text(window.key),
-            "winner": dg.MetadataValue.json(winner.as_dict() if winner else {"no_trade": True}),
-            "invested": dg.MetadataValue.float(float(table["weight"].sum())),
-            "holdings": dg.MetadataValue.md(markdown(held.round(4), 50)),
-            "reasons": dg.MetadataValue.md(markdown(
-                table[["symbol", "rank", "weight", "reason"]].round(4), 100)),
-            **cache_stats.metadata(),
-        })
+            "winner": dg.MetadataValue.text(_describe_winner(winner, newest)),
+            "invested_pct": dg.MetadataValue.float(round(float(table["weight"].sum()) * 100, 2)),
+            "holdings": metadata_table(_named(held, names), 60),
+            "reasons": metadata_table(_named(
+                table[["symbol", "rank", "weight", "reason"]], names), 100),
+            "backtest_span": dg.MetadataValue.text(
+                backtest_span(data, _winners(wfo_results))),
+        }
+        run_id = str(newest.get("mlflow_run_id", "") or "")
+        link = tracking.run_url(run_id) if run_id else None
+        if link:
+            meta["window_mlflow_run"] = dg.MetadataValue.url(link)
+        return dg.Output(table, metadata=meta | cache_stats.metadata())
 
     @dg.asset(
         group_name=BACKTEST_GROUP,
@@ -336,7 +398,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                       cache: RedisCache
                       ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
-        winners = _winners(wfo_results)
+        winners = through_latest(data, _winners(wfo_results))
         result = wf.oos_backtest(data, wf.stitched_targets(data, pcfg, winners), bcfg)
         frame = position_rows(result, winners)
         stored = oos_backtest.set_index("date")["equity"]
@@ -451,14 +513,233 @@ def _daily_frame(result: BacktestResult, benchmarks: dict[str, pd.Series],
 
 def _log_backtest(run: TrackedRun, result: BacktestResult, benchmarks: dict[str, pd.Series],
                   title: str, *, notes: Sequence[str] = (),
-                  tables: dict[str, pd.DataFrame] | None = None) -> None:
-    """Equity and drawdown PNG, the weights, the metrics and an HTML report of a backtest."""
-    run.log_figure(report.equity_figure(result.equity, benchmarks, title=title),
-                   "plots/equity.png")
-    run.log_figure(report.drawdown_figure(result.equity, benchmarks), "plots/drawdown.png")
+                  tables: dict[str, pd.DataFrame] | None = None,
+                  names: Mapping[str, str] | None = None,
+                  figures: Mapping[str, Callable[[], "Figure"]] | None = None,
+                  latest: tuple[pd.Timestamp, pd.DataFrame] | None = None
+                  ) -> dict[str, str | None]:
+    """Equity and drawdown PNG, the weights, the metrics, the daily equity and drawdown as
+    stepped series and an HTML report (fund names beside the weights) of a backtest; the URLs
+    the MLflow UI serves the plots at (None without a UI). ``latest``: the target portfolio
+    (its date and rows) shown as the report's latest weights instead of the backtest's last
+    decision, so the report and target_portfolio show the same weights."""
+    # dpi 70: the PNGs are shown inline in Dagster's metadata column (about 700 px wide).
+    paths = {"equity": run.log_figure(report.equity_figure(result.equity, benchmarks,
+                                                           title=title), "plots/equity.png",
+                                      dpi=PLOT_DPI),
+             "drawdown": run.log_figure(report.drawdown_figure(result.equity, benchmarks),
+                                        "plots/drawdown.png", dpi=PLOT_DPI)}
+    for name, make in (figures or {}).items():
+        paths[name] = run.log_figure(make(), f"plots/{name}.png", dpi=PLOT_DPI)
     run.log_frame(result.target_weights, "weights.csv")
     run.log_metrics({k: v for k, v in result.metrics.items() if np.isfinite(v)})
-    run.log_html(report.html_report(title, metrics=result.metrics, equity=result.equity,
-                                    benchmarks=benchmarks, weights=result.target_weights,
-                                    tables=tables, notes=notes), "report.html")
+    run.log_series({"equity": result.equity, "drawdown": drawdown(result.equity)})
+    weights, weights_title = result.target_weights, "Latest weights decided in the backtest"
+    if latest is not None:
+        as_of, rows = latest
+        weights = pd.DataFrame([rows.set_index("symbol")["weight"]], index=[as_of])
+        weights_title = "Target portfolio for the next open (target_portfolio)"
+    run.log_html(report.html_report(
+        title, metrics=result.metrics, equity=result.equity, benchmarks=benchmarks,
+        weights=weights, weights_title=weights_title, tables=tables, notes=notes, names=names,
+        figures={name.replace("_", " "): make() for name, make in (figures or {}).items()}),
+        "report.html")
+    return {name: run.artifact_url(path) for name, path in paths.items()}
+
+
+# -- what the researcher reads ------------------------------------------------------------------
+
+metadata_table = table
+PLOT_DPI = 70
+
+WINDOW_COLUMNS = {
+    "is_sharpe": "in-sample Sharpe of the winner (search engine, fractional units)",
+    "oos_sharpe": "out-of-sample Sharpe (full backtest: lots, minimum commission, limits)",
+    "is_annual_return_pct": "in-sample annualised return, %",
+    "oos_cagr_pct": "out-of-sample annualised return (CAGR), %",
+    "oos_total_return_pct": "out-of-sample total return, %",
+    "oos_max_drawdown_pct": "out-of-sample maximum drawdown, %",
+}
+STABILITY_COLUMNS = {
+    "screened": "windows whose in-sample screen chose the factor (passed or filled up)",
+    "in_winner": "windows whose frozen winner trades the factor",
+    "in_winner_pct": "share of the windows, %",
+    "longest_streak": "most consecutive windows with the factor in the winner",
+}
+SCREEN_COLUMNS = {
+    "passed": "factors that passed the SPEC §5 screen on the window's in-sample sessions",
+    "filled_up": "factors added because fewer than the search's minimum passed",
+}
+
+
+def fund_names(market_data: MarketDataResource) -> dict[str, str]:
+    """Fund name by symbol, from the source (empty where it has none)."""
+    return {i.symbol: i.name for i in market_data.instruments()}
+
+
+def _named(frame: pd.DataFrame, names: Mapping[str, str]) -> pd.DataFrame:
+    """``frame`` with the fund's name after its symbol and weights in percent."""
+    out = frame.copy()
+    if "weight" in out:
+        out.insert(out.columns.get_loc("symbol") + 1, "weight_pct",
+                   (out.pop("weight").astype(float) * 100).round(2))
+    out.insert(out.columns.get_loc("symbol") + 1 + ("weight_pct" in out), "name",
+               out["symbol"].astype(str).map(names).fillna(""))
+    return out
+
+
+def screen_summary(screens: pd.DataFrame, min_factors: int) -> pd.DataFrame:
+    """Per window: how many factors passed the in-sample screen, how many were filled up and
+    which were chosen, in a sentence."""
+    rows = []
+    for key, part in screens.groupby("window", sort=True):
+        chosen = part.loc[part["selected"]]
+        filled = chosen["reason"].astype(str).str.startswith("filled up")
+        passed, added = int((~filled).sum()), int(filled.sum())
+        if added:
+            outcome = (f"{passed} of {len(part)} factors passed the in-sample screen, fewer "
+                       f"than the {min_factors} the search needs: {added} filled up with the "
+                       "best remaining in-sample ICIR in the declared direction")
+        elif passed:
+            outcome = f"{passed} of {len(part)} factors passed the in-sample screen"
+        else:
+            outcome = f"none of {len(part)} factors passed or could fill up: no trade"
+        rows.append({"window": key, "passed": passed, "filled_up": added,
+                     "chosen": ", ".join(chosen["factor"]), "outcome": outcome})
+    return pd.DataFrame(rows, columns=["window", "passed", "filled_up", "chosen", "outcome"])
+
+
+def in_and_out_of_sample(results: pd.DataFrame) -> pd.DataFrame:
+    """Per window the winner and its in-sample and out-of-sample figures side by side (Sharpe
+    and annualised return in percent); a no-trade window says so."""
+    ordered = results.sort_values("oos_start")
+
+    def pct(column: str) -> pd.Series:
+        return (ordered[column].astype(float) * 100).round(2) if column in ordered \
+            else pd.Series(np.nan, index=ordered.index)
+
+    def num(column: str) -> pd.Series:
+        return ordered[column].astype(float).round(3) if column in ordered \
+            else pd.Series(np.nan, index=ordered.index)
+
+    winner = [("no trade" if row.get("no_trade") else
+               f"{row['factors']} top {int(row['top_n'])} every {int(row['rebalance_every'])} "
+               f"({row['weighting']})") for row in ordered.to_dict("records")]
+    return pd.DataFrame({
+        "window": ordered["window"].astype(str),
+        "out_of_sample": [f"{a:%Y-%m-%d}..{b:%Y-%m-%d}" for a, b in
+                          zip(ordered["oos_start"], ordered["oos_end"], strict=True)],
+        "winner": winner,
+        "is_sharpe": num("in_sample_sharpe"), "oos_sharpe": num("oos_sharpe"),
+        "is_annual_return_pct": pct("in_sample_annual_return"),
+        "oos_cagr_pct": pct("oos_cagr"),
+        "oos_total_return_pct": pct("oos_total_return"),
+        "oos_max_drawdown_pct": pct("oos_max_drawdown"),
+    }).reset_index(drop=True)
+
+
+def factor_stability(results: pd.DataFrame, screens: pd.DataFrame | None = None
+                     ) -> pd.DataFrame:
+    """How stable the chosen factors are across windows: per factor, the windows whose screen
+    chose it, the windows whose winner trades it and its longest run of consecutive windows."""
+    ordered = results.sort_values("oos_start")
+    winners = [set(str(f).split(",")) - {""} if not row.get("no_trade") else set()
+               for f, row in zip(ordered["factors"], ordered.to_dict("records"), strict=True)]
+    if screens is not None:
+        chosen = screens.loc[screens["selected"]].groupby("window")["factor"].agg(set)
+    elif "screened_factors" in ordered:
+        chosen = ordered.set_index("window")["screened_factors"].fillna("").map(
+            lambda s: set(str(s).split(",")) - {""})
+    else:
+        chosen = pd.Series(dtype=object)
+    names = sorted(set().union(*winners, *chosen.tolist()) if len(ordered) else set())
+    rows = []
+    for name in names:
+        flags = [name in w for w in winners]
+        streak = best = 0
+        for flag in flags:
+            streak = streak + 1 if flag else 0
+            best = max(best, streak)
+        rows.append({"factor": name,
+                     "screened": int(sum(name in c for c in chosen.tolist())),
+                     "in_winner": int(sum(flags)),
+                     "in_winner_pct": round(100.0 * sum(flags) / max(len(flags), 1), 1),
+                     "longest_streak": best})
+    out = pd.DataFrame(rows, columns=["factor", "screened", "in_winner", "in_winner_pct",
+                                      "longest_streak"])
+    return out.sort_values(["in_winner", "screened", "factor"], ascending=[False, False, True],
+                           ignore_index=True)
+
+
+def window_figures(windows: pd.DataFrame) -> dict[str, Callable[[], "Figure"]]:
+    """The per-window bars: Sharpe and annualised return, in-sample beside out-of-sample."""
+    sharpe = pd.DataFrame({"window": windows["window"], "in_sample": windows["is_sharpe"],
+                           "out_of_sample": windows["oos_sharpe"]})
+    annual = pd.DataFrame({"window": windows["window"],
+                           "in_sample": windows["is_annual_return_pct"],
+                           "out_of_sample": windows["oos_cagr_pct"]})
+    return {
+        "sharpe_by_window": lambda: report.window_bars_figure(
+            sharpe, title="Sharpe per walk-forward window: in-sample beside out-of-sample"),
+        "return_by_window": lambda: report.window_bars_figure(
+            annual, title="Annualised return per window (%): in-sample beside out-of-sample"),
+    }
+
+
+def through_latest(data: wf.ResearchData, winners: list[tuple[WfoWindow, Candidate | None]]
+                   ) -> list[tuple[WfoWindow, Candidate | None]]:
+    """The windows with the newest one's frozen winner trading on to the latest session (the
+    session target_portfolio decides on), so the stitched backtest and the target cover the
+    same dates: the newest winner is what trades until a newer window completes."""
+    window, winner = winners[-1]
+    last = data.dates[-1]
+    if last <= window.oos_end:
+        return winners
+    return [*winners[:-1], (dataclasses.replace(window, oos_end=last), winner)]
+
+
+def backtest_span(data: wf.ResearchData,
+                  winners: list[tuple[WfoWindow, Candidate | None]]) -> str:
+    """The stitched backtest's dates in words: the windows' out-of-sample sessions, then the
+    newest winner live up to the latest session (the target's)."""
+    first, newest = winners[0][0], winners[-1][0]
+    last = data.dates[-1]
+    text = (f"out-of-sample {first.oos_start:%Y-%m-%d}..{newest.oos_end:%Y-%m-%d} "
+            f"({len(winners)} windows)")
+    if last > newest.oos_end:
+        text += (f", then window {newest.key}'s frozen winner live through {last:%Y-%m-%d} "
+                 "(the session of the target portfolio)")
+    return text
+
+
+def _describe_winner(winner: Candidate | None, row: pd.Series) -> str:
+    if winner is None:
+        return f"no trade: {row.get('no_trade_reason', '')}"
+    return (f"{', '.join(winner.factors)}; top {winner.top_n}, rebalance every "
+            f"{winner.rebalance_every} sessions, {winner.weighting} weights")
+
+
+def _window_metadata(summary: Mapping[str, object], side_by_side: pd.DataFrame,
+                     outcome: pd.Series, url: str | None, images: Mapping[str, str | None]
+                     ) -> dict[str, object]:
+    """One window's own metadata (its partition of wfo_results)."""
+    row = side_by_side.iloc[0]
+    meta: dict[str, object] = {
+        "window": dg.MetadataValue.text(str(summary["window"])),
+        "out_of_sample": dg.MetadataValue.text(str(row["out_of_sample"])),
+        "winner": dg.MetadataValue.text(str(row["winner"])),
+        "screen_outcome": dg.MetadataValue.text(str(outcome["outcome"])),
+        "candidates": dg.MetadataValue.int(int(summary.get("candidates") or 0)),
+        "in_and_out_of_sample": metadata_table(side_by_side.drop(columns=["window"]), 5,
+                                               WINDOW_COLUMNS),
+    }
+    for key in WINDOW_COLUMNS:
+        value = float(row[key])
+        if np.isfinite(value):
+            meta[key] = dg.MetadataValue.float(value)
+    if url:
+        meta["mlflow_run"] = dg.MetadataValue.url(url)
+    if images.get("equity"):
+        meta["plot_equity"] = dg.MetadataValue.md(f"![equity]({images['equity']})")
+    return meta
 

@@ -69,7 +69,9 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "io_manager": PartitionedParquetIOManager(
             base_path=str(settings.resolved_storage_root.resolve())
         ),
-        "tracking": MlflowTracking(tracking_uri=settings.resolved_mlflow_uri),
+        "tracking": MlflowTracking(tracking_uri=settings.resolved_mlflow_uri,
+                                   ui_url=settings.resolved_mlflow_ui_url,
+                                   dagster_url=settings.resolved_dagster_url),
         "cache": RedisCache.for_settings(settings.redis_url, settings.cache_secret),
         "clock": ClockResource(as_of=ex.as_of, timezone=settings.schedule_timezone),
     }
@@ -205,7 +207,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     windows = window_partitions(sessions_of_data, strategy)
     research_stage = research_assets(settings.cross_section, strategy.factor_specs,
                                      strategy.horizons, strategy.screening_horizon,
-                                     strategy.select_kwargs())
+                                     strategy.select_kwargs(),
+                                     experiment=strategy.experiment_name)
     research_run = research_job()
     if windows is None:
         warnings.warn(f"strategy {strategy.name}: the {len(sessions_of_data)} sessions of the "

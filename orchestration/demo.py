@@ -22,10 +22,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
 
+from assets.research import ranked_by_direction, screen_outcome
+from assets.walk_forward import fund_names, in_and_out_of_sample, screen_summary
 from orchestration.definitions import build_definitions, strategy_for
 from orchestration.embedded_pg import EmbeddedPostgresError, embedded_ledger
 from orchestration.instance import prepare_local_instance
@@ -34,6 +37,7 @@ from orchestration.settings import Settings, SettingsError, load_settings
 from resources.deployment import deployed
 from resources.market_data import MarketDataResource
 from resources.parquet_io import PartitionedParquetIOManager
+from resources.tracking import MlflowTracking
 from trading.ledger import Ledger
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -62,7 +66,7 @@ def main() -> int:
         print("ledger      : ETF_POSTGRES_URL")
         return _demo(settings, ui_hint="make dev  (with the same ETF_POSTGRES_URL)")
     try:
-        with embedded_ledger(settings.home) as server:
+        with embedded_ledger(settings.data_home) as server:
             print(f"ledger      : embedded PostgreSQL {server.url(hide_password=True)}, "
                   f"data in {server.data}")
             status = _demo(settings.model_copy(update={"postgres_url": server.url()}),
@@ -103,6 +107,7 @@ def _demo(settings: Settings, *, ui_hint: str) -> int:
     print(f"\nMLflow      : {settings.resolved_mlflow_uri} "
           f"(experiment {strategy_for(settings).experiment_name})")
     print(f"Inspect it in the UI: {ui_hint}")
+    _print_links(settings)
     return status
 
 
@@ -182,29 +187,35 @@ def _summarise_research(settings: Settings, end: str) -> None:
     last = io.load_partitions(dg.AssetKey("cross_sections"), [end])
     print(f"\ncross-section of {end} ({len(last)} eligible funds):")
     print(last.drop(columns=["date"]).round(4).to_string(index=False))
-    _summarise_screening(io)
-    _summarise_walk_forward(defs, io)
+    _summarise_screening(io, strategy_for(settings).screening_horizon)
+    _summarise_walk_forward(settings, defs, io)
 
 
-def _summarise_screening(io: PartitionedParquetIOManager) -> None:
+def _summarise_screening(io: PartitionedParquetIOManager, horizon: int) -> None:
     ic = pd.read_parquet(io.path_for(dg.AssetKey("factor_ic")))
-    top = ic.loc[ic["horizon"] == 5].assign(abs_icir=lambda t: t["icir"].abs())
-    top = top.sort_values("abs_icir", ascending=False).head(8)
-    print("\nfactor screening, horizon 5 sessions (T1_OPEN), strongest |ICIR| first:")
-    print(top[["factor", "mean_ic", "icir", "t_nw", "p_value", "hit_rate"]].round(4)
-          .to_string(index=False))
+    top = ranked_by_direction(ic, horizon).head(8)
+    print(f"\nfactor screening, horizon {horizon} sessions (T1_OPEN), best ICIR in the "
+          "declared direction first:")
+    print(top[["factor", "direction", "directed_icir", "mean_ic", "t_nw", "p_value",
+               "hit_rate"]].round(4).to_string(index=False))
     reasons = pd.read_parquet(io.path_for(dg.AssetKey("selected_factors")))
     chosen = reasons.loc[reasons["selected"], "factor"].tolist()
-    print(f"selected factors: {chosen or 'none pass the SPEC §5 screen on this market'}")
+    print(f"full-history screen: {screen_outcome(chosen, len(reasons))}")
 
 
-def _summarise_walk_forward(defs: dg.Definitions, io: PartitionedParquetIOManager) -> None:
-    results = io.load_partitions(dg.AssetKey("wfo_results"), window_keys(defs))
-    print(f"\nwalk-forward: {len(results)} windows, frozen winner per window "
-          "(in-sample score; out-of-sample result):")
-    print(results[["window", "factors", "top_n", "rebalance_every", "weighting",
-                   "in_sample_score", "oos_total_return", "oos_max_drawdown"]]
-          .round(4).to_string(index=False))
+def _summarise_walk_forward(settings: Settings, defs: dg.Definitions,
+                            io: PartitionedParquetIOManager) -> None:
+    keys = window_keys(defs)
+    results = io.load_partitions(dg.AssetKey("wfo_results"), keys)
+    screens = io.load_partitions(dg.AssetKey("wfo_windows"), keys)
+    min_factors = strategy_for(settings).search.min_factors
+    print(f"\nwalk-forward: {len(results)} windows; each window screens its own in-sample "
+          "sessions:")
+    print(screen_summary(screens, min_factors)[["window", "passed", "filled_up", "chosen"]]
+          .to_string(index=False))
+    print("\nfrozen winner per window, in-sample beside out-of-sample (Sharpe; annualised "
+          "return %):")
+    print(in_and_out_of_sample(results).drop(columns=["out_of_sample"]).to_string(index=False))
     daily = pd.read_parquet(io.path_for(dg.AssetKey("oos_backtest")))
     first, last_row = daily.iloc[0], daily.iloc[-1]
     print(f"\nstitched out-of-sample backtest {first['date']:%Y-%m-%d} .. "
@@ -214,10 +225,12 @@ def _summarise_walk_forward(defs: dg.Definitions, io: PartitionedParquetIOManage
     for column in [c for c in daily.columns if c.startswith("benchmark_")]:
         print(f"  {column.removeprefix('benchmark_'):<22}: {last_row[column] - 1:+.2%}")
     target = pd.read_parquet(io.path_for(dg.AssetKey("target_portfolio")))
-    held = target.loc[target["weight"] > 0]
-    print(f"\ntarget portfolio for the session after {target['date'].iloc[0]:%Y-%m-%d} "
-          f"(window {target['window'].iloc[0]}):")
-    print(held[["symbol", "weight", "reason"]].round(4).to_string(index=False))
+    held = target.loc[target["weight"] > 0, ["symbol", "weight", "reason"]]
+    names = fund_names(deployed(defs, "market_data", MarketDataResource))
+    held.insert(1, "name", held["symbol"].map(names).fillna(""))
+    print(f"\ntarget portfolio decided at the close of {target['date'].iloc[0]:%Y-%m-%d} for "
+          f"the next open (window {target['window'].iloc[0]}):")
+    print(held.assign(weight=held["weight"].map("{:.2%}".format)).to_string(index=False))
     print(f"cash: {1 - held['weight'].sum():.2%}")
 
 
@@ -350,7 +363,8 @@ def _print_report(report: dg.ExecuteInProcessResult, currency: str) -> None:
         meta = {k: v.value for k, v in done[-1].metadata.items()}
         print(f"account     : equity {meta['equity']:,.2f} {currency} (cash {meta['cash']:,.2f}), "
               f"P&L {meta['pnl']:+,.2f} on {meta['initial_cash']:,.0f}")
-        print(f"positions   :\n{meta['positions']}")
+        rows = pd.DataFrame([r.data for r in done[-1].metadata["positions"].value.records])
+        print(f"positions   :\n{rows.to_string(index=False) if len(rows) else 'none'}")
     for check in report.get_asset_check_evaluations():
         figures = {k: v.value for k, v in check.metadata.items()}
         if "max_rel_diff" in figures:
@@ -360,6 +374,28 @@ def _print_report(report: dg.ExecuteInProcessResult, currency: str) -> None:
                   f"{'passed' if check.passed else 'FAILED'} ({check.check_name})")
         else:
             print(f"check       : {check.check_name} {'passed' if check.passed else 'FAILED'}")
+
+
+def _print_links(settings: Settings) -> None:
+    """Where `make dev` shows what the demo made (the UIs at the ports of the settings)."""
+    defs = build_definitions(settings)
+    tracking = deployed(defs, "tracking", MlflowTracking)
+    experiment = tracking.experiment(strategy_for(settings).experiment_name, create=False)
+    if settings.resolved_dagster_url:
+        print(f"  Dagster   : {settings.resolved_dagster_url}/assets")
+        print(f"  lineage   : {lineage_url(settings.resolved_dagster_url, defs)}")
+    if experiment is not None and tracking.experiment_url(experiment.experiment_id):
+        print(f"  MLflow    : {tracking.experiment_url(experiment.experiment_id)}")
+
+
+def lineage_url(dagster_url: str, defs: dg.Definitions) -> str:
+    """The global lineage page with every asset group expanded (the UI collapses them all
+    when it opens on more than one; ``expanded`` lists the groups it shows open)."""
+    groups = sorted({group for asset in defs.assets or []
+                     if isinstance(asset, dg.AssetsDefinition)
+                     for group in asset.group_names_by_key.values()})
+    expanded = ",".join(f"global@global:{g}" for g in groups)
+    return f"{dagster_url.rstrip('/')}/asset-groups?expanded={quote(expanded, safe='@:,')}"
 
 
 def _print_failures(result: dg.ExecuteInProcessResult) -> None:

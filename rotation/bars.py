@@ -50,7 +50,12 @@ def conform_bars(frame: pd.DataFrame) -> pd.DataFrame:
         out["amount"] = float("nan")
     if "adj_factor" not in out:
         out["adj_factor"] = 1.0
-    out["date"] = pd.to_datetime(out["date"]).dt.normalize().astype("datetime64[ns]")
+    dates = pd.to_datetime(out["date"])
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):
+        # Sources report such rows (``source_dates``) and drop them: an instant is not a date.
+        raise ValueError("conform_bars: dates carry a timezone; a source must report and drop "
+                         "them (rotation.sources.mapping.normalise), never strip it")
+    out["date"] = dates.dt.normalize().astype("datetime64[ns]")
     out = out.astype(BAR_DTYPES)
     return out.loc[:, list(BAR_COLUMNS)].sort_values(["date", "symbol"], kind="stable").reset_index(
         drop=True

@@ -174,7 +174,17 @@ class MarketProfile(BaseModel):
     # nothing more specific about a fund.
     class_by_prefix: dict[str, str] = Field(default_factory=dict)
     benchmark: str
+    # Local time (the profile's timezone) of the after-close run, by which the session's bars
+    # are final: the default schedule runs then, Monday to Friday (ETF_SCHEDULE_CRON overrides).
+    after_close: str = Field(default="16:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     sources: list[str] = Field(default_factory=list)
+
+    @property
+    def after_close_cron(self) -> str:
+        """The after-close run as a cron, Monday to Friday (``30 16 * * 1-5`` for 16:30);
+        sessions are told from holidays by the calendar, not by the cron."""
+        hour, minute = self.after_close.split(":")
+        return f"{int(minute)} {int(hour)} * * 1-5"
 
     @model_validator(mode="after")
     def _default_known(self) -> MarketProfile:

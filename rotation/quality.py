@@ -7,6 +7,10 @@ rows and every failure names the source file, symbol, date and rule.
 
 Structural problems met while reading a source (missing column, a string in a numeric column, an
 empty file) never reach GX as rows; they arrive as load issues and fail their own named rule.
+
+Every rule blocks (a failure stops ``raw_bars`` and everything downstream) except the few marked
+``blocking=False``: those report something a reviewer should look at on data that is still
+well defined (a split recorded on a non-session: its ex-date is the first session after it).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ class QualityRule:
     description: str
     # Where the rule is evaluated: "source" (load issues) or "bars" (GX over the bar frame).
     kind: str = "bars"
+    # A failing non-blocking rule is reported (a WARN check) but stores and runs downstream.
+    blocking: bool = True
 
 
 RULES: tuple[QualityRule, ...] = (
@@ -44,6 +50,9 @@ RULES: tuple[QualityRule, ...] = (
     QualityRule("source_values_numeric", "price and volume cells parse as numbers", "source"),
     QualityRule("source_dates", "date cells parse as dates, without a timezone", "source"),
     QualityRule("source_symbols", "every row's symbol reads in the market's symbol scheme",
+                "source"),
+    QualityRule("symbols_file_encoding",
+                "the universe's symbols file is UTF-8 (with or without BOM) or GBK/GB18030 text",
                 "source"),
     QualityRule("symbol_exchange", "a code's exchange suffix is the exchange the code trades on",
                 "source"),
@@ -55,6 +64,12 @@ RULES: tuple[QualityRule, ...] = (
                 "adjustment-factor files: dates parse and are unique per fund", "source"),
     QualityRule("factor_values_valid",
                 "adjustment-factor files: factors are finite numbers > 0", "source"),
+    QualityRule("split_events_valid",
+                "split table: every event has a fund's code, a date and a ratio > 0", "source"),
+    QualityRule("split_record_date_is_session",
+                "a split's record date is a session (otherwise its ex-date, the first session "
+                "after it, is reported for review; a warning, not blocking)", "source",
+                blocking=False),
     QualityRule(
         "sessions_have_bars",
         "every session of the range has bars (the source has published it)",
@@ -76,6 +91,11 @@ RULES: tuple[QualityRule, ...] = (
         "open_within_price_limit",
         "the open lies within the fund's price limit of the previous close (an open beyond it "
         "with the close inside means open and close were swapped, or the open is wrong)",
+    ),
+    QualityRule(
+        "range_within_price_limit",
+        "high / low within what the fund's price limit L allows in one session, (1+L)/(1-L) "
+        "plus a tick each way (needs no previous bar: checks a fund's first day too)",
     ),
     QualityRule("no_long_gaps", "no run of missing sessions longer than the suspension tolerance"),
     QualityRule(
@@ -162,6 +182,10 @@ def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame
     # An open beyond the band while the close is inside: open and close swapped (or a bad open).
     open_ret = f["open"] * f["adj_factor"] / prev_adj - 1.0
     open_excess = (open_ret.abs() - tolerance).where(exchange_limit & (limit_excess <= 0), -1.0)
+    # Both high and low lie within the band around one reference close, whatever it was.
+    range_bound = (1 + limits) / (1 - limits) * (1 + cfg.limit_slack) + 2 * TICK / f["low"]
+    range_excess = (f["high"] / f["low"] - range_bound).where(exchange_limit, -1.0)
+    prev_date = by["date"].shift()
 
     same_close = (f["close"] == prev_raw) & (f["volume"] > 0)
     run_break = (~same_close).astype(np.int64).groupby(f["symbol"], sort=False).cumsum()
@@ -187,6 +211,10 @@ def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame
             "limit_excess": limit_excess,
             "open_return": open_ret,
             "open_excess": open_excess.fillna(-1.0),
+            "range_ratio": f["high"] / f["low"],
+            "range_bound": range_bound,
+            "range_excess": range_excess.fillna(-1.0),
+            "previous_date": prev_date,
             "stale_run": stale_run.astype("float64"),
             "stale_bound": stale_bound,
             "stale_excess": stale_run - stale_bound,
@@ -230,6 +258,8 @@ def _expectations(ctx: QualityContext) -> list[tuple[str, Expectation]]:
          e.ExpectColumnValuesToBeBetween(column="limit_excess", max_value=0)),
         ("open_within_price_limit",
          e.ExpectColumnValuesToBeBetween(column="open_excess", max_value=0)),
+        ("range_within_price_limit",
+         e.ExpectColumnValuesToBeBetween(column="range_excess", max_value=0)),
         ("no_long_gaps", e.ExpectColumnValuesToBeBetween(column="missing_sessions_before",
                                                           max_value=cfg.max_gap_sessions)),
         ("no_stale_closes", e.ExpectColumnValuesToBeBetween(column="stale_excess",
@@ -305,12 +335,17 @@ def _message(rule: str, row: pd.Series) -> str:
     if rule == "returns_within_price_limit":
         bound = (f"{row['price_limit']:.0%} price limit" if row["exchange_limit"] else
                  f"{row['price_limit']:.0%} bound for a fund without a price limit")
-        return (f"{where}: adjusted return {row['adj_return']:+.2%} beyond the {bound} with no "
-                f"adjustment event to explain it (adj_factor {row['adj_factor']:g})")
+        return (f"{where}: adjusted return {row['adj_return']:+.2%}{_since(row)} beyond the "
+                f"{bound} with no adjustment event to explain it "
+                f"(adj_factor {row['adj_factor']:g})")
     if rule == "open_within_price_limit":
         return (f"{where}: open {row['open']} is {row['open_return']:+.2%} from the previous "
-                f"close, beyond the {row['price_limit']:.0%} price limit, while the close is "
-                "inside it (open and close swapped?)")
+                f"close{_since(row)}, beyond the {row['price_limit']:.0%} price limit, while "
+                "the close is inside it (open and close swapped?)")
+    if rule == "range_within_price_limit":
+        return (f"{where}: high {row['high']} / low {row['low']} = {row['range_ratio']:.4f}, "
+                f"more than the {row['price_limit']:.0%} price limit allows in one session "
+                f"(at most {row['range_bound']:.4f}; a wrong high, low or close)")
     if rule == "no_long_gaps":
         return (f"{where}: {int(row['missing_sessions_before'])} sessions without a bar "
                 "before this one (beyond the suspension tolerance)")
@@ -321,6 +356,14 @@ def _message(rule: str, row: pd.Series) -> str:
         return (f"{where}: amount/volume = {row['vwap']:.4g} outside [low {row['low']}, "
                 f"high {row['high']}] (unit or scale error?)")
     return f"{where}: fails {rule}"
+
+
+def _since(row: pd.Series) -> str:
+    """The day of the close a day-over-day move is measured from (a bad bar on that day, e.g.
+    a fund's first, shows as a move on this one)."""
+    if pd.isna(row["previous_date"]):
+        return ""
+    return f" (previous close {pd.Timestamp(row['previous_date']):%Y-%m-%d})"
 
 
 FAILURE_COLUMNS = ["rule", "source", "symbol", "date", "message"]
@@ -387,8 +430,8 @@ def evaluate(
             failures["message"] = [_message(rule.name, r) for _, r in rows.iterrows()]
             keep = [c for c in FAILURE_COLUMNS if c in failures] + [
                 c for c in ("open", "high", "low", "close", "volume", "amount", "adj_factor",
-                            "adj_return", "open_return", "missing_sessions_before", "stale_run",
-                            "vwap")
+                            "adj_return", "open_return", "range_ratio", "previous_date",
+                            "missing_sessions_before", "stale_run", "vwap")
                 if c in failures
             ]
             failures = failures.loc[:, keep].sort_values(["date", "symbol"]).reset_index(drop=True)
@@ -413,4 +456,10 @@ def _empty_failures() -> pd.DataFrame:
 
 
 def failed(outcomes: Sequence[RuleOutcome]) -> list[RuleOutcome]:
-    return [o for o in outcomes if not o.passed]
+    """The failed blocking rules (a failed non-blocking rule is a warning)."""
+    return [o for o in outcomes if not o.passed and o.rule.blocking]
+
+
+def warned(outcomes: Sequence[RuleOutcome]) -> list[RuleOutcome]:
+    """The failed non-blocking rules."""
+    return [o for o in outcomes if not o.passed and not o.rule.blocking]

@@ -37,8 +37,10 @@ __all__ = [
     "equity_figure",
     "figure_png",
     "html_report",
+    "lines_figure",
     "markdown_image",
     "png_base64",
+    "window_bars_figure",
 ]
 
 PERCENT_KEYS = ("return", "cagr", "drawdown", "volatility", "exposure", "turnover", "win_rate",
@@ -106,8 +108,16 @@ def equity_figure(equity: pd.Series, benchmarks: Mapping[str, pd.Series] | None 
         ax.axvline(pd.Timestamp(ts), color="grey", alpha=0.35, lw=0.8)
     ax.set_title(title)
     ax.set_ylabel("growth of 1")
-    ax.legend(loc="upper left", fontsize="small")
+    _legend_outside(ax)
     return fig
+
+
+def _legend_outside(ax: Axes) -> None:
+    """The legend below the plot area, never over the lines."""
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small",
+                  ncol=min(len(handles), 3), frameon=False)
 
 
 def drawdown_figure(equity: pd.Series, benchmarks: Mapping[str, pd.Series] | None = None, *,
@@ -125,7 +135,56 @@ def drawdown_figure(equity: pd.Series, benchmarks: Mapping[str, pd.Series] | Non
         ax.plot(eq.index, bm_dd.to_numpy(), label=str(name), color=f"C{k}", lw=1.0)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=100.0))
     ax.set_title(title)
-    ax.legend(loc="lower left", fontsize="small")
+    _legend_outside(ax)
+    return fig
+
+
+def window_bars_figure(windows: pd.DataFrame, *, title: str = "Sharpe per walk-forward window"
+                       ) -> Figure:
+    """In-sample against out-of-sample per walk-forward window: ``windows`` has the columns
+    ``window`` and ``in_sample`` / ``out_of_sample`` (one bar each); a window without a value
+    (no trade) has no bar."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), dpi=_DPI)
+    ax = fig.add_subplot()
+    x = list(range(len(windows)))
+    width = 0.4
+    for k, (column, color) in enumerate((("in_sample", "C7"), ("out_of_sample", "C0"))):
+        if column in windows:
+            ax.bar([i + (k - 0.5) * width for i in x], windows[column].astype(float).to_numpy(),
+                   width=width, color=color, label=column.replace("_", "-"))
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(w).split("_")[-1] if "_" in str(w) else str(w)
+                        for w in windows["window"]], rotation=45, ha="right", fontsize="small")
+    ax.set_xlabel("window (out-of-sample start)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    _legend_outside_right(ax)
+    return fig
+
+
+def _legend_outside_right(ax: Axes) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                  frameon=False)
+
+
+def lines_figure(frame: pd.DataFrame, *, title: str, ylabel: str = "",
+                 marker: str | None = None, height: float = 3.6) -> Figure:
+    """Each column of ``frame`` as a line over its index, the legend below the plot."""
+    fig, ax = _new_figure(height, frame.index)
+    for k, column in enumerate(frame.columns):
+        ax.plot(frame.index, frame[column].astype(float).to_numpy(), label=str(column),
+                color=f"C{k % 10}", lw=1.2, marker=marker)
+    if pd.api.types.is_integer_dtype(frame.index):
+        ax.set_xticks(list(frame.index))       # e.g. horizons: 1, 5, 10, 20
+    ax.set_title(title)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    _legend_outside(ax)
     return fig
 
 
@@ -187,24 +246,29 @@ def _metrics_table(metrics: Mapping[str, float]) -> str:
     return f'<table class="metrics"><tr><th>metric</th><th>value</th></tr>{rows}</table>'
 
 
-def _weights_section(weights: pd.DataFrame) -> str:
+def _weights_section(weights: pd.DataFrame, names: Mapping[str, str] | None = None,
+                     title: str = "Latest weights") -> str:
     # An all-NaN row means "no decision"; an all-zero row is a decision to hold cash.
     decided = weights.sort_index().dropna(how="all")
     if decided.empty:
-        return "<h2>Latest weights</h2><p>No weights.</p>"
+        return f"<h2>{_esc(title)}</h2><p>No weights.</p>"
     when = decided.index[-1]
     label = when.date().isoformat() if isinstance(when, pd.Timestamp) else str(when)
     row = decided.iloc[-1].astype(float)
     held = row[row > 0].sort_values(ascending=False, kind="stable")
-    head = f"<h2>Latest weights ({_esc(label)})</h2>"
+    head = f"<h2>{_esc(title)} ({_esc(label)})</h2>"
     if held.empty:
         return f"{head}<p>No holdings (all cash).</p>"
-    body = "".join(f"<tr><th>{_esc(sym)}</th><td>{w * 100:.2f}%</td></tr>"
-                   for sym, w in held.items())
+    names = names or {}
+    named = any(names.get(str(sym)) for sym in held.index)
+    body = "".join(f"<tr><th>{_esc(sym)}</th>"
+                   + (f"<td style=\"text-align:left\">{_esc(names.get(str(sym), ''))}</td>"
+                      if named else "")
+                   + f"<td>{w * 100:.2f}%</td></tr>" for sym, w in held.items())
     cash = 1.0 - float(held.sum())
-    foot = f"<p>Cash: {cash * 100:.2f}%</p>" if cash > 1e-9 else ""
-    return (f'{head}<table class="weights"><tr><th>symbol</th><th>weight</th></tr>{body}'
-            f"</table>{foot}")
+    foot = f"<p>Cash: {cash * 100:.2f}%</p>" if cash > 1e-9 else "<p>Cash: 0.00%</p>"
+    header = "<tr><th>symbol</th>" + ("<th>name</th>" if named else "") + "<th>weight</th></tr>"
+    return f'{head}<table class="weights">{header}{body}</table>{foot}'
 
 
 def _img(png_b64: str, alt: str) -> str:
@@ -215,8 +279,13 @@ def html_report(title: str, *, metrics: Mapping[str, float], equity: pd.Series,
                 benchmarks: Mapping[str, pd.Series] | None = None,
                 weights: pd.DataFrame | None = None,
                 tables: Mapping[str, pd.DataFrame] | None = None,
-                notes: Sequence[str] = ()) -> str:
-    """One self-contained HTML page (inline CSS and images, no scripts, no external URLs)."""
+                notes: Sequence[str] = (),
+                names: Mapping[str, str] | None = None,
+                weights_title: str = "Latest weights",
+                figures: Mapping[str, Figure] | None = None) -> str:
+    """One self-contained HTML page (inline CSS and images, no scripts, no external URLs).
+    ``names``: fund names by symbol, shown beside the weights; ``figures``: more plots after
+    the equity and drawdown (e.g. per-window bars)."""
     eq_png = png_base64(equity_figure(equity, benchmarks))
     dd_png = png_base64(drawdown_figure(equity, benchmarks))
     parts = [
@@ -232,8 +301,10 @@ def html_report(title: str, *, metrics: Mapping[str, float], equity: pd.Series,
         "<h2>Drawdown</h2>",
         _img(dd_png, "Drawdown"),
     ]
+    for name, figure in (figures or {}).items():
+        parts += [f"<h2>{_esc(name)}</h2>", _img(png_base64(figure), name)]
     if weights is not None:
-        parts.append(_weights_section(weights))
+        parts.append(_weights_section(weights, names, weights_title))
     for name, table in (tables or {}).items():
         parts += [f"<h2>{_esc(name)}</h2>", table.to_html(escape=True, border=0)]
     parts.append("</body></html>")

@@ -69,7 +69,8 @@ from rotation.wfo import WfoConfig
 
 # The built-in generated market (rotation.sources.sample) has no dataset config file.
 SAMPLE_DATASET = "sample"
-# Commission on exchange-traded funds in China is capped at 0.3 % of the traded value.
+# Commission on exchange-traded funds in China is capped at 0.3 % of the traded value; the
+# market profiles' rates (config/markets) are far below it in every market.
 MAX_COMMISSION_BPS = 30.0
 
 _CODE_RE = re.compile(r"^[15]\d{5}$")
@@ -127,20 +128,27 @@ def _fund_code(value: Any) -> Any:
 
 
 def _market_of(data: Mapping[str, Any]) -> str:
-    """The market profile a universe section trades in: ``market``, else its dataset's."""
-    if data.get("market"):
-        return str(data["market"])
+    """The market profile a universe section trades in: its dataset's (the sample market is
+    A-share funds), else ``market``, else A-share funds. A ``market`` that contradicts the
+    dataset's is an error."""
+    given = str(data["market"]) if data.get("market") else None
     dataset = data.get("dataset")
-    if not isinstance(dataset, str) or dataset == SAMPLE_DATASET:
-        return DEFAULT_MARKET
-    path = Path(dataset) if Path(dataset).suffix in {".yaml", ".yml"} \
-        else DATASET_CONFIG_DIR / f"{dataset}.yaml"
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return DEFAULT_MARKET  # the dataset field reports the unreadable file
-    return str(spec.get("market", DEFAULT_MARKET)) if isinstance(spec, Mapping) \
-        else DEFAULT_MARKET
+    if not isinstance(dataset, str):
+        return given or DEFAULT_MARKET
+    of_data: str | None = DEFAULT_MARKET
+    if dataset != SAMPLE_DATASET:
+        path = Path(dataset) if Path(dataset).suffix in {".yaml", ".yml"} \
+            else DATASET_CONFIG_DIR / f"{dataset}.yaml"
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            spec = None  # the dataset field reports the unreadable file
+        of_data = str(spec.get("market", DEFAULT_MARKET)) if isinstance(spec, Mapping) \
+            else None
+    if given is not None and of_data is not None and given != of_data:
+        raise ValueError(f"market: {given!r} differs from the market of dataset {dataset!r} "
+                         f"({of_data!r}); the dataset's market is the strategy's (remove it)")
+    return given or of_data or DEFAULT_MARKET
 
 
 FundCode = Annotated[str, BeforeValidator(_fund_code)]
@@ -387,7 +395,7 @@ class CostConfig(BaseModel):
     def _commission_in_bps(cls, value: float | None) -> float | None:
         if value is not None and value > MAX_COMMISSION_BPS:
             raise ValueError(f"commission is in basis points (2 = 0.02 %); {value:g} exceeds "
-                             f"the {MAX_COMMISSION_BPS:g} bp (0.3 %) cap on fund commissions")
+                             f"the {MAX_COMMISSION_BPS:g} bp (0.3 %) bound on a commission rate")
         return value
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import psycopg
 import pytest
+import yaml
 
 from orchestration.instance import configure_event_batching
-from orchestration.settings import Settings, load_settings
+from orchestration.settings import DATASET_CONFIG_DIR, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -88,6 +91,20 @@ EXECUTION_START = "2021-01-04"
 # The stored history ends on a Friday; the paper venue fills at the next session's open.
 EXECUTION_SIGNAL_DAY = "2023-12-29"
 EXECUTION_FILL_DAY = "2024-01-02"
+
+
+def copy_dataset(shared: Path, dataset: str, root: Path, symbols: tuple[str, ...]) -> Path:
+    """A few funds of a Parquet dataset of ../shared/data (its files and symbols table) under
+    ``root`` with the shipped dataset config as ``root/dataset.yaml``: a source to corrupt."""
+    src = shared / dataset
+    (root / "parquet").mkdir(parents=True)
+    for symbol in symbols:
+        shutil.copy(src / "parquet" / f"{symbol}.parquet", root / "parquet")
+    table = pd.read_csv(src / "symbols.csv", dtype=str)
+    table.loc[table["code"].isin(symbols)].to_csv(root / "symbols.csv", index=False)
+    spec = yaml.safe_load((DATASET_CONFIG_DIR / f"{dataset}.yaml").read_text(encoding="utf-8"))
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), "utf-8")
+    return root
 
 
 def new_database(prefix: str) -> str:

@@ -91,16 +91,18 @@ def test_full_history_backfill_of_a_real_dataset(
         pd.testing.assert_series_equal(merged[column], merged[f"{column}_src"],
                                        check_names=False)
 
-    # A single-run backfill's metadata describes the whole range it wrote.
+    # Each partition of a single-run backfill describes itself; the run's figures are run_*.
     meta = _latest_metadata(pg_instance, "raw_bars")
-    assert meta["dagster/row_count"] == len(expected)
-    assert meta["funds_covered"] == expected["symbol"].nunique()
-    assert (meta["first_date"], meta["last_date"]) == (start, end)
-    assert meta["sessions"] == expected["date"].nunique()
-    assert meta["missing_values"] == (
-        {"amount": int(expected["amount"].isna().sum())} if expected["amount"].isna().any() else {}
-    )
-    assert str(expected["close"].iloc[-1]) in meta["preview"]
+    last_day = expected.loc[expected["date"] == end]
+    assert meta["dagster/row_count"] == len(last_day)
+    assert meta["funds_covered"] == last_day["symbol"].nunique()
+    assert (meta["first_date"], meta["last_date"], meta["session"]) == (end, end, end)
+    assert meta["missing_values"] == int(last_day.isna().sum().sum())
+    closes = {r.data["close"] for r in meta["preview"].records}  # type: ignore[attr-defined]
+    assert closes <= set(last_day["close"].round(6))
+    assert meta["run_row_count"] == len(expected)
+    assert meta["run_funds_covered"] == expected["symbol"].nunique()
+    assert (meta["run_first_date"], meta["run_last_date"]) == (start, end)
 
     cross = io.load_partitions(dg.AssetKey("cross_sections"), [end])
     assert len(cross) >= 0.8 * cross_funds_expected(expected, end)
@@ -125,7 +127,7 @@ def test_full_history_backfill_of_the_sample_market(
     assert (start, end) == ("2019-01-02", "2025-12-31")
     assert len(keys) == len(pd.bdate_range(start, end))
     meta = _latest_metadata(pg_instance, "cross_sections")
-    assert meta["funds_per_session_max"] == 20
+    assert meta["run_funds_per_session_max"] == 20
 
     # The schedule's unit of work: one session, reading 85 days of history from storage.
     job = defs.resolve_job_def("market_data_job")
@@ -153,7 +155,9 @@ def test_full_history_backfill_of_the_sample_market(
     assert len(reasons) == ic["factor"].nunique()
     meta = _latest_metadata(pg_instance, "selected_factors")
     assert meta["selected"] == reasons.loc[reasons["selected"], "factor"].tolist()
-    assert "data:image/png;base64," in _latest_metadata(pg_instance, "factor_ic")["plots"]
+    # The plots are shown inline from the MLflow UI that serves the screening run's artifacts.
+    ic_meta = _latest_metadata(pg_instance, "factor_ic")
+    assert "/get-artifact?path=plots%2Fcumulative_ic.png" in ic_meta["plot_cumulative_ic"]
 
 
 def test_cross_sections_without_their_history_fail_clearly(

@@ -280,6 +280,17 @@ def test_benchmark_comparison_by_hand() -> None:
     assert out["information_ratio"] == pytest.approx(active.mean() * 252 / te)
 
 
+def test_benchmark_without_common_sessions_is_unknown_not_an_error() -> None:
+    """A benchmark fund listed after the period (510300 before 2012 on the real A-share
+    history): the comparison is NaN, the backtest goes on."""
+    eq = pd.Series([1.0, 1.02, 1.03], index=pd.bdate_range("2006-01-02", periods=3))
+    bm = pd.Series([np.nan, np.nan, np.nan], index=eq.index)
+    out = benchmark_comparison(eq, bm)
+    assert set(out) == {"benchmark_total_return", "excess_return", "excess_cagr",
+                        "tracking_error", "information_ratio"}
+    assert all(math.isnan(v) for v in out.values())
+
+
 def test_config_rejects_unknown_fields() -> None:
     with pytest.raises(Exception, match="bogus"):
         BacktestConfig(bogus=1)  # type: ignore[call-arg]

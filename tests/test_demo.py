@@ -104,8 +104,9 @@ def test_make_demo_runs_the_whole_chain_on_an_embedded_server(home: Path) -> Non
     # Stopped: no server process on the home's data directory, nothing on its port.
     assert server_processes(home) == []
     assert not port_open(port)
-    assert not (home / "postgres" / "data" / "postmaster.pid").exists()
-    assert_ledger_kept(home, signal_id, int(orders.group(1)))
+    # The sample's results (and its ledger) live in its own folder of the home.
+    assert not (home / "sample" / "postgres" / "data" / "postmaster.pid").exists()
+    assert_ledger_kept(home / "sample", signal_id, int(orders.group(1)))
 
 
 def assert_ledger_kept(home: Path, signal_id: str, orders: int) -> None:

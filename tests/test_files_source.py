@@ -554,9 +554,12 @@ def test_gbk_symbols_file_reads_with_its_names(tmp_path: Path) -> None:
     names = {i.symbol: i.name for i in FileMarketSource(tmp_path, spec).instruments()}
     expected = table.set_index("code")["name"].drop("160520")
     assert names == expected.to_dict()
+    # Neither UTF-8 nor GBK: read with the bad bytes replaced, a named issue (not a crash).
     (tmp_path / "symbols.csv").write_bytes(b"code,name\n510300,\xff\xfe\xfa\n")
-    with pytest.raises(DatasetConfigError, match=r"symbols\.csv: neither UTF-8 nor GBK"):
-        FileMarketSource(tmp_path, spec).instruments()
+    source = FileMarketSource(tmp_path, spec)
+    assert [i.symbol for i in source.instruments()] == ["510300"]
+    found = source.load().issues.set_index("rule")
+    assert "line 2 (510300)" in found.loc["symbols_file_encoding", "message"]
 
 
 def test_split_recorded_on_a_non_session_applies_from_the_next_session(tmp_path: Path) -> None:

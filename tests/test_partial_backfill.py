@@ -9,7 +9,6 @@ corrupted copy has 510300's high below its low on 2024-03-05.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +16,14 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-import yaml
-from conftest import PG_SERVER, scratch_database
+from conftest import PG_SERVER, copy_dataset, scratch_database
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from assets.market import FIELD_WINDOW, failed_partitions
 from orchestration.definitions import build_definitions
 from orchestration.runs import full_history, run_range
-from orchestration.settings import DATASET_CONFIG_DIR, load_settings
+from orchestration.settings import Settings, load_settings
 from rotation import quality
 
 DATASET = "cn_etf_akshare_qfq_2020"
@@ -35,15 +33,7 @@ ASSETS = ("raw_bars", "adjusted_bars", "cross_sections")
 
 
 def _copy(shared: Path, root: Path) -> Path:
-    src = shared / DATASET
-    (root / "parquet").mkdir(parents=True)
-    for symbol in SYMBOLS:
-        shutil.copy(src / "parquet" / f"{symbol}.parquet", root / "parquet")
-    symbols = pd.read_csv(src / "symbols.csv", dtype=str)
-    symbols.loc[symbols["code"].isin(SYMBOLS)].to_csv(root / "symbols.csv", index=False)
-    spec = yaml.safe_load((DATASET_CONFIG_DIR / f"{DATASET}.yaml").read_text(encoding="utf-8"))
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), "utf-8")
-    return root
+    return copy_dataset(shared, DATASET, root, SYMBOLS)
 
 
 def _corrupt(root: Path) -> None:
@@ -79,10 +69,14 @@ class Backfills:
         return data["failed_partitions"].value
 
 
+def _settings(root: Path, home: Path) -> Settings:
+    return load_settings(home=home, market_data={
+        "source": "files", "dataset": str(root / "dataset.yaml"), "files_root": str(root)})
+
+
 def _backfill(root: Path, home: Path, instance: dg.DagsterInstance
               ) -> tuple[dg.Definitions, dg.ExecuteInProcessResult, list[str]]:
-    settings = load_settings(home=home, market_data={
-        "source": "files", "dataset": str(root / "dataset.yaml"), "files_root": str(root)})
+    settings = _settings(root, home)
     defs = build_definitions(settings)
     start, end = full_history(defs)
     assert (start, end) == ("2020-01-02", "2026-05-07")
@@ -109,8 +103,9 @@ def backfills(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
             "telemetry:\n  enabled: false\n", encoding="utf-8")
         with dg.DagsterInstance.from_config(str(tmp / "dagster")) as instance:
             defs, result, keys = _backfill(bad_root, tmp / "bad_home", instance)
-            yield Backfills(defs, instance, result, keys, tmp / "clean_home" / "storage",
-                            tmp / "bad_home" / "storage")
+            yield Backfills(defs, instance, result, keys,
+                            _settings(clean_root, tmp / "clean_home").resolved_storage_root,
+                            _settings(bad_root, tmp / "bad_home").resolved_storage_root)
 
 
 def test_the_run_fails_naming_the_failed_partitions(backfills: Backfills) -> None:

@@ -315,7 +315,14 @@ def test_corruption_fails_its_check_blocks_downstream_and_keeps_last_good(
 
     settings = _settings(root, storage, tmp_path / "home")
     result = run_range(build_definitions(settings), pg_instance, START, END)
+    assert_blocked(result, corruption, storage, baseline, pg_instance, case)
 
+
+def assert_blocked(result: dg.ExecuteInProcessResult, corruption: Corruption, storage: Path,
+                   baseline: Baseline, pg_instance: dg.DagsterInstance, case: str,
+                   start: str = START, end: str = END) -> None:
+    """The run of ``start..end`` failed ``corruption.rule`` naming its file, symbol and date,
+    ran nothing downstream, and left the failed partitions' last good files untouched."""
     assert not result.success
     evaluations = {
         e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
@@ -354,7 +361,7 @@ def test_corruption_fails_its_check_blocks_downstream_and_keeps_last_good(
     if corruption.date:
         assert corruption.date in failed["raw_bars"]
     else:
-        assert len(failed["raw_bars"]) == len(pd.bdate_range(START, END))
+        assert len(failed["raw_bars"]) == len(pd.bdate_range(start, end))
     stored = {(e.asset_key.to_user_string(), e.partition) for e in result.all_events
               if e.event_type_value == "ASSET_MATERIALIZATION"}
     assert not stored & {(asset, key) for asset, keys in failed.items() for key in keys}

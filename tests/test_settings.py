@@ -68,11 +68,12 @@ def test_defaults_are_local_profile_and_sample_source() -> None:
     assert s.cross_section.min_history == 60
     assert s.cross_section.winsorize == "quantile"
     assert s.cross_section.standardize == "zscore"
-    # Derived locations of the embedded profile all live under ``home``.
+    # Derived locations of the embedded profile all live under the dataset's folder of home.
     assert s.home == PROJECT_ROOT / ".etf_home"
-    assert s.resolved_storage_root == s.home / "storage"
-    assert s.dagster_home == s.home / "dagster"
-    assert s.resolved_mlflow_uri == f"sqlite:///{(s.home / 'mlflow.db').as_posix()}"
+    assert s.data_home == s.home / "sample"
+    assert s.resolved_storage_root == s.data_home / "storage"
+    assert s.dagster_home == s.data_home / "dagster"
+    assert s.resolved_mlflow_uri == f"sqlite:///{(s.data_home / 'mlflow.db').as_posix()}"
 
 
 def test_explicit_storage_root_and_mlflow_uri_win_over_derived(tmp_path: Path) -> None:
@@ -80,7 +81,7 @@ def test_explicit_storage_root_and_mlflow_uri_win_over_derived(tmp_path: Path) -
                       mlflow_tracking_uri="http://mlflow:5000")
     assert s.resolved_storage_root == tmp_path / "st"
     assert s.resolved_mlflow_uri == "http://mlflow:5000"
-    assert s.dagster_home == tmp_path / "h" / "dagster"
+    assert s.dagster_home == tmp_path / "h" / "sample" / "dagster"
 
 
 # -- environment --------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_env_vars_with_prefix_and_nested_delimiter(clean_env: pytest.MonkeyPatch
     assert s.cross_section.max_stale_days == 5
     assert s.calendar == "XNYS"
     assert s.home == tmp_path
-    assert s.resolved_storage_root == tmp_path / "storage"
+    assert s.resolved_storage_root == tmp_path / s.dataset_key / "storage"
 
 
 def test_files_source_from_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

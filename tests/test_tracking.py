@@ -285,11 +285,50 @@ def test_explicit_artifact_root_and_isolated_stores(tmp_path, client, tracking):
 
 
 def test_run_url():
+    # MLflow 3's UI opens on GenAI unless the link asks for the machine-learning workflow.
     server = MlflowTracking(tracking_uri="https://mlflow.example.com/")
     assert server.run_url("abc", experiment_id="3") == (
-        "https://mlflow.example.com/#/experiments/3/runs/abc")
+        "https://mlflow.example.com/#/experiments/3/runs/abc?workflowType=machine_learning")
     local = MlflowTracking(tracking_uri="sqlite:////tmp/never-created.db")
     assert local.run_url("abc", experiment_id="3") is None
+    # A local store with the UI `make dev` serves: links to that UI.
+    served = MlflowTracking(tracking_uri="sqlite:////tmp/never-created.db",
+                            ui_url="http://127.0.0.1:5000/")
+    assert served.run_url("abc", experiment_id="3") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+    assert served.experiment_url("3") == (
+        "http://127.0.0.1:5000/#/experiments/3/runs?viewStateShareKey=researcher"
+        "&workflowType=machine_learning")
+
+
+def test_runs_link_back_to_dagster_and_experiments_open_on_runs(tmp_path):
+    from resources.tracking import TAG_NOTE, dagster_links
+
+    tags = {"dagster.run_id": "r-1", "dagster.job_name": "portfolio_job",
+            "dagster.asset_key": "wfo_results", "dagster.partition_key": "w001_2021-05-31"}
+    links = dagster_links("http://127.0.0.1:3000/", tags)
+    assert links["dagster.run_url"] == "http://127.0.0.1:3000/runs/r-1"
+    assert links["dagster.asset_url"] == (
+        "http://127.0.0.1:3000/assets/wfo_results?partition=w001_2021-05-31")
+    assert "[r-1](http://127.0.0.1:3000/runs/r-1)" in links[TAG_NOTE]
+    assert dagster_links(None, tags) == {} and dagster_links("http://x", {}) == {}
+
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                              ui_url="http://127.0.0.1:5000", dagster_url="http://127.0.0.1:3000")
+    with tracking.run(None, experiment="view", run_name="r", params={}) as run:
+        run.log_series({"equity": pd.Series([1.0, 1.1, 1.05],
+                                             index=pd.bdate_range("2024-01-02", periods=3))})
+        assert run.artifact_url("plots/equity.png") == (
+            f"http://127.0.0.1:5000/get-artifact?path=plots%2Fequity.png&run_uuid={run.run_id}")
+    experiment = tracking.experiment("view", create=False)
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.researcher"])
+    assert "metrics.`sharpe`" in view["selectedColumns"]
+    history = tracking.client().get_metric_history(run.run_id, "equity")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [pd.Timestamp(m.timestamp, unit="ms") for m in history] == list(
+        pd.bdate_range("2024-01-02", periods=3))
 
 
 def test_artifact_names_are_checked(tracking):

@@ -95,7 +95,12 @@ def test_oos_backtest_is_stitched_from_the_windows(chain) -> None:
     results = _io(defs).load_partitions(dg.AssetKey("wfo_results"), keys)
     strategy = strategy_for(settings)
     assert daily["equity"].iloc[0] == pytest.approx(strategy.backtest_config().initial_cash)
-    assert daily["date"].iloc[-1] == results["oos_end"].max()
+    # The windows' out-of-sample sessions, then the newest winner on to the latest session:
+    # the backtest ends where target_portfolio decides (the same date on every screen).
+    _, end = full_history(defs)
+    assert results["oos_end"].max() <= daily["date"].iloc[-1] == pd.Timestamp(end)
+    newest = results.sort_values("oos_start")["window"].iloc[-1]
+    assert (daily.loc[daily["date"] > results["oos_end"].max(), "window"] == newest).all()
     # Each out-of-sample session belongs to the window whose frozen winner traded it.
     first_days = daily.groupby("window")["date"].min()
     expected = results.set_index("window")["oos_start"]
@@ -124,17 +129,24 @@ def test_mlflow_has_a_closed_run_per_window_and_per_backtest(chain) -> None:
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     keys = window_keys(defs)
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) == {f"wfo {k}" for k in keys} | {"oos backtest"}
+    assert set(by_name) == {f"wfo {k}" for k in keys} | {"oos backtest", "factor screening"}
     wfo_run_id = results[1].run_id
     for run in runs:
         assert run.info.status == "FINISHED"
+        if run.info.run_name == "factor screening":   # factor_ic's plots and table
+            continue
         tags = run.data.tags
         assert tags["code_version"] and tags["data_version"] and tags["strategy"]
         assert tags["dagster.asset_key"] in {"wfo_results", "oos_backtest"}
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"report.html", "weights.csv", "params.json", "plots"} <= artifacts
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert plots == {"plots/equity.png", "plots/drawdown.png"}
+        bars = ({"plots/sharpe_by_window.png", "plots/return_by_window.png"}
+                if run.info.run_name == "oos backtest" else set())
+        assert plots == {"plots/equity.png", "plots/drawdown.png"} | bars
+        # Equity and drawdown as stepped series, one point per session.
+        history = client.get_metric_history(run.info.run_id, "equity")
+        assert len(history) > 20 and [m.step for m in history] == list(range(len(history)))
     window_run = by_name[f"wfo {keys[0]}"]
     assert window_run.data.tags["dagster.run_id"] == wfo_run_id
     assert window_run.data.tags["wfo.window"] == keys[0]

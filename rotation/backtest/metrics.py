@@ -126,6 +126,11 @@ def benchmark_comparison(equity: pd.Series, benchmark: pd.Series) -> dict[str, f
     curve (any scale; aligned on the common dates)."""
     both = pd.concat([equity.astype(float), benchmark.astype(float)], axis=1,
                      join="inner").dropna()
+    if len(both) < 2:
+        # No common sessions (a benchmark fund listed after the period, say): nothing to
+        # compare, every figure unknown rather than an error that stops the backtest.
+        return dict.fromkeys(("benchmark_total_return", "excess_return", "excess_cagr",
+                              "tracking_error", "information_ratio"), math.nan)
     eq, bm = both.iloc[:, 0], both.iloc[:, 1]
     r, rb = returns_of(eq), returns_of(bm)
     active = r - rb

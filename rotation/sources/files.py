@@ -1,8 +1,10 @@
 """A directory of CSV or Parquet files described by a dataset configuration (YAML).
 
-Nothing here is specific to one dataset: file globs, column maps, units, adjustment factors, a
-split table, the universe and price limits all come from the dataset's YAML, so the real
-datasets in ``shared/data`` are read as they are.
+Nothing here is specific to one dataset or market: file globs, header lines, column maps, units,
+adjustment factors (or an adjusted-close column), a split table, the universe and its instrument
+classes come from the dataset's YAML, and symbols are read in the scheme of the market it names
+(``config/markets``: 6-digit A-share codes, US tickers), so the real datasets in
+``shared/data`` are read as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import datetime as dt
 import glob
 import io
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -80,6 +85,8 @@ class UniverseSpec(BaseModel):
     exchange_column: str | None = "exchange"
     asset_class_column: str | None = None
     exclude: list[str] = Field(default_factory=list)
+    # Fund names where the data names none (no symbols file, or an empty name in it).
+    names: dict[str, str] = Field(default_factory=dict)
 
 
 class AcceptedAnomaly(BaseModel):
@@ -125,9 +132,40 @@ class DatasetSpec(BaseModel):
         if unknown:
             raise ValueError(f"instrument_classes: class(es) {unknown} are not defined by "
                              f"market {profile.name} (known: {sorted(profile.classes)})")
+        self._symbols_in_scheme(profile.symbol_scheme)
         if self.calendar is None:
             self.calendar = profile.calendar
         return self
+
+    def _symbols_in_scheme(self, scheme: SymbolScheme) -> None:
+        """The symbols this file writes (``universe.symbols``, ``exclude``, ``names``,
+        ``instrument_classes.by_symbol``) in the market's form (``510300.SH`` → ``510300``,
+        ``spy`` → ``SPY``); one that is no symbol of the market is an error naming the entry."""
+        bad: list[str] = []
+
+        def canonical(values: list[str], where: str) -> list[str]:
+            out = []
+            for i, value in enumerate(values):
+                symbol = scheme.parse(value)
+                if symbol is None:
+                    bad.append(f"{where}[{i}] {value!r}")
+                out.append(symbol or value)
+            return out
+
+        u = self.universe
+        if u.symbols is not None:
+            u.symbols = canonical(u.symbols, "universe.symbols")
+        u.exclude = canonical(u.exclude, "universe.exclude")
+        u.names = dict(zip(canonical(list(u.names), "universe.names"), u.names.values(),
+                           strict=True))
+        by_symbol = self.instrument_classes.by_symbol
+        keys = canonical(list(by_symbol), "instrument_classes.by_symbol")
+        if keys != list(by_symbol):
+            self.instrument_classes = self.instrument_classes.model_copy(
+                update={"by_symbol": dict(zip(keys, by_symbol.values(), strict=True))})
+        if bad:
+            raise ValueError(f"not a symbol of market {self.market} ({scheme.kind}): "
+                             + ", ".join(bad))
 
     @property
     def calendar_name(self) -> str:
@@ -160,16 +198,7 @@ class FileMarketSource:
         u = self.spec.universe
         rows: list[dict[str, str]] = []
         if u.symbols_file:
-            table = _read_table(self.root / u.symbols_file).fillna("")
-            for rec in table.to_dict("records"):
-                rows.append(
-                    {
-                        "symbol": self._parse(rec[u.symbol_column]) or rec[u.symbol_column],
-                        "name": rec.get(u.name_column or "", ""),
-                        "exchange": rec.get(u.exchange_column or "", ""),
-                        "asset_class": rec.get(u.asset_class_column or "", ""),
-                    }
-                )
+            rows = self._universe_file()[0]
         elif u.symbols:
             rows = [{"symbol": s, "name": "", "exchange": "", "asset_class": ""} for s in u.symbols]
         else:
@@ -181,8 +210,47 @@ class FileMarketSource:
         if u.symbols and u.symbols_file:
             rows = [r for r in rows if r["symbol"] in set(u.symbols)]
         excluded = set(u.exclude)
-        kept = [r for r in rows if r["symbol"] and r["symbol"] not in excluded]
+        kept = [{**r, "name": r["name"] or u.names.get(r["symbol"], "")}
+                for r in rows if r["symbol"] and r["symbol"] not in excluded]
         return resolve(self.profile, self.spec.instrument_classes, kept)
+
+    def _universe_file(self) -> tuple[list[dict[str, str]], list[dict[str, object]]]:
+        """The symbols file's rows, and its problems as issues: text in no known encoding
+        (``symbols_file_encoding``: read with the undecodable bytes replaced, so codes still
+        come through), a missing code column, an exchange the code does not trade on."""
+        u = self.spec.universe
+        assert u.symbols_file is not None
+        path = self.root / u.symbols_file
+        label = self._rel(str(path))
+        table, found = _read_table(path, label, self._parse)
+        if u.symbol_column not in table.columns:
+            return [], [*found, issue(label, None, None, u.symbol_column, "source_columns",
+                                      f"{label}: missing column {u.symbol_column!r}; found "
+                                      f"{list(table.columns)}")]
+        rows = []
+        for line, rec in enumerate(table.fillna("").to_dict("records"), start=2):
+            code = str(rec[u.symbol_column])
+            row = {"symbol": self._parse(code) or code,
+                   "name": rec.get(u.name_column or "", ""),
+                   "exchange": rec.get(u.exchange_column or "", ""),
+                   "asset_class": rec.get(u.asset_class_column or "", "")}
+            problem = self.profile.symbol_scheme.suffix_problem(
+                f"{row['symbol']}.{row['exchange']}") if row["exchange"] else None
+            if problem is not None:
+                found.append(issue(label, row["symbol"], None, u.exchange_column,
+                                   "symbol_exchange", f"{label}: line {line}: {problem}"))
+            rows.append(row)
+        return rows, found
+
+    def _universe_issues(self) -> list[dict[str, object]]:
+        """The symbols file's problems (a missing file is a configuration error, raised where
+        the universe is read: :meth:`instruments`)."""
+        if not self.spec.universe.symbols_file:
+            return []
+        try:
+            return self._universe_file()[1]
+        except DatasetConfigError:
+            return []
 
     @property
     def profile(self) -> MarketProfile:
@@ -196,7 +264,7 @@ class FileMarketSource:
         """Bars with ``start <= date <= end`` for every price file, factors applied."""
         excluded = set(self.spec.universe.exclude)
         frames: list[pd.DataFrame] = []
-        issue_rows: list[dict[str, object]] = []
+        issue_rows: list[dict[str, object]] = self._universe_issues()
         sources: list[str] = []
         paths = self._price_paths()
         if not paths:
@@ -260,32 +328,54 @@ class FileMarketSource:
                 # Before a fund's first factor row the factor is 1 (the source's own convention).
                 factor = factor * merged["factor"].reindex(bars.index).fillna(1.0)
         if self.spec.splits is not None:
-            factor = factor * self._split_factor(bars, covered_until)
+            events, split_issues = self._split_events()
+            found = found + split_issues
+            factor = factor * _split_factor(bars, covered_until, events)
         out = bars.copy()
         out["adj_factor"] = factor.to_numpy()
         return out, found
 
-    def _split_factor(
-        self, bars: pd.DataFrame, covered_until: dict[str, pd.Timestamp]
-    ) -> pd.Series:
-        """Split events not already inside a factor series (no file, or after its last date)."""
+    def _split_events(self) -> tuple[list[SplitEvent], list[dict[str, object]]]:
+        """The split table's usable events, and its problems: a row without a fund's code, a
+        date or a ratio > 0 (``split_events_valid``: every session's factor may depend on it),
+        a record date that is not a session (``split_record_date_is_session``, a warning dated
+        on the ex-date: the event still applies, from the first session after that date)."""
         spec = self.spec.splits
         assert spec is not None
+        label = self._rel(str(self.root / spec.path))
+        try:
+            table = pd.read_csv(self.root / spec.path, dtype=str)
+        except (OSError, ValueError) as exc:
+            return [], [issue(label, None, None, None, "split_events_valid",
+                              f"{label}: unreadable: {exc}")]
+        columns = (spec.symbol_column, spec.date_column, spec.ratio_column)
+        missing = [c for c in columns if c not in table.columns]
+        if missing:
+            return [], [issue(label, None, None, ",".join(missing), "split_events_valid",
+                              f"{label}: missing column(s) {missing}")]
         cal = get_calendar(self.spec.calendar_name, self.spec.calendar_start)
-        events = pd.read_csv(self.root / spec.path, dtype={spec.symbol_column: str})
-        out = pd.Series(1.0, index=bars.index)
-        for rec in events.to_dict("records"):
-            symbol = self._parse(rec[spec.symbol_column])
-            day = pd.Timestamp(rec[spec.date_column]).normalize()
-            # The first session after the record date (whether or not that date is a session).
-            ex = cal.next_session_on_or_after(
-                day + pd.Timedelta(days=1) if spec.effective == "next_session" else day)
-            if symbol in covered_until and ex <= covered_until[symbol]:
+        days = pd.to_datetime(table[spec.date_column], errors="coerce").dt.normalize()
+        ratios = pd.to_numeric(table[spec.ratio_column], errors="coerce")
+        events, found = [], []
+        for idx, raw in table[list(columns)].iterrows():
+            symbol, day, ratio = self._parse(raw.iloc[0]), days.at[idx], ratios.at[idx]
+            line = f"{label}: line {int(idx) + 2}"
+            if symbol is None or pd.isna(day) or not (np.isfinite(ratio) and ratio > 0):
+                found.append(issue(label, symbol, None, None, "split_events_valid",
+                                   f"{line}: code {raw.iloc[0]!r}, date {raw.iloc[1]!r}, ratio "
+                                   f"{raw.iloc[2]!r}: needs a fund's code, a date, a ratio > 0"))
                 continue
-            ratio = float(rec[spec.ratio_column])
-            mask = (bars["symbol"] == symbol) & (bars["date"] >= ex)
-            out.loc[mask] *= ratio
-        return out
+            after = spec.effective == "next_session"
+            # The first session after the record date (whether or not that date is a session).
+            ex = cal.next_session_on_or_after(day + pd.Timedelta(days=1) if after else day)
+            if not cal.is_session(day):
+                found.append(issue(
+                    label, symbol, ex, spec.date_column, "split_record_date_is_session",
+                    f"{line}: {symbol} split recorded on {day:%Y-%m-%d}, not a "
+                    f"{cal.name} session; applied from {ex:%Y-%m-%d}, the first session "
+                    f"{'after' if after else 'on or after'} it (check the table's date)"))
+            events.append(SplitEvent(symbol, ex, float(ratio)))
+        return events, found
 
     def _factor_table(self) -> tuple[pd.DataFrame, list[dict[str, object]]]:
         """Every factor file's valid rows, and each invalid row as an issue naming its file."""
@@ -309,23 +399,60 @@ class FileMarketSource:
         return f"{self.spec.name}/{Path(path).relative_to(self.root).as_posix()}"
 
 
+@dataclass(frozen=True)
+class SplitEvent:
+    symbol: str
+    ex_date: pd.Timestamp  # first session trading on the new units
+    ratio: float           # new units per old unit
+
+
+def _split_factor(bars: pd.DataFrame, covered_until: dict[str, pd.Timestamp],
+                  events: list[SplitEvent]) -> pd.Series:
+    """Split events not already inside a factor series (no file, or after its last date)."""
+    out = pd.Series(1.0, index=bars.index)
+    for event in events:
+        if event.symbol in covered_until and event.ex_date <= covered_until[event.symbol]:
+            continue
+        mask = (bars["symbol"] == event.symbol) & (bars["date"] >= event.ex_date)
+        out.loc[mask] *= event.ratio
+    return out
+
+
 # Chinese vendors write CSV in UTF-8 (often with a BOM) or in GBK / its superset GB18030.
 _ENCODINGS = ("utf-8-sig", "gb18030")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """A small CSV of text cells (a symbols file) in UTF-8 or GB18030; else a clear error."""
+def _read_table(path: Path, label: str, parse: Callable[[object], str | None]
+                ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
+    """A small CSV of text cells (a symbols file) in UTF-8 or GB18030. Text in neither is read
+    in the encoding that got further, its bad bytes replaced, and is a
+    ``symbols_file_encoding`` issue naming the line (and the code on it)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetConfigError(f"{path}: cannot read: {exc}") from exc
+    failures: dict[str, UnicodeDecodeError] = {}
     for encoding in _ENCODINGS:
         try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
+            return _csv_cells(data.decode(encoding), label), []
+        except UnicodeDecodeError as exc:
+            failures[encoding] = exc
+    encoding, error = max(failures.items(), key=lambda item: item[1].start)
+    text = data.decode(encoding, errors="replace")
+    line = data[: error.start].count(b"\n") + 1
+    code = parse(text.split("\n")[line - 1])
+    return _csv_cells(text, label), [issue(
+        label, code, None, None, "symbols_file_encoding",
+        f"{label}: line {line} ({code or 'no fund code'}): bytes "
+        f"{data[error.start:error.end]!r} are neither UTF-8 nor GBK/GB18030 text (the universe "
+        "of every session); re-save the file as UTF-8")]
+
+
+def _csv_cells(text: str, label: str) -> pd.DataFrame:
+    try:
         return pd.read_csv(io.StringIO(text), dtype=str)
-    raise DatasetConfigError(f"{path}: neither UTF-8 nor GBK/GB18030 text; re-save it as UTF-8")
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DatasetConfigError(f"{label}: not a CSV table: {exc}") from exc
 
 
 def _mtime(path: str) -> float:
@@ -353,7 +480,14 @@ def _read_price_file(
                                     f"({scheme.kind}) and the file has no symbol column")]
     bars, found = normalise(raw, spec, source=label, symbol=symbol, parse=scheme.parse,
                             suffix_problem=scheme.suffix_problem)
+    problem = scheme.suffix_problem(_FILE_EXTENSIONS.sub("", Path(path).name))
+    if problem is not None:
+        found.append(issue(label, symbol, None, None, "symbol_exchange",
+                           f"{label}: the file name says {problem}"))
     return bars, found + _volume_unit_issues(bars, spec, lot_size, label)
+
+
+_FILE_EXTENSIONS = re.compile(r"(\.(csv|txt|parquet|gz|bz2|xz|zip))+$", re.IGNORECASE)
 
 
 # A file is in the wrong volume unit when this share of its traded days says so (below).
@@ -370,7 +504,7 @@ def _volume_unit_issues(bars: pd.DataFrame, spec: PriceFiles, lot: int, label: s
     raw = bars["volume"] / spec.volume_multiplier
     traded = raw[raw > 0]
     if lot <= 1 or len(traded) < _UNIT_MIN_DAYS:
-        return []
+        return _volume_day_issues(bars, spec, lot, label)
     whole = float((np.mod(traded, lot) == 0).mean())
     said_lots = spec.volume_multiplier == lot
     if said_lots and whole >= _UNIT_EVIDENCE:
@@ -378,12 +512,51 @@ def _volume_unit_issues(bars: pd.DataFrame, spec: PriceFiles, lot: int, label: s
     elif spec.volume_multiplier == 1 and whole <= 1 - _UNIT_EVIDENCE:
         unit, configured = f"lots of {lot}", "units (volume_multiplier 1)"
     else:
-        return []
+        return _volume_day_issues(bars, spec, lot, label)
     first = bars.loc[traded.index[0]]
+    days = f"{bars['date'].min():%Y-%m-%d}..{bars['date'].max():%Y-%m-%d}"
     return [issue(label, first["symbol"], None, "volume", "volume_units",
-                  f"{label}: {first['symbol']}: {whole:.0%} of {len(traded)} traded days have a "
-                  f"volume that is a whole multiple of {lot}: the file counts {unit}, but the "
-                  f"dataset configures {configured}")]
+                  f"{label}: {first['symbol']} ({days}): {whole:.0%} of {len(traded)} traded "
+                  f"days have a volume that is a whole multiple of {lot}: the file counts "
+                  f"{unit}, but the dataset configures {configured}")]
+
+
+# Days in units among days in lots (a unit change in the middle of a file). On the real data
+# (cn_etf_akshare_qfq_2020, cn_etf_morphkyan_raw) a whole multiple of the lot is at most 26x
+# its previous 20 traded days' median (below 10x without an amount), and at most 3 come in a
+# row; a day counted in units is about a lot's size (100x) above that median.
+_JUMP_FACTOR = 20.0
+_JUMP_WINDOW = 20
+_WHOLE_RUN = 5
+
+
+def _volume_day_issues(bars: pd.DataFrame, spec: PriceFiles, lot: int, label: str
+                       ) -> list[dict[str, object]]:
+    """``volume_units`` per day of a file in lots: a volume that is a whole multiple of the
+    lot (one day in a hundred for a count of lots, every day for a count of units) and either
+    ``_JUMP_FACTOR`` times the fund's median of its previous ``_JUMP_WINDOW`` traded days on
+    a day without an amount (with one, ``amount_matches_prices`` sees the scale), or one of
+    ``_WHOLE_RUN`` or more such days in a row."""
+    if lot <= 1 or spec.volume_multiplier != lot:
+        return []
+    f = bars.loc[bars["volume"] > 0].sort_values(["symbol", "date"])
+    raw = f["volume"] / spec.volume_multiplier
+    whole = np.mod(raw, lot) == 0
+    by = raw.groupby(f["symbol"], sort=False)
+    median = by.transform(lambda v: v.shift().rolling(_JUMP_WINDOW, min_periods=5).median())
+    jump = whole & f["amount"].isna() & (raw >= _JUMP_FACTOR * median)
+    run = (~whole).astype(int).groupby(f["symbol"], sort=False).cumsum()
+    run_length = whole.groupby([f["symbol"], run], sort=False).transform("sum")
+    flagged = jump | (whole & (run_length >= _WHOLE_RUN))
+    return [issue(label, f.at[i, "symbol"], f.at[i, "date"], "volume", "volume_units",
+                  f"{label}: {f.at[i, 'symbol']} on {f.at[i, 'date']:%Y-%m-%d}: volume "
+                  f"{raw[i]:g} is a whole multiple of {lot} and "
+                  + (f"{raw[i] / median[i]:.0f}x the median of the previous {_JUMP_WINDOW} "
+                     "traded days" if jump[i] else
+                     f"one of {int(run_length[i])} such days in a row")
+                  + f": counted in units (shares), where the dataset configures lots "
+                  f"(volume_multiplier {spec.volume_multiplier:g})")
+            for i in f.index[flagged]]
 
 
 def _read_csv(path: str, spec: PriceFiles) -> pd.DataFrame:
@@ -421,7 +594,8 @@ def _read_factor_file(path: str, mtime: float, date_column: str, factor_column: 
         what = "unparsable" if pd.isna(dates.at[idx]) else "repeated"
         found.append(issue(label, symbol, None if pd.isna(dates.at[idx]) else dates.at[idx],
                            date_column, "factor_dates_valid",
-                           f"{label}: row {idx}: {what} date {table.at[idx, date_column]!r}"))
+                           f"{label}: {symbol}: row {idx}: {what} date "
+                           f"{table.at[idx, date_column]!r}"))
     bad_value = ~bad_date & ~(np.isfinite(values) & (values > 0))
     for idx in table.index[bad_value]:
         found.append(issue(label, symbol, dates.at[idx], factor_column, "factor_values_valid",

@@ -104,27 +104,8 @@ def normalise(
 
     cols = mapping.required()
     out = pd.DataFrame(index=raw.index)
-    aware = _timezone_aware(raw[cols["date"]])
-    for idx in raw.index[aware]:
-        issues.append(issue(
-            source, symbol, None, cols["date"], "source_dates",
-            f"{source}: row {idx}: date {raw.at[idx, cols['date']]!r} carries a timezone; dates "
-            "must be the exchange's calendar dates"))
-    column = raw[cols["date"]]
-    if isinstance(column.dtype, pd.DatetimeTZDtype):
-        column = column.dt.tz_localize(None)  # every row is reported above
-    dates = pd.to_datetime(column.where(~aware), format=spec.date_format, errors="coerce")
-    for idx in raw.index[dates.isna() & ~aware]:
-        issues.append(
-            issue(
-                source,
-                symbol,
-                None,
-                cols["date"],
-                "source_dates",
-                f"{source}: row {idx}: unparsable date {raw.at[idx, cols['date']]!r}",
-            )
-        )
+    dates, found = _parse_dates(raw[cols["date"]], spec.date_format, source, symbol)
+    issues.extend(found)
     out["date"] = dates
     if mapping.symbol is not None:
         out["symbol"] = raw[mapping.symbol].astype(str).map(parse)
@@ -189,7 +170,35 @@ def _suffix_issues(codes: pd.Series, dates: pd.Series, source: str,
     return out
 
 
-_TZ_SUFFIX = r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
+def _parse_dates(values: pd.Series, date_format: str | None, source: str, symbol: str | None
+                 ) -> tuple[pd.Series, list[dict[str, object]]]:
+    """Naive calendar dates of a date column (NaT where unusable) and its ``source_dates``
+    issues: a date that carries a timezone (an instant, not the exchange's calendar date: never
+    converted or stripped) and a date that does not parse. A column that is timezone-aware on
+    every row is one issue, not one per row."""
+    column = str(values.name)
+    aware = _timezone_aware(values)
+    plain = values.dt.tz_localize(None) if isinstance(values.dtype, pd.DatetimeTZDtype) else values
+    dates = pd.to_datetime(plain.where(~aware), format=date_format, errors="coerce")
+    if isinstance(dates.dtype, pd.DatetimeTZDtype):  # an offset the text check did not see
+        aware |= dates.notna()
+        dates = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    who = f"{source}: {symbol}" if symbol else source
+    if len(values) > 1 and aware.all():
+        messages = [f"{who}: column {column!r} carries a timezone on all {len(values)} rows "
+                    f"(first {values.iloc[0]!r}, last {values.iloc[-1]!r}); dates must be the "
+                    "exchange's calendar dates"]
+    else:
+        messages = [f"{who}: row {i}: date {values.at[i]!r} carries a timezone; dates must be "
+                    "the exchange's calendar dates" for i in values.index[aware]]
+    messages += [f"{who}: row {i}: unparsable date {values.at[i]!r}"
+                 for i in values.index[dates.isna() & ~aware]]
+    return dates, [issue(source, symbol, None, column, "source_dates", m) for m in messages]
+
+
+# A time followed by a zone: Z, an offset (+08:00, +0800, +08, UTC+8) or a name (GMT, CST).
+_TZ_SUFFIX = (r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*"
+              r"(?:Z|(?:UTC|GMT)?[+-]\d{1,2}(?::?\d{2})?|(?![AaPp][Mm]$)[A-Za-z]{2,5})$")
 
 
 def _timezone_aware(values: pd.Series) -> pd.Series:
