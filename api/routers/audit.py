@@ -1,0 +1,35 @@
+"""The append-only audit log of the ledger: decisions, orders, fills, the kill switch and
+every API mutation or refused call."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from api.deps import PageParams, State, authorize
+from api.paging import page_of
+from api.permissions import V1
+from api.schemas import SIGNED_IN_RESPONSES, AuditOut, Page
+
+router = APIRouter(prefix=f"{V1}/audit", tags=["audit"], dependencies=[Depends(authorize)],
+                   responses=SIGNED_IN_RESPONSES)
+
+
+@router.get("", summary="Audit entries, newest first")
+def list_audit(state: State, paging: PageParams,
+               entity: Annotated[str | None, Query(max_length=100)] = None,
+               entity_id: Annotated[str | None, Query(max_length=300)] = None,
+               action: Annotated[str | None, Query(max_length=100)] = None,
+               actor: Annotated[str | None, Query(max_length=200)] = None,
+               since: Annotated[dt.datetime | None, Query(
+                   description="at or after (UTC unless an offset is given)")] = None,
+               ) -> Page[AuditOut]:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)        # a time without an offset is UTC
+    entries = state.ledger.audit_log(entity=entity, entity_id=entity_id, action=action)
+    chosen = [e for e in reversed(entries)
+              if (actor is None or e["actor"] == actor)
+              and (since is None or e["at"] >= since)]
+    return page_of(chosen, paging, lambda e: AuditOut(**e))
