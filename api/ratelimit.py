@@ -47,6 +47,9 @@ class RedisLoginLimiter:
 
 
 class MemoryLoginLimiter:
+    # Beyond this many tracked (username, client) pairs, ended windows are dropped.
+    MAX_KEYS = 10_000
+
     def __init__(self, attempts: int, window_seconds: int) -> None:
         self._attempts, self._window = attempts, window_seconds
         self._windows: dict[str, tuple[float, int]] = {}
@@ -56,6 +59,8 @@ class MemoryLoginLimiter:
         key = _key("memory", username, client)
         now = time.monotonic()
         with self._lock:
+            if len(self._windows) > self.MAX_KEYS:
+                self._forget_ended(now)
             started, count = self._windows.get(key, (now, 0))
             if now - started >= self._window:
                 started, count = now, 0
@@ -63,6 +68,10 @@ class MemoryLoginLimiter:
         if count + 1 <= self._attempts:
             return None
         return max(int(started + self._window - now), 1)
+
+    def _forget_ended(self, now: float) -> None:
+        self._windows = {k: v for k, v in self._windows.items()
+                         if now - v[0] < self._window}
 
     def close(self) -> None:
         self._windows.clear()

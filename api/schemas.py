@@ -5,15 +5,27 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.permissions import Role
 
 T = TypeVar("T")
 
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{1,63}$"
+# Any text that reaches PostgreSQL: its text type holds every character but NUL, which would
+# otherwise fail in the database (a 5xx) instead of as the field's own 422.
+PLAIN_TEXT = r"^[^\x00]*$"
+
+
+def text_filter(max_length: int) -> Any:
+    """A text query parameter (a filter): bounded, and holding no NUL."""
+    return Query(pattern=PLAIN_TEXT, max_length=max_length)
+
+
 # Why a change was made: required on every mutating call, written to the audit log.
-Reason = Field(min_length=3, max_length=500, description="Why: written to the audit log")
+Reason = Field(min_length=3, max_length=500, pattern=PLAIN_TEXT,
+               description="Why: written to the audit log")
 
 
 class Model(BaseModel):
@@ -80,6 +92,12 @@ class UserUpdate(Model):
     role: Role | None = None
     disabled: bool | None = None
     reason: str = Reason
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UserUpdate:
+        if self.role is None and self.disabled is None:
+            raise ValueError("give role, disabled or both")
+        return self
 
 
 # ------------------------------------------------------------------ research

@@ -11,6 +11,7 @@ from api.deps import CurrentSession, PageParams, Session, State, authorize
 from api.paging import page_of
 from api.permissions import V1
 from api.schemas import (
+    PLAIN_TEXT,
     SIGNED_IN_RESPONSES,
     CashOut,
     FillOut,
@@ -18,12 +19,13 @@ from api.schemas import (
     KillSwitchOut,
     Page,
     PositionOut,
+    text_filter,
 )
 from api.store import Audit
 from trading.ledger import LedgerError, Position
 from trading.models import Fill, Side
 
-AccountId = Annotated[str, Path(min_length=1, max_length=200)]
+AccountId = Annotated[str, Path(min_length=1, max_length=200, pattern=PLAIN_TEXT)]
 NOT_OPEN: dict[int | str, dict[str, Any]] = {
     404: {"description": "The account is not open in the ledger"}}
 
@@ -52,8 +54,8 @@ def fill_out(fill: Fill) -> FillOut:
 
 @router.get("/fills", summary="Fills, most recent first")
 def list_fills(account_id: Account, state: State, paging: PageParams,
-               signal_id: Annotated[str | None, Query(max_length=200)] = None,
-               symbol: Annotated[str | None, Query(max_length=50)] = None,
+               signal_id: Annotated[str | None, text_filter(200)] = None,
+               symbol: Annotated[str | None, text_filter(50)] = None,
                side: Annotated[Side | None, Query()] = None,
                session: Annotated[dt.date | None, Query()] = None) -> Page[FillOut]:
     fills = state.ledger.fills(account_id, signal_id=signal_id)
@@ -69,7 +71,7 @@ def position_out(position: Position) -> PositionOut:
 
 @router.get("/positions", summary="Open positions, by symbol")
 def list_positions(account_id: Account, state: State, paging: PageParams,
-                   symbol: Annotated[str | None, Query(max_length=50)] = None
+                   symbol: Annotated[str | None, text_filter(50)] = None
                    ) -> Page[PositionOut]:
     positions = [p for p in state.ledger.positions(account_id).values()
                  if symbol is None or p.symbol == symbol]

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import PageParams, State, authorize
 from api.paging import page_of
 from api.permissions import V1
-from api.schemas import SIGNED_IN_RESPONSES, AuditOut, Page
+from api.schemas import SIGNED_IN_RESPONSES, AuditOut, Page, text_filter
 
 router = APIRouter(prefix=f"{V1}/audit", tags=["audit"], dependencies=[Depends(authorize)],
                    responses=SIGNED_IN_RESPONSES)
@@ -19,10 +19,10 @@ router = APIRouter(prefix=f"{V1}/audit", tags=["audit"], dependencies=[Depends(a
 
 @router.get("", summary="Audit entries, newest first")
 def list_audit(state: State, paging: PageParams,
-               entity: Annotated[str | None, Query(max_length=100)] = None,
-               entity_id: Annotated[str | None, Query(max_length=300)] = None,
-               action: Annotated[str | None, Query(max_length=100)] = None,
-               actor: Annotated[str | None, Query(max_length=200)] = None,
+               entity: Annotated[str | None, text_filter(100)] = None,
+               entity_id: Annotated[str | None, text_filter(300)] = None,
+               action: Annotated[str | None, text_filter(100)] = None,
+               actor: Annotated[str | None, text_filter(200)] = None,
                since: Annotated[dt.datetime | None, Query(
                    description="at or after (UTC unless an offset is given)")] = None,
                ) -> Page[AuditOut]:

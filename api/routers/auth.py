@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
@@ -11,7 +12,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from api import security
 from api.deps import ApiState, CurrentSession, State
 from api.permissions import V1
-from api.schemas import LogoutRequest, RefreshRequest, TokenPair, UserOut
+from api.schemas import USERNAME_PATTERN, LogoutRequest, RefreshRequest, TokenPair, UserOut
 from api.store import Audit, RefreshRefused, User
 
 router = APIRouter(prefix=f"{V1}/auth", tags=["auth"])
@@ -50,7 +51,11 @@ def sign_in(request: Request, state: State,
                             headers={"Retry-After": str(wait)})
     wrong = HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong username or password",
                           headers={"WWW-Authenticate": "Bearer"})
-    if not security.verify_password(state.users.password_hash(form.username), form.password):
+    # A name no user can have is not looked up (nor sent to the database: it may hold NUL),
+    # but costs a verification all the same.
+    known = re.fullmatch(USERNAME_PATTERN, form.username) is not None
+    stored = state.users.password_hash(form.username) if known else None
+    if not security.verify_password(stored, form.password):
         raise wrong
     user = state.users.user(form.username)
     if user is None or user.disabled:       # changed between the two reads

@@ -6,12 +6,12 @@ import dataclasses
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api.deps import PageParams, State, authorize
 from api.paging import page_of
 from api.permissions import V1
-from api.schemas import SIGNED_IN_RESPONSES, Page, SignalOut
+from api.schemas import PLAIN_TEXT, SIGNED_IN_RESPONSES, Page, SignalOut, text_filter
 from trading.ledger import SignalRecord
 from trading.models import SignalStatus
 
@@ -25,9 +25,9 @@ def signal_out(record: SignalRecord) -> SignalOut:
 
 @router.get("", summary="Signals, newest session first")
 def list_signals(state: State, paging: PageParams,
-                 account_id: Annotated[str | None, Query(max_length=200)] = None,
+                 account_id: Annotated[str | None, text_filter(200)] = None,
                  status_: Annotated[SignalStatus | None, Query(alias="status")] = None,
-                 strategy: Annotated[str | None, Query(max_length=200)] = None,
+                 strategy: Annotated[str | None, text_filter(200)] = None,
                  since: Annotated[dt.date | None, Query(description="as_of on or after")] = None,
                  until: Annotated[dt.date | None, Query(description="as_of on or before")] = None,
                  ) -> Page[SignalOut]:
@@ -40,7 +40,8 @@ def list_signals(state: State, paging: PageParams,
 
 @router.get("/{signal_id}", summary="One signal", responses={404: {"description": "No such "
                                                                      "signal"}})
-def get_signal(signal_id: str, state: State) -> SignalOut:
+def get_signal(signal_id: Annotated[str, Path(max_length=200, pattern=PLAIN_TEXT)],
+               state: State) -> SignalOut:
     record = state.ledger.signal(signal_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no signal {signal_id!r}")

@@ -8,7 +8,7 @@ from pathlib import Path as FilePath
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Path, status
 
 from api.deps import PageParams, State, authorize
 from api.paging import page_of
@@ -20,6 +20,7 @@ from api.schemas import (
     StrategySummary,
     TargetPortfolio,
     TargetWeight,
+    text_filter,
 )
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
@@ -51,8 +52,8 @@ def _summary(config: StrategyConfig) -> StrategySummary:
 
 @router.get("", summary="The configured strategies, by name")
 def list_strategies(paging: PageParams,
-                    market: Annotated[str | None, Query(max_length=100)] = None,
-                    dataset: Annotated[str | None, Query(max_length=200)] = None
+                    market: Annotated[str | None, text_filter(100)] = None,
+                    dataset: Annotated[str | None, text_filter(200)] = None
                     ) -> Page[StrategySummary]:
     chosen = [s for s in _strategies()
               if (market is None or s.universe.market == market)
@@ -81,7 +82,8 @@ def latest_target(storage_root: FilePath, strategy: str) -> TargetPortfolio | No
 
 
 @router.get("/{name}", summary="A strategy's configuration and latest target portfolio",
-            responses={404: {"description": "No such strategy"}})
+            responses={404: {"description": "No such strategy"},
+                       409: {"description": "The strategy file does not validate"}})
 def get_strategy(name: Annotated[str, Path(pattern=STRATEGY_NAME)], state: State
                  ) -> StrategyDetail:
     if not (STRATEGY_CONFIG_DIR / f"{name}.yaml").is_file():

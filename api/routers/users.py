@@ -43,12 +43,10 @@ def create_user(body: UserCreate, session: CurrentSession, state: State) -> User
 
 
 @router.patch("/{username}", summary="Change a user's role, disable or enable them",
-              responses={404: {"description": "No such user"}})
+              responses={404: {"description": "No such user"},
+                         409: {"description": "A change of one's own account"}})
 def update_user(username: Annotated[str, Path(pattern=USERNAME_PATTERN)], body: UserUpdate,
                 session: CurrentSession, state: State) -> UserOut:
-    if body.role is None and body.disabled is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail="body: give role, disabled or both")
     if username == session.user.username:
         # The last admin locking themselves out would leave no one to manage users.
         raise HTTPException(status.HTTP_409_CONFLICT,
