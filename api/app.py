@@ -16,10 +16,21 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from api import security
+from api.dagster_checks import DagsterChecks
 from api.deps import ApiState, authorize
 from api.permissions import PUBLIC, V1, permission_of
 from api.ratelimit import LoginLimiter, MemoryLoginLimiter, RedisLoginLimiter
-from api.routers import accounts, audit, auth, health, orders, signals, strategies, users
+from api.routers import (
+    accounts,
+    audit,
+    auth,
+    health,
+    orders,
+    quality,
+    signals,
+    strategies,
+    users,
+)
 from api.store import UserStore
 from orchestration.settings import Settings
 from trading.ledger import Ledger, LedgerError
@@ -30,7 +41,7 @@ log = logging.getLogger(__name__)
 LEDGER_RETRY_SECONDS = 5.0
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
-           accounts.router, audit.router, users.router)
+           accounts.router, quality.router, audit.router, users.router)
 
 
 class ApiConfigError(RuntimeError):
@@ -59,11 +70,13 @@ def _lifespan(settings: Settings, key: str
         ledger = Ledger(settings.postgres_url, retry_seconds=LEDGER_RETRY_SECONDS)
         ledger.migrate()
         limiter = _limiter(settings)
+        checks = DagsterChecks(settings)
         app.state.api = ApiState(settings=settings, ledger=ledger, users=UserStore(ledger),
-                                 limiter=limiter, signing_key=key)
+                                 limiter=limiter, signing_key=key, checks=checks)
         try:
             yield
         finally:
+            checks.close()
             limiter.close()
             ledger.dispose()
 

@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
 
 from api import security
+from api.dagster_checks import DagsterChecks
 from api.permissions import V1, allowed, permission_of
 from api.ratelimit import LoginLimiter
 from api.store import Audit, User, UserStore
@@ -26,6 +27,7 @@ class ApiState:
     users: UserStore
     limiter: LoginLimiter
     signing_key: str
+    checks: DagsterChecks
 
     @property
     def access_lifetime(self) -> dt.timedelta:

@@ -30,6 +30,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "strategies.read": EVERYONE,
     "signals.read": EVERYONE,
     "orders.read": EVERYONE,
+    "quality.read": EVERYONE,
     "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch state
     "audit.read": frozenset({Role.RISK, Role.ADMIN}),
     "kill_switch.engage": frozenset({Role.TRADER, Role.RISK, Role.ADMIN}),
@@ -59,6 +60,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/accounts/{{account_id}}/kill-switch"): "accounts.read",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/engage"): "kill_switch.engage",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/release"): "kill_switch.release",
+    ("GET", f"{V1}/quality/sessions/{{session}}"): "quality.read",
     ("GET", f"{V1}/audit"): "audit.read",
     ("GET", f"{V1}/users"): "users.read",
     ("POST", f"{V1}/users"): "users.manage",

@@ -214,6 +214,23 @@ class AuditOut(Model):
     details: dict[str, Any]
 
 
+class CheckResultOut(Model):
+    asset: str
+    check: str
+    passed: bool
+    severity: str
+    blocking: bool | None
+    description: str | None
+    run_id: str = Field(description="The Dagster run that materialised the session")
+    evaluated_at: dt.datetime
+
+
+class SessionQuality(Model):
+    session: dt.date
+    passed: bool = Field(description="Every blocking check of the session passed")
+    checks: list[CheckResultOut]
+
+
 class Health(Model):
     status: Literal["ok"] = "ok"
     version: str

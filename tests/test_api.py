@@ -10,6 +10,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import jwt
 import pandas as pd
 import psycopg
@@ -34,9 +35,13 @@ from api.permissions import (
     permission_of,
 )
 from api.store import metadata as store_metadata
+from orchestration.definitions import build_definitions
+from orchestration.instance import LOCAL_INSTANCE_YAML
+from orchestration.runs import run_range
 from orchestration.settings import SettingsError, load_settings
 
 V1 = "/api/v1"
+QUALITY_SESSION = "2025-12-30"     # a session of the generated sample market
 
 
 def _route_list() -> list[tuple[str, str]]:
@@ -69,7 +74,7 @@ def client(desk_: Desk) -> Iterator[TestClient]:
 def concrete(path: str, d: Desk) -> str:
     return path.format(account_id=d.account, signal_id=d.approved.signal_id,
                        order_id=d.order.order_id, name="etf_rotation_sample",
-                       username=f"nobody-{d.run}")
+                       username=f"nobody-{d.run}", session=QUALITY_SESSION)
 
 
 def audit_rows(d: Desk, **where: str) -> list[dict[str, object]]:
@@ -441,6 +446,34 @@ def test_bad_input_is_a_422_naming_the_field(client: TestClient, desk_: Desk,
     response = client.get(f"{V1}/signals", headers=desk_.headers(Role.VIEWER), params=params)
     assert response.status_code == 422
     assert [e["loc"] for e in response.json()["detail"]] == [["query", field]]
+
+
+def test_quality_checks_of_a_session_from_the_dagster_instance(
+        client: TestClient, desk_: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    headers = desk_.headers(Role.VIEWER)
+    url = f"{V1}/quality/sessions/{QUALITY_SESSION}"
+    no_instance = client.get(url, headers=headers)
+    assert no_instance.status_code == 503 and "dagster.yaml" in no_instance.json()["detail"]
+
+    home = desk_.settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML, encoding="utf-8")
+    research = load_settings(home=desk_.settings.home)      # the generated sample market
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = run_range(build_definitions(research), instance, "2025-12-29", "2025-12-31",
+                        job_name="market_data_job", log_level="WARNING")
+    # cross_sections needs 85 earlier sessions: it fails and has no result; the raw bars'
+    # checks ran (adjusted_bars carries none of its own).
+    quality = client.get(url, headers=headers).json()
+    assert quality["session"] == QUALITY_SESSION and quality["passed"] is True
+    assert {c["asset"] for c in quality["checks"]} == {"raw_bars"}
+    assert {c["run_id"] for c in quality["checks"]} == {run.run_id}
+    assert "ohlc_consistent" in {c["check"] for c in quality["checks"]}
+    before = client.get(f"{V1}/quality/sessions/2020-01-02", headers=headers)
+    assert before.status_code == 404
+    bad = client.get(f"{V1}/quality/sessions/2025-13-45", headers=headers)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["path", "session"]
 
 
 # ------------------------------------------------------------------ schema and settings

@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.permissions import Role
+from orchestration.instance import LOCAL_INSTANCE_YAML
 
 V1 = "/api/v1"
 START_SECONDS = 60
@@ -43,7 +44,8 @@ def free_port() -> int:
 
 
 def api_env(d: Desk, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ETF_") and k != "DAGSTER_HOME"}
     assert d.settings.postgres_url is not None
     return {**env, "ETF_HOME": str(d.settings.home), "ETF_POSTGRES_URL": d.settings.postgres_url,
             "ETF_REDIS_URL": REDIS_URL, "ETF_CACHE_SECRET": TEST_CACHE_SECRET,
@@ -60,6 +62,10 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """``python -m api`` on a free port over a seeded scratch ledger."""
     with desk(tmp_path_factory.mktemp("api_live_home"), login_attempts=1000) as d:
+        # The local Dagster instance the quality endpoint reads (empty: nothing materialised).
+        d.settings.dagster_home.mkdir(parents=True)
+        (d.settings.dagster_home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML,
+                                                              encoding="utf-8")
         port = free_port()
         log = tmp_path_factory.mktemp("api_live_log") / "server.log"
         with log.open("w") as out:
