@@ -180,6 +180,7 @@ def test_forged_expired_and_malformed_tokens_are_401(client: TestClient, desk_: 
 def test_logout_revokes_the_access_and_the_refresh_token(client: TestClient,
                                                          desk_: Desk) -> None:
     pair = sign_in(client, desk_.username(Role.RESEARCHER))
+    assert audit_rows(desk_, action="signed_in", entity_id=desk_.username(Role.RESEARCHER))
     access = bearer(pair["access_token"])
     assert client.get(f"{V1}/auth/me", headers=access).json()["role"] == "researcher"
     out = client.post(f"{V1}/auth/logout", headers=access,
@@ -222,12 +223,34 @@ def test_a_disabled_user_is_refused_at_once(client: TestClient, desk_: Desk) -> 
     assert wrong.status_code == 401
 
 
+def test_a_role_change_applies_to_tokens_already_issued(client: TestClient,
+                                                      desk_: Desk) -> None:
+    """Authorisation reads the user's role at each call, not the role the token was issued
+    with: a demotion takes effect at once."""
+    name = f"mover-{desk_.run}"
+    client.post(f"{V1}/users", headers=desk_.headers(Role.ADMIN), json={
+        "username": name, "password": PASSWORD, "role": "risk", "reason": "joins risk"})
+    token = bearer(sign_in(client, name)["access_token"])
+    assert client.get(f"{V1}/audit", headers=token).status_code == 200
+    client.patch(f"{V1}/users/{name}", headers=desk_.headers(Role.ADMIN),
+                 json={"role": "viewer", "reason": "moves to the viewer desk"})
+    assert client.get(f"{V1}/audit", headers=token).status_code == 403
+    # A refresh token is no access token.
+    refresh = sign_in(client, name)["refresh_token"]
+    assert client.get(f"{V1}/auth/me", headers=bearer(refresh)).status_code == 401
+
+
 def test_wrong_password_and_unknown_user_get_the_same_answer(client: TestClient,
                                                              desk_: Desk) -> None:
     answers = [client.post(f"{V1}/auth/token", data={"username": u, "password": "wrong one"})
                for u in (desk_.username(Role.TRADER), f"ghost-{desk_.run}")]
     assert [a.status_code for a in answers] == [401, 401]
     assert answers[0].json() == answers[1].json()
+    trader = desk_.username(Role.TRADER)
+    failed = audit_rows(desk_, action="sign_in_failed", entity_id=trader)
+    assert [(r["actor"], r["details"]) for r in failed] == [
+        (f"api:{trader}", {"client": "testclient"})]
+    assert audit_rows(desk_, entity_id=f"ghost-{desk_.run}") == []
 
 
 def test_login_is_rate_limited_per_username_and_client_across_processes(

@@ -56,11 +56,19 @@ def sign_in(request: Request, state: State,
     known = re.fullmatch(USERNAME_PATTERN, form.username) is not None
     stored = state.users.password_hash(form.username) if known else None
     if not security.verify_password(stored, form.password):
+        if stored is not None:      # a user's failures, not every name tried (no flooding)
+            _audit_sign_in(state, form.username, client, "sign_in_failed")
         raise wrong
     user = state.users.user(form.username)
     if user is None or user.disabled:       # changed between the two reads
         raise wrong
+    _audit_sign_in(state, user.username, client, "signed_in")
     return _token_pair(state, user)
+
+
+def _audit_sign_in(state: ApiState, username: str, client: str, action: str) -> None:
+    state.users.audit(Audit(actor=f"api:{username}", action=action, entity="api_user",
+                            entity_id=username, reason=None, details={"client": client}))
 
 
 @router.post("/refresh", summary="A new token pair for a refresh token (which is spent)",
