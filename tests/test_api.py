@@ -459,6 +459,13 @@ def test_the_audit_log_is_filtered_and_newest_first(client: TestClient, desk_: D
     since = client.get(f"{V1}/audit", headers=desk_.headers(Role.RISK),
                        params={"since": "2999-01-01T00:00:00"}).json()
     assert since["total"] == 0
+    # Paged in the database: the second page of one holds the second newest entry.
+    second = client.get(f"{V1}/audit", headers=desk_.headers(Role.RISK),
+                        params={"entity": "signal", "limit": 1, "offset": 1}).json()
+    assert (second["total"], [e["id"] for e in second["items"]]) == (page["total"], ids[1:2])
+    gate = client.get(f"{V1}/audit", headers=desk_.headers(Role.RISK),
+                      params={"actor": "gate", "action": "signal_approved"}).json()
+    assert [e["entity_id"] for e in gate["items"]] == [desk_.approved.signal_id]
 
 
 @pytest.mark.parametrize(("params", "field"), [

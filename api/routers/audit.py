@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import PageParams, State, authorize
-from api.paging import page_of
 from api.permissions import V1
 from api.schemas import SIGNED_IN_RESPONSES, AuditOut, Page, text_filter
 
@@ -28,8 +27,8 @@ def list_audit(state: State, paging: PageParams,
                ) -> Page[AuditOut]:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=dt.UTC)        # a time without an offset is UTC
-    entries = state.ledger.audit_log(entity=entity, entity_id=entity_id, action=action)
-    chosen = [e for e in reversed(entries)
-              if (actor is None or e["actor"] == actor)
-              and (since is None or e["at"] >= since)]
-    return page_of(chosen, paging, lambda e: AuditOut(**e))
+    entries, total = state.ledger.audit_page(
+        entity=entity, entity_id=entity_id, action=action, actor=actor, since=since,
+        limit=paging.limit, offset=paging.offset)
+    return Page[AuditOut](items=[AuditOut(**e) for e in entries], total=total,
+                          limit=paging.limit, offset=paging.offset)
