@@ -13,8 +13,10 @@ STAMP := $(VENV)/.installed-stamp
 # in the environment win over both.
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
+# The desk API (`make api API_PORT=8100`), loopback only.
+API_PORT ?= 8000
 
-.PHONY: env demo dev mlflow test lint typecheck services browser bench clean
+.PHONY: env demo dev mlflow api test lint typecheck services browser bench clean
 
 # Exactly uv.lock (versions and hashes), with the dev extra, into $(VENV); packages the lock
 # does not list are removed. --locked refuses a lock that pyproject.toml has moved away from
@@ -39,6 +41,9 @@ dev: env  ## the Dagster UI (DAGSTER_PORT, default 3000) and the MLflow UI (MLFL
 
 mlflow: env  ## the MLflow UI alone, one worker (low memory), on MLFLOW_PORT
 	$(PY) -m orchestration.dev --mlflow-only
+
+api: env  ## the desk API (docs at /api/v1/docs) on 127.0.0.1:API_PORT, on the ledger of `make demo`
+	API_PORT=$(API_PORT) $(PY) -m api
 
 services:  ## start PostgreSQL and Redis if they are down
 	bash deploy/ensure-services.sh

@@ -185,6 +185,32 @@ class WalkForwardSettings(BaseModel):
     step_memory_limit: str = "8Gi"
 
 
+class ApiSettings(BaseModel):
+    """The desk API (``python -m api``): token signing, lifetimes and the login rate limit.
+    The port is ``API_PORT`` (a deployment convention, not an ETF_ setting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # HS256 key of the access tokens (ETF_API__JWT_SECRET, at least 32 characters: openssl
+    # rand -hex 32). Unset: prod refuses to start; local generates one into
+    # <home>/api/jwt_secret (mode 0600). SecretStr: never printed.
+    jwt_secret: SecretStr | None = None
+    access_token_minutes: int = Field(15, ge=1, le=24 * 60)
+    refresh_token_hours: int = Field(12, ge=1, le=30 * 24)
+    # Login attempts per username and client address within the window (Redis when
+    # redis_url is set, else counted in the process).
+    login_attempts: int = Field(5, ge=1, le=1000)
+    login_window_seconds: int = Field(300, ge=1, le=24 * 3600)
+
+    @model_validator(mode="after")
+    def _strong_secret(self) -> ApiSettings:
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("api.jwt_secret [env ETF_API__JWT_SECRET] must be at least 32 "
+                             "characters (generate one: openssl rand -hex 32; the value is "
+                             "not shown)")
+        return self
+
+
 # Passwords of examples and quick starts (deploy/.env.example's placeholder among them); in a prod
 # URL they mean the example was never edited. Compared case-insensitively; "" is an explicitly
 # empty password (user:@host). A URL without a password is accepted: trust or certificate
@@ -245,6 +271,7 @@ class Settings(BaseSettings):
     strategy: str | None = None
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     mlflow_tracking_uri: str | None = None
     # The MLflow UI that asset metadata links to and embeds plots from (unset: the tracking
     # server; with the local SQLite store, the UI `make dev` starts: http://127.0.0.1:5000,

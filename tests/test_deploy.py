@@ -1205,7 +1205,7 @@ def test_ci_workflow_jobs() -> None:
     assert "ruff check ." in workflow_runs(jobs["lint"])
     assert "mypy" in workflow_runs(jobs["typecheck"])
     mypy_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    assert set(mypy_config["files"]) == {"rotation", "trading"}
+    assert set(mypy_config["files"]) == {"rotation", "trading", "api"}
     assert "make test" in workflow_runs(jobs["test"])
     assert "pip-audit" in workflow_runs(jobs["audit"])
     assert any(step.get("uses", "").startswith(("gitleaks/gitleaks-action@",

@@ -242,6 +242,20 @@ def test_kill_switch_set_and_release_are_audited(ledger: Ledger, account: str) -
         ledger.set_kill_switch("ghost", True, actor="x", reason="y")
 
 
+def test_audit_page_is_newest_first_filtered_and_counted(ledger: Ledger, account: str) -> None:
+    for n in range(3):
+        ledger.set_kill_switch(account, n % 2 == 0, actor=f"op{n % 2}", reason=f"step {n}")
+    rows, total = ledger.audit_page(entity="kill_switch", entity_id=account, limit=2)
+    assert total == 3
+    assert [r["reason"] for r in rows] == ["step 2", "step 1"]
+    rows, total = ledger.audit_page(entity="kill_switch", entity_id=account, limit=2, offset=2)
+    assert (total, [r["reason"] for r in rows]) == (3, ["step 0"])
+    rows, total = ledger.audit_page(actor="op1", entity_id=account)
+    assert (total, [r["action"] for r in rows]) == (1, ["kill_switch_released"])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert ledger.audit_page(entity_id=account, since=later) == ([], 0)
+
+
 # ------------------------------------------------------------------------------ signals
 
 

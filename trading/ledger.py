@@ -1334,6 +1334,27 @@ class Ledger:
         return self._run("reading the audit log",
                          lambda conn: [dict(r._mapping) for r in conn.execute(query)])
 
+    def audit_page(self, *, entity: str | None = None, entity_id: str | None = None,
+                   action: str | None = None, actor: str | None = None,
+                   since: dt.datetime | None = None, limit: int = 50, offset: int = 0
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """One page of entries, newest first, and how many match in all (the desk API's
+        audit list: the log only grows, so it is paged in the database)."""
+        where = [AUDIT_LOG.c[column] == value for column, value in (
+            ("entity", entity), ("entity_id", entity_id), ("action", action), ("actor", actor))
+            if value is not None]
+        if since is not None:
+            where.append(AUDIT_LOG.c.at >= since)
+        page = (sa.select(AUDIT_LOG).where(*where).order_by(AUDIT_LOG.c.id.desc())
+                .limit(limit).offset(offset))
+        total = sa.select(sa.func.count()).select_from(AUDIT_LOG).where(*where)
+
+        def work(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+            return ([dict(r._mapping) for r in conn.execute(page)],
+                    int(conn.execute(total).scalar_one()))
+
+        return self._run("reading a page of the audit log", work)
+
     # ------------------------------------------------------------------ locks
 
     @contextmanager

@@ -1,0 +1,131 @@
+"""The app factory: ``create_app(settings)`` builds the desk API, versioned under /api/v1,
+with its OpenAPI document at /api/v1/openapi.json and the docs at /api/v1/docs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from fastapi import FastAPI, Request, status
+from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from api import security
+from api.dagster_checks import DagsterChecks
+from api.deps import ApiState, authorize
+from api.permissions import PUBLIC, V1, permission_of
+from api.ratelimit import LoginLimiter, MemoryLoginLimiter, RedisLoginLimiter
+from api.routers import (
+    accounts,
+    audit,
+    auth,
+    health,
+    orders,
+    quality,
+    signals,
+    strategies,
+    users,
+)
+from api.store import UserStore
+from orchestration.settings import Settings
+from trading.ledger import Ledger, LedgerError
+
+log = logging.getLogger(__name__)
+
+# A request waits this long for a lost database connection to come back, then answers 503.
+LEDGER_RETRY_SECONDS = 5.0
+# Each router carries its full path (/api/v1/...): the permission table is keyed by it.
+ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
+           accounts.router, quality.router, audit.router, users.router)
+
+
+class ApiConfigError(RuntimeError):
+    """The settings cannot serve the API (no ledger URL, no signing key in prod)."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    if not settings.postgres_url:
+        raise ApiConfigError("the desk API needs the ledger: set ETF_POSTGRES_URL "
+                             "(python -m api starts the embedded one in the local profile)")
+    key = security.signing_key(settings)
+    app = FastAPI(title="ETF rotation desk API", version="1", lifespan=_lifespan(settings, key),
+                  openapi_url=f"{V1}/openapi.json", docs_url=f"{V1}/docs", redoc_url=None)
+    for router in ROUTERS:
+        app.include_router(router)
+    _check_every_route_has_a_rule()
+    _add_error_handlers(app)
+    return app
+
+
+def _lifespan(settings: Settings, key: str
+              ) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        assert settings.postgres_url is not None
+        ledger = Ledger(settings.postgres_url, retry_seconds=LEDGER_RETRY_SECONDS)
+        ledger.migrate()
+        limiter = _limiter(settings)
+        checks = DagsterChecks(settings)
+        app.state.api = ApiState(settings=settings, ledger=ledger, users=UserStore(ledger),
+                                 limiter=limiter, signing_key=key, checks=checks)
+        try:
+            yield
+        finally:
+            checks.close()
+            limiter.close()
+            ledger.dispose()
+
+    return lifespan
+
+
+def _limiter(settings: Settings) -> LoginLimiter:
+    api = settings.api
+    if settings.redis_url:
+        return RedisLoginLimiter(settings.redis_url, api.login_attempts, api.login_window_seconds)
+    log.warning("no redis_url: login attempts are counted per API process")
+    return MemoryLoginLimiter(api.login_attempts, api.login_window_seconds)
+
+
+def api_routes() -> Iterator[tuple[str, str, APIRoute]]:
+    """(method, path template, route) of every API route (not the docs)."""
+    for router in ROUTERS:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                for method in sorted(route.methods or ()):
+                    yield method, route.path, route
+
+
+def _calls(dependant: Dependant) -> Iterator[Any]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _calls(dependency)
+
+
+def _check_every_route_has_a_rule() -> None:
+    """Every route has a rule in the permission table, and every non-public one enforces it."""
+    for method, path, route in api_routes():
+        permission = permission_of(method, path)
+        if permission != PUBLIC and authorize not in set(_calls(route.dependant)):
+            raise RuntimeError(f"route {method} {path} needs {permission} but does not "
+                               "depend on api.deps.authorize")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def ledger_refused(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: %s unavailable: %s", request.method, request.url.path,
+                  type(exc).__module__.split(".")[0], exc)
+        return JSONResponse({"detail": "a backing service is unavailable; retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": "5"})
+
+    app.add_exception_handler(LedgerError, ledger_refused)
+    app.add_exception_handler(sa.exc.OperationalError, unavailable)
+    app.add_exception_handler(redis.RedisError, unavailable)

@@ -1,0 +1,85 @@
+"""The one permission table: every route of the API names a permission here, and every
+permission names the roles allowed. :func:`api.app.create_app` refuses to build an app with a
+route missing from :data:`ROUTES`, and the role-matrix test is generated from these two tables.
+
+Anything that can send an order or change a control is limited to ``trader``, ``risk`` and
+``admin``; releasing the kill switch lets orders flow again, so it is ``risk`` and ``admin``
+only; users are ``admin`` only; the audit log shows every user's actions, so it is for the
+roles who answer for them."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.StrEnum):
+    VIEWER = "viewer"
+    RESEARCHER = "researcher"
+    TRADER = "trader"
+    RISK = "risk"
+    ADMIN = "admin"
+
+
+ROLES: tuple[Role, ...] = tuple(Role)
+EVERYONE = frozenset(Role)
+# Routes reachable without a token (sign-in itself, the liveness probe, the docs).
+PUBLIC = "public"
+
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "session.read": EVERYONE,                       # who am I, sign out
+    "strategies.read": EVERYONE,
+    "signals.read": EVERYONE,
+    "orders.read": EVERYONE,
+    "quality.read": EVERYONE,
+    "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch state
+    "audit.read": frozenset({Role.RISK, Role.ADMIN}),
+    "kill_switch.engage": frozenset({Role.TRADER, Role.RISK, Role.ADMIN}),
+    "kill_switch.release": frozenset({Role.RISK, Role.ADMIN}),
+    "users.read": frozenset({Role.ADMIN}),
+    "users.manage": frozenset({Role.ADMIN}),
+}
+
+V1 = "/api/v1"
+
+# (method, path template) -> permission name, or PUBLIC.
+ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/health"): PUBLIC,
+    ("POST", f"{V1}/auth/token"): PUBLIC,
+    ("POST", f"{V1}/auth/refresh"): PUBLIC,
+    ("POST", f"{V1}/auth/logout"): "session.read",
+    ("GET", f"{V1}/auth/me"): "session.read",
+    ("GET", f"{V1}/strategies"): "strategies.read",
+    ("GET", f"{V1}/strategies/{{name}}"): "strategies.read",
+    ("GET", f"{V1}/signals"): "signals.read",
+    ("GET", f"{V1}/signals/{{signal_id}}"): "signals.read",
+    ("GET", f"{V1}/orders"): "orders.read",
+    ("GET", f"{V1}/orders/{{order_id}}"): "orders.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/fills"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/positions"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/cash"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/kill-switch"): "accounts.read",
+    ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/engage"): "kill_switch.engage",
+    ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/release"): "kill_switch.release",
+    ("GET", f"{V1}/quality/sessions/{{session}}"): "quality.read",
+    ("GET", f"{V1}/audit"): "audit.read",
+    ("GET", f"{V1}/users"): "users.read",
+    ("POST", f"{V1}/users"): "users.manage",
+    ("PATCH", f"{V1}/users/{{username}}"): "users.manage",
+}
+
+
+class UnmappedRouteError(RuntimeError):
+    """A route of the app has no entry in :data:`ROUTES`."""
+
+
+def permission_of(method: str, path: str) -> str:
+    try:
+        return ROUTES[(method, path)]
+    except KeyError:
+        raise UnmappedRouteError(
+            f"route {method} {path} has no rule in api/permissions.py ROUTES: add it with the "
+            "permission it needs (or PUBLIC)") from None
+
+
+def allowed(role: Role, permission: str) -> bool:
+    return permission == PUBLIC or role in PERMISSIONS[permission]

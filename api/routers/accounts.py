@@ -1,0 +1,121 @@
+"""An account's fills, positions, cash and kill switch, from the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+
+from api.deps import CurrentSession, PageParams, Session, State, authorize
+from api.paging import page_of
+from api.permissions import V1
+from api.schemas import (
+    PLAIN_TEXT,
+    SIGNED_IN_RESPONSES,
+    CashOut,
+    FillOut,
+    KillSwitchChange,
+    KillSwitchOut,
+    Page,
+    PositionOut,
+    text_filter,
+)
+from api.store import Audit
+from trading.ledger import LedgerError, Position
+from trading.models import Fill, Side
+
+AccountId = Annotated[str, Path(min_length=1, max_length=200, pattern=PLAIN_TEXT)]
+NOT_OPEN: dict[int | str, dict[str, Any]] = {
+    404: {"description": "The account is not open in the ledger"}}
+
+
+def open_account(account_id: AccountId, state: State) -> str:
+    """The account id of a path, 404 unless the ledger has opened it."""
+    try:
+        state.ledger.initial_cash(account_id)
+    except LedgerError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
+    return account_id
+
+
+Account = Annotated[str, Depends(open_account)]
+router = APIRouter(prefix=f"{V1}/accounts/{{account_id}}", tags=["accounts"],
+                   dependencies=[Depends(authorize)],
+                   responses={**SIGNED_IN_RESPONSES, **NOT_OPEN})
+
+
+def fill_out(fill: Fill) -> FillOut:
+    return FillOut(fill_id=fill.fill_id, order_id=fill.client_order_id,
+                   account_id=fill.account_id, symbol=fill.symbol, side=fill.side.value,
+                   quantity=fill.quantity, price=fill.price, commission=fill.commission,
+                   session=fill.session, filled_at=fill.filled_at)
+
+
+@router.get("/fills", summary="Fills, most recent first")
+def list_fills(account_id: Account, state: State, paging: PageParams,
+               signal_id: Annotated[str | None, text_filter(200)] = None,
+               symbol: Annotated[str | None, text_filter(50)] = None,
+               side: Annotated[Side | None, Query()] = None,
+               session: Annotated[dt.date | None, Query()] = None) -> Page[FillOut]:
+    fills = state.ledger.fills(account_id, signal_id=signal_id)
+    chosen = [f for f in reversed(fills)
+              if (symbol is None or f.symbol == symbol) and (side is None or f.side == side)
+              and (session is None or f.session == session)]
+    return page_of(chosen, paging, fill_out)
+
+
+def position_out(position: Position) -> PositionOut:
+    return PositionOut(symbol=position.symbol, quantity=position.quantity, cost=position.cost)
+
+
+@router.get("/positions", summary="Open positions, by symbol")
+def list_positions(account_id: Account, state: State, paging: PageParams,
+                   symbol: Annotated[str | None, text_filter(50)] = None
+                   ) -> Page[PositionOut]:
+    positions = [p for p in state.ledger.positions(account_id).values()
+                 if symbol is None or p.symbol == symbol]
+    return page_of(positions, paging, position_out)
+
+
+@router.get("/cash", summary="The cash balance and the cash the account opened with")
+def cash(account_id: Account, state: State) -> CashOut:
+    return CashOut(account_id=account_id, balance=state.ledger.cash(account_id),
+                   initial_cash=state.ledger.initial_cash(account_id))
+
+
+def _kill_switch(state: State, account_id: str) -> KillSwitchOut:
+    switch = state.ledger.kill_switch(account_id)
+    return KillSwitchOut(account_id=account_id, engaged=switch.engaged, reason=switch.reason,
+                         actor=switch.actor, at=switch.at)
+
+
+@router.get("/kill-switch", summary="The kill switch of the account")
+def kill_switch(account_id: Account, state: State) -> KillSwitchOut:
+    return _kill_switch(state, account_id)
+
+
+def _set_kill_switch(state: State, session: Session, account_id: str, engaged: bool,
+                     reason: str) -> KillSwitchOut:
+    before = state.ledger.kill_switch(account_id).engaged
+    # The ledger writes its own audit row when the state changes (as kill_switch_job does).
+    state.ledger.set_kill_switch(account_id, engaged, actor=session.actor, reason=reason)
+    action = "kill_switch.engage" if engaged else "kill_switch.release"
+    state.users.audit(Audit(actor=session.actor, action=action, entity="kill_switch",
+                            entity_id=account_id, reason=reason,
+                            details={"previously_engaged": before}))
+    return _kill_switch(state, account_id)
+
+
+@router.post("/kill-switch/engage", summary="Stop every order submission of the account",
+             description="In-flight executions stop before their next order and cancel what "
+             "is open.")
+def engage(account_id: Account, body: KillSwitchChange, session: CurrentSession,
+           state: State) -> KillSwitchOut:
+    return _set_kill_switch(state, session, account_id, True, body.reason)
+
+
+@router.post("/kill-switch/release", summary="Let the account's submissions resume")
+def release(account_id: Account, body: KillSwitchChange, session: CurrentSession,
+            state: State) -> KillSwitchOut:
+    return _set_kill_switch(state, session, account_id, False, body.reason)

@@ -1,0 +1,236 @@
+"""Every request and response payload of the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Generic, Literal, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.permissions import Role
+
+T = TypeVar("T")
+
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{1,63}$"
+# Any text that reaches PostgreSQL: its text type holds every character but NUL, which would
+# otherwise fail in the database (a 5xx) instead of as the field's own 422.
+PLAIN_TEXT = r"^[^\x00]*$"
+
+
+def text_filter(max_length: int) -> Any:
+    """A text query parameter (a filter): bounded, and holding no NUL."""
+    return Query(pattern=PLAIN_TEXT, max_length=max_length)
+
+
+# Why a change was made: required on every mutating call, written to the audit log.
+Reason = Field(min_length=3, max_length=500, pattern=PLAIN_TEXT,
+               description="Why: written to the audit log")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(Model, Generic[T]):
+    items: list[T]
+    total: int = Field(description="Items matching the filters, over all pages")
+    limit: int
+    offset: int
+
+
+class Problem(Model):
+    detail: str
+
+
+# Documented on every route behind sign-in.
+SIGNED_IN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Not signed in, or the token is invalid, expired "
+          "or revoked"},
+    403: {"model": Problem, "description": "The caller's role lacks the route's permission "
+          "(audited)"},
+}
+
+
+# ------------------------------------------------------------------ auth
+
+
+class TokenPair(Model):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int = Field(description="Seconds the access token is valid")
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class RefreshRequest(Model):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class LogoutRequest(Model):
+    refresh_token: str | None = Field(None, min_length=1, max_length=200,
+                                      description="Revoked with the access token")
+
+
+class UserOut(Model):
+    username: str
+    role: Role
+    disabled: bool
+    created_by: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class UserCreate(Model):
+    username: str = Field(pattern=USERNAME_PATTERN)
+    password: str = Field(min_length=12, max_length=256)
+    role: Role
+    reason: str = Reason
+
+
+class UserUpdate(Model):
+    role: Role | None = None
+    disabled: bool | None = None
+    reason: str = Reason
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UserUpdate:
+        if self.role is None and self.disabled is None:
+            raise ValueError("give role, disabled or both")
+        return self
+
+
+# ------------------------------------------------------------------ research
+
+
+class TargetWeight(Model):
+    symbol: str
+    weight: float
+    rank: float | None
+    reason: str
+
+
+class TargetPortfolio(Model):
+    as_of: dt.date
+    window: str
+    weights: list[TargetWeight]
+
+
+class StrategySummary(Model):
+    name: str
+    market: str
+    dataset: str | None
+    description: str | None
+
+
+class StrategyDetail(StrategySummary):
+    config: dict[str, Any] = Field(description="The validated strategy configuration")
+    target_portfolio: TargetPortfolio | None = Field(
+        description="The latest stored target of this strategy with the reason each fund is "
+        "in or out (null: none stored for it)")
+
+
+# ------------------------------------------------------------------ ledger
+
+
+class SignalOut(Model):
+    signal_id: str
+    account_id: str
+    strategy: str
+    as_of: dt.date
+    status: str
+    weights: dict[str, float]
+    weights_hash: str
+    reasons: list[dict[str, Any]] = Field(description="Why approved or rejected, per rule")
+    data_version: str | None
+    dagster_run_id: str | None
+    decided_at: dt.datetime | None
+
+
+class OrderOut(Model):
+    order_id: str
+    signal_id: str
+    account_id: str
+    symbol: str
+    side: str
+    quantity: int
+    reference_price: float
+    session: dt.date
+    status: str
+    parent_order_id: str | None
+    slice_index: int
+    slices: int
+    venue_order_id: str | None
+    filled_quantity: int
+    average_price: float | None
+    reason: str | None
+
+
+class FillOut(Model):
+    fill_id: str
+    order_id: str
+    account_id: str
+    symbol: str
+    side: str
+    quantity: int
+    price: float
+    commission: float
+    session: dt.date
+    filled_at: dt.datetime
+
+
+class PositionOut(Model):
+    symbol: str
+    quantity: int
+    cost: float
+
+
+class CashOut(Model):
+    account_id: str
+    balance: float
+    initial_cash: float
+
+
+class KillSwitchOut(Model):
+    account_id: str
+    engaged: bool
+    reason: str | None
+    actor: str | None
+    at: dt.datetime | None
+
+
+class KillSwitchChange(Model):
+    reason: str = Reason
+
+
+class AuditOut(Model):
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    entity: str
+    entity_id: str
+    reason: str | None
+    details: dict[str, Any]
+
+
+class CheckResultOut(Model):
+    asset: str
+    check: str
+    passed: bool
+    severity: str
+    blocking: bool | None
+    description: str | None
+    run_id: str = Field(description="The Dagster run that materialised the session")
+    evaluated_at: dt.datetime
+
+
+class SessionQuality(Model):
+    session: dt.date
+    passed: bool = Field(description="Every blocking check of the session passed")
+    checks: list[CheckResultOut]
+
+
+class Health(Model):
+    status: Literal["ok"] = "ok"
+    version: str
