@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from api import security
 from api.dagster_checks import DagsterChecks
@@ -37,6 +38,7 @@ from trading.ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 
+DOCS_STATIC = f"{V1}/docs-static"
 # A request waits this long for a lost database connection to come back, then answers 503.
 LEDGER_RETRY_SECONDS = 5.0
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
@@ -53,8 +55,11 @@ def create_app(settings: Settings) -> FastAPI:
         raise ApiConfigError("the desk API needs the ledger: set ETF_POSTGRES_URL "
                              "(python -m api starts the embedded one in the local profile)")
     key = security.signing_key(settings)
-    app = FastAPI(title="ETF rotation desk API", version="1", lifespan=_lifespan(settings, key),
-                  openapi_url=f"{V1}/openapi.json", docs_url=f"{V1}/docs", redoc_url=None)
+    # The docs page's Swagger UI is served by the API itself (fastapi-offline's copy), not
+    # from a CDN: a desk network without internet access still reads its API's docs.
+    app = FastAPIOffline(title="ETF rotation desk API", version="1",
+                         lifespan=_lifespan(settings, key), openapi_url=f"{V1}/openapi.json",
+                         docs_url=f"{V1}/docs", redoc_url=None, static_url=DOCS_STATIC)
     for router in ROUTERS:
         app.include_router(router)
     _check_every_route_has_a_rule()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -552,3 +553,15 @@ def test_openapi_documents_every_route_with_its_errors() -> None:
     security_schemes = schema["components"]["securitySchemes"]
     assert security_schemes["OAuth2PasswordBearer"]["flows"]["password"]["tokenUrl"] == \
         f"{V1}/auth/token"
+
+
+def test_docs_page_is_served_by_the_api_itself(client: TestClient) -> None:
+    """The Swagger UI comes from the API (no CDN: a desk network may have no internet)."""
+    page = client.get(f"{V1}/docs")
+    assert page.status_code == 200
+    assert "cdn." not in page.text
+    scripts = re.findall(r'src="([^"]+\.js)"', page.text)
+    assert scripts and all(s.startswith(f"{V1}/docs-static/") for s in scripts)
+    for asset in scripts + re.findall(r'href="([^"]+\.css)"', page.text):
+        loaded = client.get(asset)
+        assert loaded.status_code == 200 and len(loaded.content) > 10_000, asset
