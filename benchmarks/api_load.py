@@ -159,8 +159,8 @@ def sign_in(base: str) -> str:
 def load(base: str, token: str, out: Path) -> list[dict[str, str]]:
     """Locust, headless, in its own process (gevent patches the process it runs in)."""
     locust = Path(sys.executable).with_name("locust")
-    env = {**os.environ, "ETF_BENCH_TOKEN": token, "ETF_BENCH_ACCOUNT": ACCOUNT,
-           "ETF_BENCH_STRATEGY": STRATEGY}
+    env = {**os.environ, "BENCH_API_TOKEN": token, "BENCH_API_ACCOUNT": ACCOUNT,
+           "BENCH_API_STRATEGY": STRATEGY}
     subprocess.run([str(locust), "-f", str(LOCUSTFILE), "--headless", "--host", base,
                     "-u", str(USERS), "-r", str(SPAWN_RATE), "-t", f"{SECONDS}s",
                     "--csv", str(out / "load"), "--only-summary", "--loglevel", "WARNING"],

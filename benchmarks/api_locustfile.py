@@ -14,9 +14,9 @@ class DeskClient(HttpUser):
     wait_time = between(0.5, 1.5)
 
     def on_start(self) -> None:
-        self.client.headers["Authorization"] = f"Bearer {os.environ['ETF_BENCH_TOKEN']}"
-        self.account = os.environ["ETF_BENCH_ACCOUNT"]
-        self.strategy = os.environ["ETF_BENCH_STRATEGY"]
+        self.client.headers["Authorization"] = f"Bearer {os.environ['BENCH_API_TOKEN']}"
+        self.account = os.environ["BENCH_API_ACCOUNT"]
+        self.strategy = os.environ["BENCH_API_STRATEGY"]
         listed = self.client.get(f"{V1}/signals", params={"limit": 1}, name="sign-in check")
         self.signal_id = listed.json()["items"][0]["signal_id"]
 
