@@ -3,7 +3,9 @@ with its OpenAPI document at /api/v1/openapi.json and the docs at /api/v1/docs."
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,18 +15,20 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request, status
 from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi_offline import FastAPIOffline
 
 from api import security
 from api.dagster_checks import DagsterChecks
-from api.deps import ApiState, authorize
-from api.permissions import PUBLIC, V1, permission_of
+from api.deps import ApiState, authorize, authorize_websocket
+from api.events import EventHub, libpq_url, listen
+from api.permissions import PUBLIC, V1, WEBSOCKET, permission_of
 from api.ratelimit import LoginLimiter, MemoryLoginLimiter, RedisLoginLimiter
 from api.routers import (
     accounts,
     audit,
     auth,
+    events,
     health,
     orders,
     quality,
@@ -43,11 +47,33 @@ DOCS_STATIC = f"{V1}/docs-static"
 LEDGER_RETRY_SECONDS = 5.0
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
-           accounts.router, quality.router, audit.router, users.router)
+           accounts.router, quality.router, audit.router, users.router, events.router)
 
 
 class ApiConfigError(RuntimeError):
     """The settings cannot serve the API (no ledger URL, no signing key in prod)."""
+
+
+# A WebSocket client sends its access token in the query (browsers cannot set a header);
+# uvicorn logs the path with its query, so the token is cut out of its log lines.
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Replace ``token=<value>`` in a server log line's arguments by ``token=<redacted>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_IN_QUERY.sub(r"\1<redacted>", a) if isinstance(a, str)
+                                else a for a in record.args)
+        return True
+
+
+def _redact_server_logs() -> None:
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -64,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     _check_every_route_has_a_rule()
     _add_error_handlers(app)
+    _redact_server_logs()
     return app
 
 
@@ -76,11 +103,16 @@ def _lifespan(settings: Settings, key: str
         ledger.migrate()
         limiter = _limiter(settings)
         checks = DagsterChecks(settings)
+        hub = EventHub()
         app.state.api = ApiState(settings=settings, ledger=ledger, users=UserStore(ledger),
-                                 limiter=limiter, signing_key=key, checks=checks)
+                                 limiter=limiter, signing_key=key, checks=checks, events=hub)
+        # One LISTEN connection per app, whatever the number of clients.
+        listener = asyncio.create_task(listen(libpq_url(settings.postgres_url), hub))
         try:
             yield
         finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
             checks.close()
             limiter.close()
             ledger.dispose()
@@ -96,13 +128,16 @@ def _limiter(settings: Settings) -> LoginLimiter:
     return MemoryLoginLimiter(api.login_attempts, api.login_window_seconds)
 
 
-def api_routes() -> Iterator[tuple[str, str, APIRoute]]:
-    """(method, path template, route) of every API route (not the docs)."""
+def api_routes() -> Iterator[tuple[str, str, APIRoute | APIWebSocketRoute]]:
+    """(method, path template, route) of every API route (not the docs); WebSocket routes
+    with the method :data:`api.permissions.WEBSOCKET`."""
     for router in ROUTERS:
         for route in router.routes:
             if isinstance(route, APIRoute):
                 for method in sorted(route.methods or ()):
                     yield method, route.path, route
+            elif isinstance(route, APIWebSocketRoute):
+                yield WEBSOCKET, route.path, route
 
 
 def _calls(dependant: Dependant) -> Iterator[Any]:
@@ -115,9 +150,10 @@ def _check_every_route_has_a_rule() -> None:
     """Every route has a rule in the permission table, and every non-public one enforces it."""
     for method, path, route in api_routes():
         permission = permission_of(method, path)
-        if permission != PUBLIC and authorize not in set(_calls(route.dependant)):
+        guard = authorize_websocket if method == WEBSOCKET else authorize
+        if permission != PUBLIC and guard not in set(_calls(route.dependant)):
             raise RuntimeError(f"route {method} {path} needs {permission} but does not "
-                               "depend on api.deps.authorize")
+                               f"depend on api.deps.{guard.__name__}")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -7,13 +7,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, status
-from fastapi.routing import APIRoute
+from fastapi import Depends, HTTPException, Query, Request, WebSocket, WebSocketException, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.security import OAuth2PasswordBearer
 
 from api import security
 from api.dagster_checks import DagsterChecks
-from api.permissions import V1, allowed, permission_of
+from api.events import EventHub
+from api.permissions import V1, WEBSOCKET, allowed, permission_of
 from api.ratelimit import LoginLimiter
 from api.store import Audit, User, UserStore
 from orchestration.settings import Settings
@@ -28,6 +30,7 @@ class ApiState:
     limiter: LoginLimiter
     signing_key: str
     checks: DagsterChecks
+    events: EventHub
 
     @property
     def access_lifetime(self) -> dt.timedelta:
@@ -77,6 +80,17 @@ def signed_in(state: State, token: Annotated[str | None, Depends(bearer)]) -> Se
     return Session(user=user, claims=claims)
 
 
+def _refuse(state: ApiState, session: Session, method: str, route: str, path: str,
+            permission: str) -> str:
+    """Audit a call the permission table refuses; the reason to answer with."""
+    why = f"role {session.user.role} lacks permission {permission}"
+    state.users.audit(Audit(actor=session.actor, action="access_denied", entity="api_route",
+                            entity_id=f"{method} {route}", reason=why,
+                            details={"path": path, "role": session.user.role.value,
+                                     "permission": permission}))
+    return why
+
+
 def authorize(request: Request, state: State,
               session: Annotated[Session, Depends(signed_in)]) -> Session:
     """The caller's role against the permission table for the matched route."""
@@ -84,13 +98,50 @@ def authorize(request: Request, state: State,
     permission = permission_of(request.method, route.path)
     if allowed(session.user.role, permission):
         return session
-    why = f"role {session.user.role} lacks permission {permission}"
-    state.users.audit(Audit(actor=session.actor, action="access_denied", entity="api_route",
-                            entity_id=f"{request.method} {route.path}", reason=why,
-                            details={"path": request.url.path,
-                                     "role": session.user.role.value,
-                                     "permission": permission}))
+    why = _refuse(state, session, request.method, route.path, request.url.path, permission)
     raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"forbidden: {why}")
+
+
+# Close codes of a refused WebSocket: 4000 + the HTTP status a REST call would get.
+WS_UNAUTHORIZED = 4401
+WS_FORBIDDEN = 4403
+
+
+def _websocket_session(state: ApiState, websocket: WebSocket, token: str | None) -> Session:
+    """The signed-in session of a WebSocket, checked against the permission table (a refusal
+    is audited as on REST routes); raises WebSocketException with the close code."""
+    header = websocket.headers.get("authorization", "")
+    if not token and header.lower().startswith("bearer "):
+        token = header[len("bearer "):]
+    try:
+        session = signed_in(state, token)
+    except HTTPException as exc:
+        raise WebSocketException(WS_UNAUTHORIZED, reason=str(exc.detail)[:120]) from None
+    route: APIWebSocketRoute = websocket.scope["route"]
+    permission = permission_of(WEBSOCKET, route.path)
+    if not allowed(session.user.role, permission):
+        why = _refuse(state, session, WEBSOCKET, route.path, websocket.url.path, permission)
+        raise WebSocketException(WS_FORBIDDEN, reason=f"forbidden: {why}"[:120])
+    return session
+
+
+async def authorize_websocket(
+        websocket: WebSocket,
+        token: Annotated[str | None, Query(max_length=4096,
+                                           description="The access token (browsers cannot "
+                                           "set a header on a WebSocket)")] = None) -> Session:
+    """:func:`authorize` for a WebSocket route: the token from ``?token=`` or the
+    Authorization header. A refused socket is accepted and then closed with 4401 or 4403, so
+    that the client reads why (a socket closed during the handshake only sees an HTTP 403)."""
+    state: ApiState = websocket.app.state.api
+    try:
+        return await run_in_threadpool(_websocket_session, state, websocket, token)
+    except WebSocketException:
+        await websocket.accept()
+        raise
+
+
+WebSocketSession = Annotated[Session, Depends(authorize_websocket)]
 
 
 CurrentSession = Annotated[Session, Depends(authorize)]

@@ -32,6 +32,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "orders.read": EVERYONE,
     "quality.read": EVERYONE,
     "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch state
+    "events.read": EVERYONE,                        # the live stream of signals, orders, fills
     "audit.read": frozenset({Role.RISK, Role.ADMIN}),
     "kill_switch.engage": frozenset({Role.TRADER, Role.RISK, Role.ADMIN}),
     "kill_switch.release": frozenset({Role.RISK, Role.ADMIN}),
@@ -40,6 +41,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
 }
 
 V1 = "/api/v1"
+# The method name of WebSocket routes in ROUTES.
+WEBSOCKET = "WEBSOCKET"
 
 # (method, path template) -> permission name, or PUBLIC.
 ROUTES: dict[tuple[str, str], str] = {
@@ -65,6 +68,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/users"): "users.read",
     ("POST", f"{V1}/users"): "users.manage",
     ("PATCH", f"{V1}/users/{{username}}"): "users.manage",
+    (WEBSOCKET, f"{V1}/events"): "events.read",
 }
 
 

@@ -234,3 +234,19 @@ class SessionQuality(Model):
 class Health(Model):
     status: Literal["ok"] = "ok"
     version: str
+
+
+EventType = Literal["signal", "order", "fill", "kill_switch", "notice"]
+
+
+class EventOut(BaseModel):
+    """One message of the live event stream (``/api/v1/events``): what changed in the ledger
+    (``entity`` is its table, ``id`` its key), or a ``notice`` from the stream itself
+    (subscribed, events dropped for a slow client, the ledger connection lost)."""
+
+    type: EventType
+    entity: str
+    id: str | None = None
+    account: str | None = None
+    at: dt.datetime
+    payload: dict[str, Any] = Field(default_factory=dict)

@@ -19,17 +19,19 @@ import pytest
 import sqlalchemy as sa
 from api_desk import JWT_SECRET, PASSWORD, REDIS_URL, Desk, desk
 from conftest import PG_SERVER, TEST_CACHE_SECRET
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, WebSocketDisconnect
 from fastapi.testclient import TestClient
 
 import api.app
 from api import security
-from api.app import ApiConfigError, create_app
+from api.app import ApiConfigError, api_routes, create_app
+from api.deps import WS_FORBIDDEN, WS_UNAUTHORIZED
 from api.permissions import (
     PERMISSIONS,
     PUBLIC,
     ROLES,
     ROUTES,
+    WEBSOCKET,
     Role,
     UnmappedRouteError,
     allowed,
@@ -46,17 +48,21 @@ QUALITY_SESSION = "2025-12-30"     # a session of the generated sample market
 
 
 def _route_list() -> list[tuple[str, str]]:
-    """Every (method, path) of the app as its OpenAPI document lists them (an app built
-    without touching a database: only the lifespan connects)."""
+    """Every (method, path) of the app as its OpenAPI document lists them, and its WebSocket
+    routes (which OpenAPI does not describe) as (WEBSOCKET, path); an app built without
+    touching a database: only the lifespan connects."""
     settings = load_settings(postgres_url="postgresql+psycopg://unused@127.0.0.1:1/unused",
                              api={"jwt_secret": JWT_SECRET})
     paths = create_app(settings).openapi()["paths"]
-    return sorted((method.upper(), path) for path, operations in paths.items()
-                  for method in operations)
+    sockets = [(method, path) for method, path, _ in api_routes() if method == WEBSOCKET]
+    return sorted([(method.upper(), path) for path, operations in paths.items()
+                   for method in operations] + sockets)
 
 
 ROUTE_LIST = _route_list()
-SIGNED_IN_ROUTES = [r for r in ROUTE_LIST if ROUTES.get(r) != PUBLIC]
+HTTP_ROUTES = [r for r in ROUTE_LIST if r[0] != WEBSOCKET]
+WEBSOCKET_ROUTES = [r[1] for r in ROUTE_LIST if r[0] == WEBSOCKET]
+SIGNED_IN_ROUTES = [r for r in HTTP_ROUTES if ROUTES.get(r) != PUBLIC]
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +143,8 @@ def test_a_ruled_route_that_does_not_authorize_stops_the_app(monkeypatch: pytest
 
 
 @pytest.mark.parametrize(("method", "path", "role"),
-                         [(m, p, r) for m, p in ROUTE_LIST for r in ROLES],
-                         ids=[f"{m} {p} {r}" for m, p in ROUTE_LIST for r in ROLES])
+                         [(m, p, r) for m, p in HTTP_ROUTES for r in ROLES],
+                         ids=[f"{m} {p} {r}" for m, p in HTTP_ROUTES for r in ROLES])
 def test_role_matrix(client: TestClient, desk_: Desk, method: str, path: str,
                      role: Role) -> None:
     """Every route x every role: allowed (anything but 401/403: a mutation sent without its
@@ -149,6 +155,38 @@ def test_role_matrix(client: TestClient, desk_: Desk, method: str, path: str,
     else:
         assert response.status_code == 403, response.text
         assert f"role {role.value} lacks" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("path", "role"), [(p, r) for p in WEBSOCKET_ROUTES for r in ROLES],
+                         ids=[f"{WEBSOCKET} {p} {r}" for p in WEBSOCKET_ROUTES for r in ROLES])
+def test_websocket_role_matrix(client: TestClient, desk_: Desk, path: str, role: Role) -> None:
+    """Every WebSocket route x every role: allowed (the stream's first message) or closed
+    with 4403, audited as a refused REST call is."""
+    with client.websocket_connect(f"{path}?token={desk_.token(role)}") as ws:
+        if allowed(role, permission_of(WEBSOCKET, path)):
+            assert ws.receive_json()["payload"]["notice"] == "subscribed"
+            return
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == WS_FORBIDDEN and f"role {role.value} lacks" in closed.value.reason
+    assert audit_rows(desk_, action="access_denied", entity_id=f"{WEBSOCKET} {path}",
+                      actor=f"api:{desk_.username(role)}")
+
+
+@pytest.mark.parametrize("path", WEBSOCKET_ROUTES)
+def test_no_token_closes_every_websocket_with_4401(client: TestClient, path: str) -> None:
+    with client.websocket_connect(path) as ws, pytest.raises(WebSocketDisconnect) as closed:
+        ws.receive_json()
+    assert closed.value.code == WS_UNAUTHORIZED
+
+
+def test_a_denied_websocket_is_closed_with_4403_and_audited(
+        monkeypatch: pytest.MonkeyPatch, client: TestClient, desk_: Desk) -> None:
+    """events.read is every role's, so the matrix never sees a refusal: narrow it here."""
+    path = WEBSOCKET_ROUTES[0]
+    monkeypatch.setitem(PERMISSIONS, permission_of(WEBSOCKET, path), frozenset({Role.ADMIN}))
+    test_websocket_role_matrix(client, desk_, path, Role.VIEWER)
+    test_websocket_role_matrix(client, desk_, path, Role.ADMIN)
 
 
 @pytest.mark.parametrize(("method", "path"), SIGNED_IN_ROUTES,
