@@ -52,7 +52,18 @@ def api_port() -> int:
 def serve(settings: Settings) -> None:
     port = api_port()
     with ledger_settings(settings) as resolved:
-        uvicorn.run(create_app(resolved), host=HOST, port=port, log_level="info")
+        workers = resolved.api.workers
+        if workers == 1:
+            uvicorn.run(create_app(resolved), host=HOST, port=port, log_level="info")
+            return
+        # uvicorn starts each worker process from an import string, so the workers read
+        # their settings from the environment: the embedded ledger's URL goes there, and the
+        # local signing key is generated here once rather than raced for by the workers.
+        security.signing_key(resolved)
+        if resolved.postgres_url and not settings.postgres_url:
+            os.environ["ETF_POSTGRES_URL"] = resolved.postgres_url
+        uvicorn.run("api.app:app_from_environment", factory=True, workers=workers, host=HOST,
+                    port=port, log_level="info")
 
 
 def read_password() -> str:

@@ -37,7 +37,7 @@ from api.routers import (
     users,
 )
 from api.store import UserStore
-from orchestration.settings import Settings
+from orchestration.settings import Settings, load_settings
 from trading.ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     _redact_server_logs()
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of ``python -m api`` (ETF_API__WORKERS > 1)."""
+    return create_app(load_settings())
 
 
 def _lifespan(settings: Settings, key: str

@@ -201,6 +201,8 @@ class ApiSettings(BaseModel):
     # redis_url is set, else counted in the process).
     login_attempts: int = Field(5, ge=1, le=1000)
     login_window_seconds: int = Field(300, ge=1, le=24 * 3600)
+    # Server processes (uvicorn workers) of `python -m api`: one per core the API may use.
+    workers: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _strong_secret(self) -> ApiSettings:

@@ -52,10 +52,15 @@ def api_env(d: Desk, **extra: str) -> dict[str, str]:
             "ETF_API__JWT_SECRET": JWT_SECRET, **extra}
 
 
+# As deployed: one server process per core (ETF_API__WORKERS).
+WORKERS = 2
+
+
 @dataclass(frozen=True)
 class Live:
     url: str
     desk: Desk
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +75,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         log = tmp_path_factory.mktemp("api_live_log") / "server.log"
         with log.open("w") as out:
             server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT,
-                                      env=api_env(d, API_PORT=str(port)), stdout=out,
+                                      env=api_env(d, API_PORT=str(port),
+                                                  ETF_API__WORKERS=str(WORKERS)), stdout=out,
                                       stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for(url, server, log)
-            yield Live(url=url, desk=d)
+            yield Live(url=url, desk=d, log=log)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -105,6 +111,12 @@ def test_the_served_api_signs_in_and_documents_itself(live: Live) -> None:
     assert httpx.get(f"{live.url}{V1}/docs").status_code == 200
     # Loopback only.
     assert httpx.get(f"{live.url}/health").json()["status"] == "ok"
+    # Each worker process serves the same app (its own ledger pool and event listener); the
+    # second may still be starting when the first answers.
+    deadline = time.monotonic() + START_SECONDS
+    while live.log.read_text().count("Application startup complete") < WORKERS:
+        assert time.monotonic() < deadline, live.log.read_text()
+        time.sleep(0.2)
 
 
 def test_the_server_refuses_a_bad_port_and_a_prod_start_without_a_key(live: Live) -> None:

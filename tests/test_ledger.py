@@ -4,6 +4,7 @@ audited writes, database-enforced immutability, fill arithmetic, locks and recon
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import socket
 import threading
 import time
@@ -803,3 +804,75 @@ def test_gives_up_after_retry_seconds(database: str) -> None:
         led.cash("anything")
     assert time.monotonic() - started < 10
     led.dispose()
+
+
+# ------------------------------------------------------------------------------ pages
+
+
+def _pages(read: Callable[..., tuple[list[Any], int]], size: int) -> tuple[list[Any], int]:
+    """Every page of a paged read (``read(limit=, offset=)``), concatenated, and the total
+    each page reported."""
+    items, totals, offset = [], set(), 0
+    while True:
+        page, total = read(limit=size, offset=offset)
+        items += page
+        totals.add(total)
+        offset += size
+        if offset >= total:
+            break
+    assert len(totals) == 1
+    return items, totals.pop()
+
+
+def _seed_sessions(ledger: Ledger, account: str, days: list[dt.date]) -> None:
+    """A signal a day (the third rejected, two strategies), two orders per approved signal
+    and a fill per buy."""
+    for i, day in enumerate(days):
+        status = SignalStatus.REJECTED if i == 2 else SignalStatus.APPROVED
+        signal = ledger.record_signal(make_signal(account, {"510300": 0.5, "159915": 0.5},
+                                                  as_of=day, status=status,
+                                                  strategy="rot" if i % 2 else "mom"),
+                                      actor="t")
+        if status is SignalStatus.REJECTED:
+            continue
+        session = day + dt.timedelta(days=1)
+        orders = ledger.record_orders(
+            [make_order(signal, "510300", Side.BUY, 100 * (i + 1), 3.9, session=session),
+             make_order(signal, "159915", Side.SELL if i else Side.BUY, 100, 2.1,
+                        session=session)], actor="t")
+        for order in orders:
+            ledger.update_order(order.order_id, status=OrderStatus.SUBMITTED, actor="t")
+            if order.side is Side.BUY:
+                ledger.record_fill(make_fill(order, order.quantity, 3.9, 5.0), actor="venue")
+
+
+def test_pages_cut_in_the_database_match_the_whole_lists(ledger: Ledger, account: str) -> None:
+    days = [dt.date(2024, 3, 4) + dt.timedelta(days=i) for i in range(4)]
+    _seed_sessions(ledger, account, days)
+    signals = list(reversed(ledger.signals(account)))
+    assert _pages(functools.partial(ledger.signals_page, account_id=account), 3) == (signals, 4)
+    for strategy, status, since in [("rot", None, None), (None, SignalStatus.APPROVED, days[1]),
+                                    ("mom", SignalStatus.REJECTED, None)]:
+        wanted = [s for s in signals if (strategy is None or s.strategy == strategy)
+                  and (status is None or s.status is status)
+                  and (since is None or s.as_of >= since)]
+        read = functools.partial(ledger.signals_page, account_id=account, strategy=strategy,
+                                 status=status, since=since, until=days[-1])
+        assert _pages(read, 2) == (wanted, len(wanted))
+    orders = list(reversed(ledger.orders(account_id=account)))
+    assert len(orders) == 6
+    for symbol, side, session in [(None, None, None), ("510300", None, None),
+                                  (None, Side.SELL, None), ("159915", Side.BUY, days[1])]:
+        chosen = [o for o in orders if (symbol is None or o.symbol == symbol)
+                  and (side is None or o.side is side)
+                  and (session is None or o.session == session)]
+        read = functools.partial(ledger.orders_page, account_id=account, symbol=symbol,
+                                 side=side, session=session)
+        assert _pages(read, 4) == (chosen, len(chosen))
+    fills = list(reversed(ledger.fills(account)))
+    assert len(fills) == 4
+    assert _pages(functools.partial(ledger.fills_page, account), 3) == (fills, 4)
+    last = signals[0]
+    assert ledger.fills_page(account, signal_id=last.signal_id)[0] == list(
+        reversed(ledger.fills(account, signal_id=last.signal_id)))
+    assert ledger.fills_page(account, symbol="159915", side=Side.SELL) == ([], 0)

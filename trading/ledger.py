@@ -281,6 +281,11 @@ def _dec(value: float) -> Decimal:
     return Decimal(repr(number))
 
 
+def _equal(table: sa.Table, **values: object) -> list[sa.ColumnElement[bool]]:
+    """``column = value`` for each value given (None: no filter on that column)."""
+    return [table.c[column] == value for column, value in values.items() if value is not None]
+
+
 def _as_date(value: dt.date) -> dt.date:
     return value.date() if isinstance(value, dt.datetime) else value
 
@@ -727,6 +732,20 @@ class Ledger:
 
         return _retry(attempt, what=what, retry_seconds=self.retry_seconds)
 
+    def _page(self, what: str, table: sa.Table, where: list[sa.ColumnElement[bool]],
+              order: tuple[sa.UnaryExpression[Any], ...], convert: Callable[[sa.Row[Any]], T],
+              limit: int, offset: int) -> tuple[list[T], int]:
+        """A page of ``table`` and the count of all matching rows, in one transaction (the
+        desk API's lists grow with every session: they are paged in the database)."""
+        page = sa.select(table).where(*where).order_by(*order).limit(limit).offset(offset)
+        total = sa.select(sa.func.count()).select_from(table).where(*where)
+
+        def work(conn: Connection) -> tuple[list[T], int]:
+            return ([convert(r) for r in conn.execute(page)],
+                    int(conn.execute(total).scalar_one()))
+
+        return self._run(what, work)
+
     # ------------------------------------------------------------------ accounts, kill switch
 
     def open_account(self, account_id: str, initial_cash: float, *, actor: str) -> None:
@@ -857,6 +876,21 @@ class Ledger:
             query = query.where(SIGNALS.c.status == SignalStatus(status).value)
         return self._run("reading signals",
                          lambda conn: [_signal_of(r) for r in conn.execute(query)])
+
+    def signals_page(self, *, account_id: str | None = None, status: SignalStatus | None = None,
+                     strategy: str | None = None, since: dt.date | None = None,
+                     until: dt.date | None = None, limit: int = 50, offset: int = 0
+                     ) -> tuple[list[SignalRecord], int]:
+        """One page of signals, newest session first, and how many match in all."""
+        where = _equal(SIGNALS, account_id=account_id, strategy=strategy,
+                       status=None if status is None else SignalStatus(status).value)
+        if since is not None:
+            where.append(SIGNALS.c.as_of >= _as_date(since))
+        if until is not None:
+            where.append(SIGNALS.c.as_of <= _as_date(until))
+        order = (SIGNALS.c.as_of.desc(), SIGNALS.c.created_at.desc(), SIGNALS.c.signal_id.desc())
+        return self._page("reading a page of signals", SIGNALS, where, order, _signal_of,
+                          limit, offset)
 
     def approved_signal_for(self, account_id: str, as_of: dt.date) -> SignalRecord | None:
         """The account's approved signal for a session, if any (at most one: the database's
@@ -1038,6 +1072,19 @@ class Ledger:
         if status is not None:
             query = query.where(ORDERS.c.status == OrderStatus(status).value)
         return self._run("reading orders", lambda conn: [_order_of(r) for r in conn.execute(query)])
+
+    def orders_page(self, *, signal_id: str | None = None, account_id: str | None = None,
+                    status: OrderStatus | None = None, symbol: str | None = None,
+                    side: Side | None = None, session: dt.date | None = None, limit: int = 50,
+                    offset: int = 0) -> tuple[list[OrderRecord], int]:
+        """One page of orders, most recently recorded first, and how many match in all."""
+        where = _equal(ORDERS, signal_id=signal_id, account_id=account_id, symbol=symbol,
+                       status=None if status is None else OrderStatus(status).value,
+                       side=None if side is None else Side(side).value,
+                       session=None if session is None else _as_date(session))
+        order = (ORDERS.c.created_at.desc(), ORDERS.c.order_id.desc())
+        return self._page("reading a page of orders", ORDERS, where, order, _order_of,
+                          limit, offset)
 
     def order(self, order_id: str) -> OrderRecord | None:
         def work(conn: Connection) -> OrderRecord | None:
@@ -1239,6 +1286,21 @@ class Ledger:
         return self._run(f"reading fills of {account_id}",
                          lambda conn: [_fill_of(r) for r in conn.execute(query)])
 
+    def fills_page(self, account_id: str, *, signal_id: str | None = None,
+                   symbol: str | None = None, side: Side | None = None,
+                   session: dt.date | None = None, limit: int = 50, offset: int = 0
+                   ) -> tuple[list[Fill], int]:
+        """One page of the account's fills, most recent first, and how many match in all."""
+        where = _equal(FILLS, account_id=account_id, symbol=symbol,
+                       side=None if side is None else Side(side).value,
+                       session=None if session is None else _as_date(session))
+        if signal_id is not None:
+            where.append(FILLS.c.order_id.in_(
+                sa.select(ORDERS.c.order_id).where(ORDERS.c.signal_id == signal_id)))
+        order = (FILLS.c.filled_at.desc(), FILLS.c.recorded_at.desc(), FILLS.c.fill_id.desc())
+        return self._page(f"reading a page of fills of {account_id}", FILLS, where, order,
+                          _fill_of, limit, offset)
+
     def positions(self, account_id: str) -> dict[str, Position]:
         query = (sa.select(POSITIONS).where(POSITIONS.c.account_id == account_id,
                                             POSITIONS.c.quantity > 0)
@@ -1340,20 +1402,12 @@ class Ledger:
                    ) -> tuple[list[dict[str, Any]], int]:
         """One page of entries, newest first, and how many match in all (the desk API's
         audit list: the log only grows, so it is paged in the database)."""
-        where = [AUDIT_LOG.c[column] == value for column, value in (
-            ("entity", entity), ("entity_id", entity_id), ("action", action), ("actor", actor))
-            if value is not None]
+        where = _equal(AUDIT_LOG, entity=entity, entity_id=entity_id, action=action,
+                       actor=actor)
         if since is not None:
             where.append(AUDIT_LOG.c.at >= since)
-        page = (sa.select(AUDIT_LOG).where(*where).order_by(AUDIT_LOG.c.id.desc())
-                .limit(limit).offset(offset))
-        total = sa.select(sa.func.count()).select_from(AUDIT_LOG).where(*where)
-
-        def work(conn: Connection) -> tuple[list[dict[str, Any]], int]:
-            return ([dict(r._mapping) for r in conn.execute(page)],
-                    int(conn.execute(total).scalar_one()))
-
-        return self._run("reading a page of the audit log", work)
+        return self._page("reading a page of the audit log", AUDIT_LOG, where,
+                          (AUDIT_LOG.c.id.desc(),), lambda r: dict(r._mapping), limit, offset)
 
     # ------------------------------------------------------------------ locks
 

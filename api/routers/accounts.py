@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api.deps import CurrentSession, PageParams, Session, State, authorize
-from api.paging import page_of
+from api.paging import page_from, page_of
 from api.permissions import V1
 from api.schemas import (
     PLAIN_TEXT,
@@ -58,11 +58,9 @@ def list_fills(account_id: Account, state: State, paging: PageParams,
                symbol: Annotated[str | None, text_filter(50)] = None,
                side: Annotated[Side | None, Query()] = None,
                session: Annotated[dt.date | None, Query()] = None) -> Page[FillOut]:
-    fills = state.ledger.fills(account_id, signal_id=signal_id)
-    chosen = [f for f in reversed(fills)
-              if (symbol is None or f.symbol == symbol) and (side is None or f.side == side)
-              and (session is None or f.session == session)]
-    return page_of(chosen, paging, fill_out)
+    found = state.ledger.fills_page(account_id, signal_id=signal_id, symbol=symbol, side=side,
+                                    session=session, limit=paging.limit, offset=paging.offset)
+    return page_from(found, paging, fill_out)
 
 
 def position_out(position: Position) -> PositionOut:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api.deps import PageParams, State, authorize
-from api.paging import page_of
+from api.paging import fields_of, page_from
 from api.permissions import V1
 from api.schemas import PLAIN_TEXT, SIGNED_IN_RESPONSES, OrderOut, Page, text_filter
 from trading.ledger import OrderRecord
@@ -20,7 +19,7 @@ router = APIRouter(prefix=f"{V1}/orders", tags=["orders"], dependencies=[Depends
 
 
 def order_out(record: OrderRecord) -> OrderOut:
-    return OrderOut(**{**dataclasses.asdict(record), "side": record.side.value,
+    return OrderOut(**{**fields_of(record), "side": record.side.value,
                        "status": OrderStatus(record.status).value})
 
 
@@ -32,11 +31,10 @@ def list_orders(state: State, paging: PageParams,
                 symbol: Annotated[str | None, text_filter(50)] = None,
                 side: Annotated[Side | None, Query()] = None,
                 session: Annotated[dt.date | None, Query()] = None) -> Page[OrderOut]:
-    records = state.ledger.orders(signal_id=signal_id, account_id=account_id, status=status_)
-    chosen = [o for o in reversed(records)
-              if (symbol is None or o.symbol == symbol) and (side is None or o.side == side)
-              and (session is None or o.session == session)]
-    return page_of(chosen, paging, order_out)
+    found = state.ledger.orders_page(signal_id=signal_id, account_id=account_id, status=status_,
+                                     symbol=symbol, side=side, session=session,
+                                     limit=paging.limit, offset=paging.offset)
+    return page_from(found, paging, order_out)
 
 
 @router.get("/{order_id}", summary="One order",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api.deps import PageParams, State, authorize
-from api.paging import page_of
+from api.paging import fields_of, page_from
 from api.permissions import V1
 from api.schemas import PLAIN_TEXT, SIGNED_IN_RESPONSES, Page, SignalOut, text_filter
 from trading.ledger import SignalRecord
@@ -20,7 +19,7 @@ router = APIRouter(prefix=f"{V1}/signals", tags=["signals"], dependencies=[Depen
 
 
 def signal_out(record: SignalRecord) -> SignalOut:
-    return SignalOut(**{**dataclasses.asdict(record), "status": record.status.value})
+    return SignalOut(**{**fields_of(record), "status": record.status.value})
 
 
 @router.get("", summary="Signals, newest session first")
@@ -31,11 +30,10 @@ def list_signals(state: State, paging: PageParams,
                  since: Annotated[dt.date | None, Query(description="as_of on or after")] = None,
                  until: Annotated[dt.date | None, Query(description="as_of on or before")] = None,
                  ) -> Page[SignalOut]:
-    records = state.ledger.signals(account_id, status_)
-    chosen = [s for s in reversed(records)
-              if (strategy is None or s.strategy == strategy)
-              and (since is None or s.as_of >= since) and (until is None or s.as_of <= until)]
-    return page_of(chosen, paging, signal_out)
+    found = state.ledger.signals_page(account_id=account_id, status=status_, strategy=strategy,
+                                      since=since, until=until, limit=paging.limit,
+                                      offset=paging.offset)
+    return page_from(found, paging, signal_out)
 
 
 @router.get("/{signal_id}", summary="One signal", responses={404: {"description": "No such "

@@ -3,6 +3,7 @@ with the reason each fund is in or out (the ``target_portfolio`` asset's Parquet
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path as FilePath
 from typing import Annotated
@@ -22,7 +23,7 @@ from api.schemas import (
     TargetWeight,
     text_filter,
 )
-from rotation.config_paths import STRATEGY_CONFIG_DIR
+from rotation.config_paths import CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
 
 router = APIRouter(prefix=f"{V1}/strategies", tags=["strategies"],
@@ -33,15 +34,28 @@ STRATEGY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
 TARGET_FILE = "target_portfolio.parquet"
 
 
-def _strategies() -> list[StrategyConfig]:
-    """Every strategy file that validates (an invalid one is the research stage's to report)."""
+def _config_fingerprint() -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of every configuration file a strategy may read:
+    the strategies are re-read when one changes (a new strategy file shows without a restart)."""
+    return tuple((str(path), stat.st_mtime_ns, stat.st_size)
+                 for path in sorted(CONFIG_DIR.rglob("*.yaml")) for stat in [path.stat()])
+
+
+@functools.lru_cache(maxsize=1)
+def _strategies_of(fingerprint: tuple[tuple[str, int, int], ...]) -> tuple[StrategyConfig, ...]:
+    """Every strategy file that validates (an invalid one is the research stage's to report);
+    validating them all takes tens of milliseconds, so it is done once per configuration."""
     loaded = []
     for path in sorted(STRATEGY_CONFIG_DIR.glob("*.yaml")):
         try:
             loaded.append(load_strategy(path.stem, warn=False))
         except StrategyConfigError:
             continue
-    return loaded
+    return tuple(loaded)
+
+
+def _strategies() -> tuple[StrategyConfig, ...]:
+    return _strategies_of(_config_fingerprint())
 
 
 def _summary(config: StrategyConfig) -> StrategySummary:
