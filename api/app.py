@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 DOCS_STATIC = f"{V1}/docs-static"
 # A request waits this long for a lost database connection to come back, then answers 503.
 LEDGER_RETRY_SECONDS = 5.0
+# Connections per worker: requests run on up to 40 threads; beyond 2 x 10 they wait rather
+# than open and close a connection each.
+LEDGER_POOL_SIZE = 10
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
            accounts.router, quality.router, audit.router, users.router, events.router)
@@ -104,7 +107,8 @@ def _lifespan(settings: Settings, key: str
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         assert settings.postgres_url is not None
-        ledger = Ledger(settings.postgres_url, retry_seconds=LEDGER_RETRY_SECONDS)
+        ledger = Ledger(settings.postgres_url, retry_seconds=LEDGER_RETRY_SECONDS,
+                        pool_size=LEDGER_POOL_SIZE)
         ledger.migrate()
         limiter = _limiter(settings)
         checks = DagsterChecks(settings)

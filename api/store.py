@@ -100,9 +100,15 @@ class UserStore:
 
     def __init__(self, ledger: Ledger) -> None:
         self._engine = ledger.engine
+        self._reader = ledger.reader
 
     def _run(self, work: Callable[[Connection], T]) -> T:
         with self._engine.begin() as conn:
+            return work(conn)
+
+    def _read(self, work: Callable[[Connection], T]) -> T:
+        """One statement outside a transaction (every request reads its user)."""
+        with self._reader.connect() as conn:
             return work(conn)
 
     # ------------------------------------------------------------------ users
@@ -217,7 +223,7 @@ class UserStore:
         revoked (one round trip per request)."""
         revoked = sa.exists().where(REVOKED_ACCESS.c.jti == jti)
         query = sa.select(USERS, revoked.label("revoked")).where(USERS.c.username == username)
-        row = self._run(lambda conn: conn.execute(query).first())
+        row = self._read(lambda conn: conn.execute(query).first())
         if row is None or row.disabled or row.revoked:
             return None
         return _user_of(row)

@@ -281,6 +281,10 @@ def _dec(value: float) -> Decimal:
     return Decimal(repr(number))
 
 
+# The column a page's rows carry with the number of all matching rows.
+MATCHING = "matching_rows"
+
+
 def _equal(table: sa.Table, **values: object) -> list[sa.ColumnElement[bool]]:
     """``column = value`` for each value given (None: no filter on that column)."""
     return [table.c[column] == value for column, value in values.items() if value is not None]
@@ -698,11 +702,15 @@ class AccountLock:
 class Ledger:
     """The execution ledger. Thread-safe (one SQLAlchemy engine with a connection pool)."""
 
-    def __init__(self, url: str, *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, url: str, *, retry_seconds: float = 30.0, pool_size: int = 5) -> None:
         self._url = _check_url(url)
         self.retry_seconds = retry_seconds
         connect_args = {} if "connect_timeout" in self._url.query else {"connect_timeout": 10}
-        self.engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args)
+        self.engine = sa.create_engine(self._url, pool_pre_ping=True, connect_args=connect_args,
+                                       pool_size=pool_size, max_overflow=pool_size)
+        # One-statement reads need no transaction: no BEGIN and COMMIT round trips (the
+        # statement is its own snapshot). Same pool.
+        self.reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def __repr__(self) -> str:
         return f"Ledger({self._url!r})"
@@ -732,19 +740,32 @@ class Ledger:
 
         return _retry(attempt, what=what, retry_seconds=self.retry_seconds)
 
+    def _read(self, what: str, work: Callable[[Connection], T]) -> T:
+        """A read of one statement, outside a transaction, re-run when the connection is
+        lost."""
+
+        def attempt() -> T:
+            with self.reader.connect() as conn:
+                return work(conn)
+
+        return _retry(attempt, what=what, retry_seconds=self.retry_seconds)
+
     def _page(self, what: str, table: sa.Table, where: list[sa.ColumnElement[bool]],
               order: tuple[sa.UnaryExpression[Any], ...], convert: Callable[[sa.Row[Any]], T],
               limit: int, offset: int) -> tuple[list[T], int]:
-        """A page of ``table`` and the count of all matching rows, in one transaction (the
+        """A page of ``table`` and the count of all matching rows, in one statement (the
         desk API's lists grow with every session: they are paged in the database)."""
-        page = sa.select(table).where(*where).order_by(*order).limit(limit).offset(offset)
+        page = (sa.select(table, sa.func.count().over().label(MATCHING)).where(*where)
+                .order_by(*order).limit(limit).offset(offset))
         total = sa.select(sa.func.count()).select_from(table).where(*where)
 
         def work(conn: Connection) -> tuple[list[T], int]:
-            return ([convert(r) for r in conn.execute(page)],
-                    int(conn.execute(total).scalar_one()))
+            rows = conn.execute(page).all()
+            if rows:
+                return [convert(r) for r in rows], int(getattr(rows[0], MATCHING))
+            return [], int(conn.execute(total).scalar_one())    # past the last page
 
-        return self._run(what, work)
+        return self._read(what, work)
 
     # ------------------------------------------------------------------ accounts, kill switch
 
@@ -780,7 +801,7 @@ class Ledger:
                 raise LedgerError(f"account {account_id} is not open in the ledger")
             return float(value)
 
-        return self._run(f"reading the {what} of {account_id}", work)
+        return self._read(f"reading the {what} of {account_id}", work)
 
     def kill_switch(self, account_id: str) -> KillSwitch:
         def work(conn: Connection) -> KillSwitch:
@@ -791,7 +812,7 @@ class Ledger:
             return KillSwitch(engaged=row.kill_switch, reason=row.kill_reason,
                               actor=row.kill_actor, at=row.kill_at)
 
-        return self._run(f"reading the kill switch of {account_id}", work)
+        return self._read(f"reading the kill switch of {account_id}", work)
 
     def set_kill_switch(self, account_id: str, engaged: bool, *, actor: str,
                         reason: str) -> None:
@@ -864,7 +885,7 @@ class Ledger:
                                ).first()
             return None if row is None else _signal_of(row)
 
-        return self._run(f"reading signal {signal_id}", work)
+        return self._read(f"reading signal {signal_id}", work)
 
     def signals(self, account_id: str | None = None,
                 status: SignalStatus | None = None) -> list[SignalRecord]:
@@ -1091,7 +1112,7 @@ class Ledger:
             row = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == order_id)).first()
             return None if row is None else _order_of(row)
 
-        return self._run(f"reading order {order_id}", work)
+        return self._read(f"reading order {order_id}", work)
 
     def update_order(self, order_id: str, *, status: OrderStatus, actor: str,
                      venue_order_id: str | None = None, reason: str | None = None
@@ -1305,7 +1326,7 @@ class Ledger:
         query = (sa.select(POSITIONS).where(POSITIONS.c.account_id == account_id,
                                             POSITIONS.c.quantity > 0)
                  .order_by(POSITIONS.c.symbol))
-        return self._run(f"reading positions of {account_id}", lambda conn: {
+        return self._read(f"reading positions of {account_id}", lambda conn: {
             r.symbol: Position(symbol=r.symbol, quantity=r.quantity, cost=r.cost)
             for r in conn.execute(query)
         })
@@ -1407,7 +1428,9 @@ class Ledger:
         if since is not None:
             where.append(AUDIT_LOG.c.at >= since)
         return self._page("reading a page of the audit log", AUDIT_LOG, where,
-                          (AUDIT_LOG.c.id.desc(),), lambda r: dict(r._mapping), limit, offset)
+                          (AUDIT_LOG.c.id.desc(),),
+                          lambda r: {c.name: r._mapping[c.name] for c in AUDIT_LOG.columns},
+                          limit, offset)
 
     # ------------------------------------------------------------------ locks
 
