@@ -20,8 +20,7 @@ class DeskClient(FastHttpUser):
         self.client.auth_header = f"Bearer {os.environ['BENCH_API_TOKEN']}"
         self.account = os.environ["BENCH_API_ACCOUNT"]
         self.strategy = os.environ["BENCH_API_STRATEGY"]
-        listed = self.client.get(f"{V1}/signals", params={"limit": 1}, name="sign-in check")
-        self.signal_id = listed.json()["items"][0]["signal_id"]
+        self.signal_id = os.environ["BENCH_API_SIGNAL"]
 
     @task(3)
     def signals(self) -> None:
