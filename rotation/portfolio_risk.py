@@ -1,0 +1,317 @@
+"""Portfolio risk from data up to D only (issue 19): value at risk and expected shortfall over
+one and several sessions by three methods, their backtest, stress scenarios and liquidity.
+Pure numpy/pandas/scipy, no Dagster.
+
+Conventions: ``returns`` are simple daily total returns, sessions × funds (NaN where a fund did
+not trade: before its listing, on a halt); ``weights`` are fractions of equity (the rest is cash,
+which neither gains nor loses). Every loss figure is a positive fraction of equity: a VaR of
+0.021 means "2.1 % of the account is lost or worse on the worst (1 − level) of sessions".
+
+Methods:
+
+* ``historical`` — the empirical quantile of the portfolio's overlapping ``h``-session returns
+  over the look-back (the weights held constant through it), ES the mean beyond it.
+* ``parametric`` — normal, the fund covariance shrunk towards a scaled identity (Ledoit–Wolf),
+  scaled to ``h`` sessions by √h.
+* ``cornish_fisher`` — the normal quantile corrected for the portfolio's skewness and excess
+  kurtosis (moments of daily returns, aggregated to ``h`` sessions as for i.i.d. returns); ES
+  the mean of the corrected quantiles over the tail. The expansion is only a valid quantile
+  function while it is monotone: :attr:`RiskEstimate.valid` says whether it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Method = Literal["historical", "parametric", "cornish_fisher"]
+METHODS: tuple[Method, ...] = ("historical", "parametric", "cornish_fisher")
+LEVELS = (0.95, 0.99)
+HORIZONS = (1, 5)
+# Tail points over which the Cornish–Fisher ES averages its quantiles.
+CF_TAIL_POINTS = 200
+
+
+class RiskInputError(ValueError):
+    """Inputs that cannot give an honest figure (too little history, unknown funds)."""
+
+
+@dataclass(frozen=True)
+class RiskEstimate:
+    method: Method
+    level: float
+    horizon: int            # sessions
+    var: float              # loss, fraction of equity
+    es: float               # mean loss beyond the VaR, fraction of equity
+    observations: int       # daily portfolio returns the estimate rests on
+    valid: bool = True      # False: the Cornish–Fisher expansion was not monotone
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def window(returns: pd.DataFrame, weights: Mapping[str, float], as_of: dt.date,
+           lookback: int) -> pd.DataFrame:
+    """The held funds' returns of the ``lookback`` sessions up to and including ``as_of``
+    (nothing after it), on the sessions where every held fund traded."""
+    held = [s for s, w in weights.items() if w != 0]
+    unknown = sorted(set(held) - set(returns.columns))
+    if unknown:
+        raise RiskInputError(f"no returns for held fund(s) {unknown}")
+    upto = returns.loc[returns.index <= pd.Timestamp(as_of), held].dropna()
+    if len(upto) < lookback:
+        raise RiskInputError(
+            f"{len(upto)} sessions up to {as_of} where every held fund traded; the look-back "
+            f"needs {lookback}")
+    return upto.iloc[-lookback:]
+
+
+def portfolio_returns(returns: pd.DataFrame, weights: Mapping[str, float]) -> pd.Series:
+    """Daily returns of the weights held constant (cash earns nothing)."""
+    held = [s for s, w in weights.items() if w != 0]
+    vector = np.array([weights[s] for s in held], dtype=float)
+    return pd.Series(returns[held].to_numpy() @ vector, index=returns.index, name="portfolio")
+
+
+def horizon_returns(daily: np.ndarray, horizon: int) -> np.ndarray:
+    """Overlapping ``horizon``-session compounded returns."""
+    if horizon == 1:
+        return daily
+    growth = np.log1p(daily)
+    sums = np.convolve(growth, np.ones(horizon), mode="valid")
+    return np.expm1(sums)
+
+
+# ------------------------------------------------------------------------------ methods
+
+
+def historical(daily: np.ndarray, level: float, horizon: int) -> tuple[float, float]:
+    """Empirical VaR and ES of ``horizon``-session returns."""
+    outcomes = horizon_returns(daily, horizon)
+    cut = np.quantile(outcomes, 1 - level, method="lower")
+    return -float(cut), -float(outcomes[outcomes <= cut].mean())
+
+
+def shrunk_covariance(returns: np.ndarray) -> np.ndarray:
+    """Ledoit–Wolf covariance (scikit-learn's estimator, imported where used)."""
+    from sklearn.covariance import LedoitWolf
+
+    return np.asarray(LedoitWolf(assume_centered=False).fit(returns).covariance_)
+
+
+def parametric(returns: np.ndarray, weights: np.ndarray, level: float,
+               horizon: int) -> tuple[float, float]:
+    """Normal VaR and ES from the mean and the shrunk covariance, scaled to ``horizon``."""
+    mean = float(returns.mean(axis=0) @ weights) * horizon
+    sigma = math.sqrt(float(weights @ shrunk_covariance(returns) @ weights) * horizon)
+    z = float(stats.norm.ppf(1 - level))
+    return -(mean + z * sigma), -(mean - sigma * float(stats.norm.pdf(z)) / (1 - level))
+
+
+def cornish_fisher_z(z: np.ndarray, skew: float, excess_kurtosis: float) -> np.ndarray:
+    return (z + (z ** 2 - 1) * skew / 6 + (z ** 3 - 3 * z) * excess_kurtosis / 24
+            - (2 * z ** 3 - 5 * z) * skew ** 2 / 36)
+
+
+def cornish_fisher(daily: np.ndarray, level: float, horizon: int
+                   ) -> tuple[float, float, bool]:
+    """Cornish–Fisher VaR and ES, and whether the expansion was monotone over the tail."""
+    mean, sigma = float(daily.mean()) * horizon, float(daily.std(ddof=1)) * math.sqrt(horizon)
+    skew = float(stats.skew(daily, bias=False)) / math.sqrt(horizon)
+    kurt = float(stats.kurtosis(daily, fisher=True, bias=False)) / horizon
+    tail = (1 - level) * (np.arange(CF_TAIL_POINTS) + 0.5) / CF_TAIL_POINTS
+    quantiles = cornish_fisher_z(stats.norm.ppf(tail), skew, kurt)
+    z = float(cornish_fisher_z(np.array([stats.norm.ppf(1 - level)]), skew, kurt)[0])
+    monotone = bool(np.all(np.diff(quantiles) > 0))
+    return -(mean + z * sigma), -(mean + sigma * float(quantiles.mean())), monotone
+
+
+def var_es(returns: pd.DataFrame, weights: Mapping[str, float], as_of: dt.date, *,
+           lookback: int = 250, levels: Sequence[float] = LEVELS,
+           horizons: Sequence[int] = HORIZONS) -> list[RiskEstimate]:
+    """Every method × level × horizon for ``weights`` held at ``as_of``, from the
+    ``lookback`` sessions up to ``as_of``."""
+    held = window(returns, weights, as_of, lookback)
+    vector = np.array([weights[s] for s in held.columns], dtype=float)
+    daily = held.to_numpy() @ vector
+    found = []
+    for level in levels:
+        for h in horizons:
+            var, es = historical(daily, level, h)
+            found.append(RiskEstimate("historical", level, h, var, es, len(daily)))
+            var, es = parametric(held.to_numpy(), vector, level, h)
+            found.append(RiskEstimate("parametric", level, h, var, es, len(daily)))
+            var, es, monotone = cornish_fisher(daily, level, h)
+            found.append(RiskEstimate("cornish_fisher", level, h, var, es, len(daily),
+                                      valid=monotone))
+    return found
+
+
+# ------------------------------------------------------------------------------ backtest
+
+
+@dataclass(frozen=True)
+class VarBacktest:
+    """One-session VaR forecasts from the ``lookback`` sessions before each day, against the
+    day's realised return."""
+
+    method: Method
+    level: float
+    observations: int
+    exceedances: int
+    expected: float
+    kupiec_lr: float            # unconditional coverage (POF), χ²(1)
+    kupiec_p: float
+    independence_lr: float      # Christoffersen: exceedances do not cluster, χ²(1)
+    independence_p: float
+    conditional_lr: float       # both, χ²(2)
+    conditional_p: float
+
+
+def _xlogy(x: float, y: float) -> float:
+    return 0.0 if x == 0 else x * math.log(y)
+
+
+def kupiec(observations: int, exceedances: int, level: float) -> tuple[float, float]:
+    """Kupiec's proportion-of-failures likelihood ratio and its p-value."""
+    p, x, n = 1 - level, exceedances, observations
+    observed = x / n
+    lr = -2 * (_xlogy(n - x, 1 - p) + _xlogy(x, p)
+               - _xlogy(n - x, 1 - observed) - _xlogy(x, observed))
+    return lr, float(stats.chi2.sf(lr, 1))
+
+
+def christoffersen(hits: np.ndarray) -> tuple[float, float]:
+    """Christoffersen's independence likelihood ratio (first-order Markov against
+    independence) and its p-value."""
+    before, after = hits[:-1].astype(bool), hits[1:].astype(bool)
+    n00 = int(np.sum(~before & ~after))
+    n01 = int(np.sum(~before & after))
+    n10 = int(np.sum(before & ~after))
+    n11 = int(np.sum(before & after))
+    pi = (n01 + n11) / max(n00 + n01 + n10 + n11, 1)
+    pi0 = n01 / max(n00 + n01, 1)
+    pi1 = n11 / max(n10 + n11, 1)
+    restricted = _xlogy(n00 + n10, 1 - pi) + _xlogy(n01 + n11, pi)
+    markov = (_xlogy(n00, 1 - pi0) + _xlogy(n01, pi0) + _xlogy(n10, 1 - pi1)
+              + _xlogy(n11, pi1))
+    lr = max(-2 * (restricted - markov), 0.0)
+    return lr, float(stats.chi2.sf(lr, 1))
+
+
+def rolling_var(daily: np.ndarray, lookback: int, level: float, method: Method) -> np.ndarray:
+    """The one-session VaR of each day from ``lookback`` to the end, from the sessions before
+    it only."""
+    windows = np.lib.stride_tricks.sliding_window_view(daily[:-1], lookback)
+    if method == "historical":
+        return -np.quantile(windows, 1 - level, axis=1, method="lower")
+    mean, sigma = windows.mean(axis=1), windows.std(axis=1, ddof=1)
+    z = np.full(len(windows), stats.norm.ppf(1 - level))
+    if method == "cornish_fisher":
+        skew = stats.skew(windows, axis=1, bias=False)
+        kurt = stats.kurtosis(windows, axis=1, fisher=True, bias=False)
+        z = cornish_fisher_z(z, skew, kurt)
+    return np.asarray(-(mean + z * sigma))
+
+
+def backtest(daily: pd.Series, *, lookback: int = 250, level: float = 0.99,
+             method: Method = "historical") -> VarBacktest:
+    """Exceedances of a daily return series (e.g. the stitched out-of-sample returns) over
+    its rolling one-session VaR, with Kupiec's and Christoffersen's tests."""
+    values = daily.dropna().to_numpy(dtype=float)
+    if len(values) <= lookback + 1:
+        raise RiskInputError(f"{len(values)} returns: a backtest with a look-back of "
+                             f"{lookback} needs more")
+    forecasts = rolling_var(values, lookback, level, method)
+    hits = values[lookback:] < -forecasts
+    n, x = len(hits), int(hits.sum())
+    pof, pof_p = kupiec(n, x, level)
+    ind, ind_p = christoffersen(hits)
+    return VarBacktest(method, level, n, x, n * (1 - level), pof, pof_p, ind, ind_p,
+                       pof + ind, float(stats.chi2.sf(pof + ind, 2)))
+
+
+# ------------------------------------------------------------------------------ stress
+
+
+@dataclass(frozen=True)
+class ScenarioLoss:
+    scenario: str
+    loss: float                         # fraction of equity (negative: a gain)
+    by_fund: dict[str, float]           # each fund's share of the loss
+    proxied: dict[str, str]             # fund -> how its missing history was filled
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+
+def _episode_growth(returns: pd.DataFrame, start: dt.date, end: dt.date) -> pd.Series:
+    span = returns.loc[pd.Timestamp(start):pd.Timestamp(end)]
+    if span.empty:
+        raise RiskInputError(f"no sessions between {start} and {end} in the returns")
+    complete = span.notna().all()
+    return ((1 + span.fillna(0.0)).prod() - 1).where(complete)
+
+
+def replay(name: str, returns: pd.DataFrame, weights: Mapping[str, float], start: dt.date,
+           end: dt.date, classes: Mapping[str, str]) -> ScenarioLoss:
+    """The episode's compounded return of each held fund applied to today's weights. A fund
+    without the whole episode (listed later) takes the mean episode return of the funds of its
+    instrument class that had it; with none, it is reported unproxied and counts as flat."""
+    growth = _episode_growth(returns, start, end)
+    by_fund, proxied = {}, {}
+    for symbol, weight in weights.items():
+        if weight == 0:
+            continue
+        move = growth.get(symbol, math.nan)
+        if math.isnan(move):
+            peers = [s for s, c in classes.items()
+                     if c == classes.get(symbol) and not math.isnan(growth.get(s, math.nan))]
+            move = float(growth[peers].mean()) if peers else 0.0
+            proxied[symbol] = (f"mean of {len(peers)} {classes.get(symbol)} fund(s)" if peers
+                               else "no fund of its class traded then: counted flat")
+        by_fund[symbol] = 0.0 - weight * float(move)      # 0.0, not -0.0, when flat
+    return ScenarioLoss(name, sum(by_fund.values()), by_fund, proxied, start, end)
+
+
+def shock(name: str, weights: Mapping[str, float], classes: Mapping[str, str],
+          moves: Mapping[str, float]) -> ScenarioLoss:
+    """A parametric shock: each instrument class moves by ``moves[class]`` (classes not named
+    do not move)."""
+    by_fund = {s: -w * moves.get(classes.get(s, ""), 0.0) for s, w in weights.items() if w}
+    return ScenarioLoss(name, sum(by_fund.values()), by_fund, {})
+
+
+def worst_window(daily: pd.Series, sessions: int) -> ScenarioLoss:
+    """The worst compounded ``sessions``-session loss of a portfolio's daily returns."""
+    values = daily.dropna()
+    outcomes = horizon_returns(values.to_numpy(dtype=float), sessions)
+    if len(outcomes) == 0:
+        raise RiskInputError(f"{len(values)} returns: no {sessions}-session window")
+    worst = int(np.argmin(outcomes))
+    return ScenarioLoss(f"worst {sessions}-session window", -float(outcomes[worst]), {}, {},
+                        values.index[worst].date(), values.index[worst + sessions - 1].date())
+
+
+# ------------------------------------------------------------------------------ liquidity
+
+
+def liquidity(values: Mapping[str, float], amounts: pd.DataFrame, as_of: dt.date, *,
+              window_sessions: int = 20, participation: float = 0.10) -> pd.DataFrame:
+    """Each holding (or order) of ``values`` (CNY) against the fund's average traded amount
+    over the ``window_sessions`` up to ``as_of``: its share of a day's amount and the sessions
+    needed to trade it at ``participation`` of the amount."""
+    recent = amounts.loc[amounts.index <= pd.Timestamp(as_of)].iloc[-window_sessions:]
+    rows = []
+    for symbol, value in values.items():
+        adv = float(recent[symbol].mean()) if symbol in recent else math.nan
+        share = abs(value) / adv if adv > 0 else math.inf
+        rows.append({"symbol": symbol, "value": float(value), "average_amount": adv,
+                     "share_of_day": share, "days_to_trade": share / participation})
+    return pd.DataFrame(rows).set_index("symbol")

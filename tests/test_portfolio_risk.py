@@ -1,0 +1,221 @@
+"""Portfolio risk on real bars (cn_etf_morphkyan_raw, total returns from raw closes and their
+adjustment factors): every figure against a computation written out here, data after D never
+used, the VaR backtests' statistics against the binomial likelihood and hand counts, and the
+stress episodes against the prices themselves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from rotation.config_paths import DATASET_CONFIG_DIR
+from rotation.portfolio_risk import (
+    RiskInputError,
+    backtest,
+    christoffersen,
+    cornish_fisher,
+    historical,
+    kupiec,
+    liquidity,
+    parametric,
+    portfolio_returns,
+    replay,
+    shock,
+    var_es,
+    window,
+    worst_window,
+)
+from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+AS_OF = dt.date(2024, 6, 28)
+MIX = {"510300": 0.4, "511260": 0.3, "518880": 0.2}        # equity, bond, gold; 10 % cash
+
+
+@pytest.fixture(scope="module")
+def source(shared_data: Path) -> FileMarketSource:
+    spec = load_dataset_spec(DATASET_CONFIG_DIR / "cn_etf_morphkyan_raw.yaml")
+    return FileMarketSource(shared_data / "cn_etf_morphkyan_raw", spec)
+
+
+@pytest.fixture(scope="module")
+def bars(source: FileMarketSource) -> pd.DataFrame:
+    return source.load(dt.date(2014, 1, 1), dt.date(2026, 3, 31)).bars
+
+
+@pytest.fixture(scope="module")
+def prices(bars: pd.DataFrame) -> pd.DataFrame:
+    adjusted = bars.assign(price=bars["close"] * bars["adj_factor"])
+    return adjusted.pivot(index="date", columns="symbol", values="price")
+
+
+@pytest.fixture(scope="module")
+def returns(prices: pd.DataFrame) -> pd.DataFrame:
+    return prices.pct_change(fill_method=None)
+
+
+@pytest.fixture(scope="module")
+def classes(source: FileMarketSource) -> dict[str, str]:
+    return {i.symbol: i.instrument_class for i in source.instruments()}
+
+
+def mix_daily(returns: pd.DataFrame, lookback: int = 250) -> np.ndarray:
+    held = returns.loc[:pd.Timestamp(AS_OF), list(MIX)].dropna().iloc[-lookback:]
+    return held.to_numpy() @ np.array(list(MIX.values()))
+
+
+def test_historical_var_and_es_are_the_sorted_losses(returns: pd.DataFrame) -> None:
+    daily = np.sort(mix_daily(returns))
+    assert len(daily) == 250
+    # The 5 % quantile ("lower") of 250 returns is the 13th smallest (index ⌊0.05 × 249⌋).
+    var, es = historical(mix_daily(returns), 0.95, 1)
+    assert var == pytest.approx(-daily[12])
+    assert es == pytest.approx(-daily[:13].mean())
+    estimates = {(e.method, e.level, e.horizon): e for e in var_es(returns, MIX, AS_OF)}
+    assert estimates[("historical", 0.95, 1)].var == pytest.approx(var)
+    five = np.expm1(np.convolve(np.log1p(mix_daily(returns)), np.ones(5), mode="valid"))
+    assert estimates[("historical", 0.99, 5)].var == pytest.approx(
+        -np.sort(five)[math.floor(0.01 * (len(five) - 1))])
+
+
+def test_every_estimate_orders_as_risk_must(returns: pd.DataFrame) -> None:
+    estimates = {(e.method, e.level, e.horizon): e for e in var_es(returns, MIX, AS_OF)}
+    assert len(estimates) == 12
+    for (method, level, horizon), e in estimates.items():
+        assert e.observations == 250
+        assert 0 < e.var <= e.es < 0.5, (method, level, horizon)
+        if level == 0.95:
+            assert estimates[(method, 0.99, horizon)].var > e.var
+        if horizon == 1:
+            assert estimates[(method, level, 5)].var > e.var
+
+
+def test_parametric_of_one_fund_is_the_normal_quantile(returns: pd.DataFrame) -> None:
+    # Ledoit–Wolf of a single fund shrinks nothing: its variance is the sample's (1/n).
+    held = window(returns, {"510300": 1.0}, AS_OF, 250).to_numpy()
+    mean, sigma = held.mean(), held.std(ddof=0)
+    var, es = parametric(held, np.array([1.0]), 0.99, 1)
+    assert var == pytest.approx(-(mean + stats.norm.ppf(0.01) * sigma))
+    assert es == pytest.approx(-(mean - sigma * stats.norm.pdf(stats.norm.ppf(0.01)) / 0.01))
+
+
+def test_cornish_fisher_widens_the_tail_of_a_crash_year(returns: pd.DataFrame) -> None:
+    # 510300 over the year to 2016-01-29: the 2015 crash and the January 2016 circuit
+    # breaker give a fat left tail; the corrected 99 % VaR exceeds the normal one.
+    daily = window(returns, {"510300": 1.0}, dt.date(2016, 1, 29), 250)["510300"].to_numpy()
+    assert stats.kurtosis(daily) > 1
+    normal = -(daily.mean() + stats.norm.ppf(0.01) * daily.std(ddof=1))
+    var, es, monotone = cornish_fisher(daily, 0.99, 1)
+    assert monotone and var > normal and es > var
+    # With no skew and no excess kurtosis the expansion is the normal quantile.
+    rng = np.random.default_rng(7)
+    plain = rng.standard_normal(200_000) * 0.01
+    var, _, _ = cornish_fisher(plain, 0.99, 1)
+    assert var == pytest.approx(-stats.norm.ppf(0.01) * 0.01, rel=0.02)
+
+
+def test_no_data_after_d_is_used(returns: pd.DataFrame) -> None:
+    before = var_es(returns, MIX, AS_OF)
+    perturbed = returns.copy()
+    later = perturbed.index > pd.Timestamp(AS_OF)
+    perturbed.loc[later] = perturbed.loc[later] * 10 - 0.05
+    after = var_es(perturbed, MIX, AS_OF)
+    # Equal to the last bits (a matrix product's rounding may follow memory alignment).
+    assert [(e.method, e.level, e.horizon, e.observations) for e in after] == [
+        (e.method, e.level, e.horizon, e.observations) for e in before]
+    assert [x for e in after for x in (e.var, e.es)] == pytest.approx(
+        [x for e in before for x in (e.var, e.es)], rel=1e-12)
+
+
+def test_too_little_history_and_unknown_funds_are_named(returns: pd.DataFrame) -> None:
+    with pytest.raises(RiskInputError, match="look-back needs 250"):
+        var_es(returns, {"511130": 1.0}, dt.date(2024, 6, 28))       # listed 2024-03-28
+    with pytest.raises(RiskInputError, match=r"\['999999'\]"):
+        var_es(returns, {"999999": 1.0}, AS_OF)
+
+
+def test_kupiec_is_the_binomial_likelihood_ratio() -> None:
+    for n, x, level in [(250, 8, 0.99), (1000, 37, 0.95), (500, 0, 0.99)]:
+        lr, p = kupiec(n, x, level)
+        expected = 2 * (stats.binom.logpmf(x, n, x / n) - stats.binom.logpmf(x, n, 1 - level))
+        assert lr == pytest.approx(expected, abs=1e-9)
+        assert p == pytest.approx(stats.chi2.sf(expected, 1))
+
+
+def test_christoffersen_counts_transitions() -> None:
+    # Transitions 0→0 ×4, 0→1 ×2, 1→0 ×2, 1→1 ×1: π0 = π1 = π = 1/3, nothing clusters.
+    lr, p = christoffersen(np.array([0, 0, 1, 1, 0, 0, 0, 1, 0, 0]))
+    assert lr == pytest.approx(0.0, abs=1e-12) and p == pytest.approx(1.0)
+    # Clustered: 0→0 ×5, 0→1 ×1, 1→0 ×1, 1→1 ×2.
+    lr, _ = christoffersen(np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 0]))
+    pi, pi0, pi1 = 3 / 9, 1 / 6, 2 / 3
+    restricted = 6 * math.log(1 - pi) + 3 * math.log(pi)
+    markov = (5 * math.log(1 - pi0) + math.log(pi0) + math.log(1 - pi1) + 2 * math.log(pi1))
+    assert lr == pytest.approx(-2 * (restricted - markov))
+
+
+def test_backtest_counts_the_days_beyond_yesterdays_var(returns: pd.DataFrame) -> None:
+    daily = returns["510300"].loc["2016-01-01":"2025-12-31"].dropna()
+    result = backtest(daily, lookback=250, level=0.99)
+    values = daily.to_numpy()
+    by_hand = sum(values[t] < np.quantile(values[t - 250:t], 0.01, method="lower")
+                  for t in range(250, len(values)))
+    assert (result.observations, result.exceedances) == (len(values) - 250, by_hand)
+    assert result.expected == pytest.approx(0.01 * result.observations)
+    for method in ("historical", "parametric", "cornish_fisher"):
+        tested = backtest(daily, lookback=250, level=0.99, method=method)
+        assert 0 <= tested.kupiec_p <= 1 and 0 <= tested.conditional_p <= 1
+    # A normal VaR of a fat-tailed fund is exceeded more often than its historical VaR.
+    assert backtest(daily, method="parametric").exceedances > result.exceedances
+
+
+def test_a_replayed_episode_is_the_funds_own_price_path(returns: pd.DataFrame,
+                                                        prices: pd.DataFrame,
+                                                        classes: dict[str, str]) -> None:
+    start, end = dt.date(2015, 6, 15), dt.date(2015, 8, 26)
+    loss = replay("2015 June–August", returns, MIX, start, end, classes)
+    path = prices.loc[:pd.Timestamp(end), "510300"]
+    before = path.loc[:pd.Timestamp(start) - pd.Timedelta(days=1)].iloc[-1]
+    fall = path.iloc[-1] / before - 1
+    assert fall < -0.35                                      # the 2015 crash in CSI 300
+    assert loss.by_fund["510300"] == pytest.approx(-0.4 * fall)
+    # 511260 (bond) was listed in 2017: it takes the mean of the bond funds of 2015 (none),
+    # so it is reported and counted flat; gold traded throughout.
+    assert loss.by_fund["511260"] == 0.0 and "no fund of its class" in loss.proxied["511260"]
+    assert "518880" not in loss.proxied
+    assert loss.loss == pytest.approx(sum(loss.by_fund.values()))
+    # A 2019 equity fund in the 2015 episode takes the mean of the equity funds that traded.
+    proxied = replay("2015", returns, {"515000": 1.0}, start, end, classes)
+    assert "equity fund(s)" in proxied.proxied["515000"] and proxied.loss > 0.3
+
+
+def test_the_worst_window_and_a_parametric_shock(returns: pd.DataFrame,
+                                                 classes: dict[str, str]) -> None:
+    daily = portfolio_returns(returns.loc[:"2025-12-31", ["510300"]].dropna(), {"510300": 1.0})
+    worst = worst_window(daily, 5)
+    assert worst.start is not None and worst.end is not None
+    assert dt.date(2015, 6, 1) <= worst.start <= dt.date(2016, 2, 1)
+    prices = (1 + daily).cumprod()
+    assert worst.loss == pytest.approx(
+        1 - prices[pd.Timestamp(worst.end)] / prices.shift(1)[pd.Timestamp(worst.start)])
+    moved = shock("equity -10 %, bonds +100 bp (duration 5)", MIX, classes,
+                  {"equity": -0.10, "bond": -0.05, "gold": 0.02})
+    assert moved.by_fund == pytest.approx({"510300": 0.04, "511260": 0.015, "518880": -0.004})
+    assert moved.loss == pytest.approx(0.051)
+
+
+def test_liquidity_is_the_share_of_the_average_day(bars: pd.DataFrame) -> None:
+    amounts = bars.pivot(index="date", columns="symbol", values="amount")
+    table = liquidity({"510300": 50_000_000.0, "563020": 5_000_000.0}, amounts, AS_OF,
+                      window_sessions=20, participation=0.1)
+    recent = amounts.loc[:pd.Timestamp(AS_OF)].iloc[-20:]
+    adv = recent["563020"].mean()
+    assert table.loc["563020", "average_amount"] == pytest.approx(adv)
+    assert table.loc["563020", "days_to_trade"] == pytest.approx(5_000_000 / adv / 0.1)
+    # The CSI 300 ETF trades billions a day: 50 million is a small fraction of it.
+    assert table.loc["510300", "share_of_day"] < 0.05
