@@ -22,6 +22,7 @@ from api import security
 from api.dagster_checks import DagsterChecks
 from api.deps import ApiState, authorize, authorize_websocket
 from api.events import EventHub, libpq_url, listen
+from api.experiments import Tracking, TrackingUnavailableError
 from api.permissions import PUBLIC, V1, WEBSOCKET, permission_of
 from api.ratelimit import LoginLimiter, MemoryLoginLimiter, RedisLoginLimiter
 from api.routers import (
@@ -29,6 +30,7 @@ from api.routers import (
     audit,
     auth,
     events,
+    experiments,
     health,
     orders,
     quality,
@@ -50,7 +52,8 @@ LEDGER_RETRY_SECONDS = 5.0
 LEDGER_POOL_SIZE = 10
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
-           accounts.router, quality.router, audit.router, users.router, events.router)
+           accounts.router, quality.router, audit.router, users.router, events.router,
+           experiments.router)
 
 
 class ApiConfigError(RuntimeError):
@@ -114,7 +117,8 @@ def _lifespan(settings: Settings, key: str
         checks = DagsterChecks(settings)
         hub = EventHub()
         app.state.api = ApiState(settings=settings, ledger=ledger, users=UserStore(ledger),
-                                 limiter=limiter, signing_key=key, checks=checks, events=hub)
+                                 limiter=limiter, signing_key=key, checks=checks, events=hub,
+                                 tracking=Tracking(settings))
         # One LISTEN connection per app, whatever the number of clients.
         listener = asyncio.create_task(listen(libpq_url(settings.postgres_url), hub))
         try:
@@ -176,6 +180,13 @@ def _add_error_handlers(app: FastAPI) -> None:
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "5"})
 
+    async def tracking_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "the MLflow tracking store cannot be read; retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": "5"})
+
     app.add_exception_handler(LedgerError, ledger_refused)
+    app.add_exception_handler(TrackingUnavailableError, tracking_unavailable)
     app.add_exception_handler(sa.exc.OperationalError, unavailable)
     app.add_exception_handler(redis.RedisError, unavailable)

@@ -15,6 +15,7 @@ from fastapi.security import OAuth2PasswordBearer
 from api import security
 from api.dagster_checks import DagsterChecks
 from api.events import EventHub
+from api.experiments import Tracking
 from api.permissions import V1, WEBSOCKET, allowed, permission_of
 from api.ratelimit import LoginLimiter
 from api.store import Audit, User, UserStore
@@ -31,6 +32,7 @@ class ApiState:
     signing_key: str
     checks: DagsterChecks
     events: EventHub
+    tracking: Tracking
 
     @property
     def access_lifetime(self) -> dt.timedelta:

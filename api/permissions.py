@@ -28,6 +28,7 @@ PUBLIC = "public"
 PERMISSIONS: dict[str, frozenset[Role]] = {
     "session.read": EVERYONE,                       # who am I, sign out
     "strategies.read": EVERYONE,
+    "experiments.read": EVERYONE,                   # MLflow experiments, runs and lineage
     "signals.read": EVERYONE,
     "orders.read": EVERYONE,
     "quality.read": EVERYONE,
@@ -52,7 +53,12 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", f"{V1}/auth/logout"): "session.read",
     ("GET", f"{V1}/auth/me"): "session.read",
     ("GET", f"{V1}/strategies"): "strategies.read",
+    ("GET", f"{V1}/strategies/compare"): "strategies.read",
     ("GET", f"{V1}/strategies/{{name}}"): "strategies.read",
+    ("GET", f"{V1}/strategies/{{name}}/performance"): "strategies.read",
+    ("GET", f"{V1}/experiments"): "experiments.read",
+    ("GET", f"{V1}/backtests"): "experiments.read",
+    ("GET", f"{V1}/backtests/{{run_id}}"): "experiments.read",
     ("GET", f"{V1}/signals"): "signals.read",
     ("GET", f"{V1}/signals/{{signal_id}}"): "signals.read",
     ("GET", f"{V1}/orders"): "orders.read",
@@ -61,6 +67,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/accounts/{{account_id}}/positions"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/cash"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/kill-switch"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/pnl"): "accounts.read",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/engage"): "kill_switch.engage",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/release"): "kill_switch.release",
     ("GET", f"{V1}/quality/sessions/{{session}}"): "quality.read",

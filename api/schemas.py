@@ -130,6 +130,105 @@ class StrategyDetail(StrategySummary):
         "in or out (null: none stored for it)")
 
 
+Metrics = dict[str, float | None]
+
+
+class CurvePoint(Model):
+    date: dt.date
+    equity: float
+    drawdown: float
+    benchmarks: dict[str, float | None] = Field(
+        description="Each benchmark's growth of 1 over the same sessions")
+
+
+class StrategyPerformance(Model):
+    strategy: str
+    start: dt.date
+    end: dt.date
+    sessions: int
+    metrics: Metrics = Field(description="Of the stitched out-of-sample equity over "
+                             "start..end (every session, not only the points returned)")
+    benchmark_metrics: dict[str, Metrics]
+    curve: list[CurvePoint] = Field(description="At most max_points sessions, evenly spaced, "
+                                    "first and last kept")
+
+
+class StrategyComparison(Model):
+    strategies: list[str]
+    start: dt.date | None = Field(description="First session every strategy has (null: none)")
+    end: dt.date | None
+    metrics: dict[str, Metrics] = Field(description="Per strategy, over the common sessions")
+    dates: list[dt.date]
+    growth: dict[str, list[float]] = Field(description="Per strategy, growth of 1 on dates")
+    correlation: dict[str, dict[str, float | None]] = Field(
+        description="Correlation of daily returns over the common sessions")
+
+
+class PnlSession(Model):
+    date: dt.date
+    cash: float
+    positions_value: float
+    equity: float
+    pnl: float = Field(description="Equity less the account's initial cash")
+    backtest_equity: float | None = Field(description="The backtest engine's equity for the "
+                                          "same approved signals (null: not computed)")
+    difference: float | None = Field(description="equity / backtest_equity - 1")
+
+
+class AccountPnl(Model):
+    account_id: str
+    initial_cash: float
+    parity_tolerance: float
+    max_abs_difference: float | None = Field(description="Over the sessions with a backtest "
+                                             "figure (null: none)")
+    within_tolerance: bool | None
+    sessions: list[PnlSession]
+
+
+class ExperimentOut(Model):
+    experiment_id: str
+    name: str = Field(description="The strategy (one experiment per strategy, SPEC §10)")
+    lifecycle_stage: str
+    runs_url: str | None = Field(description="The experiment's runs in the MLflow UI")
+
+
+class Lineage(Model):
+    dagster_run_id: str | None
+    dagster_job: str | None
+    asset_key: str | None
+    partition: str | None
+    partition_range: str | None
+    data_version: str | None
+    code_version: str | None
+    git_commit: str | None
+    window: str | None = Field(description="The walk-forward window (partition) of the run")
+    dataset: str | None
+
+
+class RunLinks(Model):
+    mlflow_run: str | None
+    dagster_run: str | None
+    dagster_asset: str | None
+
+
+class BacktestRunOut(Model):
+    run_id: str
+    experiment: str
+    run_name: str | None
+    kind: Literal["oos_backtest", "wfo_window", "factor_screening"] | None
+    status: str
+    start_time: dt.datetime | None
+    end_time: dt.datetime | None
+    metrics: dict[str, float | None]
+    lineage: Lineage
+    links: RunLinks
+
+
+class BacktestRunDetail(BacktestRunOut):
+    params: dict[str, str]
+    tags: dict[str, str] = Field(description="Every tag but MLflow's own (mlflow.*)")
+
+
 # ------------------------------------------------------------------ ledger
 
 

@@ -262,7 +262,7 @@ def _artifact_name(name: str, default_suffix: str, allowed: tuple[str, ...] = ()
 
 # -- store locations ----------------------------------------------------------------------------
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other stores or in-memory)."""
     if not uri.startswith("sqlite:"):
         return None
@@ -409,7 +409,7 @@ class TrackedRun:
         """Numeric metrics (numpy scalars fine; NaN/inf kept, None skipped)."""
         from mlflow.entities import Metric
 
-        stamp, taken = _now_ms(), set()
+        stamp, taken = _now_ms(), set[str]()
         entries: list[Metric] = []
         for key, value in metrics.items():
             if value is None:
@@ -534,7 +534,7 @@ class MlflowTracking(dg.ConfigurableResource):
     def client(self) -> MlflowClient:
         from mlflow import MlflowClient
 
-        db = _sqlite_path(self.tracking_uri)
+        db = sqlite_path(self.tracking_uri)
         if db is not None:
             db.expanduser().parent.mkdir(parents=True, exist_ok=True)
         return MlflowClient(tracking_uri=self.tracking_uri)
@@ -544,7 +544,7 @@ class MlflowTracking(dg.ConfigurableResource):
         """The artifact root URI for new experiments (None: the store's default)."""
         if self.artifact_root:
             return _as_uri(self.artifact_root)
-        db = _sqlite_path(self.tracking_uri)
+        db = sqlite_path(self.tracking_uri)
         if db is not None:
             return _as_uri(str(db.expanduser().resolve().parent / "mlartifacts"))
         return None

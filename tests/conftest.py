@@ -188,3 +188,7 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
         assert all(r.success for r in rebuild_research(defs, instance))
         yield market
     drop_database(name)
+
+
+# One `make demo` per session, shared by the modules that read what it stored.
+from demo_home import demo  # noqa: E402, F401

@@ -81,7 +81,8 @@ def client(desk_: Desk) -> Iterator[TestClient]:
 def concrete(path: str, d: Desk) -> str:
     return path.format(account_id=d.account, signal_id=d.approved.signal_id,
                        order_id=d.order.order_id, name="etf_rotation_sample",
-                       username=f"nobody-{d.run}", session=QUALITY_SESSION)
+                       username=f"nobody-{d.run}", session=QUALITY_SESSION,
+                       run_id="0" * 32)
 
 
 def audit_rows(d: Desk, **where: str) -> list[dict[str, object]]:

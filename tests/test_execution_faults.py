@@ -13,11 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
+from api_desk import JWT_SECRET, PASSWORD
+from test_api_live import free_port, wait_for
 from test_execution_pipeline import (
     NoQuotes,
     evaluate_sensor,
@@ -27,6 +31,9 @@ from test_execution_pipeline import (
     step_metadata,
 )
 
+from api import security
+from api.permissions import Role
+from api.store import Audit, UserStore
 from orchestration.definitions import build_definitions, costs_of, resources_for, strategy_for
 from resources.cache import CacheStats
 from resources.deployment import deployed
@@ -405,3 +412,81 @@ def test_execution_resource_is_the_interface() -> None:
     assert issubclass(PaperExecution, ExecutionResource)
     with pytest.raises(NotImplementedError):
         ExecutionResource().venue(None, None)  # type: ignore[arg-type]
+
+
+@contextmanager
+def desk_api(ledger_url: str, home: Path) -> Iterator[str]:
+    """``python -m api`` on the execution's ledger with a trader and a viewer (password
+    PASSWORD): the desk's front door as deployed, in its own process."""
+    ledger = Ledger(ledger_url)
+    try:
+        ledger.migrate()
+        users = UserStore(ledger)
+        for role in (Role.TRADER, Role.VIEWER):
+            users.create_user(f"desk-{role.value}", security.hash_password(PASSWORD), role,
+                              Audit(actor="test", action="user_created", entity="api_user",
+                                    entity_id=f"desk-{role.value}", reason="kill switch e2e",
+                                    details={}))
+    finally:
+        ledger.dispose()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
+    env |= {"ETF_HOME": str(home), "ETF_POSTGRES_URL": ledger_url, "API_PORT": str(port),
+            "ETF_API__JWT_SECRET": JWT_SECRET}
+    log = home / "api.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def signed_in(url: str, role: Role) -> dict[str, str]:
+    token = httpx.post(f"{url}/api/v1/auth/token", data={
+        "username": f"desk-{role.value}", "password": PASSWORD}).json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_trader_halts_an_execution_in_flight_through_the_api(
+        execution_market, ledger_url, tmp_path: Path) -> None:
+    market = execution_market
+    defs, signal_id = approve(market, ledger_url)
+    account = ledger_account(defs)
+    engage = f"/api/v1/accounts/{account}/kill-switch/engage"
+    with desk_api(ledger_url, tmp_path) as url:
+        trader, viewer = signed_in(url, Role.TRADER), signed_in(url, Role.VIEWER)
+        answers: dict[str, httpx.Response] = {}
+
+        def pull(n: int) -> None:
+            if n == 1:  # the first order is out: the viewer tries, then the trader halts
+                answers["viewer"] = httpx.post(f"{url}{engage}", headers=viewer,
+                                               json={"reason": "viewer pressing the button"})
+                answers["trader"] = httpx.post(f"{url}{engage}", headers=trader,
+                                               json={"reason": "desk: halt from the console"})
+
+        report, _ = run_direct(defs, signal_id, lambda v: HookVenue(v, pull))
+    assert answers["viewer"].status_code == 403, answers["viewer"].text
+    assert answers["trader"].status_code == 200 and answers["trader"].json()["engaged"]
+    assert report.status == "halted"
+    ledger = Ledger(ledger_url)
+    try:
+        orders = ledger.orders(signal_id=signal_id)
+        assert orders[0].status is OrderStatus.CANCELLED          # cancelled at the venue
+        assert all(o.status is OrderStatus.CANCELLED for o in orders[1:])
+        assert all("halt from the console" in (o.reason or "") for o in orders[1:])
+        audit = ledger.audit_log()
+        assert [r["action"] for r in audit].count("order_submitted") == 1
+        engaged = [r for r in audit if r["action"] == "kill_switch_engaged"]
+        assert [r["actor"] for r in engaged] == ["api:desk-trader"]
+        denied = [r for r in audit if r["action"] == "access_denied"]
+        assert [(r["actor"], r["entity_id"]) for r in denied] == [
+            ("api:desk-viewer", "POST /api/v1/accounts/{account_id}/kill-switch/engage")]
+        assert ledger.kill_switch(account).engaged
+        assert_consistent(ledger, defs, signal_id, ledger_url)
+    finally:
+        ledger.dispose()

@@ -5,19 +5,23 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
+import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
+from api import results
 from api.deps import CurrentSession, PageParams, Session, State, authorize
 from api.paging import page_from, page_of
 from api.permissions import V1
 from api.schemas import (
     PLAIN_TEXT,
     SIGNED_IN_RESPONSES,
+    AccountPnl,
     CashOut,
     FillOut,
     KillSwitchChange,
     KillSwitchOut,
     Page,
+    PnlSession,
     PositionOut,
     text_filter,
 )
@@ -80,6 +84,33 @@ def list_positions(account_id: Account, state: State, paging: PageParams,
 def cash(account_id: Account, state: State) -> CashOut:
     return CashOut(account_id=account_id, balance=state.ledger.cash(account_id),
                    initial_cash=state.ledger.initial_cash(account_id))
+
+
+@router.get("/pnl", summary="Daily equity and P&L of the paper book beside the backtest's "
+            "equity for the same approved signals, with the parity status",
+            description="The ledger's valuations (written by positions_report each session) "
+            "and the backtest engine's equity positions_report stored for the account this "
+            "deployment trades; another account's sessions carry no backtest figure.")
+def pnl(account_id: Account, state: State, since: Annotated[dt.date | None, Query()] = None,
+        until: Annotated[dt.date | None, Query()] = None) -> AccountPnl:
+    initial = state.ledger.initial_cash(account_id)
+    frame = results.paper_against_backtest(state.settings, account_id,
+                                           state.ledger.valuations(account_id))
+    frame = results.between(frame, None if since is None else pd.Timestamp(since),
+                            None if until is None else pd.Timestamp(until))
+    differences = frame["difference"].abs().dropna()
+    worst = float(differences.max()) if len(differences) else None
+    tolerance = state.settings.execution.parity_tolerance
+    return AccountPnl(
+        account_id=account_id, initial_cash=initial, parity_tolerance=tolerance,
+        max_abs_difference=worst,
+        within_tolerance=None if worst is None else worst <= tolerance,
+        sessions=[PnlSession(date=day.date(), cash=float(row["cash"]),
+                             positions_value=float(row["positions_value"]),
+                             equity=float(row["equity"]), pnl=float(row["equity"]) - initial,
+                             backtest_equity=results.finite_or_none(row["backtest_equity"]),
+                             difference=results.finite_or_none(row["difference"]))
+                  for day, row in frame.iterrows()])
 
 
 def _kill_switch(state: State, account_id: str) -> KillSwitchOut:

@@ -3,21 +3,26 @@ with the reason each fund is in or out (the ``target_portfolio`` asset's Parquet
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 from pathlib import Path as FilePath
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
+from api import results
 from api.deps import PageParams, State, authorize
 from api.paging import page_of
 from api.permissions import V1
 from api.schemas import (
     SIGNED_IN_RESPONSES,
+    CurvePoint,
     Page,
+    StrategyComparison,
     StrategyDetail,
+    StrategyPerformance,
     StrategySummary,
     TargetPortfolio,
     TargetWeight,
@@ -31,7 +36,6 @@ router = APIRouter(prefix=f"{V1}/strategies", tags=["strategies"],
                    responses=SIGNED_IN_RESPONSES)
 
 STRATEGY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
-TARGET_FILE = "target_portfolio.parquet"
 
 
 def _config_fingerprint() -> tuple[tuple[str, int, int], ...]:
@@ -81,10 +85,9 @@ def _number_or_none(value: object) -> float | None:
 
 
 def latest_target(storage_root: FilePath, strategy: str) -> TargetPortfolio | None:
-    path = storage_root / TARGET_FILE
-    if not path.is_file():
+    table = results.read_stored(storage_root / results.TARGET_FILE)
+    if table is None:
         return None
-    table = pd.read_parquet(path)
     rows = table[table["strategy"] == strategy]
     if rows.empty:
         return None
@@ -93,6 +96,90 @@ def latest_target(storage_root: FilePath, strategy: str) -> TargetPortfolio | No
                for _, r in rows.iterrows()]
     return TargetPortfolio(as_of=pd.Timestamp(rows["date"].iloc[0]).date(),
                            window=str(rows["window"].iloc[0]), weights=weights)
+
+
+MaxPoints = Annotated[int, Query(ge=2, le=5000, description="Most sessions in a curve")]
+Since = Annotated[dt.date | None, Query(description="First session (default: the first)")]
+Until = Annotated[dt.date | None, Query(description="Last session (default: the last)")]
+
+
+def _stamp(day: dt.date | None) -> pd.Timestamp | None:
+    return None if day is None else pd.Timestamp(day)
+
+
+@router.get("/compare", summary="Strategies side by side: metrics, growth curves on common "
+            "sessions and the correlation of their daily returns",
+            responses={404: {"description": "A named strategy has no stored results"}})
+def compare_strategies(state: State,
+                       names: Annotated[list[str] | None, Query(
+                           max_length=50, description="Strategies (default: every one with "
+                           "stored results)")] = None,
+                       since: Since = None, until: Until = None,
+                       max_points: MaxPoints = 500) -> StrategyComparison:
+    stored = results.all_results(state.settings)
+    chosen = sorted(stored) if not names else list(dict.fromkeys(names))
+    missing = [n for n in chosen if n not in stored]
+    if missing:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"no stored out-of-sample results for {missing} (stored: "
+                            f"{sorted(stored) or 'none'})")
+    growth = results.between(results.aligned_growth(stored[n] for n in chosen),
+                             _stamp(since), _stamp(until))
+    if len(growth):
+        growth = growth / growth.iloc[0]
+    shown = results.thinned(growth, max_points)
+    return StrategyComparison(
+        strategies=chosen,
+        start=growth.index[0].date() if len(growth) else None,
+        end=growth.index[-1].date() if len(growth) else None,
+        metrics={n: results.metrics_of(growth[n]) if len(growth) > 1 else {} for n in chosen},
+        dates=[d.date() for d in shown.index],
+        growth={n: [float(v) for v in shown[n]] for n in chosen},
+        correlation=results.return_correlation(growth) if len(growth) > 2 else {})
+
+
+def _equity_before(stored: results.StrategyResults, shown: pd.DataFrame,
+                   name: str) -> float | None:
+    """What the first shown session's return is measured against: the previous session's
+    equity, or the backtest's initial cash for the first session (as its reports do)."""
+    earlier = stored.daily.loc[:shown.index[0], "equity"].iloc[:-1]
+    if len(earlier):
+        return float(earlier.iloc[-1])
+    configs = {c.name: c for c in _strategies()}
+    return configs[name].backtest_config().initial_cash if name in configs else None
+
+
+@router.get("/{name}/performance", summary="A strategy's stitched out-of-sample metrics and "
+            "equity, drawdown and benchmark curves",
+            responses={404: {"description": "No stored results for the strategy"}})
+def strategy_performance(name: Annotated[str, Path(pattern=STRATEGY_NAME)], state: State,
+                         since: Since = None, until: Until = None,
+                         max_points: MaxPoints = 500) -> StrategyPerformance:
+    stored = results.all_results(state.settings).get(name)
+    if stored is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"no stored out-of-sample results for strategy {name!r} "
+                            "(its oos_backtest and target_portfolio are not materialised)")
+    daily = results.between(stored.daily, _stamp(since), _stamp(until))
+    if len(daily) < 2:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"strategy {name!r} has fewer than 2 sessions in "
+                            f"{since or 'start'}..{until or 'end'}")
+    bench = {b: daily[f"{results.BENCHMARK_PREFIX}{b}"] for b in stored.benchmarks}
+    bench = {b: curve / curve.dropna().iloc[0] for b, curve in bench.items()
+             if curve.notna().sum() > 1}
+    drawdown = daily["equity"] / daily["equity"].cummax() - 1.0
+    curve = [CurvePoint(date=day.date(), equity=float(row["equity"]),
+                        drawdown=float(drawdown.at[day]),
+                        benchmarks={b: results.finite_or_none(float(c.at[day]))
+                                    for b, c in bench.items()})
+             for day, row in results.thinned(daily, max_points).iterrows()]
+    return StrategyPerformance(
+        strategy=name, start=daily.index[0].date(), end=daily.index[-1].date(),
+        sessions=len(daily),
+        metrics=results.metrics_of(daily["equity"], _equity_before(stored, daily, name)),
+        benchmark_metrics={b: results.metrics_of(c.dropna()) for b, c in bench.items()},
+        curve=curve)
 
 
 @router.get("/{name}", summary="A strategy's configuration and latest target portfolio",

@@ -1,0 +1,136 @@
+"""What the research chain and the paper account stored, as the desk API reads it: each dataset
+home's stitched out-of-sample backtest (``oos_backtest``) and target (``target_portfolio``),
+and the paper account against its backtest (``positions_report``), from the Parquet files the
+pipeline's IO manager wrote. A file is read again only when it changed (path, size, mtime).
+
+One home holds one strategy's results (issue 14: one home per dataset): the strategy is the one
+its target names. Metrics come from :func:`rotation.backtest.metrics.performance_metrics`, the
+function the backtest reports use."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from orchestration.settings import Settings
+from rotation.backtest.metrics import performance_metrics
+
+OOS_FILE = "oos_backtest.parquet"
+TARGET_FILE = "target_portfolio.parquet"
+POSITIONS_FILE = "positions_report.parquet"
+BENCHMARK_PREFIX = "benchmark_"
+
+
+@dataclass(frozen=True)
+class StrategyResults:
+    strategy: str
+    storage: Path
+    daily: pd.DataFrame            # date-indexed: equity, cash, drawdown, benchmark_*, window
+
+    @property
+    def benchmarks(self) -> list[str]:
+        return [c.removeprefix(BENCHMARK_PREFIX) for c in self.daily.columns
+                if c.startswith(BENCHMARK_PREFIX)]
+
+
+@functools.lru_cache(maxsize=64)
+def _parquet(path: str, size: int, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def read_stored(path: Path) -> pd.DataFrame | None:
+    """The file's frame (None when absent), from memory while the file is unchanged."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return _parquet(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def storage_roots(settings: Settings) -> list[Path]:
+    """The configured home's storage first, then every other dataset home's under ETF_HOME."""
+    roots = [settings.resolved_storage_root]
+    if settings.home.is_dir():
+        roots += [d / "storage" for d in sorted(settings.home.iterdir())
+                  if (d / "storage").is_dir() and d / "storage" not in roots]
+    return roots
+
+
+def results_in(storage: Path) -> StrategyResults | None:
+    target, daily = read_stored(storage / TARGET_FILE), read_stored(storage / OOS_FILE)
+    if target is None or daily is None or target.empty or daily.empty:
+        return None
+    return StrategyResults(strategy=str(target["strategy"].iloc[0]), storage=storage,
+                           daily=daily.assign(date=pd.to_datetime(daily["date"]))
+                           .set_index("date").sort_index())
+
+
+def all_results(settings: Settings) -> dict[str, StrategyResults]:
+    """Every strategy with stored results, by name (the configured home wins a tie)."""
+    found: dict[str, StrategyResults] = {}
+    for root in storage_roots(settings):
+        results = results_in(root)
+        if results is not None and results.strategy not in found:
+            found[results.strategy] = results
+    return found
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def metrics_of(equity: pd.Series, initial: float | None = None) -> dict[str, float | None]:
+    """The backtest reports' metrics; with ``initial`` the first session's return is
+    measured against it."""
+    return {k: finite_or_none(v) for k, v in performance_metrics(equity, initial=initial).items()}
+
+
+def between(frame: pd.DataFrame, since: pd.Timestamp | None,
+            until: pd.Timestamp | None) -> pd.DataFrame:
+    return frame.loc[(since or frame.index.min()):(until or frame.index.max())]
+
+
+def thinned(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    """At most ``max_points`` evenly spaced rows, the first and the last always kept (a curve
+    for a chart; the metrics are computed on every session)."""
+    if len(frame) <= max_points:
+        return frame
+    step = math.ceil(len(frame) / max_points)
+    keep = [*range(0, len(frame) - 1, step), len(frame) - 1]
+    return frame.iloc[keep]
+
+
+def aligned_growth(results: Iterable[StrategyResults]) -> pd.DataFrame:
+    """Each strategy's equity on the sessions every one of them has, as growth of 1."""
+    equities = {r.strategy: r.daily["equity"] for r in results}
+    if not equities:
+        return pd.DataFrame(index=pd.DatetimeIndex([], name="date"))
+    curves = pd.concat(equities, axis=1, join="inner").sort_index()
+    return curves / curves.iloc[0] if len(curves) else curves
+
+
+def return_correlation(growth: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    corr = growth.pct_change(fill_method=None).iloc[1:].corr()
+    return {a: {b: finite_or_none(float(corr.at[a, b])) for b in corr.columns}
+            for a in corr.index}
+
+
+def paper_against_backtest(settings: Settings, account_id: str,
+                           valuations: pd.DataFrame) -> pd.DataFrame:
+    """The ledger's valuations of the account per session beside the backtest engine's equity
+    for the same approved signals, as ``positions_report`` computed and stored them (only for
+    the account this deployment trades: the report is of that account)."""
+    frame = valuations.set_index("session")[["cash", "positions_value", "equity"]]
+    frame["backtest_equity"] = math.nan
+    report = read_stored(settings.resolved_storage_root / POSITIONS_FILE) \
+        if account_id == settings.execution.account_id else None
+    if report is not None and "backtest_equity" in report:
+        stored = report.assign(date=pd.to_datetime(report["date"])).set_index("date")
+        frame["backtest_equity"] = stored["backtest_equity"].reindex(frame.index)
+    frame["difference"] = frame["equity"] / frame["backtest_equity"] - 1.0
+    return frame
