@@ -14,6 +14,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from api import security
 from api.dagster_checks import DagsterChecks
+from api.dagster_runs import DagsterRuns
 from api.events import EventHub
 from api.permissions import V1, WEBSOCKET, allowed, permission_of
 from api.ratelimit import LoginLimiter
@@ -31,6 +32,7 @@ class ApiState:
     signing_key: str
     checks: DagsterChecks
     events: EventHub
+    dagster: DagsterRuns
 
     @property
     def access_lifetime(self) -> dt.timedelta:
