@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,9 @@ def _prepare_sample(home: Path, dagster_home: Path) -> None:
     from orchestration.settings import load_settings
 
     settings = load_settings(home=home, redis_url=REDIS_URL, cache_secret=TEST_CACHE_SECRET)
-    defs = build_definitions(settings)
+    with warnings.catch_warnings():     # no ledger here: the execution stage is not needed
+        warnings.filterwarnings("ignore", message="postgres_url .* is not set")
+        defs = build_definitions(settings)
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         start, end = full_history(defs)
         assert run_range(defs, instance, start, end, log_level="WARNING").success
@@ -317,4 +320,72 @@ def test_only_a_rejected_signal_of_the_latest_target_is_redecided(stack: Stack) 
     assert other.status_code == 409, other.text
     assert redecide(d.rejected.signal_id, sign_in(stack, Role.RESEARCHER)).status_code == 403
     assert redecide(d.rejected.signal_id, sign_in(stack, Role.VIEWER)).status_code == 403
-    assert not audit_rows(d, "signals.redecide")
+    assert not [r for r in audit_rows(d, "signals.redecide")
+                if r[1] in (d.rejected.signal_id, d.approved.signal_id)]
+
+
+def _reject_the_latest_target(stack: Stack) -> str:
+    """A rejection of the stored target, as a stricter gate would have recorded it: the signal
+    id is the gate's own (strategy, account, session, weights), so the gate decides it again."""
+    import pandas as pd
+
+    from orchestration.settings import load_settings
+    from trading.approval import proposed_weights
+    from trading.ledger import SignalRecord
+    from trading.models import SignalStatus, signal_id_of, weights_hash
+
+    settings = load_settings(home=stack.home, redis_url=REDIS_URL, cache_secret=TEST_CACHE_SECRET)
+    target = pd.read_parquet(settings.resolved_storage_root / "target_portfolio.parquet")
+    target = target[target["strategy"] == "etf_rotation_sample"]
+    weights = proposed_weights(target["symbol"].astype(str).tolist(),
+                               target["weight"].astype(float).tolist())
+    as_of = pd.Timestamp(target["date"].iloc[0]).date()
+    account = settings.execution.account_id
+    signal_id = signal_id_of("etf_rotation_sample", account, as_of, weights)
+    ledger = stack.desk.ledger()
+    try:
+        ledger.record_signal(SignalRecord(
+            signal_id=signal_id, account_id=account, strategy="etf_rotation_sample",
+            as_of=as_of, weights=weights, weights_hash=weights_hash(weights),
+            status=SignalStatus.REJECTED, reasons=[{
+                "layer": "account", "rule": "drill", "subject": account,
+                "message": "a limit since raised"}], data_version=None, dagster_run_id=None),
+            actor="gate")
+    finally:
+        ledger.dispose()
+    return signal_id
+
+
+def test_the_gate_decides_a_rejected_signal_again(stack: Stack) -> None:
+    """After the backtest above, the deployment's sensor ran portfolio_job (the target of
+    the latest session); a rejection of that target is sent back to the gate: a run of
+    approved_signal decides it again by its own rules and records the decision."""
+    viewer = sign_in(stack, Role.VIEWER)
+    deadline = time.monotonic() + RUN_SECONDS
+    while not httpx.get(f"{stack.api}{V1}/runs", headers=viewer, timeout=30, params={
+            "job": "portfolio_job", "status": "SUCCESS"}).json()["items"]:
+        assert time.monotonic() < deadline, "the sensor's portfolio_job did not succeed"
+        time.sleep(5)
+    signal_id = _reject_the_latest_target(stack)
+    trader = sign_in(stack, Role.TRADER)
+    launched = httpx.post(f"{stack.api}{V1}/signals/{signal_id}/redecide", headers=trader,
+                          json={"reason": "the drill limit was raised"}, timeout=60)
+    assert launched.status_code == 202, launched.text
+    run_id = launched.json()["run_id"]
+    run = follow(stack, trader, run_id)
+    assert run["status"] == "SUCCESS", run
+    assert run["job"] == "__ASSET_JOB" and run["tags"]["etf/signal_id"] == signal_id
+    ledger = stack.desk.ledger()
+    try:
+        decided = ledger.signal(signal_id)
+        trail = ledger.audit_log(entity="signal", entity_id=signal_id)
+    finally:
+        ledger.dispose()
+    # Decided again by that run, under the gate's rules (the drill's reason is gone).
+    assert decided is not None and decided.dagster_run_id == run_id
+    assert all(r["rule"] != "drill" for r in decided.reasons)
+    assert any(r["actor"] == f"dagster:{run_id}" for r in trail), trail
+    asked = audit_rows(stack.desk, "signals.redecide")
+    assert [(a[0], a[1], a[2], a[3]["run_id"]) for a in asked] == [
+        (f"api:{stack.desk.username(Role.TRADER)}", signal_id, "the drill limit was raised",
+         run_id)]
