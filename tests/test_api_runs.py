@@ -389,3 +389,26 @@ def test_the_gate_decides_a_rejected_signal_again(stack: Stack) -> None:
     assert [(a[0], a[1], a[2], a[3]["run_id"]) for a in asked] == [
         (f"api:{stack.desk.username(Role.TRADER)}", signal_id, "the drill limit was raised",
          run_id)]
+
+
+def test_the_run_reads_hold_to_the_openapi_document(stack: Stack) -> None:
+    """GET /runs and GET /runs/{id} against the real webserver with generated input: no 5xx,
+    every answer as documented (launches are left out: each valid one would start a run)."""
+    import hypothesis
+    import schemathesis
+    from test_api_live import CHECKS
+
+    document = schemathesis.openapi.from_url(f"{stack.api}{V1}/openapi.json")
+    reads = [op for result in document.get_all_operations()
+             if (op := result.ok()).path.startswith(f"{V1}/runs") and op.method.upper() == "GET"]
+    assert len(reads) == 2
+    headers = sign_in(stack, Role.VIEWER)
+    for operation in reads:
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=25, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def conforms(case: schemathesis.Case) -> None:
+            response = case.call(base_url=stack.api, headers=headers)
+            case.validate_response(response, checks=CHECKS)
+
+        conforms()

@@ -45,6 +45,8 @@ DAGSTER_RESPONSES: dict[int | str, dict[str, Any]] = {
     502: {"model": Problem, "description": "Dagster refused the call (the message says why)"},
     503: {"model": Problem, "description": "Dagster is not configured or not reachable"},
 }
+# The deepest page GET /runs reads (each page reads the runs before it from Dagster).
+RUNS_WINDOW = 5000
 RunId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
 router = APIRouter(prefix=RUNS, tags=["runs"], dependencies=[Depends(authorize)],
@@ -108,11 +110,17 @@ def launch_run(body: RunLaunch, session: CurrentSession, state: State) -> RunLau
                        dagster_url=dagster_url(state, run_id), then=then)
 
 
-@router.get("", summary="Runs of the deployment, newest first")
+@router.get("", summary="Runs of the deployment, newest first",
+            responses={400: {"model": Problem, "description": f"A page past the newest "
+                             f"{RUNS_WINDOW} runs"}})
 def list_runs(state: State, paging: PageParams,
               status_: Annotated[list[RunStatus] | None, Query(alias="status")] = None,
               job: Annotated[str | None, text_filter(200)] = None) -> Page[RunOut]:
     # GraphQL pages by cursor; the API's pages are offsets: read up to the page's end.
+    if paging.offset + paging.limit > RUNS_WINDOW:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=(
+            f"offset + limit may not pass the newest {RUNS_WINDOW} runs: filter by status "
+            "or job instead"))
     found = state.dagster.runs(statuses=list(status_ or []), job=job,
                                limit=paging.offset + paging.limit)
     window = found.runs[paging.offset:]
