@@ -155,7 +155,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 server = subprocess.Popen(
                     [sys.executable, "-m", "api"], cwd=ROOT, stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=api_env(d, API_PORT=str(api_port),
+                    env=api_env(d, API_PORT=str(api_port), ETF_API__LOGIN_ATTEMPTS="1000",
                                 ETF_DAGSTER_WEBSERVER_URL=dagster_url,
                                 ETF_API__DAGSTER_GRAPHQL_URL=f"{dagster_url}/graphql"))
             api_url = f"http://127.0.0.1:{api_port}"
@@ -412,3 +412,23 @@ def test_the_run_reads_hold_to_the_openapi_document(stack: Stack) -> None:
             case.validate_response(response, checks=CHECKS)
 
         conforms()
+
+
+def test_each_status_of_a_run_is_told_once() -> None:
+    """The poller re-reads an overlap before its cursor: a status already told is not
+    repeated, a new one is, and the cursor follows Dagster's update times."""
+    import datetime as dt
+
+    from api.dagster_runs import RunInfo, RunWatch
+
+    def run(run_id: str, status: str, at: float) -> RunInfo:
+        when = dt.datetime.fromtimestamp(at, dt.UTC)
+        return RunInfo(run_id=run_id, job="walk_forward_job", status=status, created_at=when,
+                       started_at=None, ended_at=None, updated_at=when, tags={})
+
+    watch = RunWatch(cursor=100.0)
+    first = watch.changes([run("a", "QUEUED", 101.0), run("b", "STARTED", 102.0)])
+    assert [(r.run_id, r.status) for r in first] == [("a", "QUEUED"), ("b", "STARTED")]
+    again = watch.changes([run("a", "STARTED", 103.0), run("b", "STARTED", 102.0)])
+    assert [(r.run_id, r.status) for r in again] == [("a", "STARTED")]
+    assert watch.cursor == 103.0

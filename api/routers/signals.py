@@ -25,8 +25,9 @@ from api.schemas import (
     text_filter,
 )
 from jobs.execution import SIGNAL_TAG
+from trading import approval
 from trading.ledger import SignalRecord
-from trading.models import SignalStatus
+from trading.models import SignalStatus, signal_id_of
 
 SignalId = Annotated[str, Path(max_length=200, pattern=PLAIN_TEXT)]
 # The asset of the approval gate.
@@ -77,14 +78,18 @@ def _redecidable(state: ApiState, signal_id: str) -> SignalRecord:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=(
             f"signal {signal_id} is of account {record.account_id}: the gate of this "
             f"deployment decides for account {account}"))
-    # approved_signal decides the latest stored target: launching it for an older session
-    # would decide another signal while the audit said this one.
+    # approved_signal decides the latest stored target: launching it for another session or
+    # other weights would decide another signal while the audit said this one.
     target = latest_target(state.settings.resolved_storage_root, record.strategy)
-    if target is None or target.as_of != record.as_of:
-        latest = "none stored" if target is None else f"as of {target.as_of}"
+    gate_would_decide = None if target is None else signal_id_of(
+        record.strategy, account, target.as_of, approval.proposed_weights(
+            [w.symbol for w in target.weights], [w.weight for w in target.weights]))
+    if gate_would_decide != signal_id:
+        latest = "none is stored" if target is None else \
+            f"as of {target.as_of}, signal {gate_would_decide}"
         raise HTTPException(status.HTTP_409_CONFLICT, detail=(
-            f"signal {signal_id} is for {record.as_of}, but the gate decides the latest target "
-            f"portfolio of {record.strategy} ({latest}): a past session is not re-decided"))
+            f"signal {signal_id} is not the latest target portfolio of {record.strategy} "
+            f"({latest}): the gate decides only that one, a past target is not re-decided"))
     return record
 
 
