@@ -20,6 +20,7 @@ from fastapi_offline import FastAPIOffline
 
 from api import security
 from api.dagster_checks import DagsterChecks
+from api.dagster_runs import DagsterRefused, DagsterRuns, DagsterUnavailable, watch_runs
 from api.deps import ApiState, authorize, authorize_websocket
 from api.events import EventHub, libpq_url, listen
 from api.experiments import Tracking, TrackingUnavailableError
@@ -34,6 +35,7 @@ from api.routers import (
     health,
     orders,
     quality,
+    runs,
     signals,
     strategies,
     users,
@@ -52,8 +54,8 @@ LEDGER_RETRY_SECONDS = 5.0
 LEDGER_POOL_SIZE = 10
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
-           accounts.router, quality.router, audit.router, users.router, events.router,
-           experiments.router)
+           accounts.router, quality.router, runs.router, audit.router, users.router,
+           events.router, experiments.router)
 
 
 class ApiConfigError(RuntimeError):
@@ -116,16 +118,23 @@ def _lifespan(settings: Settings, key: str
         limiter = _limiter(settings)
         checks = DagsterChecks(settings)
         hub = EventHub()
+        dagster = DagsterRuns(settings)
         app.state.api = ApiState(settings=settings, ledger=ledger, users=UserStore(ledger),
                                  limiter=limiter, signing_key=key, checks=checks, events=hub,
-                                 tracking=Tracking(settings))
+                                 dagster=dagster, tracking=Tracking(settings))
         # One LISTEN connection per app, whatever the number of clients.
-        listener = asyncio.create_task(listen(libpq_url(settings.postgres_url), hub))
+        tasks = [asyncio.create_task(listen(libpq_url(settings.postgres_url), hub))]
+        if dagster.configured:      # one poller per app for the run events
+            tasks.append(asyncio.create_task(watch_runs(
+                dagster, hub, settings.api.run_events_poll_seconds,
+                settings.resolved_dagster_url)))
         try:
             yield
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            dagster.close()
             checks.close()
             limiter.close()
             ledger.dispose()
@@ -180,6 +189,13 @@ def _add_error_handlers(app: FastAPI) -> None:
                             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
                             headers={"Retry-After": "5"})
 
+    async def dagster_failed(request: Request, exc: Exception) -> JSONResponse:
+        # The message names the call and Dagster's answer; never a traceback.
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        code = status.HTTP_503_SERVICE_UNAVAILABLE if isinstance(exc, DagsterUnavailable) \
+            else status.HTTP_502_BAD_GATEWAY
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
     async def tracking_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": "the MLflow tracking store cannot be read; retry later"},
@@ -187,6 +203,8 @@ def _add_error_handlers(app: FastAPI) -> None:
                             headers={"Retry-After": "5"})
 
     app.add_exception_handler(LedgerError, ledger_refused)
+    app.add_exception_handler(DagsterUnavailable, dagster_failed)
+    app.add_exception_handler(DagsterRefused, dagster_failed)
     app.add_exception_handler(TrackingUnavailableError, tracking_unavailable)
     app.add_exception_handler(sa.exc.OperationalError, unavailable)
     app.add_exception_handler(redis.RedisError, unavailable)

@@ -14,6 +14,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from api import security
 from api.dagster_checks import DagsterChecks
+from api.dagster_runs import DagsterRuns
 from api.events import EventHub
 from api.experiments import Tracking
 from api.permissions import V1, WEBSOCKET, allowed, permission_of
@@ -33,6 +34,7 @@ class ApiState:
     checks: DagsterChecks
     events: EventHub
     tracking: Tracking
+    dagster: DagsterRuns
 
     @property
     def access_lifetime(self) -> dt.timedelta:

@@ -34,7 +34,12 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "quality.read": EVERYONE,
     "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch state
     "events.read": EVERYONE,                        # the live stream of signals, orders, fills
+    "runs.read": EVERYONE,                          # Dagster runs and their status
     "audit.read": frozenset({Role.RISK, Role.ADMIN}),
+    # Launching research work costs compute, never an order.
+    "research.launch": frozenset({Role.RESEARCHER, Role.ADMIN}),
+    # The gate decides again by its own rules (no override): an approval can lead to orders.
+    "signals.redecide": frozenset({Role.TRADER, Role.RISK, Role.ADMIN}),
     "kill_switch.engage": frozenset({Role.TRADER, Role.RISK, Role.ADMIN}),
     "kill_switch.release": frozenset({Role.RISK, Role.ADMIN}),
     "users.read": frozenset({Role.ADMIN}),
@@ -61,6 +66,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/backtests/{{run_id}}"): "experiments.read",
     ("GET", f"{V1}/signals"): "signals.read",
     ("GET", f"{V1}/signals/{{signal_id}}"): "signals.read",
+    ("POST", f"{V1}/signals/{{signal_id}}/redecide"): "signals.redecide",
+    ("GET", f"{V1}/runs"): "runs.read",
+    ("POST", f"{V1}/runs"): "research.launch",
+    ("GET", f"{V1}/runs/{{run_id}}"): "runs.read",
     ("GET", f"{V1}/orders"): "orders.read",
     ("GET", f"{V1}/orders/{{order_id}}"): "orders.read",
     ("GET", f"{V1}/accounts/{{account_id}}/fills"): "accounts.read",

@@ -335,13 +335,15 @@ class Health(Model):
     version: str
 
 
-EventType = Literal["signal", "order", "fill", "kill_switch", "notice"]
+EventType = Literal["signal", "order", "fill", "kill_switch", "run", "notice"]
 
 
 class EventOut(BaseModel):
     """One message of the live event stream (``/api/v1/events``): what changed in the ledger
-    (``entity`` is its table, ``id`` its key), or a ``notice`` from the stream itself
-    (subscribed, events dropped for a slow client, the ledger connection lost)."""
+    (``entity`` is its table, ``id`` its key), a Dagster run's new status (``run``: entity
+    ``dagster_runs``, ``id`` the run id, payload ``job``, ``status``, ``url``), or a
+    ``notice`` from the stream itself (subscribed, events dropped for a slow client, the
+    ledger or Dagster connection lost)."""
 
     type: EventType
     entity: str
@@ -349,3 +351,56 @@ class EventOut(BaseModel):
     account: str | None = None
     at: dt.datetime
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ Dagster runs
+
+
+RunKind = Literal["research_rebuild", "backtest"]
+RunStatus = Literal["QUEUED", "NOT_STARTED", "MANAGED", "STARTING", "STARTED", "SUCCESS",
+                    "FAILURE", "CANCELING", "CANCELED"]
+
+
+class RunLaunch(Model):
+    """What to rebuild. ``research_rebuild``: ``research_job`` (factors and IC screening);
+    the deployment's sensors then run every walk-forward window and the portfolio.
+    ``backtest``: ``walk_forward_job`` over every window as one run (screen, search, frozen
+    winners, one MLflow run per window); the deployment's ``walk_forward_to_portfolio``
+    sensor then runs the stitched out-of-sample backtest (``portfolio_job``). The strategy is
+    the code location's (ETF_STRATEGY of the deployment), not a launch option."""
+
+    kind: RunKind
+    reason: str = Reason
+
+
+class RunLaunched(Model):
+    run_id: str = Field(description="The Dagster run launched")
+    kind: RunKind
+    job: str
+    status_url: str = Field(description="This API's status of the run")
+    dagster_url: str | None = Field(description="The run in the Dagster UI")
+    then: list[str] = Field(description="Jobs the deployment's sensors launch after it "
+                            "succeeds (when the Dagster daemon runs)")
+
+
+class RunOut(Model):
+    run_id: str
+    job: str
+    status: RunStatus
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    tags: dict[str, str]
+    dagster_url: str | None = Field(description="The run in the Dagster UI")
+
+
+class SignalRedecide(Model):
+    reason: str = Reason
+
+
+class RedecideLaunched(Model):
+    signal_id: str
+    run_id: str = Field(description="The Dagster run materialising approved_signal")
+    status_url: str
+    dagster_url: str | None

@@ -203,6 +203,22 @@ class ApiSettings(BaseModel):
     login_window_seconds: int = Field(300, ge=1, le=24 * 3600)
     # Server processes (uvicorn workers) of `python -m api`: one per core the API may use.
     workers: int = Field(1, ge=1, le=64)
+    # The Dagster webserver's GraphQL endpoint the API launches runs through and reads them
+    # from (e.g. http://dagster-webserver:3000/graphql). Unset: no launches (503) and no run
+    # events in the stream. Not dagster_webserver_url: that is the UI's public address for
+    # links, which a reverse proxy may put elsewhere.
+    dagster_graphql_url: Annotated[str | None, BeforeValidator(_empty_is_unset)] = Field(
+        None, pattern=r"^https?://\S+$")
+    # The code location and repository of the research jobs (workspace.yaml's location_name)
+    # and of the approval gate (approved_signal); unset: the research location, until the
+    # execution stage is split into a location of its own (etf_execution).
+    dagster_location: str = Field("etf_rotation", min_length=1, max_length=200)
+    dagster_execution_location: str | None = Field(None, min_length=1, max_length=200)
+    dagster_repository: str = Field("__repository__", min_length=1, max_length=200)
+    # A GraphQL call waits this long before the API answers 503.
+    dagster_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # How often the event stream asks Dagster for runs whose status changed.
+    run_events_poll_seconds: float = Field(1.0, ge=0.1, le=60)
 
     @model_validator(mode="after")
     def _strong_secret(self) -> ApiSettings:
@@ -211,6 +227,10 @@ class ApiSettings(BaseModel):
                              "characters (generate one: openssl rand -hex 32; the value is "
                              "not shown)")
         return self
+
+    @property
+    def resolved_execution_location(self) -> str:
+        return self.dagster_execution_location or self.dagster_location
 
 
 # Passwords of examples and quick starts (deploy/.env.example's placeholder among them); in a prod

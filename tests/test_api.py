@@ -82,7 +82,7 @@ def concrete(path: str, d: Desk) -> str:
     return path.format(account_id=d.account, signal_id=d.approved.signal_id,
                        order_id=d.order.order_id, name="etf_rotation_sample",
                        username=f"nobody-{d.run}", session=QUALITY_SESSION,
-                       run_id="0" * 32)
+                       run_id="00000000-0000-0000-0000-000000000000")
 
 
 def audit_rows(d: Desk, **where: str) -> list[dict[str, object]]:
@@ -112,8 +112,11 @@ def test_every_route_has_a_rule_and_every_rule_a_route() -> None:
     assert set(ROUTE_LIST) == set(ROUTES)
     assert all(p == PUBLIC or p in PERMISSIONS for p in ROUTES.values())
     # Whatever sends orders or changes a control is the desk's, never a viewer's or researcher's.
-    for permission in ("kill_switch.engage", "kill_switch.release", "users.manage"):
+    for permission in ("kill_switch.engage", "kill_switch.release", "users.manage",
+                       "signals.redecide"):
         assert not PERMISSIONS[permission] & {Role.VIEWER, Role.RESEARCHER}
+    # Launching research costs compute: not a viewer's call.
+    assert Role.VIEWER not in PERMISSIONS["research.launch"]
 
 
 def test_a_route_without_a_rule_stops_the_app(monkeypatch: pytest.MonkeyPatch,

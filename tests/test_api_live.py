@@ -33,6 +33,7 @@ from orchestration.instance import LOCAL_INSTANCE_YAML
 V1 = "/api/v1"
 START_SECONDS = 60
 MAX_EXAMPLES = 40
+DAGSTER_PATHS = (f"{V1}/runs",)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -160,7 +161,10 @@ def test_the_openapi_document_holds_against_the_live_service(live: Live) -> None
     """Every operation of the served document, with generated valid and invalid input.
     (Through schemathesis' Python API: its pytest plugin does not run under pytest 9.)"""
     document = schemathesis.openapi.from_url(f"{live.url}{V1}/openapi.json")
-    operations = [result.ok() for result in document.get_all_operations()]
+    # This service has no Dagster webserver (its run endpoints answer 503 by design): they
+    # are checked against a real one in tests/test_api_runs.py.
+    operations = [op for result in document.get_all_operations()
+                  if not (op := result.ok()).path.startswith(DAGSTER_PATHS)]
     assert len(operations) >= 20
 
     for operation in operations:
