@@ -9,6 +9,7 @@ function the backtest reports use."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 from collections.abc import Iterable
@@ -88,6 +89,15 @@ def metrics_of(equity: pd.Series, initial: float | None = None) -> dict[str, flo
     """The backtest reports' metrics; with ``initial`` the first session's return is
     measured against it."""
     return {k: finite_or_none(v) for k, v in performance_metrics(equity, initial=initial).items()}
+
+
+# The days pandas can hold (a query may ask for any date).
+FIRST_DAY, LAST_DAY = dt.date(1677, 9, 22), dt.date(2262, 4, 10)
+
+
+def as_timestamp(day: dt.date | None) -> pd.Timestamp | None:
+    """A query's date as a session stamp, clamped to what pandas can hold."""
+    return None if day is None else pd.Timestamp(min(max(day, FIRST_DAY), LAST_DAY))
 
 
 def between(frame: pd.DataFrame, since: pd.Timestamp | None,

@@ -492,6 +492,17 @@ def test_strategies_with_the_latest_target_and_its_reasons(client: TestClient,
     assert client.get(f"{V1}/strategies/..%2Fsecrets", headers=headers).status_code in (404, 422)
 
 
+def test_any_date_a_query_may_carry_is_answered(client: TestClient, desk_: Desk) -> None:
+    """Dates outside what pandas holds (schemathesis found year 194) are clamped, not 500."""
+    headers = desk_.headers(Role.VIEWER)
+    extremes = {"since": "0194-02-13", "until": "9999-12-31"}
+    compared = client.get(f"{V1}/strategies/compare", headers=headers, params=extremes)
+    assert compared.status_code == 200 and compared.json()["dates"] == []
+    pnl = client.get(f"{V1}/accounts/{desk_.account}/pnl", headers=headers, params=extremes)
+    assert pnl.status_code == 200 and pnl.json()["sessions"] == []
+    assert pnl.json()["within_tolerance"] is None
+
+
 def test_the_audit_log_is_filtered_and_newest_first(client: TestClient, desk_: Desk) -> None:
     page = client.get(f"{V1}/audit", headers=desk_.headers(Role.RISK),
                       params={"entity": "signal", "limit": 500}).json()

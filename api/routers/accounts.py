@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
 from api import results
@@ -96,8 +95,7 @@ def pnl(account_id: Account, state: State, since: Annotated[dt.date | None, Quer
     initial = state.ledger.initial_cash(account_id)
     frame = results.paper_against_backtest(state.settings, account_id,
                                            state.ledger.valuations(account_id))
-    frame = results.between(frame, None if since is None else pd.Timestamp(since),
-                            None if until is None else pd.Timestamp(until))
+    frame = results.between(frame, results.as_timestamp(since), results.as_timestamp(until))
     differences = frame["difference"].abs().dropna()
     worst = float(differences.max()) if len(differences) else None
     tolerance = state.settings.execution.parity_tolerance

@@ -103,10 +103,6 @@ Since = Annotated[dt.date | None, Query(description="First session (default: the
 Until = Annotated[dt.date | None, Query(description="Last session (default: the last)")]
 
 
-def _stamp(day: dt.date | None) -> pd.Timestamp | None:
-    return None if day is None else pd.Timestamp(day)
-
-
 @router.get("/compare", summary="Strategies side by side: metrics, growth curves on common "
             "sessions and the correlation of their daily returns",
             responses={404: {"description": "A named strategy has no stored results"}})
@@ -124,7 +120,7 @@ def compare_strategies(state: State,
                             detail=f"no stored out-of-sample results for {missing} (stored: "
                             f"{sorted(stored) or 'none'})")
     growth = results.between(results.aligned_growth(stored[n] for n in chosen),
-                             _stamp(since), _stamp(until))
+                             results.as_timestamp(since), results.as_timestamp(until))
     if len(growth):
         growth = growth / growth.iloc[0]
     shown = results.thinned(growth, max_points)
@@ -160,7 +156,7 @@ def strategy_performance(name: Annotated[str, Path(pattern=STRATEGY_NAME)], stat
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no stored out-of-sample results for strategy {name!r} "
                             "(its oos_backtest and target_portfolio are not materialised)")
-    daily = results.between(stored.daily, _stamp(since), _stamp(until))
+    daily = results.between(stored.daily, results.as_timestamp(since), results.as_timestamp(until))
     if len(daily) < 2:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"strategy {name!r} has fewer than 2 sessions in "
