@@ -296,6 +296,9 @@ class PaperBroker:
             existing = self._load_order(conn, cid)
             if existing is not None:
                 return existing
+            # Concurrent submits of one id: the venue order id derives from it, so a conflict
+            # on either unique key is this order (no conflict target: PostgreSQL may find the
+            # venue_order_id key first, and a targeted ON CONFLICT would raise on it).
             account = conn.execute(
                 text("SELECT matched_through FROM paper_accounts WHERE account_id = :a "
                      "FOR SHARE"), {"a": order.account_id},
@@ -312,7 +315,7 @@ class PaperBroker:
                         slices, order_type, status, reason)
                     VALUES (:cid, :vid, :a, :sym, :side, :q, :s, :ref, :parent, :k, :n, :ot,
                         :st, :reason)
-                    ON CONFLICT (client_order_id) DO NOTHING
+                    ON CONFLICT DO NOTHING
                 """),
                 {"cid": cid, "vid": self.venue_order_id(cid), "a": order.account_id,
                  "sym": order.symbol, "side": str(order.side), "q": stored_quantity,
