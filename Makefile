@@ -16,7 +16,7 @@ MLFLOW_PORT ?= 5000
 # The desk API (`make api API_PORT=8100`), loopback only.
 API_PORT ?= 8000
 
-.PHONY: env demo dev mlflow api test lint typecheck services browser bench clean
+.PHONY: env demo dev mlflow api test lint typecheck services browser proxy bench clean
 
 # Exactly uv.lock (versions and hashes), with the dev extra, into $(VENV); packages the lock
 # does not list are removed. --locked refuses a lock that pyproject.toml has moved away from
@@ -51,7 +51,10 @@ services:  ## start PostgreSQL and Redis if they are down
 browser:  ## Debian's Chromium for the browser tests (installed when missing and allowed)
 	bash deploy/ensure-browser.sh
 
-test: env services browser  ## every test, on the real PostgreSQL and Redis
+proxy:  ## Debian's nginx for the front-door tests (installed when missing and allowed)
+	bash deploy/ensure-proxy.sh
+
+test: env services browser proxy  ## every test, on the real PostgreSQL and Redis
 	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
 	exit $$status

@@ -1,4 +1,5 @@
-"""``python -m api``: serve the desk API on 127.0.0.1:$API_PORT (default 8000).
+"""``python -m api``: serve the desk API on $API_HOST:$API_PORT (default 127.0.0.1:8000; a
+container listens on 0.0.0.0 behind the reverse proxy, deploy/compose.yaml).
 ``python -m api create-admin --username X``: create an administrator, the password read from a
 prompt (or from stdin when it is not a terminal); there is no default user or password.
 
@@ -24,7 +25,7 @@ from api.store import Audit, UserExistsError, UserStore
 from orchestration.settings import Settings, SettingsError, load_settings
 from trading.ledger import Ledger
 
-HOST = "127.0.0.1"
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
@@ -49,12 +50,16 @@ def api_port() -> int:
     return int(raw)
 
 
+def api_host() -> str:
+    return os.environ.get("API_HOST") or DEFAULT_HOST
+
+
 def serve(settings: Settings) -> None:
-    port = api_port()
+    port, host = api_port(), api_host()
     with ledger_settings(settings) as resolved:
         workers = resolved.api.workers
         if workers == 1:
-            uvicorn.run(create_app(resolved), host=HOST, port=port, log_level="info")
+            uvicorn.run(create_app(resolved), host=host, port=port, log_level="info")
             return
         # uvicorn starts each worker process from an import string, so the workers read
         # their settings from the environment: the embedded ledger's URL goes there, and the
@@ -62,7 +67,7 @@ def serve(settings: Settings) -> None:
         security.signing_key(resolved)
         if resolved.postgres_url and not settings.postgres_url:
             os.environ["ETF_POSTGRES_URL"] = resolved.postgres_url
-        uvicorn.run("api.app:app_from_environment", factory=True, workers=workers, host=HOST,
+        uvicorn.run("api.app:app_from_environment", factory=True, workers=workers, host=host,
                     port=port, log_level="info")
 
 

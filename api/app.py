@@ -30,6 +30,7 @@ from api.routers import (
     accounts,
     audit,
     auth,
+    browser,
     events,
     experiments,
     health,
@@ -53,9 +54,9 @@ LEDGER_RETRY_SECONDS = 5.0
 # than open and close a connection each.
 LEDGER_POOL_SIZE = 10
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
-ROUTERS = (health.router, auth.router, strategies.router, signals.router, orders.router,
-           accounts.router, quality.router, runs.router, audit.router, users.router,
-           events.router, experiments.router)
+ROUTERS = (health.router, auth.router, browser.router, strategies.router, signals.router,
+           orders.router, accounts.router, quality.router, runs.router, audit.router,
+           users.router, events.router, experiments.router)
 
 
 class ApiConfigError(RuntimeError):

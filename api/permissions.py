@@ -44,7 +44,50 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "kill_switch.release": frozenset({Role.RISK, Role.ADMIN}),
     "users.read": frozenset({Role.ADMIN}),
     "users.manage": frozenset({Role.ADMIN}),
+    # The deployment's other web surfaces, behind the reverse proxy (GET /api/v1/auth/forward).
+    # Every role reaches a Dagster webserver: which one is DAGSTER_WEBSERVER's to say.
+    "surface.dagster": EVERYONE,
+    "surface.mlflow.read": EVERYONE,
+    # Creating, renaming, tagging or deleting experiments and runs in the MLflow UI.
+    "surface.mlflow.write": frozenset({Role.RESEARCHER, Role.ADMIN}),
+    "surface.grafana": EVERYONE,                    # dashboards (Grafana's Viewer role)
+    "surface.metrics": EVERYONE,                    # the exporter's /metrics, read-only
 }
+
+# Which Dagster webserver the proxy sends a role to. Dagster OSS has no roles: what a role may
+# do there is what that webserver serves. ``viewer``: read-only (dagster-webserver
+# --read-only); ``research``: writable, with only the research code location (etf_rotation),
+# so nothing that sends an order or changes a control is in it; ``desk``: writable, with the
+# execution location (etf_execution: approval gate, execution_job, kill_switch_job).
+DAGSTER_WEBSERVER: dict[Role, str] = {
+    Role.VIEWER: "viewer",
+    Role.RESEARCHER: "research",
+    Role.TRADER: "desk",
+    Role.RISK: "desk",
+    Role.ADMIN: "desk",
+}
+
+
+class Surface(enum.StrEnum):
+    DAGSTER = "dagster"
+    MLFLOW = "mlflow"
+    GRAFANA = "grafana"
+    METRICS = "metrics"
+
+
+# MLflow's calls that only read although they are POSTs (its searches, and its GraphQL,
+# whose one mutation is a no-op test); every other POST, PUT, PATCH or DELETE writes.
+_MLFLOW_READ_POSTS = ("/search", "/search-datasets", "/get-latest-versions", "/batchGetInfos",
+                      "/graphql")
+
+
+def surface_permission(surface: Surface, method: str, path: str) -> str:
+    """The permission a request to ``surface`` needs (``path`` without the query)."""
+    if surface is not Surface.MLFLOW:
+        return f"surface.{surface.value}"
+    reads = method in ("GET", "HEAD", "OPTIONS") or (
+        method == "POST" and path.rstrip("/").endswith(_MLFLOW_READ_POSTS))
+    return "surface.mlflow.read" if reads else "surface.mlflow.write"
 
 V1 = "/api/v1"
 # The method name of WebSocket routes in ROUTES.
@@ -56,6 +99,12 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", f"{V1}/auth/token"): PUBLIC,
     ("POST", f"{V1}/auth/refresh"): PUBLIC,
     ("POST", f"{V1}/auth/logout"): "session.read",
+    # The reverse proxy's question; it answers by the surface rules above, 401 or 403.
+    ("GET", f"{V1}/auth/forward"): PUBLIC,
+    # Browser sign-in for the proxied surfaces (cookies; HTML pages).
+    ("GET", "/signin"): PUBLIC,
+    ("POST", "/signin"): PUBLIC,
+    ("POST", "/signout"): PUBLIC,
     ("GET", f"{V1}/auth/me"): "session.read",
     ("GET", f"{V1}/strategies"): "strategies.read",
     ("GET", f"{V1}/strategies/compare"): "strategies.read",

@@ -202,12 +202,28 @@ class UserStore:
             raise RefreshRefused("the refresh token is unknown, expired or revoked")
         return user
 
-    def revoke_session(self, username: str, jti: str, access_expires_at: dt.datetime,
-                       refresh_digest: str | None, audit: Audit) -> None:
+    def session_user(self, digest: str) -> User | None:
+        """The user of a browser session's refresh token, which is not spent (the proxied
+        pages send many requests at once; each may need a new access token): None when the
+        token is unknown, revoked or expired, or its user disabled."""
+        query = sa.select(USERS).join(
+            REFRESH_TOKENS, REFRESH_TOKENS.c.username == USERS.c.username).where(
+            REFRESH_TOKENS.c.token_digest == digest, REFRESH_TOKENS.c.revoked_at.is_(None),
+            REFRESH_TOKENS.c.expires_at > sa.func.now(), USERS.c.disabled.is_(False))
+        row = self._read(lambda conn: conn.execute(query).first())
+        return None if row is None else _user_of(row)
+
+    def revoke_session(self, username: str, jti: str | None,
+                       access_expires_at: dt.datetime | None, refresh_digest: str | None,
+                       audit: Audit) -> None:
+        """Revoke an access token (by ``jti``, kept until it would expire) and a refresh
+        token, either of which may be absent."""
+
         def work(conn: Connection) -> None:
-            conn.execute(pg_insert(REVOKED_ACCESS).values(
-                jti=jti, username=username, expires_at=access_expires_at)
-                .on_conflict_do_nothing(index_elements=["jti"]))
+            if jti is not None and access_expires_at is not None:
+                conn.execute(pg_insert(REVOKED_ACCESS).values(
+                    jti=jti, username=username, expires_at=access_expires_at)
+                    .on_conflict_do_nothing(index_elements=["jti"]))
             if refresh_digest is not None:
                 conn.execute(sa.update(REFRESH_TOKENS).where(
                     REFRESH_TOKENS.c.token_digest == refresh_digest,

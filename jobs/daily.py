@@ -13,10 +13,16 @@ REBUILD_TAG = "etf/rebuild"
 # reused until the weekly rebuild.
 DAILY_ASSETS = ("raw_bars", "adjusted_bars", "cross_sections", "factors", "target_portfolio",
                 "approved_signal")
+GATE_ASSET = "approved_signal"
+# The research run whose success an approval run follows (split code locations).
+DAILY_RUN_TAG = "etf/daily_run"
 
 
 def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
     selected = [a for a in DAILY_ASSETS if a in defined]
+    handoff = ("An approved signal is handed to execution_job by approved_signal_sensor."
+               if GATE_ASSET in defined else "Its success launches approval_job (the approval "
+               "gate) in the execution code location.")
     return dg.define_asset_job(
         "daily_job",
         selection=dg.AssetSelection.assets(*selected),
@@ -24,9 +30,39 @@ def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
         executor_def=dg.in_process_executor,
         description="After the close of a session: its raw bars through the quality gates, "
         "adjusted bars and cross-sections, the factors, the target portfolio of the current "
-        "walk-forward winner and the approval gate. An approved signal is handed to "
-        "execution_job by approved_signal_sensor. Assets: " + " → ".join(selected) + ".",
+        "walk-forward winner" + (" and the approval gate. " if GATE_ASSET in defined else ". ")
+        + handoff + " Assets: " + " → ".join(selected) + ".",
     )
+
+
+def approval_job() -> UnresolvedAssetJobDefinition:
+    """The approval gate on its own, in the execution code location (``ETF_CODE_LOCATION``)."""
+    return dg.define_asset_job(
+        "approval_job", selection=dg.AssetSelection.assets(GATE_ASSET),
+        executor_def=dg.in_process_executor,
+        description="The approval gate for the latest target portfolio: approved_signal. "
+        "Launched by approval_after_daily when daily_job of the research location succeeds; "
+        "an approved signal is handed to execution_job by approved_signal_sensor.")
+
+
+def approval_after_daily(approval: UnresolvedAssetJobDefinition,
+                         daily_job_name: str = "daily_job") -> dg.SensorDefinition:
+    """With research and execution in separate code locations, daily_job ends at the target
+    portfolio; its success launches the gate here, once per daily run (run key)."""
+
+    @dg.run_status_sensor(
+        name="approval_after_daily", run_status=dg.DagsterRunStatus.SUCCESS,
+        monitor_all_code_locations=True, request_job=approval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"After {daily_job_name} succeeds in any code location of the workspace: "
+        f"{approval.name} (the approval gate for the new target portfolio), once per daily run.")
+    def _approve(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        run = context.dagster_run
+        if run.job_name != daily_job_name:
+            return dg.SkipReason(f"run {run.run_id} is of {run.job_name}, not {daily_job_name}")
+        return dg.RunRequest(run_key=f"approve:{run.run_id}", tags={DAILY_RUN_TAG: run.run_id})
+
+    return _approve
 
 
 def weekly_research(research: UnresolvedAssetJobDefinition,

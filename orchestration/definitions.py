@@ -12,7 +12,7 @@ from assets.partitions import session_partitions
 from assets.research import research_assets
 from assets.signals import guarding_checks, signal_assets
 from assets.walk_forward import walk_forward_assets, window_partitions
-from jobs.daily import daily_job, weekly_research
+from jobs.daily import approval_after_daily, approval_job, daily_job, weekly_research
 from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.research import portfolio_job, research_job, walk_forward_job
@@ -234,14 +234,24 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)],
         )
     stages = [market, research]
+    execution: dg.Definitions | None = None
     if windows is not None and settings.postgres_url:
         guarded = [a for d in stages for a in d.assets or []
                    if isinstance(a, dg.AssetsDefinition)]
-        stages.append(execution_definitions(settings, strategy, guarded))
+        execution = execution_definitions(settings, strategy, guarded)
     elif windows is not None:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "
                       "ledger and is not defined", stacklevel=2)
+    # No resource is launch-configurable: the controls are the deployment's (resources/deployment).
+    deployment = dg.Definitions(resources={k: fixed(v) for k, v in resources.items()})
+    alerts = run_failure_alert_sensor(settings.alert_webhook_url or None,
+                                      settings.alert_webhook_timeout_seconds,
+                                      dagster_url=settings.dagster_webserver_url)
+    if settings.code_location == "execution":
+        return execution_location(execution, stages, alerts, deployment)
+    if execution is not None and settings.code_location == "all":
+        stages.append(execution)
     defined = {a.key.to_user_string() for d in stages for a in d.assets or []
                if isinstance(a, dg.AssetsDefinition)}
     daily = daily_job(defined)
@@ -250,12 +260,36 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[after_close_schedule(
             daily, calendar, sessions, settings.schedule_cron, settings.schedule_timezone,
             name="daily_after_close", what="Run daily_job for the day's session")],
-        sensors=[run_failure_alert_sensor(settings.alert_webhook_url or None,
-                                          settings.alert_webhook_timeout_seconds,
-                                          dagster_url=settings.dagster_webserver_url)])
-    # No resource is launch-configurable: the controls are the deployment's (resources/deployment).
-    deployment = dg.Definitions(resources={k: fixed(v) for k, v in resources.items()})
+        sensors=[alerts])
     return dg.Definitions.merge(*stages, operations, deployment)
+
+
+def execution_location(execution: dg.Definitions | None, research: list[dg.Definitions],
+                       alerts: dg.SensorDefinition, deployment: dg.Definitions
+                       ) -> dg.Definitions:
+    """The execution code location (etf_execution): the gate, orders and the kill switch.
+
+    The research assets the gate reads are the research location's; here they are specs with
+    the same partitions, so their stored values load and the lineage crosses locations."""
+    if execution is None:
+        raise SettingsError(
+            "setting code_location [env ETF_CODE_LOCATION]='execution' serves the approval "
+            "gate and execution, which need the PostgreSQL ledger (ETF_POSTGRES_URL) and market "
+            "data holding at least one complete walk-forward window")
+    gate = [a for a in execution.assets or [] if isinstance(a, dg.AssetsDefinition)]
+    inputs = {key for a in gate for key in a.dependency_keys} - {k for a in gate for k in a.keys}
+    upstream = [dg.AssetSpec(spec.key, partitions_def=a.partitions_def,
+                             group_name=spec.group_name, kinds=spec.kinds,
+                             description="In the research code location (etf_rotation). "
+                             + (spec.description or ""))
+                for d in research for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
+                for spec in a.specs if spec.key in inputs]
+    approval = approval_job()
+    return dg.Definitions.merge(
+        execution,
+        dg.Definitions(assets=upstream, jobs=[approval],
+                       sensors=[approval_after_daily(approval), alerts]),
+        deployment)
 
 
 @dg.definitions

@@ -201,6 +201,9 @@ class ApiSettings(BaseModel):
     # redis_url is set, else counted in the process).
     login_attempts: int = Field(5, ge=1, le=1000)
     login_window_seconds: int = Field(300, ge=1, le=24 * 3600)
+    # The browser session cookies of the proxied surfaces (api/signin.py) carry Secure: sent
+    # over HTTPS only. Unset: in prod (TLS ends in front of the proxy), not in local.
+    secure_cookies: bool | None = None
     # Server processes (uvicorn workers) of `python -m api`: one per core the API may use.
     workers: int = Field(1, ge=1, le=64)
     # The Dagster webserver's GraphQL endpoint the API launches runs through and reads them
@@ -210,8 +213,8 @@ class ApiSettings(BaseModel):
     dagster_graphql_url: Annotated[str | None, BeforeValidator(_empty_is_unset)] = Field(
         None, pattern=r"^https?://\S+$")
     # The code location and repository of the research jobs (workspace.yaml's location_name)
-    # and of the approval gate (approved_signal); unset: the research location, until the
-    # execution stage is split into a location of its own (etf_execution).
+    # and of the approval gate (approved_signal); unset: the research location (one location
+    # holding everything); a deployment with ETF_CODE_LOCATION split sets etf_execution.
     dagster_location: str = Field("etf_rotation", min_length=1, max_length=200)
     dagster_execution_location: str | None = Field(None, min_length=1, max_length=200)
     dagster_repository: str = Field("__repository__", min_length=1, max_length=200)
@@ -291,6 +294,12 @@ class Settings(BaseSettings):
     # The strategy YAML (a name in config/strategies or a path); its universe must name the
     # configured market data. Unset: the strategy in config/strategies that trades that data.
     strategy: str | None = None
+    # Which part of the pipeline this code location serves: everything (local development,
+    # `make dev`, the demo), or in a deployment the research location (etf_rotation: data,
+    # research, daily_job up to the target portfolio) and the execution location (etf_execution:
+    # the approval gate, orders, the kill switch), so that a webserver can serve research
+    # without anything that sends an order or changes a control (deploy/README: the proxy).
+    code_location: Literal["all", "research", "execution"] = "all"
     execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
     walk_forward: WalkForwardSettings = Field(default_factory=WalkForwardSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -30,12 +30,12 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 import pytest
+from chromium import chromium
 from demo_home import Demo
 
 from resources.tracking import TAG_DAGSTER_RUN_URL, TAG_NOTE, VIEW_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("ETF_TEST_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = Path(os.environ.get("ETF_TEST_SHOTS", "/tmp/issue14_shots"))
 SIGNAL_DAY, HOLIDAY = "2025-12-30", "2025-10-01"
 UI_START_SECONDS = 240
@@ -231,19 +231,8 @@ def test_switching_datasets_shows_nothing_of_the_old_one_as_current(
 
 @pytest.fixture(scope="module")
 def browser(uis: Demo) -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make browser` "
-                    "(Debian: apt-get install chromium) or set ETF_TEST_CHROMIUM")
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(SHOTS) as launched:
+        yield launched
 
 
 def _page(browser: Any, url: str, wait_for: str, shot: str, *, height: int = 1400) -> Any:

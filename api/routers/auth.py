@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from api import security
-from api.deps import ApiState, CurrentSession, State
-from api.permissions import V1
-from api.schemas import USERNAME_PATTERN, LogoutRequest, RefreshRequest, TokenPair, UserOut
-from api.store import Audit, RefreshRefused, User
+from api import security, signin
+from api.deps import CurrentSession, State, bearer
+from api.permissions import DAGSTER_WEBSERVER, V1, Surface, allowed, surface_permission
+from api.schemas import PLAIN_TEXT, LogoutRequest, RefreshRequest, TokenPair, UserOut
+from api.store import Audit, RefreshRefused
 
 router = APIRouter(prefix=f"{V1}/auth", tags=["auth"])
 
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "Not signed in, or the token is invalid, expired or revoked"}}
-
-
-def _pair(state: ApiState, user: User, refresh_token: str) -> TokenPair:
-    access, _ = security.issue_access_token(state.signing_key, user.username, user.role.value,
-                                            state.access_lifetime)
-    return TokenPair(access_token=access,
-                     expires_in=int(state.access_lifetime.total_seconds()),
-                     refresh_token=refresh_token,
-                     refresh_expires_in=int(state.refresh_lifetime.total_seconds()))
-
-
-def _token_pair(state: ApiState, user: User) -> TokenPair:
-    """A new access token and a new refresh token (stored as its digest)."""
-    refresh_token = security.new_refresh_token()
-    state.users.store_refresh_token(security.digest(refresh_token), user.username,
-                                    dt.datetime.now(dt.UTC) + state.refresh_lifetime)
-    return _pair(state, user, refresh_token)
 
 
 @router.post("/token", summary="Sign in (OAuth2 password flow)",
@@ -44,46 +25,25 @@ def _token_pair(state: ApiState, user: User) -> TokenPair:
 def sign_in(request: Request, state: State,
             form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenPair:
     client = request.client.host if request.client else "unknown"
-    wait = state.limiter.hit(form.username, client)
-    if wait is not None:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                            detail=f"too many sign-in attempts; retry in {wait} s",
-                            headers={"Retry-After": str(wait)})
-    wrong = HTTPException(status.HTTP_401_UNAUTHORIZED, detail="wrong username or password",
-                          headers={"WWW-Authenticate": "Bearer"})
-    # A name no user can have is not looked up (nor sent to the database: it may hold NUL),
-    # but costs a verification all the same.
-    known = re.fullmatch(USERNAME_PATTERN, form.username) is not None
-    stored = state.users.password_hash(form.username) if known else None
-    if not security.verify_password(stored, form.password):
-        if stored is not None:      # a user's failures, not every name tried (no flooding)
-            _audit_sign_in(state, form.username, client, "sign_in_failed")
-        raise wrong
-    user = state.users.user(form.username)
-    if user is None or user.disabled:       # changed between the two reads
-        raise wrong
-    _audit_sign_in(state, user.username, client, "signed_in")
-    return _token_pair(state, user)
-
-
-def _audit_sign_in(state: ApiState, username: str, client: str, action: str) -> None:
-    state.users.audit(Audit(actor=f"api:{username}", action=action, entity="api_user",
-                            entity_id=username, reason=None, details={"client": client}))
+    try:
+        user = signin.authenticate(state, form.username, form.password, client)
+    except signin.SignInRefused as exc:
+        if exc.wait is not None:
+            raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=exc.detail,
+                                headers={"Retry-After": str(exc.wait)}) from None
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=exc.detail,
+                            headers={"WWW-Authenticate": "Bearer"}) from None
+    return signin.token_pair(state, user)
 
 
 @router.post("/refresh", summary="A new token pair for a refresh token (which is spent)",
              responses=UNAUTHORIZED)
 def refresh(body: RefreshRequest, state: State) -> TokenPair:
-    # The new refresh token is issued inside the rotation, so a token is spent exactly once.
-    new = security.new_refresh_token()
     try:
-        user = state.users.rotate_refresh_token(
-            security.digest(body.refresh_token), security.digest(new),
-            dt.datetime.now(dt.UTC) + state.refresh_lifetime)
+        return signin.rotate(state, body.refresh_token)
     except RefreshRefused as exc:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=str(exc),
                             headers={"WWW-Authenticate": "Bearer"}) from None
-    return _pair(state, user, new)
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=UNAUTHORIZED,
@@ -101,3 +61,42 @@ def logout(session: CurrentSession, state: State, body: LogoutRequest | None = N
 @router.get("/me", responses=UNAUTHORIZED, summary="The signed-in user")
 def me(session: CurrentSession) -> UserOut:
     return UserOut.model_validate(session.user, from_attributes=True)
+
+
+@router.get("/forward", status_code=status.HTTP_204_NO_CONTENT,
+            summary="Forward auth: may this session pass the reverse proxy?",
+            description="Asked by the reverse proxy (deploy/proxy) before every request to a "
+            "surface: the access token from the browser's session cookie or the Authorization "
+            "header (an expired access cookie is replaced while the session's refresh cookie "
+            "is valid: Set-Cookie), the original method and URI from X-Original-Method and "
+            "X-Original-URI. 204 names the user (X-Etf-User), the role (X-Etf-Role) and, for "
+            "Dagster, the webserver the role reaches (X-Etf-Dagster: viewer, research or "
+            "desk). A refusal is audited.",
+            responses={**UNAUTHORIZED,
+                       403: {"description": "The role may not do this on the surface "
+                             "(audited)"}})
+def forward(request: Request, state: State,
+            surface: Annotated[Surface, Query(description="The surface behind the proxy")],
+            token: Annotated[str | None, Depends(bearer)],
+            x_original_method: Annotated[str, Header(pattern=r"^[A-Z]{1,16}$")] = "GET",
+            x_original_uri: Annotated[str, Header(max_length=8192, pattern=PLAIN_TEXT)] = "/",
+            ) -> Response:
+    session, renewed = signin.browser_session(state, request, token)
+    path = x_original_uri.split("?", 1)[0]
+    permission = surface_permission(surface, x_original_method, path)
+    role = session.user.role
+    if not allowed(role, permission):
+        why = f"role {role} lacks permission {permission}"
+        state.users.audit(Audit(actor=session.actor, action="access_denied", entity="surface",
+                                entity_id=f"{x_original_method} {surface}:{path}"[:200],
+                                reason=why, details={"role": role.value,
+                                                     "surface": surface.value,
+                                                     "permission": permission}))
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"forbidden: {why}")
+    response = Response(status_code=status.HTTP_204_NO_CONTENT, headers={
+        "X-Etf-User": session.user.username, "X-Etf-Role": role.value})
+    if surface is Surface.DAGSTER:
+        response.headers["X-Etf-Dagster"] = DAGSTER_WEBSERVER[role]
+    if renewed is not None:     # the proxy passes it on to the browser
+        signin.set_access_cookie(state, response, request, renewed)
+    return response
