@@ -53,6 +53,8 @@ LEDGER_RETRY_SECONDS = 5.0
 # Connections per worker: requests run on up to 40 threads; beyond 2 x 10 they wait rather
 # than open and close a connection each.
 LEDGER_POOL_SIZE = 10
+# Expired refresh tokens and access-token revocations are deleted this often.
+TOKEN_PURGE_SECONDS = 3600.0
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
 ROUTERS = (health.router, auth.router, browser.router, strategies.router, signals.router,
            orders.router, accounts.router, quality.router, runs.router, audit.router,
@@ -124,7 +126,8 @@ def _lifespan(settings: Settings, key: str
                                  limiter=limiter, signing_key=key, checks=checks, events=hub,
                                  dagster=dagster, tracking=Tracking(settings))
         # One LISTEN connection per app, whatever the number of clients.
-        tasks = [asyncio.create_task(listen(libpq_url(settings.postgres_url), hub))]
+        tasks = [asyncio.create_task(listen(libpq_url(settings.postgres_url), hub)),
+                 asyncio.create_task(purge_tokens(app.state.api.users))]
         if dagster.configured:      # one poller per app for the run events
             tasks.append(asyncio.create_task(watch_runs(
                 dagster, hub, settings.api.run_events_poll_seconds,
@@ -141,6 +144,20 @@ def _lifespan(settings: Settings, key: str
             ledger.dispose()
 
     return lifespan
+
+
+async def purge_tokens(users: UserStore, every_seconds: float = TOKEN_PURGE_SECONDS) -> None:
+    """Expired sign-in records deleted at start and then every ``every_seconds``; a failure
+    is logged and tried again at the next turn (the tables only grow meanwhile)."""
+    while True:
+        try:
+            refresh, access = await asyncio.to_thread(users.purge_expired_tokens)
+            if refresh or access:
+                log.info("purged %d expired refresh tokens and %d expired access-token "
+                         "revocations", refresh, access)
+        except (sa.exc.SQLAlchemyError, LedgerError) as exc:
+            log.warning("purging expired tokens failed: %s", exc)
+        await asyncio.sleep(every_seconds)
 
 
 def _limiter(settings: Settings) -> LoginLimiter:

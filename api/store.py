@@ -244,6 +244,14 @@ class UserStore:
             return None
         return _user_of(row)
 
+    def purge_expired_tokens(self) -> tuple[int, int]:
+        """Delete refresh and revoked access tokens past their expiry (migration 0006's
+        function: the writer may not DELETE them itself); how many of each."""
+        row = self._run(lambda conn: conn.execute(
+            sa.text("SELECT refresh_tokens, access_tokens FROM api_purge_expired_tokens()")
+        ).one())
+        return int(row.refresh_tokens), int(row.access_tokens)
+
     def audit(self, entry: Audit) -> None:
         self._run(lambda conn: write_audit(conn, entry))
 

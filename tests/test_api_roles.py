@@ -4,6 +4,7 @@ the kill switch all work without owning anything; the reader role sees no passwo
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 
@@ -13,8 +14,11 @@ from api_desk import PASSWORD, desk_settings
 from conftest import PG_SERVER, scratch_database
 from fastapi.testclient import TestClient
 
+from api import security
 from api.__main__ import create_admin
 from api.app import create_app
+from api.permissions import Role
+from api.store import Audit, UserStore
 from trading.ledger import Ledger, migrate
 
 V1 = "/api/v1"
@@ -98,3 +102,44 @@ def test_the_writer_cannot_delete_users_or_tokens(as_writer: tuple[str, str, str
                           "UPDATE api_refresh_tokens SET username = 'other'"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_the_writer_purges_only_expired_tokens(as_writer: tuple[str, str, str]) -> None:
+    """Migration 0006: the writer deletes expired sign-in records through the owner's function
+    (an hour past expiry), never a live one, and still may not DELETE them itself."""
+    database, writer, _ = as_writer
+    ledger = Ledger(f"postgresql+psycopg://{writer}@{HOST}/{database}")
+    users = UserStore(ledger)
+    run = uuid.uuid4().hex[:8]
+    name = f"purge-{run}"
+    now = dt.datetime.now(dt.UTC)
+    long_ago, soon = now - dt.timedelta(hours=2), now + dt.timedelta(hours=1)
+    try:
+        users.create_user(name, security.hash_password(PASSWORD), Role.VIEWER, Audit(
+            actor="test", action="user_created", entity="api_user", entity_id=name,
+            reason="purge", details={}))
+        for digest, expires in ((f"old-{run}", long_ago), (f"live-{run}", soon),
+                                (f"recent-{run}", now - dt.timedelta(minutes=5))):
+            users.store_refresh_token(digest, name, expires)
+        for jti, expires in ((f"old-{run}", long_ago), (f"live-{run}", soon)):
+            users.revoke_session(name, jti, expires, None, Audit(
+                actor=f"api:{name}", action="signed_out", entity="api_user", entity_id=name,
+                reason="purge", details={}))
+        refresh, access = users.purge_expired_tokens()
+        assert refresh >= 1 and access >= 1
+        assert users.session_user(f"old-{run}") is None
+        assert users.session_user(f"live-{run}") is not None
+        # Within the hour's margin an expired token is kept, but does not pass.
+        assert users.session_user(f"recent-{run}") is None
+        assert users.signed_in_user(name, f"live-{run}") is None       # still revoked
+        with psycopg.connect(f"postgresql://{writer}@{HOST}/{database}",
+                             autocommit=True) as conn:
+            kept = {r[0] for r in conn.execute(
+                "SELECT token_digest FROM api_refresh_tokens WHERE username = %s", (name,))}
+            assert kept == {f"live-{run}", f"recent-{run}"}
+            for statement in ("DELETE FROM api_revoked_access_tokens",
+                              "DELETE FROM api_refresh_tokens"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)  # type: ignore[arg-type]
+    finally:
+        ledger.dispose()
