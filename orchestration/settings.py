@@ -207,7 +207,7 @@ class ApiSettings(BaseModel):
     # Server processes (uvicorn workers) of `python -m api`: one per core the API may use.
     workers: int = Field(1, ge=1, le=64)
     # The Dagster webserver's GraphQL endpoint the API launches runs through and reads them
-    # from (e.g. http://dagster-webserver:3000/graphql). Unset: no launches (503) and no run
+    # from (e.g. http://dagster-desk:3000/dagster/graphql). Unset: no launches (503) and no run
     # events in the stream. Not dagster_webserver_url: that is the UI's public address for
     # links, which a reverse proxy may put elsewhere.
     dagster_graphql_url: Annotated[str | None, BeforeValidator(_empty_is_unset)] = Field(

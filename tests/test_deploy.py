@@ -56,6 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PROD_INSTANCE = DEPLOY / "dagster.prod.yaml"
 WORKSPACE = DEPLOY / "workspace.yaml"
+RESEARCH_WORKSPACE = DEPLOY / "workspace.research.yaml"
+PROXY_TEMPLATE = DEPLOY / "proxy" / "etf.conf.template"
+HELM_DESK = DEPLOY / "helm" / "desk.yaml"
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 PROMETHEUS = DEPLOY / "prometheus.yml"
@@ -68,8 +71,11 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 BIN = Path(sys.executable).parent
 
 GRPC_PORT = 4000
+EXECUTION_GRPC_PORT = 4001
 EXPORTER_PORT = 9464
 LOCATION_NAME = "etf_rotation"
+EXECUTION_LOCATION_NAME = "etf_execution"
+WEBSERVERS = ("dagster-desk", "dagster-research", "dagster-viewer")
 JOBS_ALWAYS_DEFINED = {"market_data_job", "research_job"}
 
 # The series of `python -m observability.exporter`: the only names a dashboard may query.
@@ -249,12 +255,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_deploy_workspace_points_at_the_code_server() -> None:
-    (origin,) = location_origins_from_yaml_paths([str(WORKSPACE)])
-    assert isinstance(origin, GrpcServerCodeLocationOrigin)
-    assert (origin.host, origin.port, origin.location_name) == ("code", GRPC_PORT, LOCATION_NAME)
+def test_deploy_workspace_points_at_the_code_servers() -> None:
+    origins = location_origins_from_yaml_paths([str(WORKSPACE)])
+    assert all(isinstance(o, GrpcServerCodeLocationOrigin) for o in origins)
+    assert {(o.host, o.port, o.location_name) for o in origins} == {  # type: ignore[attr-defined]
+        ("code", GRPC_PORT, LOCATION_NAME),
+        ("code-execution", EXECUTION_GRPC_PORT, EXECUTION_LOCATION_NAME)}
+    # The researchers' webserver: the research location alone.
+    (research,) = location_origins_from_yaml_paths([str(RESEARCH_WORKSPACE)])
+    assert (research.host, research.port, research.location_name) == (  # type: ignore[attr-defined]
+        "code", GRPC_PORT, LOCATION_NAME)
     compose = compose_config()
-    assert "code" in compose["services"]
+    assert {"code", "code-execution"} <= set(compose["services"])
     command = dockerfile_exec_form("CMD")
     assert command[command.index("-p") + 1] == str(GRPC_PORT)
 
@@ -321,6 +333,7 @@ def test_image_command_serves_the_code_location(tmp_path: Path) -> None:
             time.sleep(2)
 
         workspace = load_yaml(WORKSPACE)
+        workspace["load_from"] = workspace["load_from"][:1]     # the research location
         workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=port)
         local_workspace = tmp_path / "workspace.yaml"
         local_workspace.write_text(yaml.safe_dump(workspace), encoding="utf-8")
@@ -402,8 +415,8 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
-SERVICES = {"postgres", "redis", "mlflow", "code", "webserver", "daemon", "exporter",
-            "prometheus", "grafana", "ledger-migrate"}
+SERVICES = {"postgres", "redis", "mlflow", "code", "code-execution", *WEBSERVERS, "daemon",
+            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy"}
 # Run once and exit: no healthcheck; who depends on them waits for a successful exit.
 ONE_SHOT = {"ledger-migrate"}
 
@@ -427,8 +440,13 @@ def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() 
         "mlflow": {"postgres"},
         "ledger-migrate": {"postgres"},
         "code": {"postgres", "ledger-migrate", "redis", "mlflow"},
-        "webserver": {"postgres", "code"},
-        "daemon": {"postgres", "code"},
+        "code-execution": {"postgres", "ledger-migrate", "redis", "mlflow"},
+        "dagster-desk": {"postgres", "code", "code-execution"},
+        "dagster-research": {"postgres", "code"},
+        "dagster-viewer": {"postgres", "code", "code-execution"},
+        "daemon": {"postgres", "code", "code-execution"},
+        "api": {"postgres", "ledger-migrate", "redis", "mlflow"},
+        "proxy": {"api", *WEBSERVERS, "mlflow", "grafana", "exporter"},
         "exporter": {"postgres", "ledger-migrate"},
         "prometheus": {"exporter"},
         "grafana": {"prometheus"},
@@ -440,16 +458,19 @@ def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() 
 def test_compose_wiring() -> None:
     config = compose_config()
     services = config["services"]
-    for name in ("code", "exporter"):
+    for name in ("code", "code-execution", "exporter", "api"):
         env = service_env(services[name])
         assert env["ETF_PROFILE"] == "prod"
         assert re.fullmatch(r"postgresql\+psycopg://[^@/]+@postgres:5432/ledger",
                             env["ETF_POSTGRES_URL"]), env["ETF_POSTGRES_URL"]
         assert re.fullmatch(r"redis://:[^@/]+@redis:6379/\d+", env["ETF_REDIS_URL"]), (
             "ETF_REDIS_URL must carry the Redis password")
-        assert env["ETF_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        # MLflow serves under /mlflow (behind the proxy), its REST API too.
+        assert env["ETF_MLFLOW_TRACKING_URI"] == "http://mlflow:5000/mlflow"
         assert "ETF_ALERT_WEBHOOK_URL" in env
-    for name in ("code", "webserver", "daemon", "exporter"):
+    assert service_env(services["code"])["ETF_CODE_LOCATION"] == "research"
+    assert service_env(services["code-execution"])["ETF_CODE_LOCATION"] == "execution"
+    for name in ("code", "code-execution", *WEBSERVERS, "daemon", "exporter", "api"):
         url = service_env(services[name])["DAGSTER_PG_URL"]
         assert re.fullmatch(r"postgresql\+psycopg2://[^@/]+@postgres:5432/dagster", url), url
     mlflow = services["mlflow"]
@@ -466,17 +487,20 @@ def test_compose_wiring() -> None:
     assert init["target"].startswith("/docker-entrypoint-initdb.d/")
 
     # The same image (built from the repository root) for every Dagster process.
-    images = {services[n]["image"] for n in ("code", "webserver", "daemon", "exporter")}
+    app = ("code", "code-execution", *WEBSERVERS, "daemon", "exporter", "api")
+    images = {services[n]["image"] for n in app}
     assert len(images) == 1
-    for name in ("code", "webserver", "daemon", "exporter"):
+    for name in app:
         build = services[name]["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    for name in ("webserver", "daemon"):
+    for name, file in (("dagster-desk", WORKSPACE), ("dagster-viewer", WORKSPACE),
+                       ("dagster-research", RESEARCH_WORKSPACE), ("daemon", WORKSPACE)):
         command = services[name]["command"]
         workspace = command[command.index("-w") + 1]
-        assert workspace == "/opt/dagster/app/deploy/workspace.yaml"   # WORKDIR + this file
-        assert (ROOT / Path(workspace).relative_to("/opt/dagster/app")) == WORKSPACE
-    assert services["webserver"]["command"][0] == "dagster-webserver"
+        assert workspace.startswith("/opt/dagster/app/deploy/")         # WORKDIR + the file
+        assert (ROOT / Path(workspace).relative_to("/opt/dagster/app")) == file, name
+    for name in WEBSERVERS:
+        assert services[name]["command"][0] == "dagster-webserver"
     assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
     assert services["exporter"]["command"] == ["python", "-m", "observability.exporter"]
     assert str(EXPORTER_PORT) in json.dumps(services["exporter"]["healthcheck"]["test"])
@@ -499,6 +523,117 @@ def test_compose_wiring() -> None:
                 assert (DEPLOY / source).exists(), f"{name}: {source} does not exist"
 
 
+def template_variables() -> set[str]:
+    """The variables of deploy/proxy's template (the nginx image's envsubst fills them)."""
+    return set(re.findall(r"\$\{(\w+)\}", PROXY_TEMPLATE.read_text(encoding="utf-8")))
+
+
+def test_compose_front_door() -> None:
+    """One published port, the proxy's; every surface behind it, as deploy/proxy routes."""
+    services = compose_config()["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}
+    proxy = services["proxy"]
+    assert proxy["ports"] == ["127.0.0.1:8080:8080"]
+    assert proxy["image"].startswith("nginx:")
+    assert proxy["volumes"] == [
+        "./proxy/etf.conf.template:/etc/nginx/templates/default.conf.template:ro"]
+    env = service_env(proxy)
+    assert template_variables() <= set(env), "the template needs a value for each variable"
+    assert env["PROXY_LISTEN"] == "8080"
+    # Each upstream is a service of the stack on the port it listens on.
+    for variable, (service, port) in {
+            "API_UPSTREAM": ("api", 8000), "DAGSTER_DESK_UPSTREAM": ("dagster-desk", 3000),
+            "DAGSTER_RESEARCH_UPSTREAM": ("dagster-research", 3000),
+            "DAGSTER_VIEWER_UPSTREAM": ("dagster-viewer", 3000),
+            "MLFLOW_UPSTREAM": ("mlflow", 5000), "GRAFANA_UPSTREAM": ("grafana", 3000),
+            "EXPORTER_UPSTREAM": ("exporter", EXPORTER_PORT)}.items():
+        assert env[variable] == f"{service}:{port}" and service in services, variable
+
+    for name in WEBSERVERS:
+        command = services[name]["command"]
+        assert command[command.index("--path-prefix") + 1] == "/dagster", name
+        assert ("--read-only" in command) == (name == "dagster-viewer"), name
+        assert "/dagster/server_info" in json.dumps(services[name]["healthcheck"]["test"])
+    mlflow = services["mlflow"]["command"]
+    assert mlflow[mlflow.index("--static-prefix") + 1] == "/mlflow"
+
+    api = services["api"]
+    assert api["command"] == ["python", "-m", "api"]
+    api_env = service_env(api)
+    assert api_env["API_HOST"] == "0.0.0.0" and api_env["API_PORT"] == "8000"
+    assert api_env["ETF_API__DAGSTER_GRAPHQL_URL"] == "http://dagster-desk:3000/dagster/graphql"
+    assert api_env["ETF_API__DAGSTER_EXECUTION_LOCATION"] == EXECUTION_LOCATION_NAME
+    assert ("ETF_API__JWT_SECRET", ":?") in compose_variables()
+    with pytest.raises(SettingsError, match="ETF_API__JWT_SECRET"):    # the placeholder
+        load_settings(api={"jwt_secret": env_example()["ETF_API__JWT_SECRET"]})
+
+    grafana = service_env(services["grafana"])
+    assert grafana["GF_AUTH_PROXY_ENABLED"] == "true"
+    assert grafana["GF_AUTH_PROXY_HEADER_NAME"] == "X-Etf-User"
+    assert "proxy_set_header X-Etf-User $etf_user;" in PROXY_TEMPLATE.read_text(encoding="utf-8")
+    assert grafana["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    assert grafana["GF_SERVER_ROOT_URL"].endswith("/grafana/")
+    # Links in metadata and alerts lead to the pages behind the proxy.
+    code = service_env(services["code"])
+    assert code["ETF_DAGSTER_WEBSERVER_URL"] == "http://127.0.0.1:8080/dagster"
+    assert code["ETF_MLFLOW_UI_URL"] == "http://127.0.0.1:8080/mlflow"
+
+
+def test_helm_front_door() -> None:
+    values = helm_values()
+    webserver = values["dagsterWebserver"]
+    assert webserver["pathPrefix"] == "/dagster" and webserver["enableReadOnly"] is True
+    research, execution = values["dagster-user-deployments"]["deployments"]
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all(HELM_DESK.read_text(encoding="utf-8"))}
+    (ingress,) = [d for (kind, _), d in docs.items() if kind == "Ingress"]
+    backends = {p["backend"]["service"]["name"] for rule in ingress["spec"]["rules"]
+                for p in rule["http"]["paths"]}
+    assert backends == {"etf-proxy"}
+
+    def container(name: str) -> dict[str, Any]:
+        (only,) = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        return dict(only)
+
+    proxy = container("etf-proxy")
+    env = {e["name"]: e["value"] for e in proxy["env"]}
+    assert template_variables() <= set(env)
+    assert env["API_UPSTREAM"] == "etf-api:8000"
+    assert env["DAGSTER_RESEARCH_UPSTREAM"] == "etf-dagster-research:80"
+    assert env["DAGSTER_VIEWER_UPSTREAM"].startswith("etf-dagster-webserver-read-only:")
+
+    workspace = yaml.safe_load(docs[("ConfigMap", "etf-research-workspace")]["data"][
+        "workspace.yaml"])
+    (location,) = workspace["load_from"]
+    assert location["grpc_server"]["location_name"] == research["name"]
+    assert location["grpc_server"]["port"] == research["port"]
+    command = container("etf-dagster-research")["command"]
+    assert command[command.index("--path-prefix") + 1] == "/dagster"
+    assert "--read-only" not in command
+
+    api = container("etf-api")
+    assert api["command"] == ["python", "-m", "api"]
+    assert api["envFrom"] == [{"secretRef": {"name": "etf-rotation-env"}},
+                              {"secretRef": {"name": "etf-api-env"}}]
+    api_env = {e["name"]: e["value"] for e in api["env"]}
+    assert api_env["ETF_API__DAGSTER_LOCATION"] == research["name"]
+    assert api_env["ETF_API__DAGSTER_EXECUTION_LOCATION"] == execution["name"]
+    assert not {"ETF_API__JWT_SECRET", "ETF_POSTGRES_URL"} & set(api_env)   # secrets only
+    image = research["image"]
+    assert api["image"] == f"{image['repository']}:{image['tag']}"
+
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    made = re.search(r"create secret generic etf-api-env(?:[^\n]*\\\n)*[^\n]*", readme)
+    assert made is not None
+    literals = dict(re.findall(r"--from-literal=(\w+)='([^']*)'", made.group(0)))
+    assert urlsplit(literals["ETF_POSTGRES_URL"]).username == "etf_api"
+    assert "apply -f deploy/helm/desk.yaml" in readme
+    assert "--from-file=default.conf.template=deploy/proxy/etf.conf.template" in readme
+
+
 def test_compose_variables_and_env_example() -> None:
     example = env_example()
     for name, op in compose_variables():
@@ -516,6 +651,7 @@ PG_LOGINS = {
     "MLFLOW_DB_PASSWORD": "mlflow",
     "LEDGER_OWNER_PASSWORD": "etf_ledger_migrator",
     "LEDGER_WRITER_PASSWORD": "etf_app",
+    "LEDGER_API_PASSWORD": "etf_api",
     "LEDGER_READER_PASSWORD": "etf_reader",
 }
 PG_PASSWORDS = (*PG_LOGINS, "POSTGRES_PASSWORD")
@@ -523,8 +659,10 @@ PG_PASSWORDS = (*PG_LOGINS, "POSTGRES_PASSWORD")
 PG_PASSWORDS_SEEN = {
     "postgres": set(PG_PASSWORDS),
     "code": {"DAGSTER_DB_PASSWORD", "LEDGER_WRITER_PASSWORD"},
+    "code-execution": {"DAGSTER_DB_PASSWORD", "LEDGER_WRITER_PASSWORD"},
+    "api": {"DAGSTER_DB_PASSWORD", "LEDGER_API_PASSWORD"},
     "exporter": {"DAGSTER_DB_PASSWORD", "LEDGER_READER_PASSWORD"},
-    "webserver": {"DAGSTER_DB_PASSWORD"},
+    **{name: {"DAGSTER_DB_PASSWORD"} for name in WEBSERVERS},
     "daemon": {"DAGSTER_DB_PASSWORD"},
     "mlflow": {"MLFLOW_DB_PASSWORD"},
     "ledger-migrate": {"LEDGER_OWNER_PASSWORD"},
@@ -559,12 +697,14 @@ def test_compose_postgres_has_one_login_per_consumer() -> None:
 
     expected = {
         ("code", "ETF_POSTGRES_URL"): ("etf_app", "LEDGER_WRITER_PASSWORD", "ledger"),
+        ("code-execution", "ETF_POSTGRES_URL"): ("etf_app", "LEDGER_WRITER_PASSWORD", "ledger"),
+        ("api", "ETF_POSTGRES_URL"): ("etf_api", "LEDGER_API_PASSWORD", "ledger"),
         ("exporter", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
         ("ledger-migrate", "ETF_LEDGER_ADMIN_URL"): (
             "etf_ledger_migrator", "LEDGER_OWNER_PASSWORD", "ledger"),
         ("mlflow", "MLFLOW_BACKEND_STORE_URI"): ("mlflow", "MLFLOW_DB_PASSWORD", "mlflow"),
         **{(name, "DAGSTER_PG_URL"): ("dagster", "DAGSTER_DB_PASSWORD", "dagster")
-           for name in ("code", "webserver", "daemon", "exporter")},
+           for name in ("code", "code-execution", *WEBSERVERS, "daemon", "exporter", "api")},
     }
     for (service, variable), (user, password, database) in expected.items():
         assert login(service_env(services[service])[variable]) == (
@@ -616,7 +756,8 @@ def test_compose_postgres_init_creates_the_roles_and_refuses_placeholders() -> N
     for group in ("etf_ledger_owner", "etf_ledger_writer", "etf_ledger_reader"):
         assert f"CREATE ROLE {group} NOLOGIN;" in statements
     for login, group in (("etf_ledger_migrator", "etf_ledger_owner"),
-                         ("etf_app", "etf_ledger_writer"), ("etf_reader", "etf_ledger_reader")):
+                         ("etf_app", "etf_ledger_writer"), ("etf_api", "etf_ledger_writer"),
+                         ("etf_reader", "etf_ledger_reader")):
         assert any(s.startswith(f"CREATE ROLE {login} ") and s.endswith(f" IN ROLE {group};")
                    for s in statements), login
     assert not any("SUPERUSER" in s or "CREATEROLE" in s for s in statements)
@@ -649,12 +790,12 @@ def test_compose_redis_requires_a_password_and_the_app_gets_the_cache_secret() -
     assert service_env(redis)["REDISCLI_AUTH"] == password
     assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
     assert "PONG" in " ".join(redis["healthcheck"]["test"])
-    for name in ("code", "exporter"):
+    for name in ("code", "code-execution", "exporter", "api"):
         env = service_env(services[name])
         url = urlsplit(env["ETF_REDIS_URL"])
         assert (url.hostname, url.password) == ("redis", password)
         assert env["ETF_CACHE_SECRET"] == example["ETF_CACHE_SECRET"]
-    for name in ("webserver", "daemon"):   # they run no asset code: no cache secret
+    for name in (*WEBSERVERS, "daemon"):   # they run no asset code: no cache secret
         assert "ETF_CACHE_SECRET" not in service_env(services[name])
 
     # The placeholder is no working secret: the app refuses it at start-up.
@@ -1030,11 +1171,19 @@ def test_helm_values_use_the_charts_keys() -> None:
 
 def test_helm_values_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     values = helm_values()
-    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    deployment, execution = values["dagster-user-deployments"]["deployments"]
     assert values["dagster-user-deployments"]["enabled"] is True
-    assert deployment["dagsterApiGrpcArgs"] == ["-m", "orchestration.definitions", "-a", "defs"]
-    assert deployment["port"] == GRPC_PORT
-    assert {"name": "etf-rotation-env"} in deployment["envSecrets"]
+    assert (deployment["name"], execution["name"]) == ("etf-rotation", "etf-execution")
+    for location, port, part in ((deployment, GRPC_PORT, "research"),
+                                 (execution, EXECUTION_GRPC_PORT, "execution")):
+        assert location["dagsterApiGrpcArgs"] == ["-m", "orchestration.definitions", "-a",
+                                                  "defs"]
+        assert location["port"] == port
+        assert {"name": "etf-rotation-env"} in location["envSecrets"]
+        env = {e["name"]: e["value"] for e in location["env"]}
+        assert env["ETF_CODE_LOCATION"] == part
+        assert env["ETF_PROFILE"] == "prod"
+        assert location["volumeMounts"] == deployment["volumeMounts"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
     assert {"name": "etf-rotation-env"} in launcher["envSecrets"]
@@ -1072,13 +1221,13 @@ def test_helm_values_wiring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_helm_redis_password_and_cache_secret_come_from_the_secret() -> None:
     values = helm_values()
-    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    deployments = values["dagster-user-deployments"]["deployments"]
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
-    # Never as plain values: the code server and every run pod get them from etf-rotation-env.
-    plain = {e["name"] for e in deployment["env"]} | {
+    # Never as plain values: the code servers and every run pod get them from etf-rotation-env.
+    plain = {e["name"] for d in deployments for e in d["env"]} | {
         v.partition("=")[0] for v in launcher["envVars"]}
     assert not plain & {"ETF_REDIS_URL", "ETF_CACHE_SECRET"}
-    assert {"name": "etf-rotation-env"} in deployment["envSecrets"]
+    assert all({"name": "etf-rotation-env"} in d["envSecrets"] for d in deployments)
     assert {"name": "etf-rotation-env"} in launcher["envSecrets"]
     readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
     command = re.search(r"create secret generic etf-rotation-env(?:[^\n]*\\\n)+[^\n]*", readme)
@@ -1092,10 +1241,10 @@ def test_helm_ledger_roles_and_the_migrate_job() -> None:
     """Kubernetes mirrors compose: the code location (and so every run pod) gets the
     application's login only; the owner's login is the migrate Job's alone."""
     values = helm_values()
-    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    deployment, execution = values["dagster-user-deployments"]["deployments"]
     assert values["postgresql"]["postgresqlUsername"] == "dagster"
     # The chart copies a deployment's initContainers into run pods: no migrate step there.
-    assert "initContainers" not in deployment
+    assert "initContainers" not in deployment and "initContainers" not in execution
     assert "etf-ledger-admin" not in yaml.safe_dump(values)
 
     job = load_yaml(DEPLOY / "helm" / "ledger-migrate-job.yaml")
