@@ -26,7 +26,7 @@ from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation import report
 from rotation.backtest import BacktestConfig, run_backtest
-from rotation.risk import RiskLimits
+from rotation.risk import PortfolioFigures, RiskLimits
 from rotation.strategy import StrategyConfig
 from sensors.executions import stalled_executions
 from trading import approval
@@ -143,7 +143,8 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             data_as_of=pd.Timestamp(adjusted_bars["date"].max()).date(),
             universe=universe, halted=sorted(s for s in weights if s not in traded),
             failed_checks=failed_checks(context.instance, guards, f"{day:%Y-%m-%d}"),
-            data_version=data_fingerprint(adjusted_bars), dagster_run_id=context.run.run_id)
+            data_version=data_fingerprint(adjusted_bars), dagster_run_id=context.run.run_id,
+            portfolio=portfolio_figures(adjusted_bars, weights, day, ledger, account_id, limits))
         record = approval.decide(facts, ledger.ledger, limits,
                                  actor=f"dagster:{context.run.run_id}")
         if record.status is SignalStatus.REJECTED:
@@ -169,6 +170,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "weights": table_value(table[["symbol", "weight"]], 60),
             "reasons": table_value(reasons) if len(reasons) else dg.MetadataValue.text("none"),
             "rejected_rules": dg.MetadataValue.json(sorted({r["rule"] for r in record.reasons})),
+            **risk_metadata(facts.portfolio),
         })
 
     @dg.asset(
@@ -263,6 +265,39 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
                 "\n".join(f"- {s.describe()}" for s in stalls) or "none")})
 
     return [approved_signal, positions_report]
+
+
+def portfolio_figures(adjusted_bars: pd.DataFrame, weights: dict[str, float], day: pd.Timestamp,
+                      ledger: LedgerResource, account_id: str, limits: RiskLimits
+                      ) -> PortfolioFigures | str:
+    """The target's risk from the bars up to D, on the account's latest equity (its initial
+    cash before the first valuation); a string says why it could not be measured."""
+    from rotation import portfolio_risk  # scipy: only when a signal is decided
+
+    returns, amounts = portfolio_risk.panels_from_bars(
+        adjusted_bars.loc[adjusted_bars["date"] <= day])
+    valuations = ledger.ledger.valuations(account_id)
+    equity = float(valuations["equity"].iloc[-1]) if len(valuations) else ledger.initial_cash
+    try:
+        return portfolio_risk.gate_figures(returns, amounts, weights, day.date(), equity,
+                                           limits)
+    except portfolio_risk.RiskInputError as exc:
+        return str(exc)
+
+
+def risk_metadata(figures: PortfolioFigures | str | None) -> dict[str, dg.MetadataValue]:
+    if not isinstance(figures, PortfolioFigures):
+        return {"portfolio_risk": dg.MetadataValue.text(f"not measured: {figures}")}
+    slowest = max(figures.days_to_liquidate.items(), key=lambda kv: kv[1], default=("", 0.0))
+    return {
+        "var_99_1d": dg.MetadataValue.float(figures.var_99),
+        "es_99_1d": dg.MetadataValue.float(figures.es_99),
+        "stress_loss": dg.MetadataValue.float(figures.stress_loss),
+        "stress_window": dg.MetadataValue.text(figures.stress_window),
+        "max_days_to_liquidate": dg.MetadataValue.float(float(slowest[1])),
+        "slowest_to_liquidate": dg.MetadataValue.text(slowest[0] or "none"),
+        "risk_observations": dg.MetadataValue.int(figures.observations),
+    }
 
 
 def book_differences(ledger: Ledger, venue: ExecutionVenue, account_id: str) -> list[str]:

@@ -506,6 +506,10 @@ NON_SETTING_ENV: dict[str, str] = {
     "ETF_HELM_CHART": "tests/test_deploy.py: the unpacked dagster chart for `helm template`",
     "ETF_DATA_DIR": "deploy/compose.yaml (from deploy/.env): host folder mounted at /data",
     "ETF_IMAGE_TAG": "deploy/compose.yaml (from deploy/.env): the image tag",
+    "ETF_PUBLIC_URL": "deploy/compose.yaml (from deploy/.env): the proxy's address in links",
+    "ETF_PUBLIC_HOST": "deploy/compose.yaml (from deploy/.env): the Host MLflow accepts",
+    "ETF_TEST_NGINX": "deploy/ensure-proxy.sh, tests/proxy_stack.py: the nginx binary the "
+                      "front-door tests run (default /usr/sbin/nginx)",
     "ETF_EXPORTER_PORT": "observability/exporter.py: the metrics port",
     "ETF_EXPORTER_ADDRESS": "observability/exporter.py: the listen address",
     "ETF_EXPORTER_LOG_LEVEL": "observability/exporter.py: its log level",

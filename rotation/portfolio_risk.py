@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from rotation.risk import PortfolioFigures, RiskLimits
+
 Method = Literal["historical", "parametric", "cornish_fisher"]
 METHODS: tuple[Method, ...] = ("historical", "parametric", "cornish_fisher")
 LEVELS = (0.95, 0.99)
@@ -315,3 +317,37 @@ def liquidity(values: Mapping[str, float], amounts: pd.DataFrame, as_of: dt.date
         rows.append({"symbol": symbol, "value": float(value), "average_amount": adv,
                      "share_of_day": share, "days_to_trade": share / participation})
     return pd.DataFrame(rows).set_index("symbol")
+
+
+# ------------------------------------------------------------------------------ the gate
+
+
+def panels_from_bars(bars: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(daily total returns, traded amounts), sessions × funds, from adjusted bars (columns
+    date, symbol, close adjusted for distributions, amount)."""
+    close = bars.pivot(index="date", columns="symbol", values="close").sort_index()
+    amounts = bars.pivot(index="date", columns="symbol", values="amount").sort_index()
+    return close.pct_change(fill_method=None), amounts
+
+
+def gate_figures(returns: pd.DataFrame, amounts: pd.DataFrame, weights: Mapping[str, float],
+                 as_of: dt.date, equity: float, limits: RiskLimits) -> PortfolioFigures:
+    """What the approval gate checks of ``weights`` held at ``as_of`` on an account of
+    ``equity``: 1-session 99 % historical VaR and ES and the worst window over the look-back,
+    and the sessions to trade each position. Raises :class:`RiskInputError` when the history
+    cannot give an honest figure."""
+    held = {s: w for s, w in weights.items() if w}
+    if not held:
+        return PortfolioFigures(0.0, 0.0, 0.0, "no position", {}, 0)
+    looked = window(returns, held, as_of, limits.risk_lookback_sessions)
+    daily = pd.Series(looked.to_numpy() @ np.array([held[s] for s in looked.columns]),
+                      index=looked.index)
+    var, es = historical(daily.to_numpy(), 0.99, 1)
+    worst = worst_window(daily, limits.stress_window_sessions)
+    values = {s: w * equity for s, w in held.items()}
+    liquid = liquidity(values, amounts, as_of, window_sessions=limits.liquidity_sessions,
+                       participation=limits.max_participation)
+    return PortfolioFigures(var_99=var, es_99=es, stress_loss=worst.loss,
+                            stress_window=f"{worst.start}..{worst.end}",
+                            days_to_liquidate=liquid["days_to_trade"].to_dict(),
+                            observations=len(daily))

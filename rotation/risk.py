@@ -10,7 +10,12 @@ Layers, in the order violations are reported:
 * ``account`` — gross exposure: Σ|w| of a signal ≤ ``max_gross_exposure`` (``weights_sum``);
   the value of the positions after the orders ≤ ``max_gross_exposure`` × equity
   (``gross_exposure``); traded notional of the day ≤ ``max_daily_notional``
-  (``daily_notional``).
+  (``daily_notional``); the target's portfolio risk measured from data up to D
+  (:class:`PortfolioFigures`, ``rotation.portfolio_risk``), each limit only when configured:
+  1-session 99 % historical VaR (``var_limit``) and ES (``es_limit``), the loss of its worst
+  window in the look-back (``stress_loss``), the sessions to trade each position at the
+  allowed participation (``days_to_liquidate``); a configured limit whose figure could not be
+  measured rejects (``risk_unmeasured``).
 * ``strategy`` — turnover against the previous target (``turnover``), the account drawdown
   stop (``drawdown_stop``).
 * ``instrument`` — weight per fund (``max_weight``), halted funds (``halted``), limit days
@@ -55,9 +60,11 @@ __all__ = [
     "LAYERS",
     "RULES",
     "OrderCheck",
+    "PortfolioFigures",
     "RiskLimits",
     "RiskViolation",
     "check_orders",
+    "check_portfolio",
     "check_signal",
     "drawdown_of",
     "gross_exposure",
@@ -74,6 +81,7 @@ RULES: tuple[str, ...] = (
     "failed_check", "stale_data",
     "stale_signal", "nan_weight", "negative_weight", "unknown_fund",
     "weights_sum", "gross_exposure", "daily_notional",
+    "risk_unmeasured", "var_limit", "es_limit", "stress_loss", "days_to_liquidate",
     "turnover", "drawdown_stop",
     "max_weight", "halted", "limit_day", "price_band",
     "lot_size", "max_order_notional",
@@ -117,6 +125,33 @@ class RiskLimits(BaseModel):
     weight_tolerance: float = Field(default=1e-6, ge=0, le=1e-2,
                                     description="float slack of weights")
     lot_size: int = Field(default=100, ge=1, le=MAX_LOT_SIZE, description="units per lot")
+    # Portfolio risk of the target (rotation.portfolio_risk), from data up to D; None: the
+    # figure is measured and shown, not limited.
+    max_var_99: float | None = Field(
+        default=None, gt=0, le=1,
+        description="max 1-session 99% historical VaR of the target, fraction of equity")
+    max_es_99: float | None = Field(
+        default=None, gt=0, le=1,
+        description="max 1-session 99% historical expected shortfall, fraction of equity")
+    max_stress_loss: float | None = Field(
+        default=None, gt=0, le=1,
+        description="max loss of the target over its worst stress_window_sessions window")
+    max_days_to_liquidate: float | None = Field(
+        default=None, gt=0, le=250,
+        description="max sessions to trade any position at max_participation")
+    risk_lookback_sessions: int = Field(default=250, ge=20, le=5000,
+                                        description="sessions of history the figures use")
+    stress_window_sessions: int = Field(default=5, ge=1, le=60,
+                                        description="length of the worst window, sessions")
+    max_participation: float = Field(
+        default=0.10, gt=0, le=1, description="share of a fund's average daily amount traded")
+    liquidity_sessions: int = Field(default=20, ge=1, le=250,
+                                    description="sessions of the average daily amount")
+
+    @property
+    def limits_portfolio(self) -> bool:
+        return any(v is not None for v in (self.max_var_99, self.max_es_99,
+                                           self.max_stress_loss, self.max_days_to_liquidate))
 
 
 @dataclass(frozen=True)
@@ -129,6 +164,54 @@ class RiskViolation:
     def as_dict(self) -> dict[str, str]:
         return {"layer": self.layer, "rule": self.rule, "subject": self.subject,
                 "message": self.message}
+
+
+@dataclass(frozen=True)
+class PortfolioFigures:
+    """The target portfolio's risk as the gate checks it (rotation.portfolio_risk measures
+    it from data up to D); losses are positive fractions of equity."""
+
+    var_99: float
+    es_99: float
+    stress_loss: float                  # the worst window's compounded loss
+    stress_window: str                  # which window, e.g. "2024-01-29..2024-02-02"
+    days_to_liquidate: Mapping[str, float]
+    observations: int                   # daily portfolio returns the figures rest on
+
+
+def check_portfolio(figures: PortfolioFigures | str | None, limits: RiskLimits
+                    ) -> list[RiskViolation]:
+    """Violations of the configured portfolio limits; ``figures`` a string: why they could not
+    be measured (a configured limit then rejects: an unmeasured risk is not a small one)."""
+    if not limits.limits_portfolio:
+        return []
+    if not isinstance(figures, PortfolioFigures):
+        why = figures or "no figures were measured"
+        return [RiskViolation("account", "risk_unmeasured", "portfolio",
+                              f"portfolio risk limits are configured but the risk of the "
+                              f"target could not be measured: {why}")]
+    out = []
+    basis = f"over {figures.observations} sessions"
+    for rule, value, limit, what in (
+            ("var_limit", figures.var_99, limits.max_var_99, "1-session 99% VaR"),
+            ("es_limit", figures.es_99, limits.max_es_99, "1-session 99% expected shortfall"),
+            ("stress_loss", figures.stress_loss, limits.max_stress_loss,
+             f"loss over the worst {limits.stress_window_sessions}-session window "
+             f"({figures.stress_window})")):
+        if limit is not None and value > limit + limits.weight_tolerance:
+            out.append(RiskViolation("account", rule, "portfolio",
+                                     f"{what} {_pct(value)} {basis} exceeds the limit "
+                                     f"{_pct(limit)}"))
+    if limits.max_days_to_liquidate is not None:
+        for symbol, days in sorted(figures.days_to_liquidate.items()):
+            if days > limits.max_days_to_liquidate:
+                out.append(RiskViolation(
+                    "account", "days_to_liquidate", symbol,
+                    f"{symbol}: {days:.1f} sessions to trade at "
+                    f"{_pct(limits.max_participation)} of its average daily amount "
+                    f"({limits.liquidity_sessions} sessions), limit "
+                    f"{limits.max_days_to_liquidate:g}"))
+    return out
 
 
 def _sort_key(v: RiskViolation) -> tuple[int, int, str]:

@@ -224,3 +224,31 @@ def test_signal_id_is_deterministic() -> None:
                          {"510300": 0.5, "518880": 0.5})
     assert other != a and ":acct-2:" in other
     assert a == b != c
+
+
+def test_portfolio_risk_is_measured_and_its_limits_reject(stage) -> None:
+    """The gate measures the target's VaR, ES, worst window and days to liquidate from data up
+    to D and shows them; configured limits below the figures reject with rule and figures."""
+    market, settings, _, ledger = stage
+    instance = market.instance
+    measured = materialize(build_definitions(market.settings(
+        settings.postgres_url, account_id="risk-measured")), instance, "approved_signal")
+    meta = materialization(measured, "approved_signal")
+    assert meta["status"] == "approved", meta
+    var, stress = float(meta["var_99_1d"]), float(meta["stress_loss"])     # type: ignore[arg-type]
+    assert 0 < var < float(meta["es_99_1d"]) < 0.2                         # type: ignore[arg-type]
+    assert meta["risk_observations"] == 250
+
+    limited = build_definitions(market.settings(
+        settings.postgres_url, account_id="risk-limited",
+        risk={"max_var_99": round(var / 2, 6), "max_stress_loss": round(stress / 2, 6)}))
+    result = materialize(limited, instance, "approved_signal")
+    meta = materialization(result, "approved_signal")
+    assert meta["status"] == "rejected"
+    assert meta["rejected_rules"] == ["stress_loss", "var_limit"]
+    signal = ledger.signal(str(meta["signal_id"]))
+    assert signal is not None
+    messages = {r["rule"]: r["message"] for r in signal.reasons}
+    assert f"{100 * var:.2f}%" in messages["var_limit"]
+    assert f"limit {100 * round(var / 2, 6):.2f}%" in messages["var_limit"]
+    assert str(meta["stress_window"]) in messages["stress_loss"]

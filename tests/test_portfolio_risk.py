@@ -20,6 +20,7 @@ from rotation.portfolio_risk import (
     backtest,
     christoffersen,
     cornish_fisher,
+    gate_figures,
     historical,
     kupiec,
     liquidity,
@@ -31,6 +32,7 @@ from rotation.portfolio_risk import (
     window,
     worst_window,
 )
+from rotation.risk import PortfolioFigures, RiskLimits, check_portfolio
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 
 AS_OF = dt.date(2024, 6, 28)
@@ -219,3 +221,45 @@ def test_liquidity_is_the_share_of_the_average_day(bars: pd.DataFrame) -> None:
     assert table.loc["563020", "days_to_trade"] == pytest.approx(5_000_000 / adv / 0.1)
     # The CSI 300 ETF trades billions a day: 50 million is a small fraction of it.
     assert table.loc["510300", "share_of_day"] < 0.05
+
+
+# ------------------------------------------------------------------------------ the gate
+
+
+def test_the_gates_figures_are_the_methods_own(returns: pd.DataFrame, bars: pd.DataFrame
+                                                ) -> None:
+    limits = RiskLimits(risk_lookback_sessions=250, stress_window_sessions=5)
+    amounts = bars.pivot(index="date", columns="symbol", values="amount")
+    figures = gate_figures(returns, amounts, MIX, AS_OF, 1_000_000.0, limits)
+    daily = portfolio_returns(window(returns, MIX, AS_OF, 250), MIX)
+    assert (figures.var_99, figures.es_99) == historical(daily.to_numpy(), 0.99, 1)
+    worst = worst_window(daily, 5)
+    assert figures.stress_loss == worst.loss
+    assert figures.stress_window == f"{worst.start}..{worst.end}"
+    assert figures.observations == 250
+    expected = liquidity({s: w * 1_000_000.0 for s, w in MIX.items()}, amounts, AS_OF)
+    assert figures.days_to_liquidate == expected["days_to_trade"].to_dict()
+    # Nothing held: nothing at risk; a fund without the history: no figure, said why.
+    assert gate_figures(returns, amounts, {}, AS_OF, 1e6, limits).var_99 == 0.0
+    with pytest.raises(RiskInputError, match="look-back needs 250"):
+        gate_figures(returns, amounts, MIX, dt.date(2014, 3, 31), 1e6, limits)
+
+
+def test_configured_portfolio_limits_reject_with_their_figures() -> None:
+    figures = PortfolioFigures(var_99=0.031, es_99=0.042, stress_loss=0.09,
+                               stress_window="2024-01-29..2024-02-02",
+                               days_to_liquidate={"510300": 0.2, "159999": 7.5},
+                               observations=250)
+    assert check_portfolio(figures, RiskLimits()) == []          # measured, not limited
+    assert check_portfolio("too little history", RiskLimits()) == []
+    found = check_portfolio(figures, RiskLimits(max_var_99=0.02, max_es_99=0.05,
+                                                max_stress_loss=0.08, max_days_to_liquidate=5))
+    assert [(v.layer, v.rule, v.subject) for v in found] == [
+        ("account", "var_limit", "portfolio"), ("account", "stress_loss", "portfolio"),
+        ("account", "days_to_liquidate", "159999")]
+    assert "3.10%" in found[0].message and "2.00%" in found[0].message
+    assert "2024-01-29..2024-02-02" in found[1].message
+    assert "7.5 sessions" in found[2].message
+    (unmeasured,) = check_portfolio("no returns for held fund(s) ['159999']",
+                                    RiskLimits(max_var_99=0.02))
+    assert unmeasured.rule == "risk_unmeasured" and "159999" in unmeasured.message

@@ -18,7 +18,15 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from rotation.risk import LAYERS, RiskLimits, RiskViolation, check_signal, drawdown_of
+from rotation.risk import (
+    LAYERS,
+    PortfolioFigures,
+    RiskLimits,
+    RiskViolation,
+    check_portfolio,
+    check_signal,
+    drawdown_of,
+)
 from trading.ledger import Ledger, SignalRecord, SignalSessionConflict
 from trading.models import SignalStatus, signal_id_of, weights_hash
 
@@ -39,6 +47,9 @@ class SignalFacts:
     failed_checks: Sequence[str]         # "asset:check (partition)" that did not pass
     data_version: str | None = None
     dagster_run_id: str | None = None
+    # The target's portfolio risk (rotation.portfolio_risk.gate_figures), or why it could not
+    # be measured; checked against the limits that are configured.
+    portfolio: PortfolioFigures | str | None = None
 
 
 ONE_SIGNAL_PER_SESSION = "one_signal_per_session"
@@ -76,11 +87,13 @@ def _decision(facts: SignalFacts, signal_id: str, ledger: Ledger, limits: RiskLi
         sessions_between=facts.sessions_between, universe=facts.universe, halted=facts.halted,
         previous_weights=previous, failed_checks=facts.failed_checks,
         data_as_of=facts.data_as_of, drawdown=drawdown, limits=limits)
+    extra = check_portfolio(facts.portfolio, limits)
     holder = ledger.approved_signal_for(facts.account_id, facts.as_of)
     if holder is not None and holder.signal_id != signal_id:
-        # Stable sort by layer: the account rule joins its layer after check_signal's.
-        violations = sorted([*violations, _session_taken(facts, holder)],
-                            key=lambda v: LAYERS.index(v.layer))
+        extra.append(_session_taken(facts, holder))
+    if extra:
+        # Stable sort by layer: the account rules join their layer after check_signal's.
+        violations = sorted([*violations, *extra], key=lambda v: LAYERS.index(v.layer))
     return SignalRecord(
         signal_id=signal_id, account_id=facts.account_id, strategy=facts.strategy,
         as_of=facts.as_of, weights=dict(facts.weights),
