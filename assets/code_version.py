@@ -102,8 +102,15 @@ ASSET_CODE: dict[str, AssetCode] = {
         ("assets.walk_forward:target_portfolio", "assets.walk_forward:_winners", *_PREPARE),
         _WALK_FORWARD, ("adjusted_bars", "factors", "wfo_results")),
     "approved_signal": AssetCode(
-        ("assets.signals:approved_signal", "assets.signals:failed_checks"),
-        (*_TRADING, *_SOURCE), ("target_portfolio", "adjusted_bars")),
+        ("assets.signals:approved_signal", "assets.signals:failed_checks",
+         "assets.signals:portfolio_figures"),
+        (*_TRADING, *_SOURCE, "rotation.portfolio_risk"), ("target_portfolio", "adjusted_bars")),
+    "portfolio_risk": AssetCode(
+        ("assets.signals:portfolio_risk", "assets.signals:book_weights",
+         "assets.signals:risk_tables"),
+        ("rotation.portfolio_risk", "rotation.report", "rotation.backtest.metrics", *_TRADING,
+         *_SOURCE),
+        ("target_portfolio", "adjusted_bars", "oos_backtest")),
     "positions_report": AssetCode(
         ("assets.signals:positions_report", "assets.signals:book_differences",
          "assets.signals:paper_equity", "assets.signals:backtest_equity"),

@@ -11,6 +11,7 @@ account and compares it with what the backtest engine expects for the same signa
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
@@ -27,6 +28,9 @@ from resources.market_data import MarketDataResource
 from rotation import report
 from rotation.backtest import BacktestConfig, run_backtest
 from rotation.risk import PortfolioFigures, RiskLimits
+
+if TYPE_CHECKING:
+    from rotation.portfolio_risk import RiskReport
 from rotation.strategy import StrategyConfig
 from sensors.executions import stalled_executions
 from trading import approval
@@ -106,6 +110,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         "approved_signal": code_version("approved_signal", sections, limits, account_id),
         "positions_report": code_version("positions_report", sections, account_id, backtest,
                                          costs, parity_tolerance, quote_lookback_sessions),
+        "portfolio_risk": code_version("portfolio_risk", sections, limits, account_id),
     }
 
     @dg.asset(
@@ -172,6 +177,41 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "rejected_rules": dg.MetadataValue.json(sorted({r["rule"] for r in record.reasons})),
             **risk_metadata(facts.portfolio),
         })
+
+    @dg.asset(
+        group_name=SIGNALS_GROUP,
+        kinds={"postgres", "pandas"},
+        ins={"adjusted_bars": ALL_SESSIONS},
+        code_version=versions["portfolio_risk"],
+        description="How much the target portfolio and the account's current book can lose, "
+        "from data up to D only (issue 19): VaR and expected shortfall at 95 % and 99 % over 1 "
+        "and 5 sessions by historical simulation, the shrunk-covariance normal and "
+        "Cornish–Fisher; their backtest on the strategy's stitched out-of-sample returns "
+        "(exceedances, Kupiec, Christoffersen); replays of the market's stress episodes, "
+        "parametric shocks by instrument class (config/risk/stress.yaml) and the worst windows; "
+        "days to liquidate each position. What could not be measured is listed with why.",
+    )
+    def portfolio_risk(context: dg.AssetExecutionContext, target_portfolio: pd.DataFrame,
+                       adjusted_bars: pd.DataFrame, oos_backtest: pd.DataFrame,
+                       market_data: MarketDataResource, ledger: LedgerResource
+                       ) -> dg.Output[pd.DataFrame]:
+        import rotation.portfolio_risk as risk  # scipy: only when measured
+
+        day = pd.Timestamp(target_portfolio["date"].iloc[0]).normalize()
+        upto = adjusted_bars.loc[adjusted_bars["date"] <= day]
+        returns, amounts = risk.panels_from_bars(upto)
+        equity, book = book_weights(ledger, account_id, upto, day)
+        target = approval.proposed_weights(target_portfolio["symbol"].astype(str).tolist(),
+                                           target_portfolio["weight"].astype(float).tolist())
+        classes = {i.symbol: i.instrument_class for i in market_data.instruments()}
+        oos = oos_backtest.set_index(pd.to_datetime(oos_backtest["date"]))["equity"]
+        report = risk.risk_report(
+            returns, amounts, {"target": (target, equity), "book": (book, equity)},
+            day.date(), classes, risk.load_stress(strategy.market.name),
+            oos.pct_change().dropna(), limits)
+        for row in report.errors.itertuples():
+            context.log.warning(f"portfolio_risk {row.portfolio} {row.section}: {row.error}")
+        return dg.Output(risk_tables(report), metadata=risk_report_metadata(report, day))
 
     @dg.asset(
         group_name=EXECUTION_GROUP,
@@ -264,7 +304,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             metadata={"stalled": dg.MetadataValue.md(
                 "\n".join(f"- {s.describe()}" for s in stalls) or "none")})
 
-    return [approved_signal, positions_report]
+    return [approved_signal, portfolio_risk, positions_report]
 
 
 def portfolio_figures(adjusted_bars: pd.DataFrame, weights: dict[str, float], day: pd.Timestamp,
@@ -272,7 +312,7 @@ def portfolio_figures(adjusted_bars: pd.DataFrame, weights: dict[str, float], da
                       ) -> PortfolioFigures | str:
     """The target's risk from the bars up to D, on the account's latest equity (its initial
     cash before the first valuation); a string says why it could not be measured."""
-    from rotation import portfolio_risk  # scipy: only when a signal is decided
+    import rotation.portfolio_risk as portfolio_risk  # scipy: only when a signal is decided
 
     returns, amounts = portfolio_risk.panels_from_bars(
         adjusted_bars.loc[adjusted_bars["date"] <= day])
@@ -283,6 +323,69 @@ def portfolio_figures(adjusted_bars: pd.DataFrame, weights: dict[str, float], da
                                            limits)
     except portfolio_risk.RiskInputError as exc:
         return str(exc)
+
+
+def book_weights(ledger: LedgerResource, account_id: str, bars: pd.DataFrame,
+                 day: pd.Timestamp) -> tuple[float, dict[str, float]]:
+    """The account's equity and weights: ledger positions at each fund's last raw close up to
+    D, and cash."""
+    book = ledger.ledger
+    last = bars.sort_values("date").groupby("symbol")["raw_close"].last()
+    values = {s: p.quantity * float(last[s]) for s, p in book.positions(account_id).items()
+              if s in last.index}
+    equity = book.cash(account_id) + sum(values.values())
+    return equity, ({s: v / equity for s, v in values.items()} if equity > 0 else {})
+
+
+def risk_tables(report: "RiskReport") -> pd.DataFrame:
+    """Every figure of the report in one table of uniform columns (section, portfolio, name,
+    value, detail): stored as the asset's value."""
+    rows = [{"section": "estimate", "portfolio": r.portfolio,
+             "name": f"{r.method} {measure} {r.level:.0%} {r.horizon}d", "value": value,
+             "detail": f"{r.observations} sessions" + ("" if r.valid else "; not monotone")}
+            for r in report.estimates.itertuples() for measure, value in (("VaR", r.var),
+                                                                          ("ES", r.es))]
+    rows += [{"section": "backtest", "portfolio": "out-of-sample",
+              "name": f"{r.method} {r.level:.0%}", "value": float(r.exceedances),
+              "detail": f"{r.exceedances} exceedances of {r.observations} forecasts (expected "
+                        f"{r.expected:.1f}); "
+                        f"Kupiec p {r.kupiec_p:.3f}, Christoffersen p {r.independence_p:.3f}"}
+             for r in report.backtests.itertuples()]
+    rows += [{"section": "stress", "portfolio": r.portfolio, "name": r.scenario,
+              "value": r.loss, "detail": f"{r.kind} {r.start or ''}..{r.end or ''} "
+                                         f"worst fund {r.worst_fund} {r.proxied}".strip()}
+             for r in report.stress.itertuples()]
+    rows += [{"section": "liquidity", "portfolio": r.portfolio, "name": r.symbol,
+              "value": r.days_to_trade, "detail": f"{r.value:,.0f} = {r.share_of_day:.2%} of "
+                                                  f"{r.average_amount:,.0f} a day"}
+             for r in report.liquidity.itertuples()]
+    rows += [{"section": "unmeasured", "portfolio": r.portfolio, "name": r.section,
+              "value": float("nan"), "detail": r.error} for r in report.errors.itertuples()]
+    return pd.DataFrame(rows, columns=["section", "portfolio", "name", "value", "detail"])
+
+
+def risk_report_metadata(report: "RiskReport", day: pd.Timestamp) -> dict[str, dg.MetadataValue]:
+    """Headline figures and a table per section for the UI."""
+    out: dict[str, dg.MetadataValue] = {"as_of": dg.MetadataValue.text(f"{day:%Y-%m-%d}")}
+    estimates = report.estimates
+    for portfolio in ("target", "book"):
+        mine = estimates.loc[(estimates.get("portfolio") == portfolio)
+                             & (estimates.get("method") == "historical")
+                             & (estimates.get("level") == 0.99)
+                             & (estimates.get("horizon") == 1)] if len(estimates) else estimates
+        if len(mine):
+            out[f"{portfolio}_var_99_1d"] = dg.MetadataValue.float(float(mine["var"].iloc[0]))
+            out[f"{portfolio}_es_99_1d"] = dg.MetadataValue.float(float(mine["es"].iloc[0]))
+    if len(report.stress):
+        worst = report.stress.sort_values("loss").iloc[-1]
+        out["worst_scenario"] = dg.MetadataValue.text(f"{worst['portfolio']}: "
+                                                      f"{worst['scenario']} {worst['loss']:.2%}")
+    for name, frame in (("estimates", estimates), ("var_backtest", report.backtests),
+                        ("stress", report.stress), ("liquidity", report.liquidity),
+                        ("unmeasured", report.errors)):
+        if len(frame):
+            out[name] = table_value(frame, 100)
+    return out
 
 
 def risk_metadata(figures: PortfolioFigures | str | None) -> dict[str, dg.MetadataValue]:

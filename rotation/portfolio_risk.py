@@ -21,16 +21,22 @@ Methods:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
+from rotation.config_paths import RISK_CONFIG_DIR
 from rotation.risk import PortfolioFigures, RiskLimits
 
 Method = Literal["historical", "parametric", "cornish_fisher"]
@@ -39,6 +45,8 @@ LEVELS = (0.95, 0.99)
 HORIZONS = (1, 5)
 # Tail points over which the Cornish–Fisher ES averages its quantiles.
 CF_TAIL_POINTS = 200
+# The shortest look-back of the out-of-sample VaR backtest (sessions).
+BACKTEST_MIN_LOOKBACK = 60
 
 
 class RiskInputError(ValueError):
@@ -351,3 +359,143 @@ def gate_figures(returns: pd.DataFrame, amounts: pd.DataFrame, weights: Mapping[
                             stress_window=f"{worst.start}..{worst.end}",
                             days_to_liquidate=liquid["days_to_trade"].to_dict(),
                             observations=len(daily))
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+class Episode(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    start: dt.date
+    end: dt.date
+
+
+class Shock(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1)
+    moves: dict[str, float]             # instrument class -> fractional move
+
+
+class StressConfig(BaseModel):
+    """One market's stress scenarios (config/risk/stress.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    episodes: list[Episode] = Field(default_factory=list)
+    shocks: list[Shock] = Field(default_factory=list)
+    worst_windows: list[int] = Field(default_factory=lambda: [5, 20])
+
+
+def load_stress(market: str, path: Path = RISK_CONFIG_DIR / "stress.yaml") -> StressConfig:
+    """The scenarios of ``market`` (none configured: only the worst windows)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return StressConfig.model_validate(raw.get(market) or {})
+    except ValidationError as exc:
+        raise RiskInputError(f"{path} [{market}]: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RiskReport:
+    """Every figure of ``portfolio_risk``, one long table per section."""
+
+    estimates: pd.DataFrame     # portfolio, method, level, horizon, var, es, observations, valid
+    backtests: pd.DataFrame     # method, level, observations, exceedances, expected, p-values
+    stress: pd.DataFrame        # portfolio, scenario, kind, start, end, loss, proxied
+    liquidity: pd.DataFrame     # portfolio, symbol, value, average_amount, share, days
+    errors: pd.DataFrame        # portfolio, section, error: what could not be measured
+
+
+def _estimates(name: str, returns: pd.DataFrame, weights: Mapping[str, float],
+               as_of: dt.date, lookback: int) -> list[dict[str, object]]:
+    return [{"portfolio": name, **dataclasses.asdict(e)}
+            for e in var_es(returns, weights, as_of, lookback=lookback)]
+
+
+def _stress(name: str, returns: pd.DataFrame, weights: Mapping[str, float], as_of: dt.date,
+            classes: Mapping[str, str], config: StressConfig, lookback: int
+            ) -> list[dict[str, object]]:
+    """Each scenario's loss; an episode the returns do not cover is a row without a loss
+    that says so (the others are still measured)."""
+    found: list[tuple[str, ScenarioLoss | str]] = []
+    for episode in config.episodes:
+        if pd.Timestamp(episode.end) > pd.Timestamp(as_of):
+            continue                    # after D: not known on D
+        try:
+            found.append(("episode", replay(episode.name, returns, weights, episode.start,
+                                            episode.end, classes)))
+        except RiskInputError as exc:
+            found.append(("episode", f"{episode.name}: {exc}"))
+    found += [("shock", shock(s.name, weights, classes, s.moves)) for s in config.shocks]
+    daily = portfolio_returns(window(returns, weights, as_of, lookback), weights)
+    found += [("worst window", worst_window(daily, n)) for n in config.worst_windows]
+    return [_scenario_row(name, kind, loss) for kind, loss in found]
+
+
+def _scenario_row(portfolio: str, kind: str, loss: ScenarioLoss | str) -> dict[str, object]:
+    if isinstance(loss, str):
+        scenario, _, why = loss.partition(": ")
+        return {"portfolio": portfolio, "scenario": scenario, "kind": kind, "start": None,
+                "end": None, "loss": math.nan, "worst_fund": None,
+                "proxied": f"not measured: {why}"}
+    return {"portfolio": portfolio, "scenario": loss.scenario, "kind": kind,
+            "start": loss.start, "end": loss.end, "loss": loss.loss,
+            "worst_fund": max(loss.by_fund, key=lambda s: loss.by_fund[s], default=None),
+            "proxied": "; ".join(f"{s}: {how}" for s, how in sorted(loss.proxied.items()))}
+
+
+def _liquidity(name: str, amounts: pd.DataFrame, held: Mapping[str, float], equity: float,
+               as_of: dt.date, limits: RiskLimits) -> list[dict[str, object]]:
+    table = liquidity({s: w * equity for s, w in held.items()}, amounts, as_of,
+                      window_sessions=limits.liquidity_sessions,
+                      participation=limits.max_participation)
+    return [{"portfolio": name, "symbol": s, **row} for s, row in table.to_dict("index").items()]
+
+
+def risk_report(returns: pd.DataFrame, amounts: pd.DataFrame,
+                portfolios: Mapping[str, tuple[Mapping[str, float], float]], as_of: dt.date,
+                classes: Mapping[str, str], config: StressConfig, oos_daily: pd.Series | None,
+                limits: RiskLimits) -> RiskReport:
+    """VaR and ES (every method, level, horizon), stress scenarios and liquidity of each
+    portfolio (name -> (weights, equity)) from data up to ``as_of``, and the VaR backtest of
+    the strategy's stitched out-of-sample returns. A section that cannot be measured for a
+    portfolio is named in ``errors`` with why; the others are still measured."""
+    rows: dict[str, list[dict[str, object]]] = {k: [] for k in ("estimates", "stress",
+                                                                 "liquidity", "errors")}
+    lookback = limits.risk_lookback_sessions
+    for name, (weights, equity) in portfolios.items():
+        held = {s: w for s, w in weights.items() if w}
+        if not held:
+            continue
+        sections = {
+            "estimates": partial(_estimates, name, returns, held, as_of, lookback),
+            "stress": partial(_stress, name, returns, held, as_of, classes, config, lookback),
+            "liquidity": partial(_liquidity, name, amounts, held, equity, as_of, limits)}
+        for section, measure in sections.items():
+            try:
+                rows[section] += measure()
+            except RiskInputError as exc:
+                rows["errors"].append({"portfolio": name, "section": section,
+                                       "error": str(exc)})
+    return RiskReport(
+        estimates=pd.DataFrame(rows["estimates"]), backtests=_backtests(oos_daily, lookback,
+                                                                         rows["errors"]),
+        stress=pd.DataFrame(rows["stress"]), liquidity=pd.DataFrame(rows["liquidity"]),
+        errors=pd.DataFrame(rows["errors"], columns=["portfolio", "section", "error"]))
+
+
+def _backtests(daily: pd.Series | None, lookback: int, errors: list[dict[str, object]]
+               ) -> pd.DataFrame:
+    """The VaR backtest of the out-of-sample returns: a look-back of the configured length, or
+    half the history when it is shorter (at least BACKTEST_MIN_LOOKBACK sessions)."""
+    if daily is None:
+        return pd.DataFrame()
+    usable = min(lookback, len(daily.dropna()) // 2)
+    if usable < BACKTEST_MIN_LOOKBACK:
+        errors.append({"portfolio": "out-of-sample", "section": "backtest",
+                       "error": f"{len(daily.dropna())} out-of-sample returns: a VaR backtest "
+                                f"needs at least {2 * BACKTEST_MIN_LOOKBACK}"})
+        return pd.DataFrame()
+    return pd.DataFrame([dataclasses.asdict(backtest(daily, lookback=usable, level=level,
+                                                     method=method))
+                         for method in METHODS for level in LEVELS])

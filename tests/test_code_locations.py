@@ -16,7 +16,7 @@ from orchestration.settings import Settings, SettingsError
 LEDGER = "postgresql+psycopg://unused@127.0.0.1:1/unused"   # not connected to at load time
 # What sends orders, changes a control or decides a signal.
 DESK_JOBS = {"execution_job", "kill_switch_job", "supersede_signal_job", "approval_job"}
-DESK_ASSETS = {"approved_signal", "positions_report"}
+DESK_ASSETS = {"approved_signal", "portfolio_risk", "positions_report"}
 DESK_SENSORS = {"approved_signal_sensor", "stalled_execution_sensor", "approval_after_daily"}
 
 
@@ -48,8 +48,9 @@ def test_the_execution_location_serves_the_desk_on_the_research_assets(make_sett
     jobs, executable, external, sensors = _contents(defs)
     assert jobs == DESK_JOBS
     assert executable == DESK_ASSETS
-    # The gate's inputs, stored by the research location, with their partitions.
-    assert external == {"target_portfolio", "adjusted_bars"}
+    # The inputs of the gate and of the risk report, stored by the research location, with
+    # their partitions.
+    assert external == {"target_portfolio", "adjusted_bars", "oos_backtest"}
     graph = defs.get_repository_def().asset_graph
     assert graph.get(dg.AssetKey("adjusted_bars")).partitions_def is not None
     assert sensors == DESK_SENSORS | {"run_failure_alert_sensor"}

@@ -586,6 +586,8 @@ def test_helm_front_door() -> None:
     values = helm_values()
     webserver = values["dagsterWebserver"]
     assert webserver["pathPrefix"] == "/dagster" and webserver["enableReadOnly"] is True
+    # The chart probes the path as given: under the prefix.
+    assert webserver["readinessProbe"]["httpGet"]["path"] == "/dagster/server_info"
     research, execution = values["dagster-user-deployments"]["deployments"]
     docs = {(d["kind"], d["metadata"]["name"]): d
             for d in yaml.safe_load_all(HELM_DESK.read_text(encoding="utf-8"))}
@@ -624,6 +626,18 @@ def test_helm_front_door() -> None:
     assert not {"ETF_API__JWT_SECRET", "ETF_POSTGRES_URL"} & set(api_env)   # secrets only
     image = research["image"]
     assert api["image"] == f"{image['repository']}:{image['tag']}"
+
+    # Only the proxy reaches the API and the webservers (the API also the desk's GraphQL).
+    policies = {name: d for (kind, name), d in docs.items() if kind == "NetworkPolicy"}
+    sources = {name: [f["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                      for rule in p["spec"]["ingress"] for f in rule["from"]]
+               for name, p in policies.items()}
+    assert sources == {"etf-api-from-proxy": ["proxy"],
+                       "etf-research-webserver-from-proxy": ["proxy"],
+                       "etf-dagster-webservers-from-proxy": ["proxy", "api"]}
+    chart = policies["etf-dagster-webservers-from-proxy"]["spec"]["podSelector"]
+    assert chart["matchExpressions"][0]["values"] == ["dagster-webserver",
+                                                      "dagster-webserver-read-only"]
 
     readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
     made = re.search(r"create secret generic etf-api-env(?:[^\n]*\\\n)*[^\n]*", readme)

@@ -38,11 +38,12 @@ PASSWORDS = {
     "MLFLOW_DB_PASSWORD": "mlflow-2d4e",
     "LEDGER_OWNER_PASSWORD": "owner-5f6a",
     "LEDGER_WRITER_PASSWORD": "writer-8c0d",
+    "LEDGER_API_PASSWORD": "api-6a1e",
     "LEDGER_READER_PASSWORD": "reader-3e7b",
 }
 LOGINS = {"dagster": "DAGSTER_DB_PASSWORD", "mlflow": "MLFLOW_DB_PASSWORD",
           "etf_ledger_migrator": "LEDGER_OWNER_PASSWORD", "etf_app": "LEDGER_WRITER_PASSWORD",
-          "etf_reader": "LEDGER_READER_PASSWORD"}
+          "etf_api": "LEDGER_API_PASSWORD", "etf_reader": "LEDGER_READER_PASSWORD"}
 
 
 def server_binaries() -> Path | None:
@@ -166,7 +167,7 @@ def test_each_login_reaches_only_its_own_database(initialised: Cluster) -> None:
 
     reach = {"dagster": {"dagster"}, "mlflow": {"mlflow"},
              "etf_ledger_migrator": {"ledger"}, "etf_app": {"ledger"},
-             "etf_reader": {"ledger"}}
+             "etf_api": {"ledger"}, "etf_reader": {"ledger"}}
     for login, variable in LOGINS.items():
         for database in ("dagster", "mlflow", "ledger"):
             if database in reach[login]:
@@ -212,6 +213,13 @@ def test_the_deploys_migrate_step_then_the_application(initialised: Cluster,
     with cluster.connect("etf_app", PASSWORDS["LEDGER_WRITER_PASSWORD"], "ledger") as conn:
         for statement in ("UPDATE signals SET status = 'approved'", "DELETE FROM audit_log",
                           "ALTER TABLE signals DISABLE TRIGGER signals_immutable",
+                          "CREATE TABLE shadow (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)  # type: ignore[arg-type]  (fixed test SQL)
+    # The desk API's login: the writer's rights on its own tables (users, tokens), no more.
+    with cluster.connect("etf_api", PASSWORDS["LEDGER_API_PASSWORD"], "ledger") as conn:
+        assert conn.execute("SELECT count(*) FROM api_users").fetchone() == (0,)
+        for statement in ("DELETE FROM api_users", "DELETE FROM audit_log",
                           "CREATE TABLE shadow (x int)"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)  # type: ignore[arg-type]  (fixed test SQL)

@@ -430,6 +430,9 @@ def replay_sends_nothing_twice(executed: Executed, instance: dg.DagsterInstance,
 PREVIOUS_TAG = "0.0.9-k8s"
 LOCATION = "etf-rotation"
 DEPLOYMENT_TAG = ("dagster-user-deployments", "deployments", 0, "image", "tag")
+# The execution location (deployments[1]) shares the image by a YAML anchor: one `tag:` line
+# rolls both locations back together.
+DEPLOYMENT_TAGS = {DEPLOYMENT_TAG, ("dagster-user-deployments", "deployments", 1, "image", "tag")}
 
 
 def leaves(tree: Any, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], Any]:
@@ -456,7 +459,7 @@ def test_rolling_the_image_tag_back_keeps_the_instance_and_its_runs_storage() ->
 
     before, after = leaves(values), leaves(previous)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    assert changed == {DEPLOYMENT_TAG}
+    assert changed == DEPLOYMENT_TAGS
     assert not deploy.schema_errors(deploy.HELM_SCHEMA, previous)
     # The dagster.yaml every pod gets (storage on the same PostgreSQL database, launcher,
     # limits) is the same: the runs stay in the storage both versions use.

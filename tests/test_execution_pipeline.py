@@ -4,11 +4,19 @@ positions_report, and what must not happen twice."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+
 import dagster as dg
 import pandas as pd
 import pytest
 
-from orchestration.definitions import build_definitions, costs_of, strategy_for
+from orchestration.definitions import (
+    build_definitions,
+    costs_of,
+    market_data_resource,
+    strategy_for,
+)
 from resources.deployment import deployed
 from resources.market_data import MarketDataResource
 from rotation.orders import plan_orders
@@ -252,3 +260,68 @@ def test_portfolio_risk_is_measured_and_its_limits_reject(stage) -> None:
     assert f"{100 * var:.2f}%" in messages["var_limit"]
     assert f"limit {100 * round(var / 2, 6):.2f}%" in messages["var_limit"]
     assert str(meta["stress_window"]) in messages["stress_loss"]
+
+
+def test_portfolio_risk_reports_every_figure_from_data_up_to_d(stage) -> None:
+    """portfolio_risk of the target on real data: the VaR/ES grid, the out-of-sample VaR
+    backtest, the stress episodes the data holds, the shocks and worst windows, and liquidity,
+    each as rotation.portfolio_risk computes it from the stored bars up to D."""
+    from rotation import portfolio_risk as risk
+    from trading.approval import proposed_weights
+
+    market, settings, defs, _ = stage
+    result = materialize(defs, market.instance, "portfolio_risk")
+    assert result.success
+    meta = materialization(result, "portfolio_risk")
+    stored = result.output_for_node("portfolio_risk")
+    assert set(stored["section"]) == {"estimate", "backtest", "stress", "liquidity"}, stored
+    assert set(stored["portfolio"]) == {"target", "out-of-sample"}     # no position yet
+
+    root = settings.resolved_storage_root
+    target = pd.read_parquet(root / "target_portfolio.parquet")
+    day = pd.Timestamp(target["date"].iloc[0]).normalize()
+    bars = pd.concat(pd.read_parquet(f) for f in sorted((root / "adjusted_bars").iterdir()))
+    returns, amounts = risk.panels_from_bars(bars.loc[bars["date"] <= day])
+    weights = {s: w for s, w in proposed_weights(target["symbol"].astype(str).tolist(),
+                                                 target["weight"].tolist()).items() if w}
+
+    estimates = stored.loc[stored["section"] == "estimate"].set_index("name")["value"]
+    assert len(estimates) == 2 * 3 * 2 * 2            # VaR and ES × methods × levels × horizons
+    for e in risk.var_es(returns, weights, day.date(), lookback=250):
+        name = f"{e.method} {{}} {e.level:.0%} {e.horizon}d"
+        assert estimates[name.format("VaR")] == pytest.approx(e.var, abs=1e-12)
+        assert estimates[name.format("ES")] == pytest.approx(e.es, abs=1e-12)
+    assert meta["target_var_99_1d"] == estimates["historical VaR 99% 1d"]
+
+    stress = stored.loc[stored["section"] == "stress"].set_index("name")
+    # The stored bars start in 2021 and D is 2023-12-29: the 2022 episode is replayed, the
+    # earlier ones are listed as not measured (and why), the 2024 one is after D.
+    assert {"2015 crash", "2016 circuit breaker", "2020 pandemic sell-off",
+            "2022 April sell-off", "worst 5-session window", "worst 20-session window"} \
+        <= set(stress.index)
+    assert "2024 small-cap crash" not in stress.index
+    for old in ("2015 crash", "2016 circuit breaker", "2020 pandemic sell-off"):
+        assert math.isnan(stress.loc[old, "value"])
+        assert "not measured: no sessions between" in stress.loc[old, "detail"]
+    stress = stress["value"]
+    classes = {i.symbol: i.instrument_class
+               for i in market_data_resource(settings).instruments()}
+    assert stress["equity -10%"] == pytest.approx(
+        risk.shock("equity -10%", weights, classes, {"equity": -0.10, "equity_20": -0.10,
+                                                     "cross_border": -0.10}).loss)
+    april = risk.replay("2022", returns, weights, dt.date(2022, 4, 1), dt.date(2022, 4, 26),
+                        classes)
+    assert stress["2022 April sell-off"] == pytest.approx(april.loss)
+
+    # The stitched out-of-sample history is shorter than 2 × 250 sessions: half of it is the
+    # look-back, every day after it a forecast.
+    backtests = stored.loc[stored["section"] == "backtest"]
+    assert len(backtests) == 6                       # 3 methods × 2 levels
+    oos = pd.read_parquet(root / "oos_backtest.parquet")["equity"].pct_change().dropna()
+    assert backtests["detail"].str.contains(
+        f"of {len(oos) - len(oos) // 2} forecasts").all()
+    liquid = stored.loc[stored["section"] == "liquidity"].set_index("name")["value"]
+    cash = settings.execution.initial_cash         # no position yet: equity is the cash
+    expected = risk.liquidity({s: w * cash for s, w in weights.items()}, amounts, day.date())
+    assert liquid.sort_index().tolist() == pytest.approx(
+        expected["days_to_trade"].sort_index().tolist())
