@@ -10,6 +10,7 @@ roles who answer for them."""
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Role(enum.StrEnum):
@@ -76,17 +77,28 @@ class Surface(enum.StrEnum):
 
 
 # MLflow's calls that only read although they are POSTs (its searches, and its GraphQL,
-# whose one mutation is a no-op test); every other POST, PUT, PATCH or DELETE writes.
-_MLFLOW_READ_POSTS = ("/search", "/search-datasets", "/get-latest-versions", "/batchGetInfos",
-                      "/graphql")
+# whose one mutation is a no-op test), by their last path segment; every other POST, PUT,
+# PATCH or DELETE writes.
+_MLFLOW_READ_POSTS = frozenset({"search", "search-datasets", "get-latest-versions",
+                                "batchGetInfos", "graphql"})
+# A path the MLflow server routes as written: no fragment, no percent-encoding, no dot or
+# empty segment that a server might resolve differently from this check. (Segments are
+# separated by a required "/": linear matching, no backtracking blow-up.)
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+_PLAIN_PATH = re.compile(rf"(?:/{_SEGMENT})+/?")
 
 
-def surface_permission(surface: Surface, method: str, path: str) -> str:
-    """The permission a request to ``surface`` needs (``path`` without the query)."""
+def surface_permission(surface: Surface, method: str, uri: str) -> str:
+    """The permission a request to ``surface`` needs (``uri`` as the client sent it). An MLflow
+    POST reads only when its path is plain and ends in a read endpoint; anything else
+    (including a ``#``, which the proxy passes on and MLflow cuts off) counts as a write."""
     if surface is not Surface.MLFLOW:
         return f"surface.{surface.value}"
-    reads = method in ("GET", "HEAD", "OPTIONS") or (
-        method == "POST" and path.rstrip("/").endswith(_MLFLOW_READ_POSTS))
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "surface.mlflow.read"
+    path = uri.split("?", 1)[0]
+    reads = (method == "POST" and _PLAIN_PATH.fullmatch(path) is not None
+             and ".." not in path and path.rstrip("/").rsplit("/", 1)[-1] in _MLFLOW_READ_POSTS)
     return "surface.mlflow.read" if reads else "surface.mlflow.write"
 
 V1 = "/api/v1"

@@ -71,7 +71,11 @@ def guarding_checks(assets: Sequence[dg.AssetsDefinition]) -> list[GuardingCheck
 
 def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
                   session: str) -> list[str]:
-    """Names of guarding checks that did not pass for ``session`` (missing counts as failed)."""
+    """Names of guarding checks that did not pass for ``session`` (missing counts as failed).
+
+    Only what a run did counts: a materialisation or an evaluation reported without a run
+    (Dagster's "report" mutations, open to any writable webserver) is ignored, so nobody can
+    pass a gate check by saying so."""
     from orchestration.dagster_private import AssetCheckExecutionRecordStatus
 
     failed = []
@@ -79,25 +83,23 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
     for guard in checks:
         key = dg.AssetCheckKey(dg.AssetKey(guard.asset), guard.check)
         label = f"{guard.asset}:{guard.check}"
+        history = [r for r in instance.event_log_storage.get_asset_check_execution_history(
+            key, 50) if r.run_id]
         if guard.per_session:
             if guard.asset not in runs:
                 found = instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(guard.asset),
-                                          asset_partitions=[session]), limit=1)
-                runs[guard.asset] = found.records[0].run_id if found.records else None
+                                          asset_partitions=[session]), limit=20)
+                runs[guard.asset] = next((r.run_id for r in found.records if r.run_id), None)
             run_id = runs[guard.asset]
             if run_id is None:
                 failed.append(f"{label} ({session}: {guard.asset} not materialised)")
                 continue
-            history = instance.event_log_storage.get_asset_check_execution_history(key, 50)
-            mine = [r for r in history if r.run_id == run_id]
-        else:
-            latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
-            mine = [latest[key]] if key in latest else []
-        if not mine:
+            history = [r for r in history if r.run_id == run_id]
+        if not history:
             failed.append(f"{label} ({session}: no evaluation)")
-        elif mine[0].status != AssetCheckExecutionRecordStatus.SUCCEEDED:
-            failed.append(f"{label} ({session}: {mine[0].status.value.lower()})")
+        elif history[0].status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+            failed.append(f"{label} ({session}: {history[0].status.value.lower()})")
     return failed
 
 
@@ -373,11 +375,14 @@ def risk_report_metadata(report: "RiskReport", day: pd.Timestamp) -> dict[str, d
                              & (estimates.get("method") == "historical")
                              & (estimates.get("level") == 0.99)
                              & (estimates.get("horizon") == 1)] if len(estimates) else estimates
-        if len(mine):
-            out[f"{portfolio}_var_99_1d"] = dg.MetadataValue.float(float(mine["var"].iloc[0]))
-            out[f"{portfolio}_es_99_1d"] = dg.MetadataValue.float(float(mine["es"].iloc[0]))
-    if len(report.stress):
-        worst = report.stress.sort_values("loss").iloc[-1]
+        if len(mine):      # percent of equity, as the project's other metadata
+            out[f"{portfolio}_var_99_1d_pct"] = dg.MetadataValue.float(
+                100.0 * float(mine["var"].iloc[0]))
+            out[f"{portfolio}_es_99_1d_pct"] = dg.MetadataValue.float(
+                100.0 * float(mine["es"].iloc[0]))
+    measured = report.stress.dropna(subset=["loss"]) if len(report.stress) else report.stress
+    if len(measured):
+        worst = measured.sort_values("loss").iloc[-1]
         out["worst_scenario"] = dg.MetadataValue.text(f"{worst['portfolio']}: "
                                                       f"{worst['scenario']} {worst['loss']:.2%}")
     for name, frame in (("estimates", estimates), ("var_backtest", report.backtests),
@@ -392,10 +397,10 @@ def risk_metadata(figures: PortfolioFigures | str | None) -> dict[str, dg.Metada
     if not isinstance(figures, PortfolioFigures):
         return {"portfolio_risk": dg.MetadataValue.text(f"not measured: {figures}")}
     slowest = max(figures.days_to_liquidate.items(), key=lambda kv: kv[1], default=("", 0.0))
-    return {
-        "var_99_1d": dg.MetadataValue.float(figures.var_99),
-        "es_99_1d": dg.MetadataValue.float(figures.es_99),
-        "stress_loss": dg.MetadataValue.float(figures.stress_loss),
+    return {    # percent of equity, as the project's other metadata
+        "var_99_1d_pct": dg.MetadataValue.float(100.0 * figures.var_99),
+        "es_99_1d_pct": dg.MetadataValue.float(100.0 * figures.es_99),
+        "stress_loss_pct": dg.MetadataValue.float(100.0 * figures.stress_loss),
         "stress_window": dg.MetadataValue.text(figures.stress_window),
         "max_days_to_liquidate": dg.MetadataValue.float(float(slowest[1])),
         "slowest_to_liquidate": dg.MetadataValue.text(slowest[0] or "none"),

@@ -16,6 +16,8 @@ DAILY_ASSETS = ("raw_bars", "adjusted_bars", "cross_sections", "factors", "targe
 GATE_ASSET = "approved_signal"
 # The research run whose success an approval run follows (split code locations).
 DAILY_RUN_TAG = "etf/daily_run"
+# Dagster's tag on runs a schedule launched.
+SCHEDULE_TAG = "dagster/schedule_name"
 
 
 def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
@@ -46,20 +48,27 @@ def approval_job() -> UnresolvedAssetJobDefinition:
 
 
 def approval_after_daily(approval: UnresolvedAssetJobDefinition,
-                         daily_job_name: str = "daily_job") -> dg.SensorDefinition:
+                         daily_job_name: str = "daily_job",
+                         schedule_name: str = "daily_after_close") -> dg.SensorDefinition:
     """With research and execution in separate code locations, daily_job ends at the target
-    portfolio; its success launches the gate here, once per daily run (run key)."""
+    portfolio; the success of a run the after-close schedule launched launches the gate here,
+    once per daily run (run key). A daily_job launched by hand (a researcher can, from the
+    research webserver) decides nothing: the desk launches approval_job itself."""
 
     @dg.run_status_sensor(
         name="approval_after_daily", run_status=dg.DagsterRunStatus.SUCCESS,
         monitor_all_code_locations=True, request_job=approval,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"After {daily_job_name} succeeds in any code location of the workspace: "
-        f"{approval.name} (the approval gate for the new target portfolio), once per daily run.")
+        description=f"After a {daily_job_name} run of the {schedule_name} schedule succeeds "
+        f"(any code location): {approval.name}, the approval gate for the new target "
+        "portfolio, once per daily run. Runs launched by hand are not approved.")
     def _approve(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
         run = context.dagster_run
         if run.job_name != daily_job_name:
             return dg.SkipReason(f"run {run.run_id} is of {run.job_name}, not {daily_job_name}")
+        if run.tags.get(SCHEDULE_TAG) != schedule_name:
+            return dg.SkipReason(f"{daily_job_name} run {run.run_id} was not launched by "
+                                 f"{schedule_name}: the desk launches {approval.name} itself")
         return dg.RunRequest(run_key=f"approve:{run.run_id}", tags={DAILY_RUN_TAG: run.run_id})
 
     return _approve

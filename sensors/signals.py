@@ -36,6 +36,11 @@ def approved_signal_sensor(job: dg.JobDefinition, account_id: str) -> dg.SensorD
             materialization = record.asset_materialization
             assert materialization is not None
             meta = materialization.metadata
+            if not record.run_id or "signal_id" not in meta or "status" not in meta:
+                # Reported without a run (Dagster's report mutations): not the gate's.
+                context.log.warning(f"approved_signal materialisation {record.storage_id} "
+                                    "was not made by a run of the gate: ignored")
+                continue
             signal_id = str(meta["signal_id"].value)
             if meta["status"].value != "approved":
                 skipped.append(signal_id)

@@ -155,3 +155,36 @@ def test_the_sign_in_target_stays_on_this_site(client: TestClient, given: str,
     page = client.get(f"/signin?next={given}")
     assert page.status_code == 200
     assert f'name="next" value="{target}"' in page.text.replace("&amp;", "&")
+
+
+@pytest.mark.parametrize("uri", [
+    "/mlflow/ajax-api/2.0/mlflow/experiments/delete#/search",      # MLflow cuts at "#"
+    "/mlflow/ajax-api/2.0/mlflow/experiments/delete%23/search",
+    "/mlflow/ajax-api/2.0/mlflow/experiments/delete/..%2fsearch",
+    "/mlflow/ajax-api/2.0/mlflow/x/../runs/search",
+    "/mlflow/./ajax-api/2.0/mlflow/runs/search",
+    "//mlflow/search",
+    "/mlflow/" + "a/" * 3000 + "#",                                  # long: still linear
+])
+def test_an_mlflow_write_dressed_as_a_search_is_a_write(client: TestClient, desk_: Desk,
+                                                        uri: str) -> None:
+    assert surface_permission(Surface.MLFLOW, "POST", uri) == "surface.mlflow.write"
+    assert ask(client, Surface.MLFLOW, "POST", uri,
+               headers=desk_.headers(Role.VIEWER)).status_code == 403
+
+
+def test_a_sign_in_or_out_posted_from_another_site_is_refused(desk_: Desk) -> None:
+    with TestClient(create_app(desk_.settings)) as browser:
+        forged = browser.post("/signin", data={"username": desk_.username(Role.VIEWER),
+                                               "password": PASSWORD},
+                              headers={"Sec-Fetch-Site": "cross-site"}, follow_redirects=False)
+        assert forged.status_code == 403 and ACCESS_COOKIE not in browser.cookies
+        signed = browser.post("/signin", data={"username": desk_.username(Role.VIEWER),
+                                               "password": PASSWORD},
+                              headers={"Sec-Fetch-Site": "same-origin"},
+                              follow_redirects=False)
+        assert signed.status_code == 303 and ACCESS_COOKIE in browser.cookies
+        # A cross-site sign-out neither revokes nor clears the session.
+        browser.post("/signout", headers={"Sec-Fetch-Site": "cross-site"},
+                     follow_redirects=False)
+        assert ask(browser, Surface.GRAFANA, "GET", "/grafana/").status_code == 204

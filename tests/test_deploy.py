@@ -50,6 +50,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load import location_origins_from_yaml_paths
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
+from api.schemas import USERNAME_PATTERN
 from orchestration.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -569,6 +570,8 @@ def test_compose_front_door() -> None:
         load_settings(api={"jwt_secret": env_example()["ETF_API__JWT_SECRET"]})
 
     grafana = service_env(services["grafana"])
+    # No desk user can be named like Grafana's admin (the auth proxy signs in by name).
+    assert re.fullmatch(USERNAME_PATTERN, grafana["GF_SECURITY_ADMIN_USER"]) is None
     assert grafana["GF_AUTH_PROXY_ENABLED"] == "true"
     assert grafana["GF_AUTH_PROXY_HEADER_NAME"] == "X-Etf-User"
     assert "proxy_set_header X-Etf-User $etf_user;" in PROXY_TEMPLATE.read_text(encoding="utf-8")
@@ -604,6 +607,14 @@ def test_helm_front_door() -> None:
     env = {e["name"]: e["value"] for e in proxy["env"]}
     assert template_variables() <= set(env)
     assert env["API_UPSTREAM"] == "etf-api:8000"
+    # Every upstream of this file is a Service of this file or of the chart (nginx resolves
+    # them at start); MLflow and Grafana are outside, as the README says.
+    services = {name for (kind, name) in docs if kind == "Service"} | {
+        "etf-dagster-webserver", "etf-dagster-webserver-read-only"}
+    for variable, value in env.items():
+        if variable.endswith("_UPSTREAM") and variable not in {"MLFLOW_UPSTREAM",
+                                                              "GRAFANA_UPSTREAM"}:
+            assert value.split(":")[0] in services, variable
     assert env["DAGSTER_RESEARCH_UPSTREAM"] == "etf-dagster-research:80"
     assert env["DAGSTER_VIEWER_UPSTREAM"].startswith("etf-dagster-webserver-read-only:")
 

@@ -243,8 +243,9 @@ def test_portfolio_risk_is_measured_and_its_limits_reject(stage) -> None:
         settings.postgres_url, account_id="risk-measured")), instance, "approved_signal")
     meta = materialization(measured, "approved_signal")
     assert meta["status"] == "approved", meta
-    var, stress = float(meta["var_99_1d"]), float(meta["stress_loss"])     # type: ignore[arg-type]
-    assert 0 < var < float(meta["es_99_1d"]) < 0.2                         # type: ignore[arg-type]
+    var = float(meta["var_99_1d_pct"]) / 100                               # type: ignore[arg-type]
+    stress = float(meta["stress_loss_pct"]) / 100                          # type: ignore[arg-type]
+    assert 0 < var < float(meta["es_99_1d_pct"]) / 100 < 0.2               # type: ignore[arg-type]
     assert meta["risk_observations"] == 250
 
     limited = build_definitions(market.settings(
@@ -291,7 +292,7 @@ def test_portfolio_risk_reports_every_figure_from_data_up_to_d(stage) -> None:
         name = f"{e.method} {{}} {e.level:.0%} {e.horizon}d"
         assert estimates[name.format("VaR")] == pytest.approx(e.var, abs=1e-12)
         assert estimates[name.format("ES")] == pytest.approx(e.es, abs=1e-12)
-    assert meta["target_var_99_1d"] == estimates["historical VaR 99% 1d"]
+    assert meta["target_var_99_1d_pct"] == 100 * estimates["historical VaR 99% 1d"]
 
     stress = stored.loc[stored["section"] == "stress"].set_index("name")
     # The stored bars start in 2021 and D is 2023-12-29: the 2022 episode is replayed, the

@@ -12,6 +12,7 @@ import concurrent.futures
 import datetime as dt
 import html
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,17 @@ def test_no_session_is_refused_to_a_script(stack: Stack) -> None:
         assert "sign in" in answer.json()["detail"]
         # Nothing but the routed prefixes is proxied anywhere.
         assert client.get("/dagster-viewer/").status_code == 404
+
+
+def test_a_literal_fragment_is_refused(stack: Stack) -> None:
+    """MLflow would cut "…/delete#/search" to a delete that the check read as a search."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        raw.sendall(b"POST /mlflow/ajax-api/2.0/mlflow/experiments/delete#/search HTTP/1.1\r\n"
+                    b"Host: " + host.encode() + b"\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n")
+        status_line = raw.recv(200).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"400", status_line
 
 
 @pytest.mark.parametrize("kind", ["forged", "expired", "claimed"])
@@ -331,16 +343,25 @@ def test_the_daily_path_crosses_from_research_to_execution(stack: Stack) -> None
         daily = research.resolve_job_def("daily_job")
         assert "approved_signal" not in {k.to_user_string() for k in daily.asset_layer.
                                          executable_asset_keys}
-        ran = daily.execute_in_process(instance=instance, partition_key=day)
-        assert ran.success
-        success = instance.all_logs(ran.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS)[0]
         sensor = execution.resolve_sensor_def("approval_after_daily")
-        context = dg.build_run_status_sensor_context(
-            sensor_name=sensor.name, dagster_instance=instance, dagster_run=ran.dagster_run,
-            dagster_event=success.get_dagster_event())
-        request = sensor(context)
+
+        def after(tags: dict[str, str]) -> tuple[str, object]:
+            ran = daily.execute_in_process(instance=instance, partition_key=day, tags=tags)
+            assert ran.success
+            success = instance.all_logs(ran.run_id,
+                                        of_type=dg.DagsterEventType.RUN_SUCCESS)[0]
+            return ran.run_id, sensor(dg.build_run_status_sensor_context(
+                sensor_name=sensor.name, dagster_instance=instance,
+                dagster_run=ran.dagster_run, dagster_event=success.get_dagster_event()))
+
+        # Launched by hand (a researcher can, from the research webserver): no decision.
+        _, skipped = after({})
+        assert isinstance(skipped, dg.SkipReason) and "not launched by" in str(
+            skipped.skip_message)
+        # Launched by the after-close schedule: the gate runs.
+        run_id, request = after({"dagster/schedule_name": "daily_after_close"})
         assert isinstance(request, dg.RunRequest), request
-        assert request.run_key == f"approve:{ran.run_id}"
+        assert request.run_key == f"approve:{run_id}"
 
         approval = execution.resolve_job_def("approval_job").execute_in_process(
             instance=instance, tags=request.tags)

@@ -83,7 +83,7 @@ def forward(request: Request, state: State,
             ) -> Response:
     session, renewed = signin.browser_session(state, request, token)
     path = x_original_uri.split("?", 1)[0]
-    permission = surface_permission(surface, x_original_method, path)
+    permission = surface_permission(surface, x_original_method, x_original_uri)
     role = session.user.role
     if not allowed(role, permission):
         why = f"role {role} lacks permission {permission}"

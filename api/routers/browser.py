@@ -56,6 +56,12 @@ def target_of(request: Request) -> str:
     return safe_target(raw if raw.startswith("/") else unquote(raw))
 
 
+def cross_site(request: Request) -> bool:
+    """A form posted from another site (the browser says so in Sec-Fetch-Site): signing a
+    victim in as the attacker, or out, is refused."""
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
+
+
 def _page(target: str, message: str = "", code: int = status.HTTP_200_OK,
           headers: dict[str, str] | None = None) -> HTMLResponse:
     notice = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
@@ -84,6 +90,8 @@ def sign_in_page(request: Request, state: State, target: NextParam = "/") -> HTM
              responses={303: {"description": "Signed in: cookies set, on to the target"},
                         401: {"description": "Wrong username or password (the page again)",
                               "content": {"text/html": {}}},
+                        403: {"description": "Posted from another site (Sec-Fetch-Site)",
+                              "content": {"text/html": {}}},
                         429: {"description": "Too many attempts; see Retry-After (the page "
                               "again)", "content": {"text/html": {}}}})
 def sign_in(request: Request, state: State,
@@ -92,6 +100,8 @@ def sign_in(request: Request, state: State,
             target: Annotated[str, Form(alias="next", max_length=MAX_TARGET)] = "/"
             ) -> Response:
     target = safe_target(target)
+    if cross_site(request):
+        return _page(target, "sign in from this site's own page", status.HTTP_403_FORBIDDEN)
     client = request.client.host if request.client else "unknown"
     try:
         user = authenticate(state, username, password, client)
@@ -109,6 +119,8 @@ def sign_in(request: Request, state: State,
              status_code=status.HTTP_303_SEE_OTHER, response_class=RedirectResponse,
              responses={303: {"description": "Cookies cleared, tokens revoked: the sign-in page"}})
 def sign_out(request: Request, state: State) -> Response:
+    if cross_site(request):
+        return RedirectResponse("/signin", status_code=status.HTTP_303_SEE_OTHER)
     access = cookie(request, ACCESS_COOKIE, 4096)
     refresh_token = cookie(request, REFRESH_COOKIE, 200)
     digest = None if refresh_token is None else security.digest(refresh_token)
