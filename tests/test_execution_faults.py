@@ -385,13 +385,23 @@ class _Unreachable:
         raise AssertionError(f"venue.{name} called for a rejected signal")
 
 
+def evaluate_replay_check(instance: dg.DagsterInstance, passed: bool) -> None:
+    """An evaluation of oos_backtest's blocking replay check, made by a run (the gate ignores
+    evaluations reported without one)."""
+
+    @dg.asset_check(asset="oos_backtest", name="engine_matches_vectorbt", blocking=True)
+    def replay() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=passed)
+
+    dg.materialize([dg.AssetSpec("oos_backtest"), replay], instance=instance,
+                   selection=dg.AssetSelection.all_asset_checks(), raise_on_error=False)
+
+
 def test_failed_upstream_check_rejects_through_dagster(execution_market, ledger_url) -> None:
     market = execution_market
     defs = build(market, ledger_url)
-    key = dg.AssetKey("oos_backtest")
     instance = market.instance
-    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-        asset_key=key, check_name="engine_matches_vectorbt", passed=False))
+    evaluate_replay_check(instance, passed=False)
     try:
         result = materialize(defs, instance, "approved_signal")
         meta = materialization(result, "approved_signal")
@@ -402,8 +412,7 @@ def test_failed_upstream_check_rejects_through_dagster(execution_market, ledger_
         assert ledger.orders(account_id="paper-main") == []
         ledger.dispose()
     finally:
-        instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-            asset_key=key, check_name="engine_matches_vectorbt", passed=True))
+        evaluate_replay_check(instance, passed=True)
 
 
 def test_execution_resource_is_the_interface() -> None:

@@ -106,6 +106,17 @@ def test_supersede_signal_job_refusals(ledger_url: str, book: Ledger, account: s
     assert book.signal(signal.signal_id) == signal
 
 
+def gate_of(record: SignalRecord) -> dg.AssetsDefinition:
+    """An ``approved_signal`` asset that records ``record`` as approved, as the gate does."""
+
+    @dg.asset(name="approved_signal")
+    def gate() -> dg.MaterializeResult:
+        return dg.MaterializeResult(metadata={"signal_id": record.signal_id,
+                                              "status": "approved"})
+
+    return gate
+
+
 def test_the_sensor_never_launches_a_superseded_signal(ledger_url: str, book: Ledger,
                                                        account: str) -> None:
     """Both were materialised as approved; the first was superseded before the tick."""
@@ -117,10 +128,8 @@ def test_the_sensor_never_launches_a_superseded_signal(ledger_url: str, book: Le
                             lock_timeout=5.0, quote_lookback_sessions=5)
     sensor = approved_signal_sensor(job, account)
     with dg.instance_for_test() as instance:
-        for record in (first, second):
-            instance.report_runless_asset_event(dg.AssetMaterialization(
-                "approved_signal", metadata={"signal_id": record.signal_id,
-                                             "status": "approved"}))
+        for record in (first, second):      # each by a run, as the gate materialises them
+            assert dg.materialize([gate_of(record)], instance=instance).success
         with dg.build_sensor_context(
                 instance=instance,
                 resources={"ledger": LedgerResource(url=ledger_url, account_id=account)}
