@@ -112,14 +112,14 @@ def _mlflow_ui(settings: Settings, env: dict[str, str]) -> Iterator[None]:
     print(f"MLflow UI   : {settings.resolved_mlflow_ui_url or LOCAL_MLFLOW_UI} "
           f"({' '.join(command[1:])})")
     child = subprocess.Popen(command, env={**env, **MLFLOW_ENV},
-                             preexec_fn=_default_stop_signals)
+                             preexec_fn=default_stop_signals)
     try:
         yield
     finally:
         _stop(child)
 
 
-def _default_stop_signals() -> None:
+def default_stop_signals() -> None:
     # `dagster dev` maps SIGTERM to its SIGINT handling, which a shell that starts it in the
     # background has set to "ignore": it could then not be stopped, nor the server after it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -129,7 +129,7 @@ def _default_stop_signals() -> None:
 def _run_until_stopped(command: list[str], env: dict[str, str]) -> int:
     """Run the UI as a child (not exec: the server must be stopped after it) and wait for it
     to shut down, also after Ctrl-C (which reaches both) or SIGTERM (passed on)."""
-    child = subprocess.Popen(command, env=env, preexec_fn=_default_stop_signals)
+    child = subprocess.Popen(command, env=env, preexec_fn=default_stop_signals)
     try:
         return child.wait()
     except KeyboardInterrupt:

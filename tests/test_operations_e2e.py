@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from orchestration.dev import default_stop_signals
 from trading.ledger import Ledger
 from trading.models import OrderStatus, SignalStatus
 
@@ -122,7 +123,10 @@ def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
          "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # A suite started in the background inherits SIGINT ignored, and `dagster dev` handles
+        # SIGTERM as SIGINT: without the defaults it would ignore the stop.
+        preexec_fn=default_stop_signals)
     try:
         wait_for("the webserver", lambda: urllib.request.urlopen(
             f"http://127.0.0.1:{port}/server_info", timeout=5).status == 200, 180)
