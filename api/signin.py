@@ -109,23 +109,27 @@ def clear_session_cookies(response: Response) -> None:
         response.delete_cookie(name, path="/", httponly=True, samesite="lax")
 
 
-def cookie(request: Request, name: str, max_length: int) -> str | None:
+# Longer than any token this API issues: not ours, not looked at.
+_COOKIE_MAX_LENGTH = {ACCESS_COOKIE: 4096, REFRESH_COOKIE: 200}
+
+
+def cookie(request: Request, name: str) -> str | None:
     """A session cookie, or None when absent or longer than any token this API issues."""
     value = request.cookies.get(name)
-    return value if value and len(value) <= max_length else None
+    return value if value and len(value) <= _COOKIE_MAX_LENGTH[name] else None
 
 
 def browser_session(state: ApiState, request: Request, bearer_token: str | None
                     ) -> tuple[Session, str | None]:
     """The session of a proxied request: the access cookie (or a bearer token), else the
     refresh cookie's, with a new access token to set; raises 401 without either."""
-    access = cookie(request, ACCESS_COOKIE, 4096) or bearer_token
+    access = cookie(request, ACCESS_COOKIE) or bearer_token
     if access:
         try:
             return signed_in(state, access), None
         except HTTPException:
             pass
-    refresh_token = cookie(request, REFRESH_COOKIE, 200)
+    refresh_token = cookie(request, REFRESH_COOKIE)
     user = None if refresh_token is None else \
         state.users.session_user(security.digest(refresh_token))
     if user is None:

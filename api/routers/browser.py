@@ -73,7 +73,7 @@ def _page(target: str, message: str = "", code: int = status.HTTP_200_OK,
             description="The form; to a signed-in browser, who it is signed in as, the "
             "surfaces and a sign-out button.")
 def sign_in_page(request: Request, state: State, target: NextParam = "/") -> HTMLResponse:
-    access = cookie(request, ACCESS_COOKIE, 4096)
+    access = cookie(request, ACCESS_COOKIE)
     if access:
         try:
             session = signed_in(state, access)
@@ -121,8 +121,8 @@ def sign_in(request: Request, state: State,
 def sign_out(request: Request, state: State) -> Response:
     if cross_site(request):
         return RedirectResponse("/signin", status_code=status.HTTP_303_SEE_OTHER)
-    access = cookie(request, ACCESS_COOKIE, 4096)
-    refresh_token = cookie(request, REFRESH_COOKIE, 200)
+    access = cookie(request, ACCESS_COOKIE)
+    refresh_token = cookie(request, REFRESH_COOKIE)
     digest = None if refresh_token is None else security.digest(refresh_token)
     claims = None
     if access:
