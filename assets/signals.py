@@ -36,7 +36,7 @@ from sensors.executions import stalled_executions
 from trading import approval
 from trading.executor import reconcile
 from trading.ledger import Ledger
-from trading.models import Costs, SignalStatus
+from trading.models import AuditEntry, Costs, SignalStatus
 from trading.venue import ExecutionVenue
 
 SIGNALS_GROUP = "signals"
@@ -144,6 +144,15 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         universe -= set(u.exclude)
         if u.defensive:
             universe.add(u.defensive)
+        import rotation.portfolio_risk as portfolio_risk  # scipy: only when a signal is decided
+
+        returns, amounts = portfolio_risk.panels_from_bars(
+            adjusted_bars.loc[adjusted_bars["date"] <= day])
+        in_force, tightened = portfolio_risk.limits_in_force(returns, day.date(), limits)
+        if tightened is not None:
+            audit_tightening(ledger.ledger, account_id, day, tightened,
+                             actor=f"dagster:{context.run.run_id}")
+            context.log.warning(f"limits of {account_id} tightened: {tightened}")
         facts = approval.SignalFacts(
             strategy=strategy.name, account_id=account_id, as_of=day.date(), weights=weights,
             latest_session=latest.date(), sessions_between=between,
@@ -151,8 +160,9 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             universe=universe, halted=sorted(s for s in weights if s not in traded),
             failed_checks=failed_checks(context.instance, guards, f"{day:%Y-%m-%d}"),
             data_version=data_fingerprint(adjusted_bars), dagster_run_id=context.run.run_id,
-            portfolio=portfolio_figures(adjusted_bars, weights, day, ledger, account_id, limits))
-        record = approval.decide(facts, ledger.ledger, limits,
+            portfolio=portfolio_figures(returns, amounts, weights, day, ledger, account_id,
+                                        in_force))
+        record = approval.decide(facts, ledger.ledger, in_force,
                                  actor=f"dagster:{context.run.run_id}")
         if record.status is SignalStatus.REJECTED:
             context.log.warning(f"signal {record.signal_id} rejected: " + "; ".join(
@@ -178,6 +188,7 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "reasons": table_value(reasons) if len(reasons) else dg.MetadataValue.text("none"),
             "rejected_rules": dg.MetadataValue.json(sorted({r["rule"] for r in record.reasons})),
             **risk_metadata(facts.portfolio),
+            "limits_in_force": dg.MetadataValue.text(tightened or "as configured"),
         })
 
     @dg.asset(
@@ -309,15 +320,23 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
     return [approved_signal, portfolio_risk, positions_report]
 
 
-def portfolio_figures(adjusted_bars: pd.DataFrame, weights: dict[str, float], day: pd.Timestamp,
-                      ledger: LedgerResource, account_id: str, limits: RiskLimits
-                      ) -> PortfolioFigures | str:
-    """The target's risk from the bars up to D, on the account's latest equity (its initial
-    cash before the first valuation); a string says why it could not be measured."""
-    import rotation.portfolio_risk as portfolio_risk  # scipy: only when a signal is decided
+def audit_tightening(ledger: Ledger, account_id: str, day: pd.Timestamp, why: str, *,
+                     actor: str) -> None:
+    """Dynamic limits in the audit log: the rule that tightened them, with its figures."""
+    rule, _, message = why.partition(": ")
+    ledger.audit(AuditEntry(actor=actor, action="limits_tightened", entity="account",
+                            entity_id=account_id, reason=why,
+                            details={"layer": "account", "rule": rule, "subject": account_id,
+                                     "message": message, "as_of": f"{day:%Y-%m-%d}"}))
 
-    returns, amounts = portfolio_risk.panels_from_bars(
-        adjusted_bars.loc[adjusted_bars["date"] <= day])
+
+def portfolio_figures(returns: pd.DataFrame, amounts: pd.DataFrame, weights: dict[str, float],
+                      day: pd.Timestamp, ledger: LedgerResource, account_id: str,
+                      limits: RiskLimits) -> PortfolioFigures | str:
+    """The target's risk from the returns up to D, on the account's latest equity (its
+    initial cash before the first valuation); a string says why it could not be measured."""
+    import rotation.portfolio_risk as portfolio_risk
+
     valuations = ledger.ledger.valuations(account_id)
     equity = float(valuations["equity"].iloc[-1]) if len(valuations) else ledger.initial_cash
     try:

@@ -10,10 +10,17 @@ from pydantic import Field
 
 from resources.cache import CacheStats, RedisCache
 from resources.clock import ClockResource
-from resources.execution import ExecutionResource, account_lock, market_quotes, venue_bars
+from resources.execution import (
+    ExecutionResource,
+    account_lock,
+    average_amounts,
+    market_quotes,
+    venue_bars,
+)
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation.risk import RiskLimits
+from trading.conduct import ConductRules
 from trading.executor import ExecutionRefused, ExecutionReport, MarketView, execute_signal
 from trading.models import Costs
 from trading.venue import ExecutionVenue
@@ -33,7 +40,7 @@ class KillSwitchConfig(dg.Config):
 
 def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
                market_data: MarketDataResource, cache: RedisCache, clock: ClockResource,
-               account_id: str, costs: Costs, limits: RiskLimits,
+               account_id: str, costs: Costs, limits: RiskLimits, conduct: ConductRules,
                lock_timeout: float, quote_lookback_sessions: int, actor: str,
                dagster_run_id: str | None, warn: Callable[[str], None],
                cache_stats: CacheStats,
@@ -59,8 +66,10 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
         lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
+    adv = average_amounts(market_data, day, limits.liquidity_sessions, cache=cache,
+                          stats=cache_stats, warn=warn)
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
-                        quotes=on_day, closed_through=closed.date())
+                        quotes=on_day, average_amount=adv, closed_through=closed.date())
     venue = execution.venue(quotes, costs)
     if wrap_venue is not None:
         venue = wrap_venue(venue)
@@ -69,12 +78,12 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
             market=market, limits=limits, costs=costs, actor=actor,
             kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
-            dagster_run_id=dagster_run_id, lock=lock)
+            dagster_run_id=dagster_run_id, lock=lock, conduct=conduct)
     return report, "postgres"
 
 
 def execution_jobs(*, account_id: str, costs: Costs, limits: RiskLimits,
-                   lock_timeout: float, quote_lookback_sessions: int
+                   conduct: ConductRules, lock_timeout: float, quote_lookback_sessions: int
                    ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
 
     @dg.op(
@@ -95,7 +104,7 @@ def execution_jobs(*, account_id: str, costs: Costs, limits: RiskLimits,
             result, lock = run_signal(
                 config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
                 cache=cache, clock=clock, account_id=account_id,
-                costs=costs, limits=limits, lock_timeout=lock_timeout,
+                costs=costs, limits=limits, conduct=conduct, lock_timeout=lock_timeout,
                 quote_lookback_sessions=quote_lookback_sessions,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
                 warn=context.log.warning, cache_stats=cache_stats)

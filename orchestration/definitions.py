@@ -129,7 +129,7 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
     costs = costs_of(strategy)
     lookback = quote_lookback(settings.quality.lookback_sessions)
     execution_job, kill_switch_job = execution_jobs(
-        account_id=ex.account_id, costs=costs, limits=limits,
+        account_id=ex.account_id, costs=costs, limits=limits, conduct=ex.conduct,
         lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=lookback)
     assets = signal_assets(strategy, limits, guarding_checks(guarded),
                            account_id=ex.account_id, backtest=strategy.backtest_config(),

@@ -45,6 +45,7 @@ from rotation.cross_section import CrossSectionConfig
 from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
+from trading.conduct import ConductRules
 
 # The UIs `make dev` starts by default (DAGSTER_PORT and MLFLOW_PORT in the Makefile move them
 # and set ETF_DAGSTER_WEBSERVER_URL / ETF_MLFLOW_UI_URL to match).
@@ -166,6 +167,8 @@ class ExecutionSettings(BaseModel):
     # Paper-versus-backtest parity: max relative equity difference.
     parity_tolerance: float = Field(0.01, gt=0)
     risk: RiskLimits = Field(default_factory=RiskLimits)
+    # Trading-conduct rules (order rate, cancel ratio, restricted list, self-trade, holdings).
+    conduct: ConductRules = Field(default_factory=ConductRules)
 
 
 class WalkForwardSettings(BaseModel):

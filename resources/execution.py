@@ -16,6 +16,7 @@ import pandas as pd
 
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
+from rotation.bars import traded_amount
 from trading.ledger import AccountLock, Ledger
 from trading.models import Costs
 from trading.paper import FrameQuotes, PaperBroker, QuoteSource
@@ -85,6 +86,22 @@ def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Ti
     if cache is None:
         return market_data.load(start, last).bars
     return market_data.load_cached(cache, start, last, stats or CacheStats(), warn=warn).bars
+
+
+def average_amounts(market_data: MarketDataResource, day: pd.Timestamp, sessions: int, *,
+                    cache: RedisCache | None = None, stats: CacheStats | None = None,
+                    warn: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Each fund's average daily traded amount over the ``sessions`` up to ``day`` (the
+    participation limit): the window's total over its sessions, so a day without a bar (a
+    halt) counts as nothing traded rather than being skipped."""
+    start = market_data.calendar.offset(day, -(sessions - 1))
+    if cache is None:
+        bars = market_data.load(start, day).bars
+    else:
+        bars = market_data.load_cached(cache, start, day, stats or CacheStats(), warn=warn).bars
+    window = len(market_data.calendar.sessions(start, day))
+    totals = traded_amount(bars).groupby(bars["symbol"].astype(str)).sum()
+    return {str(s): float(v) / window for s, v in totals.items()}
 
 
 def market_quotes(market_data: MarketDataResource, bars: pd.DataFrame) -> FrameQuotes:

@@ -43,6 +43,14 @@ def empty_issues() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in ISSUE_COLUMNS})
 
 
+def traded_amount(bars: pd.DataFrame) -> pd.Series:
+    """Value traded per bar in the quote currency: ``amount`` where the source has it, else
+    volume × the raw close (some sources, e.g. akshare's qfq set, carry no amount; an adjusted
+    close would misstate the value of old bars)."""
+    price = bars["raw_close"] if "raw_close" in bars else bars["close"]
+    return bars["amount"].fillna(bars["volume"] * price)
+
+
 def conform_bars(frame: pd.DataFrame) -> pd.DataFrame:
     """Order columns, set dtypes, sort by (date, symbol). Missing optional columns become NaN."""
     out = frame.copy()

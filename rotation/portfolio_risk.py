@@ -36,8 +36,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import stats
 
+from rotation.bars import traded_amount
 from rotation.config_paths import RISK_CONFIG_DIR
-from rotation.risk import PortfolioFigures, RiskLimits
+from rotation.risk import SESSIONS_PER_YEAR, PortfolioFigures, RiskLimits, regime_limits
 
 Method = Literal["historical", "parametric", "cornish_fisher"]
 METHODS: tuple[Method, ...] = ("historical", "parametric", "cornish_fisher")
@@ -332,10 +333,43 @@ def liquidity(values: Mapping[str, float], amounts: pd.DataFrame, as_of: dt.date
 
 def panels_from_bars(bars: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(daily total returns, traded amounts), sessions × funds, from adjusted bars (columns
-    date, symbol, close adjusted for distributions, amount)."""
+    date, symbol, close adjusted for distributions, amount — or volume and the raw close where
+    the source has no amount)."""
     close = bars.pivot(index="date", columns="symbol", values="close").sort_index()
-    amounts = bars.pivot(index="date", columns="symbol", values="amount").sort_index()
+    traded = bars.assign(traded=traded_amount(bars))
+    amounts = traded.pivot(index="date", columns="symbol", values="traded").sort_index()
     return close.pct_change(fill_method=None), amounts
+
+
+def market_volatility(returns: pd.DataFrame, as_of: dt.date, sessions: int,
+                      proxy: str | None = None) -> float:
+    """Annualised realised volatility of the market over the ``sessions`` up to ``as_of``:
+    the ``proxy`` fund's returns, or the equal-weighted mean return of the funds that traded
+    each session. Raises :class:`RiskInputError` when the window is not covered."""
+    upto = returns.loc[returns.index <= pd.Timestamp(as_of)]
+    if proxy is not None and proxy not in upto.columns:
+        raise RiskInputError(f"volatility regime: no returns for the proxy fund {proxy}")
+    market = (upto[proxy] if proxy is not None else upto.mean(axis=1)).dropna()
+    if len(market) < sessions:
+        raise RiskInputError(f"volatility regime: {len(market)} market returns up to "
+                             f"{as_of}; the window needs {sessions}")
+    return float(market.iloc[-sessions:].std(ddof=1)) * math.sqrt(SESSIONS_PER_YEAR)
+
+
+def limits_in_force(returns: pd.DataFrame, as_of: dt.date, limits: RiskLimits
+                    ) -> tuple[RiskLimits, str | None]:
+    """The limits the gate applies on ``as_of`` (rotation.risk.regime_limits) and, when the
+    volatility regime tightened them, why. A regime whose volatility cannot be measured
+    tightens: not knowing the market's state is no reason to relax."""
+    regime = limits.regime
+    if regime is None:
+        return limits, None
+    try:
+        volatility = market_volatility(returns, as_of, regime.window_sessions, regime.proxy)
+    except RiskInputError as exc:
+        tightened, why = regime_limits(limits, math.inf)
+        return tightened, f"{why}; {exc}"
+    return regime_limits(limits, volatility)
 
 
 def gate_figures(returns: pd.DataFrame, amounts: pd.DataFrame, weights: Mapping[str, float],

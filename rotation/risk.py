@@ -22,7 +22,14 @@ Layers, in the order violations are reported:
   (``limit_day``), the reference price against the last close (``price_band``), a sell of
   units bought in the same session of a T+1 fund (``t1_same_session_sell``; the fund's
   instrument class, ``rotation.market``, says whether it settles T+0 or T+1).
-* ``order`` — lot validity (``lot_size``), notional per order (``max_order_notional``).
+* ``order`` — lot validity (``lot_size``), notional per order (``max_order_notional``), the
+  order's share of the fund's average daily traded amount (``participation``, at most
+  ``max_participation``).
+* ``conduct`` — trading-conduct rules (``trading.conduct``): ``restricted``, ``self_trade``,
+  ``holding_limit``, and at sending time ``order_rate`` and ``cancel_ratio``.
+
+Dynamic limits: with ``regime`` configured, the limits it names tighten by their factors while
+the market's realised volatility is above its threshold (:func:`regime_limits`).
 
 Every check runs and every violation is returned (not just the first), sorted by layer, rule
 and subject, so an audit log of a rejection is complete and reproducible.
@@ -51,7 +58,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from rotation.orders import PlannedOrder
@@ -74,8 +81,9 @@ __all__ = [
 ]
 
 _PRICE_EPS = 1e-9
-Layer = Literal["data", "signal", "account", "strategy", "instrument", "order"]
-LAYERS: tuple[Layer, ...] = ("data", "signal", "account", "strategy", "instrument", "order")
+Layer = Literal["data", "signal", "account", "strategy", "instrument", "order", "conduct"]
+LAYERS: tuple[Layer, ...] = ("data", "signal", "account", "strategy", "instrument", "order",
+                             "conduct")
 # Stable machine names, in report order within a layer.
 RULES: tuple[str, ...] = (
     "failed_check", "stale_data",
@@ -84,8 +92,11 @@ RULES: tuple[str, ...] = (
     "risk_unmeasured", "var_limit", "es_limit", "stress_loss", "days_to_liquidate",
     "turnover", "drawdown_stop",
     "max_weight", "halted", "limit_day", "price_band",
-    "lot_size", "max_order_notional",
+    "lot_size", "max_order_notional", "participation",
+    "restricted", "self_trade", "holding_limit", "order_rate", "cancel_ratio",
 )
+# Sessions a year: realised volatility is annualised with it (both profiles' exchanges).
+SESSIONS_PER_YEAR = 252
 
 
 # Upper bounds of the limits that have no natural one. A limit beyond them is no limit: it is a
@@ -97,6 +108,40 @@ MAX_NOTIONAL_LIMIT = 1e11
 MAX_SIGNAL_AGE_LIMIT = 20
 # Exchange lots are 1 to a few thousand units (A-share ETFs: 100).
 MAX_LOT_SIZE = 1_000_000
+
+
+# Limits a volatility regime may tighten: those where a smaller value is stricter.
+TIGHTENABLE = ("max_weight", "max_gross_exposure", "max_turnover", "max_order_notional",
+               "max_daily_notional", "max_var_99", "max_es_99", "max_stress_loss",
+               "max_participation")
+
+
+class VolatilityRegime(BaseModel):
+    """Dynamic limits: while the market's annualised realised volatility over
+    ``window_sessions`` (up to D) is above ``threshold``, each limit named in ``tighten`` is
+    multiplied by its factor. The market is ``proxy`` (a fund) or, unset, the equal-weighted
+    mean return of the funds that traded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    window_sessions: int = Field(default=20, ge=5, le=250)
+    threshold: float = Field(default=0.25, gt=0, le=5,
+                             description="annualised volatility above which limits tighten")
+    proxy: str | None = None
+    tighten: dict[str, float] = Field(
+        default_factory=lambda: {"max_var_99": 0.7, "max_es_99": 0.7, "max_stress_loss": 0.7,
+                                 "max_weight": 0.8})
+
+    @field_validator("tighten")
+    @classmethod
+    def _known_factors(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(TIGHTENABLE))
+        if unknown:
+            raise ValueError(f"cannot tighten {unknown}: only {', '.join(TIGHTENABLE)}")
+        bad = {k: f for k, f in value.items() if not 0 < f <= 1}
+        if bad:
+            raise ValueError(f"factors must be in (0, 1] (a factor above 1 loosens): {bad}")
+        return value
 
 
 class RiskLimits(BaseModel):
@@ -147,6 +192,8 @@ class RiskLimits(BaseModel):
         default=0.10, gt=0, le=1, description="share of a fund's average daily amount traded")
     liquidity_sessions: int = Field(default=20, ge=1, le=250,
                                     description="sessions of the average daily amount")
+    regime: VolatilityRegime | None = Field(
+        default=None, description="dynamic limits: tighten while volatility is high")
 
     @property
     def limits_portfolio(self) -> bool:
@@ -421,6 +468,25 @@ def order_check_of(order: PlannedOrder, order_id: str) -> OrderCheck:
                       held_before=int(order.current_units))
 
 
+def _participation(o: OrderCheck, average_amount: Mapping[str, float], limits: RiskLimits
+                   ) -> list[RiskViolation]:
+    """The order's notional against the fund's average daily traded amount (both sides: a sell
+    too large for the market moves the price as much as a buy)."""
+    adv = float(average_amount.get(o.symbol, math.nan))
+    window = f"average daily amount over {limits.liquidity_sessions} sessions"
+    if not (math.isfinite(adv) and adv > 0):
+        return [RiskViolation("order", "participation", o.order_id,
+                              f"{o.side} {o.symbol}: no traded amount to measure the order "
+                              f"against ({window} unknown or zero)")]
+    share = o.notional / adv
+    if share <= limits.max_participation + 1e-12:
+        return []
+    return [RiskViolation("order", "participation", o.order_id,
+                          f"{o.side} {o.quantity} {o.symbol}: notional {o.notional:,.2f} is "
+                          f"{_pct(share)} of the fund's {window} ({adv:,.2f}), above the "
+                          f"participation limit {_pct(limits.max_participation)}")]
+
+
 def _order_rules(o: OrderCheck, last_close: Mapping[str, float], limit_up: set[str],
                  limit_down: set[str], halted: set[str], limits: RiskLimits
                  ) -> list[RiskViolation]:
@@ -502,7 +568,9 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
                  limit_up_close: Collection[str], limit_down_close: Collection[str],
                  halted: Collection[str], committed_notional: float, equity: float,
                  positions_value_after: float, limits: RiskLimits,
-                 unsellable: Mapping[str, int] | None = None
+                 unsellable: Mapping[str, int] | None = None,
+                 average_amount: Mapping[str, float] | None = None,
+                 conduct: Mapping[str, Sequence[RiskViolation]] | None = None
                  ) -> tuple[list[OrderCheck], list[tuple[OrderCheck, RiskViolation]]]:
     """Split ``orders`` into (accepted, rejected with each violation).
 
@@ -512,7 +580,11 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
     positions once all ``orders`` are filled, at the last close (see the module docstring for
     the daily-notional rule). ``unsellable``: per fund of a T+1 class, the units bought in the
     orders' session, which no sell of that session may touch (``t1_same_session_sell``; a T+0
-    fund is absent). Raises :class:`ValueError` on duplicate order ids, an unknown
+    fund is absent). ``average_amount``: each fund's average daily traded amount over
+    ``liquidity_sessions`` up to the signal day (``participation``; None: not checked, for a
+    caller without volume history). ``conduct``: violations of the conduct rules by order id
+    (``trading.conduct``), so a blocked order is not counted against the daily cap. Raises
+    :class:`ValueError` on duplicate order ids, an unknown
     side or a non-finite account figure.
     """
     committed = _finite("committed_notional", committed_notional)
@@ -545,6 +617,9 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
     for o in sequence:
         found = _order_rules(o, last_close, up, down, stop, limits)
         found.extend(_settlement_rule(o, unsellable or {}))
+        if average_amount is not None and o.quantity > 0:
+            found.extend(_participation(o, average_amount, limits))
+        found.extend((conduct or {}).get(o.order_id, ()))
         if o.side == "buy" and exposure_violation is not None:
             found.append(RiskViolation("account", "gross_exposure", o.order_id,
                                        f"buy {o.symbol}: {exposure_violation}"))
@@ -569,3 +644,24 @@ def check_orders(orders: Sequence[OrderCheck], *, last_close: Mapping[str, float
             accepted.append(o)
             traded += o.notional
     return accepted, rejected
+
+
+# -- dynamic limits ----------------------------------------------------------------------------
+
+def regime_limits(limits: RiskLimits, volatility: float) -> tuple[RiskLimits, str | None]:
+    """The limits in force at a market ``volatility`` (annualised): tightened by the
+    configured regime while it is above the threshold, with a message naming the rule, the
+    figures and each limit changed (``None``: the configured limits hold)."""
+    regime = limits.regime
+    if regime is None or volatility <= regime.threshold:     # inf: unmeasured, tightens
+        return limits, None
+    changed = {name: getattr(limits, name) * factor for name, factor in regime.tighten.items()
+               if getattr(limits, name) is not None}
+    tightened = limits.model_copy(update=changed)
+    shown = ", ".join(f"{name} {getattr(limits, name):g} -> {value:g}"
+                      for name, value in sorted(changed.items())) or "no configured limit"
+    market = regime.proxy or "the equal-weighted market"
+    measured = (f"is {_pct(volatility)} a year, above {_pct(regime.threshold)}"
+                if math.isfinite(volatility) else "could not be measured")
+    return tightened, (f"volatility_regime: {market}'s realised volatility over "
+                       f"{regime.window_sessions} sessions {measured}; tightened {shown}")

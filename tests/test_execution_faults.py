@@ -88,7 +88,8 @@ def run_direct(defs: dg.Definitions, signal_id: str,
         market_data=resources["market_data"], cache=resources["cache"],
         clock=resources["clock"], account_id=settings.execution.account_id,
         costs=costs_of(strategy_for(settings)),
-        limits=settings.execution.risk, lock_timeout=settings.execution.lock_timeout_seconds,
+        limits=settings.execution.risk, conduct=settings.execution.conduct,
+        lock_timeout=settings.execution.lock_timeout_seconds,
         quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions), actor="test",
         dagster_run_id=None, warn=lambda m: None, cache_stats=CacheStats(), wrap_venue=wrap)
 

@@ -251,6 +251,7 @@ def test_portfolio_risk_is_measured_and_its_limits_reject(stage) -> None:
     limited = build_definitions(market.settings(
         settings.postgres_url, account_id="risk-limited",
         risk={"max_var_99": round(var / 2, 6), "max_stress_loss": round(stress / 2, 6)}))
+    cursor = evaluate_sensor(limited, instance, None).cursor
     result = materialize(limited, instance, "approved_signal")
     meta = materialization(result, "approved_signal")
     assert meta["status"] == "rejected"
@@ -261,6 +262,12 @@ def test_portfolio_risk_is_measured_and_its_limits_reject(stage) -> None:
     assert f"{100 * var:.2f}%" in messages["var_limit"]
     assert f"limit {100 * round(var / 2, 6):.2f}%" in messages["var_limit"]
     assert str(meta["stress_window"]) in messages["stress_loss"]
+    # In the audit log with its figures; no order is planned or sent.
+    audited = ledger.audit_log(entity_id=signal.signal_id)
+    assert [r["action"] for r in audited] == ["signal_rejected"]
+    assert f"{100 * var:.2f}%" in str(audited[0]["details"]) + str(audited[0]["reason"])
+    assert evaluate_sensor(limited, instance, cursor).run_requests == []
+    assert ledger.orders(signal_id=signal.signal_id) == []
 
 
 def test_portfolio_risk_reports_every_figure_from_data_up_to_d(stage) -> None:
@@ -326,3 +333,100 @@ def test_portfolio_risk_reports_every_figure_from_data_up_to_d(stage) -> None:
     expected = risk.liquidity({s: w * cash for s, w in weights.items()}, amounts, day.date())
     assert liquid.sort_index().tolist() == pytest.approx(
         expected["days_to_trade"].sort_index().tolist())
+
+
+def _executed(defs: dg.Definitions, instance: dg.DagsterInstance, signal_id: str
+              ) -> dg.ExecuteInProcessResult:
+    """execution_job of ``signal_id``, as the sensor launches it."""
+    return defs.resolve_job_def("execution_job").execute_in_process(
+        instance=instance, raise_on_error=False,
+        run_config={"ops": {"execute_signal_op": {"config": {"signal_id": signal_id}}}})
+
+
+def _approve(market, ledger_url: str, **execution) -> tuple[dg.Definitions, str]:
+    defs = build_definitions(market.settings(ledger_url, **execution))
+    meta = materialization(materialize(defs, market.instance, "approved_signal"),
+                           "approved_signal")
+    assert meta["status"] == "approved", meta["reasons"]
+    return defs, str(meta["signal_id"])
+
+
+def test_an_order_above_the_participation_limit_is_rejected_and_not_sent(stage) -> None:
+    """Orders larger than 0.01 % of the fund's average daily amount over 20 sessions (from the
+    raw bars up to D) are rejected with the figures, audited, and never reach the venue."""
+    market, settings, _, ledger = stage
+    defs, signal_id = _approve(market, settings.postgres_url, account_id="thin-market",
+                               risk={"max_participation": 1e-4})
+    result = _executed(defs, market.instance, signal_id)
+    assert result.success
+    orders = ledger.orders(signal_id=signal_id)
+    assert orders and all(o.status is OrderStatus.REJECTED for o in orders)
+    data = deployed(defs, "market_data", MarketDataResource)
+    day = pd.Timestamp(market.signal_day)
+    start = data.calendar.offset(day, -19)
+    bars = data.load(start, day).bars
+    for order in orders:
+        own = bars.loc[bars["symbol"] == order.symbol]
+        adv = float(own["amount"].fillna(own["volume"] * own["close"]).sum()) / 20
+        share = order.quantity * order.reference_price / adv
+        assert f"order/participation: {order.side} {order.quantity} {order.symbol}" \
+            in str(order.reason)
+        assert f"({adv:,.2f})" in str(order.reason) and f"{100 * share:.2f}%" in str(order.reason)
+    audited = ledger.audit_log(action="order_rejected")
+    assert {r["entity_id"] for r in audited} == {o.order_id for o in orders}
+    venue = PaperBroker(settings.postgres_url, NoQuotes(), costs_of(strategy_for(settings)))
+    assert all(venue.order(o.order_id) is None for o in orders)
+
+
+def test_an_order_stream_beyond_the_rate_limit_is_stopped(stage) -> None:
+    """One order a minute on real data: the first order goes, the rest are rejected with the
+    rule, the execution halts and the breach is audited."""
+    market, settings, _, ledger = stage
+    defs, signal_id = _approve(market, settings.postgres_url, account_id="paced",
+                               conduct={"max_orders_per_minute": 1})
+    result = _executed(defs, market.instance, signal_id)
+    assert result.success and step_metadata(result)["status"] == "halted"
+    orders = ledger.orders(signal_id=signal_id)
+    assert len(orders) >= 2
+    assert [o.status for o in orders].count(OrderStatus.SUBMITTED) == 1
+    stopped = [o for o in orders if o.status is OrderStatus.REJECTED]
+    assert len(stopped) == len(orders) - 1
+    assert all("conduct/order_rate" in str(o.reason) for o in stopped)
+    breaches = ledger.audit_log(action="conduct_breach")
+    assert [(b["entity_id"], b["details"]["rule"]) for b in breaches] == [("paced",
+                                                                            "order_rate")]
+
+
+def test_a_volatile_market_tightens_the_limits_with_the_rule_in_the_audit_log(stage) -> None:
+    """A VaR limit above the target's VaR approves in a calm regime; the same limit halved by
+    a volatility regime rejects, and the audit log says which rule tightened it and why."""
+    market, settings, _, ledger = stage
+    instance = market.instance
+    measured = materialization(materialize(build_definitions(market.settings(
+        settings.postgres_url, account_id="regime-measure")), instance, "approved_signal"),
+        "approved_signal")
+    var = float(measured["var_99_1d_pct"]) / 100                         # type: ignore[arg-type]
+    limit = round(var * 1.5, 6)
+
+    def decided(account: str, threshold: float) -> dict[str, object]:
+        regime = {"threshold": threshold, "tighten": {"max_var_99": 0.5}}
+        defs = build_definitions(market.settings(
+            settings.postgres_url, account_id=account,
+            risk={"max_var_99": limit, "regime": regime}))
+        return materialization(materialize(defs, instance, "approved_signal"),
+                               "approved_signal")
+
+    calm = decided("regime-calm", threshold=5.0)
+    assert calm["status"] == "approved" and calm["limits_in_force"] == "as configured"
+    assert ledger.audit_log(action="limits_tightened") == []
+
+    volatile = decided("regime-volatile", threshold=0.01)
+    assert volatile["status"] == "rejected" and volatile["rejected_rules"] == ["var_limit"]
+    tightened = ledger.audit_log(action="limits_tightened")
+    assert [(r["entity_id"], r["details"]["rule"]) for r in tightened] == [
+        ("regime-volatile", "volatility_regime")]
+    assert f"max_var_99 {limit:g} -> {limit * 0.5:g}" in str(tightened[0]["reason"])
+    assert str(volatile["limits_in_force"]) == tightened[0]["reason"]
+    signal = ledger.signal(str(volatile["signal_id"]))
+    assert signal is not None
+    assert f"limit {100 * limit * 0.5:.2f}%" in signal.reasons[0]["message"]

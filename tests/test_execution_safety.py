@@ -246,6 +246,10 @@ def test_the_account_cash_is_the_ledgers(execution_market, ledger_url) -> None:
 D0, D1, D2 = dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4)
 
 
+# Traded amounts far above the account: the participation limit is not what is tested here.
+LIQUID = {"510300": 5e9, "510500": 2e9}
+
+
 def _quote(symbol: str, day: dt.date, price: float) -> Quote:
     return Quote(symbol=symbol, session=day, open=price, high=price, low=price, close=price,
                  volume=1e6, previous_close=price, price_limit=0.10)
@@ -274,7 +278,8 @@ def test_planning_counts_open_orders_and_committed_cash(ledger_url) -> None:
     try:
         first = _approved(ledger, "alpha", D0, {"510300": 1.0})
         view = MarketView(signal_day=D0, order_session=D1, closed_through=D0,
-                          quotes={"510300": _quote("510300", D0, 4.0)})
+                          quotes={"510300": _quote("510300", D0, 4.0)},
+                          average_amount=LIQUID)
         execute_signal(ledger=ledger, venue=broker, signal_id=first, account_id="acct",
                        market=view, limits=limits, costs=costs, actor="test")
         committed = sum(o.quantity * o.reference_price for o in ledger.orders(signal_id=first))
@@ -282,7 +287,8 @@ def test_planning_counts_open_orders_and_committed_cash(ledger_url) -> None:
         second = _approved(ledger, "beta", D1, {"510300": 0.5, "510500": 0.5})
         view = MarketView(signal_day=D1, order_session=D2, closed_through=D1,
                           quotes={"510300": _quote("510300", D1, 4.0),
-                                  "510500": _quote("510500", D1, 6.0)})
+                                  "510500": _quote("510500", D1, 6.0)},
+                          average_amount=LIQUID)
         execute_signal(ledger=ledger, venue=broker, signal_id=second, account_id="acct",
                        market=view, limits=limits, costs=costs, actor="test")
         orders = ledger.orders(signal_id=second)

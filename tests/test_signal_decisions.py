@@ -16,6 +16,7 @@ from resources.ledger import LedgerResource
 from rotation.risk import RiskLimits
 from sensors.signals import approved_signal_sensor
 from trading import approval
+from trading.conduct import ConductRules
 from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.models import Costs, OrderStatus, Side, SignalStatus, order_id_of
 
@@ -125,6 +126,7 @@ def test_the_sensor_never_launches_a_superseded_signal(ledger_url: str, book: Le
     second = decide(book, account, OTHER)
     assert second.status is SignalStatus.APPROVED
     job, _ = execution_jobs(account_id=account, costs=Costs(), limits=RiskLimits(),
+                            conduct=ConductRules(),
                             lock_timeout=5.0, quote_lookback_sessions=5)
     sensor = approved_signal_sensor(job, account)
     with dg.instance_for_test() as instance:

@@ -13,8 +13,9 @@ planned (a run killed between the two) is adopted from the venue at the next rec
 
 Steps: reconcile earlier fills → plan (ledger positions and open orders vs target at the signal
 day's raw closes, lots, sells first, TWAP children) → pre-trade risk (rejections recorded with
-their rule) → submit, checking the kill switch before every order → collect fills and order
-states. Nothing is sent once the orders' session has closed.
+their rule, and the conduct rules of ``trading.conduct``) → submit, checking the kill switch
+and the order rate before every order → collect fills and order states. Nothing is sent once
+the orders' session has closed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 
 from rotation.orders import plan_orders
 from rotation.risk import (
+    OrderCheck,
     RiskLimits,
     RiskViolation,
     check_orders,
@@ -34,6 +36,7 @@ from rotation.risk import (
     order_check_of,
     unsellable_units,
 )
+from trading.conduct import ConductRules, order_violations, pace_violation
 from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
 from trading.models import (
     AuditEntry,
@@ -84,6 +87,8 @@ class MarketView:
     signal_day: dt.date
     order_session: dt.date
     quotes: Mapping[str, Quote]        # symbol → raw bar of the signal day (absent = no bar)
+    # symbol → average daily traded amount up to the signal day (the participation limit)
+    average_amount: Mapping[str, float]
     closed_through: dt.date | None = None   # the newest session closed by the clock
 
     def last_close(self) -> dict[str, float]:
@@ -154,8 +159,8 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
                    market: MarketView, limits: RiskLimits, costs: Costs, actor: str,
                    kill_switch_env: bool = False, twap_slices: int = 1,
                    dagster_run_id: str | None = None, lock: AccountLock | None = None,
-                   on_submitted: Callable[[OrderRecord], None] | None = None
-                   ) -> ExecutionReport:
+                   on_submitted: Callable[[OrderRecord], None] | None = None,
+                   conduct: ConductRules | None = None) -> ExecutionReport:
     """Execute ``signal_id`` (see module doc). The caller holds the account ``lock``, checked
     before every order. The venue account is funded with the ledger's initial cash the first
     time (a paper venue)."""
@@ -168,6 +173,7 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     if signal.account_id != account_id:
         raise ExecutionRefused(f"signal {signal_id} belongs to account {signal.account_id}, "
                                f"not {account_id}")
+    conduct = conduct or ConductRules()
     report = ExecutionReport(signal_id=signal_id, status="completed")
     started = ledger.start_execution(signal_id, account_id, dagster_run_id=dagster_run_id,
                                      actor=actor)
@@ -189,14 +195,19 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         return _halt(ledger, venue, report, orders, stop, actor)
     if not orders:
         orders = _plan(ledger, report, signal_id, signal.weights, account_id, market, limits,
-                       costs, twap_slices, actor)
+                       costs, twap_slices, actor, conduct)
 
-    for order in _sendable(orders):
+    sendable = _sendable(orders)
+    for position, order in enumerate(sendable):
         if lock is not None:
             lock.ensure()
         stop = kill_switch_reason(ledger, account_id, kill_switch_env)
         if stop is not None:
             return _halt(ledger, venue, report, ledger.orders(signal_id=signal_id), stop, actor)
+        breach = pace_violation(ledger.order_pace(account_id, order.session), conduct,
+                                _check_of(order))
+        if breach is not None:
+            return _stop_stream(ledger, report, sendable[position:], breach, actor)
         remote = venue.submit(_request(order))
         stored = ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
                                      venue_order_id=remote.venue_order_id, reason=remote.reason)
@@ -264,7 +275,7 @@ def _bought_in_session(ledger: Ledger, account_id: str, market: MarketView) -> d
 
 def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
           account_id: str, market: MarketView, limits: RiskLimits, costs: Costs,
-          twap_slices: int, actor: str) -> list[OrderRecord]:
+          twap_slices: int, actor: str, conduct: ConductRules) -> list[OrderRecord]:
     positions, cash = _book_after_open_orders(ledger, account_id, signal_id, costs)
     closes = market.last_close()
     missing = sorted(s for s in set(weights) | set(positions)
@@ -289,13 +300,17 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
                 if limit_state(q.close, q.previous_close, q.price_limit) == "up"}
     limit_down = {s for s, q in market.quotes.items()
                   if limit_state(q.close, q.previous_close, q.price_limit) == "down"}
+    misconduct = order_violations(
+        checks, conduct, held_by_us=ledger.units_held_by_all(),
+        opposite_elsewhere=ledger.open_sides_elsewhere(account_id, market.order_session))
     _, rejected = check_orders(
         checks, last_close=closes, limit_up_close=limit_up, limit_down_close=limit_down,
         halted=set(missing), committed_notional=ledger.committed_notional(
             account_id, market.order_session),
         equity=equity, positions_value_after=sum(q * closes.get(s, 0.0)
                                                  for s, q in after.items()),
-        limits=limits, unsellable=_bought_in_session(ledger, account_id, market))
+        limits=limits, unsellable=_bought_in_session(ledger, account_id, market),
+        average_amount=market.average_amount, conduct=misconduct)
     violations: dict[str, list[RiskViolation]] = {}
     for c, v in rejected:
         violations.setdefault(c.order_id, []).append(v)
@@ -320,7 +335,37 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
                                 "message": f"{symbol} has no bar on {market.signal_day}"})
     # Write-ahead: every order, TWAP children included, is in the ledger (one transaction)
     # before the first one is sent; a retry sends exactly these, whatever the settings now.
-    return ledger.record_orders(records, actor=actor)
+    stored = ledger.record_orders(records, actor=actor)
+    for breach in (v for found in misconduct.values() for v in found):
+        _audit_breach(ledger, account_id, signal_id, breach, actor)
+    return stored
+
+
+def _audit_breach(ledger: Ledger, account_id: str, signal_id: str, breach: RiskViolation,
+                  actor: str) -> None:
+    """A conduct breach in the audit log, where the alert sensor finds it."""
+    ledger.audit(AuditEntry(actor=actor, action="conduct_breach", entity="account",
+                            entity_id=account_id, reason=breach.message,
+                            details={**breach.as_dict(), "signal_id": signal_id}))
+
+
+def _check_of(order: OrderRecord) -> OrderCheck:
+    return OrderCheck(order_id=order.order_id, symbol=order.symbol, side=order.side.value,
+                      quantity=order.quantity, reference_price=order.reference_price,
+                      closes_position=False)
+
+
+def _stop_stream(ledger: Ledger, report: ExecutionReport, unsent: Sequence[OrderRecord],
+                 breach: RiskViolation, actor: str) -> ExecutionReport:
+    """The order rate or cancel ratio is reached: ``unsent`` (this order and every one after
+    it) is rejected and never sent; what was already sent keeps working at the venue."""
+    reason = f"{breach.layer}/{breach.rule}: {breach.message}"
+    for order in unsent:
+        ledger.update_order(order.order_id, status=OrderStatus.REJECTED, actor=actor,
+                            reason=reason)
+        report.rejected.append({"order_id": order.order_id, **breach.as_dict()})
+    _audit_breach(ledger, unsent[0].account_id, report.signal_id, breach, actor)
+    return _halted(ledger, report, reason, actor)
 
 
 def _with_slices(parent: OrderRecord, slices: int, lot_size: int) -> list[OrderRecord]:
@@ -358,6 +403,13 @@ def _halt(ledger: Ledger, venue: ExecutionVenue, report: ExecutionReport,
         else:
             ledger.update_order(order.order_id, status=OrderStatus.CANCELLED, actor=actor,
                                 reason=reason)
+    return _halted(ledger, report, reason, actor)
+
+
+def _halted(ledger: Ledger, report: ExecutionReport, reason: str, actor: str
+            ) -> ExecutionReport:
+    """The execution ends halted: TWAP parents follow their children, the ledger records
+    why."""
     _sync_parents(ledger, signal_id=report.signal_id, actor=actor)
     report.status = "halted"
     report.notes.append(reason)

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
+from trading.conduct import OrderPace
 from trading.models import AuditEntry, Fill, OrderStatus, Side, SignalStatus, VenueOrder
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ ORDERS = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.Column("sent_at", TS),               # when a venue first answered for it (0007)
     sa.UniqueConstraint("signal_id", "symbol", "side", "slice_index"),
 )
 FILLS = sa.Table(
@@ -1136,10 +1138,13 @@ class Ledger:
             if (new_status, new_venue_id, new_reason) == (current, row.venue_order_id,
                                                            row.reason):
                 return _order_of(row)
+            # Sent: the first time a venue answers for it (its order id), whatever its state.
+            sent = row.sent_at is None and new_venue_id is not None
             updated = conn.execute(
                 sa.update(ORDERS).where(ORDERS.c.order_id == order_id).values(
                     status=new_status.value, venue_order_id=new_venue_id, reason=new_reason,
                     updated_at=sa.func.now(),
+                    **({"sent_at": sa.func.clock_timestamp()} if sent else {}),
                 ).returning(*ORDERS.c)
             ).one()
             _audit(conn, actor=actor, action=f"order_{new_status.value}", entity="order",
@@ -1353,6 +1358,42 @@ class Ledger:
         )
         return self._run(f"reading the committed notional of {account_id}",
                          lambda conn: float(conn.execute(query).scalar_one()))
+
+    def order_pace(self, account_id: str, session: dt.date) -> OrderPace:
+        """Orders of the account sent to a venue in the last minute (by the database's
+        clock) and for ``session``, and how many of the latter were cancelled at the venue
+        (the conduct rules, ``trading.conduct``)."""
+        sent = ORDERS.c.sent_at.is_not(None)
+        this_session = sa.and_(sent, ORDERS.c.session == _as_date(session))
+        a_minute_ago = sa.func.clock_timestamp() - sa.text("interval '1 minute'")
+        query = sa.select(
+            sa.func.count().filter(sent, ORDERS.c.sent_at > a_minute_ago),
+            sa.func.count().filter(this_session),
+            sa.func.count().filter(this_session,
+                                   ORDERS.c.status == OrderStatus.CANCELLED.value),
+        ).where(ORDERS.c.account_id == account_id)
+        return self._run(f"reading the order pace of {account_id}",
+                         lambda conn: OrderPace(*conn.execute(query).one()))
+
+    def open_sides_elsewhere(self, account_id: str, session: dt.date
+                             ) -> dict[tuple[str, str], set[str]]:
+        """(fund, side) -> the other accounts with an order of that side for ``session`` that
+        is not final (sent or about to be): self-trade prevention across our accounts."""
+        query = sa.select(ORDERS.c.symbol, ORDERS.c.side, ORDERS.c.account_id).where(
+            ORDERS.c.account_id != account_id, ORDERS.c.session == _as_date(session),
+            ORDERS.c.status.in_([s.value for s in OrderStatus if not s.is_final]))
+        found: dict[tuple[str, str], set[str]] = {}
+        for symbol, side, other in self._run("reading other accounts' open orders",
+                                             lambda conn: list(conn.execute(query))):
+            found.setdefault((symbol, side), set()).add(other)
+        return found
+
+    def units_held_by_all(self) -> dict[str, int]:
+        """Units of each fund held by every account of the ledger together."""
+        query = (sa.select(POSITIONS.c.symbol, sa.func.sum(POSITIONS.c.quantity))
+                 .where(POSITIONS.c.quantity > 0).group_by(POSITIONS.c.symbol))
+        return self._read("reading our holdings", lambda conn: {
+            symbol: int(units) for symbol, units in conn.execute(query)})
 
     # ------------------------------------------------------------------ valuations
 
