@@ -23,6 +23,7 @@ from resources.clock import ClockResource
 from resources.deployment import fixed
 from resources.execution import PaperExecution, quote_lookback
 from resources.ledger import LedgerResource
+from resources.live_quotes import LiveQuotesResource
 from resources.market_data import (
     AkshareMarketData,
     FileMarketData,
@@ -36,6 +37,7 @@ from rotation.risk import RiskLimits
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
 from sensors.executions import stalled_execution_sensor
+from sensors.risk_monitor import intraday_risk_sensor
 from sensors.signals import approved_signal_sensor
 from trading.models import Costs
 
@@ -74,6 +76,7 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
                                    dagster_url=settings.resolved_dagster_url),
         "cache": RedisCache.for_settings(settings.redis_url, settings.cache_secret),
         "clock": ClockResource(as_of=ex.as_of, timezone=settings.schedule_timezone),
+        "live_quotes": LiveQuotesResource(url=settings.redis_url),
     }
     if settings.postgres_url:
         resources["ledger"] = LedgerResource(url=settings.postgres_url, account_id=ex.account_id,
@@ -143,7 +146,9 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
                                    stalled_execution_sensor(
                                        execution_job, ex.account_id,
                                        settings.alert_webhook_url or None,
-                                       settings.alert_webhook_timeout_seconds)])
+                                       settings.alert_webhook_timeout_seconds),
+                                   intraday_risk_sensor(ex.account_id, limits,
+                                                        strategy.market.name)])
 
 
 DEFAULT_STRATEGY = "etf_rotation_default"

@@ -90,6 +90,7 @@ RULES: tuple[str, ...] = (
     "stale_signal", "nan_weight", "negative_weight", "unknown_fund",
     "weights_sum", "gross_exposure", "daily_notional",
     "risk_unmeasured", "var_limit", "es_limit", "stress_loss", "days_to_liquidate",
+    "intraday_loss",
     "turnover", "drawdown_stop",
     "max_weight", "halted", "limit_day", "price_band",
     "lot_size", "max_order_notional", "participation",
@@ -113,7 +114,7 @@ MAX_LOT_SIZE = 1_000_000
 # Limits a volatility regime may tighten: those where a smaller value is stricter.
 TIGHTENABLE = ("max_weight", "max_gross_exposure", "max_turnover", "max_order_notional",
                "max_daily_notional", "max_var_99", "max_es_99", "max_stress_loss",
-               "max_participation")
+               "max_participation", "max_intraday_loss")
 
 
 class VolatilityRegime(BaseModel):
@@ -192,6 +193,10 @@ class RiskLimits(BaseModel):
         default=0.10, gt=0, le=1, description="share of a fund's average daily amount traded")
     liquidity_sessions: int = Field(default=20, ge=1, le=250,
                                     description="sessions of the average daily amount")
+    max_intraday_loss: float | None = Field(
+        default=None, gt=0, le=1,
+        description="max loss since the last close at live prices, fraction of its equity "
+        "(the intraday risk monitor)")
     regime: VolatilityRegime | None = Field(
         default=None, description="dynamic limits: tighten while volatility is high")
 

@@ -17,7 +17,8 @@ LEDGER = "postgresql+psycopg://unused@127.0.0.1:1/unused"   # not connected to a
 # What sends orders, changes a control or decides a signal.
 DESK_JOBS = {"execution_job", "kill_switch_job", "supersede_signal_job", "approval_job"}
 DESK_ASSETS = {"approved_signal", "portfolio_risk", "positions_report"}
-DESK_SENSORS = {"approved_signal_sensor", "stalled_execution_sensor", "approval_after_daily"}
+DESK_SENSORS = {"approved_signal_sensor", "stalled_execution_sensor", "approval_after_daily",
+                "intraday_risk_sensor"}
 
 
 def _contents(defs: dg.Definitions) -> tuple[set[str], set[str], set[str], set[str]]:
