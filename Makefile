@@ -70,6 +70,7 @@ bench: env services  ## wall time and peak memory on ../shared/data
 	$(PY) -m benchmarks.search
 	$(PY) -m benchmarks.research
 	$(PY) -m benchmarks.daily
+	$(PY) -m benchmarks.risk
 
 clean:
 	rm -rf .etf_home

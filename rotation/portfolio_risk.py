@@ -17,6 +17,26 @@ Methods:
   kurtosis (moments of daily returns, aggregated to ``h`` sessions as for i.i.d. returns); ES
   the mean of the corrected quantiles over the tail. The expansion is only a valid quantile
   function while it is monotone: :attr:`RiskEstimate.valid` says whether it was.
+
+The scenario engine values losses against a matrix of scenarios instead (issue 19, the
+benchmark ``benchmarks/risk.py``):
+
+* :func:`monte_carlo` — ``scenarios`` draws of multivariate normal fund returns with the mean
+  and the Ledoit–Wolf covariance, ``horizon`` daily vectors per scenario compounded through the
+  portfolio (weights held constant, as ``historical`` does). At one session it is the
+  parametric normal figure plus sampling noise of known size.
+* :func:`scenario_losses` and :func:`var_es_many` — the losses of many portfolios (or of one
+  strategy's portfolio at many as-of dates) in one matrix product, VaR and ES of each row by
+  ``np.partition`` (linear per row, no sort); ``historical`` is its one-row case.
+* :func:`bootstrap_many` and :func:`monte_carlo_many` — the one-session risk of a whole history
+  of portfolios: resampled sessions of each look-back, and normal draws shared by every date
+  (common random numbers: the day-to-day changes of the figure are the market's, not the
+  simulation's).
+
+Monte Carlo is not one of :data:`METHODS`: those are also the methods of the VaR backtest
+(``rolling_var``, every day's forecast), the asset's table and its tests count them, and at one
+session a Monte Carlo VaR is the parametric figure with noise, so it would add a column that
+says nothing new. It is the engine for many portfolios and longer horizons.
 """
 
 from __future__ import annotations
@@ -48,6 +68,9 @@ HORIZONS = (1, 5)
 CF_TAIL_POINTS = 200
 # The shortest look-back of the out-of-sample VaR backtest (sessions).
 BACKTEST_MIN_LOOKBACK = 60
+# Scenario engine: draws per estimate and the default seed (figures are reproducible).
+SCENARIOS = 10_000
+SEED = 19
 
 
 class RiskInputError(ValueError):
@@ -104,10 +127,10 @@ def horizon_returns(daily: np.ndarray, horizon: int) -> np.ndarray:
 
 
 def historical(daily: np.ndarray, level: float, horizon: int) -> tuple[float, float]:
-    """Empirical VaR and ES of ``horizon``-session returns."""
-    outcomes = horizon_returns(daily, horizon)
-    cut = np.quantile(outcomes, 1 - level, method="lower")
-    return -float(cut), -float(outcomes[outcomes <= cut].mean())
+    """Empirical VaR and ES of ``horizon``-session returns (the one-row case of
+    :func:`var_es_many`, so a batch of portfolios gives the same figures to the last bit)."""
+    var, es = var_es_many(-horizon_returns(daily, horizon)[np.newaxis, :], level)
+    return float(var[0]), float(es[0])
 
 
 def shrunk_covariance(returns: np.ndarray) -> np.ndarray:
@@ -163,6 +186,124 @@ def var_es(returns: pd.DataFrame, weights: Mapping[str, float], as_of: dt.date, 
             found.append(RiskEstimate("cornish_fisher", level, h, var, es, len(daily),
                                       valid=monotone))
     return found
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+def var_es_many(losses: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """VaR and ES of each row of ``losses`` (portfolios × scenarios). The VaR is the loss at
+    numpy's "lower" ``1 − level`` quantile of the returns (as ``np.quantile``), found by
+    ``np.partition`` along the rows (linear time, no sort); the ES is the mean loss at or
+    beyond it: the partition's upper part, which holds every larger loss, and the losses
+    below it equal to the VaR (ties), so only the tail is summed."""
+    n = losses.shape[1]
+    j = n - 1 - math.floor((n - 1) * (1 - level))
+    parted = np.partition(losses, j, axis=1)
+    var = parted[:, j]
+    ties = (parted[:, :j] == var[:, np.newaxis]).sum(axis=1)
+    return var, (parted[:, j:].sum(axis=1) + ties * var) / (n - j + ties)
+
+
+def scenario_losses(scenarios: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The loss of each portfolio (rows of ``weights``, portfolios × funds) in each scenario
+    (rows of ``scenarios``, scenarios × funds of simple returns): portfolios × scenarios, one
+    matrix product."""
+    return -(np.atleast_2d(weights) @ scenarios.T)
+
+
+def standard_normals(scenarios: int, funds: int, seed: int) -> np.ndarray:
+    """Independent N(0, 1) draws, scenarios × funds, in the order numpy's
+    ``Generator.multivariate_normal`` draws them (so its draws can be reproduced)."""
+    return np.random.default_rng(seed).standard_normal((scenarios, funds))
+
+
+def _cholesky(covariances: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(covariances)
+    except np.linalg.LinAlgError:
+        raise RiskInputError("the shrunk covariance is not positive definite") from None
+
+
+def monte_carlo(returns: np.ndarray, weights: np.ndarray, level: float, horizon: int, *,
+                scenarios: int = SCENARIOS, seed: int = SEED) -> tuple[float, float]:
+    """VaR and ES from ``scenarios`` paths of ``horizon`` daily fund-return vectors drawn from
+    the normal with the funds' mean and Ledoit–Wolf covariance, each path's portfolio returns
+    compounded (weights held constant, cash flat). A fund vector μ + Lz is worth
+    μ·w + z·(Lᵀw) to the portfolio, so the draws are valued without forming the vectors."""
+    factor = _cholesky(shrunk_covariance(returns))
+    z = standard_normals(scenarios * horizon, returns.shape[1], seed)
+    daily = float(returns.mean(axis=0) @ weights) + z @ (factor.T @ weights)
+    outcomes = np.prod(1 + daily.reshape(scenarios, horizon), axis=1) - 1
+    var, es = var_es_many(-outcomes[np.newaxis, :], level)
+    return float(var[0]), float(es[0])
+
+
+def shrunk_covariances(windows: np.ndarray) -> np.ndarray:
+    """Ledoit–Wolf covariances of many windows at once (windows × sessions × funds): the
+    formulas of scikit-learn's ``ledoit_wolf_shrinkage`` in batched matrix products, so the
+    covariances of a whole history cost one pass instead of one estimator fit per date."""
+    x = windows - windows.mean(axis=1, keepdims=True)
+    n, funds = x.shape[1:]
+    x2 = x ** 2
+    gram = np.einsum("dni,dnj->dij", x, x, optimize=True)       # BLAS per window
+    trace = x2.sum(axis=1) / n
+    mu = trace.sum(axis=1) / funds
+    delta_ = (gram ** 2).sum(axis=(1, 2)) / n ** 2
+    beta_ = (x2.sum(axis=2) ** 2).sum(axis=1)      # the sum of X2ᵀX2's entries, in O(n·funds)
+    beta = (beta_ / n - delta_) / (funds * n)
+    delta = (delta_ - 2 * mu * trace.sum(axis=1) + funds * mu ** 2) / funds
+    beta = np.minimum(beta, delta)
+    shrinkage = np.divide(beta, delta, out=np.zeros_like(beta), where=beta != 0)
+    if funds == 1:                      # one fund: nothing to shrink towards
+        shrinkage[:] = 0.0
+    shrunk = (1 - shrinkage)[:, np.newaxis, np.newaxis] * (gram / n)
+    diagonal = np.arange(funds)
+    shrunk[:, diagonal, diagonal] += (shrinkage * mu)[:, np.newaxis]
+    return shrunk
+
+
+def monte_carlo_many(windows: np.ndarray, weights: np.ndarray, level: float, *,
+                     scenarios: int = SCENARIOS, seed: int = SEED
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One-session Monte Carlo VaR and ES of many portfolios, each with its own look-back of
+    fund returns (portfolios × sessions × funds, the same funds in the same order) and weights
+    (portfolios × funds). Every portfolio is valued against the same standard normal draws
+    (common random numbers): one matrix product for all of them."""
+    loadings = np.einsum("dfg,df->dg", _cholesky(shrunk_covariances(windows)), weights)
+    means = np.einsum("df,df->d", windows.mean(axis=1), weights)
+    z = standard_normals(scenarios, windows.shape[2], seed)
+    return var_es_many(scenario_losses(z, loadings) - means[:, np.newaxis], level)
+
+
+def bootstrap_draws(portfolios: int, sessions: int, scenarios: int = SCENARIOS,
+                    seed: int = SEED) -> np.ndarray:
+    """Which session of its look-back each scenario of each portfolio replays
+    (portfolios × scenarios, drawn with replacement)."""
+    return np.random.default_rng(seed).integers(0, sessions, size=(portfolios, scenarios))
+
+
+def portfolio_windows(returns: np.ndarray, weights: np.ndarray, ends: np.ndarray,
+                      lookback: int) -> np.ndarray:
+    """The daily returns of each portfolio (weights: portfolios × funds) over the ``lookback``
+    sessions ending at its row ``ends`` of ``returns`` (sessions × funds): portfolios ×
+    lookback. Every portfolio on every session is one matrix product; a fund without a return
+    where it is held is an error, not a zero."""
+    held = (weights != 0).astype(float)
+    missing = np.isnan(returns).astype(float) @ held.T
+    daily = np.nan_to_num(returns) @ weights.T                      # sessions × portfolios
+    rows = ends[:, np.newaxis] + np.arange(1 - lookback, 1)
+    columns = np.arange(len(ends))[:, np.newaxis]
+    if rows.min() < 0 or missing[rows, columns].any():
+        raise RiskInputError("a held fund has no return in its portfolio's look-back")
+    return daily[rows, columns]
+
+
+def bootstrap_many(windows: np.ndarray, draws: np.ndarray, level: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Historical-bootstrap VaR and ES of many portfolios: each row of ``windows`` (portfolio
+    daily returns over its look-back) resampled at the sessions ``draws`` (same rows)."""
+    return var_es_many(np.take_along_axis(-windows, draws, axis=1), level)
 
 
 # ------------------------------------------------------------------------------ backtest

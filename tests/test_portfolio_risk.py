@@ -18,17 +18,27 @@ from rotation.config_paths import DATASET_CONFIG_DIR
 from rotation.portfolio_risk import (
     RiskInputError,
     backtest,
+    bootstrap_draws,
+    bootstrap_many,
     christoffersen,
     cornish_fisher,
     gate_figures,
     historical,
+    horizon_returns,
     kupiec,
     liquidity,
+    monte_carlo,
+    monte_carlo_many,
     parametric,
     portfolio_returns,
+    portfolio_windows,
     replay,
+    scenario_losses,
     shock,
+    shrunk_covariance,
+    shrunk_covariances,
     var_es,
+    var_es_many,
     window,
     worst_window,
 )
@@ -221,6 +231,128 @@ def test_liquidity_is_the_share_of_the_average_day(bars: pd.DataFrame) -> None:
     assert table.loc["563020", "days_to_trade"] == pytest.approx(5_000_000 / adv / 0.1)
     # The CSI 300 ETF trades billions a day: 50 million is a small fraction of it.
     assert table.loc["510300", "share_of_day"] < 0.05
+
+
+# ------------------------------------------------------------------------------ scenarios
+
+
+def mixes(returns: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The three MIX funds' look-back at AS_OF and eight portfolios of them (rows)."""
+    held = window(returns, MIX, AS_OF, 250).to_numpy()
+    weights = np.array([list(MIX.values()), [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0],
+                        [0.9, -0.2, 0.3], [0.2, 0.2, 0.2], [0.3, 0.3, 0.4]])
+    return held, weights
+
+
+def test_var_es_many_is_a_loop_of_historical(returns: pd.DataFrame) -> None:
+    held, weights = mixes(returns)
+    daily = held @ weights.T                                        # sessions × portfolios
+    losses = scenario_losses(held, weights)
+    assert losses == pytest.approx(-daily.T, abs=1e-17)
+    for level in (0.95, 0.99):
+        for h in (1, 5):
+            outcomes = np.array([horizon_returns(daily[:, i], h) for i in range(len(weights))])
+            var, es = var_es_many(-outcomes, level)
+            assert [(v, e) for v, e in zip(var, es, strict=True)] == [
+                historical(daily[:, i], level, h) for i in range(len(weights))]
+            # The partition picks numpy's "lower" quantile; the ES is the mean beyond it.
+            cut = np.quantile(outcomes, 1 - level, axis=1, method="lower")
+            assert (var == -cut).all()
+            assert es == pytest.approx([-o[o <= c].mean() for o, c in zip(outcomes, cut,
+                                                                          strict=True)],
+                                       rel=1e-13)
+    # Ties at the VaR are in the tail: 2, 2, 2 and 3 are at or beyond the 60 % VaR of 2.
+    var, es = var_es_many(np.array([[2.0, 1.0, 3.0, 2.0, 2.0]]), 0.6)
+    assert (var[0], es[0]) == (2.0, 2.25)
+
+
+def test_the_bootstrap_of_many_portfolios_is_historical_of_each(returns: pd.DataFrame) -> None:
+    _, weights = mixes(returns)
+    panel = returns[list(MIX)].to_numpy()
+    end = int(np.searchsorted(returns.index, pd.Timestamp(AS_OF)))
+    ends = np.full(len(weights), end)
+    windows = portfolio_windows(panel, weights, ends, 250)
+    assert windows[0] == pytest.approx(mix_daily(returns), abs=1e-17)
+    draws = bootstrap_draws(len(weights), 250, 10_000, seed=3)
+    var, es = bootstrap_many(windows, draws, 0.99)
+    assert [(v, e) for v, e in zip(var, es, strict=True)] == [
+        historical(w[d], 0.99, 1) for w, d in zip(windows, draws, strict=True)]
+    # 511130 was listed on 2024-03-28: no look-back of 250 sessions at AS_OF.
+    listed = returns[["511130"]].to_numpy()
+    with pytest.raises(RiskInputError, match="no return in its portfolio's look-back"):
+        portfolio_windows(listed, np.array([[1.0]]), np.array([end]), 250)
+
+
+def normal_error(sigma: float, level: float, scenarios: int) -> tuple[float, float]:
+    """The standard errors of the VaR and the ES estimated from ``scenarios`` normal draws
+    of standard deviation ``sigma``: the sample quantile's √(p(1−p)/n)/φ(z), and the tail
+    mean's √((Var(X | X ≤ q) + (1−p)(q − ES)²)/(n p)) (Chen 2008)."""
+    p = 1 - level
+    z = stats.norm.ppf(p)
+    density = stats.norm.pdf(z)
+    tail_mean = -density / p
+    tail_var = 1 + z * tail_mean - tail_mean ** 2
+    var_se = math.sqrt(p * (1 - p) / scenarios) / density
+    es_se = math.sqrt((tail_var + (1 - p) * (z - tail_mean) ** 2) / (scenarios * p))
+    return sigma * var_se, sigma * es_se
+
+
+def test_monte_carlo_converges_to_the_parametric_normal(returns: pd.DataFrame) -> None:
+    held, weights = mixes(returns)
+    w = weights[0]
+    sigma = math.sqrt(float(w @ shrunk_covariance(held) @ w))
+    for level, scenarios in [(0.95, 10_000), (0.99, 10_000), (0.99, 200_000)]:
+        var, es = monte_carlo(held, w, level, 1, scenarios=scenarios)
+        normal_var, normal_es = parametric(held, w, level, 1)
+        var_se, es_se = normal_error(sigma, level, scenarios)
+        assert abs(var - normal_var) <= 4 * var_se, (level, scenarios)
+        assert abs(es - normal_es) <= 4 * es_se, (level, scenarios)
+    # Twenty times the draws: the error bound shrinks √20-fold and the figure stays inside.
+    assert 4 * normal_error(sigma, 0.99, 200_000)[0] < 0.05 * normal_var
+
+
+def test_monte_carlo_compounds_numpys_multivariate_normal_draws(returns: pd.DataFrame) -> None:
+    held, weights = mixes(returns)
+    w = weights[0]
+    draws = np.random.default_rng(5).multivariate_normal(
+        held.mean(axis=0), shrunk_covariance(held), 2_000 * 5, method="cholesky")
+    outcomes = np.prod(1 + (draws @ w).reshape(2_000, 5), axis=1) - 1
+    cut = np.quantile(outcomes, 0.01, method="lower")
+    var, es = monte_carlo(held, w, 0.99, 5, scenarios=2_000, seed=5)
+    assert var == pytest.approx(-cut, abs=1e-12)
+    assert es == pytest.approx(-outcomes[outcomes <= cut].mean(), abs=1e-12)
+    # Five sessions compounded lose more than one.
+    assert var > monte_carlo(held, w, 0.99, 1, scenarios=2_000, seed=5)[0]
+
+
+def test_monte_carlo_is_deterministic_given_a_seed(returns: pd.DataFrame) -> None:
+    held, weights = mixes(returns)
+    first = monte_carlo(held, weights[0], 0.99, 5, seed=11)
+    assert monte_carlo(held, weights[0], 0.99, 5, seed=11) == first
+    assert monte_carlo(held, weights[0], 0.99, 5, seed=12) != first
+    stacked = np.stack([held, held[::-1]])
+    many = monte_carlo_many(stacked, weights[:2], 0.99, seed=11)
+    again = monte_carlo_many(stacked, weights[:2], 0.99, seed=11)
+    assert all((a == b).all() for a, b in zip(many, again, strict=True))
+
+
+def test_many_windows_are_valued_as_each_alone(returns: pd.DataFrame) -> None:
+    """The batched Ledoit–Wolf is scikit-learn's, and monte_carlo_many's figure of each
+    window is monte_carlo's of that window alone (the same draws)."""
+    ends = [pd.Timestamp("2016-01-29"), pd.Timestamp("2020-03-31"), pd.Timestamp(AS_OF)]
+    funds = ["510300", "510500", "518880", "513100"]
+    clean = returns[funds].dropna()
+    windows = np.stack([clean.loc[:end].iloc[-250:].to_numpy() for end in ends])
+    for w, covariance in zip(windows, shrunk_covariances(windows), strict=True):
+        assert covariance == pytest.approx(shrunk_covariance(w), rel=1e-12, abs=1e-18)
+    weights = np.array([[0.25] * 4, [0.5, 0.1, 0.2, 0.1], [0.0, 0.0, 1.0, 0.0]])
+    var, es = monte_carlo_many(windows, weights, 0.99, seed=7)
+    for i in range(len(windows)):
+        alone = monte_carlo(windows[i], weights[i], 0.99, 1, seed=7)
+        assert (var[i], es[i]) == pytest.approx(alone, abs=1e-12)
+    # One fund: nothing to shrink, the sample variance (1/n).
+    single = windows[:, :, :1]
+    assert shrunk_covariances(single)[:, 0, 0] == pytest.approx(single.var(axis=1)[:, 0])
 
 
 # ------------------------------------------------------------------------------ the gate
