@@ -55,7 +55,7 @@ HOST = PG_SERVER.rpartition("@")[2]
 OWNER, WRITER, READER = "etf_ledger_owner", "etf_ledger_writer", "etf_ledger_reader"
 LEDGER_TABLES = ("accounts", "signals", "executions", "orders", "fills", "positions", "cash",
                  "valuations", "audit_log", "paper_accounts", "paper_positions", "paper_orders",
-                 "paper_fills", "etf_ledger_alembic_version")
+                 "paper_fills", "order_sends", "etf_ledger_alembic_version")
 DAY = dt.date(2024, 3, 4)
 UNIVERSE = {"510300", "510500", "159915", "518880"}
 FIRST = {"510300": 0.5, "510500": 0.5}

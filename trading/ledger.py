@@ -126,8 +126,15 @@ ORDERS = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
-    sa.Column("sent_at", TS),               # when a venue first answered for it (0007)
     sa.UniqueConstraint("signal_id", "symbol", "side", "slice_index"),
+)
+# When a venue first answered for an order (0007): the conduct rules count sends from it.
+ORDER_SENDS = sa.Table(
+    "order_sends", metadata,
+    sa.Column("order_id", sa.Text, sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("session", sa.Date, nullable=False),
+    sa.Column("sent_at", TS, nullable=False, server_default=sa.func.clock_timestamp()),
 )
 FILLS = sa.Table(
     "fills", metadata,
@@ -1138,15 +1145,17 @@ class Ledger:
             if (new_status, new_venue_id, new_reason) == (current, row.venue_order_id,
                                                            row.reason):
                 return _order_of(row)
-            # Sent: the first time a venue answers for it (its order id), whatever its state.
-            sent = row.sent_at is None and new_venue_id is not None
             updated = conn.execute(
                 sa.update(ORDERS).where(ORDERS.c.order_id == order_id).values(
                     status=new_status.value, venue_order_id=new_venue_id, reason=new_reason,
                     updated_at=sa.func.now(),
-                    **({"sent_at": sa.func.clock_timestamp()} if sent else {}),
                 ).returning(*ORDERS.c)
             ).one()
+            if row.venue_order_id is None and new_venue_id is not None:
+                # Sent: the first time a venue answers for it, whatever its state.
+                conn.execute(pg_insert(ORDER_SENDS).values(
+                    order_id=order_id, account_id=row.account_id, session=row.session,
+                ).on_conflict_do_nothing())
             _audit(conn, actor=actor, action=f"order_{new_status.value}", entity="order",
                    entity_id=order_id, reason=reason,
                    details={"previous_status": current.value, "venue_order_id": new_venue_id,
@@ -1363,15 +1372,16 @@ class Ledger:
         """Orders of the account sent to a venue in the last minute (by the database's
         clock) and for ``session``, and how many of the latter were cancelled at the venue
         (the conduct rules, ``trading.conduct``)."""
-        sent = ORDERS.c.sent_at.is_not(None)
-        this_session = sa.and_(sent, ORDERS.c.session == _as_date(session))
+        sends = ORDER_SENDS
+        this_session = sends.c.session == _as_date(session)
         a_minute_ago = sa.func.clock_timestamp() - sa.text("interval '1 minute'")
         query = sa.select(
-            sa.func.count().filter(sent, ORDERS.c.sent_at > a_minute_ago),
+            sa.func.count().filter(sends.c.sent_at > a_minute_ago),
             sa.func.count().filter(this_session),
             sa.func.count().filter(this_session,
                                    ORDERS.c.status == OrderStatus.CANCELLED.value),
-        ).where(ORDERS.c.account_id == account_id)
+        ).select_from(sends.join(ORDERS, ORDERS.c.order_id == sends.c.order_id)
+                      ).where(sends.c.account_id == account_id)
         return self._run(f"reading the order pace of {account_id}",
                          lambda conn: OrderPace(*conn.execute(query).one()))
 
