@@ -116,6 +116,15 @@ ASSET_CODE: dict[str, AssetCode] = {
          "assets.signals:paper_equity", "assets.signals:backtest_equity"),
         ("resources.execution", "trading.executor", "trading.paper", "rotation.backtest",
          "rotation.report", *_SOURCE, *_TRADING), ("approved_signal",)),
+    "risk_compliance_report": AssetCode(
+        ("assets.compliance:risk_compliance_report", "assets.compliance:report_inputs",
+         "assets.compliance:breach_entries", "assets.compliance:marked_positions",
+         "assets.compliance:report_paths", "assets.compliance:_on_day",
+         "assets.compliance:_of_account", "assets.compliance:_risk_as_of",
+         "assets.compliance:_log_to_mlflow"),
+        ("rotation.compliance_report", "rotation.report", "rotation.backtest.metrics",
+         "resources.execution", "trading.paper", *_SOURCE, *_TRADING),
+        ("portfolio_risk", "positions_report")),
 }
 
 

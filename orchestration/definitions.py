@@ -7,6 +7,7 @@ import warnings
 import dagster as dg
 import yaml
 
+from assets.compliance import compliance_assets
 from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import research_assets
@@ -35,6 +36,7 @@ from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.risk import RiskLimits
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
+from sensors.breaches import risk_breach_alert_sensor
 from sensors.executions import stalled_execution_sensor
 from sensors.signals import approved_signal_sensor
 from trading.models import Costs
@@ -123,7 +125,8 @@ def risk_limits_of(limits: RiskLimits, strategy: StrategyConfig) -> RiskLimits:
 
 def execution_definitions(settings: Settings, strategy: StrategyConfig,
                           guarded: list[dg.AssetsDefinition]) -> dg.Definitions:
-    """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
+    """approved_signal → sensor → execution_job → positions_report, and the kill switch; the
+    account's risk and compliance report and its breach alerts."""
     ex = settings.execution
     limits = risk_limits_of(ex.risk, strategy)
     costs = costs_of(strategy)
@@ -136,6 +139,9 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
                            parity_tolerance=ex.parity_tolerance,
                            quote_lookback_sessions=lookback)
+    assets += compliance_assets(ex.account_id, limits,
+                                storage_root=settings.resolved_storage_root.resolve(),
+                                quote_lookback_sessions=lookback)
     return dg.Definitions(assets=assets,
                           jobs=[execution_job, kill_switch_job,
                                 supersede_signal_job(account_id=ex.account_id)],
@@ -143,6 +149,9 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
                                    stalled_execution_sensor(
                                        execution_job, ex.account_id,
                                        settings.alert_webhook_url or None,
+                                       settings.alert_webhook_timeout_seconds),
+                                   risk_breach_alert_sensor(
+                                       ex.account_id, settings.alert_webhook_url or None,
                                        settings.alert_webhook_timeout_seconds)])
 
 
