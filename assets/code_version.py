@@ -61,7 +61,7 @@ _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rot
                  "rotation.strategy", *_FACTORS, *_SOURCE)
 _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
-            "trading.venue", "rotation.risk", "rotation.orders")
+            "trading.venue", "trading.conduct", "rotation.risk", "rotation.orders")
 
 ASSET_CODE: dict[str, AssetCode] = {
     "raw_bars": AssetCode(
@@ -103,7 +103,7 @@ ASSET_CODE: dict[str, AssetCode] = {
         _WALK_FORWARD, ("adjusted_bars", "factors", "wfo_results")),
     "approved_signal": AssetCode(
         ("assets.signals:approved_signal", "assets.signals:failed_checks",
-         "assets.signals:portfolio_figures"),
+         "assets.signals:portfolio_figures", "assets.signals:audit_tightening"),
         (*_TRADING, *_SOURCE, "rotation.portfolio_risk"), ("target_portfolio", "adjusted_bars")),
     "portfolio_risk": AssetCode(
         ("assets.signals:portfolio_risk", "assets.signals:book_weights",
@@ -116,6 +116,15 @@ ASSET_CODE: dict[str, AssetCode] = {
          "assets.signals:paper_equity", "assets.signals:backtest_equity"),
         ("resources.execution", "trading.executor", "trading.paper", "rotation.backtest",
          "rotation.report", *_SOURCE, *_TRADING), ("approved_signal",)),
+    "risk_compliance_report": AssetCode(
+        ("assets.compliance:risk_compliance_report", "assets.compliance:report_inputs",
+         "assets.compliance:breach_entries", "assets.compliance:marked_positions",
+         "assets.compliance:report_paths", "assets.compliance:_on_day",
+         "assets.compliance:_of_account", "assets.compliance:_risk_as_of",
+         "assets.compliance:_log_to_mlflow"),
+        ("rotation.compliance_report", "rotation.report", "rotation.backtest.metrics",
+         "resources.execution", "trading.paper", *_SOURCE, *_TRADING),
+        ("portfolio_risk", "positions_report")),
 }
 
 

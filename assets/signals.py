@@ -373,8 +373,9 @@ def risk_tables(report: "RiskReport") -> pd.DataFrame:
                         f"Kupiec p {r.kupiec_p:.3f}, Christoffersen p {r.independence_p:.3f}"}
              for r in report.backtests.itertuples()]
     rows += [{"section": "stress", "portfolio": r.portfolio, "name": r.scenario,
-              "value": r.loss, "detail": f"{r.kind} {r.start or ''}..{r.end or ''} "
-                                         f"worst fund {r.worst_fund} {r.proxied}".strip()}
+              "value": r.loss, "detail": " ".join(filter(None, (
+                  f"{r.kind} {r.start or ''}..{r.end or ''}",
+                  f"worst fund {r.worst_fund}" if r.worst_fund else "", r.proxied)))}
              for r in report.stress.itertuples()]
     rows += [{"section": "liquidity", "portfolio": r.portfolio, "name": r.symbol,
               "value": r.days_to_trade, "detail": f"{r.value:,.0f} = {r.share_of_day:.2%} of "

@@ -5,6 +5,7 @@ import dagster as dg
 
 from orchestration.dagster_private import UnresolvedAssetJobDefinition
 from orchestration.runs import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+from rotation.calendar import TradingCalendar
 
 # Every walk-forward run of one weekly rebuild carries the id of the research run that began it.
 REBUILD_TAG = "etf/rebuild"
@@ -45,6 +46,35 @@ def approval_job() -> UnresolvedAssetJobDefinition:
         description="The approval gate for the latest target portfolio: approved_signal. "
         "Launched by approval_after_daily when daily_job of the research location succeeds; "
         "an approved signal is handed to execution_job by approved_signal_sensor.")
+
+
+# After the session's fills: the book marked and reconciled, its risk, the day's report.
+END_OF_DAY_ASSETS = ("positions_report", "portfolio_risk", "risk_compliance_report")
+
+
+def end_of_day_job() -> UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        "end_of_day_job", selection=dg.AssetSelection.assets(*END_OF_DAY_ASSETS),
+        executor_def=dg.in_process_executor,
+        description="The account's end of day: " + " → ".join(END_OF_DAY_ASSETS) + " (fills "
+        "reconciled and the book valued, its risk measured, the HTML/PDF risk and compliance "
+        "report written and logged to MLflow).")
+
+
+def end_of_day_schedule(job: UnresolvedAssetJobDefinition, calendar: TradingCalendar,
+                        cron: str, timezone: str) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="end_of_day_report", job=job, cron_schedule=cron, execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=f"Run {job.name} on each {calendar.name} session ({cron}, {timezone}), "
+        "after the daily path has decided and executed the day's signal.")
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        day = context.scheduled_execution_time.date()
+        if not calendar.is_session(day):
+            return dg.SkipReason(f"{day} is not a {calendar.name} session")
+        return dg.RunRequest(run_key=f"{job.name}:{day.isoformat()}")
+
+    return _schedule
 
 
 def approval_after_daily(approval: UnresolvedAssetJobDefinition,

@@ -7,12 +7,20 @@ import warnings
 import dagster as dg
 import yaml
 
+from assets.compliance import compliance_assets
 from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import research_assets
 from assets.signals import guarding_checks, signal_assets
 from assets.walk_forward import walk_forward_assets, window_partitions
-from jobs.daily import approval_after_daily, approval_job, daily_job, weekly_research
+from jobs.daily import (
+    approval_after_daily,
+    approval_job,
+    daily_job,
+    end_of_day_job,
+    end_of_day_schedule,
+    weekly_research,
+)
 from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.research import portfolio_job, research_job, walk_forward_job
@@ -32,10 +40,12 @@ from resources.market_data import (
 )
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
+from rotation.calendar import TradingCalendar
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.risk import RiskLimits
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
+from sensors.breaches import risk_breach_alert_sensor
 from sensors.executions import stalled_execution_sensor
 from sensors.risk_monitor import intraday_risk_sensor
 from sensors.signals import approved_signal_sensor
@@ -125,8 +135,10 @@ def risk_limits_of(limits: RiskLimits, strategy: StrategyConfig) -> RiskLimits:
 
 
 def execution_definitions(settings: Settings, strategy: StrategyConfig,
-                          guarded: list[dg.AssetsDefinition]) -> dg.Definitions:
-    """approved_signal → sensor → execution_job → positions_report, and the kill switch."""
+                          guarded: list[dg.AssetsDefinition], calendar: TradingCalendar
+                          ) -> dg.Definitions:
+    """approved_signal → sensor → execution_job → positions_report, and the kill switch; the
+    account's risk and compliance report and its breach alerts."""
     ex = settings.execution
     limits = risk_limits_of(ex.risk, strategy)
     costs = costs_of(strategy)
@@ -139,16 +151,26 @@ def execution_definitions(settings: Settings, strategy: StrategyConfig,
                            costs=costs, lock_timeout=ex.lock_timeout_seconds,
                            parity_tolerance=ex.parity_tolerance,
                            quote_lookback_sessions=lookback)
+    assets += compliance_assets(ex.account_id, limits,
+                                storage_root=settings.resolved_storage_root.resolve(),
+                                quote_lookback_sessions=lookback)
+    end_of_day = end_of_day_job()
     return dg.Definitions(assets=assets,
-                          jobs=[execution_job, kill_switch_job,
+                          jobs=[execution_job, kill_switch_job, end_of_day,
                                 supersede_signal_job(account_id=ex.account_id)],
+                          schedules=[end_of_day_schedule(end_of_day, calendar,
+                                                         ex.end_of_day_cron,
+                                                         settings.schedule_timezone)],
                           sensors=[approved_signal_sensor(execution_job, ex.account_id),
                                    stalled_execution_sensor(
                                        execution_job, ex.account_id,
                                        settings.alert_webhook_url or None,
                                        settings.alert_webhook_timeout_seconds),
                                    intraday_risk_sensor(ex.account_id, limits,
-                                                        strategy.market.name)])
+                                                        strategy.market.name),
+                                   risk_breach_alert_sensor(
+                                       ex.account_id, settings.alert_webhook_url or None,
+                                       settings.alert_webhook_timeout_seconds)])
 
 
 DEFAULT_STRATEGY = "etf_rotation_default"
@@ -243,7 +265,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if windows is not None and settings.postgres_url:
         guarded = [a for d in stages for a in d.assets or []
                    if isinstance(a, dg.AssetsDefinition)]
-        execution = execution_definitions(settings, strategy, guarded)
+        execution = execution_definitions(settings, strategy, guarded, calendar)
     elif windows is not None:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "

@@ -167,6 +167,9 @@ class ExecutionSettings(BaseModel):
     # Paper-versus-backtest parity: max relative equity difference.
     parity_tolerance: float = Field(0.01, gt=0)
     risk: RiskLimits = Field(default_factory=RiskLimits)
+    # end_of_day_job (positions, risk, the compliance report), on sessions, in the schedule's
+    # timezone: after the after-close daily path has decided and executed the day's signal.
+    end_of_day_cron: str = "0 20 * * 1-5"
     # Trading-conduct rules (order rate, cancel ratio, restricted list, self-trade, holdings).
     conduct: ConductRules = Field(default_factory=ConductRules)
 

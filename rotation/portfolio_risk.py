@@ -615,8 +615,14 @@ def _scenario_row(portfolio: str, kind: str, loss: ScenarioLoss | str) -> dict[s
                 "proxied": f"not measured: {why}"}
     return {"portfolio": portfolio, "scenario": loss.scenario, "kind": kind,
             "start": loss.start, "end": loss.end, "loss": loss.loss,
-            "worst_fund": max(loss.by_fund, key=lambda s: loss.by_fund[s], default=None),
+            "worst_fund": _worst_fund(loss.by_fund),
             "proxied": "; ".join(f"{s}: {how}" for s, how in sorted(loss.proxied.items()))}
+
+
+def _worst_fund(by_fund: Mapping[str, float]) -> str | None:
+    """The fund that lost most, if any lost (a scenario that moves nothing names none)."""
+    worst = max(by_fund, key=lambda s: by_fund[s], default=None)
+    return worst if worst is not None and by_fund[worst] > 0 else None
 
 
 def _liquidity(name: str, amounts: pd.DataFrame, held: Mapping[str, float], equity: float,

@@ -46,7 +46,8 @@ def _report(ledger: LedgerResource, account_id: str, book: IntradayBook,
     ledger.ledger.audit(AuditEntry(
         actor=f"sensor:{SENSOR_NAME}", action="risk_breach", entity="account",
         entity_id=account_id, reason=breach.message,
-        details={**breach.as_dict(), "at": book.at.isoformat(), "equity": book.equity,
+        details={**breach.as_dict(), "at": book.at.isoformat(),
+                 "session": f"{book.at:%Y-%m-%d}", "equity": book.equity,
                  "close_equity": book.close_equity, "stale": list(book.stale)}))
 
 

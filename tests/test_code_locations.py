@@ -15,10 +15,11 @@ from orchestration.settings import Settings, SettingsError
 
 LEDGER = "postgresql+psycopg://unused@127.0.0.1:1/unused"   # not connected to at load time
 # What sends orders, changes a control or decides a signal.
-DESK_JOBS = {"execution_job", "kill_switch_job", "supersede_signal_job", "approval_job"}
-DESK_ASSETS = {"approved_signal", "portfolio_risk", "positions_report"}
+DESK_JOBS = {"execution_job", "kill_switch_job", "supersede_signal_job", "approval_job",
+             "end_of_day_job"}
+DESK_ASSETS = {"approved_signal", "portfolio_risk", "positions_report", "risk_compliance_report"}
 DESK_SENSORS = {"approved_signal_sensor", "stalled_execution_sensor", "approval_after_daily",
-                "intraday_risk_sensor"}
+                "intraday_risk_sensor", "risk_breach_alert_sensor"}
 
 
 def _contents(defs: dg.Definitions) -> tuple[set[str], set[str], set[str], set[str]]:

@@ -207,7 +207,8 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         breach = pace_violation(ledger.order_pace(account_id, order.session), conduct,
                                 _check_of(order))
         if breach is not None:
-            return _stop_stream(ledger, report, sendable[position:], breach, actor)
+            return _stop_stream(ledger, report, sendable[position:], breach, actor,
+                                market.signal_day)
         remote = venue.submit(_request(order))
         stored = ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
                                      venue_order_id=remote.venue_order_id, reason=remote.reason)
@@ -337,16 +338,18 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
     # before the first one is sent; a retry sends exactly these, whatever the settings now.
     stored = ledger.record_orders(records, actor=actor)
     for breach in (v for found in misconduct.values() for v in found):
-        _audit_breach(ledger, account_id, signal_id, breach, actor)
+        _audit_breach(ledger, account_id, signal_id, breach, actor, market.signal_day)
     return stored
 
 
 def _audit_breach(ledger: Ledger, account_id: str, signal_id: str, breach: RiskViolation,
-                  actor: str) -> None:
-    """A conduct breach in the audit log, where the alert sensor finds it."""
+                  actor: str, as_of: dt.date) -> None:
+    """A conduct breach in the audit log, where the alert sensor and the day's compliance
+    report (of the signal's day) find it."""
     ledger.audit(AuditEntry(actor=actor, action="conduct_breach", entity="account",
                             entity_id=account_id, reason=breach.message,
-                            details={**breach.as_dict(), "signal_id": signal_id}))
+                            details={**breach.as_dict(), "signal_id": signal_id,
+                                     "as_of": as_of.isoformat()}))
 
 
 def _check_of(order: OrderRecord) -> OrderCheck:
@@ -356,7 +359,7 @@ def _check_of(order: OrderRecord) -> OrderCheck:
 
 
 def _stop_stream(ledger: Ledger, report: ExecutionReport, unsent: Sequence[OrderRecord],
-                 breach: RiskViolation, actor: str) -> ExecutionReport:
+                 breach: RiskViolation, actor: str, as_of: dt.date) -> ExecutionReport:
     """The order rate or cancel ratio is reached: ``unsent`` (this order and every one after
     it) is rejected and never sent; what was already sent keeps working at the venue."""
     reason = f"{breach.layer}/{breach.rule}: {breach.message}"
@@ -364,7 +367,7 @@ def _stop_stream(ledger: Ledger, report: ExecutionReport, unsent: Sequence[Order
         ledger.update_order(order.order_id, status=OrderStatus.REJECTED, actor=actor,
                             reason=reason)
         report.rejected.append({"order_id": order.order_id, **breach.as_dict()})
-    _audit_breach(ledger, unsent[0].account_id, report.signal_id, breach, actor)
+    _audit_breach(ledger, unsent[0].account_id, report.signal_id, breach, actor, as_of)
     return _halted(ledger, report, reason, actor)
 
 
