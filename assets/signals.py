@@ -322,12 +322,17 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
 
 def audit_tightening(ledger: Ledger, account_id: str, day: pd.Timestamp, why: str, *,
                      actor: str) -> None:
-    """Dynamic limits in the audit log: the rule that tightened them, with its figures."""
+    """Dynamic limits in the audit log: the rule that tightened them, with its figures (once
+    per account, day and reason: re-deciding the day does not report it again)."""
+    day_text = f"{day:%Y-%m-%d}"
+    if any(e["reason"] == why and e["details"].get("as_of") == day_text
+           for e in ledger.audit_log(entity_id=account_id, action="limits_tightened")):
+        return
     rule, _, message = why.partition(": ")
     ledger.audit(AuditEntry(actor=actor, action="limits_tightened", entity="account",
                             entity_id=account_id, reason=why,
                             details={"layer": "account", "rule": rule, "subject": account_id,
-                                     "message": message, "as_of": f"{day:%Y-%m-%d}"}))
+                                     "message": message, "as_of": day_text}))
 
 
 def portfolio_figures(returns: pd.DataFrame, amounts: pd.DataFrame, weights: dict[str, float],

@@ -93,7 +93,8 @@ def average_amounts(market_data: MarketDataResource, day: pd.Timestamp, sessions
                     warn: Callable[[str], None] | None = None) -> dict[str, float]:
     """Each fund's average daily traded amount over the ``sessions`` up to ``day`` (the
     participation limit): the window's total over its sessions, so a day without a bar (a
-    halt) counts as nothing traded rather than being skipped."""
+    halt) counts as nothing traded rather than being skipped, as the gate's days to liquidate
+    have it (``rotation.portfolio_risk.liquidity``)."""
     start = market_data.calendar.offset(day, -(sessions - 1))
     if cache is None:
         bars = market_data.load(start, day).bars

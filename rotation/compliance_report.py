@@ -30,7 +30,7 @@ import pandas as pd
 
 from rotation import report
 from rotation.report import _STYLE, _esc, _img  # the backtest report's page style and escaping
-from rotation.risk import RiskLimits, drawdown_of, turnover
+from rotation.risk import RiskLimits, drawdown_of, reasons_of, turnover
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -360,7 +360,11 @@ def _limit_uses(inputs: ReportInputs, weights: Mapping[str, float],
 _PER_DECISION = (("price_band", "price_band", "per order: |reference / last close − 1|", _pct),
                  ("max_signal_age_sessions", "stale_signal", "per signal: sessions behind",
                   "{:d}".format),
-                 ("lot_size", "lot_size", "per order: whole lots of", "{:,d} units".format))
+                 ("lot_size", "lot_size", "per order: whole lots of", "{:,d} units".format),
+                 ("max_participation", "participation",
+                  "per order: share of the fund's average daily amount", _pct),
+                 ("max_intraday_loss", "intraday_loss",
+                  "intraday: loss since the last close (monitor)", _pct))
 
 
 def _limit_use(inputs: ReportInputs, weights: Mapping[str, float], curve: pd.Series
@@ -371,9 +375,12 @@ def _limit_use(inputs: ReportInputs, weights: Mapping[str, float], curve: pd.Ser
     rules = list(rejected["rule"]) if isinstance(rejected, pd.DataFrame) else []
     for name, rule, what, show in _PER_DECISION:
         count = rules.count(rule)
+        limit = getattr(inputs.limits, name)
         rows.append({"limit": name, "applies to": what, "value": f"{count} rejected",
-                     "limit value": show(getattr(inputs.limits, name)), "utilisation": _NONE,
-                     "status": "breach" if count else "ok"})
+                     "limit value": _NONE if limit is None else show(limit),
+                     "utilisation": _NONE,
+                     "status": "breach" if count else "ok" if limit is not None
+                     else "not limited"})
     return pd.DataFrame(rows)
 
 
@@ -405,10 +412,10 @@ def _rejections(inputs: ReportInputs) -> pd.DataFrame | str:
              "rule": f"{r.get('layer', '')}/{r.get('rule', '')}",
              "subject": str(r.get("subject", "")), "message": str(r.get("message", ""))}
             for s in inputs.signals if str(s.status) == "rejected" for r in s.reasons]
-    rows += [{"kind": "order rejected", "id": o.order_id,
-              "rule": "order", "subject": f"{o.side} {o.quantity:,} {o.symbol}",
-              "message": o.reason or "(no reason recorded)"}
-             for o in inputs.orders if str(o.status) == "rejected"]
+    rows += [{"kind": "order rejected", "id": o.order_id, "rule": rule,
+              "subject": f"{o.side} {o.quantity:,} {o.symbol}", "message": message}
+             for o in inputs.orders if str(o.status) == "rejected"
+             for rule, message in reasons_of(o.reason)]
     rows += [_audit_row(e) for e in inputs.audit if e.get("action") in BREACH_ACTIONS]
     if not rows:
         return f"No signal, order or conduct rejection on {inputs.session}."

@@ -458,11 +458,14 @@ def liquidity(values: Mapping[str, float], amounts: pd.DataFrame, as_of: dt.date
               window_sessions: int = 20, participation: float = 0.10) -> pd.DataFrame:
     """Each holding (or order) of ``values`` (CNY) against the fund's average traded amount
     over the ``window_sessions`` up to ``as_of``: its share of a day's amount and the sessions
-    needed to trade it at ``participation`` of the amount."""
+    needed to trade it at ``participation`` of the amount. The average is the window's total
+    over its sessions, a session without a bar (a halt) counting as nothing traded, as the
+    order participation check has it (``resources.execution.average_amounts``)."""
     recent = amounts.loc[amounts.index <= pd.Timestamp(as_of)].iloc[-window_sessions:]
     rows = []
     for symbol, value in values.items():
-        adv = float(recent[symbol].mean()) if symbol in recent else math.nan
+        adv = (float(recent[symbol].fillna(0.0).sum()) / len(recent) if symbol in recent
+               else math.nan)
         share = abs(value) / adv if adv > 0 else math.inf
         rows.append({"symbol": symbol, "value": float(value), "average_amount": adv,
                      "share_of_day": share, "days_to_trade": share / participation})

@@ -53,6 +53,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -111,10 +112,11 @@ MAX_SIGNAL_AGE_LIMIT = 20
 MAX_LOT_SIZE = 1_000_000
 
 
-# Limits a volatility regime may tighten: those where a smaller value is stricter.
-TIGHTENABLE = ("max_weight", "max_gross_exposure", "max_turnover", "max_order_notional",
-               "max_daily_notional", "max_var_99", "max_es_99", "max_stress_loss",
-               "max_participation", "max_intraday_loss")
+# Limits a volatility regime may tighten: those the approval gate checks, where a smaller
+# value is stricter (the regime is measured when a signal is decided; order-time and intraday
+# limits stay as configured).
+TIGHTENABLE = ("max_weight", "max_gross_exposure", "max_turnover", "max_var_99", "max_es_99",
+               "max_stress_loss")
 
 
 class VolatilityRegime(BaseModel):
@@ -264,6 +266,26 @@ def check_portfolio(figures: PortfolioFigures | str | None, limits: RiskLimits
                     f"({limits.liquidity_sessions} sessions), limit "
                     f"{limits.max_days_to_liquidate:g}"))
     return out
+
+
+# A rejected order's reason in the ledger: "layer/rule: message; layer/rule: message".
+_REASON = re.compile(r"(?:^|; )([a-z]+/[a-z0-9_]+): ")
+
+
+def reason_text(violations: Sequence[RiskViolation]) -> str:
+    """The reason a rejected order carries in the ledger (:func:`reasons_of` reads it)."""
+    return "; ".join(f"{v.layer}/{v.rule}: {v.message}" for v in violations)
+
+
+def reasons_of(text: str | None) -> list[tuple[str, str]]:
+    """(layer/rule, message) of each violation in an order's reason; a reason that is not
+    ours (a venue's) is one entry under ``venue``."""
+    text = text or ""
+    marks = list(_REASON.finditer(text))
+    if not marks:
+        return [("venue", text or "(no reason recorded)")]
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [(m.group(1), text[m.end():end]) for m, end in zip(marks, ends, strict=True)]
 
 
 def _sort_key(v: RiskViolation) -> tuple[int, int, str]:

@@ -66,16 +66,22 @@ def intraday_risk_sensor(account_id: str, limits: RiskLimits, market: str,
         for problem in problems:
             context.log.warning(f"unreadable live quote {problem}")
         book = ledger.ledger
-        positions = {s: p.quantity for s, p in book.positions(account_id).items()}
+        held = book.positions(account_id)
+        positions = {s: p.quantity for s, p in held.items()}
         now = clock.now().to_pydatetime()
         fresh = [s for s in positions if s in live
                  and dt.timedelta(0) <= now - live[s].at <= MAX_QUOTE_AGE]
         if not fresh:
             return dg.SkipReason(f"no fresh live quote for the {len(positions)} fund(s) held "
                                  f"by {account_id}: nothing measured")
-        valuations = book.valuations(account_id)
-        marked = mark(positions, book.cash(account_id), last_closes(market_data, clock.now()),
-                      live, valuations["equity"].tolist(), now=now, max_age=MAX_QUOTE_AGE)
+        history = book.valuations(account_id)["equity"].tolist() or [
+            book.initial_cash(account_id)]      # before the first valuation: the cash paid in
+        closes = last_closes(market_data, clock.now())
+        # A fund without a close in the look-back (a long halt): at its cost, and named.
+        unpriced = sorted(s for s in positions if s not in closes)
+        at_cost = {s: held[s].cost / held[s].quantity for s in unpriced}
+        marked = mark(positions, book.cash(account_id), {**at_cost, **closes}, live, history,
+                      now=now, max_age=MAX_QUOTE_AGE)
         day = f"{now:%Y-%m-%d}"
         reported = _cursor(context.cursor, day)
         found = check_intraday(marked, limits, account_id)
@@ -86,7 +92,8 @@ def intraday_risk_sensor(account_id: str, limits: RiskLimits, market: str,
             reported.add(f"{breach.rule}:{breach.subject}")
         context.update_cursor(json.dumps({"day": day, "reported": sorted(reported)}))
         return dg.SkipReason(f"{account_id} at {now:%H:%M:%S}: equity {marked.equity:,.2f}, "
-                             f"P&L {marked.pnl:+,.2f}, stale {list(marked.stale)}; "
+                             f"P&L {marked.pnl:+,.2f}, stale {list(marked.stale)}, "
+                             f"unpriced (at cost) {unpriced}; "
                              f"breaches {[b.rule for b in found] or 'none'}")
 
     return _sensor

@@ -211,26 +211,74 @@ def test_a_cross_account_self_trade_is_blocked_and_audited(book: Ledger, ledger_
                                                                             "self_trade")]
 
 
+def _seed_sends(book: Ledger, account: str, count: int) -> None:
+    """``count`` (up to 4) orders of an earlier signal of the account sent within the last
+    minute (sells of funds the account does not hold: they change no plan)."""
+    earlier = signal_id_of("seed", account, DAY - dt.timedelta(days=1), {"159915": 1.0})
+    book.record_signal(SignalRecord(
+        signal_id=earlier, account_id=account, strategy="seed", as_of=DAY - dt.timedelta(days=1),
+        weights={"159915": 1.0}, weights_hash=weights_hash({"159915": 1.0}),
+        status=SignalStatus.APPROVED, reasons=[], data_version=None, dagster_run_id=None),
+        actor="test")
+    seeds = [OrderRecord(order_id=order_id_of(earlier, symbol, Side.SELL), signal_id=earlier,
+                         account_id=account, symbol=symbol, side=Side.SELL, quantity=100,
+                         reference_price=1.0, session=SESSION)
+             for symbol in ("159915", "159901", "159919", "159949")[:count]]
+    book.record_orders(seeds, actor="test")
+    for i, seed in enumerate(seeds):
+        book.update_order(seed.order_id, status=OrderStatus.SUBMITTED, actor="t",
+                          venue_order_id=f"seed-{i}")
+
+
 def test_an_order_stream_beyond_the_rate_is_stopped(book: Ledger, ledger_url) -> None:
-    """One order a minute: the first goes, the second and every later one are rejected,
-    the execution halts and the breach is audited; the venue saw one order."""
+    """Four orders a minute, three already sent: the plan's first order goes, the next and
+    every later one are rejected, the execution halts and the breach is audited; the venue saw
+    one of them."""
+    costs = Costs()
+    broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
+        columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
+    _seed_sends(book, "acct-a", 3)
+    sid = _approved(book, "acct-a", {"510300": 0.5, "510500": 0.5})
+    report = execute_signal(ledger=book, venue=broker, signal_id=sid, account_id="acct-a",
+                            market=_view(), limits=LIMITS, costs=costs, actor="test",
+                            twap_slices=2, conduct=ConductRules(max_orders_per_minute=4))
+    assert report.status == "halted" and report.submitted == 1
+    leaves = [o for o in book.orders(signal_id=sid) if o.parent_order_id is not None]
+    assert len(leaves) == 4
+    sent = [o for o in leaves if o.status is OrderStatus.SUBMITTED]
+    stopped = [o for o in leaves if o.status is OrderStatus.REJECTED]
+    assert len(sent) == 1 and len(stopped) == 3
+    assert all("conduct/order_rate" in str(o.reason) for o in stopped)
+    assert "4 orders sent in the last minute" in str(stopped[0].reason)   # 3 seeded + 1
+    assert [broker.order(o.order_id) is not None for o in leaves].count(True) == 1
+    execution = book.execution(sid)
+    assert execution is not None and execution.status == "halted"
+    breach = book.audit_log(action="conduct_breach")
+    assert len(breach) == 1 and breach[0]["details"]["rule"] == "order_rate"
+    assert "limit of 4 a minute" in str(breach[0]["reason"])
+
+
+def test_a_plan_the_rate_could_not_pass_whole_is_refused_before_sending(book: Ledger,
+                                                                       ledger_url) -> None:
+    """Six TWAP children against two a minute: nothing is sent (a stream stopped half-way
+    would leave the sells done and the buys not); one breach, written with the orders."""
     costs = Costs()
     broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
         columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
     sid = _approved(book, "acct-a", {"510300": 0.5, "510500": 0.5})
     report = execute_signal(ledger=book, venue=broker, signal_id=sid, account_id="acct-a",
                             market=_view(), limits=LIMITS, costs=costs, actor="test",
-                            twap_slices=3, conduct=ConductRules(max_orders_per_minute=1))
-    assert report.status == "halted" and report.submitted == 1
-    leaves = [o for o in book.orders(signal_id=sid) if o.parent_order_id is not None]
-    assert len(leaves) == 6
-    sent = [o for o in leaves if o.status is OrderStatus.SUBMITTED]
-    stopped = [o for o in leaves if o.status is OrderStatus.REJECTED]
-    assert len(sent) == 1 and len(stopped) == 5
-    assert all("conduct/order_rate" in str(o.reason) for o in stopped)
-    assert [broker.order(o.order_id) is not None for o in leaves].count(True) == 1
-    execution = book.execution(sid)
-    assert execution is not None and execution.status == "halted"
+                            twap_slices=3, conduct=ConductRules(max_orders_per_minute=2))
+    assert report.submitted == 0
+    orders = book.orders(signal_id=sid)
+    assert orders and all(o.status is OrderStatus.REJECTED for o in orders)
+    assert all("the plan has 6 orders to send" in str(o.reason) for o in orders)
+    assert all(broker.order(o.order_id) is None for o in orders)
     breach = book.audit_log(action="conduct_breach")
-    assert len(breach) == 1 and breach[0]["details"]["rule"] == "order_rate"
-    assert "limit of 1 a minute" in str(breach[0]["reason"])
+    assert [(b["details"]["rule"], b["details"]["subject"]) for b in breach] == [
+        ("order_rate", "plan")]
+    # Executed again (a retry): nothing new is planned, sent or audited.
+    execute_signal(ledger=book, venue=broker, signal_id=sid, account_id="acct-a",
+                   market=_view(), limits=LIMITS, costs=costs, actor="test",
+                   twap_slices=3, conduct=ConductRules(max_orders_per_minute=2))
+    assert len(book.audit_log(action="conduct_breach")) == 1

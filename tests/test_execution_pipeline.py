@@ -379,22 +379,23 @@ def test_an_order_above_the_participation_limit_is_rejected_and_not_sent(stage) 
 
 
 def test_an_order_stream_beyond_the_rate_limit_is_stopped(stage) -> None:
-    """One order a minute on real data: the first order goes, the rest are rejected with the
-    rule, the execution halts and the breach is audited."""
+    """One order a minute on real data, against a plan of several: the stream is stopped
+    before its first order (a stream stopped half-way would leave the book half-rotated), every
+    order rejected with the rule, the breach audited with the orders."""
     market, settings, _, ledger = stage
     defs, signal_id = _approve(market, settings.postgres_url, account_id="paced",
                                conduct={"max_orders_per_minute": 1})
     result = _executed(defs, market.instance, signal_id)
-    assert result.success and step_metadata(result)["status"] == "halted"
+    assert result.success and step_metadata(result)["submitted"] == 0
     orders = ledger.orders(signal_id=signal_id)
     assert len(orders) >= 2
-    assert [o.status for o in orders].count(OrderStatus.SUBMITTED) == 1
-    stopped = [o for o in orders if o.status is OrderStatus.REJECTED]
-    assert len(stopped) == len(orders) - 1
-    assert all("conduct/order_rate" in str(o.reason) for o in stopped)
+    assert all(o.status is OrderStatus.REJECTED for o in orders)
+    assert all(f"the plan has {len(orders)} orders to send" in str(o.reason) for o in orders)
     breaches = ledger.audit_log(action="conduct_breach")
     assert [(b["entity_id"], b["details"]["rule"]) for b in breaches] == [("paced",
                                                                             "order_rate")]
+    venue = PaperBroker(settings.postgres_url, NoQuotes(), costs_of(strategy_for(settings)))
+    assert all(venue.order(o.order_id) is None for o in orders)
 
 
 def test_a_volatile_market_tightens_the_limits_with_the_rule_in_the_audit_log(stage) -> None:
@@ -430,3 +431,6 @@ def test_a_volatile_market_tightens_the_limits_with_the_rule_in_the_audit_log(st
     signal = ledger.signal(str(volatile["signal_id"]))
     assert signal is not None
     assert f"limit {100 * limit * 0.5:.2f}%" in signal.reasons[0]["message"]
+    # Deciding the day again reports the tightening once.
+    assert decided("regime-volatile", threshold=0.01)["status"] == "rejected"
+    assert len(ledger.audit_log(action="limits_tightened")) == 1

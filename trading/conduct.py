@@ -42,7 +42,7 @@ class ConductRules(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_orders_per_minute: int = Field(
-        default=120, ge=1, le=EXCHANGE_ORDERS_PER_SECOND * 60,
+        default=300, ge=1, le=EXCHANGE_ORDERS_PER_SECOND * 60,
         description="orders sent by an account in any rolling 60 seconds")
     max_orders_per_session: int = Field(
         default=2_000, ge=1, le=EXCHANGE_ORDERS_PER_DAY,
@@ -93,6 +93,19 @@ def pace_violation(pace: OrderPace, rules: ConductRules, order: OrderCheck
                 f"this session were cancelled ({ratio:.1%}), above the limit "
                 f"{rules.max_cancel_ratio:.1%}: nothing more is sent this session")
     return None
+
+
+def plan_violation(orders: int, pace: OrderPace, rules: ConductRules) -> RiskViolation | None:
+    """A plan of ``orders`` to send that the order rate could never let through whole: more
+    than a minute's limit, or more than what is left of the session's."""
+    left = rules.max_orders_per_session - pace.sent_in_session
+    if orders <= min(rules.max_orders_per_minute, left):
+        return None
+    return RiskViolation("conduct", "order_rate", "plan",
+                         f"the plan has {orders} orders to send; the limits are "
+                         f"{rules.max_orders_per_minute} a minute and "
+                         f"{rules.max_orders_per_session} a session ({pace.sent_in_session} "
+                         "already sent): nothing is sent (fewer TWAP slices fit)")
 
 
 def order_violations(orders: Sequence[OrderCheck], rules: ConductRules, *,

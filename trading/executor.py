@@ -34,9 +34,10 @@ from rotation.risk import (
     check_orders,
     limit_state,
     order_check_of,
+    reason_text,
     unsellable_units,
 )
-from trading.conduct import ConductRules, order_violations, pace_violation
+from trading.conduct import ConductRules, order_violations, pace_violation, plan_violation
 from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
 from trading.models import (
     AuditEntry,
@@ -324,7 +325,7 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
             side=Side(p.side), quantity=p.quantity, reference_price=p.reference_price,
             session=market.order_session,
             status=OrderStatus.REJECTED if found else OrderStatus.PLANNED,
-            reason="; ".join(f"{v.layer}/{v.rule}: {v.message}" for v in found) or p.reason)
+            reason=reason_text(found) or p.reason)
         records.extend(_with_slices(parent, 1 if found else twap_slices, costs.lot_size))
     for symbol in missing:
         ledger.audit(AuditEntry(actor=actor, action="order_not_planned", entity="signal",
@@ -334,22 +335,44 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
         report.rejected.append({"order_id": "", "layer": "instrument", "rule": "halted",
                                 "subject": symbol,
                                 "message": f"{symbol} has no bar on {market.signal_day}"})
-    # Write-ahead: every order, TWAP children included, is in the ledger (one transaction)
-    # before the first one is sent; a retry sends exactly these, whatever the settings now.
-    stored = ledger.record_orders(records, actor=actor)
-    for breach in (v for found in misconduct.values() for v in found):
-        _audit_breach(ledger, account_id, signal_id, breach, actor, market.signal_day)
-    return stored
+    breaches = [v for found in misconduct.values() for v in found]
+    too_many = plan_violation(_leaves(records), ledger.order_pace(
+        account_id, market.order_session), conduct)
+    if too_many is not None:
+        # Refused whole before anything is sent: a stream stopped half-way would leave the
+        # book half-rotated (the sells sent, the buys not).
+        records = [_refused(r, too_many) for r in records]
+        breaches.append(too_many)
+        report.rejected.append({"order_id": "", **too_many.as_dict()})
+    # Write-ahead: every order, TWAP children included, is in the ledger (one transaction,
+    # with the conduct breaches) before the first one is sent; a retry sends exactly these,
+    # whatever the settings now.
+    return ledger.record_orders(records, actor=actor, audits=[
+        _breach_entry(account_id, signal_id, b, actor, market.signal_day) for b in breaches])
 
 
-def _audit_breach(ledger: Ledger, account_id: str, signal_id: str, breach: RiskViolation,
-                  actor: str, as_of: dt.date) -> None:
-    """A conduct breach in the audit log, where the alert sensor and the day's compliance
+def _leaves(records: Sequence[OrderRecord]) -> int:
+    """Orders of a plan that go to the venue: whole orders and TWAP children."""
+    parents = {r.parent_order_id for r in records if r.parent_order_id is not None}
+    return sum(1 for r in records
+               if r.status is OrderStatus.PLANNED and r.order_id not in parents)
+
+
+def _refused(record: OrderRecord, breach: RiskViolation) -> OrderRecord:
+    if record.status is not OrderStatus.PLANNED:
+        return record
+    return dataclasses.replace(record, status=OrderStatus.REJECTED,
+                               reason=reason_text([breach]))
+
+
+def _breach_entry(account_id: str, signal_id: str, breach: RiskViolation, actor: str,
+                  as_of: dt.date) -> AuditEntry:
+    """A conduct breach for the audit log, where the alert sensor and the day's compliance
     report (of the signal's day) find it."""
-    ledger.audit(AuditEntry(actor=actor, action="conduct_breach", entity="account",
-                            entity_id=account_id, reason=breach.message,
-                            details={**breach.as_dict(), "signal_id": signal_id,
-                                     "as_of": as_of.isoformat()}))
+    return AuditEntry(actor=actor, action="conduct_breach", entity="account",
+                      entity_id=account_id, reason=breach.message,
+                      details={**breach.as_dict(), "signal_id": signal_id,
+                               "as_of": as_of.isoformat()})
 
 
 def _check_of(order: OrderRecord) -> OrderCheck:
@@ -362,12 +385,13 @@ def _stop_stream(ledger: Ledger, report: ExecutionReport, unsent: Sequence[Order
                  breach: RiskViolation, actor: str, as_of: dt.date) -> ExecutionReport:
     """The order rate or cancel ratio is reached: ``unsent`` (this order and every one after
     it) is rejected and never sent; what was already sent keeps working at the venue."""
-    reason = f"{breach.layer}/{breach.rule}: {breach.message}"
+    reason = reason_text([breach])
+    # Audited first: a run that dies while rejecting has still reported the breach.
+    ledger.audit(_breach_entry(unsent[0].account_id, report.signal_id, breach, actor, as_of))
     for order in unsent:
         ledger.update_order(order.order_id, status=OrderStatus.REJECTED, actor=actor,
                             reason=reason)
         report.rejected.append({"order_id": order.order_id, **breach.as_dict()})
-    _audit_breach(ledger, unsent[0].account_id, report.signal_id, breach, actor, as_of)
     return _halted(ledger, report, reason, actor)
 
 

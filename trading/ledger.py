@@ -1055,14 +1055,18 @@ class Ledger:
 
     # ------------------------------------------------------------------ orders
 
-    def record_orders(self, orders: Sequence[OrderRecord], *, actor: str) -> list[OrderRecord]:
+    def record_orders(self, orders: Sequence[OrderRecord], *, actor: str,
+                      audits: Sequence[AuditEntry] = ()) -> list[OrderRecord]:
         """Insert the planned (or risk-rejected) orders that are not stored yet and return the
-        stored rows in the given order; an existing order id keeps its stored content."""
+        stored rows in the given order; an existing order id keeps its stored content.
+        ``audits`` (the plan's conduct breaches) are written in the same transaction when
+        any order is new, so a plan is never stored without them nor they twice."""
         values = [_order_values(o) for o in orders]
         if not values:
             return []
 
         def work(conn: Connection) -> list[OrderRecord]:
+            inserted = 0
             for order, row in zip(orders, values, strict=True):
                 new = conn.execute(
                     pg_insert(ORDERS).values(**row)
@@ -1071,6 +1075,7 @@ class Ledger:
                 ).first()
                 if new is None:
                     continue
+                inserted += 1
                 rejected = row["status"] == OrderStatus.REJECTED.value
                 _audit(conn, actor=actor,
                        action="order_rejected" if rejected else "order_planned",
@@ -1083,6 +1088,9 @@ class Ledger:
                                 "session": row["session"].isoformat(),
                                 "slice_index": order.slice_index, "slices": order.slices,
                                 "parent_order_id": order.parent_order_id})
+            for entry in audits if inserted else ():
+                _audit(conn, actor=entry.actor, action=entry.action, entity=entry.entity,
+                       entity_id=entry.entity_id, reason=entry.reason, details=entry.details)
             ids = [o.order_id for o in orders]
             stored = {r.order_id: _order_of(r) for r in conn.execute(
                 sa.select(ORDERS).where(ORDERS.c.order_id.in_(ids)))}
@@ -1380,8 +1388,9 @@ class Ledger:
             sa.func.count().filter(this_session),
             sa.func.count().filter(this_session,
                                    ORDERS.c.status == OrderStatus.CANCELLED.value),
-        ).select_from(sends.join(ORDERS, ORDERS.c.order_id == sends.c.order_id)
-                      ).where(sends.c.account_id == account_id)
+        ).select_from(sends.join(ORDERS, ORDERS.c.order_id == sends.c.order_id)).where(
+            sends.c.account_id == account_id,
+            sa.or_(this_session, sends.c.sent_at > a_minute_ago))
         return self._run(f"reading the order pace of {account_id}",
                          lambda conn: OrderPace(*conn.execute(query).one()))
 
