@@ -66,8 +66,9 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
         lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
-    adv = average_amounts(market_data, day, limits.liquidity_sessions, cache=cache,
-                          stats=cache_stats, warn=warn)
+    # Read past the cache: the bar cache serves the range the daily run loaded (a hit), and
+    # this window is another range, read once per execution.
+    adv = average_amounts(market_data, day, limits.liquidity_sessions)
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
                         quotes=on_day, average_amount=adv, closed_through=closed.date())
     venue = execution.venue(quotes, costs)
