@@ -31,6 +31,7 @@ from rotation.compliance_report import (
     render_pdf,
 )
 from rotation.risk import RiskLimits
+from trading.account import Account
 from trading.ledger import Ledger
 from trading.models import SignalStatus
 
@@ -122,9 +123,9 @@ def _log_to_mlflow(context: dg.AssetExecutionContext, tracking: MlflowTracking,
         return run.run_id, run.url
 
 
-def compliance_assets(account_id: str, limits: RiskLimits, *, storage_root: Path,
-                      quote_lookback_sessions: int) -> list[dg.AssetsDefinition]:
+def compliance_assets(account: Account, *, storage_root: Path) -> list[dg.AssetsDefinition]:
     """The account's ``risk_compliance_report`` (written under ``storage_root/reports``)."""
+    account_id, limits = account.account_id, account.limits
 
     @dg.asset(
         name=REPORT_ASSET,
@@ -145,7 +146,8 @@ def compliance_assets(account_id: str, limits: RiskLimits, *, storage_root: Path
                                clock: ClockResource, tracking: MlflowTracking
                                ) -> dg.MaterializeResult:
         day = market_data.calendar.latest_closed_session(clock.now())
-        bars = venue_bars(market_data, day, day, lookback_sessions=quote_lookback_sessions)
+        bars = venue_bars(market_data, day, day,
+                          lookback_sessions=account.quote_lookback_sessions)
         inputs = report_inputs(ledger.ledger, account_id, day.date(), portfolio_risk, limits,
                                bars.loc[pd.to_datetime(bars["date"]) <= day], _risk_as_of(context))
         rep = build_report(inputs)

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 from rotation.strategy import StrategyConfig
 from sensors.executions import stalled_executions
 from trading import approval
+from trading.account import Account
 from trading.executor import reconcile
 from trading.ledger import Ledger
-from trading.models import AuditEntry, Costs, SignalStatus
+from trading.models import AuditEntry, SignalStatus
 from trading.venue import ExecutionVenue
 
 SIGNALS_GROUP = "signals"
@@ -103,15 +104,16 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
     return failed
 
 
-def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence[GuardingCheck],
-                  *, account_id: str, backtest: BacktestConfig, costs: Costs,
-                  lock_timeout: float, parity_tolerance: float, quote_lookback_sessions: int
+def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[GuardingCheck]
                   ) -> list[dg.AssetsDefinition]:
+    account_id, limits = account.account_id, account.limits
+    backtest = strategy.backtest_config()
     sections = strategy_sections(strategy, "name", "universe")
     versions = {
         "approved_signal": code_version("approved_signal", sections, limits, account_id),
         "positions_report": code_version("positions_report", sections, account_id, backtest,
-                                         costs, parity_tolerance, quote_lookback_sessions),
+                                         account.costs, account.parity_tolerance,
+                                         account.quote_lookback_sessions),
         "portfolio_risk": code_version("portfolio_risk", sections, limits, account_id),
     }
 
@@ -263,10 +265,11 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
         first = pd.Timestamp(signals[0].as_of)
         last = market_data.calendar.latest_closed_session(clock.now())
         # Uncached: the range grows every day, a cache entry would never be read again.
-        seen = venue_bars(market_data, first, last, lookback_sessions=quote_lookback_sessions)
-        venue = execution.venue(market_quotes(market_data, seen), costs)
+        seen = venue_bars(market_data, first, last,
+                          lookback_sessions=account.quote_lookback_sessions)
+        venue = execution.venue(market_quotes(market_data, seen), account.costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
-        with account_lock(book, account_id, lock_timeout):
+        with account_lock(book, account_id, account.lock_timeout_seconds):
             new_fills = reconcile(book, venue, account_id, actor=actor,
                                   closed_through=last.date())
             differences = book_differences(book, venue, account_id)
@@ -302,10 +305,10 @@ def signal_assets(strategy: StrategyConfig, limits: RiskLimits, guards: Sequence
             "approved_signals": dg.MetadataValue.int(len(signals)),
             "equity_plot": dg.MetadataValue.md(report.markdown_image(png, "paper vs backtest")),
         })
-        yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= parity_tolerance,
+        tolerance = account.parity_tolerance
+        yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= tolerance,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(worst),
-                                            "tolerance": dg.MetadataValue.float(
-                                                parity_tolerance),
+                                            "tolerance": dg.MetadataValue.float(tolerance),
                                             "sessions": dg.MetadataValue.int(len(frame))})
         yield dg.AssetCheckResult(
             check_name=BOOK_CHECK, passed=not differences,

@@ -10,7 +10,8 @@ Data: the real ``cn_etf_akshare_qfq_2020`` bars (60 funds, 2020-01 .. 2026-05) r
 :data:`rotation.factors.DEFAULT_FACTORS`. Windows: every default :class:`rotation.wfo.WfoConfig`
 window (252 in-sample sessions, 60 out of sample, step 60) after the longest factor warm-up.
 Portfolio rules: ``PortfolioConfig(max_weight=0.5)``, top 3, rebalance every 5 sessions, equal
-weights; proportional costs of :class:`rotation.search.Costs`.
+weights; proportional costs of the default :class:`rotation.costs.CostModel` (2 bp commission, 5 bp
+slippage).
 
 Measured in one process, after a warm-up (numba compilation or cache load, timed separately):
 
@@ -123,7 +124,8 @@ def _vbt_run(close: pd.DataFrame, size: np.ndarray, price: np.ndarray, costs: An
 
     pf = vbt.Portfolio.from_orders(
         close=close, size=size, size_type="targetpercent", direction="longonly", price=price,
-        fees=costs.fees, slippage=costs.slippage, init_cash=costs.init_cash,
+        fees=costs.costs.commission_rate, slippage=costs.costs.slippage_rate,
+        init_cash=costs.initial_cash,
         cash_sharing=True, group_by=True, call_seq="auto", freq="1D")
     return np.asarray(pf.value(), dtype=float).ravel()
 
@@ -193,6 +195,8 @@ def run_baseline(data: Any, panel: Any, windows: Sequence[Any], candidates: Sequ
 def main(argv: list[str]) -> int:
     from rotation import search as S
     from rotation import walkforward as wf
+    from rotation.backtest import BacktestConfig
+    from rotation.costs import CostModel
     from rotation.portfolio import PortfolioConfig
     from rotation.wfo import WfoConfig
 
@@ -201,7 +205,7 @@ def main(argv: list[str]) -> int:
     cfg = PortfolioConfig(max_weight=MAX_WEIGHT)
     t_panel, panel = _timed(lambda: data.search_panel(cfg))
     windows = wf.windows_for(data, WfoConfig(), warmup)
-    costs = S.Costs()
+    costs = BacktestConfig(costs=CostModel(commission_bps=2.0, slippage_bps=5.0))
     space = S.SearchSpace(min_factors=MIN_K, max_factors=MAX_K, top_n=(TOP_N,),
                           rebalance_every=(REBALANCE,), weightings=(WEIGHTING,))
     params = space.params()
@@ -227,8 +231,9 @@ def main(argv: list[str]) -> int:
     # The fast engine over every window: the labelled search (headline) and the bare kernel.
     def kernel_all() -> list[np.ndarray]:
         return [S.search_window_nb(panel.signed, mapped, params, a, b, *panel._common(),
-                                   panel.price, panel.tradable, panel.close, costs.init_cash,
-                                   costs.fees, costs.slippage) for a, b in rows]
+                                   panel.price, panel.tradable, panel.close, costs.initial_cash,
+                                   costs.costs.commission_rate, costs.costs.slippage_rate)
+                for a, b in rows]
 
     def labelled_all() -> list[pd.DataFrame]:
         return [S.search_window(panel, names, w.is_start, w.is_end, space, costs)

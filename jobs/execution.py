@@ -19,10 +19,8 @@ from resources.execution import (
 )
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
-from rotation.risk import RiskLimits
-from trading.conduct import ConductRules
+from trading.account import Account
 from trading.executor import ExecutionRefused, ExecutionReport, MarketView, execute_signal
-from trading.models import Costs
 from trading.venue import ExecutionVenue
 
 ACCOUNT_TAG = "etf/account"
@@ -40,9 +38,8 @@ class KillSwitchConfig(dg.Config):
 
 def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
                market_data: MarketDataResource, cache: RedisCache, clock: ClockResource,
-               account_id: str, costs: Costs, limits: RiskLimits, conduct: ConductRules,
-               lock_timeout: float, quote_lookback_sessions: int, actor: str,
-               dagster_run_id: str | None, warn: Callable[[str], None],
+               account: Account, actor: str, dagster_run_id: str | None,
+               warn: Callable[[str], None],
                cache_stats: CacheStats,
                wrap_venue: Callable[[ExecutionVenue], ExecutionVenue] | None = None
                ) -> tuple[ExecutionReport, str]:
@@ -50,6 +47,7 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     (what ``execute_signal_op`` runs; ``wrap_venue`` decorates the venue, e.g. to audit or to
     inject faults in tests). Returns the report and the lock that was held; the bar cache's
     use is counted in ``cache_stats``."""
+    account_id, limits = account.account_id, account.limits
     book = ledger.ledger
     signal = book.signal(signal_id)
     if signal is None:
@@ -63,7 +61,8 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
                if not o.status.is_final]
     quotes = market_quotes(market_data, venue_bars(
         market_data, min([day, *waiting]), closed,
-        lookback_sessions=quote_lookback_sessions, cache=cache, stats=cache_stats, warn=warn))
+        lookback_sessions=account.quote_lookback_sessions, cache=cache, stats=cache_stats,
+        warn=warn))
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
     # Read past the cache: the bar cache serves the range the daily run loaded (a hit), and
@@ -71,21 +70,20 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     adv = average_amounts(market_data, day, limits.liquidity_sessions)
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
                         quotes=on_day, average_amount=adv, closed_through=closed.date())
-    venue = execution.venue(quotes, costs)
+    venue = execution.venue(quotes, account.costs)
     if wrap_venue is not None:
         venue = wrap_venue(venue)
-    with account_lock(book, account_id, lock_timeout) as lock:
+    with account_lock(book, account_id, account.lock_timeout_seconds) as lock:
         report = execute_signal(
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
-            market=market, limits=limits, costs=costs, actor=actor,
+            market=market, limits=limits, costs=account.costs, actor=actor,
             kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
-            dagster_run_id=dagster_run_id, lock=lock, conduct=conduct)
+            dagster_run_id=dagster_run_id, lock=lock, conduct=account.conduct)
     return report, "postgres"
 
 
-def execution_jobs(*, account_id: str, costs: Costs, limits: RiskLimits,
-                   conduct: ConductRules, lock_timeout: float, quote_lookback_sessions: int
-                   ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+def execution_jobs(account: Account) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+    account_id = account.account_id
 
     @dg.op(
         out=dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is this "
@@ -104,9 +102,7 @@ def execution_jobs(*, account_id: str, costs: Costs, limits: RiskLimits,
         try:
             result, lock = run_signal(
                 config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
-                cache=cache, clock=clock, account_id=account_id,
-                costs=costs, limits=limits, conduct=conduct, lock_timeout=lock_timeout,
-                quote_lookback_sessions=quote_lookback_sessions,
+                cache=cache, clock=clock, account=account,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
                 warn=context.log.warning, cache_stats=cache_stats)
         except ExecutionRefused as exc:

@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from resources.ledger import LedgerResource
+from trading.account import Account
 from trading.ledger import LedgerError
 from trading.models import SignalStatus
 
@@ -23,9 +24,10 @@ class SupersedeSignalConfig(dg.Config):
                         description="Why: kept in the ledger's audit log with the run as actor")
 
 
-def supersede_signal_job(*, account_id: str) -> dg.JobDefinition:
-    """The job for the account this code location trades (``account_id``): a signal of another
-    account is refused, whatever the ledger holds."""
+def supersede_signal_job(account: Account) -> dg.JobDefinition:
+    """The job for the account this code location trades: a signal of another account is
+    refused, whatever the ledger holds."""
+    account_id = account.account_id
 
     @dg.op(
         out=dg.Out(dg.Nothing, description="The decision is in the ledger and its audit log"),

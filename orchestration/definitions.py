@@ -42,14 +42,13 @@ from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
 from rotation.calendar import TradingCalendar
 from rotation.config_paths import STRATEGY_CONFIG_DIR
-from rotation.risk import RiskLimits
 from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
 from sensors.alerts import run_failure_alert_sensor
 from sensors.breaches import risk_breach_alert_sensor
 from sensors.executions import stalled_execution_sensor
 from sensors.risk_monitor import intraday_risk_sensor
 from sensors.signals import approved_signal_sensor
-from trading.models import Costs
+from trading.account import Account
 
 
 def market_data_resource(settings: Settings) -> MarketDataResource:
@@ -73,8 +72,10 @@ def market_data_resource(settings: Settings) -> MarketDataResource:
     )
 
 
-def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
-    """Everything that differs between profiles is decided here and nowhere else."""
+def resources_for(settings: Settings, account: Account | None = None
+                  ) -> dict[str, dg.ConfigurableResource]:
+    """Everything that differs between profiles is decided here and nowhere else (the ledger
+    opens ``account``, by default the one of the deployment's strategy)."""
     ex = settings.execution
     resources: dict[str, dg.ConfigurableResource] = {
         "market_data": market_data_resource(settings),
@@ -89,8 +90,10 @@ def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "live_quotes": LiveQuotesResource(url=settings.redis_url),
     }
     if settings.postgres_url:
-        resources["ledger"] = LedgerResource(url=settings.postgres_url, account_id=ex.account_id,
-                                             initial_cash=ex.initial_cash)
+        account = account or account_of(settings, strategy_for(settings))
+        resources["ledger"] = LedgerResource(url=settings.postgres_url,
+                                             account_id=account.account_id,
+                                             initial_cash=account.initial_cash)
         resources["execution"] = PaperExecution(url=settings.postgres_url,
                                                 kill_switch=ex.kill_switch,
                                                 twap_slices=ex.twap_slices)
@@ -117,60 +120,46 @@ def walk_forward_executor(settings: Settings) -> dg.ExecutorDefinition:
         name="k8s_walk_forward")
 
 
-def costs_of(strategy: StrategyConfig) -> Costs:
-    """The paper venue charges what the backtest charges."""
-    b = strategy.backtest_config()
-    return Costs(commission_bps=b.commission_bps, min_commission=b.min_commission,
-                 slippage_bps=b.slippage_bps, lot_size=b.lot_size, sell_fee_bps=b.sell_fee_bps)
-
-
-def risk_limits_of(limits: RiskLimits, strategy: StrategyConfig) -> RiskLimits:
-    """The settings' risk limits with the lot of the strategy's market (one lot rule)."""
+def account_of(settings: Settings, strategy: StrategyConfig) -> Account:
+    """The traded account: the settings' id, cash, limits and conduct with the strategy's cost
+    model (the paper venue charges what the backtest charges) and its market's lot."""
+    ex = settings.execution
     lot = strategy.market.lot_size
-    if "lot_size" in limits.model_fields_set and limits.lot_size != lot:
-        raise ValueError(f"execution.risk.lot_size: {limits.lot_size} differs from market "
-                         f"{strategy.market.name}'s lot of {lot} units; lots come from the "
-                         "market profile (remove the setting)")
-    return limits.model_copy(update={"lot_size": lot})
+    if "lot_size" in ex.risk.model_fields_set and ex.risk.lot_size != lot:
+        raise SettingsError(f"setting execution.risk.lot_size: {ex.risk.lot_size} differs from "
+                            f"market {strategy.market.name}'s lot of {lot} units; lots come "
+                            "from the market profile (remove the setting)")
+    return Account(account_id=ex.account_id, initial_cash=ex.initial_cash,
+                   costs=strategy.cost_model,
+                   limits=ex.risk.model_copy(update={"lot_size": lot}), conduct=ex.conduct,
+                   lock_timeout_seconds=ex.lock_timeout_seconds,
+                   quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions),
+                   parity_tolerance=ex.parity_tolerance)
 
 
-def execution_definitions(settings: Settings, strategy: StrategyConfig,
+def execution_definitions(settings: Settings, strategy: StrategyConfig, account: Account,
                           guarded: list[dg.AssetsDefinition], calendar: TradingCalendar
                           ) -> dg.Definitions:
     """approved_signal → sensor → execution_job → positions_report, and the kill switch; the
     account's risk and compliance report and its breach alerts."""
     ex = settings.execution
-    limits = risk_limits_of(ex.risk, strategy)
-    costs = costs_of(strategy)
-    lookback = quote_lookback(settings.quality.lookback_sessions)
-    execution_job, kill_switch_job = execution_jobs(
-        account_id=ex.account_id, costs=costs, limits=limits, conduct=ex.conduct,
-        lock_timeout=ex.lock_timeout_seconds, quote_lookback_sessions=lookback)
-    assets = signal_assets(strategy, limits, guarding_checks(guarded),
-                           account_id=ex.account_id, backtest=strategy.backtest_config(),
-                           costs=costs, lock_timeout=ex.lock_timeout_seconds,
-                           parity_tolerance=ex.parity_tolerance,
-                           quote_lookback_sessions=lookback)
-    assets += compliance_assets(ex.account_id, limits,
-                                storage_root=settings.resolved_storage_root.resolve(),
-                                quote_lookback_sessions=lookback)
+    webhook = settings.alert_webhook_url or None
+    timeout = settings.alert_webhook_timeout_seconds
+    execution_job, kill_switch_job = execution_jobs(account)
+    assets = signal_assets(strategy, account, guarding_checks(guarded))
+    assets += compliance_assets(account, storage_root=settings.resolved_storage_root.resolve())
     end_of_day = end_of_day_job()
     return dg.Definitions(assets=assets,
                           jobs=[execution_job, kill_switch_job, end_of_day,
-                                supersede_signal_job(account_id=ex.account_id)],
+                                supersede_signal_job(account)],
                           schedules=[end_of_day_schedule(end_of_day, calendar,
                                                          ex.end_of_day_cron,
                                                          settings.schedule_timezone)],
-                          sensors=[approved_signal_sensor(execution_job, ex.account_id),
-                                   stalled_execution_sensor(
-                                       execution_job, ex.account_id,
-                                       settings.alert_webhook_url or None,
-                                       settings.alert_webhook_timeout_seconds),
-                                   intraday_risk_sensor(ex.account_id, limits,
-                                                        strategy.market.name),
-                                   risk_breach_alert_sensor(
-                                       ex.account_id, settings.alert_webhook_url or None,
-                                       settings.alert_webhook_timeout_seconds)])
+                          sensors=[approved_signal_sensor(execution_job, account),
+                                   stalled_execution_sensor(execution_job, account, webhook,
+                                                            timeout),
+                                   intraday_risk_sensor(account, strategy.market.name),
+                                   risk_breach_alert_sensor(account, webhook, timeout)])
 
 
 DEFAULT_STRATEGY = "etf_rotation_default"
@@ -215,7 +204,8 @@ def strategy_for(settings: Settings) -> StrategyConfig:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     strategy = strategy_for(settings)
-    resources = resources_for(settings)
+    account = account_of(settings, strategy)
+    resources = resources_for(settings, account)
     market_data = resources["market_data"]
     assert isinstance(market_data, MarketDataResource)
     calendar = market_data.calendar
@@ -265,7 +255,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if windows is not None and settings.postgres_url:
         guarded = [a for d in stages for a in d.assets or []
                    if isinstance(a, dg.AssetsDefinition)]
-        execution = execution_definitions(settings, strategy, guarded, calendar)
+        execution = execution_definitions(settings, strategy, account, guarded, calendar)
     elif windows is not None:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "

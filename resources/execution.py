@@ -17,8 +17,8 @@ import pandas as pd
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
 from rotation.bars import traded_amount
+from rotation.costs import CostModel
 from trading.ledger import AccountLock, Ledger
-from trading.models import Costs
 from trading.paper import FrameQuotes, PaperBroker, QuoteSource
 from trading.venue import ExecutionVenue
 
@@ -35,7 +35,7 @@ class ExecutionResource(dg.ConfigurableResource):
     def name(self) -> str:
         raise NotImplementedError
 
-    def venue(self, quotes: QuoteSource, costs: Costs) -> ExecutionVenue:
+    def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
         raise NotImplementedError
 
 
@@ -49,7 +49,7 @@ class PaperExecution(ExecutionResource):
     def name(self) -> str:
         return "paper" if self.twap_slices == 1 else f"paper+twap{self.twap_slices}"
 
-    def venue(self, quotes: QuoteSource, costs: Costs) -> ExecutionVenue:
+    def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
         # TWAP children are planned into the ledger by the executor (write-ahead) and sent
         # to the broker one by one: the venue itself never slices.
         return PaperBroker(self.url, quotes, costs)

@@ -26,7 +26,6 @@ from rotation.yaml_config import load_yaml_model
 MARKET_CONFIG_DIR = CONFIG_DIR / "markets"
 DEFAULT_MARKET = "cn_funds"
 Settlement = Literal["T+0", "T+1"]
-Side = Literal["buy", "sell"]
 _MODEL = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -131,8 +130,10 @@ class InstrumentClass(BaseModel):
 
 
 class FeeSchedule(BaseModel):
-    """The one cost model: commission (rate with a minimum per order) on every order, plus
-    sell-side ad-valorem duties (stamp duty, a regulator's transaction fee) where they apply."""
+    """A market's fees as its profile states them: commission (rate with a minimum per order)
+    on every order, plus sell-side ad-valorem duties (stamp duty, a regulator's transaction fee)
+    where they apply. What an order is charged is :class:`rotation.costs.CostModel`'s, built from
+    this (:meth:`rotation.costs.CostModel.of_market`)."""
 
     model_config = _MODEL
 
@@ -146,10 +147,6 @@ class FeeSchedule(BaseModel):
     def sell_rate(self) -> float:
         """Sell-side duties as a fraction of the notional (on top of the commission)."""
         return (self.stamp_duty_sell_bps + self.transaction_fee_sell_bps) / 1e4
-
-    def fee(self, notional: float, side: Side) -> float:
-        commission = max(notional * self.commission_bps / 1e4, self.min_commission)
-        return commission + (notional * self.sell_rate if side == "sell" else 0.0)
 
 
 class MarketProfile(BaseModel):

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from rotation.costs import NO_FEES, CostModel
+
 __all__ = ["PlannedOrder", "order_notional", "plan_orders", "weights_of"]
 
 # Same rounding slack as the backtest engine (``floor(x / lot + EPS)``).
@@ -141,8 +143,8 @@ def weights_of(positions: Mapping[str, int], cash: float, last_close: Mapping[st
     return {s: units[s] * prices[s] / equity for s in sorted(units)}
 
 
-def _fee(notional: float, rate: float, min_fee: float) -> float:
-    return max(rate * notional, min_fee) if notional > 0.0 else 0.0
+def _fee(notional: float, costs: CostModel, side: str = "buy") -> float:
+    return costs.fee(notional, side) if notional > 0.0 else 0.0
 
 
 def _pct(x: float) -> str:
@@ -150,29 +152,19 @@ def _pct(x: float) -> str:
 
 
 def plan_orders(target_weights: Mapping[str, float], positions: Mapping[str, int], cash: float,
-                last_close: Mapping[str, float], *, lot_size: int = 100,
-                commission_rate: float = 0.0, min_commission: float = 0.0,
-                sell_fee_rate: float = 0.0, held_back: frozenset[str] = frozenset()
-                ) -> list[PlannedOrder]:
+                last_close: Mapping[str, float], *, costs: CostModel = NO_FEES,
+                held_back: frozenset[str] = frozenset()) -> list[PlannedOrder]:
     """Orders that move ``positions`` (raw units) to ``target_weights`` of equity.
 
     ``last_close`` holds raw closes of the signal day (a fund without a bar that day carries
-    its previous close). ``commission_rate`` / ``min_commission`` and the sell-side duty rate
-    ``sell_fee_rate`` only enter the cash bound of the buys (module docstring); sale proceeds of
-    the funds in ``held_back`` (classes that cannot reuse sale cash the same session) do not.
-    Raises :class:`ValueError` naming the fund for a target weight
+    its previous close). Orders are whole lots of ``costs.lot_size``; the commission and the
+    sell-side duties of ``costs`` only enter the cash bound of the buys (module docstring);
+    sale proceeds of the funds in ``held_back`` (classes that cannot reuse sale cash the same
+    session) do not. Raises :class:`ValueError` naming the fund for a target weight
     that is NaN, infinite or negative, negative or fractional position units, a fund to value
-    or trade without a positive finite last close, negative or non-finite cash, or a lot size
-    below 1.
+    or trade without a positive finite last close, or negative or non-finite cash.
     """
-    if (isinstance(lot_size, bool) or not isinstance(lot_size, numbers.Integral)
-            or lot_size < 1):
-        raise ValueError(f"lot_size {lot_size!r} must be a positive integer")
-    if not (math.isfinite(commission_rate) and commission_rate >= 0.0):
-        raise ValueError(f"commission_rate {commission_rate!r} must be finite and >= 0")
-    if not (math.isfinite(min_commission) and min_commission >= 0.0):
-        raise ValueError(f"min_commission {min_commission!r} must be finite and >= 0")
-    lot_size = int(lot_size)
+    lot_size = costs.lot_size
     cash = _check_cash(cash)
     weights = {s: _check_weight(s, w) for s, w in target_weights.items()}
     units, prices = _valued_positions(positions, last_close)
@@ -209,33 +201,30 @@ def plan_orders(target_weights: Mapping[str, float], positions: Mapping[str, int
 
     # Cash bound: buys are paid from the cash plus the sell proceeds (fees included).
     available = cash
-    if not (math.isfinite(sell_fee_rate) and sell_fee_rate >= 0.0):
-        raise ValueError(f"sell_fee_rate {sell_fee_rate!r} must be finite and >= 0")
     for order in sells:
         notional = order_notional(order)
         if order.symbol not in held_back:
-            available += notional - _fee(notional, commission_rate, min_commission) \
-                - notional * sell_fee_rate
+            available += notional - _fee(notional, costs, "sell")
     planned_buys: list[PlannedOrder] = []
     for symbol, qty, price, target_value, reason in buys:
         held = units.get(symbol, 0)
-        cost = qty * price + _fee(qty * price, commission_rate, min_commission)
+        cost = qty * price + _fee(qty * price, costs)
         if cost > available:
             lot_value = lot_size * price
             lots = min(qty // lot_size,
-                       math.floor(available / (lot_value * (1.0 + commission_rate))),
-                       math.floor((available - min_commission) / lot_value))
+                       math.floor(available / (lot_value * (1.0 + costs.commission_rate))),
+                       math.floor((available - costs.min_commission) / lot_value))
             lots = max(lots, 0)
             while lots > 0:
                 notional = lots * lot_size * price
-                if notional + _fee(notional, commission_rate, min_commission) <= available:
+                if notional + _fee(notional, costs) <= available:
                     break
                 lots -= 1
             if lots == 0:
                 continue
             reason = f"{reason}, cut from {qty} to {lots * lot_size} units by the cash left"
             qty = lots * lot_size
-            cost = qty * price + _fee(qty * price, commission_rate, min_commission)
+            cost = qty * price + _fee(qty * price, costs)
         available -= cost
         planned_buys.append(PlannedOrder(symbol, "buy", qty, price, held, target_value, reason))
     return sells + planned_buys

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 import pandas as pd
 
-from rotation.backtest import MarketPanels
+from rotation.backtest import BacktestConfig, MarketPanels
 from rotation.portfolio import (
     _SCHEMES,
     PortfolioConfig,
@@ -89,15 +89,6 @@ class SearchSpace:
         """``(P, 3)`` int array of (top_n, rebalance_every, weighting scheme)."""
         grid = itertools.product(self.top_n, self.rebalance_every, self.weightings)
         return np.array([(n, r, _SCHEMES[w]) for n, r, w in grid], dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Costs:
-    """Proportional costs of the search simulation (rates, not bp)."""
-
-    fees: float = 0.0002
-    slippage: float = 0.0005
-    init_cash: float = 1_000_000.0
 
 
 def combinations(n_factors: int, min_k: int, max_k: int) -> np.ndarray:
@@ -549,17 +540,17 @@ class SearchPanel:
                 pd.Series(trade, index=idx, name="trade"))
 
     def candidate_equity(self, candidate: Candidate, start: object, end: object,
-                         costs: Costs) -> pd.Series:
+                         cfg: BacktestConfig) -> pd.Series:
         """Daily equity of one candidate on ``start..end`` (the engine's simulation)."""
         weights, trade = self.candidate_targets(candidate, start, end)
         a, b = self.rows(start, end)
         equity, _ = simulate_target_percent_nb(
             weights.to_numpy(), trade.to_numpy(), self.price[a:b + 1], self.tradable[a:b + 1],
-            self.close[a:b + 1], costs.init_cash, costs.fees, costs.slippage)
+            self.close[a:b + 1], cfg.initial_cash, *_proportional(cfg))
         return pd.Series(equity, index=weights.index, name="equity")
 
     def vectorbt_equity(self, candidate: Candidate, start: object, end: object,
-                        costs: Costs) -> pd.Series:
+                        cfg: BacktestConfig) -> pd.Series:
         """The same candidate re-run in ``vectorbt.Portfolio.from_orders`` (target percent)."""
         import vectorbt as vbt
 
@@ -574,14 +565,20 @@ class SearchPanel:
                              columns=self.columns).fillna(1.0)  # before listing: no position
         pf = vbt.Portfolio.from_orders(
             close=close, size=size, size_type="targetpercent", direction="longonly",
-            price=self.price[a:b + 1], fees=costs.fees, slippage=costs.slippage,
-            init_cash=costs.init_cash, cash_sharing=True, group_by=True, call_seq="auto",
-            freq="1D")
+            price=self.price[a:b + 1], fees=cfg.costs.commission_rate,
+            slippage=cfg.costs.slippage_rate, init_cash=cfg.initial_cash, cash_sharing=True,
+            group_by=True, call_seq="auto", freq="1D")
         return pd.Series(np.asarray(pf.value(), dtype=float).ravel(), index=weights.index,
                          name="vbt_equity")
 
 
 # -- one window ---------------------------------------------------------------------------------
+
+
+def _proportional(cfg: BacktestConfig) -> tuple[float, float]:
+    """The search's proportional part of the cost model: commission and slippage rates (the
+    minimum commission, sell-side duties and lots are the backtest engine's)."""
+    return cfg.costs.commission_rate, cfg.costs.slippage_rate
 
 
 def rank_score(table: pd.DataFrame, space: SearchSpace) -> pd.Series:
@@ -596,7 +593,7 @@ def rank_score(table: pd.DataFrame, space: SearchSpace) -> pd.Series:
 
 
 def search_window(panel: SearchPanel, factors: Sequence[str], start: object, end: object,
-                  space: SearchSpace, costs: Costs) -> pd.DataFrame:
+                  space: SearchSpace, cfg: BacktestConfig) -> pd.DataFrame:
     """Every candidate of ``space`` over ``factors`` on the in-sample sessions ``start..end``,
     with its metrics and score, best first (ties broken by fewer factors, then order)."""
     if len(factors) < space.min_factors:
@@ -610,8 +607,8 @@ def search_window(panel: SearchPanel, factors: Sequence[str], start: object, end
     # numba's stub cannot match a star-expanded argument tuple to the kernel's signature.
     metrics = search_window_nb(panel.signed, mapped, params, a, b,  # type: ignore[call-arg]
                                *panel._common(),
-                               panel.price, panel.tradable, panel.close, costs.init_cash,
-                               costs.fees, costs.slippage)
+                               panel.price, panel.tradable, panel.close, cfg.initial_cash,
+                               *_proportional(cfg))
     n_c, n_p = len(combos), len(params)
     names = [tuple(factors[i] for i in row if i >= 0) for row in combos]
     schemes = {v: k for k, v in _SCHEMES.items()}

@@ -12,7 +12,8 @@ and raises :class:`StrategyConfigError` naming the file, the field path and why,
 Every section forbids unknown keys. The models are frozen; derived engine configs come from
 :meth:`StrategyConfig.wfo_config` (:class:`rotation.wfo.WfoConfig`, ``horizon = max(horizons)``),
 :meth:`StrategyConfig.portfolio_config` (:class:`rotation.portfolio.PortfolioConfig`) and
-:meth:`StrategyConfig.backtest_config` (:class:`rotation.backtest.BacktestConfig`).
+:meth:`StrategyConfig.backtest_config` (:class:`rotation.backtest.BacktestConfig`, holding the one
+cost model :attr:`StrategyConfig.cost_model`).
 
 The portfolio rules are defined once, by :class:`rotation.portfolio.PortfolioConfig`:
 :attr:`StrategyConfig.portfolio` *is* one, read from (and dumped to) the file's nested
@@ -50,6 +51,7 @@ from pydantic import (
 
 from rotation.backtest import BacktestConfig
 from rotation.config_paths import DATASET_CONFIG_DIR, STRATEGY_CONFIG_DIR
+from rotation.costs import CostModel
 from rotation.factors.registry import (
     DEFAULT_FACTORS,
     FactorConfigError,
@@ -361,11 +363,13 @@ class SearchConfig(BaseModel):
         return combos * len(self.top_n) * len(self.rebalance_every) * len(self.weightings)
 
 
-class CostConfig(BaseModel):
-    """SPEC §7 trading costs and the backtest's starting capital (together: the backtest side,
-    :meth:`StrategyConfig.backtest_config`).
+class CostSection(BaseModel):
+    """The strategy file's ``costs:`` section: what this strategy's broker and fills change in
+    the market's costs, and the backtest's starting capital. Not a cost model: the one cost
+    model is :class:`rotation.costs.CostModel`, built from this section and the market profile
+    by :attr:`StrategyConfig.cost_model`.
 
-    The market profile's fee schedule (``config/markets``) is the cost model: lots and sell-side
+    The market profile's fee schedule (``config/markets``) is the basis: lots and sell-side
     duties (stamp duty, a regulator's fee) come from it only. ``commission_bps`` and
     ``min_commission`` (in the market's currency) override its commission for a broker's
     negotiated rate; ``lot_size``, if given, must equal the market's. ``initial_cash`` is in the
@@ -451,7 +455,7 @@ def _line_error(kind: str, loc: tuple[Any, ...], value: Any, msg: str = "",
 def _cash_errors(value: Any) -> list[dict[str, Any]]:
     """Errors of ``value`` as ``costs.initial_cash`` (empty when valid), at ``initial_cash``."""
     try:
-        CostConfig(initial_cash=value)
+        CostSection(initial_cash=value)
     except ValidationError as exc:
         return [_line_error(e["type"], (_LEGACY_CASH,), e["input"], ctx=e.get("ctx"))
                 for e in exc.errors()]
@@ -647,7 +651,7 @@ class StrategyConfig(BaseModel):
     screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
     wfo: WfoSection = Field(default_factory=WfoSection)
     search: SearchConfig = Field(default_factory=SearchConfig)
-    costs: CostConfig = Field(default_factory=CostConfig)
+    costs: CostSection = Field(default_factory=CostSection)
     # SPEC §8 rules as traded (the search varies top_n, rebalance frequency and weighting
     # around them); nested in the file, see portfolio_from_nested.
     portfolio: PortfolioSection = Field(default_factory=PortfolioConfig, validate_default=True)
@@ -668,7 +672,7 @@ class StrategyConfig(BaseModel):
             return data
         cash = portfolio[_LEGACY_CASH]
         costs = data.get("costs", {})
-        if isinstance(costs, CostConfig):
+        if isinstance(costs, CostSection):
             costs = costs.model_dump()
         if (not isinstance(costs, Mapping) or _cash_errors(cash)
                 or costs.get(_LEGACY_CASH, cash) != cash):
@@ -753,8 +757,15 @@ class StrategyConfig(BaseModel):
 
     @property
     def fees(self) -> FeeSchedule:
-        """The one cost model: the market's fee schedule with this strategy's overrides."""
+        """The market's fee schedule with this strategy's commission overrides."""
         return self.costs.fees(self.market)
+
+    @property
+    def cost_model(self) -> CostModel:
+        """The one cost model of this strategy: its market's fees and lot with its overrides
+        and slippage (what the backtest, the search and the account's venue charge)."""
+        return CostModel.of_market(self.fees, lot_size=self.market.lot_size,
+                                   slippage_bps=self.costs.slippage_bps)
 
     @property
     def factor_specs(self) -> tuple[FactorSpec, ...]:
@@ -807,9 +818,8 @@ class StrategyConfig(BaseModel):
         return dataclasses.replace(self.portfolio, **overrides) if overrides else self.portfolio
 
     def backtest_config(self) -> BacktestConfig:
-        """:class:`rotation.backtest.BacktestConfig`: the market's lot and fee schedule (with
-        the strategy's commission overrides), ``slippage_bps`` and ``initial_cash``; ``tick`` and
-        ``risk_free`` keep the engine defaults.
+        """:class:`rotation.backtest.BacktestConfig`: the strategy's :attr:`cost_model`, its
+        ``initial_cash`` and the market's tick; ``risk_free`` keeps the engine default.
 
         Raises ``ValueError`` under the ``CLOSE`` execution model: the engine simulates
         ``T1_OPEN`` only, so it cannot produce a ``CLOSE`` comparison backtest.
@@ -817,12 +827,7 @@ class StrategyConfig(BaseModel):
         if self.execution.model != "T1_OPEN":
             raise ValueError(f"strategy {self.name!r}: the backtest engine simulates T1_OPEN "
                              f"only, not the {self.execution.model} execution model")
-        fees = self.fees
-        return BacktestConfig(commission_bps=fees.commission_bps,
-                              min_commission=fees.min_commission,
-                              sell_fee_bps=fees.sell_rate * 1e4,
-                              slippage_bps=self.costs.slippage_bps,
-                              lot_size=self.market.lot_size, tick=self.market.tick,
+        return BacktestConfig(costs=self.cost_model, tick=self.market.tick,
                               initial_cash=self.costs.initial_cash)
 
     def to_dict(self) -> dict[str, Any]:
@@ -847,11 +852,8 @@ class StrategyConfig(BaseModel):
         data["wfo"]["horizon"] = self.max_horizon
         data["wfo"]["purge"] = self.wfo_config.purge
         # The costs as charged: the market's fee schedule with this strategy's overrides.
-        fees, market = self.fees, self.market
-        data["costs"].update(commission_bps=fees.commission_bps,
-                             min_commission=fees.min_commission,
-                             sell_fee_bps=fees.sell_rate * 1e4, lot_size=market.lot_size,
-                             currency=market.currency)
+        data["costs"].update(dataclasses.asdict(self.cost_model),
+                             currency=self.market.currency)
         return data
 
     def tracking_tags(self) -> dict[str, str]:
@@ -982,7 +984,7 @@ __all__ = [
     "PORTFOLIO_FIELDS_ELSEWHERE",
     "PORTFOLIO_KEYS",
     "STRATEGY_CONFIG_DIR",
-    "CostConfig",
+    "CostSection",
     "ExecutionConfig",
     "PortfolioSection",
     "ScoreWeights",

@@ -42,7 +42,7 @@ from rotation.portfolio import (
     explain,
     rebalance_schedule,
 )
-from rotation.search import Candidate, Costs, SearchPanel, SearchSpace, candidate_of, search_window
+from rotation.search import Candidate, SearchPanel, SearchSpace, candidate_of, search_window
 from rotation.wfo import WfoConfig, WfoWindow, wfo_windows
 
 # Relative daily-equity tolerance between the engine and vectorbt for every finalist.
@@ -197,12 +197,6 @@ class WindowResult:
         return out
 
 
-def costs_of(cfg: BacktestConfig) -> Costs:
-    """The search's proportional costs (the minimum commission is left to the backtest)."""
-    return Costs(fees=cfg.commission_bps / 1e4, slippage=cfg.slippage_bps / 1e4,
-                 init_cash=cfg.initial_cash)
-
-
 def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                     factors: Sequence[str], space: SearchSpace, backtest: BacktestConfig
                     ) -> WindowResult:
@@ -213,13 +207,12 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                          f"window {window.key}: {len(factors)} factor(s) passed the in-sample "
                          f"screen, fewer than the {space.min_factors} a combination needs (too "
                          "few funds or too little signal in-sample): no trade, held in cash")
-    costs = costs_of(backtest)
-    table = search_window(panel, factors, window.is_start, window.is_end, space, costs)
+    table = search_window(panel, factors, window.is_start, window.is_end, space, backtest)
     rows = []
     for rank in range(min(space.finalists, len(table))):
         candidate = candidate_of(table.iloc[rank])
-        engine = panel.candidate_equity(candidate, window.is_start, window.is_end, costs)
-        vbt = panel.vectorbt_equity(candidate, window.is_start, window.is_end, costs)
+        engine = panel.candidate_equity(candidate, window.is_start, window.is_end, backtest)
+        vbt = panel.vectorbt_equity(candidate, window.is_start, window.is_end, backtest)
         diff = float(np.max(np.abs(engine.to_numpy() / vbt.to_numpy() - 1.0)))
         rows.append({"rank": rank + 1, "factors": ",".join(candidate.factors),
                      "top_n": candidate.top_n, "rebalance_every": candidate.rebalance_every,

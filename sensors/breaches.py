@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from resources.ledger import LedgerResource
 from sensors.alerts import post_webhook
+from trading.account import Account
 from trading.ledger import AUDIT_LOG, ORDERS, Ledger
 
 SENSOR_NAME = "risk_breach_alert_sensor"
@@ -109,10 +110,11 @@ def alert_payload(account_id: str, breaches: list[Breach]) -> dict[str, Any]:
     return {"text": text, "account_id": account_id, "breaches": [asdict(b) for b in breaches]}
 
 
-def risk_breach_alert_sensor(account_id: str, webhook_url: str | None, timeout: float = 5.0,
+def risk_breach_alert_sensor(account: Account, webhook_url: str | None, timeout: float = 5.0,
                              *, retry_delay: float = 1.0, minimum_interval_seconds: int = 60
                              ) -> dg.SensorDefinition:
     """Posts the account's new breach entries of the ledger's audit log (module docstring)."""
+    account_id = account.account_id
 
     @dg.sensor(
         name=SENSOR_NAME, minimum_interval_seconds=minimum_interval_seconds,

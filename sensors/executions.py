@@ -18,6 +18,7 @@ import dagster as dg
 from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
 from resources.ledger import LedgerResource
 from sensors.alerts import post_webhook
+from trading.account import Account
 from trading.ledger import ExecutionRecord, Ledger
 
 SENSOR_NAME = "stalled_execution_sensor"
@@ -66,9 +67,10 @@ def _recovery(stall: Stall, account_id: str, attempt: int) -> dg.RunRequest:
               RECOVERS_TAG: e.dagster_run_id or "none"})
 
 
-def stalled_execution_sensor(job: dg.JobDefinition, account_id: str,
+def stalled_execution_sensor(job: dg.JobDefinition, account: Account,
                              webhook_url: str | None, timeout: float = 5.0,
                              minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+    account_id = account.account_id
     @dg.sensor(
         name=SENSOR_NAME, job=job, minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -16,7 +16,8 @@ from resources.clock import ClockResource
 from resources.ledger import LedgerResource
 from resources.live_quotes import LiveQuotesResource
 from resources.market_data import MarketDataResource
-from rotation.risk import RiskLimits, RiskViolation
+from rotation.risk import RiskViolation
+from trading.account import Account
 from trading.intraday import IntradayBook, check_intraday, mark
 from trading.models import AuditEntry
 
@@ -51,8 +52,9 @@ def _report(ledger: LedgerResource, account_id: str, book: IntradayBook,
                  "close_equity": book.close_equity, "stale": list(book.stale)}))
 
 
-def intraday_risk_sensor(account_id: str, limits: RiskLimits, market: str,
-                         minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+def intraday_risk_sensor(account: Account, market: str, minimum_interval_seconds: int = 60
+                         ) -> dg.SensorDefinition:
+    account_id, limits = account.account_id, account.limits
     @dg.sensor(
         name=SENSOR_NAME, minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,

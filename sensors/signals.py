@@ -12,12 +12,14 @@ import dagster as dg
 
 from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
 from resources.ledger import LedgerResource
+from trading.account import Account
 from trading.models import SignalStatus
 
 PAGE = 100
 
 
-def approved_signal_sensor(job: dg.JobDefinition, account_id: str) -> dg.SensorDefinition:
+def approved_signal_sensor(job: dg.JobDefinition, account: Account) -> dg.SensorDefinition:
+    account_id = account.account_id
     @dg.sensor(
         name="approved_signal_sensor",
         job=job,

@@ -20,6 +20,9 @@ import yaml
 
 from orchestration.instance import configure_event_batching
 from orchestration.settings import DATASET_CONFIG_DIR, Settings, load_settings
+from rotation.costs import CostModel
+from rotation.risk import RiskLimits
+from trading.account import Account
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ETF_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -91,6 +94,13 @@ EXECUTION_START = "2021-01-04"
 # The stored history ends on a Friday; the paper venue fills at the next session's open.
 EXECUTION_SIGNAL_DAY = "2023-12-29"
 EXECUTION_FILL_DAY = "2024-01-02"
+
+
+def paper_account(account_id: str = "paper-test", **fields: Any) -> Account:
+    """An account with the default cost model (2 bp, 5 minimum, lots of 100) and limits."""
+    return Account(**{"account_id": account_id, "initial_cash": 1_000_000.0,
+                      "costs": CostModel(), "limits": RiskLimits(),
+                      "quote_lookback_sessions": 5, **fields})
 
 
 def copy_dataset(shared: Path, dataset: str, root: Path, symbols: tuple[str, ...]) -> Path:

@@ -13,6 +13,7 @@ import pytest
 from rotation.backtest import BacktestConfig, run_backtest
 from rotation.backtest.metrics import benchmark_comparison, performance_metrics
 from rotation.backtest.vbt import compare, replay
+from rotation.costs import CostModel
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def test_slippage_and_split_in_adjusted_space() -> None:
     tw = _targets([[0.5, 0.5], [NAN, NAN], [0.5, 0.0], [NAN, NAN]], ["A", "B"])
     prices = {"A": [(10.0, 10.0)] * 4, "B": [(10.0, 10.0), (10.0, 10.0), (5.0, 5.0), (5.0, 5.0)]}
     factors = {"B": [1.0, 1.0, 2.0, 2.0]}
-    cfg = BacktestConfig(initial_cash=100_000.0, slippage_bps=10)
+    cfg = BacktestConfig(initial_cash=100_000.0, costs=CostModel(slippage_bps=10))
     res = run_backtest(tw, _bars(prices, factors), LIMITS, cfg)
     assert res.positions["B"].tolist() == [0, 4900, 9800, 0]
     sell = res.orders[(res.orders.symbol == "B")].iloc[-1]
@@ -196,7 +197,7 @@ def real(shared_data: Path):
     top = mom.rank(axis=1, ascending=False, method="first") <= 3
     weights = (top.astype(float) / 3).where(mom.notna(), 0.0).where(month_end)
     weights.iloc[:60] = np.nan
-    cfg = BacktestConfig(slippage_bps=5)
+    cfg = BacktestConfig(costs=CostModel(slippage_bps=5))
     return bars, weights, src.instruments(), cfg, run_backtest(weights, bars, src.instruments(),
                                                                cfg)
 

@@ -25,6 +25,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import paper_account
 
 from assets.compliance import experiment_of, report_inputs, report_paths
 from assets.signals import risk_tables
@@ -309,7 +310,8 @@ def test_the_sensor_posts_exactly_the_new_breaches_once(ledger_url: str, webhook
                                                         ) -> None:
     url, received = webhook
     limits = RiskLimits()
-    sensor = risk_breach_alert_sensor(ACCOUNT, url, timeout=5.0, retry_delay=0.01)
+    sensor = risk_breach_alert_sensor(paper_account(ACCOUNT), url, timeout=5.0,
+                                      retry_delay=0.01)
     ledger = Ledger(ledger_url)
     ledger.migrate()
     try:
@@ -353,7 +355,8 @@ def test_a_failing_webhook_does_not_fail_the_tick(ledger_url: str,
     closed = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
     port = closed.server_port
     closed.server_close()                                       # nothing listens there now
-    sensor = risk_breach_alert_sensor(ACCOUNT, f"http://127.0.0.1:{port}/hook", timeout=1.0,
+    sensor = risk_breach_alert_sensor(paper_account(ACCOUNT), f"http://127.0.0.1:{port}/hook",
+                                      timeout=1.0,
                                       retry_delay=0.01)
     ledger = Ledger(ledger_url)
     ledger.migrate()

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from rotation.costs import CostModel
 from rotation.risk import OrderCheck, RiskLimits, VolatilityRegime, regime_limits
 from trading.conduct import ConductRules, OrderPace, order_violations, pace_violation
 from trading.executor import MarketView, execute_signal
 from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.models import (
-    Costs,
     OrderStatus,
     Quote,
     Side,
@@ -186,7 +186,7 @@ def test_the_ledger_counts_what_reached_the_venue(book: Ledger) -> None:
 def test_a_cross_account_self_trade_is_blocked_and_audited(book: Ledger, ledger_url) -> None:
     """acct-a sells 510300 for the session (its order is open at the venue); acct-b's buy of
     510300 for the same session is rejected, its 510500 buy goes."""
-    costs = Costs()
+    costs = CostModel()
     broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
         columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
     seller = _approved(book, "acct-a", {"510300": 1.0})
@@ -234,7 +234,7 @@ def test_an_order_stream_beyond_the_rate_is_stopped(book: Ledger, ledger_url) ->
     """Four orders a minute, three already sent: the plan's first order goes, the next and
     every later one are rejected, the execution halts and the breach is audited; the venue saw
     one of them."""
-    costs = Costs()
+    costs = CostModel()
     broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
         columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
     _seed_sends(book, "acct-a", 3)
@@ -262,7 +262,7 @@ def test_a_plan_the_rate_could_not_pass_whole_is_refused_before_sending(book: Le
                                                                        ledger_url) -> None:
     """Six TWAP children against two a minute: nothing is sent (a stream stopped half-way
     would leave the sells done and the buys not); one breach, written with the orders."""
-    costs = Costs()
+    costs = CostModel()
     broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
         columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
     sid = _approved(book, "acct-a", {"510300": 0.5, "510500": 0.5})

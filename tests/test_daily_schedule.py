@@ -31,7 +31,7 @@ from test_execution_pipeline import NoQuotes, evaluate_sensor, run_request
 from assets.partitions import session_partitions
 from assets.signals import BOOK_CHECK
 from jobs.market import after_close_schedule, market_data_job
-from orchestration.definitions import build_definitions, costs_of, strategy_for
+from orchestration.definitions import build_definitions, strategy_for
 from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, rebuild_research, run_range
 from orchestration.settings import Settings, load_settings
 from rotation.calendar import TradingCalendar, get_calendar
@@ -323,7 +323,7 @@ def assert_consistent_ledger(market: DailyMarket, ledger_url: str, last: str,
         assert not unseen, unseen
         fills = ledger.fills(account)
         assert fills and len({f.fill_id for f in fills}) == len(fills)
-        venue = PaperBroker(ledger_url, NoQuotes(), costs_of(strategy_for(settings)))
+        venue = PaperBroker(ledger_url, NoQuotes(), strategy_for(settings).cost_model)
         assert venue.positions(account) == {s: p.quantity
                                             for s, p in ledger.positions(account).items()}
         assert venue.cash(account) == pytest.approx(ledger.cash(account), abs=1e-6)

@@ -34,10 +34,10 @@ from test_execution_pipeline import (
 from api import security
 from api.permissions import Role
 from api.store import Audit, UserStore
-from orchestration.definitions import build_definitions, costs_of, resources_for, strategy_for
+from orchestration.definitions import account_of, build_definitions, resources_for, strategy_for
 from resources.cache import CacheStats
 from resources.deployment import deployed
-from resources.execution import ExecutionResource, quote_lookback
+from resources.execution import ExecutionResource
 from resources.ledger import LedgerResource
 from rotation.risk import RiskLimits
 from trading import approval
@@ -86,12 +86,9 @@ def run_direct(defs: dg.Definitions, signal_id: str,
     return run_signal(
         signal_id, ledger=resources["ledger"], execution=resources["execution"],
         market_data=resources["market_data"], cache=resources["cache"],
-        clock=resources["clock"], account_id=settings.execution.account_id,
-        costs=costs_of(strategy_for(settings)),
-        limits=settings.execution.risk, conduct=settings.execution.conduct,
-        lock_timeout=settings.execution.lock_timeout_seconds,
-        quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions), actor="test",
-        dagster_run_id=None, warn=lambda m: None, cache_stats=CacheStats(), wrap_venue=wrap)
+        clock=resources["clock"], account=account_of(settings, strategy_for(settings)),
+        actor="test", dagster_run_id=None, warn=lambda m: None, cache_stats=CacheStats(),
+        wrap_venue=wrap)
 
 
 _SETTINGS: dict[int, object] = {}
@@ -122,7 +119,7 @@ def assert_consistent(ledger: Ledger, defs: dg.Definitions, signal_id: str, venu
     from trading.paper import PaperBroker
 
     account = ledger_account(defs)
-    venue = PaperBroker(venue_url, NoQuotes(), costs_of(strategy_for(defs_settings(defs))))
+    venue = PaperBroker(venue_url, NoQuotes(), strategy_for(defs_settings(defs)).cost_model)
     orders = ledger.orders(signal_id=signal_id)
     ids = [o.order_id for o in orders]
     assert len(ids) == len(set(ids))

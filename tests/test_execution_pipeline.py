@@ -13,7 +13,6 @@ import pytest
 
 from orchestration.definitions import (
     build_definitions,
-    costs_of,
     market_data_resource,
     strategy_for,
 )
@@ -106,11 +105,9 @@ def test_signal_to_fills_end_to_end(stage) -> None:
     bars = deployed(defs, "market_data", MarketDataResource).load(market.signal_day,
                                               market.fill_day).bars
     closes = bars.loc[bars["date"] == pd.Timestamp(market.signal_day)].set_index("symbol")
-    costs = costs_of(strategy)
+    costs = strategy.cost_model
     expected = plan_orders(signal.weights, {}, settings.execution.initial_cash,
-                           closes["close"].to_dict(), lot_size=costs.lot_size,
-                           commission_rate=costs.commission_bps / 1e4,
-                           min_commission=costs.min_commission)
+                           closes["close"].to_dict(), costs=costs)
     orders = ledger.orders(signal_id=signal_id)
     assert [(o.symbol, o.side, o.quantity) for o in orders] == [
         (p.symbol, Side(p.side), p.quantity) for p in expected]
@@ -374,7 +371,7 @@ def test_an_order_above_the_participation_limit_is_rejected_and_not_sent(stage) 
         assert f"({adv:,.2f})" in str(order.reason) and f"{100 * share:.2f}%" in str(order.reason)
     audited = ledger.audit_log(action="order_rejected")
     assert {r["entity_id"] for r in audited} == {o.order_id for o in orders}
-    venue = PaperBroker(settings.postgres_url, NoQuotes(), costs_of(strategy_for(settings)))
+    venue = PaperBroker(settings.postgres_url, NoQuotes(), strategy_for(settings).cost_model)
     assert all(venue.order(o.order_id) is None for o in orders)
 
 
@@ -394,7 +391,7 @@ def test_an_order_stream_beyond_the_rate_limit_is_stopped(stage) -> None:
     breaches = ledger.audit_log(action="conduct_breach")
     assert [(b["entity_id"], b["details"]["rule"]) for b in breaches] == [("paced",
                                                                             "order_rate")]
-    venue = PaperBroker(settings.postgres_url, NoQuotes(), costs_of(strategy_for(settings)))
+    venue = PaperBroker(settings.postgres_url, NoQuotes(), strategy_for(settings).cost_model)
     assert all(venue.order(o.order_id) is None for o in orders)
 
 

@@ -37,11 +37,12 @@ from test_execution_pipeline import (
 
 from assets.signals import BOOK_CHECK, STALL_CHECK
 from resources.deployment import FixedIOManager, FixedResource
+from rotation.costs import CostModel
 from rotation.risk import RiskLimits
 from sensors.executions import SENSOR_NAME, stalled_executions
 from trading.executor import MarketView, execute_signal
 from trading.ledger import Ledger, LedgerError, OrderRecord, SignalRecord
-from trading.models import Costs, OrderStatus, Quote, SignalStatus, signal_id_of, weights_hash
+from trading.models import OrderStatus, Quote, SignalStatus, signal_id_of, weights_hash
 from trading.paper import FrameQuotes, PaperBroker
 
 SAMPLES: dict[type, object] = {str: "forged", bool: False, int: 1, float: 1e18}
@@ -184,7 +185,7 @@ def test_twap_killed_then_retried_under_another_slicing(execution_market, ledger
         assert retried.success
         orders = ledger.orders(signal_id=signal_id)
         assert [o.order_id for o in orders] == [o.order_id for o in planned]
-        venue = PaperBroker(ledger_url, FrameQuotes(_empty_bars()), Costs())
+        venue = PaperBroker(ledger_url, FrameQuotes(_empty_bars()), CostModel())
         sent: dict[str, int] = defaultdict(int)
         for o in orders:
             remote = venue.order(o.order_id)
@@ -271,7 +272,7 @@ def test_planning_counts_open_orders_and_committed_cash(ledger_url) -> None:
     ledger = Ledger(ledger_url)
     ledger.migrate()
     ledger.open_account("acct", 1_000_000.0, actor="test")
-    costs = Costs()
+    costs = CostModel()
     broker = PaperBroker(ledger_url, FrameQuotes(_empty_bars()), costs)  # sees no bar yet
     limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
                         max_daily_notional=5_000_000.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 import dagster as dg
+from conftest import paper_account
 
 from assets.signals import GuardingCheck, failed_checks
 from sensors.signals import approved_signal_sensor
@@ -59,7 +60,7 @@ def test_the_sensor_ignores_a_reported_approved_signal(pg_instance: dg.DagsterIn
     def execution_job() -> None:
         noop()
 
-    sensor = approved_signal_sensor(execution_job, "paper-test")
+    sensor = approved_signal_sensor(execution_job, paper_account("paper-test"))
     start = pg_instance.fetch_materializations(dg.AssetKey("approved_signal"), limit=1,
                                                ascending=False)
     cursor = start.cursor if start.records else None

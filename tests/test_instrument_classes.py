@@ -22,19 +22,20 @@ import pytest
 from rotation.backtest import BacktestConfig, BacktestResult, market_panels, run_backtest
 from rotation.backtest import vbt as vbt_replay
 from rotation.bars import Instrument
+from rotation.costs import CostModel
 from rotation.market import load_market
 from rotation.risk import OrderCheck, RiskLimits, check_orders, unsellable_units
 from rotation.search import simulate_sessions_nb
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import temporary_database
-from trading.models import Costs, OrderRequest, OrderStatus, Side
+from trading.models import OrderRequest, OrderStatus, Side
 from trading.paper import FrameQuotes, PaperBroker
 
 ROOT = Path(__file__).resolve().parents[1]
 BOND, EQUITY = "511260", "510300"
 DAY = pd.Timestamp("2025-06-11")          # D: the round trip's session
 START, END = pd.Timestamp("2025-06-03"), pd.Timestamp("2025-06-17")
-COSTS = Costs(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
+COSTS = CostModel(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,8 @@ def _round_trip(bars: pd.DataFrame, instruments: dict[str, Instrument], symbol: 
 @pytest.mark.parametrize(("symbol", "round_trip"), [(BOND, True), (EQUITY, False)])
 def test_backtest_round_trip_by_class(market, symbol: str, round_trip: bool) -> None:
     bars, instruments = market
-    result = _round_trip(bars, instruments, symbol, BacktestConfig(slippage_bps=5.0))
+    result = _round_trip(bars, instruments, symbol,
+                         BacktestConfig(costs=CostModel(slippage_bps=5.0)))
     orders = result.orders.set_index(["fill_at", "side"])
     assert orders.loc[("open", "buy"), "units"] > 0
     sold = orders.loc[("close", "sell")]
@@ -171,15 +173,14 @@ def test_sell_side_duty_engine_vectorbt_and_paper_agree(market, database: str) -
     """The US profile's SEC fee on sales, charged the same way by every engine."""
     bars, instruments = market
     fees = load_market("us_funds").fees
-    cfg = BacktestConfig(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0,
-                         sell_fee_bps=fees.sell_rate * 1e4)
+    costs = CostModel(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100,
+                      sell_fee_bps=fees.sell_rate * 1e4)
+    cfg = BacktestConfig(costs=costs)
     result = _round_trip(bars, instruments, BOND, cfg)
     sold = result.orders.loc[result.orders["side"] == "sell"].iloc[0]
     expected = max(sold["notional"] * 2e-4, 5.0) + sold["notional"] * fees.sell_rate
     assert sold["commission"] == pytest.approx(expected, rel=1e-12)
     assert vbt_replay.compare(result, vbt_replay.replay(result)) < 1e-9
-    costs = Costs(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100,
-                  sell_fee_bps=fees.sell_rate * 1e4)
     assert costs.fee(sold["notional"], "sell") == pytest.approx(expected, rel=1e-12)
     assert costs.fee(sold["notional"], "buy") == pytest.approx(max(sold["notional"] * 2e-4, 5.0))
     quotes = FrameQuotes(bars, {s: i.price_limit for s, i in instruments.items()},

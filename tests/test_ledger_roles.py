@@ -37,6 +37,7 @@ from alembic.config import Config
 from conftest import PG_SERVER, scratch_database
 from psycopg.types.json import Jsonb
 
+from rotation.costs import CostModel
 from rotation.risk import RiskLimits
 from trading import approval
 from trading.ledger import (
@@ -48,7 +49,7 @@ from trading.ledger import (
     SignalSessionConflict,
     migrate,
 )
-from trading.models import Costs, OrderRequest, OrderStatus, Quote, Side, SignalStatus
+from trading.models import OrderRequest, OrderStatus, Quote, Side, SignalStatus
 from trading.paper import PaperBroker
 
 HOST = PG_SERVER.rpartition("@")[2]
@@ -544,7 +545,7 @@ class OneBar:
 
 def test_the_paper_broker_works_as_the_writer(database: str, logins: Logins) -> None:
     session = dt.date(2024, 3, 5)
-    broker = PaperBroker(sa_url(logins.writer, database), OneBar(session), Costs())
+    broker = PaperBroker(sa_url(logins.writer, database), OneBar(session), CostModel())
     try:
         account = f"paper-{uuid.uuid4().hex[:8]}"
         broker.open_account(account, 100_000.0)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from rotation.backtest.engine import REC_COL, REC_SIDE, REC_UNITS, simulate_nb
+from rotation.costs import CostModel
 from rotation.orders import PlannedOrder, order_notional, plan_orders, weights_of
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 
@@ -105,12 +106,11 @@ def test_cash_bound_cuts_buys_in_symbol_order() -> None:
 
 def test_cash_bound_with_commission_matches_engine_rule() -> None:
     # All-in at 1.00 with 10,000 cash: 10,000 units would cost 10,000 + 5 (minimum fee).
-    orders = plan_orders({"A": 1.0}, {}, 10_000.0, {"A": 1.0}, commission_rate=2e-4,
-                         min_commission=5.0)
+    costs = CostModel(commission_bps=2.0, min_commission=5.0)
+    orders = plan_orders({"A": 1.0}, {}, 10_000.0, {"A": 1.0}, costs=costs)
     assert _rows(orders) == [("A", "buy", 9_900)]
     # Not affordable at all: the buy is dropped.
-    assert plan_orders({"A": 1.0}, {}, 104.0, {"A": 1.0}, commission_rate=2e-4,
-                       min_commission=5.0) == []
+    assert plan_orders({"A": 1.0}, {}, 104.0, {"A": 1.0}, costs=costs) == []
 
 
 def test_weights_of() -> None:
@@ -145,8 +145,8 @@ def test_errors_name_the_fund_and_problem(targets, positions, cash, close, match
 
 
 def test_bad_lot_size() -> None:
-    with pytest.raises(ValueError, match="lot_size 0"):
-        plan_orders({}, {}, 1.0, {}, lot_size=0)
+    with pytest.raises(ValueError, match="lot_size"):
+        CostModel(lot_size=0)
 
 
 def test_numpy_scalars_are_accepted() -> None:
@@ -247,8 +247,9 @@ def test_agrees_with_backtest_engine_sizing() -> None:
         for t, w in ((1, w1), (2, w2)):
             last = dict(zip(symbols, p[t].tolist(), strict=True))
             targets = {s: float(x) for s, x in zip(symbols, w, strict=True) if x > 0}
-            orders = plan_orders(targets, positions, cash, last, commission_rate=rate,
-                                 min_commission=min_fee)
+            orders = plan_orders(targets, positions, cash, last,
+                                 costs=CostModel(commission_bps=rate * 1e4,
+                                                 min_commission=min_fee))
             day = rec[rec[:, 0] == t]
             engine = sorted((symbols[int(r[REC_COL])], "buy" if r[REC_SIDE] > 0 else "sell",
                              round(r[REC_UNITS])) for r in day if r[REC_UNITS] > 0)

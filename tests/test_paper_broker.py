@@ -23,9 +23,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from rotation.costs import CostModel
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import temporary_database
-from trading.models import Costs, OrderRequest, OrderStatus, Side, order_id_of
+from trading.models import OrderRequest, OrderStatus, Side, order_id_of
 from trading.paper import SHANGHAI, FrameQuotes, PaperBroker, child_schedule, sellable_quantity
 from trading.twap import TwapVenue, aggregate, split_quantity
 from trading.venue import ExecutionVenue, UnknownOrder, VenueError
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT / "config" / "datasets" / "cn_etf_morphkyan_raw.yaml"
 D1 = dt.date(2025, 6, 10)      # 510300: open 3.997, close 3.972
 D2 = dt.date(2025, 6, 11)      # 510300: open 3.974, close 4.004
-COSTS = Costs(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
+COSTS = CostModel(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
 SYMBOLS = ("510300", "510500", "512880", "518880", "513100")
 
 

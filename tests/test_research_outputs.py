@@ -92,7 +92,7 @@ def test_oos_positions_are_the_stitched_backtest_per_session_and_fund(chain) -> 
     decided = rows.dropna(subset=["target_weight"]).groupby("date")["target_weight"].sum()
     assert len(decided) and (decided <= 1 + 1e-9).all()
     filled = rows.loc[rows["order_blocked"].eq(False).fillna(False).astype(bool)]
-    lot = strategy_for(settings).backtest_config().lot_size
+    lot = strategy_for(settings).cost_model.lot_size
     assert len(filled) and np.allclose(filled["order_units"] % lot, 0, atol=1e-6)
     assert (rows["window"].dropna().isin(set(daily["window"].dropna()))).all()
     meta = _metadata(portfolio, "oos_positions")

@@ -19,13 +19,14 @@ import pytest
 
 from rotation import walkforward as wf
 from rotation.adjust import adjust_bars
+from rotation.backtest import BacktestConfig
+from rotation.costs import CostModel
 from rotation.cross_section import CrossSectionConfig
 from rotation.factors.registry import DEFAULT_FACTORS
 from rotation.portfolio import PortfolioConfig
 from rotation.search import (
     METRICS,
     Candidate,
-    Costs,
     SearchPanel,
     SearchSpace,
     candidate_of,
@@ -47,8 +48,10 @@ RANKED = ["510300", "510500", "159915", "512880", "512100", "510880", "513100", 
 DEFENSIVE = "518880"
 FACTORS = ["momentum_20", "momentum_60", "volatility_20", "sharpe_20", "rsi_14",
            "price_position_20"]
-LOW_COSTS = Costs(fees=0.0002, slippage=0.0005)
-HIGH_COSTS = Costs(fees=0.02, slippage=0.01, init_cash=250_000.0)  # buys run short of cash
+LOW_COSTS = BacktestConfig(costs=CostModel(commission_bps=2.0, slippage_bps=5.0))
+# Buys run short of cash.
+HIGH_COSTS = BacktestConfig(costs=CostModel(commission_bps=200.0, slippage_bps=100.0),
+                            initial_cash=250_000.0)
 CANDIDATES = [
     Candidate(("momentum_20", "sharpe_20"), 3, 5, "equal"),
     Candidate(("momentum_60", "volatility_20", "rsi_14"), 2, 10, "inverse_vol"),
@@ -117,7 +120,8 @@ def test_combinations_counts_padding_and_bounds() -> None:
 # -- engine = vectorbt -------------------------------------------------------------------------
 
 
-def _vbt_portfolio(panel: SearchPanel, c: Candidate, start: object, end: object, costs: Costs):
+def _vbt_portfolio(panel: SearchPanel, c: Candidate, start: object, end: object,
+                   costs: BacktestConfig):
     """The call of ``SearchPanel.vectorbt_equity``, returning the portfolio (for its cash)."""
     import vectorbt as vbt
 
@@ -131,9 +135,9 @@ def _vbt_portfolio(panel: SearchPanel, c: Candidate, start: object, end: object,
                          columns=panel.columns).fillna(1.0)
     return vbt.Portfolio.from_orders(
         close=close, size=size, size_type="targetpercent", direction="longonly",
-        price=panel.price[a:b + 1], fees=costs.fees, slippage=costs.slippage,
-        init_cash=costs.init_cash, cash_sharing=True, group_by=True, call_seq="auto",
-        freq="1D")
+        price=panel.price[a:b + 1], fees=costs.costs.commission_rate,
+        slippage=costs.costs.slippage_rate, init_cash=costs.initial_cash, cash_sharing=True,
+        group_by=True, call_seq="auto", freq="1D")
 
 
 def _blocked_orders(weights: np.ndarray, trade: np.ndarray, tradable: np.ndarray) -> int:
@@ -147,7 +151,8 @@ def _blocked_orders(weights: np.ndarray, trade: np.ndarray, tradable: np.ndarray
 @pytest.mark.parametrize("window", [0, 6])
 @pytest.mark.parametrize("kind", ["defensive", "cash"])
 @pytest.mark.parametrize("costs", [LOW_COSTS, HIGH_COSTS], ids=["low_costs", "high_costs"])
-def test_engine_equity_equals_vectorbt(real: Real, kind: str, window: int, costs: Costs) -> None:
+def test_engine_equity_equals_vectorbt(real: Real, kind: str, window: int,
+                                       costs: BacktestConfig) -> None:
     panel = real.panels[kind]
     start, end = _window(real, window)
     a, b = panel.rows(start, end)
@@ -160,7 +165,7 @@ def test_engine_equity_equals_vectorbt(real: Real, kind: str, window: int, costs
         assert engine.index.equals(vbt.index) and len(engine) == 252
         rel = np.abs(engine.to_numpy() / vbt.to_numpy() - 1.0)
         assert rel.max() <= 1e-9, (c, float(rel.max()))
-        assert engine.iloc[0] == costs.init_cash and engine.nunique() > 100  # it trades
+        assert engine.iloc[0] == costs.initial_cash and engine.nunique() > 100  # it trades
         weights, trade = panel.candidate_targets(c, start, end)
         blocked += _blocked_orders(weights.to_numpy(), trade.to_numpy(), tradable)
         if kind == "defensive":
@@ -193,7 +198,7 @@ def test_engine_equals_vectorbt_when_cash_runs_short(real: Real) -> None:
         library, panel.vectorbt_equity(c, start, end, HIGH_COSTS).to_numpy())
     # The costs are felt: the same candidate ends well below its low-cost run.
     low = panel.candidate_equity(c, start, end, LOW_COSTS)
-    assert engine[-1] / HIGH_COSTS.init_cash < low.iloc[-1] / LOW_COSTS.init_cash - 0.2
+    assert engine[-1] / HIGH_COSTS.initial_cash < low.iloc[-1] / LOW_COSTS.initial_cash - 0.2
 
 
 # -- engine targets = the pandas chain ---------------------------------------------------------
@@ -266,8 +271,8 @@ def test_table_metrics_equal_candidate_equity(real: Real, table: pd.DataFrame) -
         weights, trade = panel.candidate_targets(c, start, end)
         eq2, traded = simulate_target_percent_nb(
             weights.to_numpy(), trade.to_numpy(), panel.price[a:b + 1],
-            panel.tradable[a:b + 1], panel.close[a:b + 1], LOW_COSTS.init_cash,
-            LOW_COSTS.fees, LOW_COSTS.slippage)
+            panel.tradable[a:b + 1], panel.close[a:b + 1], LOW_COSTS.initial_cash,
+            LOW_COSTS.costs.commission_rate, LOW_COSTS.costs.slippage_rate)
         np.testing.assert_array_equal(eq2, equity)
         expected = _metrics_of(equity, traded)
         for name in ("total_return", "max_drawdown", "annual_return"):

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 import pytest
+from conftest import paper_account
 
 from jobs.execution import execution_jobs
 from jobs.signal_decisions import supersede_signal_job
@@ -16,9 +17,8 @@ from resources.ledger import LedgerResource
 from rotation.risk import RiskLimits
 from sensors.signals import approved_signal_sensor
 from trading import approval
-from trading.conduct import ConductRules
 from trading.ledger import Ledger, OrderRecord, SignalRecord
-from trading.models import Costs, OrderStatus, Side, SignalStatus, order_id_of
+from trading.models import OrderStatus, Side, SignalStatus, order_id_of
 
 DAY = dt.date(2024, 3, 4)
 UNIVERSE = {"510300", "510500", "159915"}
@@ -49,7 +49,7 @@ def decide(book: Ledger, account: str, weights: dict[str, float]) -> SignalRecor
 
 def supersede(ledger_url: str, account: str, signal_id: str, reason: str,
               job_account: str | None = None) -> dg.ExecuteInProcessResult:
-    job = supersede_signal_job(account_id=job_account or account)
+    job = supersede_signal_job(paper_account(job_account or account))
     return job.execute_in_process(
         run_config={"ops": {"supersede_signal": {"config": {"signal_id": signal_id,
                                                             "reason": reason}}}},
@@ -125,10 +125,8 @@ def test_the_sensor_never_launches_a_superseded_signal(ledger_url: str, book: Le
     book.supersede_signal(first.signal_id, actor="ops", reason="replaced")
     second = decide(book, account, OTHER)
     assert second.status is SignalStatus.APPROVED
-    job, _ = execution_jobs(account_id=account, costs=Costs(), limits=RiskLimits(),
-                            conduct=ConductRules(),
-                            lock_timeout=5.0, quote_lookback_sessions=5)
-    sensor = approved_signal_sensor(job, account)
+    job, _ = execution_jobs(paper_account(account, lock_timeout_seconds=5.0))
+    sensor = approved_signal_sensor(job, paper_account(account))
     with dg.instance_for_test() as instance:
         for record in (first, second):      # each by a run, as the gate materialises them
             assert dg.materialize([gate_of(record)], instance=instance).success

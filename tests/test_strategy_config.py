@@ -14,6 +14,7 @@ import yaml
 
 import rotation.strategy
 from rotation.backtest import BacktestConfig
+from rotation.costs import CostModel
 from rotation.factors import DEFAULT_FACTORS, get_factor
 from rotation.portfolio import PortfolioConfig
 from rotation.strategy import (
@@ -179,17 +180,18 @@ def test_initial_cash_is_a_backtest_setting(default_data):
 
 def test_backtest_config_maps_the_costs(default_data):
     cfg = load_strategy("etf_rotation_default")
-    assert cfg.backtest_config() == BacktestConfig(commission_bps=2.0, min_commission=5.0,
-                                                   slippage_bps=5.0, lot_size=100,
-                                                   initial_cash=1_000_000.0)
+    assert cfg.backtest_config() == BacktestConfig(
+        costs=CostModel(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100),
+        initial_cash=1_000_000.0)
     data = copy.deepcopy(default_data)
     data["costs"] = {"commission_bps": 1.5, "min_commission": 0.1, "slippage_bps": 8,
                      "initial_cash": 50_000}
     del data["portfolio"]["initial_cash"]
     bt = strategy_from_dict(data).backtest_config()
     # A broker's rate overrides the market's commission; lots and duties stay the market's.
-    assert bt == BacktestConfig(commission_bps=1.5, min_commission=0.1, slippage_bps=8,
-                                lot_size=100, initial_cash=50_000.0)
+    assert bt == BacktestConfig(
+        costs=CostModel(commission_bps=1.5, min_commission=0.1, slippage_bps=8, lot_size=100),
+        initial_cash=50_000.0)
     assert bt.execution == "T1_OPEN"
     for field, value, why in (("lot_size", 10, "lots come from the market profile"),
                               ("stamp_duty_bps", 5, "stamp_duty_bps")):

@@ -17,13 +17,14 @@ import pandas as pd
 import pytest
 from conftest import postgres_instance, scratch_database
 
-from orchestration.definitions import build_definitions, costs_of, strategy_for
+from orchestration.definitions import account_of, build_definitions, strategy_for
 from orchestration.runs import full_history, rebuild_research, run_range
 from orchestration.settings import Settings
 from resources.deployment import deployed
 from resources.market_data import MarketDataResource
 from resources.parquet_io import PartitionedParquetIOManager
 from rotation.config_paths import DATASET_CONFIG_DIR
+from rotation.costs import CostModel
 from rotation.market import load_market
 from rotation.sources.files import DatasetConfigError, FileMarketSource, load_dataset_spec
 from rotation.strategy import StrategyConfigError, load_strategy, strategy_from_dict
@@ -79,8 +80,9 @@ def test_us_dataset_reads_as_its_market(dataset: str, shared_data: Path,
     assert instruments["SPY"].name == "SPDR S&P 500 ETF Trust"
     assert all(i.name for i in instruments.values())
     # The fee schedule: no commission, the SEC fee (27.80 USD per million) on sales only.
-    assert market.fees.fee(1_000_000.0, "buy") == 0.0
-    assert market.fees.fee(1_000_000.0, "sell") == pytest.approx(27.8)
+    charged = CostModel.of_market(market.fees, lot_size=market.lot_size, slippage_bps=0.0)
+    assert charged.fee(1_000_000.0, "buy") == 0.0
+    assert charged.fee(1_000_000.0, "sell") == pytest.approx(27.8)
     for symbol, klass in US[dataset][2].items():
         assert instruments[symbol].instrument_class == klass
         assert instruments[symbol].price_limit is None
@@ -91,11 +93,13 @@ def test_us_dataset_reads_as_its_market(dataset: str, shared_data: Path,
     assert bars.bars["date"].dt.dayofweek.max() <= 4
     strategy = strategy_for(settings)
     assert strategy.name == US[dataset][0] and strategy.universe.benchmark == "SPY"
-    backtest = strategy.backtest_config()
+    backtest = strategy.backtest_config().costs
     assert (backtest.commission_bps, backtest.min_commission, backtest.lot_size) == (0, 0, 1)
     assert backtest.sell_fee_bps == pytest.approx(0.278)  # SEC Section 31: 27.80 USD/million
-    # The paper venue charges what the backtest charges.
-    venue = costs_of(strategy)
+    # The paper venue charges what the backtest charges: the account's cost model is the
+    # backtest's.
+    venue = account_of(settings, strategy).costs
+    assert venue == backtest
     assert (venue.lot_size, venue.fee(1_000_000.0, "buy")) == (1, 0.0)
     assert venue.fee(1_000_000.0, "sell") == pytest.approx(27.8)
     assert strategy.tracking_params()["costs"]["currency"] == "USD"
@@ -228,7 +232,7 @@ def test_us_strategy_rules_come_from_the_market() -> None:
         return {**base, section: {**base[section], **values}}
 
     broker = strategy_from_dict(with_("costs", commission_bps=1.0, min_commission=1.0))
-    bt = broker.backtest_config()
+    bt = broker.backtest_config().costs
     assert (bt.commission_bps, bt.min_commission, bt.lot_size) == (1.0, 1.0, 1)
     assert bt.sell_fee_bps == pytest.approx(0.278)
     for section, values, where in (

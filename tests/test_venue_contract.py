@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 
 from rotation.calendar import get_calendar
+from rotation.costs import CostModel
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import MarketCase, VenueContract, VenueEnv, temporary_database
-from trading.models import Costs
 from trading.paper import FrameQuotes, PaperBroker
 from trading.twap import TwapVenue
 from trading.venue import ExecutionVenue
@@ -38,7 +38,7 @@ LIMIT_DOWN = MarketCase("518880", dt.date(2026, 2, 2), dt.date(2026, 1, 30))
 NO_BAR = MarketCase("513100", dt.date(2022, 1, 13), dt.date(2022, 1, 12))
 START, END = dt.date(2021, 12, 1), dt.date(2026, 3, 31)
 CASH = 1_000_000.0
-COSTS = Costs(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
+COSTS = CostModel(commission_bps=2.0, min_commission=5.0, slippage_bps=5.0, lot_size=100)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rotation.costs import CostModel
 from rotation.orders import plan_orders
 from rotation.risk import (
     OrderCheck,
@@ -41,7 +42,6 @@ from trading.conduct import ConductRules, order_violations, pace_violation, plan
 from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
 from trading.models import (
     AuditEntry,
-    Costs,
     OrderRequest,
     OrderStatus,
     Quote,
@@ -157,7 +157,7 @@ def kill_switch_reason(ledger: Ledger, account_id: str, env_engaged: bool) -> st
 
 
 def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, account_id: str,
-                   market: MarketView, limits: RiskLimits, costs: Costs, actor: str,
+                   market: MarketView, limits: RiskLimits, costs: CostModel, actor: str,
                    kill_switch_env: bool = False, twap_slices: int = 1,
                    dagster_run_id: str | None = None, lock: AccountLock | None = None,
                    on_submitted: Callable[[OrderRecord], None] | None = None,
@@ -244,7 +244,7 @@ def _sendable(orders: Sequence[OrderRecord]) -> list[OrderRecord]:
     return [o for o in orders if o.status is OrderStatus.PLANNED and o.order_id not in parents]
 
 
-def _book_after_open_orders(ledger: Ledger, account_id: str, signal_id: str, costs: Costs
+def _book_after_open_orders(ledger: Ledger, account_id: str, signal_id: str, costs: CostModel
                             ) -> tuple[dict[str, int], float]:
     """Positions and cash as they stand once every open order of the account (other signals'
     orders not yet final, sent or not) is done: open sells' units leave, open buys' units
@@ -276,7 +276,7 @@ def _bought_in_session(ledger: Ledger, account_id: str, market: MarketView) -> d
 
 
 def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
-          account_id: str, market: MarketView, limits: RiskLimits, costs: Costs,
+          account_id: str, market: MarketView, limits: RiskLimits, costs: CostModel,
           twap_slices: int, actor: str, conduct: ConductRules) -> list[OrderRecord]:
     positions, cash = _book_after_open_orders(ledger, account_id, signal_id, costs)
     closes = market.last_close()
@@ -285,10 +285,7 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
     # A fund without a bar on the signal day cannot be valued or traded: risk rejects it below.
     planned = plan_orders({s: w for s, w in weights.items() if s not in missing},
                           {s: q for s, q in positions.items() if s not in missing},
-                          max(cash, 0.0), closes, lot_size=costs.lot_size,
-                          commission_rate=costs.commission_bps / 1e4,
-                          min_commission=costs.min_commission,
-                          sell_fee_rate=costs.sell_fee_bps / 1e4,
+                          max(cash, 0.0), closes, costs=costs,
                           held_back=frozenset(s for s, q in market.quotes.items()
                                               if not q.sale_cash_same_day))
     equity = cash + sum(q * closes.get(s, 0.0) for s, q in positions.items())

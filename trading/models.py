@@ -140,26 +140,6 @@ class Quote:
 
 
 @dataclass(frozen=True)
-class Costs:
-    """What the venue charges and trades in: the market profile's fee schedule (commission
-    with a minimum, sell-side duties), slippage and the lot (see ``rotation.market``)."""
-
-    commission_bps: float = 2.0
-    min_commission: float = 5.0
-    slippage_bps: float = 0.0
-    lot_size: int = 100
-    sell_fee_bps: float = 0.0   # stamp duty + a regulator's fee on sells, bp of the notional
-
-    def commission(self, notional: float) -> float:
-        return max(notional * self.commission_bps / 1e4, self.min_commission)
-
-    def fee(self, notional: float, side: str) -> float:
-        """Everything an order pays: commission, plus the sell-side duties on a sell."""
-        duty = notional * self.sell_fee_bps / 1e4 if str(side).lower() == "sell" else 0.0
-        return self.commission(notional) + duty
-
-
-@dataclass(frozen=True)
 class AuditEntry:
     actor: str
     action: str               # approved, rejected, submitted, filled, cancelled, ...

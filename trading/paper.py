@@ -57,7 +57,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from trading.models import Costs, Fill, OrderRequest, OrderStatus, Quote, Side, VenueOrder
+from rotation.costs import CostModel
+from trading.models import Fill, OrderRequest, OrderStatus, Quote, Side, VenueOrder
 from trading.venue import UnknownOrder, VenueError
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -235,7 +236,7 @@ class PaperBroker:
 
     name = "paper"
 
-    def __init__(self, url: str, quotes: QuoteSource, costs: Costs, *, tick: float = 0.001,
+    def __init__(self, url: str, quotes: QuoteSource, costs: CostModel, *, tick: float = 0.001,
                  fill_time: dt.time = dt.time(9, 30)) -> None:
         self.url = url
         self.quotes = quotes

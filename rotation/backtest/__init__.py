@@ -44,6 +44,7 @@ from rotation.backtest.metrics import (
     performance_metrics,
 )
 from rotation.bars import Instrument
+from rotation.costs import CostModel
 
 __all__ = ["BacktestConfig", "BacktestResult", "MarketPanels", "class_arrays", "cost_array",
            "market_panels", "run_backtest"]
@@ -53,14 +54,10 @@ DEFAULT_PRICE_LIMIT = 0.10
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class BacktestConfig:
-    """Costs and trading rules (validated). ``tick`` is the limit-check tolerance in raw CNY."""
+    """The cost model, starting capital and trading rules of a simulation (validated).
+    ``tick`` is the limit-check tolerance in the market's currency."""
 
-    commission_bps: float = Field(default=2.0, ge=0)
-    min_commission: float = Field(default=5.0, ge=0)
-    # Sell-side duties (stamp duty, a regulator's transaction fee) in bp of the notional.
-    sell_fee_bps: float = Field(default=0.0, ge=0)
-    slippage_bps: float = Field(default=0.0, ge=0)
-    lot_size: int = Field(default=100, ge=1)
+    costs: CostModel = Field(default_factory=CostModel)
     initial_cash: float = Field(default=1_000_000.0, gt=0)
     execution: Literal["T1_OPEN"] = "T1_OPEN"
     tick: float = Field(default=0.001, ge=0)
@@ -214,10 +211,10 @@ def _ledger(rec: np.ndarray, panels: MarketPanels) -> pd.DataFrame:
     return out
 
 
-def cost_array(cfg: BacktestConfig) -> np.ndarray:
+def cost_array(costs: CostModel) -> np.ndarray:
     """The engine's ``costs`` vector: [rate, min_fee, sell_rate, slippage, lot_size]."""
-    return np.array([cfg.commission_bps / 1e4, float(cfg.min_commission),
-                     cfg.sell_fee_bps / 1e4, cfg.slippage_bps / 1e4, float(cfg.lot_size)])
+    return np.array([costs.commission_rate, float(costs.min_commission), costs.sell_fee_rate,
+                     costs.slippage_rate, float(costs.lot_size)])
 
 
 def run_backtest(target_weights: pd.DataFrame,
@@ -246,7 +243,7 @@ def run_backtest(target_weights: pd.DataFrame,
         tw.to_numpy(float), panels.open.to_numpy(float), panels.close.to_numpy(float),
         panels.factor.to_numpy(float), panels.has_bar.to_numpy(bool),
         panels.limit_up.to_numpy(bool), panels.limit_down.to_numpy(bool),
-        float(cfg.initial_cash), cost_array(cfg), panels.same_session_sell.to_numpy(bool),
+        float(cfg.initial_cash), cost_array(cfg.costs), panels.same_session_sell.to_numpy(bool),
         panels.sale_cash_same_day.to_numpy(bool), at_close.to_numpy(float),
         panels.close_limit_up.to_numpy(bool), panels.close_limit_down.to_numpy(bool))
     idx, cols = tw.index, tw.columns

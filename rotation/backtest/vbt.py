@@ -35,7 +35,8 @@ def order_arrays(result: BacktestResult) -> dict[str, np.ndarray]:
     fees = np.zeros((n, m))
     fixed = np.zeros((n, m))
     side = np.zeros((n, m))
-    rate = result.config.commission_bps / 1e4
+    costs = result.config.costs
+    rate = costs.commission_rate
     rows = idx.get_indexer(filled["date"]) * per_session \
         + (filled["fill_at"].to_numpy() == "close").astype(np.int64)
     js = cols.get_indexer(filled["symbol"])
@@ -43,8 +44,8 @@ def order_arrays(result: BacktestResult) -> dict[str, np.ndarray]:
     size[rows, js] = sign * filled["adj_units"].to_numpy(float)
     price[rows, js] = filled["adj_price"].to_numpy(float)
     notional = filled["notional"].to_numpy(float)
-    fees[rows, js] = rate + np.where(sign < 0, result.config.sell_fee_bps / 1e4, 0.0)
-    fixed[rows, js] = np.maximum(result.config.min_commission - rate * notional, 0.0)
+    fees[rows, js] = rate + np.where(sign < 0, costs.sell_fee_rate, 0.0)
+    fixed[rows, js] = np.maximum(costs.min_commission - rate * notional, 0.0)
     side[rows, js] = sign
     # Sells (side −1) first, then no-order columns, then buys; stable in column order.
     call_seq = np.argsort(side, axis=1, kind="stable").astype(np.int64)
