@@ -28,6 +28,7 @@ from api.schemas import (
     TargetWeight,
     text_filter,
 )
+from rotation.catalogue import read_catalogue
 from rotation.config_paths import CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
 
@@ -47,15 +48,9 @@ def _config_fingerprint() -> tuple[tuple[str, int, int], ...]:
 
 @functools.lru_cache(maxsize=1)
 def _strategies_of(fingerprint: tuple[tuple[str, int, int], ...]) -> tuple[StrategyConfig, ...]:
-    """Every strategy file that validates (an invalid one is the research stage's to report);
+    """The catalogue's strategies (an invalid file is the research stage's to report);
     validating them all takes tens of milliseconds, so it is done once per configuration."""
-    loaded = []
-    for path in sorted(STRATEGY_CONFIG_DIR.glob("*.yaml")):
-        try:
-            loaded.append(load_strategy(path.stem, warn=False))
-        except StrategyConfigError:
-            continue
-    return tuple(loaded)
+    return read_catalogue().strategies
 
 
 def _strategies() -> tuple[StrategyConfig, ...]:

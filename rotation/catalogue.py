@@ -1,0 +1,110 @@
+"""The strategy files of a deployment, read as one catalogue (issue 15 items 1 and 5).
+
+Every ``*.yaml`` of the strategy folder is validated on its own, so one broken file never takes
+the others down: it is refused with its file, field and why (:class:`StrategyConfigError`'s
+text). Two files may not claim the same strategy ``name`` (it names the MLflow experiment and
+the strategy's assets): the later file, by file name, is refused.
+
+Hot reload: with ``kept`` (a folder of the data home), every valid file is kept there as read.
+When a strategy's file later fails to validate — a half-saved edit, a typo — the strategy
+keeps running its last valid version from ``kept`` and the refusal says so, until the file
+validates again; a new file that never validated is simply refused.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from rotation.config_paths import STRATEGY_CONFIG_DIR
+from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
+
+__all__ = ["Catalogue", "RefusedFile", "read_catalogue"]
+
+
+@dataclass(frozen=True)
+class RefusedFile:
+    path: Path
+    why: str                        # file, field and why
+    kept: StrategyConfig | None     # the last valid version, still in force
+
+    def describe(self) -> str:
+        if self.kept is None:
+            return f"{self.why}\n  (refused: not loaded)"
+        return (f"{self.why}\n  (refused: strategy {self.kept.name} keeps running its last "
+                f"valid version, fingerprint {self.kept.fingerprint})")
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    strategies: tuple[StrategyConfig, ...]     # in force, by file name
+    refused: tuple[RefusedFile, ...]
+
+    def of_dataset(self, dataset: str | None) -> tuple[StrategyConfig, ...]:
+        """The strategies whose universe trades ``dataset``."""
+        return tuple(s for s in self.strategies
+                     if dataset is not None and s.universe.dataset == dataset)
+
+    def named(self, name: str) -> StrategyConfig | None:
+        return next((s for s in self.strategies if s.name == name), None)
+
+
+def read_catalogue(directory: Path = STRATEGY_CONFIG_DIR, *, kept: Path | None = None
+                   ) -> Catalogue:
+    """Every strategy file of ``directory``, validated one by one (module docstring)."""
+    strategies: list[StrategyConfig] = []
+    refused: list[RefusedFile] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")       # comparison-only models load quietly
+                config = load_strategy(path)
+        except StrategyConfigError as exc:
+            last = _kept_version(kept, path)
+            refused.append(RefusedFile(path, str(exc), last))
+            if last is not None and last.name not in {s.name for s in strategies}:
+                strategies.append(last)
+            continue
+        clash = next((s for s in strategies if s.name == config.name), None)
+        if clash is not None:
+            refused.append(RefusedFile(path, f"invalid strategy config {path}:\n  name: "
+                                       f"{config.name!r} is already the name of another "
+                                       "strategy file (names must be unique)", None))
+            continue
+        strategies.append(config)
+        _keep(kept, path)
+    return Catalogue(tuple(strategies), tuple(refused))
+
+
+def _kept_copy(kept: Path, path: Path) -> Path:
+    return kept / path.name
+
+
+def _kept_version(kept: Path | None, path: Path) -> StrategyConfig | None:
+    if kept is None or not _kept_copy(kept, path).is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_strategy(_kept_copy(kept, path))
+    except StrategyConfigError:       # kept under an older schema: nothing to fall back to
+        return None
+
+
+def _keep(kept: Path | None, path: Path) -> None:
+    """Keep the valid file as read (best effort: a read-only home keeps nothing)."""
+    if kept is None:
+        return
+    text = path.read_bytes()
+    copy = _kept_copy(kept, path)
+    try:
+        if copy.is_file() and copy.read_bytes() == text:
+            return
+        kept.mkdir(parents=True, exist_ok=True)
+        partial = copy.with_suffix(".yaml.partial")
+        partial.write_bytes(text)
+        partial.replace(copy)           # atomic: a crash never leaves half a kept file
+    except OSError as exc:
+        warnings.warn(f"strategy file {path}: could not keep its valid version in {kept} "
+                      f"({exc}); a later invalid edit will not fall back to it", stacklevel=2)

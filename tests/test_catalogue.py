@@ -1,0 +1,84 @@
+"""The strategy catalogue: one broken file never takes the others down, and a strategy whose
+file breaks keeps running its last valid version until the file validates again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rotation.catalogue import read_catalogue
+from rotation.config_paths import STRATEGY_CONFIG_DIR
+
+SAMPLE = "etf_rotation_sample"
+DEFAULT = "etf_rotation_default"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    out = tmp_path / "strategies"
+    out.mkdir()
+    for name in (SAMPLE, DEFAULT):
+        shutil.copy(STRATEGY_CONFIG_DIR / f"{name}.yaml", out)
+    return out
+
+
+def test_every_shipped_strategy_file_validates() -> None:
+    catalogue = read_catalogue()
+    assert catalogue.refused == ()
+    assert {p.stem for p in STRATEGY_CONFIG_DIR.glob("*.yaml")} == \
+        {s.name for s in catalogue.strategies}
+
+
+def test_a_broken_file_is_refused_and_the_others_load(folder: Path) -> None:
+    (folder / "half_saved.yaml").write_text("name: half_saved\nuniverse: [\n")
+    data = yaml.safe_load((folder / f"{SAMPLE}.yaml").read_text())
+    data["name"], data["costs"]["commission_bps"] = "typo", 50
+    (folder / "typo.yaml").write_text(yaml.safe_dump(data))
+    catalogue = read_catalogue(folder)
+    assert [s.name for s in catalogue.strategies] == [DEFAULT, SAMPLE]
+    why = {r.path.name: r.describe() for r in catalogue.refused}
+    assert "not valid YAML" in why["half_saved.yaml"] and "half_saved.yaml" in why[
+        "half_saved.yaml"]
+    assert "costs.commission_bps: commission is in basis points" in why["typo.yaml"]
+    assert all(text.endswith("(refused: not loaded)") for text in why.values())
+
+
+def test_two_files_may_not_claim_one_name(folder: Path) -> None:
+    shutil.copy(folder / f"{SAMPLE}.yaml", folder / "zz_copy.yaml")
+    catalogue = read_catalogue(folder)
+    assert [s.name for s in catalogue.strategies] == [DEFAULT, SAMPLE]
+    [refused] = catalogue.refused
+    assert refused.path.name == "zz_copy.yaml"
+    assert f"name: '{SAMPLE}' is already the name of another strategy file" in refused.why
+
+
+def test_a_broken_edit_keeps_the_last_valid_version_in_force(folder: Path,
+                                                             tmp_path: Path) -> None:
+    kept = tmp_path / "home" / "strategies"
+    first = read_catalogue(folder, kept=kept).named(SAMPLE)
+    assert first is not None and (kept / f"{SAMPLE}.yaml").is_file()
+    path = folder / f"{SAMPLE}.yaml"
+    valid = path.read_text()
+    path.write_text(valid.replace("top_n: 3", "top_n: three"))
+    broken = read_catalogue(folder, kept=kept)
+    assert broken.named(SAMPLE) == first             # still in force, as it was
+    [refused] = broken.refused
+    assert "portfolio.top_n" in refused.why and refused.kept == first
+    assert f"keeps running its last valid version, fingerprint {first.fingerprint}" in \
+        refused.describe()
+    # The fixed file is the new version in force, and the one kept from now on.
+    path.write_text(valid.replace("top_n: 3", "top_n: 4"))
+    fixed = read_catalogue(folder, kept=kept)
+    assert fixed.refused == () and fixed.named(SAMPLE).portfolio.top_n == 4  # type: ignore[union-attr]
+    assert "top_n: 4" in (kept / f"{SAMPLE}.yaml").read_text()
+
+
+def test_a_home_that_cannot_keep_says_so(folder: Path, tmp_path: Path) -> None:
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")                  # the kept folder cannot be made under a file
+    with pytest.warns(UserWarning, match="could not keep its valid version"):
+        catalogue = read_catalogue(folder, kept=blocked / "strategies")
+    assert len(catalogue.strategies) == 2
