@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from assets.compliance import compliance_assets
 from assets.market import market_assets
@@ -41,8 +41,15 @@ from resources.market_data import (
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
 from rotation.calendar import TradingCalendar
+from rotation.catalogue import Catalogue, read_catalogue
 from rotation.config_paths import STRATEGY_CONFIG_DIR
-from rotation.strategy import SAMPLE_DATASET, StrategyConfig, StrategyConfigError, load_strategy
+from rotation.strategy import (
+    SAMPLE_DATASET,
+    StrategyConfig,
+    StrategyConfigError,
+    StrategyWarning,
+    load_strategy,
+)
 from sensors.alerts import run_failure_alert_sensor
 from sensors.breaches import risk_breach_alert_sensor
 from sensors.executions import stalled_execution_sensor
@@ -172,34 +179,64 @@ def _source_name(settings: Settings) -> str | None:
     return md.dataset if md.source == "files" else None
 
 
-def _strategy_of_dataset(dataset: str | None) -> str:
-    """The strategy in config/strategies whose universe trades ``dataset`` (the default
-    strategy when none does: its universe is then checked against the data when it runs)."""
-    for path in sorted(STRATEGY_CONFIG_DIR.glob("*.yaml")):
-        universe = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("universe")
-        if isinstance(universe, dict) and dataset is not None \
-                and universe.get("dataset") == dataset:
-            return path.stem
+def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
+    """The file of the strategy in force whose universe trades ``dataset``; when none does,
+    the default strategy (its universe is then checked against the data when it runs) — but
+    not while a file is refused: it may be the one that trades the data, and the deployment
+    must not switch strategies because a file broke."""
+    found = next((file for file, s in catalogue.files.items()
+                  if dataset is not None and s.universe.dataset == dataset), None)
+    if found is not None:
+        return found
+    if catalogue.refused:
+        raise SettingsError(
+            f"setting strategy [env ETF_STRATEGY] is unset and no valid strategy file trades "
+            f"{dataset!r}; refused: " + "; ".join(r.why for r in catalogue.refused))
     return DEFAULT_STRATEGY
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:
-    """The configured strategy (``ETF_STRATEGY``), or the one that trades the configured data.
+    """The configured strategy (``ETF_STRATEGY``: a file of config/strategies, or a path), or
+    the one that trades the configured data.
 
+    The strategy files are read as a catalogue (rotation.catalogue): a broken file is refused
+    with a warning naming file, field and why; the deployment's strategy, if its file broke
+    after it last validated, keeps running that version (kept in ``<home>/<data>/strategies``).
     An explicitly chosen strategy must name the configured market data."""
     source = _source_name(settings)
-    name = settings.strategy or _strategy_of_dataset(source)
-    try:
-        strategy = load_strategy(name)
-    except StrategyConfigError as exc:
-        raise SettingsError(f"setting strategy [env ETF_STRATEGY]={name!r}: {exc}") from None
+    chosen = settings.strategy
+    if chosen is not None and not _in_catalogue(chosen):
+        try:
+            strategy = load_strategy(chosen)
+        except StrategyConfigError as exc:
+            raise SettingsError(f"setting strategy [env ETF_STRATEGY]={chosen!r}: {exc}"
+                                ) from None
+    else:
+        catalogue = read_catalogue(kept=settings.data_home / "strategies")
+        for refused in catalogue.refused:
+            warnings.warn(refused.describe(), StrategyWarning, stacklevel=2)
+        file = Path(chosen).stem if chosen else _strategy_of_dataset(catalogue, source)
+        if file not in catalogue.files:
+            why = catalogue.why_not(file) or (f"no strategy file {file}.yaml in "
+                                              f"{STRATEGY_CONFIG_DIR} (known: "
+                                              f"{sorted(catalogue.files)})")
+            raise SettingsError(f"setting strategy [env ETF_STRATEGY]={file!r}: {why}")
+        strategy = catalogue.files[file]
     wanted = strategy.universe.dataset
-    if settings.strategy and source is not None and wanted is not None and wanted != source:
+    if chosen and source is not None and wanted is not None and wanted != source:
         raise SettingsError(
-            f"setting strategy [env ETF_STRATEGY]={settings.strategy!r} trades the dataset "
+            f"setting strategy [env ETF_STRATEGY]={chosen!r} trades the dataset "
             f"{wanted!r} but market_data is {source!r}: pick the strategy of that data (e.g. "
             f"etf_rotation_sample, etf_rotation_akshare) or point market_data at {wanted!r}")
     return strategy
+
+
+def _in_catalogue(chosen: str) -> bool:
+    """Whether ``chosen`` (a name, or a path) is a file of config/strategies."""
+    path = Path(chosen)
+    if path.suffix not in {".yaml", ".yml"} and path.name == chosen:
+        return True
+    return path.resolve().parent == STRATEGY_CONFIG_DIR.resolve()
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

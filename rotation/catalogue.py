@@ -38,8 +38,17 @@ class RefusedFile:
 
 @dataclass(frozen=True)
 class Catalogue:
-    strategies: tuple[StrategyConfig, ...]     # in force, by file name
+    files: dict[str, StrategyConfig]           # file name (no suffix) -> strategy in force
     refused: tuple[RefusedFile, ...]
+
+    @property
+    def strategies(self) -> tuple[StrategyConfig, ...]:
+        """The strategies in force, by file name."""
+        return tuple(self.files.values())
+
+    def why_not(self, file: str) -> str | None:
+        """Why the strategy file ``file`` (name without suffix) was refused, if it was."""
+        return next((r.why for r in self.refused if r.path.stem == file), None)
 
     def of_dataset(self, dataset: str | None) -> tuple[StrategyConfig, ...]:
         """The strategies whose universe trades ``dataset``."""
@@ -50,10 +59,12 @@ class Catalogue:
         return next((s for s in self.strategies if s.name == name), None)
 
 
-def read_catalogue(directory: Path = STRATEGY_CONFIG_DIR, *, kept: Path | None = None
+def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
                    ) -> Catalogue:
-    """Every strategy file of ``directory``, validated one by one (module docstring)."""
-    strategies: list[StrategyConfig] = []
+    """Every strategy file of ``directory`` (default config/strategies), validated one by one
+    (module docstring)."""
+    directory = directory or STRATEGY_CONFIG_DIR
+    files: dict[str, StrategyConfig] = {}
     refused: list[RefusedFile] = []
     for path in sorted(directory.glob("*.yaml")):
         try:
@@ -63,18 +74,18 @@ def read_catalogue(directory: Path = STRATEGY_CONFIG_DIR, *, kept: Path | None =
         except StrategyConfigError as exc:
             last = _kept_version(kept, path)
             refused.append(RefusedFile(path, str(exc), last))
-            if last is not None and last.name not in {s.name for s in strategies}:
-                strategies.append(last)
+            if last is not None and last.name not in {s.name for s in files.values()}:
+                files[path.stem] = last
             continue
-        clash = next((s for s in strategies if s.name == config.name), None)
+        clash = next((s for s in files.values() if s.name == config.name), None)
         if clash is not None:
             refused.append(RefusedFile(path, f"invalid strategy config {path}:\n  name: "
                                        f"{config.name!r} is already the name of another "
                                        "strategy file (names must be unique)", None))
             continue
-        strategies.append(config)
+        files[path.stem] = config
         _keep(kept, path)
-    return Catalogue(tuple(strategies), tuple(refused))
+    return Catalogue(files, tuple(refused))
 
 
 def _kept_copy(kept: Path, path: Path) -> Path:

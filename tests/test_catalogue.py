@@ -11,6 +11,7 @@ import yaml
 
 from rotation.catalogue import read_catalogue
 from rotation.config_paths import STRATEGY_CONFIG_DIR
+from rotation.strategy import StrategyWarning
 
 SAMPLE = "etf_rotation_sample"
 DEFAULT = "etf_rotation_default"
@@ -82,3 +83,50 @@ def test_a_home_that_cannot_keep_says_so(folder: Path, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="could not keep its valid version"):
         catalogue = read_catalogue(folder, kept=blocked / "strategies")
     assert len(catalogue.strategies) == 2
+
+
+@pytest.fixture
+def deployed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """config/strategies as a copy the test may break (what a deployment reads on reload)."""
+    import orchestration.definitions as definitions
+    import rotation.catalogue as catalogue
+
+    out = tmp_path / "deployed_strategies"
+    shutil.copytree(STRATEGY_CONFIG_DIR, out)
+    monkeypatch.setattr(catalogue, "STRATEGY_CONFIG_DIR", out)
+    monkeypatch.setattr(definitions, "STRATEGY_CONFIG_DIR", out)
+    return out
+
+
+def test_a_broken_new_file_does_not_stop_the_deployment(deployed_folder: Path,
+                                                        make_settings) -> None:
+    from orchestration.definitions import build_definitions, strategy_for
+
+    (deployed_folder / "zz_new.yaml").write_text("name: zz_new\nfactors: {\n")
+    settings = make_settings()
+    with pytest.warns(StrategyWarning, match=r"zz_new\.yaml:\n  not valid YAML"):
+        assert strategy_for(settings).name == SAMPLE
+    with pytest.warns(StrategyWarning, match="refused: not loaded"):
+        defs = build_definitions(settings)
+    assert defs.resolve_job_def("daily_job") is not None
+
+
+def test_the_deployed_strategy_survives_a_broken_edit(deployed_folder: Path,
+                                                      make_settings) -> None:
+    from orchestration.definitions import strategy_for
+    from orchestration.settings import SettingsError
+
+    settings = make_settings()
+    running = strategy_for(settings)
+    path = deployed_folder / f"{SAMPLE}.yaml"
+    path.write_text(path.read_text().replace("in_sample:", "in_sample: [", 1))
+    with pytest.warns(StrategyWarning, match=f"strategy {SAMPLE} keeps running its last valid "
+                                             f"version, fingerprint {running.fingerprint}"):
+        assert strategy_for(settings) == running
+    # A strategy that never validated here has nothing to fall back to, and the deployment
+    # does not switch to another strategy: refused, with why.
+    fresh = make_settings(home=settings.home.parent / "fresh_home")
+    with pytest.warns(StrategyWarning), pytest.raises(
+            SettingsError, match=r"no valid strategy file trades 'sample'; refused: invalid "
+                                 rf"strategy config .*{SAMPLE}\.yaml:\n  not valid YAML"):
+        strategy_for(fresh)
