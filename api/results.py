@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +85,15 @@ def finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def finite_values(values: Mapping[str, float]) -> dict[str, float | None]:
+    """``values`` with NaN and infinities as None (JSON has neither)."""
+    return {str(k): finite_or_none(v) for k, v in values.items()}
+
+
 def metrics_of(equity: pd.Series, initial: float | None = None) -> dict[str, float | None]:
     """The backtest reports' metrics; with ``initial`` the first session's return is
     measured against it."""
-    return {k: finite_or_none(v) for k, v in performance_metrics(equity, initial=initial).items()}
+    return finite_values(performance_metrics(equity, initial=initial))
 
 
 # The days pandas can hold (a query may ask for any date).
@@ -113,21 +118,6 @@ def thinned(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
     step = math.ceil(len(frame) / max_points)
     keep = [*range(0, len(frame) - 1, step), len(frame) - 1]
     return frame.iloc[keep]
-
-
-def aligned_growth(results: Iterable[StrategyResults]) -> pd.DataFrame:
-    """Each strategy's equity on the sessions every one of them has, as growth of 1."""
-    equities = {r.strategy: r.daily["equity"] for r in results}
-    if not equities:
-        return pd.DataFrame(index=pd.DatetimeIndex([], name="date"))
-    curves = pd.concat(equities, axis=1, join="inner").sort_index()
-    return curves / curves.iloc[0] if len(curves) else curves
-
-
-def return_correlation(growth: pd.DataFrame) -> dict[str, dict[str, float | None]]:
-    corr = growth.pct_change(fill_method=None).iloc[1:].corr()
-    return {a: {b: finite_or_none(float(corr.at[a, b])) for b in corr.columns}
-            for a in corr.index}
 
 
 def paper_against_backtest(settings: Settings, account_id: str,

@@ -29,6 +29,7 @@ from api.schemas import (
     text_filter,
 )
 from rotation.catalogue import read_catalogue
+from rotation.comparison import Comparison, compare
 from rotation.config_paths import CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
 
@@ -114,19 +115,27 @@ def compare_strategies(state: State,
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no stored out-of-sample results for {missing} (stored: "
                             f"{sorted(stored) or 'none'})")
-    growth = results.between(results.aligned_growth(stored[n] for n in chosen),
-                             results.as_timestamp(since), results.as_timestamp(until))
-    if len(growth):
-        growth = growth / growth.iloc[0]
+    first, last = results.as_timestamp(since), results.as_timestamp(until)
+    try:
+        side_by_side: Comparison | None = compare(
+            {n: stored[n].daily["equity"].loc[first:last] for n in chosen})
+    except ValueError:          # fewer than two common sessions in the range: nothing to show
+        side_by_side = None
+    if side_by_side is None:
+        return StrategyComparison(strategies=chosen, start=None, end=None,
+                                  metrics={n: {} for n in chosen}, dates=[],
+                                  growth={n: [] for n in chosen}, correlation={})
+    growth = side_by_side.curves
     shown = results.thinned(growth, max_points)
     return StrategyComparison(
-        strategies=chosen,
-        start=growth.index[0].date() if len(growth) else None,
-        end=growth.index[-1].date() if len(growth) else None,
-        metrics={n: results.metrics_of(growth[n]) if len(growth) > 1 else {} for n in chosen},
+        strategies=chosen, start=growth.index[0].date(), end=growth.index[-1].date(),
+        metrics={n: results.finite_values(side_by_side.metrics.loc[n].to_dict())
+                 for n in chosen},
         dates=[d.date() for d in shown.index],
         growth={n: [float(v) for v in shown[n]] for n in chosen},
-        correlation=results.return_correlation(growth) if len(growth) > 2 else {})
+        correlation=({a: results.finite_values(row) for a, row in
+                      side_by_side.correlation.to_dict(orient="index").items()}
+                     if len(growth) > 2 else {}))
 
 
 def _equity_before(stored: results.StrategyResults, shown: pd.DataFrame,
