@@ -58,10 +58,11 @@ _FACTORS = ("rotation.factors", "rotation.cross_section")
 # strategy's derived settings and the funds' instruments from the data source.
 _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rotation.portfolio",
                  "rotation.backtest", "rotation.ic", "rotation.labels", "rotation.orders",
-                 "rotation.strategy", *_FACTORS, *_SOURCE)
+                 "rotation.strategy", "rotation.costs", *_FACTORS, *_SOURCE)
 _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
-            "trading.venue", "trading.conduct", "rotation.risk", "rotation.orders")
+            "trading.venue", "trading.conduct", "trading.account", "rotation.risk",
+            "rotation.orders", "rotation.costs")
 
 ASSET_CODE: dict[str, AssetCode] = {
     "raw_bars": AssetCode(

@@ -181,18 +181,18 @@ def _source_name(settings: Settings) -> str | None:
 
 def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
     """The file of the strategy in force whose universe trades ``dataset``; when none does,
-    the default strategy (its universe is then checked against the data when it runs) — but
-    not while a file is refused: it may be the one that trades the data, and the deployment
+    the default strategy (its universe is then checked against the data when it runs). Not
+    while a refused file without a valid version in force names the dataset: the deployment
     must not switch strategies because a file broke."""
-    found = next((file for file, s in catalogue.files.items()
-                  if dataset is not None and s.universe.dataset == dataset), None)
-    if found is not None:
-        return found
-    if catalogue.refused:
+    if dataset is None:
+        return DEFAULT_STRATEGY
+    broken = [r for r in catalogue.refused if r.may_trade(dataset)]
+    if broken:
         raise SettingsError(
-            f"setting strategy [env ETF_STRATEGY] is unset and no valid strategy file trades "
-            f"{dataset!r}; refused: " + "; ".join(r.why for r in catalogue.refused))
-    return DEFAULT_STRATEGY
+            f"setting strategy [env ETF_STRATEGY] is unset and a refused strategy file trades "
+            f"{dataset!r}: " + "; ".join(r.why for r in broken))
+    return next((file for file, s in catalogue.files.items()
+                 if s.universe.dataset == dataset), DEFAULT_STRATEGY)
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:

@@ -51,13 +51,12 @@ def allocate(method: AllocationMethod, strategies: list[str], *,
     if method == "fixed":
         return _normalised(_fixed_weights(strategies, fixed or {}))
     daily = _common_returns(strategies, returns)
+    flat = daily.columns[~(daily.std(ddof=1) > 0)].tolist()
+    if flat:
+        raise ValueError(f"allocation {method}: strategies {flat} have no out-of-sample "
+                         "volatility (they never traded)")
     if method == "inverse_volatility":
-        sigma = daily.std(ddof=1)
-        flat = sigma.index[~(sigma > 0)].tolist()
-        if flat:
-            raise ValueError(f"allocation inverse_volatility: strategies {flat} have no "
-                             "out-of-sample volatility (they never traded)")
-        return _normalised(1.0 / sigma)
+        return _normalised(1.0 / daily.std(ddof=1))
     if method == "risk_parity":
         return pd.Series(risk_parity_weights(shrunk_covariance(daily.to_numpy())), index=strategies)
     raise ValueError(f"allocation: unknown method {method!r} (fixed, inverse_volatility, "

@@ -13,9 +13,12 @@ validates again; a new file that never validated is simply refused.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
@@ -28,6 +31,11 @@ class RefusedFile:
     path: Path
     why: str                        # file, field and why
     kept: StrategyConfig | None     # the last valid version, still in force
+    dataset: str | None = None      # the data it names, as far as the text says
+
+    def may_trade(self, dataset: str) -> bool:
+        """Whether this refused file, with no valid version in force, names ``dataset``."""
+        return self.kept is None and self.dataset == dataset
 
     def describe(self) -> str:
         if self.kept is None:
@@ -73,7 +81,7 @@ def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
                 config = load_strategy(path)
         except StrategyConfigError as exc:
             last = _kept_version(kept, path)
-            refused.append(RefusedFile(path, str(exc), last))
+            refused.append(RefusedFile(path, str(exc), last, _named_dataset(path)))
             if last is not None and last.name not in {s.name for s in files.values()}:
                 files[path.stem] = last
             continue
@@ -86,6 +94,25 @@ def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
         files[path.stem] = config
         _keep(kept, path)
     return Catalogue(files, tuple(refused))
+
+
+_DATASET_LINE = re.compile(r"^\s+dataset:\s*['\"]?([\w.-]+)", re.MULTILINE)
+
+
+def _named_dataset(path: Path) -> str | None:
+    """The ``universe.dataset`` a refused file names, read leniently (it may not parse)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        found = _DATASET_LINE.search(text)
+        return found.group(1) if found else None
+    universe = data.get("universe") if isinstance(data, dict) else None
+    dataset = universe.get("dataset") if isinstance(universe, dict) else None
+    return dataset if isinstance(dataset, str) else None
 
 
 def _kept_copy(kept: Path, path: Path) -> Path:

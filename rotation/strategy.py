@@ -972,6 +972,9 @@ def load_strategy(name_or_path: str | Path, *, warn: bool = True) -> StrategyCon
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise StrategyConfigError(path, [("", f"not valid YAML: {exc}")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StrategyConfigError(path, [("", f"cannot be read as UTF-8 text: {exc}")]
+                                  ) from None
     config = strategy_from_dict(data, path=path)
     if warn and config.comparison_only:
         warnings.warn(f"strategy {config.name!r} ({path}): execution model "

@@ -48,8 +48,9 @@ def test_inverse_volatility_is_one_over_sigma(returns: pd.DataFrame) -> None:
     sigma = returns.dropna().to_numpy().std(axis=0, ddof=1)
     np.testing.assert_allclose(got.to_numpy(), (1 / sigma) / (1 / sigma).sum(), rtol=1e-12)
     flat = returns.assign(**{"510300": 0.0})
-    with pytest.raises(ValueError, match=r"\['510300'\] have no out-of-sample volatility"):
-        allocate("inverse_volatility", FUNDS, returns=flat)
+    for method in ("inverse_volatility", "risk_parity"):    # shrinkage must not hide it
+        with pytest.raises(ValueError, match=r"\['510300'\] have no out-of-sample volatility"):
+            allocate(method, FUNDS, returns=flat)
 
 
 def test_risk_parity_equalises_risk_contributions(returns: pd.DataFrame) -> None:

@@ -47,6 +47,13 @@ def test_a_broken_file_is_refused_and_the_others_load(folder: Path) -> None:
     assert all(text.endswith("(refused: not loaded)") for text in why.values())
 
 
+def test_an_unreadable_file_is_refused_not_fatal(folder: Path) -> None:
+    (folder / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    catalogue = read_catalogue(folder)
+    assert len(catalogue.strategies) == 2
+    assert "cannot be read as UTF-8 text" in catalogue.why_not("latin1")  # type: ignore[operator]
+
+
 def test_two_files_may_not_claim_one_name(folder: Path) -> None:
     shutil.copy(folder / f"{SAMPLE}.yaml", folder / "zz_copy.yaml")
     catalogue = read_catalogue(folder)
@@ -127,6 +134,12 @@ def test_the_deployed_strategy_survives_a_broken_edit(deployed_folder: Path,
     # does not switch to another strategy: refused, with why.
     fresh = make_settings(home=settings.home.parent / "fresh_home")
     with pytest.warns(StrategyWarning), pytest.raises(
-            SettingsError, match=r"no valid strategy file trades 'sample'; refused: invalid "
+            SettingsError, match=r"a refused strategy file trades 'sample': invalid "
                                  rf"strategy config .*{SAMPLE}\.yaml:\n  not valid YAML"):
+        strategy_for(fresh)
+    # ... not even when another valid file trades the same data.
+    shutil.copy(STRATEGY_CONFIG_DIR / f"{SAMPLE}.yaml", deployed_folder / "zz_other.yaml")
+    other = deployed_folder / "zz_other.yaml"
+    other.write_text(other.read_text().replace(f"name: {SAMPLE}", "name: zz_other"))
+    with pytest.warns(StrategyWarning), pytest.raises(SettingsError, match="refused strategy"):
         strategy_for(fresh)
