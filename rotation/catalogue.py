@@ -58,11 +58,6 @@ class Catalogue:
         """Why the strategy file ``file`` (name without suffix) was refused, if it was."""
         return next((r.why for r in self.refused if r.path.stem == file), None)
 
-    def of_dataset(self, dataset: str | None) -> tuple[StrategyConfig, ...]:
-        """The strategies whose universe trades ``dataset``."""
-        return tuple(s for s in self.strategies
-                     if dataset is not None and s.universe.dataset == dataset)
-
     def named(self, name: str) -> StrategyConfig | None:
         return next((s for s in self.strategies if s.name == name), None)
 

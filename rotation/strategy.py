@@ -402,10 +402,6 @@ class CostSection(BaseModel):
                              f"the {MAX_COMMISSION_BPS:g} bp (0.3 %) bound on a commission rate")
         return value
 
-    @property
-    def slippage_rate(self) -> float:
-        return self.slippage_bps / 1e4
-
 
 # The strategy file's nested ``portfolio:`` section → the fields of
 # :class:`rotation.portfolio.PortfolioConfig`, the one definition of the SPEC §8 rules (defaults,

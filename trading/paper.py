@@ -533,7 +533,7 @@ class PaperBroker:
             at_limit = self._at_limit(quote, base, side)
         if at_limit:
             return _expired(REASON_LIMIT_UP if side is Side.BUY else REASON_LIMIT_DOWN)
-        slip = self.costs.slippage_bps / 1e4
+        slip = self.costs.slippage_rate
         price = base * (1 + slip) if side is Side.BUY else base * (1 - slip)
         filled_at = dt.datetime.combine(session, clock, tzinfo=SHANGHAI)
         lot = self.costs.lot_size
