@@ -75,13 +75,16 @@ ASSET_CODE: dict[str, AssetCode] = {
         ("assets.market:cross_sections", "assets.market:standardization_problems"),
         ("rotation.cross_section",), ("adjusted_bars",)),
     "factors": AssetCode(("assets.research:factors",), _FACTORS, ("adjusted_bars",)),
-    "factor_ic": AssetCode(("assets.research:factor_ic", "assets.research:_wide"),
+    "factor_ic": AssetCode(("assets.research:factor_ic", "assets.research:_wide",
+                            "assets.research:own"),
                            ("rotation.ic", "rotation.labels", "rotation.report",
                             "rotation.backtest.metrics"), ("factors", "adjusted_bars")),
     "factor_ic_daily": AssetCode(
-        ("assets.research:factor_ic_daily", "assets.research:daily_ic", "assets.research:_wide"),
+        ("assets.research:factor_ic_daily", "assets.research:daily_ic", "assets.research:_wide",
+         "assets.research:own"),
         ("rotation.ic", "rotation.labels"), ("factors", "adjusted_bars")),
-    "selected_factors": AssetCode(("assets.research:selected_factors", "assets.research:_wide"),
+    "selected_factors": AssetCode(("assets.research:selected_factors", "assets.research:_wide",
+                                   "assets.research:own"),
                                   ("rotation.ic",), ("factor_ic", "factors")),
     "wfo_windows": AssetCode(
         ("assets.walk_forward:wfo_windows", "assets.walk_forward:windows_of",
@@ -102,6 +105,11 @@ ASSET_CODE: dict[str, AssetCode] = {
     "target_portfolio": AssetCode(
         ("assets.walk_forward:target_portfolio", "assets.walk_forward:_winners", *_PREPARE),
         _WALK_FORWARD, ("adjusted_bars", "factors", "wfo_results")),
+    "strategy_comparison": AssetCode(
+        ("assets.comparison:strategy_comparison", "assets.comparison:_long",
+         "assets.comparison:_metadata"),
+        ("rotation.comparison", "rotation.report", "rotation.backtest.metrics"),
+        ("oos_backtest",)),
     "approved_signal": AssetCode(
         ("assets.signals:approved_signal", "assets.signals:failed_checks",
          "assets.signals:portfolio_figures", "assets.signals:audit_tightening"),

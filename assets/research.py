@@ -102,32 +102,31 @@ def _log_screening(context: dg.AssetExecutionContext, tracking: MlflowTracking,
     return meta
 
 
-def research_assets(
-    cross_section_config: CrossSectionConfig,
-    specs: Sequence[FactorSpec],
-    horizons: Sequence[int] = DEFAULT_HORIZONS,
-    selection_horizon: int = 5,
-    select_kwargs: Mapping[str, float] | None = None,
-    experiment: str | None = None,
-) -> list[dg.AssetsDefinition]:
-    """``experiment``: the MLflow experiment the screening's plots are logged to (None: the
-    plots stay in the metadata as inline images)."""
-    directions = {s.name: s.direction for s in specs}
-    select_kwargs = dict(select_kwargs or {})
-    versions = {
-        "factors": code_version("factors", specs, cross_section_config),
-        "factor_ic": code_version("factor_ic", horizons, directions, selection_horizon),
-        "factor_ic_daily": code_version("factor_ic_daily", horizons),
-        "selected_factors": code_version("selected_factors", selection_horizon, select_kwargs,
-                                         directions),
-    }
+def union_of_factors(strategies: Sequence[Sequence[FactorSpec]]) -> list[FactorSpec]:
+    """The factors of every strategy, each once (the shared ``factors`` asset computes them a
+    single time); two strategies may not compute one factor name differently (a direction is
+    each strategy's own hypothesis, read by its screening only)."""
+    union: dict[str, FactorSpec] = {}
+    for specs in strategies:
+        for spec in specs:
+            known = union.setdefault(spec.name, spec)
+            if (known.kernel, known.unit, known.params) != (spec.kernel, spec.unit, spec.params):
+                raise ValueError(f"factor {spec.name!r} is defined differently by two strategies "
+                                 f"({known} and {spec}): give one of them another name")
+    return list(union.values())
+
+
+def factor_assets(cross_section_config: CrossSectionConfig, specs: Sequence[FactorSpec]
+                  ) -> list[dg.AssetsDefinition]:
+    """The factor panel shared by every strategy of the deployment (``specs``: their union)."""
+    version = code_version("factors", specs, cross_section_config)
 
     @dg.asset(
         group_name=FACTORS_GROUP,
         kinds={"pandas", "numba"},
         description="Every configured factor per (date, fund), computed from adjusted bars up "
         "to each date's close, then coverage-filtered, winsorised and standardised per date.",
-        code_version=versions["factors"],
+        code_version=version,
     )
     def factors(adjusted_bars: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         panels = Panels.from_bars(adjusted_bars)
@@ -145,6 +144,33 @@ def research_assets(
             ),
         )
 
+    return [factors]
+
+
+def screening_assets(
+    specs: Sequence[FactorSpec],
+    horizons: Sequence[int] = DEFAULT_HORIZONS,
+    selection_horizon: int = 5,
+    select_kwargs: Mapping[str, float] | None = None,
+    experiment: str | None = None,
+) -> list[dg.AssetsDefinition]:
+    """One strategy's screening of its own factors (``specs``) in the shared factor panel.
+    ``experiment``: the MLflow experiment the screening's plots are logged to (None: the plots
+    stay in the metadata as inline images)."""
+    names = [s.name for s in specs]
+    directions = {s.name: s.direction for s in specs}
+    select_kwargs = dict(select_kwargs or {})
+    versions = {
+        "factor_ic": code_version("factor_ic", horizons, directions, selection_horizon),
+        "factor_ic_daily": code_version("factor_ic_daily", names, horizons),
+        "selected_factors": code_version("selected_factors", selection_horizon, select_kwargs,
+                                         directions),
+    }
+
+    def own(factors: pd.DataFrame) -> pd.DataFrame:
+        """This strategy's factors of the shared panel (which holds every strategy's)."""
+        return factors.loc[factors["factor"].isin(names)]
+
     @dg.asset(
         group_name=SCREENING_GROUP,
         kinds={"pandas", "numba"},
@@ -157,7 +183,7 @@ def research_assets(
                   ) -> dg.Output[pd.DataFrame]:
         opens = adjusted_bars.pivot(index="date", columns="symbol", values="open").sort_index()
         labels = forward_returns(opens, horizons, "T1_OPEN")
-        wide = _wide(factors)
+        wide = _wide(own(factors))
         tables = []
         daily: dict[int, pd.DataFrame] = {}
         for horizon in horizons:
@@ -213,7 +239,7 @@ def research_assets(
     )
     def factor_ic_daily(factors: pd.DataFrame, adjusted_bars: pd.DataFrame
                         ) -> dg.Output[pd.DataFrame]:
-        frame = daily_ic(factors, adjusted_bars, horizons)
+        frame = daily_ic(own(factors), adjusted_bars, horizons)
         means = frame.pivot_table(index="factor", columns="horizon", values="ic", aggfunc="mean")
         return dg.Output(frame, metadata=frame_metadata(
             frame,
@@ -235,7 +261,7 @@ def research_assets(
     def selected_factors(factor_ic: pd.DataFrame, factors: pd.DataFrame
                          ) -> dg.Output[pd.DataFrame]:
         stats = factor_ic.loc[factor_ic["horizon"] == selection_horizon].set_index("factor")
-        correlations = ic_stats.mean_pairwise_correlation(_wide(factors))
+        correlations = ic_stats.mean_pairwise_correlation(_wide(own(factors)))
         result = ic_stats.select_factors(stats, correlations=correlations, directions=directions,
                                          **select_kwargs)
         reasons = result.reasons.reset_index()
@@ -253,4 +279,4 @@ def research_assets(
             },
         )
 
-    return [factors, factor_ic, factor_ic_daily, selected_factors]
+    return [factor_ic, factor_ic_daily, selected_factors]

@@ -107,15 +107,16 @@ def approval_after_daily(approval: UnresolvedAssetJobDefinition,
 def weekly_research(research: UnresolvedAssetJobDefinition,
                     walk_forward: UnresolvedAssetJobDefinition | None,
                     portfolio: UnresolvedAssetJobDefinition | None, window_keys: list[str],
-                    cron: str, timezone: str, fan_out: bool = False
+                    cron: str, timezone: str, fan_out: bool = False, prefix: str = ""
                     ) -> list[dg.ScheduleDefinition | dg.SensorDefinition]:
     """The weekly rebuild: research_job on the schedule, then the walk-forward windows, then
     the portfolio, each launched when the previous stage succeeds.
 
     The windows run as one run, or with ``fan_out`` as one run per window (separate pods on
-    Kubernetes); the portfolio then starts once every window run of the rebuild succeeded."""
+    Kubernetes); the portfolio then starts once every window run of the rebuild succeeded.
+    ``prefix``: the names of another strategy's schedule and sensors (the jobs are its own)."""
     schedule = dg.ScheduleDefinition(
-        name="weekly_research", job=research, cron_schedule=cron,
+        name=f"{prefix}weekly_research", job=research, cron_schedule=cron,
         execution_timezone=timezone, default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Full research rebuild ({cron}, {timezone}): factors and IC screening, "
         f"then every walk-forward window ({'a run each' if fan_out else 'one run'}), then the "
@@ -125,10 +126,10 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
         return out
 
     @dg.run_status_sensor(
-        name="research_to_walk_forward", run_status=dg.DagsterRunStatus.SUCCESS,
+        name=f"{prefix}research_to_walk_forward", run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[research], request_job=walk_forward,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="After research_job succeeds: every walk-forward window, "
+        description=f"After {research.name} succeeds: every walk-forward window, "
         + ("a run each." if fan_out else "as one run."))
     def research_to_walk_forward(context: dg.RunStatusSensorContext) -> list[dg.RunRequest]:
         rebuild = context.dagster_run.run_id
@@ -140,7 +141,7 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
                                     RANGE_END_TAG: window_keys[-1]})]
 
     @dg.run_status_sensor(
-        name="walk_forward_to_portfolio", run_status=dg.DagsterRunStatus.SUCCESS,
+        name=f"{prefix}walk_forward_to_portfolio", run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[walk_forward], request_job=portfolio,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After the walk-forward windows of a rebuild succeed: the backtest and "
@@ -153,7 +154,8 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
         rebuild = run.tags.get(REBUILD_TAG)
         if rebuild is None:
             return dg.SkipReason(f"run {run.run_id} of {walk_forward.name} is not part of a "
-                                 "weekly rebuild: launch portfolio_job once its windows are done")
+                                 f"weekly rebuild: launch {portfolio.name} once its windows are "
+                                 "done")
         runs = context.instance.get_runs(dg.RunsFilter(job_name=walk_forward.name,
                                                        tags={REBUILD_TAG: rebuild}))
         done = {r.tags.get(PARTITION_TAG) for r in runs

@@ -12,8 +12,14 @@ that moves them breaks one import block, reviewed in one file:
   public API cannot express (a step stores all partitions of its range or none).
 * The SQL storages and their tables: the metrics exporter counts runs and check results in
   the instance's database directly (one query each instead of paging the public API).
+* ``with_key_prefix``: ``AssetsDefinition.with_attributes`` (not public) moves a strategy's
+  assets, their dependencies on each other and their checks under the strategy's key prefix,
+  which the public ``map_asset_specs`` refuses (it may not change keys).
 """
 
+from collections.abc import Sequence
+
+import dagster as dg
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.definitions.partitions.subset import PartitionsSubset
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -42,4 +48,14 @@ __all__ = [
     "SqlRunStorage",
     "UnresolvedAssetJobDefinition",
     "generate_event_batch_id",
+    "with_key_prefix",
 ]
+
+
+def with_key_prefix(assets: Sequence[dg.AssetsDefinition], prefix: str
+                    ) -> list[dg.AssetsDefinition]:
+    """``assets`` under ``prefix``: their keys, their checks and their inputs from each other
+    (inputs from other assets keep their keys)."""
+    own = {key for asset in assets for key in asset.keys}
+    moved = {key: dg.AssetKey([prefix, *key.path]) for key in own}
+    return [asset.with_attributes(asset_key_replacements=moved) for asset in assets]

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
+from assets.comparison import comparison_assets
 from assets.compliance import compliance_assets
 from assets.market import market_assets
 from assets.partitions import session_partitions
-from assets.research import research_assets
+from assets.research import factor_assets, union_of_factors
 from assets.signals import guarding_checks, signal_assets
-from assets.walk_forward import walk_forward_assets, window_partitions
+from assets.walk_forward import window_partitions
 from jobs.daily import (
     approval_after_daily,
     approval_job,
     daily_job,
     end_of_day_job,
     end_of_day_schedule,
-    weekly_research,
 )
 from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
-from jobs.research import portfolio_job, research_job, walk_forward_job
 from jobs.signal_decisions import supersede_signal_job
 from orchestration.settings import Settings, SettingsError, load_settings
+from orchestration.strategy_stage import StrategyStage, catalogue_spec, strategy_stage
 from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.deployment import fixed
@@ -196,51 +198,90 @@ def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:
-    """The configured strategy (``ETF_STRATEGY``: a file of config/strategies, or a path), or
-    the one that trades the configured data.
+    """The deployment's strategy (:func:`deployment_strategies`)."""
+    return deployment_strategies(settings).strategy
 
-    The strategy files are read as a catalogue (rotation.catalogue): a broken file is refused
-    with a warning naming file, field and why; the deployment's strategy, if its file broke
-    after it last validated, keeps running that version (kept in ``<home>/<data>/strategies``).
-    An explicitly chosen strategy must name the configured market data."""
+
+@dataclass(frozen=True)
+class Deployed:
+    strategy: StrategyConfig            # the deployment's: the daily path and the account's
+    others: list[StrategyConfig]        # run beside it
+    catalogue: Catalogue                # the strategy files as read
+
+
+def deployment_strategies(settings: Settings) -> Deployed:
+    """The deployment's strategy and the others run beside it.
+
+    The deployment's strategy is the configured one (``ETF_STRATEGY``: a file of the strategy
+    folder, or a path), or the one that trades the configured data; an explicitly chosen
+    strategy must name the configured market data. The others: ``ETF_STRATEGIES``, or every
+    strategy in force that trades the configured data.
+
+    The strategy files are read once, as a catalogue (rotation.catalogue): a broken file is
+    refused with a warning naming file, field and why; a strategy whose file broke after it
+    last validated keeps running that version (kept in ``<home>/<data>/strategies``)."""
     source = _source_name(settings)
     chosen = settings.strategy
-    if chosen is not None and not _in_catalogue(chosen):
+    catalogue = read_catalogue(settings.strategy_dir, kept=settings.data_home / "strategies")
+    for refused in catalogue.refused:
+        warnings.warn(refused.describe(), StrategyWarning, stacklevel=2)
+    if chosen is not None and not _in_catalogue(chosen, settings.strategy_dir):
         try:
             strategy = load_strategy(chosen)
         except StrategyConfigError as exc:
             raise SettingsError(f"setting strategy [env ETF_STRATEGY]={chosen!r}: {exc}"
                                 ) from None
     else:
-        catalogue = read_catalogue(kept=settings.data_home / "strategies")
-        for refused in catalogue.refused:
-            warnings.warn(refused.describe(), StrategyWarning, stacklevel=2)
         file = Path(chosen).stem if chosen else _strategy_of_dataset(catalogue, source)
-        if file not in catalogue.files:
-            why = catalogue.why_not(file) or (f"no strategy file {file}.yaml in "
-                                              f"{STRATEGY_CONFIG_DIR} (known: "
-                                              f"{sorted(catalogue.files)})")
-            raise SettingsError(f"setting strategy [env ETF_STRATEGY]={file!r}: {why}")
-        strategy = catalogue.files[file]
+        strategy = _in_force(catalogue, file, settings, "strategy [env ETF_STRATEGY]")
     wanted = strategy.universe.dataset
     if chosen and source is not None and wanted is not None and wanted != source:
         raise SettingsError(
             f"setting strategy [env ETF_STRATEGY]={chosen!r} trades the dataset "
             f"{wanted!r} but market_data is {source!r}: pick the strategy of that data (e.g. "
             f"etf_rotation_sample, etf_rotation_akshare) or point market_data at {wanted!r}")
-    return strategy
+    return Deployed(strategy, _others(settings, catalogue, strategy, source), catalogue)
 
 
-def _in_catalogue(chosen: str) -> bool:
-    """Whether ``chosen`` (a name, or a path) is a file of config/strategies."""
+def _in_force(catalogue: Catalogue, file: str, settings: Settings, setting: str
+              ) -> StrategyConfig:
+    if file not in catalogue.files:
+        folder = settings.strategy_dir or STRATEGY_CONFIG_DIR
+        why = catalogue.why_not(file) or (f"no strategy file {file}.yaml in {folder} (known: "
+                                          f"{sorted(catalogue.files)})")
+        raise SettingsError(f"setting {setting}={file!r}: {why}")
+    return catalogue.files[file]
+
+
+def _others(settings: Settings, catalogue: Catalogue, primary: StrategyConfig,
+            source: str | None) -> list[StrategyConfig]:
+    """The strategies beside ``primary``: the listed ones (a listed file that was refused is
+    left out: the warning names it), or every one in force that trades ``source``."""
+    if settings.strategies is None:
+        return [s for s in catalogue.files.values()
+                if source is not None and s.universe.dataset == source and s.name != primary.name]
+    setting = "strategies [env ETF_STRATEGIES]"
+    listed = [f for f in settings.strategies
+              if f in catalogue.files or catalogue.why_not(f) is None]
+    others = [_in_force(catalogue, f, settings, setting) for f in listed]
+    for other in others:
+        if source is not None and other.universe.dataset not in {None, source}:
+            raise SettingsError(f"setting {setting}: strategy {other.name} trades "
+                                f"{other.universe.dataset!r} but market_data is {source!r}")
+    return [s for s in others if s.name != primary.name]
+
+
+def _in_catalogue(chosen: str, folder: Path | None) -> bool:
+    """Whether ``chosen`` (a name, or a path) is a file of the strategy folder."""
     path = Path(chosen)
     if path.suffix not in {".yaml", ".yml"} and path.name == chosen:
         return True
-    return path.resolve().parent == STRATEGY_CONFIG_DIR.resolve()
+    return path.resolve().parent == (folder or STRATEGY_CONFIG_DIR).resolve()
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    strategy = strategy_for(settings)
+    deployed = deployment_strategies(settings)
+    strategy = deployed.strategy
     account = account_of(settings, strategy)
     resources = resources_for(settings, account)
     market_data = resources["market_data"]
@@ -259,38 +300,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     sessions_of_data = calendar.sessions(settings.partitions_start or market_data.history_start,
                                          market_data.history_end)
     windows = window_partitions(sessions_of_data, strategy)
-    research_stage = research_assets(settings.cross_section, strategy.factor_specs,
-                                     strategy.horizons, strategy.screening_horizon,
-                                     strategy.select_kwargs(),
-                                     experiment=strategy.experiment_name)
-    research_run = research_job()
-    if windows is None:
-        warnings.warn(f"strategy {strategy.name}: the {len(sessions_of_data)} sessions of the "
-                      "market data hold no complete walk-forward window; the walk-forward, "
-                      "backtest and portfolio assets are not defined", stacklevel=2)
-        research = dg.Definitions(
-            assets=research_stage, jobs=[research_run],
-            schedules=weekly_research(research_run, None, None, [], settings.research_cron,
-                                      settings.schedule_timezone))
-    else:
-        fan_out = settings.walk_forward.executor == "k8s"
-        walk_forward = walk_forward_job(walk_forward_executor(settings), fan_out=fan_out)
-        portfolio = portfolio_job()
-        automation = weekly_research(research_run, walk_forward, portfolio,
-                                     list(windows.get_partition_keys()), settings.research_cron,
-                                     settings.schedule_timezone, fan_out=fan_out)
-        research = dg.Definitions(
-            assets=[*research_stage,
-                    *walk_forward_assets(strategy, settings.cross_section, windows,
-                                         fan_out=fan_out)],
-            jobs=[research_run, walk_forward, portfolio],
-            schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
-            sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)],
-        )
-    stages = [market, research]
+    research, beside = research_definitions(settings, deployed, sessions_of_data)
+    stages = [market, research, *beside]
     execution: dg.Definitions | None = None
     if windows is not None and settings.postgres_url:
-        guarded = [a for d in stages for a in d.assets or []
+        # The gate reads the deployment's strategy: the checks of the others do not guard it.
+        guarded = [a for d in (market, research) for a in d.assets or []
                    if isinstance(a, dg.AssetsDefinition)]
         execution = execution_definitions(settings, strategy, account, guarded, calendar)
     elif windows is not None:
@@ -316,6 +331,46 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             name="daily_after_close", what="Run daily_job for the day's session")],
         sensors=[alerts])
     return dg.Definitions.merge(*stages, operations, deployment)
+
+
+def research_definitions(settings: Settings, deployed: Deployed, sessions: pd.DatetimeIndex
+                         ) -> tuple[dg.Definitions, list[dg.Definitions]]:
+    """The strategy files and the factor panel of every strategy (computed once) with the
+    deployment's strategy's research stage; the other strategies' stages and their
+    comparison, each on its own."""
+    strategy, others = deployed.strategy, deployed.others
+    try:
+        specs = union_of_factors([s.factor_specs for s in (strategy, *others)])
+    except ValueError as exc:
+        raise SettingsError(f"setting strategies [env ETF_STRATEGIES]: {exc}") from None
+    executor = walk_forward_executor(settings)
+    fan_out = settings.walk_forward.executor == "k8s"
+    stages = [StrategyStage(of, of is strategy, settings.cross_section, sessions, executor,
+                            fan_out, settings.research_cron, settings.schedule_timezone)
+              for of in (strategy, *others)]
+    built = [strategy_stage(s) for s in stages]
+    files = catalogue_spec(deployed.catalogue, [strategy, *others],
+                           str(settings.strategy_dir or STRATEGY_CONFIG_DIR))
+    shared = dg.Definitions(assets=[files, *factor_assets(settings.cross_section, specs)])
+    return (dg.Definitions.merge(shared, built[0]),
+            built[1:] + strategies_compared(stages, built))
+
+
+def strategies_compared(stages: list[StrategyStage], built: list[dg.Definitions]
+                        ) -> list[dg.Definitions]:
+    """The comparison of the strategies that have an out-of-sample backtest (two or more)."""
+    defined = {key for d in built for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
+               for key in a.keys}
+    backtests = {s.strategy.name: s.key("oos_backtest") for s in stages
+                 if s.key("oos_backtest") in defined}
+    if len(backtests) < 2:
+        return []
+    assets = comparison_assets(backtests)
+    return [dg.Definitions(assets=assets, jobs=[dg.define_asset_job(
+        "strategy_comparison_job", selection=dg.AssetSelection.assets(*assets),
+        executor_def=dg.in_process_executor,
+        description="The strategies side by side (strategy_comparison), after their "
+        "out-of-sample backtests.")])]
 
 
 def execution_location(execution: dg.Definitions | None, research: list[dg.Definitions],

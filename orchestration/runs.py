@@ -42,23 +42,26 @@ def run_range(
     )
 
 
-def window_keys(defs: dg.Definitions) -> list[str]:
-    """Every walk-forward window partition key."""
-    job = defs.resolve_job_def("walk_forward_job")
+def window_keys(defs: dg.Definitions, prefix: str = "") -> list[str]:
+    """Every walk-forward window partition key (of the strategy whose jobs are ``prefix``ed:
+    orchestration.strategy_stage)."""
+    job = defs.resolve_job_def(f"{prefix}walk_forward_job")
     return list(job.partitions_def.get_partition_keys())  # type: ignore[union-attr]
 
 
 def rebuild_research(defs: dg.Definitions, instance: dg.DagsterInstance, *,
-                     log_level: str = "WARNING") -> list[dg.ExecuteInProcessResult]:
+                     log_level: str = "WARNING", prefix: str = ""
+                     ) -> list[dg.ExecuteInProcessResult]:
     """Factors and screening, every walk-forward window as one run, then the portfolio; stops
-    at the first failed run (its result is the last in the list)."""
+    at the first failed run (its result is the last in the list). ``prefix``: of another
+    strategy's jobs (orchestration.strategy_stage)."""
     config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     results = []
-    keys = window_keys(defs)
+    keys = window_keys(defs, prefix)
     for name, tags in (("research_job", {}),
                        ("walk_forward_job", {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}),
                        ("portfolio_job", {})):
-        result = defs.resolve_job_def(name).execute_in_process(
+        result = defs.resolve_job_def(prefix + name).execute_in_process(
             instance=instance, tags=tags, raise_on_error=False, run_config=config)
         results.append(result)
         if not result.success:

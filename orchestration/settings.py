@@ -300,6 +300,13 @@ class Settings(BaseSettings):
     # The strategy YAML (a name in config/strategies or a path); its universe must name the
     # configured market data. Unset: the strategy in config/strategies that trades that data.
     strategy: str | None = None
+    # The other strategies run side by side with it (file names in strategy_dir; each its own
+    # asset group, jobs, weekly rebuild and MLflow experiment). Unset: every valid strategy
+    # file that trades the configured data; [] (ETF_STRATEGIES='[]'): none.
+    strategies: list[str] | None = None
+    # The folder of strategy files, read again on each code-location reload (hot reload: a new
+    # or changed file takes effect on reload; a broken one is refused and the others run).
+    strategy_dir: Path | None = None
     # Which part of the pipeline this code location serves: everything (local development,
     # `make dev`, the demo), or in a deployment the research location (etf_rotation: data,
     # research, daily_job up to the target portfolio) and the execution location (etf_execution:

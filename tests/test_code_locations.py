@@ -42,7 +42,8 @@ def test_the_research_location_serves_nothing_of_the_desk(make_settings) -> None
     assert not jobs & DESK_JOBS
     assert not (executable | external) & DESK_ASSETS
     assert not sensors & DESK_SENSORS
-    assert "target_portfolio" in executable and not external
+    # The only asset it does not materialise: the strategy files as read (shown, not run).
+    assert "target_portfolio" in executable and external == {"strategy_files"}
 
 
 def test_the_execution_location_serves_the_desk_on_the_research_assets(make_settings) -> None:
@@ -64,7 +65,7 @@ def test_the_execution_location_serves_the_desk_on_the_research_assets(make_sett
 def test_one_location_holds_everything_by_default(make_settings) -> None:
     jobs, executable, external, sensors = _contents(_location(make_settings, "all"))
     assert jobs >= DESK_JOBS - {"approval_job"} and "approval_job" not in jobs
-    assert executable >= DESK_ASSETS and not external
+    assert executable >= DESK_ASSETS and external == {"strategy_files"}
     assert "approval_after_daily" not in sensors
     daily = _location(make_settings, "all").resolve_job_def("daily_job")
     assert "approved_signal" in {k.to_user_string()

@@ -1,0 +1,145 @@
+"""One strategy's research stage from one factory (issue 15 item 1): its factor screening,
+walk-forward windows, out-of-sample backtest and target portfolio, with its jobs and its weekly
+rebuild. Every strategy of the deployment is built here; the market data and the factor panel
+are shared stages computed once for all of them (orchestration.definitions).
+
+The deployment's own strategy (``primary``: the one the daily path, the approval gate and the
+account trade) keeps the plain keys and the stage groups. Every other strategy is one asset
+group named after it, its keys under its name (``<strategy>/oos_backtest``), its jobs and its
+schedule prefixed with it (``<strategy>_research_job``, ``<strategy>_weekly_research``), and
+one MLflow experiment of its own, as every strategy has (``StrategyConfig.experiment_name``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import table
+from assets.research import screening_assets
+from assets.walk_forward import walk_forward_assets, window_partitions
+from jobs.daily import weekly_research
+from jobs.research import portfolio_job, research_job, walk_forward_job
+from orchestration.dagster_private import with_key_prefix
+from rotation.catalogue import Catalogue
+from rotation.cross_section import CrossSectionConfig
+from rotation.strategy import StrategyConfig
+
+CATALOGUE_ASSET = "strategy_files"
+CATALOGUE_GROUP = "strategies"
+WALK_FORWARD_ASSETS = ("wfo_windows", "wfo_results")
+PORTFOLIO_ASSETS = ("oos_backtest", "oos_positions", "target_portfolio")
+# A strategy's name becomes a group, an asset key prefix and job names (Dagster's name rule).
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class StrategyStage:
+    strategy: StrategyConfig
+    primary: bool
+    cross_section: CrossSectionConfig
+    sessions: pd.DatetimeIndex          # the calendar sessions of the market data
+    executor: dg.ExecutorDefinition     # of the walk-forward job
+    fan_out: bool
+    cron: str
+    timezone: str
+
+    @property
+    def prefix(self) -> str:
+        """Of the names of this strategy's jobs, schedule and sensors."""
+        return "" if self.primary else f"{self.strategy.name}_"
+
+    def key(self, asset: str) -> dg.AssetKey:
+        return dg.AssetKey(asset) if self.primary else dg.AssetKey([self.strategy.name, asset])
+
+
+def check_name(strategy: StrategyConfig) -> None:
+    if not _NAME.match(strategy.name):
+        raise ValueError(f"strategy name {strategy.name!r}: only letters, digits and _ (it names "
+                         "the strategy's asset group, key prefix and jobs)")
+
+
+def strategy_stage(stage: StrategyStage) -> dg.Definitions:
+    """The strategy's research assets, jobs, schedule and sensors (module docstring); without
+    a complete walk-forward window in the data, its screening only (with a warning)."""
+    s = stage.strategy
+    check_name(s)
+    screening = screening_assets(s.factor_specs, s.horizons, s.screening_horizon,
+                                 s.select_kwargs(), experiment=s.experiment_name)
+    windows = window_partitions(stage.sessions, s)
+    walk_forward = ([] if windows is None else
+                    walk_forward_assets(s, stage.cross_section, windows, fan_out=stage.fan_out))
+    assets = _placed(stage, [*screening, *walk_forward])
+    research = research_job(stage.prefix, None if stage.primary else
+                            dg.AssetSelection.assets(*[stage.key(a.key.path[-1])
+                                                       for a in screening]))
+    if windows is None:
+        warnings.warn(f"strategy {s.name}: the {len(stage.sessions)} sessions of the market "
+                      "data hold no complete walk-forward window; its walk-forward, backtest "
+                      "and portfolio assets are not defined", stacklevel=2)
+        return dg.Definitions(assets=assets, jobs=[research], schedules=weekly_research(
+            research, None, None, [], stage.cron, stage.timezone, prefix=stage.prefix))
+    windows_job = walk_forward_job(stage.executor, fan_out=stage.fan_out, prefix=stage.prefix,
+                                   selection=_selection(stage, WALK_FORWARD_ASSETS))
+    portfolio = portfolio_job(stage.prefix, _selection(stage, PORTFOLIO_ASSETS))
+    automation = weekly_research(research, windows_job, portfolio,
+                                 list(windows.get_partition_keys()), stage.cron,
+                                 stage.timezone, fan_out=stage.fan_out, prefix=stage.prefix)
+    return dg.Definitions(
+        assets=assets, jobs=[research, windows_job, portfolio],
+        schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
+        sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)])
+
+
+def _placed(stage: StrategyStage, assets: list[dg.AssetsDefinition]
+            ) -> list[dg.AssetsDefinition]:
+    """The primary strategy's assets as built; another's under its name, in its own group."""
+    if stage.primary:
+        return assets
+    name = stage.strategy.name
+    return list(dg.map_asset_specs(lambda spec: spec.replace_attributes(group_name=name),
+                                   with_key_prefix(assets, name)))
+
+
+def _selection(stage: StrategyStage, names: tuple[str, ...]) -> dg.AssetSelection | None:
+    """None for the primary strategy (its jobs select the stage groups)."""
+    return None if stage.primary else dg.AssetSelection.assets(*map(stage.key, names))
+
+
+def catalogue_spec(catalogue: Catalogue, running: list[StrategyConfig], folder: str
+                   ) -> dg.AssetSpec:
+    """The strategy files as the last code-location reload read them (issue 15 item 5): which
+    strategy each file is and whether it runs here, and every refused file with its file, field
+    and why, in the Dagster UI beside the assets they define."""
+    names = [s.name for s in running]
+    rows = [{"file": file, "strategy": s.name, "dataset": s.universe.dataset or "",
+             "state": _state(s.name, names)} for file, s in catalogue.files.items()]
+    for refused in catalogue.refused:
+        rows.append({"file": refused.path.stem,
+                     "strategy": refused.kept.name if refused.kept else "",
+                     "dataset": refused.dataset or "",
+                     "state": ("refused: its last valid version runs" if refused.kept
+                               else "refused: not loaded")})
+    why = "\n\n".join(f"```\n{r.describe()}\n```" for r in catalogue.refused)
+    head = (f"{len(catalogue.refused)} strategy file(s) REFUSED at the last reload (see "
+            "refusals); the others run. " if catalogue.refused else "")
+    return dg.AssetSpec(
+        CATALOGUE_ASSET, group_name=CATALOGUE_GROUP, kinds={"yaml"},
+        description=head + f"The strategy files of {folder}, read at each code-location reload "
+        "(a new or changed file takes effect on reload; a broken one is refused with file, "
+        "field and why, and a strategy whose file broke keeps running its last valid version).",
+        metadata={"files": table(pd.DataFrame(rows, columns=["file", "strategy", "dataset",
+                                                             "state"]), 200),
+                  "running": dg.MetadataValue.json(names),
+                  "refused": dg.MetadataValue.int(len(catalogue.refused)),
+                  "refusals": dg.MetadataValue.md(why or "none")})
+
+
+def _state(name: str, running: list[str]) -> str:
+    if name not in running:
+        return "valid, not run here (another dataset or not listed)"
+    return "runs: the deployment's strategy" if name == running[0] else "runs beside it"
