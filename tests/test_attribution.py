@@ -7,8 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import pytest
@@ -160,6 +161,31 @@ def test_a_fill_is_shared_by_the_strategies_wishes_once(ledger: Ledger, account:
     (audit,) = [e for e in ledger.audit_log(entity="fill", entity_id=first.fill_id)]
     assert audit["details"]["strategies"] == {"alpha": 420, "beta": 280}
     assert_adds_up(ledger, account, {"510300": 4.2})
+
+
+def test_a_fill_delivered_concurrently_is_attributed_once(ledger: Ledger, account: str) -> None:
+    signal = approve(ledger, account, dt.date(2024, 3, 4))
+    ledger.record_signal_parts(SignalParts(signal.signal_id, {"510300": {"alpha": 300,
+                                                                         "beta": 200}},
+                                           {"510300": 4.0}), actor="gate")
+    fill = base.make_fill(order(ledger, signal, "510300", Side.BUY, 500, 4.0), 500, 4.0, 5.0)
+    barrier = threading.Barrier(4)
+    results: list[bool] = []
+
+    def book(record: Callable[..., bool]) -> None:
+        barrier.wait()
+        results.append(record(fill, actor="venue"))
+
+    threads = [threading.Thread(target=book, args=(record,)) for record in (
+        ledger.record_fill, ledger.record_attributed_fill) * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [False, False, False, True]
+    assert {s: p.units for s, p in ledger.fill_attribution(fill.fill_id).items()} == {
+        "alpha": 300, "beta": 200}
+    assert_adds_up(ledger, account, {"510300": 4.0})
 
 
 def test_parts_are_immutable_name_the_signals_strategies_and_come_before_fills(

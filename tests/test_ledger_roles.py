@@ -218,6 +218,11 @@ WRITER_REFUSED = {
     "delete positions": "DELETE FROM positions",
     "rewind the audit sequence": "SELECT setval('audit_log_id_seq', 1)",
     "move the schema version": "UPDATE etf_ledger_alembic_version SET version_num = 'x'",
+    "change a strategy's wish": "UPDATE signal_parts SET wanted_units = 1",
+    "rewrite a fill's attribution": "UPDATE fill_attributions SET units = 1",
+    "delete a fill's attribution": "DELETE FROM fill_attributions",
+    "undo a crossing": "DELETE FROM strategy_crossings",
+    "delete a strategy's holding": "DELETE FROM strategy_positions",
 }
 
 
