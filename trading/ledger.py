@@ -847,8 +847,9 @@ def _move_cash(conn: Connection, checked: _CheckedFill, cash_delta: Decimal) -> 
 # ---------------------------------------------------------------------------------------------
 
 # Serialises an account's attributions (what a strategy still wants depends on the fills
-# attributed before). Its own namespace: an execution holds the account lock (session level)
-# while the fills it reconciles take this one on other connections.
+# attributed before), and a fill's look for its signal's parts against their recording (else a
+# fill committing beside the parts would stay unattributed). Its own namespace: an execution
+# holds the account lock (session level) while the fills it reconciles take this one.
 ATTRIBUTION_LOCK_NAMESPACE = 0x41747472          # "Attr"
 
 
