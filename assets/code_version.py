@@ -61,8 +61,9 @@ _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rot
                  "rotation.strategy", "rotation.costs", *_FACTORS, *_SOURCE)
 _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
-            "trading.venue", "trading.conduct", "trading.account", "rotation.risk",
-            "rotation.orders", "rotation.costs")
+            "trading.venue", "trading.conduct", "trading.account", "trading.attribution",
+            "rotation.allocation", "rotation.portfolio_risk", "rotation.risk", "rotation.orders",
+            "rotation.costs")
 
 ASSET_CODE: dict[str, AssetCode] = {
     "raw_bars": AssetCode(

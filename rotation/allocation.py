@@ -31,7 +31,7 @@ import pandas as pd
 from rotation.portfolio_risk import shrunk_covariance
 
 __all__ = ["AllocationMethod", "FillShare", "NettedTarget", "allocate", "cross", "net_targets",
-           "risk_contributions", "risk_parity_weights", "split_fill"]
+           "pro_rata", "risk_contributions", "risk_parity_weights", "split_fill"]
 
 AllocationMethod = Literal["fixed", "inverse_volatility", "risk_parity"]
 # Out-of-sample sessions every strategy must share before its returns decide an allocation.
@@ -160,7 +160,7 @@ def cross(wants: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     buyers = {s: w for s, w in wants.items() if w > 0}
     sellers = {s: -w for s, w in wants.items() if w < 0}
     crossing = min(sum(buyers.values()), sum(sellers.values()))
-    bought, sold = _pro_rata(crossing, buyers), _pro_rata(crossing, sellers)
+    bought, sold = pro_rata(crossing, buyers), pro_rata(crossing, sellers)
     crossed = {s: bought.get(s, 0) - sold.get(s, 0) for s in wants}
     remaining = {s: w - crossed[s] for s, w in wants.items() if w - crossed[s] != 0}
     return crossed, remaining
@@ -188,12 +188,12 @@ def split_fill(remaining: Mapping[str, int], quantity: int, fee: float
         raise ValueError(f"split_fill: a fill of {quantity} units is more than the {wanted} "
                          "the strategies still want")
     sign = signs.pop() if signs else 1
-    units = _pro_rata(quantity, {s: abs(w) for s, w in remaining.items()})
+    units = pro_rata(quantity, {s: abs(w) for s, w in remaining.items()})
     return {s: FillShare(sign * u, fee * u / quantity if quantity else 0.0)
             for s, u in units.items()}
 
 
-def _pro_rata(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+def pro_rata(total: int, weights: Mapping[str, int]) -> dict[str, int]:
     """``total`` units split by ``weights`` in whole units (largest remainder, ties by name)."""
     whole = sum(weights.values())
     if total == 0 or whole == 0:

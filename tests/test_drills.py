@@ -59,7 +59,8 @@ WRITER = "etf_ledger_writer"
 # Parents before children: the order rows are put back in after a downgrade dropped them.
 LEDGER_TABLES = ("accounts", "signals", "executions", "orders", "fills", "positions", "cash",
                  "valuations", "audit_log", "paper_accounts", "paper_positions", "paper_orders",
-                 "paper_fills", "order_sends")
+                 "paper_fills", "order_sends", "signal_parts", "fill_attributions",
+                 "strategy_crossings", "strategy_positions")
 
 
 def dsn(database: str) -> str:

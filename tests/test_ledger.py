@@ -151,7 +151,8 @@ def test_migrate_is_idempotent_and_at_head() -> None:
             tables = {r[0] for r in conn.execute(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         assert {"accounts", "signals", "executions", "orders", "fills", "positions", "cash",
-                "valuations", "audit_log", "etf_ledger_alembic_version"} <= tables
+                "valuations", "audit_log", "signal_parts", "fill_attributions",
+                "strategy_crossings", "strategy_positions", "etf_ledger_alembic_version"} <= tables
 
 
 def _ancestry(head: str) -> list[str]:

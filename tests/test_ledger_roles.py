@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+import test_attribution as attribution
 import test_ledger as base
 from alembic import command
 from alembic.config import Config
@@ -56,7 +57,8 @@ HOST = PG_SERVER.rpartition("@")[2]
 OWNER, WRITER, READER = "etf_ledger_owner", "etf_ledger_writer", "etf_ledger_reader"
 LEDGER_TABLES = ("accounts", "signals", "executions", "orders", "fills", "positions", "cash",
                  "valuations", "audit_log", "paper_accounts", "paper_positions", "paper_orders",
-                 "paper_fills", "order_sends", "etf_ledger_alembic_version")
+                 "paper_fills", "order_sends", "signal_parts", "fill_attributions",
+                 "strategy_crossings", "strategy_positions", "etf_ledger_alembic_version")
 DAY = dt.date(2024, 3, 4)
 UNIVERSE = {"510300", "510500", "159915", "518880"}
 FIRST = {"510300": 0.5, "510500": 0.5}
@@ -216,6 +218,11 @@ WRITER_REFUSED = {
     "delete positions": "DELETE FROM positions",
     "rewind the audit sequence": "SELECT setval('audit_log_id_seq', 1)",
     "move the schema version": "UPDATE etf_ledger_alembic_version SET version_num = 'x'",
+    "change a strategy's wish": "UPDATE signal_parts SET wanted_units = 1",
+    "rewrite a fill's attribution": "UPDATE fill_attributions SET units = 1",
+    "delete a fill's attribution": "DELETE FROM fill_attributions",
+    "undo a crossing": "DELETE FROM strategy_crossings",
+    "delete a strategy's holding": "DELETE FROM strategy_positions",
 }
 
 
@@ -511,6 +518,9 @@ ROUND_TRIPS = [
     base.test_committed_notional,
     base.test_valuations_upsert,
     base.test_account_lock_excludes_a_second_holder,
+    attribution.test_a_fill_is_shared_by_the_strategies_wishes_once,
+    attribution.test_a_fill_without_parts_goes_to_the_one_strategy_or_is_refused,
+    attribution.test_opposite_wishes_cross_at_the_reference_price,
 ]
 
 

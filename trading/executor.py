@@ -11,11 +11,12 @@ the first one is sent. A retry sends what the ledger holds, whatever the slicing
 so the book never goes past the target; an order the venue has that the ledger still calls
 planned (a run killed between the two) is adopted from the venue at the next reconcile.
 
-Steps: reconcile earlier fills → plan (ledger positions and open orders vs target at the signal
-day's raw closes, lots, sells first, TWAP children) → pre-trade risk (rejections recorded with
-their rule, and the conduct rules of ``trading.conduct``) → submit, checking the kill switch
-and the order rate before every order → collect fills and order states. Nothing is sent once
-the orders' session has closed.
+Steps: reconcile earlier fills → cross the opposite wishes of a signal's strategies (when it
+nets several, ``trading.attribution``) → plan (ledger positions and open orders vs target at
+the signal day's raw closes, lots, sells first, TWAP children) → pre-trade risk (rejections
+recorded with their rule, and the conduct rules of ``trading.conduct``) → submit, checking the
+kill switch and the order rate before every order → collect fills and order states. Nothing is
+sent once the orders' session has closed.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class ExecutionReport:
     rejected: list[dict[str, str]] = field(default_factory=list)
     submitted: int = 0
     new_fills: int = 0
+    crossed: int = 0                   # units settled between the signal's strategies
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
@@ -77,7 +79,7 @@ class ExecutionReport:
         return {"signal_id": self.signal_id, "status": self.status,
                 "orders": len(self.orders), "orders_by_status": by_status,
                 "rejected": len(self.rejected), "submitted": self.submitted,
-                "new_fills": self.new_fills}
+                "new_fills": self.new_fills, "crossed_units": self.crossed}
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     stop = kill_switch_reason(ledger, account_id, kill_switch_env) or _session_over(market)
     if stop is not None:
         return _halt(ledger, venue, report, orders, stop, actor)
+    report.crossed = _cross_strategies(ledger, signal_id, market, actor)
     if not orders:
         orders = _plan(ledger, report, signal_id, signal.weights, account_id, market, limits,
                        costs, twap_slices, actor, conduct)
@@ -226,6 +229,17 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
                             reason=f"{report.submitted} submitted, {len(report.rejected)} "
                             "rejected by pre-trade risk")
     return report
+
+
+def _cross_strategies(ledger: Ledger, signal_id: str, market: MarketView, actor: str) -> int:
+    """A signal netting several strategies (recorded parts): their opposite wishes settle
+    inside the account on the order session, at the parts' reference prices, before anything
+    is sent (no order, no fee); its fills are then attributed by ``Ledger.record_fill``.
+    Idempotent: a retried execution finds the crossings booked. Returns the units crossed."""
+    if ledger.signal_parts(signal_id) is None:
+        return 0
+    crossed = ledger.book_crossings(signal_id, session=market.order_session, actor=actor)
+    return sum(c.units for c in crossed)
 
 
 def _session_over(market: MarketView) -> str | None:

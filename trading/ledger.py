@@ -45,6 +45,18 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
+from trading.attribution import (
+    AttributionError,
+    Crossing,
+    Holding,
+    SignalParts,
+    StrategyBook,
+    StrategyFill,
+    crossing_pairs,
+    market_wishes,
+    share_fill,
+    strategies_of,
+)
 from trading.conduct import OrderPace
 from trading.models import AuditEntry, Fill, OrderStatus, Side, SignalStatus, VenueOrder
 
@@ -183,6 +195,51 @@ AUDIT_LOG = sa.Table(
     sa.Column("entity_id", sa.Text, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("details", postgresql.JSONB, nullable=False),
+)
+# Per-strategy attribution (0008; the rules are trading/attribution.py's). Exact numerics
+# (Decimal, not float): the strategies' shares must add up to the account's figures exactly.
+EXACT = sa.Numeric()
+SIGNAL_PARTS = sa.Table(
+    "signal_parts", metadata,
+    sa.Column("signal_id", sa.Text, sa.ForeignKey("signals.signal_id"), primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("strategy", sa.Text, primary_key=True),
+    sa.Column("wanted_units", sa.Integer, nullable=False),
+    sa.Column("reference_price", EXACT, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False, server_default=sa.func.now()),
+)
+FILL_ATTRIBUTIONS = sa.Table(
+    "fill_attributions", metadata,
+    sa.Column("fill_id", sa.Text, sa.ForeignKey("fills.fill_id"), primary_key=True),
+    sa.Column("strategy", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("units", sa.Integer, nullable=False),
+    sa.Column("commission", EXACT, nullable=False),
+    sa.Column("cash", EXACT, nullable=False),
+)
+STRATEGY_CROSSINGS = sa.Table(
+    "strategy_crossings", metadata,
+    sa.Column("signal_id", sa.Text, sa.ForeignKey("signals.signal_id"), primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("seller", sa.Text, primary_key=True),
+    sa.Column("buyer", sa.Text, primary_key=True),
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), nullable=False),
+    sa.Column("units", sa.Integer, nullable=False),
+    sa.Column("price", EXACT, nullable=False),
+    sa.Column("cash", EXACT, nullable=False),
+    sa.Column("session", sa.Date, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False, server_default=sa.func.now()),
+)
+STRATEGY_POSITIONS = sa.Table(
+    "strategy_positions", metadata,
+    sa.Column("account_id", sa.Text, sa.ForeignKey("accounts.account_id"), primary_key=True),
+    sa.Column("strategy", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("cost", EXACT, nullable=False),
+    sa.Column("realised", EXACT, nullable=False),
+    sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -651,6 +708,373 @@ def ensure_schema(url: str, *, retry_seconds: float = 30.0) -> None:
         "not run. Run it with the owner's URL (ETF_LEDGER_ADMIN_URL=postgresql+psycopg://"
         "<owner login>@host/db python -m orchestration.migrate_ledger; compose: the "
         "ledger-migrate service; Kubernetes: deploy/helm/ledger-migrate-job.yaml)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Booking a fill (the steps of Ledger.record_fill, all on the caller's transaction)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CheckedFill:
+    """A fill whose quantity, price and commission were checked, amounts exact."""
+
+    fill: Fill
+    side: Side
+    price: Decimal
+    commission: Decimal
+
+    @property
+    def notional(self) -> Decimal:
+        return self.price * self.fill.quantity
+
+
+def _checked_fill(fill: Fill) -> _CheckedFill:
+    fid, qty = fill.fill_id, fill.quantity
+    if not isinstance(qty, int) or qty <= 0:
+        raise LedgerError(f"fill {fid}: quantity must be a positive integer, got {qty!r}")
+    price, commission = _dec(fill.price), _dec(fill.commission)
+    if price <= 0 or commission < 0:
+        raise LedgerError(f"fill {fid}: price must be > 0 and commission >= 0, "
+                          f"got {price} and {commission}")
+    return _CheckedFill(fill, Side(fill.side), price, commission)
+
+
+def _locked_order(conn: Connection, checked: _CheckedFill) -> sa.Row[Any]:
+    """The fill's order, locked, after checking the fill matches it."""
+    fill, fid, oid = checked.fill, checked.fill.fill_id, checked.fill.client_order_id
+    order = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == oid)
+                         .with_for_update()).first()
+    if order is None:
+        raise LedgerError(f"fill {fid}: order {oid} is not in the ledger")
+    mismatch = [f"{name} {mine!r} != {theirs!r}" for name, mine, theirs in (
+        ("account", fill.account_id, order.account_id),
+        ("symbol", fill.symbol, order.symbol), ("side", checked.side.value, order.side),
+    ) if mine != theirs]
+    if mismatch:
+        raise LedgerError(f"fill {fid} does not match order {oid}: {'; '.join(mismatch)}")
+    return order
+
+
+def _insert_fill(conn: Connection, checked: _CheckedFill) -> bool:
+    """Insert the fill; False when its id is already booked with the same content."""
+    fill, fid = checked.fill, checked.fill.fill_id
+    inserted = conn.execute(
+        pg_insert(FILLS).values(
+            fill_id=fid, order_id=fill.client_order_id, account_id=fill.account_id,
+            symbol=fill.symbol, side=checked.side.value, quantity=fill.quantity,
+            price=checked.price, commission=checked.commission,
+            session=_as_date(fill.session), filled_at=fill.filled_at,
+        ).on_conflict_do_nothing(index_elements=["fill_id"]).returning(FILLS.c.fill_id)
+    ).first()
+    if inserted is not None:
+        return True
+    stored = conn.execute(sa.select(FILLS).where(FILLS.c.fill_id == fid)).one()
+    if (stored.order_id, stored.quantity) != (fill.client_order_id, fill.quantity) or \
+            not math.isclose(stored.price, float(checked.price), rel_tol=1e-12):
+        raise LedgerError(f"fill {fid} is already booked with different content "
+                          f"(order {stored.order_id}, {stored.quantity} @ {stored.price})")
+    return False
+
+
+def _advance_order(conn: Connection, order: sa.Row[Any], checked: _CheckedFill
+                   ) -> tuple[int, OrderStatus]:
+    """The order's filled quantity, average price and status after the fill."""
+    fid, qty, oid = checked.fill.fill_id, checked.fill.quantity, order.order_id
+    filled = order.filled_quantity + qty
+    if filled > order.quantity:
+        raise LedgerError(
+            f"fill {fid}: order {oid} ({order.side} {order.quantity} {order.symbol}) "
+            f"would be filled {filled} > its quantity (already {order.filled_quantity})")
+    current = OrderStatus(order.status)
+    if current.is_final:       # late fill on a cancelled/expired order: keep its status
+        new_status = current
+    else:
+        new_status = (OrderStatus.FILLED if filled == order.quantity
+                      else OrderStatus.PARTIALLY_FILLED)
+    average = (sa.func.coalesce(ORDERS.c.average_price, 0) * ORDERS.c.filled_quantity
+               + sa.literal(checked.notional, sa.Numeric())) / filled
+    conn.execute(sa.update(ORDERS).where(ORDERS.c.order_id == oid).values(
+        filled_quantity=filled, average_price=average, status=new_status.value,
+        updated_at=sa.func.now(),
+    ))
+    return filled, new_status
+
+
+def _move_position(conn: Connection, checked: _CheckedFill) -> Decimal:
+    """The account's position after the fill; returns the fill's cash (− paid, + received)."""
+    fill, qty, held = checked.fill, checked.fill.quantity, POSITIONS.c.quantity
+    if checked.side is Side.BUY:
+        insert = pg_insert(POSITIONS).values(
+            account_id=fill.account_id, symbol=fill.symbol, quantity=qty,
+            cost=checked.notional + checked.commission)
+        conn.execute(insert.on_conflict_do_update(
+            index_elements=["account_id", "symbol"],
+            set_={"quantity": held + insert.excluded.quantity,
+                  "cost": POSITIONS.c.cost + insert.excluded.cost,
+                  "updated_at": sa.func.now()},
+        ))
+        return -(checked.notional + checked.commission)
+    where = sa.and_(POSITIONS.c.account_id == fill.account_id,
+                    POSITIONS.c.symbol == fill.symbol)
+    position = conn.execute(sa.select(POSITIONS).where(where).with_for_update()).first()
+    have = 0 if position is None else position.quantity
+    if qty > have:
+        raise LedgerError(f"fill {fill.fill_id}: selling {qty} {fill.symbol} but account "
+                          f"{fill.account_id} holds only {have}")
+    conn.execute(sa.update(POSITIONS).where(where).values(
+        quantity=held - qty,
+        cost=sa.case((held == qty, sa.literal(Decimal(0), sa.Numeric())),
+                     else_=POSITIONS.c.cost * (held - qty) / held),
+        updated_at=sa.func.now(),
+    ))
+    return checked.notional - checked.commission
+
+
+def _move_cash(conn: Connection, checked: _CheckedFill, cash_delta: Decimal) -> None:
+    account_id = checked.fill.account_id
+    booked = conn.execute(
+        sa.update(CASH).where(CASH.c.account_id == account_id).values(
+            balance=CASH.c.balance + sa.literal(cash_delta, sa.Numeric()),
+            updated_at=sa.func.now())
+    ).rowcount
+    if booked != 1:
+        raise LedgerError(f"fill {checked.fill.fill_id}: account {account_id} has no cash row")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-strategy attribution (trading/attribution.py decides, these store; caller's transaction)
+# ---------------------------------------------------------------------------------------------
+
+# Serialises an account's attributions (what a strategy still wants depends on the fills
+# attributed before), and a fill's look for its signal's parts against their recording (else a
+# fill committing beside the parts would stay unattributed). Its own namespace: an execution
+# holds the account lock (session level) while the fills it reconciles take this one.
+ATTRIBUTION_LOCK_NAMESPACE = 0x41747472          # "Attr"
+
+
+def _lock_attribution(conn: Connection, account_id: str) -> None:
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(
+        sa.literal(ATTRIBUTION_LOCK_NAMESPACE, sa.Integer()), sa.func.hashtext(account_id))))
+
+
+def _parts_rows(conn: Connection, signal_id: str, symbol: str | None = None
+                ) -> list[sa.Row[Any]]:
+    query = sa.select(SIGNAL_PARTS).where(SIGNAL_PARTS.c.signal_id == signal_id).order_by(
+        SIGNAL_PARTS.c.symbol, SIGNAL_PARTS.c.strategy)
+    if symbol is not None:
+        query = query.where(SIGNAL_PARTS.c.symbol == symbol)
+    return list(conn.execute(query))
+
+
+def _has_parts(conn: Connection, signal_id: str) -> bool:
+    return bool(conn.execute(sa.select(sa.exists().where(
+        SIGNAL_PARTS.c.signal_id == signal_id))).scalar())
+
+
+def _holdings(conn: Connection, account_id: str, symbol: str) -> dict[str, Holding]:
+    """Each strategy's holding of ``symbol`` in the account, locked."""
+    rows = conn.execute(sa.select(STRATEGY_POSITIONS).where(
+        STRATEGY_POSITIONS.c.account_id == account_id, STRATEGY_POSITIONS.c.symbol == symbol,
+    ).with_for_update())
+    return {r.strategy: Holding(r.quantity, r.cost, r.realised) for r in rows}
+
+
+def _store_holding(conn: Connection, account_id: str, strategy: str, symbol: str,
+                   holding: Holding) -> None:
+    insert = pg_insert(STRATEGY_POSITIONS).values(
+        account_id=account_id, strategy=strategy, symbol=symbol, quantity=holding.quantity,
+        cost=holding.cost, realised=holding.realised)
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=["account_id", "strategy", "symbol"],
+        set_={"quantity": insert.excluded.quantity, "cost": insert.excluded.cost,
+              "realised": insert.excluded.realised, "updated_at": sa.func.now()}))
+
+
+def _attributed_units(conn: Connection, signal_id: str, symbol: str, side: Side
+                      ) -> dict[str, int]:
+    """Units of the signal's fills of ``symbol`` on ``side`` already attributed, per strategy."""
+    query = (sa.select(FILL_ATTRIBUTIONS.c.strategy,
+                       sa.func.sum(sa.func.abs(FILL_ATTRIBUTIONS.c.units)))
+             .select_from(FILL_ATTRIBUTIONS.join(FILLS).join(ORDERS))
+             .where(ORDERS.c.signal_id == signal_id, FILLS.c.symbol == symbol,
+                    FILLS.c.side == side.value)
+             .group_by(FILL_ATTRIBUTIONS.c.strategy))
+    return {strategy: int(units) for strategy, units in conn.execute(query)}
+
+
+def _only_strategy(conn: Connection, signal_id: str, fill_id: str) -> str:
+    """The signal's strategy when it names exactly one (a fill of a signal without parts)."""
+    named = conn.execute(sa.select(SIGNALS.c.strategy)
+                         .where(SIGNALS.c.signal_id == signal_id)).scalar_one()
+    strategies = strategies_of(named)
+    if len(strategies) != 1:
+        raise LedgerError(f"signal {signal_id} nets {len(strategies)} strategies ({named}) "
+                          f"but has no recorded parts: fill {fill_id} cannot be attributed "
+                          "(record the signal's parts before its fills)")
+    return strategies[0]
+
+
+def _wanted_on_side(conn: Connection, checked: _CheckedFill, signal_id: str, required: bool
+                    ) -> tuple[dict[str, int], dict[str, int]] | None:
+    """(what each strategy still wants on the fill's side, its whole wish on that side), or
+    None when the fill is not to be attributed (no parts, not required)."""
+    fill = checked.fill
+    rows = _parts_rows(conn, signal_id, fill.symbol)
+    if not rows and not _has_parts(conn, signal_id):
+        if not required:
+            return None
+        strategy = _only_strategy(conn, signal_id, fill.fill_id)
+        return {strategy: fill.quantity}, {strategy: fill.quantity}
+    sign = 1 if checked.side is Side.BUY else -1
+    remaining = market_wishes({r.strategy: r.wanted_units for r in rows})
+    side_wishes = {s: abs(u) for s, u in remaining.items() if u * sign > 0}
+    done = _attributed_units(conn, signal_id, fill.symbol, checked.side)
+    return {s: w - done.get(s, 0) for s, w in side_wishes.items()}, side_wishes
+
+
+def _attribute_fill(conn: Connection, checked: _CheckedFill, signal_id: str, *,
+                    required: bool) -> dict[str, StrategyFill] | None:
+    """Book each strategy's share of a just-inserted fill; None when it is not attributed."""
+    fill = checked.fill
+    _lock_attribution(conn, fill.account_id)
+    wanted = _wanted_on_side(conn, checked, signal_id, required)
+    if wanted is None:
+        return None
+    still_wanted, side_wishes = wanted
+    holdings = _holdings(conn, fill.account_id, fill.symbol)
+    try:
+        shares = share_fill(
+            fill_id=fill.fill_id, side=checked.side, quantity=fill.quantity,
+            price=checked.price, commission=checked.commission, still_wanted=still_wanted,
+            side_wishes=side_wishes, held={s: h.quantity for s, h in holdings.items()})
+        after = {s: _after_fill(holdings.get(s, Holding()), share,
+                                what=f"fill {fill.fill_id} strategy {s} fund {fill.symbol}")
+                 for s, share in shares.items()}
+    except AttributionError as exc:
+        raise LedgerError(f"signal {signal_id}: {exc}") from exc
+    for strategy, share in shares.items():
+        conn.execute(sa.insert(FILL_ATTRIBUTIONS).values(
+            fill_id=fill.fill_id, strategy=strategy, account_id=fill.account_id,
+            symbol=fill.symbol, units=share.units, commission=share.commission,
+            cash=share.cash))
+        _store_holding(conn, fill.account_id, strategy, fill.symbol, after[strategy])
+    return shares
+
+
+def _signal_owner(conn: Connection, signal_id: str) -> tuple[str, str]:
+    """(account, strategy) of a signal in the ledger."""
+    row = conn.execute(sa.select(SIGNALS.c.account_id, SIGNALS.c.strategy)
+                       .where(SIGNALS.c.signal_id == signal_id)).first()
+    if row is None:
+        raise LedgerError(f"signal {signal_id} is not in the ledger")
+    return row.account_id, row.strategy
+
+
+def _approved_signal_account(conn: Connection, signal_id: str) -> str:
+    row = conn.execute(sa.select(SIGNALS.c.account_id, SIGNALS.c.status)
+                       .where(SIGNALS.c.signal_id == signal_id)).first()
+    if row is None:
+        raise LedgerError(f"signal {signal_id} is not in the ledger")
+    if row.status != SignalStatus.APPROVED.value:
+        raise LedgerError(f"signal {signal_id} is {row.status}: only an approved signal's "
+                          "wishes cross")
+    return str(row.account_id)
+
+
+def _same_parts(signal_id: str, stored: list[tuple[str, str, int, float]],
+                given: list[tuple[str, str, int, float]]) -> bool:
+    """False (nothing to write) when ``given`` are the stored parts; raises otherwise."""
+    same = len(stored) == len(given) and all(
+        a[:3] == b[:3] and math.isclose(a[3], b[3], rel_tol=1e-12)
+        for a, b in zip(stored, given, strict=True))
+    if not same:
+        raise LedgerError(f"signal {signal_id} already has different parts recorded: a "
+                          f"signal's parts are immutable (stored {stored}, given {given})")
+    return False
+
+
+def _by_fund(rows: Sequence[sa.Row[Any]]) -> dict[str, list[sa.Row[Any]]]:
+    grouped: dict[str, list[sa.Row[Any]]] = {}
+    for r in rows:
+        grouped.setdefault(r.symbol, []).append(r)
+    return grouped
+
+
+def _cross_fund(conn: Connection, signal_id: str, account_id: str, fund: str,
+                rows: Sequence[sa.Row[Any]], session: dt.date) -> list[Crossing]:
+    """Book the crossings of one fund: rows, holdings; returns what was booked."""
+    price: Decimal = rows[0].reference_price
+    pairs = crossing_pairs({r.strategy: r.wanted_units for r in rows})
+    holdings = _holdings(conn, account_id, fund) if pairs else {}
+    booked = []
+    for seller, buyer, units in pairs:
+        cash = price * units
+        what = f"crossing of signal {signal_id}: strategy {seller} fund {fund}"
+        try:
+            holdings[seller] = holdings.get(seller, Holding()).sold(units, cash, what=what)
+        except AttributionError as exc:
+            raise LedgerError(str(exc)) from exc
+        holdings[buyer] = holdings.get(buyer, Holding()).bought(units, cash)
+        conn.execute(sa.insert(STRATEGY_CROSSINGS).values(
+            signal_id=signal_id, symbol=fund, seller=seller, buyer=buyer,
+            account_id=account_id, units=units, price=price, cash=cash, session=session))
+        booked.append(Crossing(signal_id, fund, seller, buyer, units, float(price), float(cash)))
+    for strategy in {s for pair in pairs for s in pair[:2]}:
+        _store_holding(conn, account_id, strategy, fund, holdings[strategy])
+    return booked
+
+
+def _crossings(conn: Connection, signal_id: str) -> list[Crossing]:
+    rows = conn.execute(sa.select(STRATEGY_CROSSINGS)
+                        .where(STRATEGY_CROSSINGS.c.signal_id == signal_id)
+                        .order_by(STRATEGY_CROSSINGS.c.symbol, STRATEGY_CROSSINGS.c.seller,
+                                  STRATEGY_CROSSINGS.c.buyer))
+    return [Crossing(r.signal_id, r.symbol, r.seller, r.buyer, r.units, float(r.price),
+                     float(r.cash)) for r in rows]
+
+
+def _strategy_holdings(conn: Connection, account_id: str) -> dict[str, dict[str, Holding]]:
+    held: dict[str, dict[str, Holding]] = {}
+    for r in conn.execute(sa.select(STRATEGY_POSITIONS)
+                          .where(STRATEGY_POSITIONS.c.account_id == account_id)
+                          .order_by(STRATEGY_POSITIONS.c.strategy, STRATEGY_POSITIONS.c.symbol)):
+        held.setdefault(r.strategy, {})[r.symbol] = Holding(r.quantity, r.cost, r.realised)
+    return held
+
+
+def _strategy_cash(conn: Connection, account_id: str) -> dict[str, Decimal]:
+    """The cash each strategy's fills and crossings moved (− paid, + received)."""
+    fa, sc = FILL_ATTRIBUTIONS, STRATEGY_CROSSINGS
+    moves = sa.union_all(
+        sa.select(fa.c.strategy.label("strategy"), fa.c.cash.label("cash"))
+        .where(fa.c.account_id == account_id),
+        sa.select(sc.c.buyer, -sc.c.cash).where(sc.c.account_id == account_id),
+        sa.select(sc.c.seller, sc.c.cash).where(sc.c.account_id == account_id),
+    ).subquery()
+    query = sa.select(moves.c.strategy, sa.func.sum(moves.c.cash)).group_by(moves.c.strategy)
+    return {strategy: Decimal(total) for strategy, total in conn.execute(query)}
+
+
+def _book(account_id: str, strategy: str, holdings: Mapping[str, Holding], cash: Decimal,
+          prices: Mapping[str, float]) -> StrategyBook:
+    held = {fund: h for fund, h in holdings.items() if h.quantity}
+    unpriced = sorted(fund for fund in held if fund not in prices)
+    if unpriced:
+        raise LedgerError(f"account {account_id} strategy {strategy}: no price to mark "
+                          f"{unpriced}")
+    value = sum((_dec(prices[fund]) * h.quantity for fund, h in held.items()), Decimal(0))
+    return StrategyBook(
+        strategy=strategy, positions={fund: h.quantity for fund, h in held.items()},
+        cost=float(sum((h.cost for h in held.values()), Decimal(0))), cash=float(cash),
+        realised=float(sum((h.realised for h in holdings.values()), Decimal(0))),
+        market_value=float(value))
+
+
+def _after_fill(holding: Holding, share: StrategyFill, *, what: str) -> Holding:
+    if share.units > 0:
+        return holding.bought(share.units, -share.cash)
+    return holding.sold(-share.units, share.cash, what=what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1215,110 +1639,46 @@ class Ledger:
 
     def record_fill(self, fill: Fill, *, actor: str) -> bool:
         """Book one execution report: the fill, the order's filled quantity, average price and
-        status, the position and the cash, all in one transaction. Returns False (and changes
-        nothing) when the fill id is already booked."""
-        fid, oid = fill.fill_id, fill.client_order_id
-        side = Side(fill.side)
-        qty = fill.quantity
-        if not isinstance(qty, int) or qty <= 0:
-            raise LedgerError(f"fill {fid}: quantity must be a positive integer, got {qty!r}")
-        price, commission = _dec(fill.price), _dec(fill.commission)
-        if price <= 0 or commission < 0:
-            raise LedgerError(f"fill {fid}: price must be > 0 and commission >= 0, "
-                              f"got {price} and {commission}")
-        notional = price * qty
+        status, the position and the cash, all in one transaction. When the fill's signal has
+        recorded parts (:meth:`record_signal_parts`), each strategy's share of the fill is
+        booked in that same transaction (:meth:`record_attributed_fill`). Returns False (and
+        changes nothing, attribution included) when the fill id is already booked."""
+        return self._book_fill(fill, actor=actor, attribution_required=False)
+
+    def record_attributed_fill(self, fill: Fill, *, actor: str) -> bool:
+        """:meth:`record_fill` with each strategy's share of the fill (units, commission,
+        cash; :func:`trading.attribution.share_fill`) always booked: by the signal's recorded
+        parts, or - without parts - wholly to the signal's strategy when it names exactly one;
+        a signal netting several strategies without parts raises :class:`LedgerError` naming
+        the signal and the fill, and nothing is booked. A re-delivered fill id changes nothing:
+        a fill is attributed once, in the transaction that books it."""
+        return self._book_fill(fill, actor=actor, attribution_required=True)
+
+    def _book_fill(self, fill: Fill, *, actor: str, attribution_required: bool) -> bool:
+        checked = _checked_fill(fill)
 
         def work(conn: Connection) -> bool:
-            order = conn.execute(sa.select(ORDERS).where(ORDERS.c.order_id == oid)
-                                 .with_for_update()).first()
-            if order is None:
-                raise LedgerError(f"fill {fid}: order {oid} is not in the ledger")
-            mismatch = [f"{name} {mine!r} != {theirs!r}" for name, mine, theirs in (
-                ("account", fill.account_id, order.account_id),
-                ("symbol", fill.symbol, order.symbol), ("side", side.value, order.side),
-            ) if mine != theirs]
-            if mismatch:
-                raise LedgerError(f"fill {fid} does not match order {oid}: {'; '.join(mismatch)}")
-            inserted = conn.execute(
-                pg_insert(FILLS).values(
-                    fill_id=fid, order_id=oid, account_id=fill.account_id, symbol=fill.symbol,
-                    side=side.value, quantity=qty, price=price, commission=commission,
-                    session=_as_date(fill.session), filled_at=fill.filled_at,
-                ).on_conflict_do_nothing(index_elements=["fill_id"]).returning(FILLS.c.fill_id)
-            ).first()
-            if inserted is None:
-                stored = conn.execute(sa.select(FILLS).where(FILLS.c.fill_id == fid)).one()
-                if (stored.order_id, stored.quantity) != (oid, qty) or not math.isclose(
-                        stored.price, float(price), rel_tol=1e-12):
-                    raise LedgerError(f"fill {fid} is already booked with different content "
-                                      f"(order {stored.order_id}, {stored.quantity} @ "
-                                      f"{stored.price})")
+            order = _locked_order(conn, checked)
+            if not _insert_fill(conn, checked):
                 return False
-
-            filled = order.filled_quantity + qty
-            if filled > order.quantity:
-                raise LedgerError(
-                    f"fill {fid}: order {oid} ({order.side} {order.quantity} {order.symbol}) "
-                    f"would be filled {filled} > its quantity (already {order.filled_quantity})"
-                )
-            current = OrderStatus(order.status)
-            if current.is_final:       # late fill on a cancelled/expired order: keep its status
-                new_status = current
-            else:
-                new_status = (OrderStatus.FILLED if filled == order.quantity
-                              else OrderStatus.PARTIALLY_FILLED)
-            average = (sa.func.coalesce(ORDERS.c.average_price, 0) * ORDERS.c.filled_quantity
-                       + sa.literal(notional, sa.Numeric())) / filled
-            conn.execute(sa.update(ORDERS).where(ORDERS.c.order_id == oid).values(
-                filled_quantity=filled, average_price=average, status=new_status.value,
-                updated_at=sa.func.now(),
-            ))
-
-            held = POSITIONS.c.quantity
-            if side is Side.BUY:
-                insert = pg_insert(POSITIONS).values(
-                    account_id=fill.account_id, symbol=fill.symbol, quantity=qty,
-                    cost=notional + commission)
-                conn.execute(insert.on_conflict_do_update(
-                    index_elements=["account_id", "symbol"],
-                    set_={"quantity": held + insert.excluded.quantity,
-                          "cost": POSITIONS.c.cost + insert.excluded.cost,
-                          "updated_at": sa.func.now()},
-                ))
-                cash_delta = -(notional + commission)
-            else:
-                where = sa.and_(POSITIONS.c.account_id == fill.account_id,
-                                POSITIONS.c.symbol == fill.symbol)
-                position = conn.execute(sa.select(POSITIONS).where(where).with_for_update()
-                                        ).first()
-                have = 0 if position is None else position.quantity
-                if qty > have:
-                    raise LedgerError(f"fill {fid}: selling {qty} {fill.symbol} but account "
-                                      f"{fill.account_id} holds only {have}")
-                conn.execute(sa.update(POSITIONS).where(where).values(
-                    quantity=held - qty,
-                    cost=sa.case((held == qty, sa.literal(Decimal(0), sa.Numeric())),
-                                 else_=POSITIONS.c.cost * (held - qty) / held),
-                    updated_at=sa.func.now(),
-                ))
-                cash_delta = notional - commission
-            booked = conn.execute(
-                sa.update(CASH).where(CASH.c.account_id == fill.account_id).values(
-                    balance=CASH.c.balance + sa.literal(cash_delta, sa.Numeric()),
-                    updated_at=sa.func.now())
-            ).rowcount
-            if booked != 1:
-                raise LedgerError(f"fill {fid}: account {fill.account_id} has no cash row")
-            _audit(conn, actor=actor, action="filled", entity="fill", entity_id=fid,
-                   details={"order_id": oid, "signal_id": order.signal_id,
+            filled, status = _advance_order(conn, order, checked)
+            _move_cash(conn, checked, _move_position(conn, checked))
+            shares = _attribute_fill(conn, checked, order.signal_id,
+                                     required=attribution_required)
+            _audit(conn, actor=actor, action="filled", entity="fill", entity_id=fill.fill_id,
+                   details={"order_id": order.order_id, "signal_id": order.signal_id,
                             "account_id": fill.account_id, "symbol": fill.symbol,
-                            "side": side.value, "quantity": qty, "price": float(price),
-                            "commission": float(commission),
+                            "side": checked.side.value, "quantity": fill.quantity,
+                            "price": float(checked.price),
+                            "commission": float(checked.commission),
                             "session": _as_date(fill.session).isoformat(),
-                            "order_filled_quantity": filled, "order_status": new_status.value})
+                            "order_filled_quantity": filled, "order_status": status.value,
+                            **({} if shares is None else {"strategies": {
+                                s: share.units for s, share in shares.items()}})})
             return True
 
-        return self._run(f"recording fill {fid} of order {oid}", work)
+        return self._run(f"recording fill {fill.fill_id} of order {fill.client_order_id}",
+                         work)
 
     def fills(self, account_id: str, *, signal_id: str | None = None) -> list[Fill]:
         query = (sa.select(FILLS).where(FILLS.c.account_id == account_id)
@@ -1413,6 +1773,120 @@ class Ledger:
                  .where(POSITIONS.c.quantity > 0).group_by(POSITIONS.c.symbol))
         return self._read("reading our holdings", lambda conn: {
             symbol: int(units) for symbol, units in conn.execute(query)})
+
+    # ------------------------------------------------------------------ per-strategy attribution
+
+    def record_signal_parts(self, parts: SignalParts, *, actor: str) -> bool:
+        """Store each strategy's wish for a signal (units per fund and strategy) with the funds'
+        reference prices, audited, in one transaction. Returns False when these parts are
+        already stored. Raises :class:`LedgerError` for a signal not in the ledger, no parts,
+        a strategy the signal does not name (``strategies_of(signal.strategy)``), different
+        parts already stored (parts are immutable), or a signal with fills already booked (they
+        would stay unattributed: the parts must come first)."""
+        sid, rows = parts.signal_id, parts.rows()
+        if not rows:
+            raise LedgerError(f"signal {sid}: no parts to record")
+
+        def work(conn: Connection) -> bool:
+            account_id, named = _signal_owner(conn, sid)
+            _lock_attribution(conn, account_id)
+            strangers = sorted(parts.strategies - set(strategies_of(named)))
+            if strangers:
+                raise LedgerError(f"signal {sid} is for strategy {named}: its parts may not "
+                                  f"name {strangers}")
+            stored = [(r.symbol, r.strategy, r.wanted_units, float(r.reference_price))
+                      for r in _parts_rows(conn, sid)]
+            if stored:
+                return _same_parts(sid, stored, rows)
+            if conn.execute(sa.select(sa.exists().where(
+                    FILLS.c.order_id == ORDERS.c.order_id, ORDERS.c.signal_id == sid))).scalar():
+                raise LedgerError(f"signal {sid} already has fills: its parts must be recorded "
+                                  "before its first fill")
+            conn.execute(sa.insert(SIGNAL_PARTS), [
+                {"signal_id": sid, "symbol": fund, "strategy": strategy, "wanted_units": units,
+                 "reference_price": _dec(price)} for fund, strategy, units, price in rows])
+            _audit(conn, actor=actor, action="signal_parts_recorded", entity="signal",
+                   entity_id=sid, details={
+                       "wishes": {f: dict(by) for f, by in parts.wishes.items()},
+                       "reference_prices": {f: float(p) for f, p in
+                                            parts.reference_prices.items()}})
+            return True
+
+        return self._run(f"recording the strategies' parts of signal {sid}", work)
+
+    def signal_parts(self, signal_id: str) -> SignalParts | None:
+        """The recorded parts of a signal, or None."""
+        rows = self._read(f"reading the parts of signal {signal_id}",
+                          lambda conn: _parts_rows(conn, signal_id))
+        if not rows:
+            return None
+        wishes: dict[str, dict[str, int]] = {}
+        for r in rows:
+            wishes.setdefault(r.symbol, {})[r.strategy] = r.wanted_units
+        return SignalParts(signal_id, wishes, {r.symbol: float(r.reference_price) for r in rows})
+
+    def book_crossings(self, signal_id: str, *, session: dt.date, actor: str
+                       ) -> list[Crossing]:
+        """Settle the approved signal's opposite wishes inside the account, in one audited
+        transaction: per fund, units pass from the strategies that want to sell to those that
+        want to buy (:func:`trading.attribution.crossing_pairs`) at the fund's **reference
+        price recorded with the parts** (the raw close of the signal's date; why, see
+        :mod:`trading.attribution`), on ``session``. The account's position and cash do not
+        change. Idempotent: once booked, the stored crossings are returned."""
+
+        def work(conn: Connection) -> list[Crossing]:
+            account_id = _approved_signal_account(conn, signal_id)
+            _lock_attribution(conn, account_id)
+            stored = _crossings(conn, signal_id)
+            if stored:
+                return stored
+            rows = _parts_rows(conn, signal_id)
+            if not rows:
+                raise LedgerError(f"signal {signal_id} has no recorded parts: nothing to cross")
+            booked = [c for fund, fund_rows in _by_fund(rows).items()
+                      for c in _cross_fund(conn, signal_id, account_id, fund, fund_rows,
+                                           _as_date(session))]
+            if booked:
+                _audit(conn, actor=actor, action="units_crossed", entity="signal",
+                       entity_id=signal_id, details={
+                           "session": _as_date(session).isoformat(),
+                           "crossings": [[c.symbol, c.seller, c.buyer, c.units, c.price]
+                                         for c in booked]})
+            return booked
+
+        return self._run(f"crossing the strategies' wishes of signal {signal_id}", work)
+
+    def crossings(self, signal_id: str) -> list[Crossing]:
+        return self._read(f"reading the crossings of signal {signal_id}",
+                          lambda conn: _crossings(conn, signal_id))
+
+    def fill_attribution(self, fill_id: str) -> dict[str, StrategyFill]:
+        """Each strategy's share of a booked fill ({} when it was not attributed)."""
+        query = sa.select(FILL_ATTRIBUTIONS).where(FILL_ATTRIBUTIONS.c.fill_id == fill_id)
+        return self._read(f"reading the attribution of fill {fill_id}", lambda conn: {
+            r.strategy: StrategyFill(r.units, r.commission, r.cash)
+            for r in conn.execute(query)})
+
+    def strategy_holdings(self, account_id: str) -> dict[str, dict[str, Holding]]:
+        """strategy -> fund -> its holding (a sold-out holding stays for its realised P&L)."""
+        return self._read(f"reading the strategies' holdings of {account_id}",
+                          lambda conn: _strategy_holdings(conn, account_id))
+
+    def strategy_books(self, account_id: str, prices: Mapping[str, float]
+                       ) -> dict[str, StrategyBook]:
+        """Each strategy's positions, cash moved, realised P&L and market value at ``prices``
+        (fund -> raw price; every fund a strategy holds needs one), read from one snapshot.
+        They sum to the account's: units per fund to its positions, cash to its cash minus
+        the initial cash, P&L to its equity minus the initial cash."""
+
+        def work(conn: Connection) -> dict[str, StrategyBook]:
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            holdings = _strategy_holdings(conn, account_id)
+            cash = _strategy_cash(conn, account_id)
+            return {s: _book(account_id, s, holdings.get(s, {}), cash.get(s, Decimal(0)),
+                             prices) for s in sorted(set(holdings) | set(cash))}
+
+        return self._run(f"reading the strategies' books of {account_id}", work)
 
     # ------------------------------------------------------------------ valuations
 
