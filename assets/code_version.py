@@ -111,10 +111,26 @@ ASSET_CODE: dict[str, AssetCode] = {
          "assets.comparison:_metadata"),
         ("rotation.comparison", "rotation.report", "rotation.backtest.metrics"),
         ("oos_backtest",)),
+    "account_allocation": AssetCode(
+        ("assets.allocation:account_allocation", "assets.allocation:_allocation_frame",
+         "assets.allocation:input_name"),
+        (*_TRADING, "rotation.bars", "rotation.config_paths", "rotation.market",
+         "rotation.yaml_config"),
+        ("oos_backtest",)),
+    "account_target": AssetCode(
+        ("assets.allocation:account_target", "assets.allocation:_one_session",
+         "assets.allocation:_target_frame", "assets.allocation:input_name"),
+        (*_TRADING, "rotation.bars", "rotation.config_paths", "rotation.market",
+         "rotation.yaml_config"),
+        ("account_allocation", "target_portfolio")),
     "approved_signal": AssetCode(
         ("assets.signals:approved_signal", "assets.signals:failed_checks",
-         "assets.signals:portfolio_figures", "assets.signals:audit_tightening"),
-        (*_TRADING, *_SOURCE, "rotation.portfolio_risk"), ("target_portfolio", "adjusted_bars")),
+         "assets.signals:portfolio_figures", "assets.signals:audit_tightening",
+         "assets.signals:traded_universe", "assets.signals:raw_closes",
+         "assets.signals:record_parts"),
+        # rotation.strategy (the traded strategies' universes) and what it imports.
+        (*_TRADING, *_SOURCE, *_WALK_FORWARD),
+        ("target_portfolio", "adjusted_bars")),
     "portfolio_risk": AssetCode(
         ("assets.signals:portfolio_risk", "assets.signals:book_weights",
          "assets.signals:risk_tables"),
@@ -123,7 +139,8 @@ ASSET_CODE: dict[str, AssetCode] = {
         ("target_portfolio", "adjusted_bars", "oos_backtest")),
     "positions_report": AssetCode(
         ("assets.signals:positions_report", "assets.signals:book_differences",
-         "assets.signals:paper_equity", "assets.signals:backtest_equity"),
+         "assets.signals:paper_equity", "assets.signals:backtest_equity",
+         "assets.signals:strategy_pnl_metadata"),
         ("resources.execution", "trading.executor", "trading.paper", "rotation.backtest",
          "rotation.report", *_SOURCE, *_TRADING), ("approved_signal",)),
     "risk_compliance_report": AssetCode(

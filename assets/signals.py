@@ -9,7 +9,7 @@ account and compares it with what the backtest engine expects for the same signa
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.allocation import PART_PREFIX
 from assets.code_version import code_version, strategy_sections
 from assets.metadata import data_fingerprint, frame_metadata
 from assets.metadata import table as table_value
@@ -35,6 +36,7 @@ from rotation.strategy import StrategyConfig
 from sensors.executions import stalled_executions
 from trading import approval
 from trading.account import Account
+from trading.attribution import SignalParts, netted_strategy, wishes_from_weights
 from trading.executor import reconcile
 from trading.ledger import Ledger
 from trading.models import AuditEntry, SignalStatus
@@ -104,11 +106,19 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
     return failed
 
 
-def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[GuardingCheck]
-                  ) -> list[dg.AssetsDefinition]:
+def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
+                  guards: Sequence[GuardingCheck]) -> list[dg.AssetsDefinition]:
+    """The account's gate, risk and book. ``strategies``: those it trades (one market: the
+    first's rules); several are netted (``account_target``), their signals' strategy is
+    ``a+b`` (trading.attribution)."""
+    strategy = strategies[0]
     account_id, limits = account.account_id, account.limits
+    names = [s.name for s in strategies]
+    label = netted_strategy(names) if account.allocation.netted else strategy.name
+    target = dg.AssetIn(key="account_target" if account.allocation.netted
+                        else "target_portfolio")
     backtest = strategy.backtest_config()
-    sections = strategy_sections(strategy, "name", "universe")
+    sections = [strategy_sections(s, "name", "universe") for s in strategies]
     versions = {
         "approved_signal": code_version("approved_signal", sections, limits, account_id),
         "positions_report": code_version("positions_report", sections, account_id, backtest,
@@ -120,7 +130,7 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
     @dg.asset(
         group_name=SIGNALS_GROUP,
         kinds={"postgres"},
-        ins={"adjusted_bars": ALL_SESSIONS},
+        ins={"adjusted_bars": ALL_SESSIONS, "target_portfolio": target},
         code_version=versions["approved_signal"],
         description="The gate between research and trading (SPEC §9): the target portfolio of "
         "session D becomes an immutable approved signal (id = strategy, account, date, weights "
@@ -141,11 +151,7 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
         traded = set(on_day.loc[on_day["volume"] > 0, "symbol"].astype(str))
         weights = approval.proposed_weights(target_portfolio["symbol"].astype(str).tolist(),
                                             target_portfolio["weight"].astype(float).tolist())
-        u = strategy.universe
-        universe = set(u.symbols) if u.symbols else set(adjusted_bars["symbol"].astype(str))
-        universe -= set(u.exclude)
-        if u.defensive:
-            universe.add(u.defensive)
+        universe = set().union(*(traded_universe(s, adjusted_bars) for s in strategies))
         import rotation.portfolio_risk as portfolio_risk  # scipy: only when a signal is decided
 
         returns, amounts = portfolio_risk.panels_from_bars(
@@ -156,7 +162,7 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
                              actor=f"dagster:{context.run.run_id}")
             context.log.warning(f"limits of {account_id} tightened: {tightened}")
         facts = approval.SignalFacts(
-            strategy=strategy.name, account_id=account_id, as_of=day.date(), weights=weights,
+            strategy=label, account_id=account_id, as_of=day.date(), weights=weights,
             latest_session=latest.date(), sessions_between=between,
             data_as_of=pd.Timestamp(adjusted_bars["date"].max()).date(),
             universe=universe, halted=sorted(s for s in weights if s not in traded),
@@ -166,6 +172,9 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
                                         in_force))
         record = approval.decide(facts, ledger.ledger, in_force,
                                  actor=f"dagster:{context.run.run_id}")
+        if record.status is SignalStatus.APPROVED and account.allocation.netted:
+            record_parts(ledger.ledger, account, record.signal_id, target_portfolio,
+                         raw_closes(market_data, day), actor=f"dagster:{context.run.run_id}")
         if record.status is SignalStatus.REJECTED:
             context.log.warning(f"signal {record.signal_id} rejected: " + "; ".join(
                 r["message"] for r in record.reasons))
@@ -196,7 +205,7 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
     @dg.asset(
         group_name=SIGNALS_GROUP,
         kinds={"postgres", "pandas"},
-        ins={"adjusted_bars": ALL_SESSIONS},
+        ins={"adjusted_bars": ALL_SESSIONS, "target_portfolio": target},
         code_version=versions["portfolio_risk"],
         description="How much the target portfolio and the account's current book can lose, "
         "from data up to D only (issue 19): VaR and expected shortfall at 95 % and 99 % over 1 "
@@ -258,9 +267,9 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
         book = ledger.ledger
         actor = f"dagster:{context.run.run_id}"
         signals = [s for s in book.signals(account_id, SignalStatus.APPROVED)
-                   if s.strategy == strategy.name]
+                   if s.strategy == label]
         if not signals:
-            raise dg.Failure(f"account {account_id}: no approved signal of {strategy.name} "
+            raise dg.Failure(f"account {account_id}: no approved signal of {label} "
                              "yet; materialise approved_signal first")
         first = pd.Timestamp(signals[0].as_of)
         last = market_data.calendar.latest_closed_session(clock.now())
@@ -304,6 +313,7 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
             "new_fills": dg.MetadataValue.int(new_fills),
             "approved_signals": dg.MetadataValue.int(len(signals)),
             "equity_plot": dg.MetadataValue.md(report.markdown_image(png, "paper vs backtest")),
+            **strategy_pnl_metadata(book, account, bars),
         })
         tolerance = account.parity_tolerance
         yield dg.AssetCheckResult(check_name=PARITY_CHECK, passed=worst <= tolerance,
@@ -321,6 +331,60 @@ def signal_assets(strategy: StrategyConfig, account: Account, guards: Sequence[G
                 "\n".join(f"- {s.describe()}" for s in stalls) or "none")})
 
     return [approved_signal, portfolio_risk, positions_report]
+
+
+def traded_universe(strategy: StrategyConfig, bars: pd.DataFrame) -> set[str]:
+    """The funds ``strategy`` may hold: its universe, or every fund of the data, less its
+    exclusions, with its defensive fund."""
+    u = strategy.universe
+    universe = set(u.symbols) if u.symbols else set(bars["symbol"].astype(str))
+    universe -= set(u.exclude)
+    return universe | ({u.defensive} if u.defensive else set())
+
+
+def raw_closes(market_data: MarketDataResource, day: pd.Timestamp) -> dict[str, float]:
+    """Each fund's raw close of ``day``: the price the executor sizes orders at."""
+    bars = market_data.load(day, day).bars
+    return {str(s): float(c) for s, c in zip(bars["symbol"], bars["close"], strict=True)
+            if np.isfinite(c) and c > 0}
+
+
+def record_parts(ledger: Ledger, account: Account, signal_id: str, target: pd.DataFrame,
+                 closes: Mapping[str, float], *, actor: str) -> None:
+    """A netted signal's parts in the ledger before anything executes: each strategy's units
+    to trade per fund (its part of the account's equity at the raw close, less what it holds),
+    so the executor crosses opposite wishes and every fill is attributed."""
+    account_id = account.account_id
+    parts = {str(row["symbol"]): {s: float(row[PART_PREFIX + s])
+                                  for s in account.allocation.strategies
+                                  if float(row[PART_PREFIX + s]) > 0}
+             for _, row in target.iterrows()}
+    held = {s: {f: h.quantity for f, h in by_fund.items()}
+            for s, by_fund in ledger.strategy_holdings(account_id).items()}
+    positions = ledger.positions(account_id)
+    missing = sorted(f for f in {*positions, *(f for f, p in parts.items() if p)}
+                     if f not in closes)
+    if missing:
+        raise dg.Failure(f"signal {signal_id}: no raw close of {missing} to size the "
+                         "strategies' parts")
+    equity = ledger.cash(account_id) + sum(p.quantity * closes[f] for f, p in positions.items())
+    wishes = wishes_from_weights(parts, equity=equity, prices=closes, held=held)
+    if wishes:
+        ledger.record_signal_parts(SignalParts(signal_id, wishes,
+                                               {f: closes[f] for f in wishes}), actor=actor)
+
+
+def strategy_pnl_metadata(ledger: Ledger, account: Account, bars: pd.DataFrame
+                          ) -> dict[str, dg.MetadataValue]:
+    """Per-strategy units, cash and P&L of a netted account (they sum to the account's)."""
+    if not account.allocation.netted:
+        return {}
+    latest = bars.sort_values("date").groupby(bars["symbol"].astype(str))["close"].last()
+    books = ledger.strategy_books(account.account_id, latest.astype(float).to_dict())
+    rows = pd.DataFrame([{"strategy": s, "market_value": b.market_value, "cash": b.cash,
+                          "realised": b.realised, "unrealised": b.unrealised, "pnl": b.pnl}
+                         for s, b in books.items()])
+    return {"strategy_pnl": table_value(rows.round(2), 50)} if len(rows) else {}
 
 
 def audit_tightening(ledger: Ledger, account_id: str, day: pd.Timestamp, why: str, *,

@@ -1,6 +1,8 @@
 """The two schedules the desk relies on: ``daily_job`` after each close (new session → approved
 signal → the sensor hands it to execution) and the weekly full research rebuild."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from orchestration.dagster_private import UnresolvedAssetJobDefinition
@@ -21,14 +23,19 @@ DAILY_RUN_TAG = "etf/daily_run"
 SCHEDULE_TAG = "dagster/schedule_name"
 
 
-def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
+def daily_job(defined: set[str], netted: Sequence[str] = ()) -> UnresolvedAssetJobDefinition:
+    """``netted``: what a netting account adds before its gate (the other strategies' target
+    portfolios, its allocation and its target; user strings, ``<strategy>/target_portfolio``)."""
     selected = [a for a in DAILY_ASSETS if a in defined]
+    if netted:
+        gate = selected.index(GATE_ASSET) if GATE_ASSET in selected else len(selected)
+        selected[gate:gate] = [a for a in netted if a in defined and a not in selected]
     handoff = ("An approved signal is handed to execution_job by approved_signal_sensor."
                if GATE_ASSET in defined else "Its success launches approval_job (the approval "
                "gate) in the execution code location.")
     return dg.define_asset_job(
         "daily_job",
-        selection=dg.AssetSelection.assets(*selected),
+        selection=dg.AssetSelection.assets(*map(dg.AssetKey.from_user_string, selected)),
         # One process: the daily path must not pay the heavy imports once per step.
         executor_def=dg.in_process_executor,
         description="After the close of a session: its raw bars through the quality gates, "
@@ -38,10 +45,11 @@ def daily_job(defined: set[str]) -> UnresolvedAssetJobDefinition:
     )
 
 
-def approval_job() -> UnresolvedAssetJobDefinition:
-    """The approval gate on its own, in the execution code location (``ETF_CODE_LOCATION``)."""
+def approval_job(netting: Sequence[str] = ()) -> UnresolvedAssetJobDefinition:
+    """The approval gate on its own, in the execution code location (``ETF_CODE_LOCATION``);
+    ``netting``: a netting account's allocation and target, decided before its gate."""
     return dg.define_asset_job(
-        "approval_job", selection=dg.AssetSelection.assets(GATE_ASSET),
+        "approval_job", selection=dg.AssetSelection.assets(*netting, GATE_ASSET),
         executor_def=dg.in_process_executor,
         description="The approval gate for the latest target portfolio: approved_signal. "
         "Launched by approval_after_daily when daily_job of the research location succeeds; "

@@ -14,12 +14,14 @@ that moves them breaks one import block, reviewed in one file:
   the instance's database directly (one query each instead of paging the public API).
 * ``with_key_prefix``: ``AssetsDefinition.with_attributes`` (not public) moves a strategy's
   assets, their dependencies on each other and their checks under the strategy's key prefix,
-  which the public ``map_asset_specs`` refuses (it may not change keys).
+  which the public ``map_asset_specs`` refuses (it may not change keys); the op is renamed
+  through ``dagster_internal_init`` so two strategies' copies can share a job.
 """
 
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._core.definitions.assets.definition.assets_definition import AssetsDefinition
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.definitions.partitions.subset import PartitionsSubset
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -58,4 +60,14 @@ def with_key_prefix(assets: Sequence[dg.AssetsDefinition], prefix: str
     (inputs from other assets keep their keys)."""
     own = {key for asset in assets for key in asset.keys}
     moved = {key: dg.AssetKey([prefix, *key.path]) for key in own}
-    return [asset.with_attributes(asset_key_replacements=moved) for asset in assets]
+    return [_renamed_op(asset.with_attributes(asset_key_replacements=moved), prefix)
+            for asset in assets]
+
+
+def _renamed_op(asset: dg.AssetsDefinition, prefix: str) -> dg.AssetsDefinition:
+    """``asset`` with its op named ``<prefix>__<op>`` (as ``@dg.asset(key_prefix=...)`` names
+    it): two strategies' ``target_portfolio`` ops may then run in one job."""
+    attributes = asset.get_attributes_dict()
+    attributes["node_def"] = asset.node_def.with_replaced_properties(
+        name=f"{prefix}__{asset.node_def.name}")
+    return AssetsDefinition.dagster_internal_init(**attributes)

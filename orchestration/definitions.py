@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from assets.allocation import allocation_assets
 from assets.comparison import comparison_assets
 from assets.compliance import compliance_assets
 from assets.market import market_assets
@@ -27,7 +28,12 @@ from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
 from jobs.signal_decisions import supersede_signal_job
 from orchestration.settings import Settings, SettingsError, load_settings
-from orchestration.strategy_stage import StrategyStage, catalogue_spec, strategy_stage
+from orchestration.strategy_stage import (
+    StrategyStage,
+    catalogue_spec,
+    strategy_asset_key,
+    strategy_stage,
+)
 from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.deployment import fixed
@@ -42,6 +48,7 @@ from resources.market_data import (
 )
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
+from rotation.allocation import allocate
 from rotation.calendar import TradingCalendar
 from rotation.catalogue import Catalogue, read_catalogue
 from rotation.config_paths import STRATEGY_CONFIG_DIR
@@ -138,25 +145,36 @@ def account_of(settings: Settings, strategy: StrategyConfig) -> Account:
         raise SettingsError(f"setting execution.risk.lot_size: {ex.risk.lot_size} differs from "
                             f"market {strategy.market.name}'s lot of {lot} units; lots come "
                             "from the market profile (remove the setting)")
+    allocation = ex.allocation
+    if not allocation.strategies:
+        allocation = allocation.model_copy(update={"strategies": (strategy.name,)})
     return Account(account_id=ex.account_id, initial_cash=ex.initial_cash,
-                   costs=strategy.cost_model,
+                   costs=strategy.cost_model, allocation=allocation,
                    limits=ex.risk.model_copy(update={"lot_size": lot}), conduct=ex.conduct,
                    lock_timeout_seconds=ex.lock_timeout_seconds,
                    quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions),
                    parity_tolerance=ex.parity_tolerance)
 
 
-def execution_definitions(settings: Settings, strategy: StrategyConfig, account: Account,
-                          guarded: list[dg.AssetsDefinition], calendar: TradingCalendar
-                          ) -> dg.Definitions:
+def execution_definitions(settings: Settings, traded: list[StrategyConfig], account: Account,
+                          guarded: list[dg.AssetsDefinition], calendar: TradingCalendar,
+                          primary: str) -> dg.Definitions:
     """approved_signal → sensor → execution_job → positions_report, and the kill switch; the
-    account's risk and compliance report and its breach alerts."""
+    account's risk and compliance report and its breach alerts. ``traded``: the account's
+    strategies; several are netted first (account_allocation → account_target), ``primary``
+    (the deployment's strategy) under plain keys, the others under their names."""
     ex = settings.execution
     webhook = settings.alert_webhook_url or None
     timeout = settings.alert_webhook_timeout_seconds
     execution_job, kill_switch_job = execution_jobs(account)
-    assets = signal_assets(strategy, account, guarding_checks(guarded))
+    assets = signal_assets(traded, account, guarding_checks(guarded))
     assets += compliance_assets(account, storage_root=settings.resolved_storage_root.resolve())
+    if account.allocation.netted:
+        def keys(asset: str) -> dict[str, dg.AssetKey]:
+            return {s.name: strategy_asset_key(s.name, asset, s.name == primary) for s in traded}
+
+        assets += allocation_assets(account, keys("oos_backtest"), keys("target_portfolio"))
+    strategy = traded[0]
     end_of_day = end_of_day_job()
     return dg.Definitions(assets=assets,
                           jobs=[execution_job, kill_switch_job, end_of_day,
@@ -303,11 +321,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     research, beside = research_definitions(settings, deployed, sessions_of_data)
     stages = [market, research, *beside]
     execution: dg.Definitions | None = None
+    traded = traded_strategies(account, deployed)
     if windows is not None and settings.postgres_url:
-        # The gate reads the deployment's strategy: the checks of the others do not guard it.
-        guarded = [a for d in (market, research) for a in d.assets or []
-                   if isinstance(a, dg.AssetsDefinition)]
-        execution = execution_definitions(settings, strategy, account, guarded, calendar)
+        # The gate reads the account's strategies: the checks of the others do not guard it.
+        names = {s.name for s in traded}
+        guarded = [a for d in stages for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
+                   and (d in (market, research) or a.key.path[0] in names)]
+        execution = execution_definitions(settings, traded, account, guarded, calendar,
+                                          primary=strategy.name)
     elif windows is not None:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "
@@ -323,7 +344,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         stages.append(execution)
     defined = {a.key.to_user_string() for d in stages for a in d.assets or []
                if isinstance(a, dg.AssetsDefinition)}
-    daily = daily_job(defined)
+    daily = daily_job(defined, netted_inputs(traded, strategy.name, defined)
+                      if account.allocation.netted else ())
     operations = dg.Definitions(
         jobs=[daily],
         schedules=[after_close_schedule(
@@ -373,6 +395,37 @@ def strategies_compared(stages: list[StrategyStage], built: list[dg.Definitions]
         "out-of-sample backtests.")])]
 
 
+def traded_strategies(account: Account, deployed: Deployed) -> list[StrategyConfig]:
+    """The account's strategies, of those the deployment runs."""
+    running = {s.name: s for s in (deployed.strategy, *deployed.others)}
+    setting = "execution.allocation [env ETF_EXECUTION__ALLOCATION]"
+    unknown = [n for n in account.allocation.strategies if n not in running]
+    if unknown:
+        raise SettingsError(f"setting {setting}: strategies {unknown} are not run by this "
+                            f"deployment (it runs {sorted(running)}; see ETF_STRATEGIES)")
+    spec = account.allocation
+    if spec.method == "fixed" and spec.weights:
+        try:
+            allocate("fixed", list(spec.strategies), fixed=spec.weights)
+        except ValueError as exc:
+            raise SettingsError(f"setting {setting}: {exc}") from None
+    return [running[n] for n in spec.strategies]
+
+
+def netted_inputs(traded: list[StrategyConfig], primary: str, defined: set[str]) -> list[str]:
+    """What the daily path refreshes before a netting account's gate (every traded strategy
+    must have its backtest and target: a strategy without a walk-forward window cannot be)."""
+    inputs = [strategy_asset_key(s.name, asset, s.name == primary).to_user_string()
+              for s in traded for asset in ("oos_backtest", "target_portfolio")]
+    missing = [k for k in inputs if k not in defined]
+    if missing:
+        raise SettingsError(f"setting execution.allocation [env ETF_EXECUTION__ALLOCATION]: "
+                            f"{missing} are not defined (a strategy without a complete "
+                            "walk-forward window in the data cannot be traded)")
+    return [k for k in inputs if k.endswith("target_portfolio")] + ["account_allocation",
+                                                                     "account_target"]
+
+
 def execution_location(execution: dg.Definitions | None, research: list[dg.Definitions],
                        alerts: dg.SensorDefinition, deployment: dg.Definitions
                        ) -> dg.Definitions:
@@ -393,7 +446,8 @@ def execution_location(execution: dg.Definitions | None, research: list[dg.Defin
                              + (spec.description or ""))
                 for d in research for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
                 for spec in a.specs if spec.key in inputs]
-    approval = approval_job()
+    approval = approval_job([k for k in ("account_allocation", "account_target")
+                             if any(dg.AssetKey(k) in a.keys for a in gate)])
     return dg.Definitions.merge(
         execution,
         dg.Definitions(assets=upstream, jobs=[approval],

@@ -45,6 +45,7 @@ from rotation.cross_section import CrossSectionConfig
 from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
+from trading.account import Allocation
 from trading.conduct import ConductRules
 
 # The UIs `make dev` starts by default (DAGSTER_PORT and MLFLOW_PORT in the Makefile move them
@@ -172,6 +173,10 @@ class ExecutionSettings(BaseModel):
     end_of_day_cron: str = "0 20 * * 1-5"
     # Trading-conduct rules (order rate, cancel ratio, restricted list, self-trade, holdings).
     conduct: ConductRules = Field(default_factory=ConductRules)
+    # The strategies the account trades (strategies the deployment runs) and how its capital
+    # is split among them; unset: the deployment's strategy alone. Several: their targets are
+    # netted into one before approval, and every order, fill and P&L is attributed to them.
+    allocation: Allocation = Field(default_factory=Allocation)
 
 
 class WalkForwardSettings(BaseModel):

@@ -54,7 +54,13 @@ class StrategyStage:
         return "" if self.primary else f"{self.strategy.name}_"
 
     def key(self, asset: str) -> dg.AssetKey:
-        return dg.AssetKey(asset) if self.primary else dg.AssetKey([self.strategy.name, asset])
+        return strategy_asset_key(self.strategy.name, asset, self.primary)
+
+
+def strategy_asset_key(strategy: str, asset: str, primary: bool) -> dg.AssetKey:
+    """The key of ``strategy``'s ``asset``: plain for the deployment's strategy, else under
+    the strategy's name."""
+    return dg.AssetKey(asset) if primary else dg.AssetKey([strategy, asset])
 
 
 def check_name(strategy: StrategyConfig) -> None:

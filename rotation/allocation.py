@@ -28,8 +28,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from rotation.portfolio_risk import shrunk_covariance
-
 __all__ = ["AllocationMethod", "FillShare", "NettedTarget", "allocate", "cross", "net_targets",
            "pro_rata", "risk_contributions", "risk_parity_weights", "split_fill"]
 
@@ -58,6 +56,10 @@ def allocate(method: AllocationMethod, strategies: list[str], *,
     if method == "inverse_volatility":
         return _normalised(1.0 / daily.std(ddof=1))
     if method == "risk_parity":
+        # scipy (through portfolio_risk): imported when an allocation is computed, not when
+        # an account's settings name the method.
+        from rotation.portfolio_risk import shrunk_covariance
+
         return pd.Series(risk_parity_weights(shrunk_covariance(daily.to_numpy())), index=strategies)
     raise ValueError(f"allocation: unknown method {method!r} (fixed, inverse_volatility, "
                      "risk_parity)")

@@ -23,6 +23,9 @@ from orchestration.settings import Settings, SettingsError
 from resources.deployment import deployed
 from resources.parquet_io import PartitionedParquetIOManager
 from rotation.config_paths import STRATEGY_CONFIG_DIR
+from trading.account import Allocation
+from trading.ledger import Ledger
+from trading.models import SignalStatus
 
 SAMPLE = "sample_first"
 SECOND = "sample_momentum"
@@ -36,9 +39,9 @@ SMALL = {"search": {"min_factors": 2, "max_factors": 2, "top_n": [2, 3], "rebala
          "wfo": {"in_sample": 120, "out_of_sample": 40, "step": 40, "mode": "rolling"}}
 
 
-def _strategy(name: str, factors: list, **fields: object) -> dict:
+def _strategy(name: str, **fields: object) -> dict:
     data = yaml.safe_load((STRATEGY_CONFIG_DIR / "etf_rotation_sample.yaml").read_text())
-    data.update({"name": name, "factors": factors, **SMALL, **fields})
+    data.update({"name": name, **SMALL, **fields})
     return data
 
 
@@ -46,9 +49,9 @@ def _folder(root: Path, second: dict | None = None) -> Path:
     """A strategy folder: two strategies on the sample data (the first is the deployment's)."""
     folder = root / "strategies"
     folder.mkdir(exist_ok=True)
-    for name, data in ((SAMPLE, _strategy(SAMPLE, FIRST_FACTORS)),
-                       (SECOND, _strategy(SECOND, [*SECOND_FACTORS, MOMENTUM_40],
-                                          **(second or {})))):
+    for name, data in ((SAMPLE, _strategy(SAMPLE, factors=FIRST_FACTORS)),
+                       (SECOND, _strategy(SECOND, **{"factors": [*SECOND_FACTORS, MOMENTUM_40],
+                                                     **(second or {})}))):
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 
@@ -198,3 +201,83 @@ def test_the_strategy_files_show_in_the_ui(two) -> None:
     assert spec.metadata["refused"].value == 0
     states = {r.data["file"]: r.data["state"] for r in spec.metadata["files"].records}
     assert states == {SAMPLE: "runs: the deployment's strategy", SECOND: "runs beside it"}
+
+
+# -- one account netting both strategies (issue 15 item 3) ------------------------------------
+
+SIGNAL_DAY = "2020-12-31"
+
+
+@pytest.fixture(scope="module")
+def netting(two, pg_instance: dg.DagsterInstance):
+    """The deployment above with a ledger and its account trading both strategies by inverse
+    volatility: the daily path for the last session, up to the approved signal."""
+    from conftest import PG_SERVER, scratch_database
+
+    settings = two[0]
+    with scratch_database("etf_netting_ledger") as name:
+        url = f"postgresql+psycopg://{PG_SERVER}/{name}"
+        netted = settings.model_copy(update={
+            "postgres_url": url,
+            "execution": settings.execution.model_copy(update={
+                "as_of": SIGNAL_DAY, "allocation": Allocation(
+                    strategies=(SAMPLE, SECOND), method="inverse_volatility")})})
+        defs = build_definitions(netted)
+        daily = defs.resolve_job_def("daily_job").execute_in_process(
+            instance=pg_instance, partition_key=SIGNAL_DAY, raise_on_error=False)
+        ledger = Ledger(url)
+        try:
+            yield defs, daily, ledger
+        finally:
+            ledger.dispose()
+
+
+def test_the_daily_path_nets_the_account_before_its_gate(netting) -> None:
+    defs, daily, _ = netting
+    selected = {k.to_user_string() for k in
+                defs.resolve_job_def("daily_job").asset_layer.executable_asset_keys}
+    assert {"target_portfolio", f"{SECOND}/target_portfolio", "account_allocation",
+            "account_target", "approved_signal"} <= selected
+    assert daily.success
+
+
+def test_the_account_target_is_the_allocated_sum_of_the_strategies(netting) -> None:
+    defs, _, _ = netting
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
+    assert isinstance(io, PartitionedParquetIOManager)
+    shares = pd.read_parquet(io.path_for(dg.AssetKey("account_allocation"))
+                             ).set_index("strategy")["weight"]
+    curves = pd.DataFrame({
+        name: pd.read_parquet(io.path_for(key)).set_index("date")["equity"]
+        for name, key in ((SAMPLE, dg.AssetKey("oos_backtest")),
+                          (SECOND, dg.AssetKey([SECOND, "oos_backtest"])))})
+    inverse = 1 / curves.pct_change().dropna().tail(250).std(ddof=1)
+    assert np.allclose(shares.loc[inverse.index], inverse / inverse.sum(), rtol=1e-12)
+    target = pd.read_parquet(io.path_for(dg.AssetKey("account_target"))).set_index("symbol")
+    for name, key in ((SAMPLE, dg.AssetKey("target_portfolio")),
+                      (SECOND, dg.AssetKey([SECOND, "target_portfolio"]))):
+        own = pd.read_parquet(io.path_for(key)).set_index("symbol")["weight"]
+        part = target[f"part:{name}"]
+        assert np.allclose(part.reindex(own.index, fill_value=0.0), shares[name] * own)
+    assert np.allclose(target["weight"], target[[f"part:{SAMPLE}", f"part:{SECOND}"]].sum(1))
+    assert set(target["strategy"]) == {f"{SAMPLE}+{SECOND}"}
+
+
+def test_the_netted_signal_carries_each_strategys_units(netting) -> None:
+    defs, _, ledger = netting
+    [signal] = ledger.signals("paper-main")
+    assert signal.strategy == f"{SAMPLE}+{SECOND}"
+    assert signal.status is SignalStatus.APPROVED, signal.reasons
+    parts = ledger.signal_parts(signal.signal_id)
+    assert parts is not None
+    equity = ledger.initial_cash("paper-main")
+    io = deployed(defs, "io_manager", PartitionedParquetIOManager)
+    assert isinstance(io, PartitionedParquetIOManager)
+    target = pd.read_parquet(io.path_for(dg.AssetKey("account_target"))).set_index("symbol")
+    held = target.loc[target["weight"] > 0]
+    assert set(parts.wishes) == set(held.index)
+    for fund, row in held.iterrows():
+        price = parts.reference_prices[fund]
+        for name in (SAMPLE, SECOND):   # each strategy's part of the equity, in whole units
+            units = parts.wishes[fund].get(name, 0)
+            assert units == int(row[f"part:{name}"] * equity // price), (fund, name)

@@ -12,11 +12,32 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rotation.allocation import AllocationMethod
 from rotation.costs import CostModel
 from rotation.risk import RiskLimits
 from trading.conduct import ConductRules
 
-__all__ = ["Account"]
+__all__ = ["Account", "Allocation"]
+
+
+class Allocation(BaseModel):
+    """The strategies an account trades and how its capital is split among them
+    (``rotation.allocation``); their targets are netted into the account's one target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Names of strategies the deployment runs; empty: the deployment's strategy alone.
+    strategies: tuple[str, ...] = ()
+    method: AllocationMethod = "fixed"
+    # ``fixed``: each strategy's share (normalised); unset: equal shares.
+    weights: dict[str, float] = Field(default_factory=dict)
+    # Out-of-sample sessions (the latest) whose returns size inverse_volatility / risk_parity.
+    lookback_sessions: int = Field(250, ge=60)
+
+    @property
+    def netted(self) -> bool:
+        """Whether the account nets several strategies (else it trades one target as is)."""
+        return len(self.strategies) > 1
 
 
 class Account(BaseModel):
@@ -32,6 +53,7 @@ class Account(BaseModel):
     quote_lookback_sessions: int = Field(ge=1)
     # Paper-versus-backtest parity: the largest relative equity difference accepted.
     parity_tolerance: float = Field(0.01, gt=0)
+    allocation: Allocation = Field(default_factory=Allocation)
 
     @model_validator(mode="after")
     def _one_lot(self) -> Account:
