@@ -12,7 +12,7 @@ from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import research_assets
 from assets.signals import guarding_checks, signal_assets
-from assets.walk_forward import walk_forward_assets, window_partitions
+from assets.strategy_research import research_partitions, strategy_research_assets
 from jobs.daily import (
     approval_after_daily,
     approval_job,
@@ -181,9 +181,10 @@ def _source_name(settings: Settings) -> str | None:
 
 def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
     """The file of the strategy in force whose universe trades ``dataset``; when none does,
-    the default strategy (its universe is then checked against the data when it runs). Not
-    while a refused file without a valid version in force names the dataset: the deployment
-    must not switch strategies because a file broke."""
+    the default strategy (its universe is then checked against the data when it runs). Never
+    a classic strategy: the data's strategy is its rotation, a classic one runs only when
+    ETF_STRATEGY names it. Not while a refused rotation file without a valid version in force
+    names the dataset: the deployment must not switch strategies because a file broke."""
     if dataset is None:
         return DEFAULT_STRATEGY
     broken = [r for r in catalogue.refused if r.may_trade(dataset)]
@@ -192,7 +193,7 @@ def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
             f"setting strategy [env ETF_STRATEGY] is unset and a refused strategy file trades "
             f"{dataset!r}: " + "; ".join(r.why for r in broken))
     return next((file for file, s in catalogue.files.items()
-                 if s.universe.dataset == dataset), DEFAULT_STRATEGY)
+                 if s.universe.dataset == dataset and s.classic is None), DEFAULT_STRATEGY)
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:
@@ -258,7 +259,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     sessions_of_data = calendar.sessions(settings.partitions_start or market_data.history_start,
                                          market_data.history_end)
-    windows = window_partitions(sessions_of_data, strategy)
+    windows = research_partitions(sessions_of_data, strategy)
     research_stage = research_assets(settings.cross_section, strategy.factor_specs,
                                      strategy.horizons, strategy.screening_horizon,
                                      strategy.select_kwargs(),
@@ -281,8 +282,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                                      settings.schedule_timezone, fan_out=fan_out)
         research = dg.Definitions(
             assets=[*research_stage,
-                    *walk_forward_assets(strategy, settings.cross_section, windows,
-                                         fan_out=fan_out)],
+                    *strategy_research_assets(strategy, settings.cross_section, windows,
+                                              fan_out=fan_out)],
             jobs=[research_run, walk_forward, portfolio],
             schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
             sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)],

@@ -215,18 +215,18 @@ def latest_targets(data: wf.ResearchData, section: ClassicSection, params: Mappi
     the columns of :func:`rotation.portfolio.explain`."""
     last = data.dates[-1]
     weights = _weights(data, section, params, last)
-    held = weights.gt(0)
-    runs = held.astype(int).groupby((~held).cumsum()).cumsum()  # sessions held in a row
+    held = weights.gt(0).to_numpy()[::-1]  # newest first
+    runs = np.where(held.all(axis=0), len(held), held.argmin(axis=0))  # sessions held in a row
     eligible = data.eligible.loc[last, weights.columns].fillna(False).astype(bool)
     today = weights.loc[last]
-    before = held.iloc[-2] if len(held) > 1 else held.iloc[-1] & False
+    before = held[1] if len(held) > 1 else np.zeros(held.shape[1], dtype=bool)
     label = f"{section.generator} {params_text(params)}"
     reasons = [("not eligible (SPEC §2 point-in-time universe)" if not eligible[s]
                 else f"in: {label} long" if today[s] > 0 else f"out: {label} flat")
                for s in weights.columns]
     table = pd.DataFrame({"score": today.gt(0).astype(float), "rank": np.nan,
                           "eligible": eligible, "held_before": before,
-                          "held_days": runs.loc[last].astype(float), "selected": today.gt(0),
+                          "held_days": runs.astype(float), "selected": today.gt(0),
                           "base_weight": today, "weight": today, "reason": reasons})
     table.index = pd.Index(weights.columns, name="symbol")
     return last, table.sort_values(["weight"], ascending=False, kind="stable")

@@ -50,6 +50,7 @@ from pydantic import (
 )
 
 from rotation.backtest import BacktestConfig
+from rotation.classic import CLASSIC_CONFIGS, config_problems, valid_configs
 from rotation.config_paths import DATASET_CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.costs import CostModel
 from rotation.factors.registry import (
@@ -360,8 +361,6 @@ class ClassicSection(BaseModel):
         generator = info.data.get("generator")
         if generator is None:  # reported at classic.generator
             return value
-        from rotation.classic import CLASSIC_CONFIGS, config_problems
-
         problems = config_problems(CLASSIC_CONFIGS[generator], value)
         if problems:
             raise ValueError("\n".join(problems))
@@ -376,8 +375,6 @@ class ClassicSection(BaseModel):
 
     def candidates(self) -> list[dict[str, Any]]:
         """Every valid parameter combination (the grid), with the section's rebalance mode."""
-        from rotation.classic import valid_configs
-
         return valid_configs(self.generator, self.params, rebalance=self.rebalance)
 
     @property

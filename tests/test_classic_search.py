@@ -132,3 +132,28 @@ def test_optuna_with_a_fixed_seed_is_reproducible(real) -> None:
     assert 1 <= len(first) <= section.trials and first["params"].is_unique
     valid = {cs.params_text(p) for p in section.candidates()}
     assert set(first["params"]) <= valid
+
+
+def test_the_latest_target_explains_every_fund(real) -> None:
+    bars, instruments = real
+    strategy = load_strategy("ma_cross_akshare")
+    section = strategy.classic
+    assert section is not None
+    data, _ = _research(bars, instruments, strategy)
+    params = {"fast": 5, "slow": 20}
+    as_of, table = cs.latest_targets(data, section, params)
+    assert as_of == data.dates[-1]
+    assert list(table.columns) == ["score", "rank", "eligible", "held_before", "held_days",
+                                   "selected", "base_weight", "weight", "reason"]
+    assert set(table.index) == set(data.universe.ranked)
+    full = cs._weights(data, section, params, as_of)
+    pd.testing.assert_series_equal(table["weight"].sort_index(), full.loc[as_of].sort_index(),
+                                   check_names=False)
+    held = table.loc[table["weight"] > 0]
+    assert len(held) and (held["held_days"] >= 1).all()
+    assert held["reason"].str.startswith("in: ma_cross").all()
+    # a fund held for k sessions in a row: k trailing positive weights
+    symbol = held.index[0]
+    k = int(held.loc[symbol, "held_days"])
+    column = full[symbol].to_numpy()
+    assert (column[-k:] > 0).all() and (len(column) == k or column[-k - 1] <= 0)
