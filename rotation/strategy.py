@@ -932,6 +932,8 @@ class StrategyConfig(BaseModel):
         data = self.model_dump(mode="json", exclude={"factors"})
         if data.get("classic") is None:  # a rotation strategy's text (and fingerprint) as before
             data.pop("classic", None)
+        else:  # a classic strategy has no combination search (and a file may not give one)
+            data.pop("search", None)
         data["factors"] = [s.to_dict() for s in self.factors]
         return {"name": data.pop("name"), "description": data.pop("description"),
                 "universe": data.pop("universe"), "factors": data.pop("factors"), **data}

@@ -101,3 +101,14 @@ def test_a_rotation_strategy_text_is_unchanged() -> None:
     rotation = load_strategy("etf_rotation_akshare")
     assert rotation.classic is None
     assert "classic" not in rotation.to_dict()
+
+
+def test_a_classic_strategy_round_trips_through_its_dict() -> None:
+    from rotation.strategy import strategy_from_dict
+
+    for name in CLASSIC_FILES:
+        strategy = load_strategy(name)
+        data = strategy.to_dict()
+        assert "search" not in data and data["classic"]["generator"]
+        again = strategy_from_dict(data)
+        assert again == strategy and again.fingerprint == strategy.fingerprint
