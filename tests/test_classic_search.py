@@ -157,3 +157,26 @@ def test_the_latest_target_explains_every_fund(real) -> None:
     k = int(held.loc[symbol, "held_days"])
     column = full[symbol].to_numpy()
     assert (column[-k:] > 0).all() and (len(column) == k or column[-k - 1] <= 0)
+
+
+@pytest.mark.parametrize("name", ["bollinger_akshare", "rsi_akshare"])
+def test_the_other_shipped_files_search_a_window(real, name: str) -> None:
+    bars, instruments = real
+    strategy = load_strategy(name)
+    section = strategy.classic
+    assert section is not None
+    data, windows = _research(bars, instruments, strategy)
+    result = cs.evaluate_window(data, section, windows[0], strategy.backtest_config())
+    assert len(result.candidates) == len(section.candidates())
+    assert result.winner in section.candidates()
+    assert result.oos.equity.index[-1] == windows[0].oos_end
+
+
+def test_the_grid_generator_runs_through_the_search(real) -> None:
+    bars, instruments = real
+    strategy = load_strategy("ma_cross_akshare")
+    section = strategy.classic.model_validate(  # type: ignore[union-attr]
+        {"generator": "grid", "params": {"step": [0.03, 0.06], "n_levels": [2, 4]}})
+    data, windows = _research(bars, instruments, strategy.model_copy(update={"classic": section}))
+    table = cs.search_window(data, section, windows[0], strategy.backtest_config())
+    assert len(table) == 4 and table["score"].is_monotonic_decreasing

@@ -13,7 +13,7 @@ from rotation.catalogue import read_catalogue
 from rotation.factors import DEFAULT_FACTORS
 from rotation.strategy import StrategyConfigError, load_strategy
 
-CLASSIC_FILES = ("ma_cross_akshare", "macd_akshare", "bollinger_akshare")
+CLASSIC_FILES = ("ma_cross_akshare", "macd_akshare", "bollinger_akshare", "rsi_akshare")
 
 
 def _write(tmp_path: Path, classic: Any, **extra: Any) -> Path:
