@@ -52,6 +52,10 @@ from rotation.wfo import WfoWindow
 WINNER_REPLAY_CHECK = "winners_match_vectorbt"
 
 Winners = list[tuple[WfoWindow, dict[str, Any]]]
+# The in-sample figures of a classic winner come from the full engine, not a search engine.
+CLASSIC_WINDOW_COLUMNS = WINDOW_COLUMNS | {
+    "is_sharpe": "in-sample Sharpe of the winner (full backtest: lots, minimum commission)",
+    "is_annual_return_pct": "in-sample annualised return of the winner (full backtest), %"}
 
 
 def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionConfig,
@@ -208,7 +212,7 @@ def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSe
         table["screened_factors"] = ""
         whole_run = run_level({
             "windows": dg.MetadataValue.int(len(table)),
-            "winners": metadata_table(in_and_out_of_sample(table), 100, WINDOW_COLUMNS),
+            "winners": metadata_table(in_and_out_of_sample(table), 100, CLASSIC_WINDOW_COLUMNS),
             "winner_params": metadata_table(_params_table(table), 100),
             "experiment": dg.MetadataValue.text(strategy.experiment_name),
             "data_version": dg.MetadataValue.text(version),
@@ -274,7 +278,7 @@ def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSe
         meta |= {f"plot_{name}": dg.MetadataValue.md(f"![{name}]({link})")
                  for name, link in images.items() if link}
         meta |= {
-            "windows": metadata_table(windows, 100, WINDOW_COLUMNS),
+            "windows": metadata_table(windows, 100, CLASSIC_WINDOW_COLUMNS),
             "winner_params": metadata_table(_params_table(wfo_results), 100),
             "latest_target": metadata_table(_named(held, names), 60),
             "latest_target_as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
@@ -423,9 +427,9 @@ def _window_metadata(result: cs.ClassicWindowResult, side_by_side: pd.DataFrame,
         "candidates": dg.MetadataValue.int(len(result.candidates)),
         "candidates_top": metadata_table(result.candidates.head(20), 20),
         "in_and_out_of_sample": metadata_table(side_by_side.drop(columns=["window"]), 5,
-                                               WINDOW_COLUMNS),
+                                               CLASSIC_WINDOW_COLUMNS),
     }
-    for key in WINDOW_COLUMNS:
+    for key in CLASSIC_WINDOW_COLUMNS:
         value = float(row[key])
         if pd.notna(value):
             meta[key] = dg.MetadataValue.float(value)
