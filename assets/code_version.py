@@ -58,8 +58,13 @@ _FACTORS = ("rotation.factors", "rotation.cross_section")
 # strategy's derived settings and the funds' instruments from the data source.
 _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rotation.portfolio",
                  "rotation.backtest", "rotation.ic", "rotation.labels", "rotation.orders",
-                 "rotation.strategy", "rotation.costs", *_FACTORS, *_SOURCE)
+                 "rotation.strategy", "rotation.classic", "rotation.costs", *_FACTORS,
+                 *_SOURCE)
 _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
+# rotation.classic_search and what it runs: the classic generators and the walk-forward's
+# panels, stitching and backtest (the rotation's modules, the factor kernels included).
+_CLASSIC = ("rotation.classic_search", *_WALK_FORWARD)
+_CLASSIC_PREPARE = ("assets.classic_walk_forward:prepare", "assets.classic_walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
             "trading.venue", "trading.conduct", "trading.account", "trading.attribution",
             "rotation.allocation", "rotation.portfolio_risk", "rotation.risk", "rotation.orders",
@@ -155,15 +160,47 @@ ASSET_CODE: dict[str, AssetCode] = {
 }
 
 
+# A classic strategy's walk-forward (assets/classic_walk_forward.py): the same asset keys as
+# the rotation's, its own code (a deployment defines one or the other under each key).
+CLASSIC_ASSET_CODE: dict[str, AssetCode] = {
+    "classic_wfo_windows": AssetCode(
+        ("assets.classic_walk_forward:wfo_windows", "assets.classic_walk_forward:windows_of",
+         "assets.classic_walk_forward:_window_row", *_CLASSIC_PREPARE),
+        _CLASSIC, ("adjusted_bars",)),
+    "classic_wfo_results": AssetCode(
+        ("assets.classic_walk_forward:wfo_results", "assets.classic_walk_forward:windows_of",
+         *_CLASSIC_PREPARE),
+        (*_CLASSIC, "rotation.report"), ("adjusted_bars", "classic_wfo_windows")),
+    "classic_oos_backtest": AssetCode(
+        ("assets.classic_walk_forward:oos_backtest", "assets.classic_walk_forward:_winners",
+         "assets.classic_walk_forward:latest_target", "assets.walk_forward:_daily_frame",
+         *_CLASSIC_PREPARE),
+        (*_CLASSIC, "rotation.report"), ("adjusted_bars", "classic_wfo_results")),
+    "classic_oos_positions": AssetCode(
+        ("assets.classic_walk_forward:oos_positions", "assets.classic_walk_forward:_winners",
+         "assets.walk_forward:position_rows", *_CLASSIC_PREPARE),
+        _CLASSIC, ("adjusted_bars", "classic_wfo_results", "classic_oos_backtest")),
+    "classic_target_portfolio": AssetCode(
+        ("assets.classic_walk_forward:target_portfolio", "assets.classic_walk_forward:_winners",
+         "assets.classic_walk_forward:latest_target", *_CLASSIC_PREPARE),
+        _CLASSIC, ("adjusted_bars", "classic_wfo_results")),
+}
+
+
 def code_version(asset: str, *config: object) -> str:
     """The code version of ``asset``: its code, its upstream assets' code and ``config``."""
     parts = [code_lineage(asset)] + [canonical_json(item) for item in config]
     return _digest(parts)[:VERSION_LENGTH]
 
 
+def asset_code(asset: str) -> AssetCode:
+    """What ``asset`` runs: a rotation deployment's asset, or a classic one (``classic_*``)."""
+    return ASSET_CODE[asset] if asset in ASSET_CODE else CLASSIC_ASSET_CODE[asset]
+
+
 def code_lineage(asset: str) -> str:
     """A digest of the source ``asset`` runs and of its upstream assets' (no configuration)."""
-    spec = ASSET_CODE[asset]
+    spec = asset_code(asset)
     parts = [function_digest(ref) for ref in spec.functions]
     parts += [module_digest(name) for module in spec.modules for name in modules_of(module)]
     parts += [code_lineage(parent) for parent in spec.parents]

@@ -622,7 +622,8 @@ def in_and_out_of_sample(results: pd.DataFrame) -> pd.DataFrame:
         return ordered[column].astype(float).round(3) if column in ordered \
             else pd.Series(np.nan, index=ordered.index)
 
-    winner = [("no trade" if row.get("no_trade") else
+    # A classic strategy's rows say their winner in words (``winner``).
+    winner = [("no trade" if row.get("no_trade") else row.get("winner") or
                f"{row['factors']} top {int(row['top_n'])} every {int(row['rebalance_every'])} "
                f"({row['weighting']})") for row in ordered.to_dict("records")]
     return pd.DataFrame({

@@ -112,7 +112,7 @@ def approval_after_daily(approval: UnresolvedAssetJobDefinition,
     return _approve
 
 
-def weekly_research(research: UnresolvedAssetJobDefinition,
+def weekly_research(research: UnresolvedAssetJobDefinition | None,
                     walk_forward: UnresolvedAssetJobDefinition | None,
                     portfolio: UnresolvedAssetJobDefinition | None, window_keys: list[str],
                     cron: str, timezone: str, fan_out: bool = False, prefix: str = ""
@@ -122,13 +122,22 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
 
     The windows run as one run, or with ``fan_out`` as one run per window (separate pods on
     Kubernetes); the portfolio then starts once every window run of the rebuild succeeded.
-    ``prefix``: the names of another strategy's schedule and sensors (the jobs are its own)."""
+    ``prefix``: the names of another strategy's schedule and sensors (the jobs are its own);
+    without ``research`` (a classic strategy: no factor screening) the schedule launches the
+    windows."""
+    what = (f"then every walk-forward window ({'a run each' if fan_out else 'one run'}), then "
+            "the out-of-sample backtest and the target portfolio.")
+    if research is None:
+        assert walk_forward is not None and portfolio is not None and window_keys
+        return [_windows_schedule(walk_forward, window_keys, cron, timezone, fan_out, prefix,
+                                  what), _walk_forward_to_portfolio(walk_forward, portfolio,
+                                                                    window_keys, fan_out,
+                                                                    prefix)]
     schedule = dg.ScheduleDefinition(
         name=f"{prefix}weekly_research", job=research, cron_schedule=cron,
         execution_timezone=timezone, default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Full research rebuild ({cron}, {timezone}): factors and IC screening, "
-        f"then every walk-forward window ({'a run each' if fan_out else 'one run'}), then the "
-        "out-of-sample backtest and the target portfolio.")
+        + what)
     out: list[dg.ScheduleDefinition | dg.SensorDefinition] = [schedule]
     if walk_forward is None or portfolio is None or not window_keys:
         return out
@@ -140,14 +149,39 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
         description=f"After {research.name} succeeds: every walk-forward window, "
         + ("a run each." if fan_out else "as one run."))
     def research_to_walk_forward(context: dg.RunStatusSensorContext) -> list[dg.RunRequest]:
-        rebuild = context.dagster_run.run_id
-        if fan_out:
-            return [dg.RunRequest(run_key=f"wfo:{rebuild}:{key}", partition_key=key,
-                                  tags={REBUILD_TAG: rebuild}) for key in window_keys]
-        return [dg.RunRequest(run_key=f"wfo:{rebuild}",
-                              tags={REBUILD_TAG: rebuild, RANGE_START_TAG: window_keys[0],
-                                    RANGE_END_TAG: window_keys[-1]})]
+        return _window_requests(context.dagster_run.run_id, window_keys, fan_out)
 
+    return [*out, research_to_walk_forward,
+            _walk_forward_to_portfolio(walk_forward, portfolio, window_keys, fan_out, prefix)]
+
+
+def _window_requests(rebuild: str, window_keys: list[str], fan_out: bool
+                     ) -> list[dg.RunRequest]:
+    """The walk-forward runs of one rebuild: a run per window, or one run over all."""
+    if fan_out:
+        return [dg.RunRequest(run_key=f"wfo:{rebuild}:{key}", partition_key=key,
+                              tags={REBUILD_TAG: rebuild}) for key in window_keys]
+    return [dg.RunRequest(run_key=f"wfo:{rebuild}",
+                          tags={REBUILD_TAG: rebuild, RANGE_START_TAG: window_keys[0],
+                                RANGE_END_TAG: window_keys[-1]})]
+
+
+def _windows_schedule(walk_forward: UnresolvedAssetJobDefinition, window_keys: list[str],
+                      cron: str, timezone: str, fan_out: bool, prefix: str, what: str
+                      ) -> dg.ScheduleDefinition:
+    @dg.schedule(name=f"{prefix}weekly_research", job=walk_forward, cron_schedule=cron,
+                 execution_timezone=timezone, default_status=dg.DefaultScheduleStatus.STOPPED,
+                 description=f"Full research rebuild ({cron}, {timezone}): " + what)
+    def _schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+        rebuild = f"{walk_forward.name}:{context.scheduled_execution_time.isoformat()}"
+        return _window_requests(rebuild, window_keys, fan_out)
+
+    return _schedule
+
+
+def _walk_forward_to_portfolio(walk_forward: UnresolvedAssetJobDefinition,
+                               portfolio: UnresolvedAssetJobDefinition, window_keys: list[str],
+                               fan_out: bool, prefix: str) -> dg.SensorDefinition:
     @dg.run_status_sensor(
         name=f"{prefix}walk_forward_to_portfolio", run_status=dg.DagsterRunStatus.SUCCESS,
         monitored_jobs=[walk_forward], request_job=portfolio,
@@ -178,4 +212,4 @@ def weekly_research(research: UnresolvedAssetJobDefinition,
         # The last window to finish requests it; the run key makes it once per rebuild.
         return dg.RunRequest(run_key=f"portfolio:{rebuild}", tags={REBUILD_TAG: rebuild})
 
-    return [*out, research_to_walk_forward, walk_forward_to_portfolio]
+    return walk_forward_to_portfolio

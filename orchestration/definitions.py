@@ -16,7 +16,7 @@ from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import factor_assets, union_of_factors
 from assets.signals import guarding_checks, signal_assets
-from assets.walk_forward import window_partitions
+from assets.strategy_research import research_partitions
 from jobs.daily import (
     approval_after_daily,
     approval_job,
@@ -201,9 +201,10 @@ def _source_name(settings: Settings) -> str | None:
 
 def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
     """The file of the strategy in force whose universe trades ``dataset``; when none does,
-    the default strategy (its universe is then checked against the data when it runs). Not
-    while a refused file without a valid version in force names the dataset: the deployment
-    must not switch strategies because a file broke."""
+    the default strategy (its universe is then checked against the data when it runs). Never
+    a classic strategy: the data's strategy is its rotation, a classic one runs only when
+    ETF_STRATEGY names it. Not while a refused rotation file without a valid version in force
+    names the dataset: the deployment must not switch strategies because a file broke."""
     if dataset is None:
         return DEFAULT_STRATEGY
     broken = [r for r in catalogue.refused if r.may_trade(dataset)]
@@ -212,7 +213,7 @@ def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
             f"setting strategy [env ETF_STRATEGY] is unset and a refused strategy file trades "
             f"{dataset!r}: " + "; ".join(r.why for r in broken))
     return next((file for file, s in catalogue.files.items()
-                 if s.universe.dataset == dataset), DEFAULT_STRATEGY)
+                 if s.universe.dataset == dataset and s.classic is None), DEFAULT_STRATEGY)
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:
@@ -317,7 +318,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     sessions_of_data = calendar.sessions(settings.partitions_start or market_data.history_start,
                                          market_data.history_end)
-    windows = window_partitions(sessions_of_data, strategy)
+    windows = research_partitions(sessions_of_data, strategy)
     research, beside = research_definitions(settings, deployed, sessions_of_data)
     stages = [market, research, *beside]
     execution: dg.Definitions | None = None
@@ -362,7 +363,9 @@ def research_definitions(settings: Settings, deployed: Deployed, sessions: pd.Da
     comparison, each on its own."""
     strategy, others = deployed.strategy, deployed.others
     try:
-        specs = union_of_factors([s.factor_specs for s in (strategy, *others)])
+        # A classic strategy beside the deployment's reads no factor.
+        specs = union_of_factors([s.factor_specs for s in (strategy, *others)
+                                  if s is strategy or s.classic is None])
     except ValueError as exc:
         raise SettingsError(f"setting strategies [env ETF_STRATEGIES]: {exc}") from None
     executor = walk_forward_executor(settings)

@@ -58,9 +58,12 @@ def rebuild_research(defs: dg.Definitions, instance: dg.DagsterInstance, *,
     config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     results = []
     keys = window_keys(defs, prefix)
+    repository = defs.get_repository_def()
     for name, tags in (("research_job", {}),
                        ("walk_forward_job", {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}),
                        ("portfolio_job", {})):
+        if not repository.has_job(prefix + name):   # a classic strategy beside: no screening
+            continue
         result = defs.resolve_job_def(prefix + name).execute_in_process(
             instance=instance, tags=tags, raise_on_error=False, run_config=config)
         results.append(result)

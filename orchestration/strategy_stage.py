@@ -21,7 +21,7 @@ import pandas as pd
 
 from assets.metadata import table
 from assets.research import screening_assets
-from assets.walk_forward import walk_forward_assets, window_partitions
+from assets.strategy_research import research_partitions, strategy_research_assets
 from jobs.daily import weekly_research
 from jobs.research import portfolio_job, research_job, walk_forward_job
 from orchestration.dagster_private import with_key_prefix
@@ -71,24 +71,29 @@ def check_name(strategy: StrategyConfig) -> None:
 
 def strategy_stage(stage: StrategyStage) -> dg.Definitions:
     """The strategy's research assets, jobs, schedule and sensors (module docstring); without
-    a complete walk-forward window in the data, its screening only (with a warning)."""
+    a complete walk-forward window in the data, its screening only (with a warning). A classic
+    strategy beside the deployment's has no factor screening: its week starts with its
+    windows."""
     s = stage.strategy
     check_name(s)
-    screening = screening_assets(s.factor_specs, s.horizons, s.screening_horizon,
-                                 s.select_kwargs(), experiment=s.experiment_name)
-    windows = window_partitions(stage.sessions, s)
-    walk_forward = ([] if windows is None else
-                    walk_forward_assets(s, stage.cross_section, windows, fan_out=stage.fan_out))
+    screening = ([] if s.classic is not None and not stage.primary else
+                 screening_assets(s.factor_specs, s.horizons, s.screening_horizon,
+                                  s.select_kwargs(), experiment=s.experiment_name))
+    windows = research_partitions(stage.sessions, s)
+    walk_forward = ([] if windows is None else strategy_research_assets(
+        s, stage.cross_section, windows, fan_out=stage.fan_out))
     assets = _placed(stage, [*screening, *walk_forward])
-    research = research_job(stage.prefix, None if stage.primary else
-                            dg.AssetSelection.assets(*[stage.key(a.key.path[-1])
-                                                       for a in screening]))
+    research = (research_job(stage.prefix, None if stage.primary else
+                             dg.AssetSelection.assets(*[a.key for a in assets[:len(screening)]]))
+                if screening else None)
     if windows is None:
         warnings.warn(f"strategy {s.name}: the {len(stage.sessions)} sessions of the market "
                       "data hold no complete walk-forward window; its walk-forward, backtest "
                       "and portfolio assets are not defined", stacklevel=2)
-        return dg.Definitions(assets=assets, jobs=[research], schedules=weekly_research(
-            research, None, None, [], stage.cron, stage.timezone, prefix=stage.prefix))
+        return dg.Definitions(assets=assets, jobs=[research] if research else [],
+                              schedules=weekly_research(research, None, None, [], stage.cron,
+                                                        stage.timezone, prefix=stage.prefix)
+                              if research else [])
     windows_job = walk_forward_job(stage.executor, fan_out=stage.fan_out, prefix=stage.prefix,
                                    selection=_selection(stage, WALK_FORWARD_ASSETS))
     portfolio = portfolio_job(stage.prefix, _selection(stage, PORTFOLIO_ASSETS))
@@ -96,7 +101,7 @@ def strategy_stage(stage: StrategyStage) -> dg.Definitions:
                                  list(windows.get_partition_keys()), stage.cron,
                                  stage.timezone, fan_out=stage.fan_out, prefix=stage.prefix)
     return dg.Definitions(
-        assets=assets, jobs=[research, windows_job, portfolio],
+        assets=assets, jobs=[j for j in (research, windows_job, portfolio) if j is not None],
         schedules=[a for a in automation if isinstance(a, dg.ScheduleDefinition)],
         sensors=[a for a in automation if isinstance(a, dg.SensorDefinition)])
 

@@ -32,10 +32,12 @@ class RefusedFile:
     why: str                        # file, field and why
     kept: StrategyConfig | None     # the last valid version, still in force
     dataset: str | None = None      # the data it names, as far as the text says
+    classic: bool = False           # a classic strategy, as far as the text says
 
     def may_trade(self, dataset: str) -> bool:
-        """Whether this refused file, with no valid version in force, names ``dataset``."""
-        return self.kept is None and self.dataset == dataset
+        """Whether this refused file, with no valid version in force, names ``dataset`` and
+        could be the strategy chosen by that data (a rotation: never a classic strategy)."""
+        return self.kept is None and self.dataset == dataset and not self.classic
 
     def describe(self) -> str:
         if self.kept is None:
@@ -76,7 +78,8 @@ def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
                 config = load_strategy(path)
         except StrategyConfigError as exc:
             last = _kept_version(kept, path)
-            refused.append(RefusedFile(path, str(exc), last, _named_dataset(path)))
+            refused.append(RefusedFile(path, str(exc), last, _named_dataset(path),
+                                       _names_classic(path)))
             if last is not None and last.name not in {s.name for s in files.values()}:
                 files[path.stem] = last
             continue
@@ -108,6 +111,19 @@ def _named_dataset(path: Path) -> str | None:
     universe = data.get("universe") if isinstance(data, dict) else None
     dataset = universe.get("dataset") if isinstance(universe, dict) else None
     return dataset if isinstance(dataset, str) else None
+
+
+# A top-level ``classic:`` key that is not null (the section follows, or a value).
+_CLASSIC_LINE = re.compile(r"^classic:(?![ \t]*(?:null\b|~|#|$))|^classic:[ \t]*(#.*)?\n[ \t]+\S",
+                           re.MULTILINE)
+
+
+def _names_classic(path: Path) -> bool:
+    """Whether a refused file has a ``classic:`` section, read leniently (it may not parse)."""
+    try:
+        return bool(_CLASSIC_LINE.search(path.read_text(encoding="utf-8", errors="replace")))
+    except OSError:
+        return False
 
 
 def _kept_copy(kept: Path, path: Path) -> Path:

@@ -25,13 +25,14 @@ decision, the backtest keeps the holdings); ``"daily"`` emits every row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from rotation.factors import Panels, compute_factor, factor_spec
@@ -48,10 +49,13 @@ __all__ = [
     "classic_exposure",
     "classic_weights",
     "config_dict",
+    "config_problems",
+    "emit",
     "grid",
     "ma_cross",
     "macd",
     "rsi",
+    "valid_configs",
 ]
 
 _CFG = ConfigDict(extra="forbid")
@@ -172,7 +176,7 @@ def _long_weights(long: np.ndarray, max_weight: float | None) -> np.ndarray:
     return np.where(long, each, 0.0)
 
 
-def _emit(weights: pd.DataFrame, rebalance: str) -> pd.DataFrame:
+def emit(weights: pd.DataFrame, rebalance: str) -> pd.DataFrame:
     """Keep rows where the target changes (first row always); others become all-NaN."""
     if rebalance == "daily" or weights.empty:
         return weights
@@ -251,14 +255,14 @@ def _resolve(cfg_cls: type, config: Any) -> Any:
 def ma_cross(panels: Panels | pd.DataFrame, config: MACrossConfig | None = None) -> pd.DataFrame:
     """Target weights: long while MA(fast) > MA(slow)."""
     cfg, p = _resolve(MACrossConfig, config), _panels(panels)
-    return _emit(_frame(_long_weights(_ma_cross_exposure(p, cfg), cfg.max_weight), p),
+    return emit(_frame(_long_weights(_ma_cross_exposure(p, cfg), cfg.max_weight), p),
                  cfg.rebalance)
 
 
 def macd(panels: Panels | pd.DataFrame, config: MACDConfig | None = None) -> pd.DataFrame:
     """Target weights: long while the MACD histogram is > 0."""
     cfg, p = _resolve(MACDConfig, config), _panels(panels)
-    return _emit(_frame(_long_weights(_macd_exposure(p, cfg), cfg.max_weight), p),
+    return emit(_frame(_long_weights(_macd_exposure(p, cfg), cfg.max_weight), p),
                  cfg.rebalance)
 
 
@@ -266,14 +270,14 @@ def bollinger(panels: Panels | pd.DataFrame,
               config: BollingerConfig | None = None) -> pd.DataFrame:
     """Target weights: enter below the lower band, exit at the middle band."""
     cfg, p = _resolve(BollingerConfig, config), _panels(panels)
-    return _emit(_frame(_long_weights(_bollinger_exposure(p, cfg), cfg.max_weight), p),
+    return emit(_frame(_long_weights(_bollinger_exposure(p, cfg), cfg.max_weight), p),
                  cfg.rebalance)
 
 
 def rsi(panels: Panels | pd.DataFrame, config: RSIConfig | None = None) -> pd.DataFrame:
     """Target weights: enter when RSI < low, exit when RSI > high."""
     cfg, p = _resolve(RSIConfig, config), _panels(panels)
-    return _emit(_frame(_long_weights(_rsi_exposure(p, cfg), cfg.max_weight), p),
+    return emit(_frame(_long_weights(_rsi_exposure(p, cfg), cfg.max_weight), p),
                  cfg.rebalance)
 
 
@@ -285,7 +289,7 @@ def grid(panels: Panels | pd.DataFrame, config: GridConfig | None = None) -> pd.
     w = steps / cfg.n_levels * _cap(cfg.max_weight, steps.shape[1])
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total > 1.0, w / np.maximum(total, 1.0), w)
-    return _emit(_frame(w, p), cfg.rebalance)
+    return emit(_frame(w, p), cfg.rebalance)
 
 
 CLASSIC_STRATEGIES: dict[str, Callable[..., pd.DataFrame]] = {
@@ -333,3 +337,44 @@ def classic_weights(name: str, panels: Panels | pd.DataFrame,
 def config_dict(config: AnyConfig) -> dict[str, Any]:
     """Plain dict of a classic config (for tracking)."""
     return asdict(config)
+
+
+# Set by the strategy (classic.rebalance), not searched.
+_NOT_SEARCHED = frozenset({"rebalance"})
+
+
+def config_problems(cfg_cls: type, params: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Why candidate values do not fit ``cfg_cls``: ``"<param>: ..."`` per unknown parameter or
+    value out of the field's bounds (rules between fields, e.g. ``fast < slow``, are checked per
+    combination by :func:`valid_configs`)."""
+    known = [f.name for f in fields(cfg_cls) if f.name not in _NOT_SEARCHED]
+    problems = []
+    for name, values in params.items():
+        if name not in known:
+            problems.append(f"{name}: not a parameter of {cfg_cls.__name__} (parameters: "
+                            f"{known})")
+            continue
+        for value in values:
+            try:
+                cfg_cls(**{name: value})
+            except ValidationError as exc:
+                problems += [f"{name}: {value!r}: {e['msg']}" for e in exc.errors()
+                             if e["loc"] and e["loc"][0] == name]
+    return problems
+
+
+def valid_configs(name: str, params: Mapping[str, Sequence[Any]],
+                  rebalance: str = "on_change") -> list[dict[str, Any]]:
+    """Every combination of the candidate ``params`` that the generator's config accepts
+    (with ``rebalance``), as parameter dicts in a stable order."""
+    cfg_cls = CLASSIC_CONFIGS[name]
+    names = sorted(params)
+    out = []
+    for values in itertools.product(*(params[n] for n in names)):
+        combo = dict(zip(names, values, strict=True))
+        try:
+            cfg_cls(**combo, rebalance=rebalance)
+        except (ValidationError, ValueError):
+            continue
+        out.append(combo)
+    return out

@@ -50,6 +50,7 @@ from pydantic import (
 )
 
 from rotation.backtest import BacktestConfig
+from rotation.classic import CLASSIC_CONFIGS, config_problems, valid_configs
 from rotation.config_paths import DATASET_CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.costs import CostModel
 from rotation.factors.registry import (
@@ -311,6 +312,82 @@ class ScoreWeights(BaseModel):
         if not math.isclose(total, 1.0, abs_tol=1e-9):
             raise ValueError(f"weights must sum to 1, got {total:g}")
         return self
+
+
+class ClassicSection(BaseModel):
+    """A classic single-strategy (:mod:`rotation.classic`) researched instead of the factor
+    rotation: no factor screening and no combination search; the walk-forward picks the
+    generator's parameters in-sample (:mod:`rotation.classic_search`).
+
+    ``params``: candidate values per parameter of the generator's config class (e.g. ``fast:
+    [5, 10]``); parameters not given keep the class defaults. Combinations the class refuses
+    (``fast >= slow``) are left out of the space. ``search``: ``grid`` scores every combination,
+    ``optuna`` a seeded TPE sample of ``trials`` of them, ``auto`` the grid when it holds at most
+    ``max_grid`` combinations, else Optuna. The winner is the candidate with the best
+    rank-weighted in-sample score (``score_weights``, as the rotation search ranks).
+    """
+
+    model_config = _MODEL
+
+    generator: Literal["ma_cross", "macd", "bollinger", "rsi", "grid"]
+    params: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    search: Literal["grid", "optuna", "auto"] = "auto"
+    max_grid: int = Field(default=200, ge=1)
+    trials: int = Field(default=60, ge=1)
+    seed: int = Field(default=0, ge=0)
+    rebalance: Literal["on_change", "daily"] = "on_change"
+    score_weights: ScoreWeights = Field(default_factory=ScoreWeights)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _value_lists(cls, value: Any) -> Any:
+        """A single value is a one-value list; each list is non-empty and unique."""
+        if not isinstance(value, Mapping):
+            return value
+        out: dict[str, list[Any]] = {}
+        for name, values in value.items():
+            values = list(values) if isinstance(values, list | tuple) else [values]
+            if not values:
+                raise ValueError(f"{name}: at least one candidate value is required")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: duplicate candidate values in {values}")
+            out[str(name)] = values
+        return out
+
+    @field_validator("params")
+    @classmethod
+    def _params_of_generator(cls, value: dict[str, tuple[float, ...]],
+                             info: ValidationInfo) -> dict[str, tuple[float, ...]]:
+        generator = info.data.get("generator")
+        if generator is None:  # reported at classic.generator
+            return value
+        problems = config_problems(CLASSIC_CONFIGS[generator], value)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return {name: tuple(_as_int(v) for v in values) for name, values in value.items()}
+
+    @model_validator(mode="after")
+    def _some_candidate(self) -> ClassicSection:
+        if not self.candidates():
+            raise ValueError(f"params: no combination of {dict(self.params)} is a valid "
+                             f"{self.generator} configuration")
+        return self
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every valid parameter combination (the grid), with the section's rebalance mode."""
+        return valid_configs(self.generator, self.params, rebalance=self.rebalance)
+
+    @property
+    def method(self) -> Literal["grid", "optuna"]:
+        """The search that runs: ``auto`` resolved by the size of the grid."""
+        if self.search != "auto":
+            return self.search
+        return "grid" if len(self.candidates()) <= self.max_grid else "optuna"
+
+
+def _as_int(value: float) -> float | int:
+    """``5.0`` from YAML or JSON as ``5``, so integer parameters keep their type."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class SearchConfig(BaseModel):
@@ -652,6 +729,23 @@ class StrategyConfig(BaseModel):
     # around them); nested in the file, see portfolio_from_nested.
     portfolio: PortfolioSection = Field(default_factory=PortfolioConfig, validate_default=True)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    # A classic single-strategy instead of the factor rotation (None: the rotation).
+    classic: ClassicSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classic_without_search(cls, data: Any) -> Any:
+        """A classic strategy searches its generator's parameters, not factor combinations:
+        a ``search`` section would be ignored, so it is refused. Its ``factors`` (optional,
+        default the reference set) feed only the shared factor research assets."""
+        if not isinstance(data, Mapping) or data.get("classic") is None:
+            return data
+        if "search" in data:
+            raise ValueError("search: a classic strategy has no factor combination search; "
+                             "its candidates are classic.params (remove the section)")
+        if "factors" not in data:
+            return {**data, "factors": [s.name for s in DEFAULT_FACTORS]}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -716,14 +810,27 @@ class StrategyConfig(BaseModel):
             problems.append(f"wfo.in_sample: {self.wfo.in_sample} sessions is too short for the "
                             f"{longest}-session horizon (need >= {3 * longest}: at least three "
                             "non-overlapping labels)")
-        if self.search.min_factors > len(self.factors):
-            problems.append(f"search.min_factors: {self.search.min_factors} exceeds the "
-                            f"{len(self.factors)} configured factor(s)")
+        if self.classic is None:
+            problems += self._rotation_problems()
         lot = self.costs.lot_size
         if lot is not None and lot != self.market.lot_size:
             problems.append(f"costs.lot_size: {lot} differs from market {self.market.name}'s lot "
                             f"of {self.market.lot_size} units; lots come from the market profile "
                             "(remove the field)")
+        try:
+            self.wfo_config  # noqa: B018 - the engine config must validate too
+        except ValidationError as exc:
+            problems.append(f"wfo: {exc}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _rotation_problems(self) -> list[str]:
+        """The search's and the portfolio rules' consistency (rotation strategies only)."""
+        problems: list[str] = []
+        if self.search.min_factors > len(self.factors):
+            problems.append(f"search.min_factors: {self.search.min_factors} exceeds the "
+                            f"{len(self.factors)} configured factor(s)")
         rules = self.portfolio
         for where, n in [("portfolio.top_n", rules.top_n),
                          *[("search.top_n", n) for n in self.search.top_n]]:
@@ -737,13 +844,7 @@ class StrategyConfig(BaseModel):
             if top >= rankable:
                 problems.append(f"portfolio.top_n/search.top_n: top {top} of {rankable} ranked "
                                 "funds is not a rotation (need fewer than the universe)")
-        try:
-            self.wfo_config  # noqa: B018 - the engine config must validate too
-        except ValidationError as exc:
-            problems.append(f"wfo: {exc}")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+        return problems
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -829,6 +930,10 @@ class StrategyConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-able configuration (factor entries in full)."""
         data = self.model_dump(mode="json", exclude={"factors"})
+        if data.get("classic") is None:  # a rotation strategy's text (and fingerprint) as before
+            data.pop("classic", None)
+        else:  # a classic strategy has no combination search (and a file may not give one)
+            data.pop("search", None)
         data["factors"] = [s.to_dict() for s in self.factors]
         return {"name": data.pop("name"), "description": data.pop("description"),
                 "universe": data.pop("universe"), "factors": data.pop("factors"), **data}
@@ -983,6 +1088,7 @@ __all__ = [
     "PORTFOLIO_FIELDS_ELSEWHERE",
     "PORTFOLIO_KEYS",
     "STRATEGY_CONFIG_DIR",
+    "ClassicSection",
     "CostSection",
     "ExecutionConfig",
     "PortfolioSection",

@@ -305,7 +305,7 @@ def window_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate |
     first_decision = data.dates[pos - 1]
     if winner is None:
         index = data.dates[pos - 1: data.dates.get_loc(window.oos_end) + 1]
-        cash = pd.DataFrame(np.nan, index=index, columns=_traded_columns(data))
+        cash = pd.DataFrame(np.nan, index=index, columns=traded_columns(data))
         cash.iloc[0] = 0.0
         return cash
     last_decision = data.dates[data.dates.get_loc(window.oos_end) - 1]
@@ -319,10 +319,19 @@ def stitched_targets(data: ResearchData, cfg: PortfolioConfig,
                      winners: Sequence[tuple[WfoWindow, Candidate | None]]) -> pd.DataFrame:
     """One out-of-sample target path: each window's frozen winner decides from the close before
     its first out-of-sample session until the next window takes over."""
-    ordered = sorted(winners, key=lambda item: item[0].oos_start)
+    return stitch(data, [(window, window_targets(data, cfg, candidate, window))
+                         for window, candidate in winners])
+
+
+def stitch(data: ResearchData, windows: Sequence[tuple[WfoWindow, pd.DataFrame]]
+           ) -> pd.DataFrame:
+    """Chain the windows' out-of-sample targets (each from the close before its first
+    out-of-sample session to its last session, as :func:`window_targets`) into one path: a
+    window decides until the next one takes over; the last session has no decision."""
+    ordered = sorted(windows, key=lambda item: item[0].oos_start)
     parts = []
-    for k, (window, candidate) in enumerate(ordered):
-        targets = window_targets(data, cfg, candidate, window).iloc[:-1]
+    for k, (_, window_part) in enumerate(ordered):
+        targets = window_part.iloc[:-1]
         if k + 1 < len(ordered):
             next_first = data.dates[data.dates.get_loc(ordered[k + 1][0].oos_start) - 1]
             targets = targets.loc[targets.index < next_first]
@@ -330,10 +339,10 @@ def stitched_targets(data: ResearchData, cfg: PortfolioConfig,
     out = pd.concat(parts).sort_index()
     last = ordered[-1][0].oos_end
     out.loc[last] = np.nan
-    return out.reindex(columns=_traded_columns(data))
+    return out.reindex(columns=traded_columns(data))
 
 
-def _traded_columns(data: ResearchData) -> list[str]:
+def traded_columns(data: ResearchData) -> list[str]:
     return list(data.universe.ranked) + ([data.universe.defensive]
                                          if data.universe.defensive else [])
 
@@ -355,7 +364,7 @@ def latest_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate |
     start = data.dates[data.dates.get_loc(window.oos_start) - 1]
     last = data.dates[-1]
     if winner is None:
-        columns = _traded_columns(data)
+        columns = traded_columns(data)
         return last, pd.DataFrame({"score": np.nan, "rank": np.nan, "eligible": False,
                                    "held_before": False, "held_days": np.nan,
                                    "selected": False, "base_weight": 0.0, "weight": 0.0,
