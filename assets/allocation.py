@@ -43,7 +43,7 @@ def allocation_assets(account: Account, backtests: Mapping[str, dg.AssetKey],
     )
     def account_allocation(**oos: pd.DataFrame) -> dg.Output[pd.DataFrame]:
         returns = pd.DataFrame({s: oos[input_name("oos", s)].set_index("date")["equity"]
-                                for s in strategies}).pct_change().iloc[1:]
+                                for s in strategies}).pct_change(fill_method=None).iloc[1:]
         recent = returns.dropna().tail(spec.lookback_sessions)
         try:
             weights = alloc.allocate(spec.method, strategies, returns=recent,
@@ -99,7 +99,10 @@ def _allocation_frame(weights: pd.Series, returns: pd.DataFrame) -> pd.DataFrame
     frame = pd.DataFrame({"strategy": weights.index, "weight": weights.to_numpy(),
                           "annual_volatility": vol.reindex(weights.index).to_numpy()})
     if len(returns) > 1:
-        cov = returns[list(weights.index)].cov().to_numpy()
+        # The covariance risk parity equalises contributions under (rotation.allocation).
+        from rotation.portfolio_risk import shrunk_covariance
+
+        cov = shrunk_covariance(returns[list(weights.index)].to_numpy())
         frame["risk_share"] = alloc.risk_contributions(weights.to_numpy(), cov)
     return frame
 

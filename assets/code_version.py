@@ -131,7 +131,8 @@ ASSET_CODE: dict[str, AssetCode] = {
     "approved_signal": AssetCode(
         ("assets.signals:approved_signal", "assets.signals:failed_checks",
          "assets.signals:portfolio_figures", "assets.signals:audit_tightening",
-         "assets.signals:traded_universe", "assets.signals:raw_closes",
+         "assets.signals:traded_universe", "assets.signals:recent_closes",
+         "assets.signals:strategy_wishes", "assets.signals:StrategyWishes",
          "assets.signals:record_parts"),
         # rotation.strategy (the traded strategies' universes) and what it imports.
         (*_TRADING, *_SOURCE, *_WALK_FORWARD),

@@ -19,8 +19,9 @@ PLOT_DPI = 70
 
 
 def input_name(strategy: str) -> str:
-    """The asset input that carries ``strategy``'s backtest (an identifier)."""
-    return strategy if strategy.isidentifier() else f"strategy_{strategy}"
+    """The asset input that carries ``strategy``'s backtest (an identifier that no argument
+    of the asset function can be)."""
+    return f"oos_{strategy}"
 
 
 def comparison_assets(backtests: Mapping[str, dg.AssetKey]) -> list[dg.AssetsDefinition]:

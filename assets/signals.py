@@ -84,14 +84,14 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
     failed = []
     runs: dict[str, str | None] = {}
     for guard in checks:
-        key = dg.AssetCheckKey(dg.AssetKey(guard.asset), guard.check)
+        key = dg.AssetCheckKey(dg.AssetKey.from_user_string(guard.asset), guard.check)
         label = f"{guard.asset}:{guard.check}"
         history = [r for r in instance.event_log_storage.get_asset_check_execution_history(
             key, 50) if r.run_id]
         if guard.per_session:
             if guard.asset not in runs:
                 found = instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(guard.asset),
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey.from_user_string(guard.asset),
                                           asset_partitions=[session]), limit=20)
                 runs[guard.asset] = next((r.run_id for r in found.records if r.run_id), None)
             run_id = runs[guard.asset]
@@ -170,11 +170,17 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
             data_version=data_fingerprint(adjusted_bars), dagster_run_id=context.run.run_id,
             portfolio=portfolio_figures(returns, amounts, weights, day, ledger, account_id,
                                         in_force))
+        # A netted target's parts are sized before the decision: what cannot be attributed
+        # stops the gate before anything is approved.
+        wishes = (strategy_wishes(ledger.ledger, account, target_portfolio,
+                                  recent_closes(market_data, day,
+                                                account.quote_lookback_sessions))
+                  if account.allocation.netted else None)
         record = approval.decide(facts, ledger.ledger, in_force,
                                  actor=f"dagster:{context.run.run_id}")
-        if record.status is SignalStatus.APPROVED and account.allocation.netted:
-            record_parts(ledger.ledger, account, record.signal_id, target_portfolio,
-                         raw_closes(market_data, day), actor=f"dagster:{context.run.run_id}")
+        if record.status is SignalStatus.APPROVED and wishes is not None:
+            record_parts(ledger.ledger, record.signal_id, wishes,
+                         actor=f"dagster:{context.run.run_id}")
         if record.status is SignalStatus.REJECTED:
             context.log.warning(f"signal {record.signal_id} rejected: " + "; ".join(
                 r["message"] for r in record.reasons))
@@ -342,36 +348,62 @@ def traded_universe(strategy: StrategyConfig, bars: pd.DataFrame) -> set[str]:
     return universe | ({u.defensive} if u.defensive else set())
 
 
-def raw_closes(market_data: MarketDataResource, day: pd.Timestamp) -> dict[str, float]:
-    """Each fund's raw close of ``day``: the price the executor sizes orders at."""
-    bars = market_data.load(day, day).bars
-    return {str(s): float(c) for s, c in zip(bars["symbol"], bars["close"], strict=True)
-            if np.isfinite(c) and c > 0}
+def recent_closes(market_data: MarketDataResource, day: pd.Timestamp, lookback: int
+                  ) -> dict[str, float]:
+    """Each fund's last raw close up to ``day`` within ``lookback`` sessions: the price the
+    executor sizes orders at (a fund halted on ``day`` keeps its last close)."""
+    start = market_data.calendar.offset(day, -lookback)
+    bars = market_data.load(start, day).bars.sort_values("date")
+    bars = bars.loc[np.isfinite(bars["close"]) & (bars["close"] > 0)]
+    last = bars.groupby(bars["symbol"].astype(str))["close"].last()
+    return {str(s): float(c) for s, c in last.items()}
 
 
-def record_parts(ledger: Ledger, account: Account, signal_id: str, target: pd.DataFrame,
-                 closes: Mapping[str, float], *, actor: str) -> None:
-    """A netted signal's parts in the ledger before anything executes: each strategy's units
-    to trade per fund (its part of the account's equity at the raw close, less what it holds),
-    so the executor crosses opposite wishes and every fill is attributed."""
-    account_id = account.account_id
-    parts = {str(row["symbol"]): {s: float(row[PART_PREFIX + s])
-                                  for s in account.allocation.strategies
+@dataclass(frozen=True)
+class StrategyWishes:
+    units: dict[str, dict[str, int]]       # fund -> strategy -> units to trade
+    prices: dict[str, float]               # fund -> the raw close that sized them
+
+
+def strategy_wishes(ledger: Ledger, account: Account, target: pd.DataFrame,
+                    closes: Mapping[str, float]) -> StrategyWishes:
+    """Each strategy's units to trade for a netted target: its part of the account's equity at
+    the raw close, less what it holds. Refused (``dg.Failure`` naming the funds) while the
+    account holds units no strategy of its allocation owns (held before it netted, or by a
+    strategy that left the allocation): they would be traded without an owner."""
+    account_id, strategies = account.account_id, account.allocation.strategies
+    holdings = ledger.strategy_holdings(account_id)
+    positions = ledger.positions(account_id)
+    owned = {f: sum(h.get(f).quantity for s, h in holdings.items()
+                    if s in strategies and h.get(f) is not None) for f in positions}
+    unowned = {f: p.quantity - owned[f] for f, p in positions.items() if p.quantity != owned[f]}
+    if unowned:
+        raise dg.Failure(f"account {account_id}: units {unowned} are not owned by its "
+                         f"strategies {list(strategies)} (held before it netted them, or by a "
+                         "strategy that left its allocation); attribute or sell them first")
+    parts = {str(row["symbol"]): {s: float(row[PART_PREFIX + s]) for s in strategies
                                   if float(row[PART_PREFIX + s]) > 0}
              for _, row in target.iterrows()}
-    held = {s: {f: h.quantity for f, h in by_fund.items()}
-            for s, by_fund in ledger.strategy_holdings(account_id).items()}
-    positions = ledger.positions(account_id)
     missing = sorted(f for f in {*positions, *(f for f, p in parts.items() if p)}
                      if f not in closes)
     if missing:
-        raise dg.Failure(f"signal {signal_id}: no raw close of {missing} to size the "
+        raise dg.Failure(f"account {account_id}: no raw close of {missing} to size the "
                          "strategies' parts")
     equity = ledger.cash(account_id) + sum(p.quantity * closes[f] for f, p in positions.items())
-    wishes = wishes_from_weights(parts, equity=equity, prices=closes, held=held)
-    if wishes:
-        ledger.record_signal_parts(SignalParts(signal_id, wishes,
-                                               {f: closes[f] for f in wishes}), actor=actor)
+    held = {s: {f: h.quantity for f, h in by_fund.items()}
+            for s, by_fund in holdings.items() if s in strategies}
+    units = wishes_from_weights(parts, equity=equity, prices=closes, held=held)
+    return StrategyWishes(units, {f: closes[f] for f in units})
+
+
+def record_parts(ledger: Ledger, signal_id: str, wishes: StrategyWishes, *, actor: str
+                 ) -> None:
+    """A netted signal's parts in the ledger before anything executes, so the executor
+    crosses opposite wishes and every fill is attributed (once: a re-decided signal keeps the
+    parts it was approved with)."""
+    if wishes.units and ledger.signal_parts(signal_id) is None:
+        ledger.record_signal_parts(SignalParts(signal_id, wishes.units, wishes.prices),
+                                   actor=actor)
 
 
 def strategy_pnl_metadata(ledger: Ledger, account: Account, bars: pd.DataFrame

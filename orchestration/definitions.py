@@ -52,6 +52,7 @@ from rotation.allocation import allocate
 from rotation.calendar import TradingCalendar
 from rotation.catalogue import Catalogue, read_catalogue
 from rotation.config_paths import STRATEGY_CONFIG_DIR
+from rotation.sources.files import load_dataset_spec
 from rotation.strategy import (
     SAMPLE_DATASET,
     StrategyConfig,
@@ -193,10 +194,14 @@ DEFAULT_STRATEGY = "etf_rotation_default"
 
 
 def _source_name(settings: Settings) -> str | None:
+    """The name of the configured data (a dataset config's own ``name``: a copy of a config
+    under another path, e.g. one ending earlier, is still that data)."""
     md = settings.market_data
     if md.source == "sample":
         return SAMPLE_DATASET
-    return md.dataset if md.source == "files" else None
+    if md.source != "files":
+        return None
+    return load_dataset_spec(md.dataset_config_path()).name
 
 
 def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
@@ -323,11 +328,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     stages = [market, research, *beside]
     execution: dg.Definitions | None = None
     traded = traded_strategies(account, deployed)
+    researched = {a.key.to_user_string() for d in stages for a in d.assets or []
+                  if isinstance(a, dg.AssetsDefinition)}
+    netting = (netted_inputs(traded, strategy.name, researched) if account.allocation.netted
+               else [])
     if windows is not None and settings.postgres_url:
-        # The gate reads the account's strategies: the checks of the others do not guard it.
-        names = {s.name for s in traded}
+        # The gate reads the market, the factor panel and the account's strategies: the checks
+        # of the others do not guard it.
         guarded = [a for d in stages for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
-                   and (d in (market, research) or a.key.path[0] in names)]
+                   and _guards(a, d is market, traded, strategy.name)]
         execution = execution_definitions(settings, traded, account, guarded, calendar,
                                           primary=strategy.name)
     elif windows is not None:
@@ -345,8 +354,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         stages.append(execution)
     defined = {a.key.to_user_string() for d in stages for a in d.assets or []
                if isinstance(a, dg.AssetsDefinition)}
-    daily = daily_job(defined, netted_inputs(traded, strategy.name, defined)
-                      if account.allocation.netted else ())
+    daily = daily_job(defined, netting)
     operations = dg.Definitions(
         jobs=[daily],
         schedules=[after_close_schedule(
@@ -398,6 +406,15 @@ def strategies_compared(stages: list[StrategyStage], built: list[dg.Definitions]
         "out-of-sample backtests.")])]
 
 
+def _guards(asset: dg.AssetsDefinition, of_market: bool, traded: list[StrategyConfig],
+            primary: str) -> bool:
+    """Whether ``asset``'s checks guard the gate of an account trading ``traded``."""
+    if of_market or asset.key == dg.AssetKey("factors"):
+        return True
+    owner = asset.key.path[0] if len(asset.key.path) > 1 else primary
+    return owner in {s.name for s in traded}
+
+
 def traded_strategies(account: Account, deployed: Deployed) -> list[StrategyConfig]:
     """The account's strategies, of those the deployment runs."""
     running = {s.name: s for s in (deployed.strategy, *deployed.others)}
@@ -407,6 +424,11 @@ def traded_strategies(account: Account, deployed: Deployed) -> list[StrategyConf
         raise SettingsError(f"setting {setting}: strategies {unknown} are not run by this "
                             f"deployment (it runs {sorted(running)}; see ETF_STRATEGIES)")
     spec = account.allocation
+    if not spec.netted and spec.strategies != (deployed.strategy.name,):
+        raise SettingsError(f"setting {setting}: an account trading one strategy trades the "
+                            f"deployment's ({deployed.strategy.name}); to trade "
+                            f"{spec.strategies[0]} alone, make it the deployment's strategy "
+                            "(ETF_STRATEGY)")
     if spec.method == "fixed" and spec.weights:
         try:
             allocate("fixed", list(spec.strategies), fixed=spec.weights)

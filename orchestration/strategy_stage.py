@@ -19,9 +19,15 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
+from assets.allocation import ALLOCATION_GROUP
+from assets.comparison import COMPARISON_GROUP
+from assets.compliance import COMPLIANCE_GROUP
+from assets.market import CROSS_SECTION_GROUP, MARKET_GROUP
 from assets.metadata import table
-from assets.research import screening_assets
+from assets.research import FACTORS_GROUP, SCREENING_GROUP, screening_assets
+from assets.signals import EXECUTION_GROUP, SIGNALS_GROUP
 from assets.strategy_research import research_partitions, strategy_research_assets
+from assets.walk_forward import BACKTEST_GROUP, PORTFOLIO_GROUP, WFO_GROUP
 from jobs.daily import weekly_research
 from jobs.research import portfolio_job, research_job, walk_forward_job
 from orchestration.dagster_private import with_key_prefix
@@ -33,6 +39,11 @@ CATALOGUE_ASSET = "strategy_files"
 CATALOGUE_GROUP = "strategies"
 WALK_FORWARD_ASSETS = ("wfo_windows", "wfo_results")
 PORTFOLIO_ASSETS = ("oos_backtest", "oos_positions", "target_portfolio")
+# The groups of the deployment's stages (their jobs select by group).
+STAGE_GROUPS = frozenset({MARKET_GROUP, CROSS_SECTION_GROUP, FACTORS_GROUP, SCREENING_GROUP,
+                          WFO_GROUP, BACKTEST_GROUP, PORTFOLIO_GROUP, SIGNALS_GROUP,
+                          EXECUTION_GROUP, COMPLIANCE_GROUP, COMPARISON_GROUP,
+                          ALLOCATION_GROUP, CATALOGUE_GROUP})
 # A strategy's name becomes a group, an asset key prefix and job names (Dagster's name rule).
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -67,6 +78,9 @@ def check_name(strategy: StrategyConfig) -> None:
     if not _NAME.match(strategy.name):
         raise ValueError(f"strategy name {strategy.name!r}: only letters, digits and _ (it names "
                          "the strategy's asset group, key prefix and jobs)")
+    if strategy.name in STAGE_GROUPS:
+        raise ValueError(f"strategy name {strategy.name!r} is the name of a stage's asset group "
+                         f"({sorted(STAGE_GROUPS)}): the stage's jobs would select its assets")
 
 
 def strategy_stage(stage: StrategyStage) -> dg.Definitions:
