@@ -14,7 +14,9 @@ that moves them breaks one import block, reviewed in one file:
   the instance's database directly (one query each instead of paging the public API).
 * ``with_key_prefix``: ``AssetsDefinition.with_attributes`` (not public) moves a strategy's
   assets, their dependencies on each other and their checks under the strategy's key prefix,
-  which the public ``map_asset_specs`` refuses (it may not change keys).
+  which the public ``map_asset_specs`` refuses (it may not change keys); their ops are renamed
+  under the prefix (``AssetsDefinition.dagster_internal_init``, ``get_attributes_dict``) so
+  that two strategies' ops never share a name.
 """
 
 from collections.abc import Sequence
@@ -58,4 +60,19 @@ def with_key_prefix(assets: Sequence[dg.AssetsDefinition], prefix: str
     (inputs from other assets keep their keys)."""
     own = {key for asset in assets for key in asset.keys}
     moved = {key: dg.AssetKey([prefix, *key.path]) for key in own}
-    return [asset.with_attributes(asset_key_replacements=moved) for asset in assets]
+    return [_op_prefixed(asset.with_attributes(asset_key_replacements=moved), prefix)
+            for asset in assets]
+
+
+def _op_prefixed(asset: dg.AssetsDefinition, prefix: str) -> dg.AssetsDefinition:
+    """``asset`` computed by its op renamed ``<prefix>__<op>`` (as ``@asset(key_prefix=...)``
+    names it): every job over all assets (Dagster's implicit asset job, which a code location
+    builds on load) refuses two ops of one name, so two strategies' ``oos_backtest`` ops would
+    stop the location from loading."""
+    op = asset.node_def
+    if not isinstance(op, dg.OpDefinition):
+        raise TypeError(f"asset {asset.key.to_user_string()}: only op-backed assets can be "
+                        "moved under a strategy's prefix")
+    return dg.AssetsDefinition.dagster_internal_init(**{
+        **asset.get_attributes_dict(),
+        "node_def": op.with_replaced_properties(name=f"{prefix}__{op.name}")})

@@ -46,9 +46,9 @@ def _folder(root: Path, second: dict | None = None) -> Path:
     """A strategy folder: two strategies on the sample data (the first is the deployment's)."""
     folder = root / "strategies"
     folder.mkdir(exist_ok=True)
+    fields = {"factors": [*SECOND_FACTORS, MOMENTUM_40], **(second or {})}
     for name, data in ((SAMPLE, _strategy(SAMPLE, FIRST_FACTORS)),
-                       (SECOND, _strategy(SECOND, [*SECOND_FACTORS, MOMENTUM_40],
-                                          **(second or {})))):
+                       (SECOND, _strategy(SECOND, **fields))):
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
     return folder
 
@@ -152,6 +152,16 @@ def test_the_strategies_beside_are_chosen_by_setting(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"strategies \[env ETF_STRATEGIES\]='nope': no "
                                             r"strategy file nope\.yaml"):
         deployment_strategies(settings.model_copy(update={"strategies": ["nope"]}))
+
+
+def test_two_strategies_load_as_a_code_location(tmp_path: Path) -> None:
+    """Every job a code location builds on load, Dagster's implicit one over all assets
+    included: the strategies' ops never share a name."""
+    defs = build_definitions(_settings(tmp_path))
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert graph.assets_def_for_key(dg.AssetKey([SECOND, "oos_backtest"])).node_def.name == \
+        f"{SECOND}__oos_backtest"
 
 
 def test_one_factor_name_computed_two_ways_is_refused(tmp_path: Path) -> None:
