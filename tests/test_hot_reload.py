@@ -76,6 +76,24 @@ mutation Launch($params: ExecutionParams!) {
     ... on PythonError { message }
   }
 }"""
+START_SCHEDULE = """
+mutation Start($selector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $selector) {
+    __typename
+    ... on ScheduleStateResult { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}"""
+SCHEDULE = """
+query Schedule($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    __typename
+    ... on Schedule { scheduleState { status } }
+    ... on PythonError { message }
+  }
+}"""
+DAEMONS = """
+query { instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }"""
 # A small second strategy on the sample data: few factors, short windows, a small search.
 SMALL = {"factors": ["momentum_20", "momentum_60", "volatility_20"],
          "search": {"min_factors": 2, "max_factors": 2, "top_n": [2], "rebalance_every": [5],
@@ -206,6 +224,18 @@ def seen(dev: Dev) -> Seen:
                 {s["name"]: s["pipelineName"] for s in repo["schedules"]})
 
 
+def second_schedule_status(dev: Dev) -> str:
+    selector = {**SELECTOR, "scheduleName": f"{SECOND}_weekly_research"}
+    found = dev.client._execute(SCHEDULE, {"selector": selector})["scheduleOrError"]
+    assert found["__typename"] == "Schedule", found
+    return str(found["scheduleState"]["status"])
+
+
+def daemons_healthy(dev: Dev) -> bool:
+    statuses = dev.client._execute(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+    return all(d["healthy"] for d in statuses if d["required"])
+
+
 def assert_second_strategy_defined(now: Seen) -> None:
     for asset in STAGE_ASSETS:
         assert now.group(f"{SECOND}/{asset}") == SECOND
@@ -237,6 +267,11 @@ def test_strategy_files_hot_reload(dev: Dev) -> None:
     assert second.states(SECOND) == ["runs beside it"]
     assert {r["dataset"] for r in files["files"] if r["file"] == SECOND} == {"sample"}
     assert server_processes(dev) == servers     # reloaded, not restarted
+    # Its schedule can be turned on (the daemon runs it from the same instance).
+    started = dev.client._execute(START_SCHEDULE, {"selector": {
+        **SELECTOR, "scheduleName": f"{SECOND}_weekly_research"}})["startSchedule"]
+    assert started["__typename"] == "ScheduleStateResult", started
+    assert started["scheduleState"]["status"] == "RUNNING"
 
     # c. Broken files are refused by name, field and why; the others keep running.
     (dev.strategies / "typo_field.yaml").write_text(
@@ -268,4 +303,6 @@ def test_strategy_files_hot_reload(dev: Dev) -> None:
     assert f"{SECOND}.yaml" in files["refusals"] and "not valid YAML" in files["refusals"]
     assert f"strategy {SECOND} keeps running its last valid version" in files["refusals"]
     assert kept.states(SECOND) == ["runs beside it", "refused: its last valid version runs"]
+    assert second_schedule_status(dev) == "RUNNING"         # still on, from its kept version
     assert server_processes(dev) == servers
+    wait_for("the daemon's heartbeats after the reloads", lambda: daemons_healthy(dev), 120)
