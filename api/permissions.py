@@ -120,6 +120,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/auth/me"): "session.read",
     ("GET", f"{V1}/strategies"): "strategies.read",
     ("GET", f"{V1}/strategies/compare"): "strategies.read",
+    ("GET", f"{V1}/strategies/refused"): "strategies.read",
     ("GET", f"{V1}/strategies/{{name}}"): "strategies.read",
     ("GET", f"{V1}/strategies/{{name}}/performance"): "strategies.read",
     ("GET", f"{V1}/experiments"): "experiments.read",

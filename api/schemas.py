@@ -123,6 +123,15 @@ class StrategySummary(Model):
     description: str | None
 
 
+class RefusedStrategyFile(Model):
+    file: str = Field(description="The strategy file's name in the strategy folder")
+    dataset: str | None = Field(description="The data the file names, as far as it reads")
+    why: str = Field(description="The file, the field and why it does not validate")
+    running: str | None = Field(description="The strategy that keeps running its last valid "
+                                "version of this file (null: the file is not loaded)")
+    fingerprint: str | None = Field(description="That last valid version's fingerprint")
+
+
 class StrategyDetail(StrategySummary):
     config: dict[str, Any] = Field(description="The validated strategy configuration")
     target_portfolio: TargetPortfolio | None = Field(

@@ -208,17 +208,22 @@ def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
     """The file of the strategy in force whose universe trades ``dataset``; when none does,
     the default strategy (its universe is then checked against the data when it runs). Never
     a classic strategy: the data's strategy is its rotation, a classic one runs only when
-    ETF_STRATEGY names it. Not while a refused rotation file without a valid version in force
-    names the dataset: the deployment must not switch strategies because a file broke."""
+    ETF_STRATEGY names it (or beside it). Not while a refused file without a valid version in
+    force names the dataset and comes before that file (so it would have been chosen, had it
+    validated): the deployment must not switch strategies because a file broke. A broken file
+    after it could never be the deployment's strategy: it is refused and the deployment loads
+    (a new file added beside it)."""
     if dataset is None:
         return DEFAULT_STRATEGY
-    broken = [r for r in catalogue.refused if r.may_trade(dataset)]
+    chosen = next((file for file, s in catalogue.files.items()
+                   if s.universe.dataset == dataset and s.classic is None), None)
+    broken = [r for r in catalogue.refused if r.may_trade(dataset)
+              and (chosen is None or r.path.name < f"{chosen}.yaml")]
     if broken:
         raise SettingsError(
             f"setting strategy [env ETF_STRATEGY] is unset and a refused strategy file trades "
             f"{dataset!r}: " + "; ".join(r.why for r in broken))
-    return next((file for file, s in catalogue.files.items()
-                 if s.universe.dataset == dataset and s.classic is None), DEFAULT_STRATEGY)
+    return chosen or DEFAULT_STRATEGY
 
 
 def strategy_for(settings: Settings) -> StrategyConfig:

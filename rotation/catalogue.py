@@ -64,10 +64,11 @@ class Catalogue:
         return next((s for s in self.strategies if s.name == name), None)
 
 
-def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
-                   ) -> Catalogue:
+def read_catalogue(directory: Path | None = None, *, kept: Path | None = None,
+                   keep: bool = True) -> Catalogue:
     """Every strategy file of ``directory`` (default config/strategies), validated one by one
-    (module docstring)."""
+    (module docstring). ``keep=False`` falls back to ``kept`` without writing there: a reader
+    (the desk API) shows what the deployment runs and must not decide its fallback."""
     directory = directory or STRATEGY_CONFIG_DIR
     files: dict[str, StrategyConfig] = {}
     refused: list[RefusedFile] = []
@@ -90,7 +91,8 @@ def read_catalogue(directory: Path | None = None, *, kept: Path | None = None
                                        "strategy file (names must be unique)", None))
             continue
         files[path.stem] = config
-        _keep(kept, path)
+        if keep:
+            _keep(kept, path)
     return Catalogue(files, tuple(refused))
 
 

@@ -118,6 +118,26 @@ def test_a_broken_new_file_does_not_stop_the_deployment(deployed_folder: Path,
     assert defs.resolve_job_def("daily_job") is not None
 
 
+def test_a_broken_file_on_the_same_data_after_the_deployments_is_refused_not_fatal(
+        deployed_folder: Path, make_settings) -> None:
+    """With ETF_STRATEGY unset the deployment's strategy is the first valid file on the data:
+    a broken file after it could never have been chosen, so it cannot be the deployment's
+    strategy broken (a new strategy being written beside it, on reload)."""
+    from orchestration.definitions import strategy_for
+    from orchestration.settings import SettingsError
+
+    data = yaml.safe_load((deployed_folder / f"{SAMPLE}.yaml").read_text())
+    data["name"], data["costs"]["commission_bps"] = "typo", 50
+    (deployed_folder / "typo.yaml").write_text(yaml.safe_dump(data))
+    with pytest.warns(StrategyWarning, match="costs.commission_bps"):
+        assert strategy_for(make_settings()).name == SAMPLE
+    # The same file before the deployment's might be its strategy broken: refused, with why.
+    (deployed_folder / "typo.yaml").rename(deployed_folder / "a_typo.yaml")
+    with pytest.warns(StrategyWarning), pytest.raises(
+            SettingsError, match=r"a refused strategy file trades 'sample'.*a_typo\.yaml"):
+        strategy_for(make_settings())
+
+
 def test_the_deployed_strategy_survives_a_broken_edit(deployed_folder: Path,
                                                       make_settings) -> None:
     from orchestration.definitions import strategy_for

@@ -157,6 +157,16 @@ def test_the_strategies_beside_are_chosen_by_setting(tmp_path: Path) -> None:
         deployment_strategies(settings.model_copy(update={"strategies": ["nope"]}))
 
 
+def test_two_strategies_load_as_a_code_location(tmp_path: Path) -> None:
+    """Every job a code location builds on load, Dagster's implicit one over all assets
+    included: the strategies' ops never share a name."""
+    defs = build_definitions(_settings(tmp_path))
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert graph.assets_def_for_key(dg.AssetKey([SECOND, "oos_backtest"])).node_def.name == \
+        f"{SECOND}__oos_backtest"
+
+
 def test_one_factor_name_computed_two_ways_is_refused(tmp_path: Path) -> None:
     clash = {"name": "momentum_20", "kernel": "momentum", "params": {"window": 30},
              "unit": "return", "direction": 1}

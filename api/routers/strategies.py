@@ -1,4 +1,5 @@
-"""Strategies: their configuration (config/strategies) and the latest stored target portfolio
+"""Strategies: their configuration (the deployment's strategy folder, ETF_STRATEGY_DIR, read as
+its code location reads it; the refused files with why) and the latest stored target portfolio
 with the reason each fund is in or out (the ``target_portfolio`` asset's Parquet file)."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated
 
@@ -20,6 +22,7 @@ from api.schemas import (
     SIGNED_IN_RESPONSES,
     CurvePoint,
     Page,
+    RefusedStrategyFile,
     StrategyComparison,
     StrategyDetail,
     StrategyPerformance,
@@ -28,7 +31,8 @@ from api.schemas import (
     TargetWeight,
     text_filter,
 )
-from rotation.catalogue import read_catalogue
+from orchestration.settings import Settings
+from rotation.catalogue import Catalogue, RefusedFile, read_catalogue
 from rotation.comparison import Comparison, compare
 from rotation.config_paths import CONFIG_DIR, STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
@@ -40,22 +44,44 @@ router = APIRouter(prefix=f"{V1}/strategies", tags=["strategies"],
 STRATEGY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
 
 
-def _config_fingerprint() -> tuple[tuple[str, int, int], ...]:
-    """Name, size and modification time of every configuration file a strategy may read:
-    the strategies are re-read when one changes (a new strategy file shows without a restart)."""
+@dataclass(frozen=True)
+class StrategyFolders:
+    """Where the deployment reads its strategy files and keeps their last valid versions."""
+    files: FilePath
+    kept: FilePath
+
+    @classmethod
+    def of(cls, settings: Settings) -> StrategyFolders:
+        return cls(settings.strategy_dir or STRATEGY_CONFIG_DIR,
+                   settings.data_home / "strategies")
+
+
+def _config_fingerprint(folders: StrategyFolders) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of every configuration file a strategy may read (the
+    shipped configuration, the strategy folder and the kept versions): the catalogue is read
+    again when one changes, so a new strategy file shows without a restart."""
+    paths = {*CONFIG_DIR.rglob("*.yaml"), *folders.files.glob("*.yaml"),
+             *folders.kept.glob("*.yaml")}
     return tuple((str(path), stat.st_mtime_ns, stat.st_size)
-                 for path in sorted(CONFIG_DIR.rglob("*.yaml")) for stat in [path.stat()])
+                 for path in sorted(paths) for stat in [path.stat()])
 
 
-@functools.lru_cache(maxsize=1)
-def _strategies_of(fingerprint: tuple[tuple[str, int, int], ...]) -> tuple[StrategyConfig, ...]:
-    """The catalogue's strategies (an invalid file is the research stage's to report);
-    validating them all takes tens of milliseconds, so it is done once per configuration."""
-    return read_catalogue().strategies
+@functools.lru_cache(maxsize=4)
+def _catalogue_of(folders: StrategyFolders,
+                  fingerprint: tuple[tuple[str, int, int], ...]) -> Catalogue:
+    """The deployment's catalogue as its code location reads it (a strategy whose file broke
+    runs its kept version); validating every file takes tens of milliseconds, so it is done
+    once per configuration. Read only: the deployment alone keeps valid versions."""
+    return read_catalogue(folders.files, kept=folders.kept, keep=False)
 
 
-def _strategies() -> tuple[StrategyConfig, ...]:
-    return _strategies_of(_config_fingerprint())
+def _catalogue(settings: Settings) -> Catalogue:
+    folders = StrategyFolders.of(settings)
+    return _catalogue_of(folders, _config_fingerprint(folders))
+
+
+def _strategies(settings: Settings) -> tuple[StrategyConfig, ...]:
+    return _catalogue(settings).strategies
 
 
 def _summary(config: StrategyConfig) -> StrategySummary:
@@ -65,14 +91,29 @@ def _summary(config: StrategyConfig) -> StrategySummary:
 
 
 @router.get("", summary="The configured strategies, by name")
-def list_strategies(paging: PageParams,
+def list_strategies(state: State, paging: PageParams,
                     market: Annotated[str | None, text_filter(100)] = None,
                     dataset: Annotated[str | None, text_filter(200)] = None
                     ) -> Page[StrategySummary]:
-    chosen = [s for s in _strategies()
+    chosen = [s for s in _strategies(state.settings)
               if (market is None or s.universe.market == market)
               and (dataset is None or s.universe.dataset == dataset)]
     return page_of(chosen, paging, _summary)
+
+
+def _refusal(refused: RefusedFile) -> RefusedStrategyFile:
+    # The file's name, not the server's folder: the folder is the deployment's business.
+    return RefusedStrategyFile(
+        file=refused.path.name, dataset=refused.dataset,
+        why=refused.why.replace(str(refused.path), refused.path.name),
+        running=refused.kept.name if refused.kept else None,
+        fingerprint=refused.kept.fingerprint if refused.kept else None)
+
+
+@router.get("/refused", summary="The strategy files that do not validate, with file, field "
+            "and why, and the last valid version that keeps running in their place")
+def refused_strategy_files(state: State, paging: PageParams) -> Page[RefusedStrategyFile]:
+    return page_of(list(_catalogue(state.settings).refused), paging, _refusal)
 
 
 def _number_or_none(value: object) -> float | None:
@@ -139,13 +180,13 @@ def compare_strategies(state: State,
 
 
 def _equity_before(stored: results.StrategyResults, shown: pd.DataFrame,
-                   name: str) -> float | None:
+                   name: str, settings: Settings) -> float | None:
     """What the first shown session's return is measured against: the previous session's
     equity, or the backtest's initial cash for the first session (as its reports do)."""
     earlier = stored.daily.loc[:shown.index[0], "equity"].iloc[:-1]
     if len(earlier):
         return float(earlier.iloc[-1])
-    configs = {c.name: c for c in _strategies()}
+    configs = {c.name: c for c in _strategies(settings)}
     return configs[name].backtest_config().initial_cash if name in configs else None
 
 
@@ -177,7 +218,8 @@ def strategy_performance(name: Annotated[str, Path(pattern=STRATEGY_NAME)], stat
     return StrategyPerformance(
         strategy=name, start=daily.index[0].date(), end=daily.index[-1].date(),
         sessions=len(daily),
-        metrics=results.metrics_of(daily["equity"], _equity_before(stored, daily, name)),
+        metrics=results.metrics_of(daily["equity"],
+                                   _equity_before(stored, daily, name, state.settings)),
         benchmark_metrics={b: results.metrics_of(c.dropna()) for b, c in bench.items()},
         curve=curve)
 
@@ -187,10 +229,11 @@ def strategy_performance(name: Annotated[str, Path(pattern=STRATEGY_NAME)], stat
                        409: {"description": "The strategy file does not validate"}})
 def get_strategy(name: Annotated[str, Path(pattern=STRATEGY_NAME)], state: State
                  ) -> StrategyDetail:
-    if not (STRATEGY_CONFIG_DIR / f"{name}.yaml").is_file():
+    path = StrategyFolders.of(state.settings).files / f"{name}.yaml"
+    if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no strategy {name!r}")
     try:
-        config = load_strategy(name, warn=False)
+        config = load_strategy(path, warn=False)
     except StrategyConfigError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             detail=f"strategy {name!r} does not validate: {exc}") from None
