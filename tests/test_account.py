@@ -51,3 +51,13 @@ def test_an_account_refuses_a_lot_its_venue_does_not_trade(make_settings) -> Non
     with pytest.raises(SettingsError, match=r"setting execution\.risk\.lot_size: 10 differs from "
                                             r"market cn_funds's lot of 100 units"):
         account_of(settings, load_strategy("etf_rotation_sample"))
+
+
+def test_an_allocation_names_each_strategy_once_and_weights_only_when_fixed() -> None:
+    from trading.account import Allocation
+
+    with pytest.raises(ValueError, match=r"names a strategy twice"):
+        Allocation(strategies=("a", "b", "a"))
+    with pytest.raises(ValueError, match=r"given with method 'risk_parity'"):
+        Allocation(strategies=("a", "b"), method="risk_parity", weights={"a": 1, "b": 1})
+    assert Allocation(strategies=("a", "b")).netted and not Allocation(strategies=("a",)).netted

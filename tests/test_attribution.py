@@ -221,6 +221,9 @@ def test_a_fill_without_parts_goes_to_the_one_strategy_or_is_refused(ledger: Led
                                           rf"strategies .*fill {orphan.fill_id} cannot be "
                                           "attributed"):
         ledger.record_attributed_fill(orphan, actor="venue")
+    # The venue's plain booking (reconcile) refuses it too: never booked to the account alone.
+    with pytest.raises(LedgerError, match="cannot be attributed"):
+        ledger.record_fill(orphan, actor="venue")
     assert ledger.fills(account, signal_id=netted.signal_id) == []       # nothing booked
     assert ledger.cash(account) == cash
     assert "159915" not in ledger.positions(account)

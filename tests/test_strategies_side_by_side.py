@@ -291,3 +291,20 @@ def test_the_netted_signal_carries_each_strategys_units(netting) -> None:
         for name in (SAMPLE, SECOND):   # each strategy's part of the equity, in whole units
             units = parts.wishes[fund].get(name, 0)
             assert units == int(row[f"part:{name}"] * equity // price), (fund, name)
+
+
+def test_an_account_allocation_is_checked_against_the_strategies_run(tmp_path: Path) -> None:
+    settings = _settings(tmp_path).model_copy(update={
+        "postgres_url": "postgresql+psycopg://postgres@127.0.0.1:5432/none"})
+
+    def with_allocation(**fields: object) -> Settings:
+        return settings.model_copy(update={"execution": settings.execution.model_copy(
+            update={"allocation": Allocation(**fields)})})  # type: ignore[arg-type]
+
+    with pytest.raises(SettingsError, match=r"strategies \['nope'\] are not run"):
+        build_definitions(with_allocation(strategies=(SAMPLE, "nope")))
+    with pytest.raises(SettingsError, match="an account trading one strategy trades the "
+                                            f"deployment's \\({SAMPLE}\\)"):
+        build_definitions(with_allocation(strategies=(SECOND,)))
+    with pytest.raises(SettingsError, match="weights must name exactly"):
+        build_definitions(with_allocation(strategies=(SAMPLE, SECOND), weights={SAMPLE: 1}))

@@ -34,6 +34,16 @@ class Allocation(BaseModel):
     # Out-of-sample sessions (the latest) whose returns size inverse_volatility / risk_parity.
     lookback_sessions: int = Field(250, ge=60)
 
+    @model_validator(mode="after")
+    def _coherent(self) -> Allocation:
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"allocation.strategies: {list(self.strategies)} names a strategy "
+                             "twice")
+        if self.weights and self.method != "fixed":
+            raise ValueError(f"allocation.weights: given with method {self.method!r}, which "
+                             "computes the weights (weights go with method 'fixed')")
+        return self
+
     @property
     def netted(self) -> bool:
         """Whether the account nets several strategies (else it trades one target as is)."""

@@ -903,6 +903,12 @@ def _attributed_units(conn: Connection, signal_id: str, symbol: str, side: Side
     return {strategy: int(units) for strategy, units in conn.execute(query)}
 
 
+def _is_netted(conn: Connection, signal_id: str) -> bool:
+    named = conn.execute(sa.select(SIGNALS.c.strategy)
+                         .where(SIGNALS.c.signal_id == signal_id)).scalar_one()
+    return len(strategies_of(named)) > 1
+
+
 def _only_strategy(conn: Connection, signal_id: str, fill_id: str) -> str:
     """The signal's strategy when it names exactly one (a fill of a signal without parts)."""
     named = conn.execute(sa.select(SIGNALS.c.strategy)
@@ -922,7 +928,9 @@ def _wanted_on_side(conn: Connection, checked: _CheckedFill, signal_id: str, req
     fill = checked.fill
     rows = _parts_rows(conn, signal_id, fill.symbol)
     if not rows and not _has_parts(conn, signal_id):
-        if not required:
+        # A netted signal's fill is always attributed: without parts it is refused (loudly),
+        # never booked to the account alone.
+        if not required and not _is_netted(conn, signal_id):
             return None
         strategy = _only_strategy(conn, signal_id, fill.fill_id)
         return {strategy: fill.quantity}, {strategy: fill.quantity}
