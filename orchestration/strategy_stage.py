@@ -157,8 +157,9 @@ def catalogue_spec(catalogue: Catalogue, running: list[StrategyConfig], folder: 
         description=head + f"The strategy files of {folder}, read at each code-location reload "
         "(a new or changed file takes effect on reload; a broken one is refused with file, "
         "field and why, and a strategy whose file broke keeps running its last valid version).",
-        metadata={"files": table(pd.DataFrame(rows, columns=["file", "strategy", "dataset",
-                                                             "state"]), 200),
+        # The state beside the file: what the reader looks for first (a narrow column shows it).
+        metadata={"files": table(pd.DataFrame(rows, columns=["file", "state", "strategy",
+                                                             "dataset"]), 200),
                   "running": dg.MetadataValue.json(names),
                   "refused": dg.MetadataValue.int(len(catalogue.refused)),
                   "refusals": dg.MetadataValue.md(why or "none")})

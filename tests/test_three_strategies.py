@@ -4,8 +4,9 @@ their comparison, and one account netting the rotation with a classic strategy b
 the daily path approves one netted target, execution_job sends one set of orders, and every fill
 is attributed to the strategies, whose units, cash and P&L sum to the account's.
 
-The history starts on 2024-01-02 and the stored data ends on the signal day, 2026-04-30 (the
-files go on: the paper venue fills on 2026-05-06, the session after the May holidays)."""
+The history starts on 2023-01-03 (the rotation warms up 250 sessions) and the stored data ends
+on the signal day, 2026-04-30 (the files go on: the paper venue fills on 2026-05-06, the
+session after the May holidays)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from trading.models import SignalStatus
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 DATASET = "cn_etf_akshare_qfq_2020"
-START = "2024-01-02"
+START = "2023-01-03"
 SIGNAL_DAY = "2026-04-30"
 FILL_DAY = "2026-05-06"
 ROTATION, MA_CROSS, MACD = "etf_rotation_akshare", "ma_cross_akshare", "macd_akshare"
