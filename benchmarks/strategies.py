@@ -6,8 +6,9 @@ Two scenarios on cn_etf_akshare_qfq_2020, each on a fresh PostgreSQL-backed Dags
 
 - ``one``: the deployment's strategy, etf_rotation_akshare, alone in its folder;
 - ``three``: the same beside two more strategies on the same data (``--beside``): by default
-  two variants of it with other names and factor lists (overlapping factors, and factors only
-  they use), or named strategy files of ``config/strategies`` (e.g. classic strategies).
+  the classic ma_cross_akshare and macd_akshare of ``config/strategies``, ``variants`` for two
+  variants of it with other names and factor lists (overlapping factors, and factors only they
+  use), or any strategy files.
 
 Each scenario runs in fresh subprocesses: one backfills the market data (timed on its own, not
 part of the rebuild), the next rebuilds the research of every strategy
@@ -51,9 +52,12 @@ SHARED_STAGES = ("factors", "adjusted_bars")
 # the factor panel once (the union of every strategy's factors), the market data never (the
 # backfill stored it).
 EXPECTED = {"factors": 1, "adjusted_bars": 0}
-# Two variants of the deployment's strategy: other names, factor lists that overlap it, and
-# factors only they use (ma_cross_10_60, volatility_60, sharpe_60, price_position_60), so the
-# shared panel is the union of three lists. Everything else is the deployment's file.
+# The classic strategies beside the rotation when the folder holds them (issue 15 item 2).
+CLASSIC = ("ma_cross_akshare", "macd_akshare")
+# Otherwise (``--beside variants``) two variants of the deployment's strategy: other names,
+# factor lists that overlap it, and factors only they use (ma_cross_10_60, volatility_60,
+# sharpe_60, price_position_60), so the shared panel is the union of three lists. Everything
+# else is the deployment's file.
 VARIANTS: dict[str, list[str]] = {
     "akshare_trend": ["momentum_20", "momentum_60", "momentum_120", "slope_r2_20", "adx_14",
                       "breakout_20", "ma_cross_5_20", "ma_cross_10_60", "macd_hist_12_26_9"],
@@ -142,11 +146,22 @@ def _rebuild(home: Path, dagster_home: Path, start: str | None) -> dict[str, Any
             seconds = time.perf_counter() - started
             counts.update(_materialised(results))
             strategies.append({
-                "name": strategy.name, "seconds": seconds, "factors": len(strategy.factor_specs),
+                "name": strategy.name, "seconds": seconds, "factors": _own_factors(strategy),
                 "windows": len(window_keys(defs, prefix)), "shared_s": _factors_step_s(results),
-                "ok": len(results) == 3 and all(r.success for r in results)})
+                "ok": _rebuilt(results, prefix)})
     return {"strategies": strategies, "peak_mb": _peak_mb(),
             "materialised": {stage: counts[stage] for stage in SHARED_STAGES}}
+
+
+def _own_factors(strategy: Any) -> int:
+    """The factors the strategy screens (a classic strategy screens none: it reads no panel)."""
+    return 0 if getattr(strategy, "classic", None) is not None else len(strategy.factor_specs)
+
+
+def _rebuilt(results: Sequence[Any], prefix: str) -> bool:
+    """Every run succeeded up to the portfolio job (a classic strategy has no research_job)."""
+    return bool(results) and all(r.success for r in results) and \
+        results[-1].dagster_run.job_name == f"{prefix}portfolio_job"
 
 
 def _materialised(results: Sequence[Any]) -> Counter[str]:
@@ -257,13 +272,20 @@ def _failures(scenarios: dict[str, dict[str, Any]]) -> list[str]:
     return failures
 
 
+def _default_beside() -> list[str]:
+    """The classic strategies when config/strategies holds them, else the variants."""
+    if all((STRATEGY_FILES / f"{name}.yaml").is_file() for name in CLASSIC):
+        return list(CLASSIC)
+    return ["variants"]
+
+
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.strategies",
                                      description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--beside", nargs="+", default=["variants"], metavar="FILE",
+    parser.add_argument("--beside", nargs="+", default=_default_beside(), metavar="FILE",
                         help="the strategies beside etf_rotation_akshare in scenario three: "
                         "'variants' (two built-in variants of it) or strategy files (names in "
-                        "config/strategies or paths), e.g. ma_cross_akshare macd_akshare")
+                        "config/strategies or paths); default: %(default)s")
     parser.add_argument("--start", default=None, metavar="YYYY-MM-DD",
                         help="a shorter history: the first session partition (default: the "
                         "data's first session)")
