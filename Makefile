@@ -15,6 +15,9 @@ DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 # The desk API (`make api API_PORT=8100`), loopback only.
 API_PORT ?= 8000
+# `make test` runs one pytest-xdist worker per core (at most 4; `make test TEST_WORKERS=0` for one
+# process). Modules sharing a session fixture stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: env demo dev mlflow api test lint typecheck services browser proxy bench clean
 
@@ -55,7 +58,7 @@ proxy:  ## Debian's nginx for the front-door tests (installed when missing and a
 	bash deploy/ensure-proxy.sh
 
 test: env services browser proxy  ## every test, on the real PostgreSQL and Redis
-	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
 	exit $$status
 

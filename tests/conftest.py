@@ -202,3 +202,36 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
 
 # One `make demo` per session, shared by the modules that read what it stored.
 from demo_home import demo  # noqa: E402, F401
+
+# -- parallel runs (`make test` runs pytest-xdist with --dist loadgroup) ----------------------
+
+# Modules sharing a session fixture run on one worker, so the fixture is built once.
+SHARED_FIXTURE_GROUPS = {
+    "demo": ("test_demo", "test_api_research", "test_proxy", "test_researcher_view"),
+    "execution": ("test_compliance_report", "test_drills", "test_execution_faults",
+                  "test_execution_pipeline", "test_execution_safety", "test_intraday_monitor",
+                  "test_operations_e2e"),
+}
+# The longest groups start first, so the last one to finish is a short one (longest first).
+LONGEST_FIRST = ("demo", "execution", "test_backfill_pipeline", "test_three_strategies",
+                 "test_daily_schedule", "test_hot_reload", "test_strategies_side_by_side",
+                 "test_classic_pipeline", "test_walk_forward_pipeline", "test_api_strategies",
+                 "test_walk_forward_chain", "test_code_locations", "test_fan_out")
+
+
+def xdist_group_of(module: str) -> str:
+    """The group of a test module: its shared-fixture group, else the module itself (its
+    module-scoped fixtures are then built once)."""
+    return next((group for group, modules in SHARED_FIXTURE_GROUPS.items() if module in modules),
+                module)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.path.stem)))
+
+    def rank(item: pytest.Item) -> int:
+        group = xdist_group_of(item.path.stem)
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)   # stable: each module keeps its own order
