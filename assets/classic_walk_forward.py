@@ -17,7 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.code_version import code_version, strategy_sections
-from assets.metadata import data_fingerprint, frame_metadata, metric_metadata, run_level
+from assets.metadata import data_fingerprint, frame_metadata, run_level
 from assets.walk_forward import (
     ALL_SESSIONS,
     BACKTEST_GROUP,
@@ -34,6 +34,7 @@ from assets.walk_forward import (
     fund_names,
     in_and_out_of_sample,
     metadata_table,
+    oos_backtest_metadata,
     position_rows,
     through_latest,
     window_figures,
@@ -265,26 +266,13 @@ def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSe
             run.log_frame(result.orders, "orders.csv")
             url = run.url
         frame = _daily_frame(result, benchmarks, winners)  # type: ignore[arg-type]
-        held = latest.loc[latest["weight"] > 0, ["symbol", "weight"]]
-        meta: dict[str, object] = {
-            **metric_metadata(result.metrics),
-            "span": dg.MetadataValue.text(span),
-            "generator": dg.MetadataValue.text(section.generator),
-            "currency": dg.MetadataValue.text(strategy.market.currency),
-            "benchmark": dg.MetadataValue.text(str(strategy.universe.benchmark)),
-        }
-        if url:
-            meta["mlflow_run"] = dg.MetadataValue.url(url)
-        meta |= {f"plot_{name}": dg.MetadataValue.md(f"![{name}]({link})")
-                 for name, link in images.items() if link}
-        meta |= {
-            "windows": metadata_table(windows, 100, CLASSIC_WINDOW_COLUMNS),
-            "winner_params": metadata_table(_params_table(wfo_results), 100),
-            "latest_target": metadata_table(_named(held, names), 60),
-            "latest_target_as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
-            "orders": dg.MetadataValue.int(len(result.orders)),
-            **frame_metadata(frame),
-        }
+        meta = oos_backtest_metadata(
+            strategy, result, frame, span=span, url=url, images=images,
+            header={"generator": dg.MetadataValue.text(section.generator)},
+            tables={"windows": metadata_table(windows, 100, CLASSIC_WINDOW_COLUMNS),
+                    "winner_params": metadata_table(_params_table(wfo_results), 100)},
+            latest=(as_of, _named(latest.loc[latest["weight"] > 0, ["symbol", "weight"]],
+                                  names)))
         yield dg.Output(frame, metadata=meta | cache_stats.metadata())
         yield dg.AssetCheckResult(check_name=REPLAY_CHECK, passed=replay_diff <= 1e-9,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(replay_diff)})

@@ -307,31 +307,19 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
             url = run.url
         segments = [w.oos_start for w, _ in winners]
         frame = _daily_frame(result, benchmarks, winners)
-        held = latest.loc[latest["weight"] > 0, ["symbol", "weight"]]
-        # What a researcher reads first: the figures, the span, the link and the plots; the
-        # frame's own description (rows, preview, columns) last.
-        meta: dict[str, object] = {
-            **metric_metadata(result.metrics),
-            "span": dg.MetadataValue.text(span),
-            "currency": dg.MetadataValue.text(strategy.market.currency),
-            "benchmark": dg.MetadataValue.text(str(strategy.universe.benchmark)),
-        }
-        if url:
-            meta["mlflow_run"] = dg.MetadataValue.url(url)
-        meta |= {f"plot_{name}": dg.MetadataValue.md(f"![{name}]({link})")
-                 for name, link in images.items() if link}
-        if not any(images.values()):   # no MLflow UI to serve them: the images themselves
-            meta["plot_equity"] = dg.MetadataValue.md(report.markdown_image(report.png_base64(
-                report.equity_figure(result.equity, benchmarks, title="Out-of-sample equity",
-                                     segments=segments)), "equity"))
-        meta |= {
-            "windows": metadata_table(windows, 100, WINDOW_COLUMNS),
-            "factor_stability": metadata_table(stability, 100, STABILITY_COLUMNS),
-            "latest_target": metadata_table(_named(held, names), 60),
-            "latest_target_as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
-            "orders": dg.MetadataValue.int(len(result.orders)),
-            **frame_metadata(frame),
-        }
+
+        def equity_png() -> str:   # only drawn when no MLflow UI serves the logged plots
+            return report.markdown_image(report.png_base64(report.equity_figure(
+                result.equity, benchmarks, title="Out-of-sample equity", segments=segments)),
+                "equity")
+
+        meta = oos_backtest_metadata(
+            strategy, result, frame, span=span, url=url, images=images,
+            tables={"windows": metadata_table(windows, 100, WINDOW_COLUMNS),
+                    "factor_stability": metadata_table(stability, 100, STABILITY_COLUMNS)},
+            latest=(as_of, _named(latest.loc[latest["weight"] > 0, ["symbol", "weight"]],
+                                  names)),
+            equity_png=equity_png)
         yield dg.Output(frame, metadata=meta | cache_stats.metadata())
         yield dg.AssetCheckResult(check_name=REPLAY_CHECK, passed=replay_diff <= 1e-9,
                                   metadata={"max_rel_diff": dg.MetadataValue.float(replay_diff)})
@@ -744,3 +732,33 @@ def _window_metadata(summary: Mapping[str, object], side_by_side: pd.DataFrame,
         meta["plot_equity"] = dg.MetadataValue.md(f"![equity]({images['equity']})")
     return meta
 
+
+def oos_backtest_metadata(strategy: StrategyConfig, result: BacktestResult, frame: pd.DataFrame,
+                          *, span: str, url: str | None, images: Mapping[str, str | None],
+                          tables: Mapping[str, object],
+                          latest: tuple[pd.Timestamp, pd.DataFrame],
+                          header: Mapping[str, object] | None = None,
+                          equity_png: Callable[[], str] | None = None) -> dict[str, object]:
+    """The stitched backtest's metadata in the order a researcher reads it: the figures, the
+    span, the MLflow link and the plots (``equity_png`` when no MLflow UI serves them), the
+    window tables, the latest target; the frame's own description (rows, preview) last."""
+    meta: dict[str, object] = {
+        **metric_metadata(result.metrics),
+        "span": dg.MetadataValue.text(span),
+        **(header or {}),
+        "currency": dg.MetadataValue.text(strategy.market.currency),
+        "benchmark": dg.MetadataValue.text(str(strategy.universe.benchmark)),
+    }
+    if url:
+        meta["mlflow_run"] = dg.MetadataValue.url(url)
+    meta |= {f"plot_{name}": dg.MetadataValue.md(f"![{name}]({link})")
+             for name, link in images.items() if link}
+    if equity_png is not None and not any(images.values()):
+        meta["plot_equity"] = dg.MetadataValue.md(equity_png())
+    as_of, held = latest
+    return meta | dict(tables) | {
+        "latest_target": metadata_table(held, 60),
+        "latest_target_as_of": dg.MetadataValue.text(f"{as_of:%Y-%m-%d}"),
+        "orders": dg.MetadataValue.int(len(result.orders)),
+        **frame_metadata(frame),
+    }

@@ -15,10 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +25,9 @@ import psutil
 import pytest
 import yaml
 from conftest import PG_SERVER, scratch_database
+from dagster_dev import dagster_dev, location_loaded, wait_for
 from dagster_graphql import DagsterGraphQLClient
-from test_operations_e2e import LOCATION, free_port, wait_for
 
-from orchestration.dev import default_stop_signals
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,44 +125,16 @@ def dagster_dev_env(home: Path, strategies: Path, database: str) -> dict[str, st
             "GX_ANALYTICS_ENABLED": "false"}
 
 
-def location_loaded(client: DagsterGraphQLClient) -> bool:
-    entries = client._execute(LOCATION)["workspaceOrError"]["locationEntries"]
-    errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
-    assert not errors, errors[0]["locationOrLoadError"]["message"]
-    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
-
-
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
     home = tmp_path_factory.mktemp("hot_reload")
     strategies = home / "strategies"
     strategies.mkdir()
     shutil.copy(STRATEGY_CONFIG_DIR / f"{PRIMARY}.yaml", strategies)
-    port = free_port()
-    with scratch_database("etf_reload_dagster") as database:
-        log = (home / "dagster_dev.log").open("w")
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w",
-             str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=dagster_dev_env(home, strategies, database), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            # `dagster dev` handles SIGTERM as SIGINT: a suite started in the background
-            # inherits SIGINT ignored (tests/test_operations_e2e.py).
-            preexec_fn=default_stop_signals)
-        try:
-            wait_for("the webserver", lambda: urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/server_info", timeout=5).status == 200, 180)
-            client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=120)
-            wait_for("the code location", lambda: location_loaded(client), 240)
-            yield Dev(client, proc, strategies)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-            log.close()
+    with scratch_database("etf_reload_dagster") as database, dagster_dev(
+            dagster_dev_env(home, strategies, database), home / "dagster_dev.log",
+            timeout=120) as running:
+        yield Dev(running.client, running.process, strategies)
 
 
 def reload(dev: Dev) -> None:

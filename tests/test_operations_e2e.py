@@ -8,21 +8,16 @@ from the daemon, checks the ledger, and shuts everything down."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
+from dagster_dev import dagster_dev, wait_for
 from dagster_graphql import DagsterGraphQLClient
 
-from orchestration.dev import default_stop_signals
 from trading.ledger import Ledger
 from trading.models import OrderStatus, SignalStatus
 
@@ -72,37 +67,10 @@ mutation Launch($params: ExecutionParams!) {
 SELECTOR = {"repositoryLocationName": "etf_rotation", "repositoryName": "__repository__"}
 # Trust auth ignores the password: it is there to prove the UI never shows it.
 LEDGER_PASSWORD = "s3cret-ledger-pw"
-LOCATION = """
-query { workspaceOrError { ... on Workspace { locationEntries {
-  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except Exception as exc:  # the server may not answer yet
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-@pytest.fixture
-def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
+@pytest.fixture(name="dagster_dev")
+def dagster_dev_fixture(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
         DagsterGraphQLClient, int, str]]:
     market = execution_market
-    port = free_port()
     user, rest = ledger_url.split("://", 1)[1].split("@", 1)
     ledger_url = f"postgresql+psycopg://{user.split(':')[0]}:{LEDGER_PASSWORD}@{rest}"
     settings = market.settings(ledger_url)
@@ -119,37 +87,8 @@ def dagster_dev(execution_market, ledger_url, tmp_path: Path) -> Iterator[tuple[
            "ETF_MARKET_DATA__DATASET": str(market.dataset),
            "ETF_MARKET_DATA__FILES_ROOT": str(market.shared / "cn_etf_morphkyan_raw"),
            "GX_ANALYTICS_ENABLED": "false"}
-    log = (tmp_path / "dagster_dev.log").open("w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(ROOT / "workspace.yaml"),
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # A suite started in the background inherits SIGINT ignored, and `dagster dev` handles
-        # SIGTERM as SIGINT: without the defaults it would ignore the stop.
-        preexec_fn=default_stop_signals)
-    try:
-        wait_for("the webserver", lambda: urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/server_info", timeout=5).status == 200, 180)
-        client = DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=60)
-
-        def loaded() -> bool:
-            entries = client._execute(LOCATION)["workspaceOrError"]["locationEntries"]
-            errors = [e for e in entries
-                      if e["locationOrLoadError"]["__typename"] == "PythonError"]
-            assert not errors, errors[0]["locationOrLoadError"]["message"]
-            return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
-
-        wait_for("the code location", loaded, 240)
-        yield client, port, ledger_url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
-            pytest.fail("dagster dev did not shut down within 90 s of SIGTERM")
-        log.close()
+    with dagster_dev(env, tmp_path / "dagster_dev.log") as dev:
+        yield dev.client, dev.port, ledger_url
 
 
 def test_ui_path_daily_job_backfill_sensor_execution(dagster_dev, execution_market) -> None:
