@@ -58,7 +58,7 @@ proxy:  ## Debian's nginx for the front-door tests (installed when missing and a
 	bash deploy/ensure-proxy.sh
 
 test: env services browser proxy  ## every test, on the real PostgreSQL and Redis
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); status=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest ran no tests" >&2; exit 1; fi; \
 	exit $$status
 

@@ -203,7 +203,7 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
 # One `make demo` per session, shared by the modules that read what it stored.
 from demo_home import demo  # noqa: E402, F401
 
-# -- parallel runs (`make test` runs pytest-xdist with --dist loadgroup) ----------------------
+# -- parallel runs (`make test` runs pytest-xdist) --------------------------------------------
 
 # Modules sharing a session fixture run on one worker, so the fixture is built once.
 SHARED_FIXTURE_GROUPS = {
@@ -226,13 +226,22 @@ def xdist_group_of(module: str) -> str:
                 module)
 
 
-@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.path.stem)))
-
     def rank(item: pytest.Item) -> int:
         group = xdist_group_of(item.path.stem)
         return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)   # stable: each module keeps its own order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Whole groups to a worker, in collection order (the longest first). Not --dist
+    loadgroup: pytest 9 ignores the group suffix xdist 3.8 writes into the node ids."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group_of(Path(nodeid.split("::", 1)[0]).stem)
+
+    config.option.loadscopereorder = False   # keep LONGEST_FIRST, not "most tests first"
+    return ByGroup(config, log)
