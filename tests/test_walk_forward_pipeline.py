@@ -8,13 +8,14 @@ takes about a minute; the real-data run of the same chain is in test_walk_forwar
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import postgres_instance, scratch_database
 from mlflow import MlflowClient
 
 from assets.walk_forward import POSITIONS_CHECK, REPLAY_CHECK, VBT_CHECK
@@ -32,6 +33,15 @@ from resources.deployment import deployed
 from resources.parquet_io import PartitionedParquetIOManager
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="module")
+def pg_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
+    """This module's own instance (not the session's): it counts the stored partitions of
+    wfo_windows, which other modules' strategies on other data materialise too."""
+    with scratch_database("etf_wfo_dagster") as name, postgres_instance(
+            tmp_path_factory.mktemp("wfo_dagster"), name) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")
