@@ -20,6 +20,7 @@ import pandas as pd
 
 from orchestration.settings import Settings
 from rotation.backtest.metrics import performance_metrics
+from trading.account import stage_of
 
 OOS_FILE = "oos_backtest.parquet"
 TARGET_FILE = "target_portfolio.parquet"
@@ -123,12 +124,15 @@ def thinned(frame: pd.DataFrame, max_points: int) -> pd.DataFrame:
 def paper_against_backtest(settings: Settings, account_id: str,
                            valuations: pd.DataFrame) -> pd.DataFrame:
     """The ledger's valuations of the account per session beside the backtest engine's equity
-    for the same approved signals, as ``positions_report`` computed and stored them (only for
-    the account this deployment trades: the report is of that account)."""
+    for the same approved signals, as the account's ``positions_report`` computed and stored
+    them (an account this deployment does not trade has none)."""
     frame = valuations.set_index("session")[["cash", "positions_value", "equity"]]
     frame["backtest_equity"] = math.nan
-    report = read_stored(settings.resolved_storage_root / POSITIONS_FILE) \
-        if account_id == settings.execution.account_id else None
+    root = settings.resolved_storage_root
+    further = {a.account_id for a in settings.execution.accounts}
+    report = (read_stored(root / POSITIONS_FILE) if account_id == settings.execution.account_id
+              else read_stored(root / stage_of(account_id) / POSITIONS_FILE)
+              if account_id in further else None)
     if report is not None and "backtest_equity" in report:
         stored = report.assign(date=pd.to_datetime(report["date"])).set_index("date")
         frame["backtest_equity"] = stored["backtest_equity"].reindex(frame.index)

@@ -101,9 +101,10 @@ def report_inputs(ledger: Ledger, account_id: str, session: dt.date, risk: pd.Da
         audit=breach_entries(ledger, account_id, session))
 
 
-def _risk_as_of(context: dg.AssetExecutionContext) -> dt.date | None:
-    """The session the stored portfolio_risk was measured on (its ``as_of`` metadata)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey("portfolio_risk"))
+def _risk_as_of(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dt.date | None:
+    """The session the stored portfolio_risk (``key``) was measured on (its ``as_of``
+    metadata)."""
+    event = context.instance.get_latest_materialization_event(key)
     materialization = event.asset_materialization if event is not None else None
     value = materialization.metadata.get("as_of") if materialization is not None else None
     return dt.date.fromisoformat(str(value.value)) if value is not None else None
@@ -149,7 +150,8 @@ def compliance_assets(account: Account, *, storage_root: Path) -> list[dg.Assets
         bars = venue_bars(market_data, day, day,
                           lookback_sessions=account.quote_lookback_sessions)
         inputs = report_inputs(ledger.ledger, account_id, day.date(), portfolio_risk, limits,
-                               bars.loc[pd.to_datetime(bars["date"]) <= day], _risk_as_of(context))
+                               bars.loc[pd.to_datetime(bars["date"]) <= day],
+                               _risk_as_of(context, context.asset_key_for_input("portfolio_risk")))
         rep = build_report(inputs)
         html_path, pdf_path = report_paths(storage_root, account_id, day.date())
         html_path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from resources.execution import ExecutionResource, account_lock, market_quotes, 
 from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from rotation import report
+from rotation.allocation import blended_returns
 from rotation.backtest import BacktestConfig, run_backtest
 from rotation.risk import PortfolioFigures, RiskLimits
 
@@ -107,16 +108,23 @@ def failed_checks(instance: dg.DagsterInstance, checks: Sequence[GuardingCheck],
 
 
 def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
-                  guards: Sequence[GuardingCheck]) -> list[dg.AssetsDefinition]:
+                  guards: Sequence[GuardingCheck], *,
+                  target_portfolio: str = "target_portfolio",
+                  oos_backtests: Mapping[str, str] | None = None
+                  ) -> list[dg.AssetsDefinition]:
     """The account's gate, risk and book. ``strategies``: those it trades (one market: the
     first's rules); several are netted (``account_target``), their signals' strategy is
-    ``a+b`` (trading.attribution)."""
+    ``a+b`` (trading.attribution). ``target_portfolio``: the traded strategy's (user string;
+    a netting account's is its ``account_target``); ``oos_backtests``: each traded strategy's
+    ``oos_backtest`` (by default the plain key), whose returns, at the account's shares when
+    netted, backtest the VaR."""
+    backtests = oos_backtests or {strategies[0].name: "oos_backtest"}
     strategy = strategies[0]
     account_id, limits = account.account_id, account.limits
     names = [s.name for s in strategies]
     label = netted_strategy(names) if account.allocation.netted else strategy.name
-    target = dg.AssetIn(key="account_target" if account.allocation.netted
-                        else "target_portfolio")
+    target = dg.AssetIn(key=dg.AssetKey.from_user_string(
+        "account_target" if account.allocation.netted else target_portfolio))
     backtest = strategy.backtest_config()
     sections = [strategy_sections(s, "name", "universe") for s in strategies]
     versions = {
@@ -211,7 +219,11 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
     @dg.asset(
         group_name=SIGNALS_GROUP,
         kinds={"postgres", "pandas"},
-        ins={"adjusted_bars": ALL_SESSIONS, "target_portfolio": target},
+        ins={"adjusted_bars": ALL_SESSIONS, "target_portfolio": target,
+             **{backtest_input(s): dg.AssetIn(key=dg.AssetKey.from_user_string(k))
+                for s, k in backtests.items()},
+             **({"account_allocation": dg.AssetIn(key=dg.AssetKey("account_allocation"))}
+                if account.allocation.netted else {})},
         code_version=versions["portfolio_risk"],
         description="How much the target portfolio and the account's current book can lose, "
         "from data up to D only (issue 19): VaR and expected shortfall at 95 % and 99 % over 1 "
@@ -222,8 +234,8 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
         "days to liquidate each position. What could not be measured is listed with why.",
     )
     def portfolio_risk(context: dg.AssetExecutionContext, target_portfolio: pd.DataFrame,
-                       adjusted_bars: pd.DataFrame, oos_backtest: pd.DataFrame,
-                       market_data: MarketDataResource, ledger: LedgerResource
+                       adjusted_bars: pd.DataFrame, market_data: MarketDataResource,
+                       ledger: LedgerResource, **inputs: pd.DataFrame
                        ) -> dg.Output[pd.DataFrame]:
         import rotation.portfolio_risk as risk  # scipy: only when measured
 
@@ -234,11 +246,10 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
         target = approval.proposed_weights(target_portfolio["symbol"].astype(str).tolist(),
                                            target_portfolio["weight"].astype(float).tolist())
         classes = {i.symbol: i.instrument_class for i in market_data.instruments()}
-        oos = oos_backtest.set_index(pd.to_datetime(oos_backtest["date"]))["equity"]
         report = risk.risk_report(
             returns, amounts, {"target": (target, equity), "book": (book, equity)},
             day.date(), classes, risk.load_stress(strategy.market.name),
-            oos.pct_change().dropna(), limits)
+            out_of_sample_returns(inputs, list(backtests)), limits)
         for row in report.errors.itertuples():
             context.log.warning(f"portfolio_risk {row.portfolio} {row.section}: {row.error}")
         return dg.Output(risk_tables(report), metadata=risk_report_metadata(report, day))
@@ -337,6 +348,23 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
                 "\n".join(f"- {s.describe()}" for s in stalls) or "none")})
 
     return [approved_signal, portfolio_risk, positions_report]
+
+
+def backtest_input(strategy: str) -> str:
+    """The portfolio_risk input carrying ``strategy``'s oos_backtest."""
+    return f"oos_{strategy}"
+
+
+def out_of_sample_returns(inputs: Mapping[str, pd.DataFrame], strategies: list[str]
+                          ) -> pd.Series:
+    """The daily out-of-sample returns the account's VaR is backtested on: its strategy's,
+    or its strategies' at the shares of ``account_allocation`` when it nets several."""
+    equities = {s: (frame := inputs[backtest_input(s)]).set_index(
+        pd.to_datetime(frame["date"]))["equity"] for s in strategies}
+    if len(strategies) == 1:
+        return equities[strategies[0]].pct_change().dropna()
+    shares = inputs["account_allocation"].set_index("strategy")["weight"]
+    return blended_returns(equities, shares.astype(float).to_dict())
 
 
 def traded_universe(strategy: StrategyConfig, bars: pd.DataFrame) -> set[str]:

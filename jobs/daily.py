@@ -60,9 +60,12 @@ def approval_job(netting: Sequence[str] = ()) -> UnresolvedAssetJobDefinition:
 END_OF_DAY_ASSETS = ("positions_report", "portfolio_risk", "risk_compliance_report")
 
 
-def end_of_day_job() -> UnresolvedAssetJobDefinition:
+def end_of_day_job(prefix: str = "", key_prefix: str | None = None
+                   ) -> UnresolvedAssetJobDefinition:
+    """``prefix``: of a further account's job name; ``key_prefix``: of its asset keys."""
+    keys = [dg.AssetKey([key_prefix, a] if key_prefix else [a]) for a in END_OF_DAY_ASSETS]
     return dg.define_asset_job(
-        "end_of_day_job", selection=dg.AssetSelection.assets(*END_OF_DAY_ASSETS),
+        f"{prefix}end_of_day_job", selection=dg.AssetSelection.assets(*keys),
         executor_def=dg.in_process_executor,
         description="The account's end of day: " + " → ".join(END_OF_DAY_ASSETS) + " (fills "
         "reconciled and the book valued, its risk measured, the HTML/PDF risk and compliance "
@@ -70,9 +73,9 @@ def end_of_day_job() -> UnresolvedAssetJobDefinition:
 
 
 def end_of_day_schedule(job: UnresolvedAssetJobDefinition, calendar: TradingCalendar,
-                        cron: str, timezone: str) -> dg.ScheduleDefinition:
+                        cron: str, timezone: str, prefix: str = "") -> dg.ScheduleDefinition:
     @dg.schedule(
-        name="end_of_day_report", job=job, cron_schedule=cron, execution_timezone=timezone,
+        name=f"{prefix}end_of_day_report", job=job, cron_schedule=cron, execution_timezone=timezone,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description=f"Run {job.name} on each {calendar.name} session ({cron}, {timezone}), "
         "after the daily path has decided and executed the day's signal.")

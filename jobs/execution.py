@@ -3,6 +3,7 @@
 releases the account's kill switch in the ledger."""
 
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -24,6 +25,7 @@ from trading.executor import ExecutionRefused, ExecutionReport, MarketView, exec
 from trading.venue import ExecutionVenue
 
 ACCOUNT_TAG = "etf/account"
+VENUE_TAG = "etf/venue"
 SIGNAL_TAG = "etf/signal_id"
 
 
@@ -34,6 +36,12 @@ class ExecuteSignalConfig(dg.Config):
 class KillSwitchConfig(dg.Config):
     engaged: bool = Field(True, description="true stops every submission; false releases it")
     reason: str = Field(description="Why: kept in the ledger and the audit log")
+
+
+def signal_run_config(signal_id: str, prefix: str = "") -> dict[str, Any]:
+    """The run config of an account's execution job for one signal (``prefix``: the
+    account's, as given to :func:`execution_jobs`)."""
+    return {"ops": {f"{prefix}execute_signal_op": {"config": {"signal_id": signal_id}}}}
 
 
 def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionResource,
@@ -82,10 +90,14 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     return report, "postgres"
 
 
-def execution_jobs(account: Account) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+def execution_jobs(account: Account, prefix: str = ""
+                   ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
+    """``prefix``: of a further account's job and op names (op names are unique in a code
+    location; :func:`signal_run_config` names the op)."""
     account_id = account.account_id
 
     @dg.op(
+        name=f"{prefix}execute_signal_op",
         out=dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is this "
                    "output's metadata"),
         retry_policy=dg.RetryPolicy(max_retries=3, delay=5,
@@ -130,10 +142,11 @@ def execution_jobs(account: Account) -> tuple[dg.JobDefinition, dg.JobDefinition
         })
 
     @dg.job(
-        name="execution_job",
+        name=f"{prefix}execution_job",
         # A run that dies with its code server is failed by run monitoring after this (not the
         # instance's 4 h default), so the account's queue moves on; healthy runs take seconds.
-        tags={ACCOUNT_TAG: account_id, dg.MAX_RUNTIME_SECONDS_TAG: "900"},
+        tags={ACCOUNT_TAG: account_id, VENUE_TAG: account.venue,
+              dg.MAX_RUNTIME_SECONDS_TAG: "900"},
         executor_def=dg.in_process_executor,
         description="Executes one approved signal (launched by approved_signal_sensor with "
         "run_key = signal id). Safe to re-execute: orders and fills are idempotent by id.",
@@ -141,7 +154,8 @@ def execution_jobs(account: Account) -> tuple[dg.JobDefinition, dg.JobDefinition
     def execution_job() -> None:
         execute_signal_op()
 
-    @dg.op(description="Engage or release the kill switch of the account in the ledger.")
+    @dg.op(name=f"{prefix}set_kill_switch",
+           description="Engage or release the kill switch of the account in the ledger.")
     def set_kill_switch(context: dg.OpExecutionContext, config: KillSwitchConfig,
                         ledger: LedgerResource) -> None:
         ledger.ledger.set_kill_switch(account_id, config.engaged,
@@ -151,7 +165,7 @@ def execution_jobs(account: Account) -> tuple[dg.JobDefinition, dg.JobDefinition
                             f"{'ENGAGED' if config.engaged else 'released'}: {config.reason}")
 
     @dg.job(
-        name="kill_switch_job",
+        name=f"{prefix}kill_switch_job",
         executor_def=dg.in_process_executor,
         description="Stops (engaged: true) or resumes (engaged: false) every order submission "
         "of the account at once; in-flight executions stop before their next order.",

@@ -24,12 +24,13 @@ class SupersedeSignalConfig(dg.Config):
                         description="Why: kept in the ledger's audit log with the run as actor")
 
 
-def supersede_signal_job(account: Account) -> dg.JobDefinition:
-    """The job for the account this code location trades: a signal of another account is
-    refused, whatever the ledger holds."""
+def supersede_signal_job(account: Account, prefix: str = "") -> dg.JobDefinition:
+    """The job for ``account``: a signal of another account is refused, whatever the ledger
+    holds. ``prefix``: of a further account's job and op names."""
     account_id = account.account_id
 
     @dg.op(
+        name=f"{prefix}supersede_signal",
         out=dg.Out(dg.Nothing, description="The decision is in the ledger and its audit log"),
         description="Supersede one approved signal of the account in the ledger (refused once "
         "it traded or its execution ran).",
@@ -43,7 +44,7 @@ def supersede_signal_job(account: Account) -> dg.JobDefinition:
                              allow_retries=False)
         if stored.account_id != account_id:
             raise dg.Failure(f"signal {config.signal_id} belongs to account {stored.account_id}, "
-                             f"not {account_id} (this code location's account)",
+                             f"not {account_id} (this job's account)",
                              allow_retries=False)
         already = stored.status is SignalStatus.SUPERSEDED
         try:
@@ -64,7 +65,7 @@ def supersede_signal_job(account: Account) -> dg.JobDefinition:
         })
 
     @dg.job(
-        name="supersede_signal_job",
+        name=f"{prefix}supersede_signal_job",
         executor_def=dg.in_process_executor,
         description="Sets an approved signal aside (config: signal_id, reason) so that another "
         "target can be approved for its session; refused once any of its orders reached the "

@@ -9,35 +9,34 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.allocation import allocation_assets
 from assets.comparison import comparison_assets
-from assets.compliance import compliance_assets
 from assets.market import market_assets
 from assets.partitions import session_partitions
 from assets.research import factor_assets, union_of_factors
-from assets.signals import guarding_checks, signal_assets
+from assets.signals import GuardingCheck, guarding_checks
 from assets.strategy_research import research_partitions
 from jobs.daily import (
     approval_after_daily,
     approval_job,
     daily_job,
-    end_of_day_job,
-    end_of_day_schedule,
 )
-from jobs.execution import execution_jobs
 from jobs.market import after_close_schedule, market_data_job
-from jobs.signal_decisions import supersede_signal_job
+from orchestration.account_stage import (
+    AccountStage,
+    account_definitions,
+    account_of,
+    account_stages,
+)
 from orchestration.settings import Settings, SettingsError, load_settings
 from orchestration.strategy_stage import (
     StrategyStage,
     catalogue_spec,
-    strategy_asset_key,
     strategy_stage,
 )
 from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.deployment import fixed
-from resources.execution import PaperExecution, quote_lookback
+from resources.execution import PaperExecution
 from resources.ledger import LedgerResource
 from resources.live_quotes import LiveQuotesResource
 from resources.market_data import (
@@ -48,8 +47,6 @@ from resources.market_data import (
 )
 from resources.parquet_io import PartitionedParquetIOManager
 from resources.tracking import MlflowTracking
-from rotation.allocation import allocate
-from rotation.calendar import TradingCalendar
 from rotation.catalogue import Catalogue, read_catalogue
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.sources.files import load_dataset_spec
@@ -61,10 +58,6 @@ from rotation.strategy import (
     load_strategy,
 )
 from sensors.alerts import run_failure_alert_sensor
-from sensors.breaches import risk_breach_alert_sensor
-from sensors.executions import stalled_execution_sensor
-from sensors.risk_monitor import intraday_risk_sensor
-from sensors.signals import approved_signal_sensor
 from trading.account import Account
 
 
@@ -108,9 +101,10 @@ def resources_for(settings: Settings, account: Account | None = None
     }
     if settings.postgres_url:
         account = account or account_of(settings, strategy_for(settings))
-        resources["ledger"] = LedgerResource(url=settings.postgres_url,
-                                             account_id=account.account_id,
-                                             initial_cash=account.initial_cash)
+        resources["ledger"] = LedgerResource(
+            url=settings.postgres_url, account_id=account.account_id,
+            initial_cash=account.initial_cash,
+            further_accounts={a.account_id: a.initial_cash for a in ex.accounts})
         resources["execution"] = PaperExecution(url=settings.postgres_url,
                                                 kill_switch=ex.kill_switch,
                                                 twap_slices=ex.twap_slices)
@@ -137,59 +131,6 @@ def walk_forward_executor(settings: Settings) -> dg.ExecutorDefinition:
         name="k8s_walk_forward")
 
 
-def account_of(settings: Settings, strategy: StrategyConfig) -> Account:
-    """The traded account: the settings' id, cash, limits and conduct with the strategy's cost
-    model (the paper venue charges what the backtest charges) and its market's lot."""
-    ex = settings.execution
-    lot = strategy.market.lot_size
-    if "lot_size" in ex.risk.model_fields_set and ex.risk.lot_size != lot:
-        raise SettingsError(f"setting execution.risk.lot_size: {ex.risk.lot_size} differs from "
-                            f"market {strategy.market.name}'s lot of {lot} units; lots come "
-                            "from the market profile (remove the setting)")
-    allocation = ex.allocation
-    if not allocation.strategies:
-        allocation = allocation.model_copy(update={"strategies": (strategy.name,)})
-    return Account(account_id=ex.account_id, initial_cash=ex.initial_cash,
-                   costs=strategy.cost_model, allocation=allocation,
-                   limits=ex.risk.model_copy(update={"lot_size": lot}), conduct=ex.conduct,
-                   lock_timeout_seconds=ex.lock_timeout_seconds,
-                   quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions),
-                   parity_tolerance=ex.parity_tolerance)
-
-
-def execution_definitions(settings: Settings, traded: list[StrategyConfig], account: Account,
-                          guarded: list[dg.AssetsDefinition], calendar: TradingCalendar,
-                          primary: str) -> dg.Definitions:
-    """approved_signal → sensor → execution_job → positions_report, and the kill switch; the
-    account's risk and compliance report and its breach alerts. ``traded``: the account's
-    strategies; several are netted first (account_allocation → account_target), ``primary``
-    (the deployment's strategy) under plain keys, the others under their names."""
-    ex = settings.execution
-    webhook = settings.alert_webhook_url or None
-    timeout = settings.alert_webhook_timeout_seconds
-    execution_job, kill_switch_job = execution_jobs(account)
-    assets = signal_assets(traded, account, guarding_checks(guarded))
-    assets += compliance_assets(account, storage_root=settings.resolved_storage_root.resolve())
-    if account.allocation.netted:
-        def keys(asset: str) -> dict[str, dg.AssetKey]:
-            return {s.name: strategy_asset_key(s.name, asset, s.name == primary) for s in traded}
-
-        assets += allocation_assets(account, keys("oos_backtest"), keys("target_portfolio"))
-    strategy = traded[0]
-    end_of_day = end_of_day_job()
-    return dg.Definitions(assets=assets,
-                          jobs=[execution_job, kill_switch_job, end_of_day,
-                                supersede_signal_job(account)],
-                          schedules=[end_of_day_schedule(end_of_day, calendar,
-                                                         ex.end_of_day_cron,
-                                                         settings.schedule_timezone)],
-                          sensors=[approved_signal_sensor(execution_job, account),
-                                   stalled_execution_sensor(execution_job, account, webhook,
-                                                            timeout),
-                                   intraday_risk_sensor(account, strategy.market.name),
-                                   risk_breach_alert_sensor(account, webhook, timeout)])
-
-
 DEFAULT_STRATEGY = "etf_rotation_default"
 
 
@@ -202,6 +143,26 @@ def _source_name(settings: Settings) -> str | None:
     if md.source != "files":
         return None
     return load_dataset_spec(md.dataset_config_path()).name
+
+
+def _data_strategy(settings: Settings, catalogue: Catalogue, source: str | None) -> str:
+    """With ETF_STRATEGY unset: the strategy this data's deployment chose when it first loaded
+    (kept in ``<home>/<data>/deployment_strategy``) while its file is in force and still trades
+    the data, so a new file sorting before it cannot take its place on a reload; else the
+    strategy of the data (:func:`_strategy_of_dataset`), then kept."""
+    record = settings.data_home / "deployment_strategy"
+    kept = record.read_text(encoding="utf-8").strip() if record.is_file() else ""
+    running = catalogue.files.get(kept)
+    if running is not None and source is not None and running.universe.dataset == source:
+        return kept
+    file = _strategy_of_dataset(catalogue, source)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(file + "\n", encoding="utf-8")
+    except OSError as exc:   # a read-only home still loads: the choice is just not kept
+        warnings.warn(f"cannot keep the deployment's strategy in {record}: {exc}",
+                      StrategyWarning, stacklevel=2)
+    return file
 
 
 def _strategy_of_dataset(catalogue: Catalogue, dataset: str | None) -> str:
@@ -261,7 +222,7 @@ def deployment_strategies(settings: Settings) -> Deployed:
             raise SettingsError(f"setting strategy [env ETF_STRATEGY]={chosen!r}: {exc}"
                                 ) from None
     else:
-        file = Path(chosen).stem if chosen else _strategy_of_dataset(catalogue, source)
+        file = Path(chosen).stem if chosen else _data_strategy(settings, catalogue, source)
         strategy = _in_force(catalogue, file, settings, "strategy [env ETF_STRATEGY]")
     wanted = strategy.universe.dataset
     if chosen and source is not None and wanted is not None and wanted != source:
@@ -311,8 +272,8 @@ def _in_catalogue(chosen: str, folder: Path | None) -> bool:
 def build_definitions(settings: Settings) -> dg.Definitions:
     deployed = deployment_strategies(settings)
     strategy = deployed.strategy
-    account = account_of(settings, strategy)
-    resources = resources_for(settings, account)
+    accounts = account_stages(settings, strategy, [strategy, *deployed.others])
+    resources = resources_for(settings, accounts[0].account)
     market_data = resources["market_data"]
     assert isinstance(market_data, MarketDataResource)
     calendar = market_data.calendar
@@ -332,18 +293,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     research, beside = research_definitions(settings, deployed, sessions_of_data)
     stages = [market, research, *beside]
     execution: dg.Definitions | None = None
-    traded = traded_strategies(account, deployed)
     researched = {a.key.to_user_string() for d in stages for a in d.assets or []
                   if isinstance(a, dg.AssetsDefinition)}
-    netting = (netted_inputs(traded, strategy.name, researched) if account.allocation.netted
-               else [])
+    before_gates = [k for stage in accounts for k in stage.before_gate(researched)]
     if windows is not None and settings.postgres_url:
-        # The gate reads the market, the factor panel and the account's strategies: the checks
-        # of the others do not guard it.
-        guarded = [a for d in stages for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
-                   and _guards(a, d is market, traded, strategy.name)]
-        execution = execution_definitions(settings, traded, account, guarded, calendar,
-                                          primary=strategy.name)
+        execution = dg.Definitions.merge(*(
+            account_definitions(settings, stage, _guards(stage, stages, market), calendar)
+            for stage in accounts))
     elif windows is not None:
         warnings.warn("postgres_url [env ETF_POSTGRES_URL] is not set: the execution stage "
                       "(approved_signal, execution_job, positions_report) needs the PostgreSQL "
@@ -354,12 +310,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                                       settings.alert_webhook_timeout_seconds,
                                       dagster_url=settings.dagster_webserver_url)
     if settings.code_location == "execution":
-        return execution_location(execution, stages, alerts, deployment)
+        return execution_location(execution, stages, alerts, deployment, accounts)
     if execution is not None and settings.code_location == "all":
         stages.append(execution)
     defined = {a.key.to_user_string() for d in stages for a in d.assets or []
                if isinstance(a, dg.AssetsDefinition)}
-    daily = daily_job(defined, netting)
+    daily = daily_job(defined, before_gates)
     operations = dg.Definitions(
         jobs=[daily],
         schedules=[after_close_schedule(
@@ -411,54 +367,25 @@ def strategies_compared(stages: list[StrategyStage], built: list[dg.Definitions]
         "out-of-sample backtests.")])]
 
 
-def _guards(asset: dg.AssetsDefinition, of_market: bool, traded: list[StrategyConfig],
-            primary: str) -> bool:
-    """Whether ``asset``'s checks guard the gate of an account trading ``traded``."""
-    if of_market or asset.key == dg.AssetKey("factors"):
-        return True
-    owner = asset.key.path[0] if len(asset.key.path) > 1 else primary
-    return owner in {s.name for s in traded}
+def _guards(stage: AccountStage, stages: list[dg.Definitions], market: dg.Definitions
+            ) -> list[GuardingCheck]:
+    """The checks guarding ``stage``'s gate: the market's, the factor panel's and those of the
+    strategies it trades (not the others')."""
+    traded = {s.name for s in stage.traded}
 
+    def guards(asset: dg.AssetsDefinition, of_market: bool) -> bool:
+        if of_market or asset.key == dg.AssetKey("factors"):
+            return True
+        owner = asset.key.path[0] if len(asset.key.path) > 1 else stage.primary
+        return owner in traded
 
-def traded_strategies(account: Account, deployed: Deployed) -> list[StrategyConfig]:
-    """The account's strategies, of those the deployment runs."""
-    running = {s.name: s for s in (deployed.strategy, *deployed.others)}
-    setting = "execution.allocation [env ETF_EXECUTION__ALLOCATION]"
-    unknown = [n for n in account.allocation.strategies if n not in running]
-    if unknown:
-        raise SettingsError(f"setting {setting}: strategies {unknown} are not run by this "
-                            f"deployment (it runs {sorted(running)}; see ETF_STRATEGIES)")
-    spec = account.allocation
-    if not spec.netted and spec.strategies != (deployed.strategy.name,):
-        raise SettingsError(f"setting {setting}: an account trading one strategy trades the "
-                            f"deployment's ({deployed.strategy.name}); to trade "
-                            f"{spec.strategies[0]} alone, make it the deployment's strategy "
-                            "(ETF_STRATEGY)")
-    if spec.method == "fixed" and spec.weights:
-        try:
-            allocate("fixed", list(spec.strategies), fixed=spec.weights)
-        except ValueError as exc:
-            raise SettingsError(f"setting {setting}: {exc}") from None
-    return [running[n] for n in spec.strategies]
-
-
-def netted_inputs(traded: list[StrategyConfig], primary: str, defined: set[str]) -> list[str]:
-    """What the daily path refreshes before a netting account's gate (every traded strategy
-    must have its backtest and target: a strategy without a walk-forward window cannot be)."""
-    inputs = [strategy_asset_key(s.name, asset, s.name == primary).to_user_string()
-              for s in traded for asset in ("oos_backtest", "target_portfolio")]
-    missing = [k for k in inputs if k not in defined]
-    if missing:
-        raise SettingsError(f"setting execution.allocation [env ETF_EXECUTION__ALLOCATION]: "
-                            f"{missing} are not defined (a strategy without a complete "
-                            "walk-forward window in the data cannot be traded)")
-    return [k for k in inputs if k.endswith("target_portfolio")] + ["account_allocation",
-                                                                     "account_target"]
+    return guarding_checks([a for d in stages for a in d.assets or []
+                            if isinstance(a, dg.AssetsDefinition) and guards(a, d is market)])
 
 
 def execution_location(execution: dg.Definitions | None, research: list[dg.Definitions],
-                       alerts: dg.SensorDefinition, deployment: dg.Definitions
-                       ) -> dg.Definitions:
+                       alerts: dg.SensorDefinition, deployment: dg.Definitions,
+                       accounts: list[AccountStage]) -> dg.Definitions:
     """The execution code location (etf_execution): the gate, orders and the kill switch.
 
     The research assets the gate reads are the research location's; here they are specs with
@@ -476,8 +403,8 @@ def execution_location(execution: dg.Definitions | None, research: list[dg.Defin
                              + (spec.description or ""))
                 for d in research for a in d.assets or [] if isinstance(a, dg.AssetsDefinition)
                 for spec in a.specs if spec.key in inputs]
-    approval = approval_job([k for k in ("account_allocation", "account_target")
-                             if any(dg.AssetKey(k) in a.keys for a in gate)])
+    # Every account's gate (the deployment's: approval_job's own) and what it decides first.
+    approval = approval_job([k for stage in accounts for k in stage.decided(gate=not stage.main)])
     return dg.Definitions.merge(
         execution,
         dg.Definitions(assets=upstream, jobs=[approval],

@@ -45,7 +45,7 @@ from rotation.cross_section import CrossSectionConfig
 from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
-from trading.account import Allocation
+from trading.account import Allocation, stage_of
 from trading.conduct import ConductRules
 
 # The UIs `make dev` starts by default (DAGSTER_PORT and MLFLOW_PORT in the Makefile move them
@@ -149,6 +149,30 @@ class MarketDataSettings(BaseModel):
         return path
 
 
+class AccountSettings(BaseModel):
+    """A further account of the deployment (``execution.accounts``): its own id, cash, venue,
+    risk limits, conduct rules and strategies. The kill switch, TWAP slices, lock timeout,
+    clock and parity tolerance are the execution stage's, shared by every account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Also the prefix of its Dagster assets, jobs and sensors (``paper-two`` → ``paper_two``).
+    account_id: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    initial_cash: float = Field(1_000_000.0, gt=0)
+    venue: Literal["paper"] = "paper"
+    risk: RiskLimits = Field(default_factory=RiskLimits)
+    conduct: ConductRules = Field(default_factory=ConductRules)
+    # Required: which of the deployment's strategies it trades (one as is, several netted).
+    allocation: Allocation
+
+    @model_validator(mode="after")
+    def _trades_something(self) -> AccountSettings:
+        if not self.allocation.strategies:
+            raise ValueError(f"account {self.account_id}: allocation.strategies is empty (name "
+                             "the strategies of the deployment it trades)")
+        return self
+
+
 class ExecutionSettings(BaseModel):
     """The execution stage (SPEC §9): paper account, venue, risk limits, kill switch."""
 
@@ -177,6 +201,18 @@ class ExecutionSettings(BaseModel):
     # is split among them; unset: the deployment's strategy alone. Several: their targets are
     # netted into one before approval, and every order, fill and P&L is attributed to them.
     allocation: Allocation = Field(default_factory=Allocation)
+    # Further accounts beside the one above, each its own gate, execution job and sensors
+    # (ETF_EXECUTION__ACCOUNTS='[{"account_id": "paper-two", "allocation": {...}}]').
+    accounts: list[AccountSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_accounts(self) -> ExecutionSettings:
+        ids = [self.account_id, *(a.account_id for a in self.accounts)]
+        stages = [stage_of(i).lower() for i in ids]
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"execution.accounts: account ids {ids} repeat (ids differing only "
+                             "in case or - against _ name the same Dagster stage)")
+        return self
 
 
 class WalkForwardSettings(BaseModel):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from trading.ledger import Ledger
 
 
 class LedgerResource(dg.ConfigurableResource):
-    """``url``: ``postgresql+psycopg://…`` (``ETF_POSTGRES_URL``)."""
+    """``url``: ``postgresql+psycopg://…`` (``ETF_POSTGRES_URL``); ``account_id`` the
+    deployment's account, ``further_accounts`` the others (id → opening cash)."""
 
     url: str
     account_id: str = "paper-main"
     initial_cash: float = 1_000_000.0
+    further_accounts: dict[str, float] = Field(default_factory=dict)
     retry_seconds: float = 30.0
 
     _ledger: Ledger | None = PrivateAttr(default=None)
@@ -23,7 +25,9 @@ class LedgerResource(dg.ConfigurableResource):
         if self._ledger is None:
             ledger = Ledger(self.url, retry_seconds=self.retry_seconds)
             ledger.migrate()
-            ledger.open_account(self.account_id, self.initial_cash, actor="system:ledger")
+            for account_id, cash in {self.account_id: self.initial_cash,
+                                     **self.further_accounts}.items():
+                ledger.open_account(account_id, cash, actor="system:ledger")
             self._ledger = ledger
         return self._ledger
 

@@ -131,6 +131,18 @@ class NettedTarget:
     parts: dict[str, dict[str, float]]     # fund -> strategy -> weight of the account
 
 
+def blended_returns(equities: Mapping[str, pd.Series], shares: Mapping[str, float]
+                    ) -> pd.Series:
+    """The daily returns of an account holding each strategy at its share (kept at the shares
+    every session), on the sessions every strategy's equity curve has: what its netted
+    target's VaR is backtested against."""
+    returns = pd.DataFrame(dict(equities)).pct_change(fill_method=None).dropna()
+    weights = pd.Series(dict(shares), dtype=float).reindex(returns.columns).fillna(0.0)
+    if weights.sum() <= 0:
+        raise ValueError(f"no positive share among {sorted(shares)} for {list(returns.columns)}")
+    return (returns @ (weights / weights.sum())).rename("returns")
+
+
 def net_targets(targets: Mapping[str, Mapping[str, float]], allocation: Mapping[str, float]
                 ) -> NettedTarget:
     """``Σ_s a_s · w_s`` per fund over the strategies' target weights ``targets``."""

@@ -111,13 +111,14 @@ def alert_payload(account_id: str, breaches: list[Breach]) -> dict[str, Any]:
 
 
 def risk_breach_alert_sensor(account: Account, webhook_url: str | None, timeout: float = 5.0,
-                             *, retry_delay: float = 1.0, minimum_interval_seconds: int = 60
-                             ) -> dg.SensorDefinition:
-    """Posts the account's new breach entries of the ledger's audit log (module docstring)."""
+                             *, retry_delay: float = 1.0, minimum_interval_seconds: int = 60,
+                             prefix: str = "") -> dg.SensorDefinition:
+    """Posts the account's new breach entries of the ledger's audit log (module docstring);
+    ``prefix``: of a further account's sensor name."""
     account_id = account.account_id
 
     @dg.sensor(
-        name=SENSOR_NAME, minimum_interval_seconds=minimum_interval_seconds,
+        name=f"{prefix}{SENSOR_NAME}", minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Posts every new breach of account {account_id} in the ledger's audit log "
         f"({', '.join(ALERT_ACTIONS)}) to the alert webhook, or logs it without one.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
+from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG, signal_run_config
 from resources.ledger import LedgerResource
 from sensors.alerts import post_webhook
 from trading.account import Account
@@ -56,26 +56,29 @@ def stalled_executions(instance: dg.DagsterInstance, ledger: Ledger,
     return stalls
 
 
-def _recovery(stall: Stall, account_id: str, attempt: int) -> dg.RunRequest:
+def _recovery(stall: Stall, account_id: str, attempt: int, prefix: str) -> dg.RunRequest:
     e = stall.execution
     return dg.RunRequest(
         # One run per attempt: a recovery that dies too (even before it reaches the ledger)
         # is followed by the next attempt, up to MAX_RECOVERIES.
         run_key=f"recover:{e.signal_id}:{attempt}",
-        run_config={"ops": {"execute_signal_op": {"config": {"signal_id": e.signal_id}}}},
+        run_config=signal_run_config(e.signal_id, prefix),
         tags={ACCOUNT_TAG: account_id, SIGNAL_TAG: e.signal_id,
               RECOVERS_TAG: e.dagster_run_id or "none"})
 
 
 def stalled_execution_sensor(job: dg.JobDefinition, account: Account,
                              webhook_url: str | None, timeout: float = 5.0,
-                             minimum_interval_seconds: int = 60) -> dg.SensorDefinition:
+                             minimum_interval_seconds: int = 60, prefix: str = ""
+                             ) -> dg.SensorDefinition:
+    """``prefix``: of a further account's sensor name."""
     account_id = account.account_id
+
     @dg.sensor(
-        name=SENSOR_NAME, job=job, minimum_interval_seconds=minimum_interval_seconds,
+        name=f"{prefix}{SENSOR_NAME}", job=job, minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Finds executions of account {account_id} left running by a dead run, "
-        "alerts and launches execution_job again for the signal (idempotent, write-ahead).")
+        f"alerts and launches {job.name} again for the signal (idempotent, write-ahead).")
     def _sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource
                 ) -> dg.SensorResult | dg.SkipReason:
         book = ledger.ledger
@@ -92,7 +95,7 @@ def stalled_execution_sensor(job: dg.JobDefinition, account: Account,
             if tries < MAX_RECOVERIES:
                 _alert(context, stall, f"relaunching execution_job (recovery {tries + 1} of "
                        f"{MAX_RECOVERIES})", webhook_url, timeout)
-                requests.append(_recovery(stall, account_id, tries + 1))
+                requests.append(_recovery(stall, account_id, tries + 1, prefix))
                 continue
             # A failure that recurs is not a crash: stop, say so, leave it to an operator.
             reason = f"{stall.describe()}; {tries} recoveries failed: needs an operator"

@@ -52,11 +52,13 @@ def _report(ledger: LedgerResource, account_id: str, book: IntradayBook,
                  "close_equity": book.close_equity, "stale": list(book.stale)}))
 
 
-def intraday_risk_sensor(account: Account, market: str, minimum_interval_seconds: int = 60
-                         ) -> dg.SensorDefinition:
+def intraday_risk_sensor(account: Account, market: str, minimum_interval_seconds: int = 60,
+                         prefix: str = "") -> dg.SensorDefinition:
+    """``prefix``: of a further account's sensor name."""
     account_id, limits = account.account_id, account.limits
+
     @dg.sensor(
-        name=SENSOR_NAME, minimum_interval_seconds=minimum_interval_seconds,
+        name=f"{prefix}{SENSOR_NAME}", minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Marks account {account_id}'s book at live prices every minute while "
         "the quote feed runs and audits each breach of the intraday loss limit, the drawdown "

@@ -10,7 +10,7 @@ another ledger) is skipped and logged.
 
 import dagster as dg
 
-from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG
+from jobs.execution import ACCOUNT_TAG, SIGNAL_TAG, signal_run_config
 from resources.ledger import LedgerResource
 from trading.account import Account
 from trading.models import SignalStatus
@@ -18,21 +18,24 @@ from trading.models import SignalStatus
 PAGE = 100
 
 
-def approved_signal_sensor(job: dg.JobDefinition, account: Account) -> dg.SensorDefinition:
+def approved_signal_sensor(job: dg.JobDefinition, account: Account, prefix: str = "",
+                           gate: str = "approved_signal") -> dg.SensorDefinition:
+    """``prefix``: of a further account's names; ``gate``: its approved_signal's key."""
     account_id = account.account_id
+
     @dg.sensor(
-        name="approved_signal_sensor",
+        name=f"{prefix}approved_signal_sensor",
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
         asset_selection=None,
-        description="Launches execution_job once per approved signal (run key = signal id); "
-        "rejected signals launch nothing.",
+        description=f"Launches {job.name} once per approved signal of account {account_id} "
+        "(run key = signal id); rejected signals launch nothing.",
     )
     def _sensor(context: dg.SensorEvaluationContext, ledger: LedgerResource
                 ) -> dg.SensorResult:
         found = context.instance.fetch_materializations(
-            dg.AssetKey("approved_signal"), limit=PAGE, cursor=context.cursor, ascending=True)
+            dg.AssetKey.from_user_string(gate), limit=PAGE, cursor=context.cursor, ascending=True)
         requests, skipped = [], []
         for record in found.records:
             materialization = record.asset_materialization
@@ -54,7 +57,7 @@ def approved_signal_sensor(job: dg.JobDefinition, account: Account) -> dg.Sensor
                 continue
             requests.append(dg.RunRequest(
                 run_key=signal_id,
-                run_config={"ops": {"execute_signal_op": {"config": {"signal_id": signal_id}}}},
+                run_config=signal_run_config(signal_id, prefix),
                 tags={ACCOUNT_TAG: account_id, SIGNAL_TAG: signal_id}))
         if skipped:
             context.log.info(f"rejected signals, not executed: {skipped}")

@@ -139,3 +139,17 @@ def test_strategy_books_always_sum_to_the_account() -> None:
         account_cash -= int(np.sign(net)) * filled * price + fee
         assert sum(units.values()) == account_units
         assert sum(cash.values()) == pytest.approx(account_cash, rel=1e-12)
+
+
+def test_the_blended_returns_hold_each_strategy_at_its_share() -> None:
+    from rotation.allocation import blended_returns
+
+    days = pd.bdate_range("2024-01-01", periods=5)
+    first = pd.Series([1.0, 1.01, 1.0, 1.02, 1.03], index=days)
+    second = pd.Series([2.0, 1.98, 2.0, 2.02], index=days[1:])   # starts a session later
+    blended = blended_returns({"a": first, "b": second}, {"a": 1.0, "b": 3.0})
+    expected = 0.25 * first.pct_change() + 0.75 * second.pct_change()
+    assert list(blended.index) == list(days[2:])      # sessions both curves have a return on
+    assert np.allclose(blended.to_numpy(), expected.loc[days[2:]].to_numpy(), atol=1e-15)
+    with pytest.raises(ValueError, match="no positive share"):
+        blended_returns({"a": first}, {"a": 0.0})

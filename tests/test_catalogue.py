@@ -131,11 +131,38 @@ def test_a_broken_file_on_the_same_data_after_the_deployments_is_refused_not_fat
     (deployed_folder / "typo.yaml").write_text(yaml.safe_dump(data))
     with pytest.warns(StrategyWarning, match="costs.commission_bps"):
         assert strategy_for(make_settings()).name == SAMPLE
-    # The same file before the deployment's might be its strategy broken: refused, with why.
+    # The same file before the deployment's: this home's deployment chose SAMPLE when it first
+    # loaded, so the file is not its strategy broken, just refused ...
     (deployed_folder / "typo.yaml").rename(deployed_folder / "a_typo.yaml")
+    with pytest.warns(StrategyWarning, match="costs.commission_bps"):
+        assert strategy_for(make_settings()).name == SAMPLE
+    # ... but a deployment loading for the first time cannot tell: refused, with why.
+    fresh = make_settings(home=make_settings().home.parent / "fresh_home")
     with pytest.warns(StrategyWarning), pytest.raises(
             SettingsError, match=r"a refused strategy file trades 'sample'.*a_typo\.yaml"):
-        strategy_for(make_settings())
+        strategy_for(fresh)
+
+
+def test_a_new_file_on_the_same_data_does_not_take_the_deployments_place(
+        deployed_folder: Path, make_settings) -> None:
+    """With ETF_STRATEGY unset, a valid file sorting before the deployment's strategy and
+    trading the same data, added while it runs, is run beside it (on reload), not instead."""
+    from orchestration.definitions import deployment_strategies, strategy_for
+
+    settings = make_settings()
+    assert strategy_for(settings).name == SAMPLE
+    data = yaml.safe_load((deployed_folder / f"{SAMPLE}.yaml").read_text())
+    data["name"] = "a_new_rotation"
+    (deployed_folder / "a_new_rotation.yaml").write_text(yaml.safe_dump(data))
+    deployed = deployment_strategies(settings)
+    assert deployed.strategy.name == SAMPLE
+    assert "a_new_rotation" in {s.name for s in deployed.others}
+    # A deployment loading for the first time chooses by file order; removing the kept
+    # strategy's file makes the next load choose again.
+    assert strategy_for(make_settings(home=settings.home.parent / "new")).name == \
+        "a_new_rotation"
+    (deployed_folder / f"{SAMPLE}.yaml").unlink()
+    assert strategy_for(settings).name == "a_new_rotation"
 
 
 def test_the_deployed_strategy_survives_a_broken_edit(deployed_folder: Path,

@@ -308,3 +308,60 @@ def test_an_account_allocation_is_checked_against_the_strategies_run(tmp_path: P
         build_definitions(with_allocation(strategies=(SECOND,)))
     with pytest.raises(SettingsError, match="weights must name exactly"):
         build_definitions(with_allocation(strategies=(SAMPLE, SECOND), weights={SAMPLE: 1}))
+
+
+def _with_accounts(settings: Settings, *accounts: dict) -> Settings:
+    return settings.model_copy(update={
+        "postgres_url": "postgresql+psycopg://postgres@127.0.0.1:5432/none",
+        "execution": settings.execution.model_validate(
+            {**settings.execution.model_dump(), "accounts": list(accounts)})})
+
+
+def test_a_further_account_is_its_own_gate_jobs_schedule_and_sensors(tmp_path: Path) -> None:
+    settings = _with_accounts(_settings(tmp_path), {
+        "account_id": "paper-two", "initial_cash": 250_000.0,
+        "allocation": {"strategies": [SECOND]}})
+    defs = build_definitions(settings)
+    repo = defs.get_repository_def()
+    names = {j.name for j in repo.get_all_jobs()} | {s.name for s in repo.sensor_defs} | {
+        s.name for s in repo.schedule_defs}
+    for name in ("execution_job", "kill_switch_job", "supersede_signal_job", "end_of_day_job",
+                 "end_of_day_report", "approved_signal_sensor", "stalled_execution_sensor",
+                 "intraday_risk_sensor", "risk_breach_alert_sensor"):
+        assert {name, f"paper_two_{name}"} <= names
+    graph = defs.resolve_asset_graph()
+    gate = graph.get(dg.AssetKey(["paper_two", "approved_signal"]))
+    assert gate.group_name == "paper_two"
+    assert dg.AssetKey([SECOND, "target_portfolio"]) in gate.parent_keys     # its strategy's
+    assert dg.AssetKey([SECOND, "oos_backtest"]) in graph.get(
+        dg.AssetKey(["paper_two", "portfolio_risk"])).parent_keys
+    assert graph.get(dg.AssetKey("approved_signal")).parent_keys >= {
+        dg.AssetKey("target_portfolio")}
+    daily = {k.to_user_string() for k in defs.resolve_job_def("daily_job").asset_layer
+             .selected_asset_keys}
+    assert {"approved_signal", "paper_two/approved_signal", f"{SECOND}/target_portfolio"} <= daily
+    end_of_day = {k.to_user_string() for k in defs.resolve_job_def("paper_two_end_of_day_job")
+                  .asset_layer.selected_asset_keys}
+    assert end_of_day == {"paper_two/positions_report", "paper_two/portfolio_risk",
+                          "paper_two/risk_compliance_report"}
+    execution = build_definitions(settings.model_copy(update={"code_location": "execution"}))
+    approval = {k.to_user_string() for k in execution.resolve_job_def("approval_job")
+                .asset_layer.selected_asset_keys}
+    assert approval == {"approved_signal", "paper_two/approved_signal"}
+
+
+def test_further_accounts_are_checked_against_the_deployment(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    with pytest.raises(SettingsError, match=r"execution\.accounts\[paper-two\].*strategies "
+                                            r"\['nope'\] are not run"):
+        build_definitions(_with_accounts(settings, {"account_id": "paper-two",
+                                                    "allocation": {"strategies": ["nope"]}}))
+    with pytest.raises(SettingsError, match=f"account {SECOND} names stage '{SECOND}', which is "
+                                            "a strategy or a stage group"):
+        build_definitions(_with_accounts(settings, {"account_id": SECOND,
+                                                    "allocation": {"strategies": [SAMPLE]}}))
+    with pytest.raises(ValueError, match=r"account ids \['paper-main', 'paper_main'\] repeat"):
+        _with_accounts(settings, {"account_id": "paper_main",
+                                  "allocation": {"strategies": [SAMPLE]}})
+    with pytest.raises(ValueError, match=r"allocation\.strategies is empty"):
+        _with_accounts(settings, {"account_id": "two", "allocation": {}})

@@ -17,7 +17,13 @@ from rotation.costs import CostModel
 from rotation.risk import RiskLimits
 from trading.conduct import ConductRules
 
-__all__ = ["Account", "Allocation"]
+__all__ = ["Account", "Allocation", "stage_of"]
+
+
+def stage_of(account_id: str) -> str:
+    """An account's stage name: the asset group, key prefix and job-name prefix of a further
+    account of a deployment (Dagster's name rule: ``-`` as ``_``)."""
+    return account_id.replace("-", "_")
 
 
 class Allocation(BaseModel):
@@ -55,6 +61,7 @@ class Account(BaseModel):
 
     account_id: str = Field(min_length=1)
     initial_cash: float = Field(gt=0, allow_inf_nan=False)
+    venue: str = "paper"     # the execution resource's venue it trades through
     costs: CostModel
     limits: RiskLimits
     conduct: ConductRules = Field(default_factory=ConductRules)
