@@ -31,6 +31,7 @@ from api.routers import (
     audit,
     auth,
     browser,
+    console,
     events,
     experiments,
     health,
@@ -56,9 +57,9 @@ LEDGER_POOL_SIZE = 10
 # Expired refresh tokens and access-token revocations are deleted this often.
 TOKEN_PURGE_SECONDS = 3600.0
 # Each router carries its full path (/api/v1/...): the permission table is keyed by it.
-ROUTERS = (health.router, auth.router, browser.router, strategies.router, signals.router,
-           orders.router, accounts.router, quality.router, runs.router, audit.router,
-           users.router, events.router, experiments.router)
+ROUTERS = (health.router, auth.router, browser.router, console.router, strategies.router,
+           signals.router, orders.router, accounts.router, quality.router, runs.router,
+           audit.router, users.router, events.router, experiments.router)
 
 
 class ApiConfigError(RuntimeError):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Query, Request, WebSocket, WebSocketException, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from fastapi.security import OAuth2PasswordBearer
+from starlette.requests import HTTPConnection
 
 from api import security
 from api.dagster_checks import DagsterChecks
@@ -71,7 +73,45 @@ def _unauthorized(detail: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-def signed_in(state: State, token: Annotated[str | None, Depends(bearer)]) -> Session:
+# Browser sessions: the access token and the refresh token in HttpOnly cookies (SameSite=Lax:
+# a cross-site form or script cannot send them with a POST). Set by api/signin.py.
+ACCESS_COOKIE = "etf_access"
+REFRESH_COOKIE = "etf_refresh"
+# Longer than any token this API issues: not ours, not looked at.
+_COOKIE_MAX_LENGTH = {ACCESS_COOKIE: 4096, REFRESH_COOKIE: 200}
+# The header the desk console's script sends with every JSON call: a page of another origin
+# cannot set it without a CORS preflight, which this API never grants, so a call carrying it
+# and the cookie comes from this site's own pages (besides SameSite=Lax and Sec-Fetch-Site).
+CONSOLE_HEADER = "x-desk-console"
+
+
+def cookie(connection: HTTPConnection, name: str) -> str | None:
+    """A session cookie, or None when absent or longer than any token this API issues."""
+    value = connection.cookies.get(name)
+    return value if value and len(value) <= _COOKIE_MAX_LENGTH[name] else None
+
+
+def from_another_site(connection: HTTPConnection) -> bool:
+    """The browser says the request comes from another site (Sec-Fetch-Site), or a
+    WebSocket's Origin is not this host (browsers send cookies on a cross-site handshake)."""
+    if connection.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = connection.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != connection.headers.get("host")
+
+
+def access_token(request: Request, bearer_token: Annotated[str | None, Depends(bearer)]
+                 ) -> str | None:
+    """The bearer token; else, on a call of the console's script (its header, from this
+    site), the browser session's access cookie."""
+    if bearer_token:
+        return bearer_token
+    if request.headers.get(CONSOLE_HEADER) != "1" or from_another_site(request):
+        return None
+    return cookie(request, ACCESS_COOKIE)
+
+
+def signed_in(state: State, token: Annotated[str | None, Depends(access_token)]) -> Session:
     if not token:
         raise _unauthorized("not signed in: send Authorization: Bearer <access token>")
     try:
@@ -117,6 +157,9 @@ def _websocket_session(state: ApiState, websocket: WebSocket, token: str | None)
     header = websocket.headers.get("authorization", "")
     if not token and header.lower().startswith("bearer "):
         token = header[len("bearer "):]
+    if not token and not from_another_site(websocket):
+        # The console's page: a browser sends its cookies and its Origin with the handshake.
+        token = cookie(websocket, ACCESS_COOKIE)
     try:
         session = signed_in(state, token)
     except HTTPException as exc:

@@ -117,6 +117,12 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/signin"): PUBLIC,
     ("POST", "/signin"): PUBLIC,
     ("POST", "/signout"): PUBLIC,
+    # The desk console's pages (api/routers/console.py): each reads the browser session itself
+    # (to send a browser without one to /signin) and shows only what the role may do; the data
+    # comes from the JSON routes below, which the table guards as for any client.
+    ("GET", "/console"): PUBLIC,
+    ("GET", "/console/{page}"): PUBLIC,
+    ("GET", "/console/static/{name}"): PUBLIC,
     ("GET", f"{V1}/auth/me"): "session.read",
     ("GET", f"{V1}/strategies"): "strategies.read",
     ("GET", f"{V1}/strategies/compare"): "strategies.read",

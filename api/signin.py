@@ -11,9 +11,14 @@ from dataclasses import dataclass
 from fastapi import HTTPException, Request, Response, status
 
 from api import security
-from api.deps import ApiState, Session, signed_in
+from api.deps import ACCESS_COOKIE, REFRESH_COOKIE, ApiState, Session, cookie, signed_in
 from api.schemas import USERNAME_PATTERN, TokenPair
 from api.store import Audit, User
+
+# The cookie names and reader live in api.deps (the auth dependency reads them too).
+__all__ = ["ACCESS_COOKIE", "REFRESH_COOKIE", "SignInRefused", "audit_sign_in", "authenticate",
+           "browser_session", "clear_session_cookies", "cookie", "rotate",
+           "set_access_cookie", "set_session_cookies", "token_pair"]
 
 
 @dataclass
@@ -74,15 +79,11 @@ def rotate(state: ApiState, refresh_token: str) -> TokenPair:
     return token_pair(state, user, new)
 
 
-# Browser sessions for the proxied surfaces: the access token and the refresh token in
-# HttpOnly cookies (SameSite=Lax: a cross-site form or script cannot send them with a POST).
-# The refresh cookie is the session: while it is valid, the forward check mints a new access
+# Browser sessions for the proxied surfaces and the desk console: the access token and the
+# refresh token in HttpOnly cookies (api.deps.ACCESS_COOKIE, REFRESH_COOKIE). The refresh
+# cookie is the session: while it is valid, the forward check mints a new access
 # cookie when the old one expired (without spending it: see UserStore.session_user); signing
 # out revokes both.
-ACCESS_COOKIE = "etf_access"
-REFRESH_COOKIE = "etf_refresh"
-
-
 def _secure(state: ApiState, request: Request) -> bool:
     configured = state.settings.api.secure_cookies
     if configured is not None:
@@ -107,16 +108,6 @@ def set_session_cookies(state: ApiState, response: Response, request: Request,
 def clear_session_cookies(response: Response) -> None:
     for name in (ACCESS_COOKIE, REFRESH_COOKIE):
         response.delete_cookie(name, path="/", httponly=True, samesite="lax")
-
-
-# Longer than any token this API issues: not ours, not looked at.
-_COOKIE_MAX_LENGTH = {ACCESS_COOKIE: 4096, REFRESH_COOKIE: 200}
-
-
-def cookie(request: Request, name: str) -> str | None:
-    """A session cookie, or None when absent or longer than any token this API issues."""
-    value = request.cookies.get(name)
-    return value if value and len(value) <= _COOKIE_MAX_LENGTH[name] else None
 
 
 def browser_session(state: ApiState, request: Request, bearer_token: str | None

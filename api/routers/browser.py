@@ -149,6 +149,7 @@ _HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in · ETF rotation desk</title>
+<link rel="icon" href="data:,">
 <style>
 body {{ font: 15px/1.45 system-ui, sans-serif; background: #f4f5f7; margin: 0; }}
 main {{ max-width: 22rem; margin: 12vh auto; background: #fff; padding: 2rem;
@@ -167,7 +168,8 @@ ul {{ padding-left: 1.2rem; }}
 <h1>ETF rotation desk</h1>
 """
 
-SIGN_IN_PAGE = _HEAD + """<p class="hint">Sign in to reach Dagster, MLflow and the dashboards.</p>
+SIGN_IN_PAGE = _HEAD + """<p class="hint">Sign in to reach the desk console, Dagster, MLflow and the
+dashboards.</p>
 {notice}
 <form method="post" action="/signin">
 <input type="hidden" name="next" value="{next}">
@@ -182,6 +184,7 @@ SIGN_IN_PAGE = _HEAD + """<p class="hint">Sign in to reach Dagster, MLflow and t
 
 SIGNED_IN_PAGE = _HEAD + """<p class="hint">Signed in as <strong>{user}</strong> ({role}).</p>
 <ul>
+<li><a href="/console">Desk console</a></li>
 <li><a href="/dagster/">Dagster</a></li>
 <li><a href="/mlflow/">MLflow</a></li>
 <li><a href="/grafana/">Dashboards</a></li>

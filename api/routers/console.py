@@ -1,0 +1,155 @@
+"""The desk console: server-rendered pages for the trading desk (Today, Book) with a small
+script that reads the JSON routes of this API with the browser session's cookie (see
+api.deps.access_token) and follows the live event stream.
+
+The page itself only knows who is signed in: what the role may press is decided here from
+the permission table (a control the role lacks is not on the page), and every call the
+script makes is authorised by the API as for any other client."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from api.deps import ApiState, Session, State
+from api.permissions import PERMISSIONS, ROLES, allowed
+from api.signin import browser_session, set_access_cookie
+
+router = APIRouter(tags=["desk console"])
+
+# The console's pages: path segment -> (title, template).
+PAGES: dict[str, tuple[str, str]] = {"today": ("Today", "today.html"),
+                                     "book": ("Book", "book.html")}
+# The files the pages load, with their content types (a fixed list: no path from a request
+# ever reaches the file system).
+STATIC: dict[str, str] = {"console.js": "text/javascript; charset=utf-8",
+                          "console.css": "text/css; charset=utf-8"}
+# The pages are HTML of this site only: no frame, no script or style from elsewhere.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+AccountParam = Annotated[str | None, Query(max_length=60, description="One of the "
+                                           "deployment's accounts (default: its first)")]
+
+
+def _asset(name: str) -> str:
+    return resources.files("api.console").joinpath(name).read_text(encoding="utf-8")
+
+
+def deployment_accounts(state: ApiState) -> list[str]:
+    execution = state.settings.execution
+    return [execution.account_id, *(a.account_id for a in execution.accounts)]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who looks at a page, and the account the page is about."""
+
+    session: Session
+    account: str
+    accounts: list[str]
+
+    def may(self, permission: str) -> bool:
+        return allowed(self.session.user.role, permission)
+
+    def context(self) -> str:
+        """What the page's script needs, as JSON safe inside a <script> element."""
+        permissions = sorted(p for p in PERMISSIONS if self.may(p))
+        data = {"user": self.session.user.username, "role": self.session.user.role.value,
+                "account": self.account, "permissions": permissions}
+        return json.dumps(data).replace("<", "\\u003c")
+
+
+@router.get("/console", summary="The desk console (its Today page)",
+            response_class=RedirectResponse, status_code=status.HTTP_303_SEE_OTHER)
+def console_home() -> RedirectResponse:
+    return RedirectResponse("/console/today", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/console/static/{name}", summary="The console's script and style sheet",
+            responses={404: {"description": "No such file"}})
+def console_static(name: Annotated[str, Path(max_length=40)]) -> Response:
+    if name not in STATIC:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no console file {name!r}")
+    return Response(_asset(name), media_type=STATIC[name],
+                    headers={"X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/console/{page}", response_class=HTMLResponse, summary="A page of the console",
+            responses={303: {"description": "Not signed in: to the sign-in page"},
+                       404: {"description": "No such page or account (an HTML page)",
+                             "content": {"text/html": {}}}})
+def console_page(page: Annotated[str, Path(max_length=40)], request: Request, state: State,
+                 account: AccountParam = None) -> Response:
+    if page not in PAGES:
+        return _not_found(f"The console has no page {page!r}.")
+    try:
+        session, new_access = browser_session(state, request, None)
+    except HTTPException:
+        target = quote(str(request.url.path) + (f"?{request.url.query}"
+                                                 if request.url.query else ""), safe="")
+        return RedirectResponse(f"/signin?next={target}", status_code=status.HTTP_303_SEE_OTHER)
+    accounts = deployment_accounts(state)
+    chosen = account or accounts[0]
+    if chosen not in accounts:
+        return _not_found(f"{chosen!r} is not an account of this deployment: choose one of "
+                          f"{', '.join(accounts)}.")
+    response = HTMLResponse(render(page, Viewer(session, chosen, accounts)),
+                            headers=PAGE_HEADERS)
+    if new_access is not None:      # the access cookie had expired: the session goes on
+        set_access_cookie(state, response, request, new_access)
+    return response
+
+
+def _not_found(message: str) -> HTMLResponse:
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Not found · '
+            f'Desk console</title><link rel="icon" href="data:,"></head><body><p role="alert">'
+            f'{html.escape(message)}</p><p><a href="/console/today">Back to the console</a>'
+            f"</p></body></html>")
+    return HTMLResponse(body, status_code=status.HTTP_404_NOT_FOUND, headers=PAGE_HEADERS)
+
+
+def render(page: str, viewer: Viewer) -> str:
+    title, template = PAGES[page]
+    body = Template(_asset(template)).substitute(
+        kill_switch_controls=kill_switch_controls(viewer))
+    nav = "".join(
+        f'<a href="/console/{name}?account={quote(viewer.account)}"'
+        f'{" aria-current=page" if name == page else ""}>{label}</a>'
+        for name, (label, _) in PAGES.items())
+    options = "".join(
+        f'<option value="{html.escape(a, quote=True)}"{" selected" if a == viewer.account else ""}'
+        f">{html.escape(a)}</option>" for a in viewer.accounts)
+    user = viewer.session.user
+    return Template(_asset("page.html")).substitute(
+        title=title, page=page, nav=nav, account_options=options, context=viewer.context(),
+        user=html.escape(user.username), role=user.role.value, body=body)
+
+
+def kill_switch_controls(viewer: Viewer) -> str:
+    """The buttons the role may press; a line saying who may, when it may press none."""
+    buttons = []
+    if viewer.may("kill_switch.engage"):
+        buttons.append('<button type="button" class="danger" data-kill-switch="engage" hidden>'
+                       "Engage kill switch…</button>")
+    if viewer.may("kill_switch.release"):
+        buttons.append('<button type="button" data-kill-switch="release" hidden>'
+                       "Release kill switch…</button>")
+    if buttons:
+        return f'<div class="controls">{"".join(buttons)}</div>'
+    return (f'<p class="muted" id="kill-switch-no-control">Your role '
+            f"({viewer.session.user.role.value}) cannot change the kill switch. Engaged by: "
+            f"{_roles_with('kill_switch.engage')}; released by: "
+            f"{_roles_with('kill_switch.release')}.</p>")
+
+
+def _roles_with(permission: str) -> str:
+    return ", ".join(role.value for role in ROLES if role in PERMISSIONS[permission])
