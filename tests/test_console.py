@@ -23,9 +23,12 @@ import pytest
 from api_desk import PASSWORD, SESSION, desk
 from chromium import chromium
 from conftest import ROOT
-from test_api_events import new_order
+from test_api_events import new_order, receive
 from test_api_live import Live, api_env, free_port, wait_for
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
+from api.deps import ACCESS_COOKIE
 from api.permissions import Role
 from orchestration.instance import LOCAL_INSTANCE_YAML
 from trading.models import Fill, Side
@@ -137,13 +140,25 @@ def test_sign_in_reaches_the_console_and_sign_out_leaves_it(live: Live, open_tab
     header = tab.page.inner_text("header.top")
     assert live.desk.username(Role.RISK) in header and "risk" in header
     assert live.desk.account in tab.page.input_value("#account")
+    tab.page.wait_for_selector("#live-status.on", timeout=LOAD_MS)
     tab.page.click("text=Sign out")
     tab.page.wait_for_url("**/signin")
     tab.page.goto(f"{live.url}/console/book")
     assert "/signin?next=" in tab.page.url
-    # No page, or an account the deployment does not trade: said plainly, no traceback.
-    assert httpx.get(f"{live.url}/console/nowhere").status_code in (303, 404)
     tab.assert_no_errors()
+
+
+def test_an_account_the_deployment_does_not_trade_is_said_plainly(live: Live, open_tab: Any
+                                                                  ) -> None:
+    tab = open_tab()
+    sign_in(tab, live, Role.VIEWER)
+    answer = tab.page.goto(f"{live.url}/console/book?account=elsewhere")
+    assert answer is not None and answer.status == 404
+    text = tab.page.inner_text("body")
+    assert "'elsewhere' is not an account of this deployment" in text
+    assert live.desk.account in text and "Traceback" not in text
+    missing = tab.page.request.get(f"{live.url}/console/static/..%2Fdeps.py")
+    assert missing.status == 404 and "Traceback" not in missing.text()
 
 
 def test_a_viewer_reads_today_but_has_no_kill_switch_control(live: Live, open_tab: Any
@@ -157,7 +172,8 @@ def test_a_viewer_reads_today_but_has_no_kill_switch_control(live: Live, open_ta
     assert "REJECTED" in decision and "max_weight" in decision
     assert "weight 1.00 above the 0.60 cap" in decision
     page.wait_for_selector("#quality:not(:has(.loading))", timeout=LOAD_MS)
-    assert "No quality checks to show for session 2024-03-04" in page.inner_text("#quality")
+    assert "No quality check has run on the data of session 2024-03-04" in \
+        page.inner_text("#quality")
     assert "Latest session 2024-03-04" in page.inner_text("#freshness")
     page.wait_for_selector("#kill-switch-state.released", timeout=LOAD_MS)
     assert page.locator("[data-kill-switch]").count() == 0
@@ -181,6 +197,7 @@ def test_a_trader_engages_the_kill_switch_and_the_banner_appears(live: Live, ope
     page = tab.page
     page.wait_for_selector("#kill-switch-state.released", timeout=LOAD_MS)
     assert page.locator("[data-kill-switch=release]").count() == 0   # risk and admin only
+    assert "Releasing it is for: risk, admin" in page.inner_text("#kill-switch")
     assert page.is_hidden("#kill-banner")
     page.click("[data-kill-switch=engage]")
     assert page.is_visible("#kill-dialog")
@@ -194,10 +211,22 @@ def test_a_trader_engages_the_kill_switch_and_the_banner_appears(live: Live, ope
     assert live.desk.username(Role.TRADER) in banner
     tab.screenshot("today_trader_engaged")
     tab.assert_no_errors()
-    switch = f"{live.url}{V1}/accounts/{live.desk.account}/kill-switch"
-    released = httpx.post(f"{switch}/release", headers=live.desk.headers(Role.RISK),
-                          json={"reason": "drill over"})
-    assert released.status_code == 200 and not released.json()["engaged"]
+    # Risk releases it from the same page (its own session): the banner goes.
+    risk = open_tab()
+    sign_in(risk, live, Role.RISK)
+    risk.page.wait_for_selector("#kill-banner:not([hidden])", timeout=LOAD_MS)
+    risk.page.click("[data-kill-switch=release]")
+    risk.page.fill("#kill-reason", "drill over")
+    risk.page.click("#kill-confirm")
+    risk.page.wait_for_selector("#kill-switch-state.released", timeout=LOAD_MS)
+    assert risk.page.is_hidden("#kill-banner")
+    # The trader's open page hears of it from the event stream, without a reload.
+    page.wait_for_selector("#kill-banner[hidden]", state="attached", timeout=FILL_LATENCY_MS)
+    switch = httpx.get(f"{live.url}{V1}/accounts/{live.desk.account}/kill-switch",
+                       headers=live.desk.headers(Role.VIEWER)).json()
+    assert (switch["engaged"], switch["reason"]) == (False, "drill over")
+    assert switch["actor"] == f"api:{live.desk.username(Role.RISK)}"
+    risk.assert_no_errors()
 
 
 def test_a_fill_booked_in_the_ledger_appears_on_the_open_book(live: Live, open_tab: Any
@@ -227,3 +256,26 @@ def test_a_fill_booked_in_the_ledger_appears_on_the_open_book(live: Live, open_t
     assert page.url.endswith("/console/book")          # no reload, no navigation
     tab.screenshot("book_viewer")
     tab.assert_no_errors()
+
+
+def test_the_session_cookie_is_a_credential_only_from_this_site(live: Live) -> None:
+    """The console's calls carry the access cookie: accepted with the console's header from
+    this origin; refused from another site, on REST and on the event stream alike."""
+    me = f"{live.url}{V1}/auth/me"
+    cookies = {ACCESS_COOKIE: live.desk.token(Role.TRADER)}
+    console = {"X-Desk-Console": "1"}
+    assert httpx.get(me, cookies=cookies, headers=console).json()["role"] == "trader"
+    assert httpx.get(me, cookies=cookies).status_code == 401
+    for foreign in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://desk.example.org"}):
+        assert httpx.get(me, cookies=cookies, headers={**console, **foreign}).status_code == 401
+    stream = live.url.replace("http://", "ws://") + f"{V1}/events"
+    cookie_header = {"Cookie": f"{ACCESS_COOKIE}={cookies[ACCESS_COOKIE]}"}
+    with connect(stream, origin=live.url, additional_headers=cookie_header,
+                 open_timeout=LOAD_MS / 1000) as ws:
+        assert receive(ws).payload["notice"] == "subscribed"
+    with (connect(stream, origin="http://desk.example.org", additional_headers=cookie_header,
+                  open_timeout=LOAD_MS / 1000) as ws,
+          pytest.raises(ConnectionClosed) as closed):
+        ws.recv(timeout=LOAD_MS / 1000)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

@@ -6,6 +6,15 @@
 const CONTEXT = JSON.parse(document.getElementById("console-context").textContent);
 const ACCOUNT = encodeURIComponent(CONTEXT.account);
 const RECONNECT_MS = 2000;
+// Set once the browser leaves the page (a link, signing out): a call refused meanwhile must
+// not reload the page over the navigation the user asked for.
+let leaving = false;
+window.addEventListener("beforeunload", () => { leaving = true; });
+
+function renewSession() {
+  // The page load renews the access cookie from the session, or sends to the sign-in page.
+  if (!leaving) window.location.reload();
+}
 
 class ApiError extends Error {
   constructor(status, detail) {
@@ -22,8 +31,7 @@ async function api(path, options = {}) {
     body: options.body === undefined ? undefined : JSON.stringify(options.body),
   });
   if (response.status === 401) {
-    // The access cookie expired: the page load renews it from the session, or signs in.
-    window.location.reload();
+    renewSession();
     throw new ApiError(401, "the session expired: reloading");
   }
   const body = await response.json().catch(() => null);
@@ -53,13 +61,15 @@ function fill(sectionId, ...nodes) {
   section.replaceChildren(...(heading ? [heading] : []), ...nodes);
 }
 
-function table(columns, rows, empty) {
+function table(columns, rows, empty, width = "") {
   if (!rows.length) return el("p", { class: "muted" }, empty);
   const head = el("tr", {}, ...columns.map(([label, , numeric]) =>
     el("th", numeric ? { class: "num" } : {}, label)));
   const body = rows.map((row) => el("tr", {}, ...columns.map(([, cell, numeric]) =>
     el("td", numeric ? { class: "num" } : {}, cell(row)))));
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body));
+  // Wide tables scroll inside their card instead of spilling out of it.
+  return el("div", { class: `table-wrap ${width}` },
+            el("table", {}, el("thead", {}, head), el("tbody", {}, ...body)));
 }
 
 const number = (value, digits = 2) => value === null || value === undefined ? "—" :
@@ -189,7 +199,7 @@ function showDecision(signal) {
     el("h3", {}, "Reasons"), reasonRows(signal.reasons),
     el("h3", {}, "Weights proposed to the gate"),
     table([["Fund", ([symbol]) => symbol], ["Weight", ([, w]) => percent(w), true]], weights,
-          "All cash: no fund proposed."),
+          "All cash: no fund proposed.", "narrow"),
     el("p", { class: "muted small" }, `Signal ${signal.signal_id}`));
 }
 
@@ -210,9 +220,15 @@ async function loadQuality(session) {
     quality = await api(`/quality/sessions/${session}`);
   } catch (error) {
     // 404: nothing checked for the session; 503: no Dagster instance configured.
-    if (error.status !== 404 && error.status !== 503) throw error;
-    fill("quality", el("p", { class: "muted" },
-      `No quality checks to show for session ${session}: ${error.message}.`));
+    if (error.status === 404) {
+      fill("quality", el("p", { class: "state engaged" },
+        `No quality check has run on the data of session ${session}.`),
+        el("p", { class: "muted" }, "Its market data was not materialised with checks " +
+           "on this deployment's Dagster instance."));
+      return;
+    }
+    if (error.status !== 503) throw error;
+    fill("quality", el("p", { class: "muted" }, `Quality checks cannot be read: ${error.message}`));
     return;
   }
   fill("quality",
@@ -277,7 +293,7 @@ async function loadPnl() {
 async function loadPositions() {
   const page = await api(`/accounts/${ACCOUNT}/positions?limit=500`);
   fill("positions", table([["Fund", (p) => p.symbol], ["Quantity", (p) => number(p.quantity, 0), true],
-                           ["Cost", (p) => number(p.cost), true]], page.items, "No open position."));
+                           ["Cost basis", (p) => number(p.cost), true]], page.items, "No open position."));
 }
 
 async function loadOrders() {
@@ -301,11 +317,18 @@ async function loadFills() {
        el("p", { class: "muted small" }, `${page.items.length} of ${page.total} shown`));
 }
 
-const BOOK_LOADS = {
-  fill: [loadFills, loadPositions, loadCash, loadOrders],
-  order: [loadOrders],
-  kill_switch: [loadKillSwitch],
+// What to read again when an event of the account arrives, per page.
+const LIVE_LOADS = {
+  book: { fill: [loadFills, loadPositions, loadCash, loadOrders], order: [loadOrders],
+          kill_switch: [loadKillSwitch] },
+  today: { signal: [loadToday], kill_switch: [loadKillSwitch] },
 };
+const PAGE_LOADS = { book: [loadCash, loadPnl, loadPositions, loadOrders, loadFills],
+                     today: [loadKillSwitch, loadToday] };
+
+function loadPage() {
+  for (const load of PAGE_LOADS[document.body.dataset.page]) guarded("Loading the page", load)();
+}
 
 function follow() {
   const status = document.getElementById("live-status");
@@ -316,25 +339,21 @@ function follow() {
     if (event.type === "notice") {
       status.textContent = event.payload.notice === "subscribed" ? "live" : "live (catching up)";
       status.className = "live on";
-      if (event.payload.notice !== "subscribed") loadBook();
+      if (event.payload.notice !== "subscribed") loadPage();
       return;
     }
     if (event.account !== CONTEXT.account) return;
-    for (const load of BOOK_LOADS[event.type] || []) guarded("Refreshing the book", load)();
+    const loads = LIVE_LOADS[document.body.dataset.page][event.type] || [];
+    for (const load of loads) guarded("Refreshing the page", load)();
   });
   socket.addEventListener("close", (closed) => {
+    if (leaving) return;
     status.textContent = "disconnected: reconnecting…";
     status.className = "live off";
-    // 4401: the access token expired; the page load renews it from the session.
-    if (closed.code === 4401) window.location.reload();
+    // 4401: the access token expired or was revoked.
+    if (closed.code === 4401) renewSession();
     else window.setTimeout(follow, RECONNECT_MS);
   });
-}
-
-function loadBook() {
-  for (const load of [loadCash, loadPnl, loadPositions, loadOrders, loadFills]) {
-    guarded("Loading the book", load)();
-  }
 }
 
 // ------------------------------------------------------------------ start
@@ -343,12 +362,8 @@ function start() {
   const select = document.querySelector("[data-submit-on-change]");
   select.addEventListener("change", () => select.form.submit());
   wireKillSwitch();
-  guarded("Reading the kill switch", loadKillSwitch)();
-  if (document.body.dataset.page === "today") guarded("Loading today's decision", loadToday)();
-  if (document.body.dataset.page === "book") {
-    loadBook();
-    follow();
-  }
+  loadPage();
+  follow();
 }
 
 start();

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.deps import ApiState, Session, State
 from api.permissions import PERMISSIONS, ROLES, allowed
+from api.schemas import Problem
 from api.signin import browser_session, set_access_cookie
 
 router = APIRouter(tags=["desk console"])
@@ -75,7 +76,9 @@ def console_home() -> RedirectResponse:
 
 
 @router.get("/console/static/{name}", summary="The console's script and style sheet",
-            responses={404: {"description": "No such file"}})
+            response_class=Response,
+            responses={200: {"content": {"text/javascript": {}, "text/css": {}}},
+                       404: {"model": Problem, "description": "No such file"}})
 def console_static(name: Annotated[str, Path(max_length=40)]) -> Response:
     if name not in STATIC:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no console file {name!r}")
@@ -83,19 +86,32 @@ def console_static(name: Annotated[str, Path(max_length=40)]) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-@router.get("/console/{page}", response_class=HTMLResponse, summary="A page of the console",
-            responses={303: {"description": "Not signed in: to the sign-in page"},
-                       404: {"description": "No such page or account (an HTML page)",
-                             "content": {"text/html": {}}}})
-def console_page(page: Annotated[str, Path(max_length=40)], request: Request, state: State,
-                 account: AccountParam = None) -> Response:
-    if page not in PAGES:
-        return _not_found(f"The console has no page {page!r}.")
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    303: {"description": "Not signed in: to the sign-in page"},
+    404: {"description": "Not an account of this deployment (an HTML page)",
+          "content": {"text/html": {}}}}
+
+
+@router.get("/console/today", response_class=HTMLResponse, responses=PAGE_RESPONSES,
+            summary="Today: the latest decision with its reasons, data freshness, quality "
+            "checks and the kill switch")
+def today_page(request: Request, state: State, account: AccountParam = None) -> Response:
+    return serve_page("today", request, state, account)
+
+
+@router.get("/console/book", response_class=HTMLResponse, responses=PAGE_RESPONSES,
+            summary="The book: cash, P&L, positions, orders and fills, live")
+def book_page(request: Request, state: State, account: AccountParam = None) -> Response:
+    return serve_page("book", request, state, account)
+
+
+def serve_page(page: str, request: Request, state: ApiState, account: str | None) -> Response:
+    """The page for the browser's session, else a redirect to sign in and come back."""
     try:
         session, new_access = browser_session(state, request, None)
     except HTTPException:
-        target = quote(str(request.url.path) + (f"?{request.url.query}"
-                                                 if request.url.query else ""), safe="")
+        target = quote(request.url.path + (f"?{request.url.query}" if request.url.query
+                                           else ""), safe="")
         return RedirectResponse(f"/signin?next={target}", status_code=status.HTTP_303_SEE_OTHER)
     accounts = deployment_accounts(state)
     chosen = account or accounts[0]
@@ -135,20 +151,21 @@ def render(page: str, viewer: Viewer) -> str:
 
 
 def kill_switch_controls(viewer: Viewer) -> str:
-    """The buttons the role may press; a line saying who may, when it may press none."""
-    buttons = []
-    if viewer.may("kill_switch.engage"):
-        buttons.append('<button type="button" class="danger" data-kill-switch="engage" hidden>'
-                       "Engage kill switch…</button>")
-    if viewer.may("kill_switch.release"):
-        buttons.append('<button type="button" data-kill-switch="release" hidden>'
-                       "Release kill switch…</button>")
-    if buttons:
-        return f'<div class="controls">{"".join(buttons)}</div>'
-    return (f'<p class="muted" id="kill-switch-no-control">Your role '
-            f"({viewer.session.user.role.value}) cannot change the kill switch. Engaged by: "
-            f"{_roles_with('kill_switch.engage')}; released by: "
-            f"{_roles_with('kill_switch.release')}.</p>")
+    """The buttons the role may press (the script shows the one the state calls for), and
+    who may do what the role may not."""
+    engage, release = viewer.may("kill_switch.engage"), viewer.may("kill_switch.release")
+    if not (engage or release):
+        return (f'<p class="muted" id="kill-switch-no-control">Your role '
+                f"({viewer.session.user.role.value}) cannot change the kill switch. Engaged "
+                f"by: {_roles_with('kill_switch.engage')}; released by: "
+                f"{_roles_with('kill_switch.release')}.</p>")
+    buttons = [('<button type="button" class="danger" data-kill-switch="engage" hidden>'
+                "Engage kill switch…</button>") if engage else "",
+               ('<button type="button" data-kill-switch="release" hidden>'
+                "Release kill switch…</button>") if release else ""]
+    note = "" if release else \
+        f'<p class="muted">Releasing it is for: {_roles_with("kill_switch.release")}.</p>'
+    return f'<div class="controls">{"".join(buttons)}</div>{note}'
 
 
 def _roles_with(permission: str) -> str:
