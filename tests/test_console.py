@@ -130,6 +130,7 @@ def test_sign_in_reaches_the_console_and_sign_out_leaves_it(live: Live, open_tab
     tab = open_tab()
     tab.page.goto(f"{live.url}/console")
     assert "/signin?next=" in tab.page.url
+    tab.screenshot("signin")
     tab.page.fill("#username", live.desk.username(Role.RISK))
     tab.page.fill("#password", "not the password")
     tab.page.click("button[type=submit]")
@@ -171,6 +172,8 @@ def test_a_viewer_reads_today_but_has_no_kill_switch_control(live: Live, open_ta
     # The latest decision of the session is the rejected one, with its rule and message.
     assert "REJECTED" in decision and "max_weight" in decision
     assert "weight 1.00 above the 0.60 cap" in decision
+    # The session's earlier (approved) decision is listed beside it.
+    page.wait_for_selector(f"#decision >> text={live.desk.approved.signal_id}", timeout=LOAD_MS)
     page.wait_for_selector("#quality:not(:has(.loading))", timeout=LOAD_MS)
     assert "No quality check has run on the data of session 2024-03-04" in \
         page.inner_text("#quality")

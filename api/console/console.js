@@ -188,7 +188,8 @@ async function loadToday() {
   }
   showDecision(signal);
   showFreshness(signal);
-  await Promise.all([loadQuality(signal.as_of), loadTarget(signal)]);
+  await Promise.all([loadSessionDecisions(signal), loadQuality(signal.as_of),
+                     loadTarget(signal)]);
 }
 
 function showDecision(signal) {
@@ -201,6 +202,20 @@ function showDecision(signal) {
     table([["Fund", ([symbol]) => symbol], ["Weight", ([, w]) => percent(w), true]], weights,
           "All cash: no fund proposed.", "narrow"),
     el("p", { class: "muted small" }, `Signal ${signal.signal_id}`));
+}
+
+async function loadSessionDecisions(latest) {
+  // A session can hold several signals (re-run weights, a superseded one): the desk sees all.
+  const session = `/signals?account_id=${ACCOUNT}&since=${latest.as_of}&until=${latest.as_of}`;
+  const page = await api(`${session}&limit=50`);
+  const others = page.items.filter((s) => s.signal_id !== latest.signal_id);
+  if (!others.length) return;
+  document.getElementById("decision").append(
+    el("h3", {}, `Earlier decisions of session ${latest.as_of}`),
+    table([["Status", (s) => el("span", { class: `status ${s.status}` }, s.status)],
+           ["Strategy", (s) => s.strategy], ["Decided", (s) => when(s.decided_at)],
+           ["Reasons", (s) => s.reasons.map((r) => r.message ?? r.rule).join("; ") || "none"],
+           ["Signal", (s) => s.signal_id]], others, ""));
 }
 
 function showFreshness(signal) {
