@@ -223,6 +223,7 @@ def test_a_trader_engages_the_kill_switch_and_the_banner_appears(live: Live, ope
     risk.page.click("#kill-confirm")
     risk.page.wait_for_selector("#kill-switch-state.released", timeout=LOAD_MS)
     assert risk.page.is_hidden("#kill-banner")
+    risk.screenshot("today_risk_released")
     # The trader's open page hears of it from the event stream, without a reload.
     page.wait_for_selector("#kill-banner[hidden]", state="attached", timeout=FILL_LATENCY_MS)
     switch = httpx.get(f"{live.url}{V1}/accounts/{live.desk.account}/kill-switch",
@@ -235,10 +236,19 @@ def test_a_trader_engages_the_kill_switch_and_the_banner_appears(live: Live, ope
 def test_a_fill_booked_in_the_ledger_appears_on_the_open_book(live: Live, open_tab: Any
                                                              ) -> None:
     d = live.desk
+    ledger = d.ledger()
+    try:        # the end-of-session valuation positions_report writes
+        ledger.record_valuation(d.account, SESSION, cash=996_485.0, positions_value=3_600.0,
+                                actor="test")
+    finally:
+        ledger.dispose()
     tab = open_tab()
     sign_in(tab, live, Role.VIEWER, page="book")
     page = tab.page
     page.wait_for_selector("#live-status.on", timeout=LOAD_MS)
+    page.wait_for_selector("#pnl >> text=2024-03-05", timeout=LOAD_MS)
+    pnl = page.inner_text("#pnl")      # equity 1,000,085 against 1,000,000 initial cash
+    assert "85.00" in pnl and "1,000,085.00" in pnl and "no backtest figure" in pnl
     page.wait_for_selector(f"#fills >> text=f-{d.account}", timeout=LOAD_MS)
     assert "1,000" in page.inner_text("#positions")
     order = new_order(d)

@@ -293,8 +293,11 @@ async function loadPnl() {
     : `OUT of tolerance (worst ${percent(pnl.max_abs_difference)}, ` +
       `tolerance ${percent(pnl.parity_tolerance)})`;
   fill("pnl",
-    last ? el("p", { class: "big" }, number(last.pnl), el("span", { class: "muted" },
-                                                        ` on ${last.date}`))
+    last ? el("p", { class: `big ${last.pnl < 0 ? "loss" : "gain"}` },
+              (last.pnl > 0 ? "+" : "") + number(last.pnl)) : "",
+    last ? el("p", { class: "muted" }, `Since the account opened with ` +
+              `${number(pnl.initial_cash)}: equity ${number(last.equity)} at the end of ` +
+              `session ${last.date} (valued once per session)`)
          : el("p", { class: "muted" }, "No session valued yet (positions_report writes one " +
                                       "per session)."),
     el("p", {}, `Parity with the backtest: ${parity}`),
