@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 from api_desk import PASSWORD, SESSION, desk
 from chromium import chromium
@@ -51,6 +52,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         d.settings.dagster_home.mkdir(parents=True)
         (d.settings.dagster_home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML,
                                                               encoding="utf-8")
+        store_target(d.settings.resolved_storage_root)
         port = free_port()
         log = tmp_path_factory.mktemp("console_log") / "server.log"
         env = api_env(d, API_PORT=str(port), ETF_EXECUTION__ACCOUNT_ID=d.account)
@@ -64,6 +66,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def store_target(storage: Path) -> None:
+    """The target portfolio the research stage stores for the signal's session."""
+    storage.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"date": pd.Timestamp("2024-03-04"), "strategy": "etf_rotation_sample",
+                  "window": "w07", "symbol": ["510300", "159915", "512880"],
+                  "rank": [1.0, 2.0, float("nan")], "weight": [0.6, 0.4, 0.0],
+                  "reason": ["top 2 by momentum", "top 2 by momentum",
+                             "below the hysteresis band"]}
+                 ).to_parquet(storage / "target_portfolio.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +194,10 @@ def test_a_viewer_reads_today_but_has_no_kill_switch_control(live: Live, open_ta
     page.wait_for_selector("#kill-switch-state.released", timeout=LOAD_MS)
     assert page.locator("[data-kill-switch]").count() == 0
     assert "cannot change the kill switch" in page.inner_text("#kill-switch")
-    page.wait_for_selector("#target:not(:has(.loading))", timeout=LOAD_MS)
+    page.wait_for_selector("#target table", timeout=LOAD_MS)
+    target = page.inner_text("#target")
+    assert "as of 2024-03-04, walk-forward window w07" in target
+    assert "512880" in target and "below the hysteresis band" in target and "60.00 %" in target
     tab.screenshot("today_viewer")
     # The API refuses the viewer's session cookie on the route, as it refuses its token.
     engage = f"{live.url}{V1}/accounts/{live.desk.account}/kill-switch/engage"

@@ -273,7 +273,8 @@ async function loadTarget(signal) {
   fill("target",
     el("p", {}, `${signal.strategy} as of ${target.as_of}, walk-forward window ${target.window}`),
     table([["Fund", (w) => w.symbol], ["Weight", (w) => percent(w.weight), true],
-           ["Rank", (w) => number(w.rank, 3), true], ["Why in or out", (w) => w.reason]],
+           ["Rank", (w) => (w.rank === null ? "—" : String(w.rank)), true],
+           ["Why in or out", (w) => w.reason]],
           target.weights, "No fund in the target."));
 }
 
