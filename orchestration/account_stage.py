@@ -67,7 +67,10 @@ class AccountStage:
         """What the daily path refreshes for this account besides the deployment's own gate:
         its strategies' targets, a netting account's allocation and target, a further account's
         gate. Every traded strategy must have its backtest and target (a strategy without a
-        walk-forward window in the data cannot be traded)."""
+        walk-forward window in the data cannot be traded). The deployment's account trading its
+        strategy alone adds nothing (daily_job holds its path)."""
+        if self.main and not self.account.allocation.netted:
+            return []
         needed = [self.research(s, a) for s in self.traded
                   for a in ("oos_backtest", "target_portfolio")]
         missing = [k for k in needed if k not in defined]
