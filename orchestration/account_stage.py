@@ -11,7 +11,7 @@ the target portfolios and backtests of the strategies it trades.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 
@@ -129,20 +129,20 @@ def account_stages(settings: Settings, strategy: StrategyConfig,
     """The deployment's account, then the further ones; ``running``: every strategy the
     deployment runs (``strategy`` first)."""
     by_name = {s.name: s for s in running}
-    main = AccountStage(account_of(settings, strategy), [], strategy.name, main=True)
-    stages = [main]
+    taken = set(by_name) | STAGE_GROUPS
+    stages = [AccountStage(account_of(settings, strategy), [], strategy.name, main=True)]
     for i, spec in enumerate(settings.execution.accounts):
         first = by_name.get(spec.allocation.strategies[0], strategy)
         account = _account(settings, spec, first,
                            f"execution.accounts[{i}].risk.lot_size [env ETF_EXECUTION__ACCOUNTS]")
-        stages.append(AccountStage(account, [], strategy.name, main=False))
-    taken = {s.name for s in running} | STAGE_GROUPS
-    for stage in stages[1:]:
+        stage = AccountStage(account, [], strategy.name, main=False)
         if stage.stage in taken:
-            raise SettingsError(f"setting {stage.setting}: account {stage.account.account_id} "
-                                f"names stage {stage.stage!r}, which is a strategy or a stage "
-                                "group of this deployment (its assets' group and prefix)")
-    return [AccountStage(s.account, _traded(s, by_name), s.primary, s.main) for s in stages]
+            raise SettingsError(f"setting {stage.setting}: account {account.account_id} names "
+                                f"stage {stage.stage!r}, which is a strategy or a stage group "
+                                "of this deployment (its assets' group and prefix)")
+        stages.append(stage)
+    # The strategies are checked once each stage can name its setting in the message.
+    return [replace(s, traded=_traded(s, by_name)) for s in stages]
 
 
 def _traded(stage: AccountStage, running: dict[str, StrategyConfig]) -> list[StrategyConfig]:

@@ -84,10 +84,18 @@ def dagster_dev(env: dict[str, str], log_path: Path, timeout: float = 60
             wait_for("the code location", lambda: location_loaded(client), 240)
             yield DagsterDev(client, proc, port)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+            if not stop_group(proc):
                 pytest.fail("dagster dev did not shut down within 90 s of SIGTERM")
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM to the process group ``proc`` leads (webserver, daemon, run workers); SIGKILL
+    after 90 s. Whether it stopped on SIGTERM."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        return False
+    return True

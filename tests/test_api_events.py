@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +19,8 @@ import jwt
 import psycopg
 import pytest
 from api_desk import PASSWORD, SESSION, Desk, desk
-from conftest import PG_SERVER, ROOT
-from test_api_live import Live, api_env, free_port, wait_for
+from conftest import PG_SERVER
+from test_api_live import Live, api_env, free_port, serve_api
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -48,19 +46,9 @@ class Served(Live):
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """``python -m api`` (uvicorn) on a free port over a seeded scratch ledger."""
     with desk(tmp_path_factory.mktemp("api_events_home"), login_attempts=1000) as d:
-        port = free_port()
         log = tmp_path_factory.mktemp("api_events_log") / "server.log"
-        with log.open("w") as out:
-            server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT,
-                                      env=api_env(d, API_PORT=str(port)), stdout=out,
-                                      stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for(url, server, log)
+        with serve_api(api_env(d, API_PORT=str(free_port())), log) as url:
             yield Served(url=url, desk=d, log=log)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 def sign_in(live: Live, role: Role) -> str:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,20 +73,26 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         d.settings.dagster_home.mkdir(parents=True)
         (d.settings.dagster_home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML,
                                                               encoding="utf-8")
-        port = free_port()
         log = tmp_path_factory.mktemp("api_live_log") / "server.log"
-        with log.open("w") as out:
-            server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT,
-                                      env=api_env(d, API_PORT=str(port),
-                                                  ETF_API__WORKERS=str(WORKERS)), stdout=out,
-                                      stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for(url, server, log)
+        env = api_env(d, API_PORT=str(free_port()), ETF_API__WORKERS=str(WORKERS))
+        with serve_api(env, log) as url:
             yield Live(url=url, desk=d, log=log)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+
+
+@contextmanager
+def serve_api(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``python -m api`` with ``env`` (its ``API_PORT`` included), its output in ``log``:
+    its URL once it answers, stopped when the block ends."""
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{env['API_PORT']}"
+        wait_for(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def wait_for(url: str, server: subprocess.Popen[bytes], log: Path) -> None:

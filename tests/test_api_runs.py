@@ -12,8 +12,6 @@ a rejected signal of the latest target is not re-decided."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ import psycopg
 import pytest
 from api_desk import PASSWORD, REDIS_URL, Desk, desk
 from conftest import PG_SERVER, ROOT, TEST_CACHE_SECRET, postgres_instance, scratch_database
+from dagster_dev import stop_group
 from fastapi.testclient import TestClient
 from test_api_live import api_env, free_port, wait_for
 from websockets.sync.client import ClientConnection, connect
@@ -113,16 +112,6 @@ def _wait_for_dagster(url: str, proc: subprocess.Popen[bytes], log: Path) -> Non
                 + log.read_text()[-4000:])
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the process group this fixture started (webserver, daemon, run workers)."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -165,7 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=30)
-            _stop(dev)
+            stop_group(dev)
 
 
 def sign_in(stack: Stack, role: Role) -> dict[str, str]:

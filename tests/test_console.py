@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,9 +21,8 @@ import pandas as pd
 import pytest
 from api_desk import PASSWORD, SESSION, desk
 from chromium import chromium
-from conftest import ROOT
 from test_api_events import new_order, receive
-from test_api_live import Live, api_env, free_port, wait_for
+from test_api_live import Live, api_env, free_port, serve_api
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -53,19 +50,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         (d.settings.dagster_home / "dagster.yaml").write_text(LOCAL_INSTANCE_YAML,
                                                               encoding="utf-8")
         store_target(d.settings.resolved_storage_root)
-        port = free_port()
         log = tmp_path_factory.mktemp("console_log") / "server.log"
-        env = api_env(d, API_PORT=str(port), ETF_EXECUTION__ACCOUNT_ID=d.account)
-        with log.open("w") as out:
-            server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                      stdout=out, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for(url, server, log)
+        env = api_env(d, API_PORT=str(free_port()), ETF_EXECUTION__ACCOUNT_ID=d.account)
+        with serve_api(env, log) as url:
             yield Live(url=url, desk=d, log=log)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 def store_target(storage: Path) -> None:

@@ -21,7 +21,7 @@ import dagster as dg
 import httpx
 import pytest
 from api_desk import JWT_SECRET, PASSWORD
-from test_api_live import free_port, wait_for
+from test_api_live import free_port, serve_api
 from test_execution_pipeline import (
     NoQuotes,
     evaluate_sensor,
@@ -436,21 +436,11 @@ def desk_api(ledger_url: str, home: Path) -> Iterator[str]:
                                     details={}))
     finally:
         ledger.dispose()
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
-    env |= {"ETF_HOME": str(home), "ETF_POSTGRES_URL": ledger_url, "API_PORT": str(port),
-            "ETF_API__JWT_SECRET": JWT_SECRET}
-    log = home / "api.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(url, server, log)
+    env |= {"ETF_HOME": str(home), "ETF_POSTGRES_URL": ledger_url,
+            "API_PORT": str(free_port()), "ETF_API__JWT_SECRET": JWT_SECRET}
+    with serve_api(env, home / "api.log") as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def signed_in(url: str, role: Role) -> dict[str, str]:
