@@ -121,9 +121,8 @@ ROUTES: dict[tuple[str, str], str] = {
     # (to send a browser without one to /signin) and shows only what the role may do; the data
     # comes from the JSON routes below, which the table guards as for any client.
     ("GET", "/console"): PUBLIC,
-    ("GET", "/console/today"): PUBLIC,
-    ("GET", "/console/book"): PUBLIC,
     ("GET", "/console/static/{name}"): PUBLIC,
+    ("GET", "/console/{page}"): PUBLIC,
     ("GET", f"{V1}/auth/me"): "session.read",
     ("GET", f"{V1}/strategies"): "strategies.read",
     ("GET", f"{V1}/strategies/compare"): "strategies.read",

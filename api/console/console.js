@@ -61,15 +61,71 @@ function fill(sectionId, ...nodes) {
   section.replaceChildren(...(heading ? [heading] : []), ...nodes);
 }
 
-function table(columns, rows, empty, width = "") {
+// A table of rows held in the page: a click on a column's heading sorts by it (again: the
+// other way), and more than PAGE_ROWS rows are shown a page at a time. A column is
+// [label, cell(row), numeric?, key(row)?]: the key sorts (default: the cell's text).
+const PAGE_ROWS = 25;
+
+function table(columns, rows, empty, width = "", pageRows = PAGE_ROWS) {
   if (!rows.length) return el("p", { class: "muted" }, empty);
-  const head = el("tr", {}, ...columns.map(([label, , numeric]) =>
-    el("th", numeric ? { class: "num" } : {}, label)));
-  const body = rows.map((row) => el("tr", {}, ...columns.map(([, cell, numeric]) =>
-    el("td", numeric ? { class: "num" } : {}, cell(row)))));
-  // Wide tables scroll inside their card instead of spilling out of it.
-  return el("div", { class: `table-wrap ${width}` },
-            el("table", {}, el("thead", {}, head), el("tbody", {}, ...body)));
+  const view = { rows: [...rows], page: 0, column: null, ascending: true };
+  const wrap = el("div", { class: `table-wrap ${width}` });
+  const sortKey = (column, row) => {
+    const [, cell, , key] = column;
+    if (key) return key(row);
+    const shown = cell(row);
+    return shown instanceof Node ? shown.textContent : String(shown ?? "");
+  };
+  const sortBy = (index) => {
+    view.ascending = view.column === index ? !view.ascending : true;
+    view.column = index;
+    const column = columns[index];
+    view.rows.sort((a, b) => compareKeys(sortKey(column, a), sortKey(column, b)) *
+                             (view.ascending ? 1 : -1));
+    view.page = 0;
+    draw();
+  };
+  function draw() {
+    const pages = Math.max(1, Math.ceil(view.rows.length / pageRows));
+    const first = view.page * pageRows;
+    const shown = view.rows.slice(first, first + pageRows);
+    const head = el("tr", {}, ...columns.map(([label, , numeric], index) => {
+      const sorted = view.column === index ? (view.ascending ? "ascending" : "descending")
+        : "none";
+      const button = el("button", { type: "button", class: "sort",
+                                    title: `Sort by ${label}` }, label);
+      button.addEventListener("click", () => sortBy(index));
+      return el("th", { class: numeric ? "num" : "", "aria-sort": sorted }, button);
+    }));
+    const body = shown.map((row) => el("tr", {}, ...columns.map(([, cell, numeric]) =>
+      el("td", numeric ? { class: "num" } : {}, cell(row)))));
+    const parts = [el("table", {}, el("thead", {}, head), el("tbody", {}, ...body))];
+    if (pages > 1) parts.push(pager(view.page, pages, first, shown.length, view.rows.length,
+                                    (page) => { view.page = page; draw(); }));
+    wrap.replaceChildren(...parts);
+  }
+  draw();
+  return wrap;
+}
+
+function compareKeys(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined || a === "") return 1;     // blanks last
+  if (b === null || b === undefined || b === "") return -1;
+  if (typeof a === "number" && typeof b === "number") return a - b;
+  return String(a).localeCompare(String(b), "en", { numeric: true });
+}
+
+// Previous / next for a table's pages; ``go(page)`` shows a page (0-based).
+function pager(page, pages, first, count, total, go) {
+  const previous = el("button", { type: "button", "data-page": "previous" }, "‹ Previous");
+  const next = el("button", { type: "button", "data-page": "next" }, "Next ›");
+  previous.disabled = page === 0;
+  next.disabled = page >= pages - 1;
+  previous.addEventListener("click", () => go(page - 1));
+  next.addEventListener("click", () => go(page + 1));
+  return el("div", { class: "pager" }, previous,
+            el("span", { class: "muted" }, `${first + 1}–${first + count} of ${total}`), next);
 }
 
 const number = (value, digits = 2) => value === null || value === undefined ? "—" :
@@ -167,186 +223,21 @@ function wireKillSwitch() {
     "click", () => document.getElementById("kill-dialog").close());
 }
 
-// ------------------------------------------------------------------ today
+// ------------------------------------------------------------------ pages
 
-function reasonRows(reasons) {
-  return table([["Layer", (r) => r.layer ?? "—"], ["Rule", (r) => r.rule ?? "—"],
-                ["Subject", (r) => r.subject ?? "—"], ["Why", (r) => r.message ?? JSON.stringify(r)]],
-               reasons, "No rule objected: every check of the gate passed.");
-}
+// Each page's script registers what it loads and what it reads again when an event of the
+// account arrives: Desk.page({ loads: [...], live: { fill: [...], ... } }).
+const PAGE = { loads: [], live: {} };
 
-async function loadToday() {
-  const page = await api(`/signals?account_id=${ACCOUNT}&limit=1`);
-  const signal = page.items[0];
-  if (!signal) {
-    const none = `No signal has been decided for ${CONTEXT.account} yet.`;
-    fill("decision", el("p", { class: "muted" }, none));
-    fill("freshness", el("p", { class: "muted" }, "No data session has reached the gate."));
-    fill("quality", el("p", { class: "muted" }, "No session to check yet."));
-    fill("target", el("p", { class: "muted" }, "No target portfolio yet."));
-    return;
+function registerPage({ loads = [], live = {} }) {
+  PAGE.loads.push(...loads);
+  for (const [type, reloads] of Object.entries(live)) {
+    PAGE.live[type] = [...(PAGE.live[type] || []), ...reloads];
   }
-  showDecision(signal);
-  showFreshness(signal);
-  await Promise.all([loadSessionDecisions(signal), loadQuality(signal.as_of),
-                     loadTarget(signal)]);
 }
-
-function showDecision(signal) {
-  const weights = Object.entries(signal.weights).sort((a, b) => b[1] - a[1]);
-  fill("decision",
-    el("p", {}, el("span", { class: `status ${signal.status}` }, signal.status.toUpperCase()),
-       ` ${signal.strategy}, session ${signal.as_of}, decided ${when(signal.decided_at)}`),
-    el("h3", {}, "Reasons"), reasonRows(signal.reasons),
-    el("h3", {}, "Weights proposed to the gate"),
-    table([["Fund", ([symbol]) => symbol], ["Weight", ([, w]) => percent(w), true]], weights,
-          "All cash: no fund proposed.", "narrow"),
-    el("p", { class: "muted small" }, `Signal ${signal.signal_id}`));
-}
-
-async function loadSessionDecisions(latest) {
-  // A session can hold several signals (re-run weights, a superseded one): the desk sees all.
-  const session = `/signals?account_id=${ACCOUNT}&since=${latest.as_of}&until=${latest.as_of}`;
-  const page = await api(`${session}&limit=50`);
-  const others = page.items.filter((s) => s.signal_id !== latest.signal_id);
-  if (!others.length) return;
-  document.getElementById("decision").append(
-    el("h3", {}, `Earlier decisions of session ${latest.as_of}`),
-    table([["Status", (s) => el("span", { class: `status ${s.status}` }, s.status)],
-           ["Strategy", (s) => s.strategy], ["Decided", (s) => when(s.decided_at)],
-           ["Reasons", (s) => s.reasons.map((r) => r.message ?? r.rule).join("; ") || "none"],
-           ["Signal", (s) => s.signal_id]], others, ""));
-}
-
-function showFreshness(signal) {
-  const days = Math.floor((Date.now() - Date.parse(signal.as_of + "T00:00:00Z")) / 86400000);
-  const stale = days > 3;
-  fill("freshness",
-    el("p", { class: stale ? "state engaged" : "state released" },
-       `Latest session ${signal.as_of}: ${days === 0 ? "today" : `${days} day(s) ago`}` +
-       (stale ? " — stale: no newer data has reached the gate." : "")),
-    el("p", { class: "muted" }, `Data version ${signal.data_version || "not recorded"}; ` +
-       `Dagster run ${signal.dagster_run_id || "not recorded"}.`));
-}
-
-async function loadQuality(session) {
-  let quality;
-  try {
-    quality = await api(`/quality/sessions/${session}`);
-  } catch (error) {
-    // 404: nothing checked for the session; 503: no Dagster instance configured.
-    if (error.status === 404) {
-      fill("quality", el("p", { class: "state engaged" },
-        `No quality check has run on the data of session ${session}.`),
-        el("p", { class: "muted" }, "Its market data was not materialised with checks " +
-           "on this deployment's Dagster instance."));
-      return;
-    }
-    if (error.status !== 503) throw error;
-    fill("quality", el("p", { class: "muted" }, `Quality checks cannot be read: ${error.message}`));
-    return;
-  }
-  fill("quality",
-    el("p", { class: quality.passed ? "state released" : "state engaged" },
-       quality.passed ? "Every blocking check passed." : "A blocking check failed."),
-    table([["Asset", (c) => c.asset], ["Check", (c) => c.check],
-           ["Result", (c) => (c.passed ? "passed" : "FAILED")],
-           ["Severity", (c) => c.severity + (c.blocking ? " (blocking)" : "")],
-           ["Evaluated", (c) => when(c.evaluated_at)]], quality.checks, "No checks."));
-}
-
-async function loadTarget(signal) {
-  let strategy;
-  try {
-    strategy = await api(`/strategies/${encodeURIComponent(signal.strategy)}`);
-  } catch (error) {
-    if (error.status !== 404) throw error;
-    fill("target", el("p", { class: "muted" }, `Strategy ${signal.strategy}: ${error.message}.`));
-    return;
-  }
-  const target = strategy.target_portfolio;
-  if (!target) {
-    fill("target", el("p", { class: "muted" },
-      `No target portfolio of ${signal.strategy} is stored on this deployment.`));
-    return;
-  }
-  fill("target",
-    el("p", {}, `${signal.strategy} as of ${target.as_of}, walk-forward window ${target.window}`),
-    table([["Fund", (w) => w.symbol], ["Weight", (w) => percent(w.weight), true],
-           ["Rank", (w) => (w.rank === null ? "—" : String(w.rank)), true],
-           ["Why in or out", (w) => w.reason]],
-          target.weights, "No fund in the target."));
-}
-
-// ------------------------------------------------------------------ book
-
-async function loadCash() {
-  const cash = await api(`/accounts/${ACCOUNT}/cash`);
-  fill("cash", el("p", { class: "big" }, number(cash.balance)),
-       el("p", { class: "muted" }, `Opened with ${number(cash.initial_cash)}`));
-}
-
-async function loadPnl() {
-  const pnl = await api(`/accounts/${ACCOUNT}/pnl`);
-  const last = pnl.sessions[pnl.sessions.length - 1];
-  const parity = pnl.within_tolerance === null ? "no backtest figure to compare yet"
-    : pnl.within_tolerance ? `within tolerance (worst ${percent(pnl.max_abs_difference)})`
-    : `OUT of tolerance (worst ${percent(pnl.max_abs_difference)}, ` +
-      `tolerance ${percent(pnl.parity_tolerance)})`;
-  fill("pnl",
-    last ? el("p", { class: `big ${last.pnl < 0 ? "loss" : "gain"}` },
-              (last.pnl > 0 ? "+" : "") + number(last.pnl)) : "",
-    last ? el("p", { class: "muted" }, `Since the account opened with ` +
-              `${number(pnl.initial_cash)}: equity ${number(last.equity)} at the end of ` +
-              `session ${last.date} (valued once per session)`)
-         : el("p", { class: "muted" }, "No session valued yet (positions_report writes one " +
-                                      "per session)."),
-    el("p", {}, `Parity with the backtest: ${parity}`),
-    table([["Session", (s) => s.date], ["Equity", (s) => number(s.equity), true],
-           ["P&L", (s) => number(s.pnl), true],
-           ["Backtest equity", (s) => number(s.backtest_equity), true],
-           ["Difference", (s) => percent(s.difference), true]],
-          pnl.sessions.slice(-10).reverse(), "No valuations yet."));
-}
-
-async function loadPositions() {
-  const page = await api(`/accounts/${ACCOUNT}/positions?limit=500`);
-  fill("positions", table([["Fund", (p) => p.symbol], ["Quantity", (p) => number(p.quantity, 0), true],
-                           ["Cost basis", (p) => number(p.cost), true]], page.items, "No open position."));
-}
-
-async function loadOrders() {
-  const page = await api(`/orders?account_id=${ACCOUNT}&limit=50`);
-  fill("orders", table([["Session", (o) => o.session], ["Fund", (o) => o.symbol],
-                        ["Side", (o) => o.side], ["Quantity", (o) => number(o.quantity, 0), true],
-                        ["Filled", (o) => number(o.filled_quantity, 0), true],
-                        ["Avg price", (o) => number(o.average_price, 3), true],
-                        ["Status", (o) => o.status], ["Order", (o) => o.order_id]],
-                       page.items, "No orders."),
-       el("p", { class: "muted small" }, `${page.items.length} of ${page.total} shown`));
-}
-
-async function loadFills() {
-  const page = await api(`/accounts/${ACCOUNT}/fills?limit=50`);
-  fill("fills", table([["Filled at", (f) => when(f.filled_at)], ["Fund", (f) => f.symbol],
-                       ["Side", (f) => f.side], ["Quantity", (f) => number(f.quantity, 0), true],
-                       ["Price", (f) => number(f.price, 3), true],
-                       ["Commission", (f) => number(f.commission), true],
-                       ["Fill", (f) => f.fill_id]], page.items, "No fills."),
-       el("p", { class: "muted small" }, `${page.items.length} of ${page.total} shown`));
-}
-
-// What to read again when an event of the account arrives, per page.
-const LIVE_LOADS = {
-  book: { fill: [loadFills, loadPositions, loadCash, loadOrders], order: [loadOrders],
-          kill_switch: [loadKillSwitch] },
-  today: { signal: [loadToday], kill_switch: [loadKillSwitch] },
-};
-const PAGE_LOADS = { book: [loadCash, loadPnl, loadPositions, loadOrders, loadFills],
-                     today: [loadKillSwitch, loadToday] };
 
 function loadPage() {
-  for (const load of PAGE_LOADS[document.body.dataset.page]) guarded("Loading the page", load)();
+  for (const load of [loadKillSwitch, ...PAGE.loads]) guarded("Loading the page", load)();
 }
 
 function follow() {
@@ -362,7 +253,7 @@ function follow() {
       return;
     }
     if (event.account !== CONTEXT.account) return;
-    const loads = LIVE_LOADS[document.body.dataset.page][event.type] || [];
+    const loads = event.type === "kill_switch" ? [loadKillSwitch] : PAGE.live[event.type] || [];
     for (const load of loads) guarded("Refreshing the page", load)();
   });
   socket.addEventListener("close", (closed) => {
@@ -385,4 +276,8 @@ function start() {
   follow();
 }
 
-start();
+// What the pages' scripts use (they run after this one, before the document is loaded).
+window.Desk = { CONTEXT, ACCOUNT, ApiError, api, el, fill, table, pager, number, percent,
+                when, showError, guarded, may: (p) => CONTEXT.permissions.includes(p),
+                page: registerPage };
+document.addEventListener("DOMContentLoaded", start);

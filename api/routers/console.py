@@ -8,6 +8,7 @@ script makes is authorised by the API as for any other client."""
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 from dataclasses import dataclass
@@ -26,16 +27,39 @@ from api.signin import browser_session, set_access_cookie
 
 router = APIRouter(tags=["desk console"])
 
-# The console's pages: path segment -> (title, template).
-PAGES: dict[str, tuple[str, str]] = {"today": ("Today", "today.html"),
-                                     "book": ("Book", "book.html")}
+
+
+@dataclass(frozen=True)
+class ConsolePage:
+    """A page of the console: ``<name>.html`` in api/console, its script ``<name>.js``, the
+    libraries it draws with, and the permission a role needs to open it (and see it in the
+    navigation)."""
+
+    name: str
+    title: str
+    permission: str
+    libraries: tuple[str, ...] = ()
+
+
+PAGES: dict[str, ConsolePage] = {p.name: p for p in (
+    ConsolePage("today", "Today", "signals.read"),
+    ConsolePage("book", "Book", "accounts.read", ("plotly.min.js",)),
+)}
+JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 # The files the pages load, with their content types (a fixed list: no path from a request
 # ever reaches the file system).
-STATIC: dict[str, str] = {"console.js": "text/javascript; charset=utf-8",
-                          "console.css": "text/css; charset=utf-8"}
-# The pages are HTML of this site only: no frame, no script or style from elsewhere.
+STATIC: dict[str, str] = {"console.js": JS, "console.css": CSS,
+                          **{f"{name}.js": JS for name in PAGES}}
+# Plotly's browser bundle, as the plotly Python package of uv.lock ships it (the kept charting
+# library, served from this site: desk networks may be offline).
+LIBRARIES: dict[str, tuple[str, str]] = {
+    "plotly.min.js": ("plotly", "package_data/plotly.min.js")}
+# The pages are HTML of this site only: no frame, no script from elsewhere. Plotly sets the
+# styles of its charts with <style> elements it writes, hence 'unsafe-inline' for styles
+# (never for scripts).
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+                "form-action 'self'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 AccountParam = Annotated[str | None, Query(max_length=60, description="One of the "
                                            "deployment's accounts (default: its first)")]
@@ -43,6 +67,12 @@ AccountParam = Annotated[str | None, Query(max_length=60, description="One of th
 
 def _asset(name: str) -> str:
     return resources.files("api.console").joinpath(name).read_text(encoding="utf-8")
+
+
+@functools.cache
+def _library(name: str) -> bytes:
+    package, path = LIBRARIES[name]
+    return resources.files(package).joinpath(path).read_bytes()
 
 
 def deployment_accounts(state: ApiState) -> list[str]:
@@ -80,6 +110,10 @@ def console_home() -> RedirectResponse:
             responses={200: {"content": {"text/javascript": {}, "text/css": {}}},
                        404: {"model": Problem, "description": "No such file"}})
 def console_static(name: Annotated[str, Path(max_length=40)]) -> Response:
+    if name in LIBRARIES:       # a library changes only with uv.lock: the browser keeps it
+        return Response(_library(name), media_type=JS,
+                        headers={"X-Content-Type-Options": "nosniff",
+                                 "Cache-Control": "public, max-age=86400"})
     if name not in STATIC:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no console file {name!r}")
     return Response(_asset(name), media_type=STATIC[name],
@@ -92,20 +126,19 @@ PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
           "content": {"text/html": {}}}}
 
 
-@router.get("/console/today", response_class=HTMLResponse, responses=PAGE_RESPONSES,
-            summary="Today: the latest decision with its reasons, data freshness, quality "
-            "checks and the kill switch")
-def today_page(request: Request, state: State, account: AccountParam = None) -> Response:
-    return serve_page("today", request, state, account)
+@router.get("/console/{page}", response_class=HTMLResponse, responses=PAGE_RESPONSES,
+            summary="A page of the console: " + ", ".join(
+                f"{p.name} ({p.title})" for p in PAGES.values()))
+def console_page(page: Annotated[str, Path(max_length=20)], request: Request, state: State,
+                 account: AccountParam = None) -> Response:
+    if page not in PAGES:
+        return _not_found(f"The console has no page {page!r}: it has "
+                          f"{', '.join(PAGES)}.")
+    return serve_page(PAGES[page], request, state, account)
 
 
-@router.get("/console/book", response_class=HTMLResponse, responses=PAGE_RESPONSES,
-            summary="The book: cash, P&L, positions, orders and fills, live")
-def book_page(request: Request, state: State, account: AccountParam = None) -> Response:
-    return serve_page("book", request, state, account)
-
-
-def serve_page(page: str, request: Request, state: ApiState, account: str | None) -> Response:
+def serve_page(page: ConsolePage, request: Request, state: ApiState, account: str | None
+               ) -> Response:
     """The page for the browser's session, else a redirect to sign in and come back."""
     try:
         session, new_access = browser_session(state, request, None)
@@ -118,36 +151,51 @@ def serve_page(page: str, request: Request, state: ApiState, account: str | None
     if chosen not in accounts:
         return _not_found(f"{chosen!r} is not an account of this deployment: choose one of "
                           f"{', '.join(accounts)}.")
-    response = HTMLResponse(render(page, Viewer(session, chosen, accounts)),
-                            headers=PAGE_HEADERS)
+    viewer = Viewer(session, chosen, accounts)
+    if not viewer.may(page.permission):
+        response: Response = _refused(page, viewer)
+    else:
+        response = HTMLResponse(render(page, viewer), headers=PAGE_HEADERS)
     if new_access is not None:      # the access cookie had expired: the session goes on
         set_access_cookie(state, response, request, new_access)
     return response
 
 
 def _not_found(message: str) -> HTMLResponse:
-    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Not found · '
+    return _plain_page("Not found", message, status.HTTP_404_NOT_FOUND)
+
+
+def _refused(page: ConsolePage, viewer: Viewer) -> HTMLResponse:
+    return _plain_page("Not for your role", f"Your role ({viewer.session.user.role.value}) "
+                       f"cannot open {page.title}: it is for "
+                       f"{_roles_with(page.permission)}.", status.HTTP_403_FORBIDDEN)
+
+
+def _plain_page(title: str, message: str, status_code: int) -> HTMLResponse:
+    body = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} · '
             f'Desk console</title><link rel="icon" href="data:,"></head><body><p role="alert">'
             f'{html.escape(message)}</p><p><a href="/console/today">Back to the console</a>'
             f"</p></body></html>")
-    return HTMLResponse(body, status_code=status.HTTP_404_NOT_FOUND, headers=PAGE_HEADERS)
+    return HTMLResponse(body, status_code=status_code, headers=PAGE_HEADERS)
 
 
-def render(page: str, viewer: Viewer) -> str:
-    title, template = PAGES[page]
-    body = Template(_asset(template)).substitute(
+def render(page: ConsolePage, viewer: Viewer) -> str:
+    body = Template(_asset(f"{page.name}.html")).safe_substitute(
         kill_switch_controls=kill_switch_controls(viewer))
     nav = "".join(
-        f'<a href="/console/{name}?account={quote(viewer.account)}"'
-        f'{" aria-current=page" if name == page else ""}>{label}</a>'
-        for name, (label, _) in PAGES.items())
+        f'<a href="/console/{p.name}?account={quote(viewer.account)}"'
+        f'{" aria-current=page" if p is page else ""}>{p.title}</a>'
+        for p in PAGES.values() if viewer.may(p.permission))
+    scripts = "".join(f'<script src="/console/static/{name}" defer></script>'
+                      for name in (*page.libraries, "console.js", f"{page.name}.js"))
     options = "".join(
         f'<option value="{html.escape(a, quote=True)}"{" selected" if a == viewer.account else ""}'
         f">{html.escape(a)}</option>" for a in viewer.accounts)
     user = viewer.session.user
     return Template(_asset("page.html")).substitute(
-        title=title, page=page, nav=nav, account_options=options, context=viewer.context(),
-        user=html.escape(user.username), role=user.role.value, body=body)
+        title=page.title, page=page.name, nav=nav, account_options=options,
+        context=viewer.context(), scripts=scripts, user=html.escape(user.username),
+        role=user.role.value, body=body)
 
 
 def kill_switch_controls(viewer: Viewer) -> str:
