@@ -240,19 +240,26 @@ def test_a_trader_engages_the_kill_switch_and_the_banner_appears(live: Live, ope
 def test_a_fill_booked_in_the_ledger_appears_on_the_open_book(live: Live, open_tab: Any
                                                              ) -> None:
     d = live.desk
-    ledger = d.ledger()
-    try:        # the end-of-session valuation positions_report writes
-        ledger.record_valuation(d.account, SESSION, cash=996_485.0, positions_value=3_600.0,
-                                actor="test")
-    finally:
-        ledger.dispose()
+    store_valuations(d)
     tab = open_tab()
     sign_in(tab, live, Role.VIEWER, page="book")
     page = tab.page
     page.wait_for_selector("#live-status.on", timeout=LOAD_MS)
     page.wait_for_selector("#pnl >> text=2024-03-05", timeout=LOAD_MS)
     pnl = page.inner_text("#pnl")      # equity 1,000,085 against 1,000,000 initial cash
-    assert "85.00" in pnl and "1,000,085.00" in pnl and "no backtest figure" in pnl
+    assert "+85.00" in pnl and "1,000,085.00" in pnl
+    # Worst gap 1,000,085 / 1,000,070 - 1: within the deployment's tolerance.
+    assert "Parity with the backtest: within tolerance (worst 0.001 %, tolerance 1.00 %)" in pnl
+    assert "-0.001 %" in pnl
+    assert "999,940.00" in pnl and "999,950.00" in pnl
+    chart = page.evaluate("() => document.getElementById('equity-chart').data.map("
+                          "t => [t.name, t.y.length, t.y[t.y.length - 1]])")
+    assert chart == [["Paper book", 12, 1_000_085.0],
+                     ["Backtest, same signals", 12, 1_000_070.0]]
+    sessions = page.locator("#pnl")         # newest first, ten a page
+    assert "1–10 of 12" in sessions.inner_text() and "2024-02-19" not in sessions.inner_text()
+    sessions.locator("[data-page=next]").click()
+    assert "11–12 of 12" in sessions.inner_text() and "2024-02-19" in sessions.inner_text()
     page.wait_for_selector(f"#fills >> text=f-{d.account}", timeout=LOAD_MS)
     assert "1,000" in page.inner_text("#positions")
     order = new_order(d)
@@ -271,8 +278,37 @@ def test_a_fill_booked_in_the_ledger_appears_on_the_open_book(live: Live, open_t
     print(f"fill on the page after {latency * 1000:.0f} ms")
     page.wait_for_selector("#positions >> text=159915", timeout=FILL_LATENCY_MS)
     assert page.url.endswith("/console/book")          # no reload, no navigation
+    # A click on a heading sorts by the column, a second click the other way.
+    funds = page.locator("#positions tbody tr td:first-child")
+    page.click("#positions th >> text=Quantity")
+    assert funds.all_inner_texts() == ["510300", "159915"]          # 1,000 then 2,000
+    page.click("#positions th >> text=Quantity")
+    assert funds.all_inner_texts() == ["159915", "510300"]
+    assert page.get_attribute("#positions th:has-text('Quantity')", "aria-sort") == "descending"
     tab.screenshot("book_viewer")
     tab.assert_no_errors()
+
+
+# Three sessions of the account: the ledger's valuation (cash, positions value) and the
+# backtest's equity for the same signals, as positions_report stores them.
+# Twelve sessions (more than the P&L table's page of ten), all cash until 2024-03-01.
+VALUATIONS = (*((day.date(), 1_000_000.0, 0.0, 1_000_000.0)
+                for day in pd.bdate_range("2024-02-19", "2024-03-01")),
+              (dt.date(2024, 3, 4), 996_440.0, 3_500.0, 999_950.0),
+              (SESSION, 996_485.0, 3_600.0, 1_000_070.0))
+
+
+def store_valuations(d: Any) -> None:
+    ledger = d.ledger()
+    try:
+        for session, cash, positions_value, _ in VALUATIONS:
+            ledger.record_valuation(d.account, session, cash=cash,
+                                    positions_value=positions_value, actor="test")
+    finally:
+        ledger.dispose()
+    pd.DataFrame({"date": [pd.Timestamp(v[0]) for v in VALUATIONS],
+                  "backtest_equity": [v[3] for v in VALUATIONS]}
+                 ).to_parquet(d.settings.resolved_storage_root / "positions_report.parquet")
 
 
 def test_the_session_cookie_is_a_credential_only_from_this_site(live: Live) -> None:

@@ -23,10 +23,10 @@ async function loadCash() {
 async function loadPnl() {
   const pnl = await api(`/accounts/${ACCOUNT}/pnl`);
   const last = pnl.sessions[pnl.sessions.length - 1];
+  const gap = (value) => percent(value, 3);
   const parity = pnl.within_tolerance === null ? "no backtest figure to compare yet"
-    : pnl.within_tolerance ? `within tolerance (worst ${percent(pnl.max_abs_difference)})`
-    : `OUT of tolerance (worst ${percent(pnl.max_abs_difference)}, ` +
-      `tolerance ${percent(pnl.parity_tolerance)})`;
+    : `${pnl.within_tolerance ? "within" : "OUT of"} tolerance (worst ` +
+      `${gap(pnl.max_abs_difference)}, tolerance ${percent(pnl.parity_tolerance)})`;
   fill("pnl",
     last ? el("p", { class: `big ${last.pnl < 0 ? "loss" : "gain"}` },
               (last.pnl > 0 ? "+" : "") + number(last.pnl)) : "",
@@ -40,10 +40,14 @@ async function loadPnl() {
            ["P&L", (s) => number(s.pnl), true, (s) => s.pnl],
            ["Backtest equity", (s) => number(s.backtest_equity), true,
             (s) => s.backtest_equity],
-           ["Difference", (s) => percent(s.difference), true, (s) => s.difference]],
+           ["Difference", (s) => gap(s.difference), true, (s) => s.difference]],
           [...pnl.sessions].reverse(), "No valuations yet.", "", 10));
   drawEquity(pnl);
 }
+
+// Sessions, not calendar days: the axis has no gaps for weekends and holidays, and Plotly
+// thins the labels of a long history.
+const SESSION_AXIS = { type: "category", nticks: 10, tickangle: 0 };
 
 // The paper book's equity per session beside the backtest engine's equity for the same
 // approved signals (positions_report's figure): the gap is the parity the desk watches.
@@ -68,7 +72,7 @@ function drawEquity(pnl) {
   chart.hidden = false;
   Plotly.react(chart, traces, {
     margin: { l: 70, r: 20, t: 10, b: 40 }, height: 280, hovermode: "x unified",
-    legend: { orientation: "h", y: 1.12 }, xaxis: { type: "date" },
+    legend: { orientation: "h", y: 1.12 }, xaxis: SESSION_AXIS,
     yaxis: { title: { text: "Equity" }, tickformat: ",.0f" },
     shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: pnl.initial_cash,
                y1: pnl.initial_cash, line: { color: "#8a94a3", dash: "dash", width: 1 } }],

@@ -131,8 +131,8 @@ function pager(page, pages, first, count, total, go) {
 const number = (value, digits = 2) => value === null || value === undefined ? "—" :
   Number(value).toLocaleString("en-US", { minimumFractionDigits: digits,
                                           maximumFractionDigits: digits });
-const percent = (value) => value === null || value === undefined ? "—" :
-  (100 * Number(value)).toFixed(2) + " %";
+const percent = (value, digits = 2) => value === null || value === undefined ? "—" :
+  (100 * Number(value)).toFixed(digits) + " %";
 const when = (iso) => iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 16) +
   " UTC" : "—";
 
