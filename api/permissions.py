@@ -33,7 +33,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "signals.read": EVERYONE,
     "orders.read": EVERYONE,
     "quality.read": EVERYONE,
-    "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch state
+    "accounts.read": EVERYONE,                      # fills, positions, cash, kill switch, limit use
     "events.read": EVERYONE,                        # the live stream of signals, orders, fills
     "runs.read": EVERYONE,                          # Dagster runs and their status
     "audit.read": frozenset({Role.RISK, Role.ADMIN}),
@@ -53,6 +53,31 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "surface.mlflow.write": frozenset({Role.RESEARCHER, Role.ADMIN}),
     "surface.grafana": EVERYONE,                    # dashboards (Grafana's Viewer role)
     "surface.metrics": EVERYONE,                    # the exporter's /metrics, read-only
+}
+
+# What each permission lets a role do, in the desk's words (the console's Administration page).
+PERMISSION_TEXT: dict[str, str] = {
+    "session.read": "see who is signed in; sign out",
+    "strategies.read": "read strategies, their performance and comparisons",
+    "experiments.read": "read MLflow experiments, backtests and their lineage",
+    "signals.read": "read signals and their approval decisions",
+    "orders.read": "read orders",
+    "quality.read": "read the data quality checks of a session",
+    "accounts.read": "read fills, positions, cash, P&L, the kill switch and limit use",
+    "events.read": "follow the live stream of signals, orders and fills",
+    "runs.read": "read Dagster runs and their status",
+    "audit.read": "read the audit log (every user's actions)",
+    "research.launch": "launch research rebuilds and backtests (compute, never an order)",
+    "signals.redecide": "have the gate decide a signal again, by its own rules",
+    "kill_switch.engage": "engage an account's kill switch: orders stop",
+    "kill_switch.release": "release the kill switch: orders flow again",
+    "users.read": "list users and their roles",
+    "users.manage": "create users, change roles, disable and enable users",
+    "surface.dagster": "open a Dagster UI (viewer: read-only; researcher: research only)",
+    "surface.mlflow.read": "browse the MLflow UI",
+    "surface.mlflow.write": "create, rename, tag or delete MLflow experiments and runs",
+    "surface.grafana": "view the Grafana dashboards",
+    "surface.metrics": "read the metrics exporter",
 }
 
 # Which Dagster webserver the proxy sends a role to. Dagster OSS has no roles: what a role may
@@ -145,6 +170,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/accounts/{{account_id}}/cash"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/kill-switch"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/pnl"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/limits"): "accounts.read",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/engage"): "kill_switch.engage",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/release"): "kill_switch.release",
     ("GET", f"{V1}/quality/sessions/{{session}}"): "quality.read",

@@ -82,6 +82,12 @@ def all_results(settings: Settings) -> dict[str, StrategyResults]:
     return found
 
 
+def deployment_accounts(settings: Settings) -> list[str]:
+    """The accounts this deployment trades: its own first, then the further ones."""
+    execution = settings.execution
+    return [execution.account_id, *(a.account_id for a in execution.accounts)]
+
+
 def finite_or_none(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 

@@ -194,6 +194,39 @@ class AccountPnl(Model):
     sessions: list[PnlSession]
 
 
+LimitUnit = Literal["percent", "money", "sessions", "rejections"]
+
+
+class LimitUseOut(Model):
+    limit: str = Field(description="The RiskLimits field")
+    applies_to: str = Field(description="book, target, orders sent, or how a per-order / "
+                            "per-signal limit is checked")
+    value: float | None = Field(description="The figure (null: not measured); for unit "
+                                "rejections the day's rejections under the limit's rule")
+    bound: float | None = Field(description="The configured limit (null: not limited)")
+    unit: LimitUnit = Field(description="percent: a fraction; rejections: bound is the "
+                            "limit's setting, not comparable with value")
+    utilisation: float | None = Field(description="value / bound (1 = at the limit)")
+    status: str = Field(description="ok, breach, not limited, or why it was not measured")
+    shown_value: str = Field(description="value as the report prints it")
+    shown_bound: str = Field(description="bound as the report prints it")
+
+
+class LayerLimits(Model):
+    layer: str = Field(description="The risk layer that checks these limits")
+    limits: list[LimitUseOut]
+
+
+class AccountLimits(Model):
+    account_id: str
+    session: dt.date | None = Field(description="The session of the newest compliance report "
+                                    "(null: none written yet)")
+    generated_at: dt.datetime | None
+    note: str | None = Field(description="Why there is no figure, when there is none")
+    breaches: int = Field(description="Limits in breach in that report")
+    layers: list[LayerLimits] = Field(description="Every risk layer, in check order")
+
+
 class ExperimentOut(Model):
     experiment_id: str
     name: str = Field(description="The strategy (one experiment per strategy, SPEC §10)")

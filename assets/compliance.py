@@ -4,7 +4,8 @@ After ``portfolio_risk`` and ``positions_report``, the report of session D (the 
 the clock has closed, as ``positions_report`` marks it) is gathered from the ledger (book,
 valuations, the day's signals, orders and breach entries of the audit log), the risk table and
 the configured limits, rendered by :mod:`rotation.compliance_report` as HTML and PDF, written
-to ``<storage_root>/reports/<account>/<D>.html|.pdf`` and logged to MLflow (experiment
+to ``<storage_root>/reports/<account>/<D>.html|.pdf`` (with the limit use as numbers in
+``<D>.limits.json``, which the desk API serves) and logged to MLflow (experiment
 ``<account> compliance reports``, one run per report). The materialisation links both files,
 the MLflow run and a preview: the report is one click from the asset in the UI.
 """
@@ -27,8 +28,11 @@ from rotation.compliance_report import (
     ComplianceReport,
     ReportInputs,
     build_report,
+    limit_use_document,
+    limit_use_path,
     render_html,
     render_pdf,
+    report_folder,
 )
 from rotation.risk import RiskLimits
 from trading.account import Account
@@ -45,7 +49,7 @@ def experiment_of(account_id: str) -> str:
 
 
 def report_paths(storage_root: Path, account_id: str, session: dt.date) -> tuple[Path, Path]:
-    folder = storage_root / "reports" / account_id
+    folder = report_folder(storage_root, account_id)
     return folder / f"{session:%Y-%m-%d}.html", folder / f"{session:%Y-%m-%d}.pdf"
 
 
@@ -157,6 +161,10 @@ def compliance_assets(account: Account, *, storage_root: Path) -> list[dg.Assets
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(rep), encoding="utf-8")
         pages = render_pdf(rep, pdf_path)
+        limits_path = limit_use_path(storage_root, account_id, day.date())
+        partial = limits_path.with_name(limits_path.name + ".partial")
+        partial.write_text(limit_use_document(inputs, rep), encoding="utf-8")
+        partial.replace(limits_path)        # the API never reads a half-written file
         run_id, url = _log_to_mlflow(context, tracking, account_id, day.date(), rep,
                                      (html_path, pdf_path))
         if rep.breaches:
@@ -168,6 +176,7 @@ def compliance_assets(account: Account, *, storage_root: Path) -> list[dg.Assets
             "html": dg.MetadataValue.path(str(html_path)),
             "pdf": dg.MetadataValue.path(str(pdf_path)),
             "pdf_pages": dg.MetadataValue.int(pages),
+            "limit_use": dg.MetadataValue.path(str(limits_path)),
             "mlflow_run_id": dg.MetadataValue.text(run_id),
             **({"mlflow_run": dg.MetadataValue.url(url)} if url else {}),
             "breaches": dg.MetadataValue.int(rep.breaches),

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import math
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,21 +31,27 @@ import pandas as pd
 
 from rotation import report
 from rotation.report import _STYLE, _esc, _img  # the backtest report's page style and escaping
-from rotation.risk import RiskLimits, drawdown_of, reasons_of, turnover
+from rotation.risk import Layer, RiskLimits, drawdown_of, reasons_of, turnover
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
     "BREACH_ACTIONS",
+    "LIMIT_LAYERS",
     "AuditEntryLike",
     "ComplianceReport",
+    "LimitUse",
     "OrderLike",
     "ReportInputs",
     "SignalLike",
     "build_report",
+    "latest_limit_use",
+    "limit_use_document",
+    "limit_use_path",
     "render_html",
     "render_pdf",
+    "report_folder",
 ]
 
 # Audit actions that are breaches of the account's conduct or limit rules (written by the
@@ -54,6 +61,18 @@ _ESTIMATE = re.compile(r"^(?P<method>\S+) (?P<measure>VaR|ES) (?P<level>\d+)% (?
 _WORST_FUND = re.compile(r"worst fund (\S+)")
 _NONE = "–"
 _FEW_SESSIONS = 10
+# The risk layer that checks each limit of RiskLimits (rotation.risk's violations name it).
+LIMIT_LAYERS: dict[str, Layer] = {
+    "max_signal_age_sessions": "signal",
+    "max_gross_exposure": "account", "max_daily_notional": "account", "max_var_99": "account",
+    "max_es_99": "account", "max_stress_loss": "account", "max_days_to_liquidate": "account",
+    "max_intraday_loss": "account",
+    "max_turnover": "strategy", "drawdown_stop": "strategy",
+    "max_weight": "instrument", "price_band": "instrument",
+    "max_order_notional": "order", "lot_size": "order", "max_participation": "order",
+}
+# Beside each day's HTML and PDF: the limit use as numbers, for the desk API.
+LIMITS_SUFFIX = ".limits.json"
 
 
 class SignalLike(Protocol):
@@ -134,6 +153,7 @@ class ComplianceReport:
     pnl: dict[str, str]
     equity: pd.Series                   # by session, for the figures (may be empty)
     sections: dict[str, pd.DataFrame | str] = field(default_factory=dict)
+    limit_uses: tuple[LimitUse, ...] = ()   # the "Limit use" section as numbers
     breaches: int = 0                   # limits in breach + breach entries of the audit log
     rejections: int = 0                 # signal reasons + rejected orders
 
@@ -300,18 +320,49 @@ class _Use:
 _SHOW = {"percent": _pct, "money": _money, "sessions": _number}
 
 
-def _use_row(use: _Use, tolerance: float) -> dict[str, str]:
+@dataclass(frozen=True)
+class LimitUse:
+    """One row of the limit use as numbers (what the desk API serves): ``unit`` is
+    ``percent`` (a fraction), ``money``, ``sessions``, or ``rejections`` for a limit checked
+    order by order or signal by signal (``value`` then counts the day's rejections under its
+    rule and ``bound`` is the limit's setting); ``utilisation`` is value / bound."""
+
+    layer: str
+    limit: str
+    applies_to: str
+    value: float | None
+    bound: float | None
+    unit: str
+    utilisation: float | None
+    status: str                   # ok, breach, not limited, or why it was not measured
+    shown_value: str
+    shown_bound: str
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _use_of(use: _Use, tolerance: float) -> LimitUse:
     show = _SHOW[use.unit]
+    value, utilisation = _finite(use.value), None
     if use.bound is None:
-        status, utilisation = "not limited", _NONE
-    elif use.value is None:
-        status, utilisation = use.why_unmeasured, _NONE
+        status = "not limited"
+    elif value is None:
+        status = use.why_unmeasured
     else:
         slack = tolerance if use.unit == "percent" else 0.0
-        status = "breach" if use.value > use.bound + slack else "ok"
-        utilisation = f"{100.0 * use.value / use.bound:.1f}%"
-    return {"limit": use.limit, "applies to": use.portfolio, "value": show(use.value),
-            "limit value": show(use.bound), "utilisation": utilisation, "status": status}
+        status = "breach" if value > use.bound + slack else "ok"
+        utilisation = value / use.bound
+    return LimitUse(layer=LIMIT_LAYERS[use.limit], limit=use.limit, applies_to=use.portfolio,
+                    value=value, bound=use.bound, unit=use.unit, utilisation=utilisation,
+                    status=status, shown_value=show(value), shown_bound=show(use.bound))
+
+
+def _use_row(use: LimitUse) -> dict[str, str]:
+    utilisation = _NONE if use.utilisation is None else f"{100.0 * use.utilisation:.1f}%"
+    return {"limit": use.limit, "applies to": use.applies_to, "value": use.shown_value,
+            "limit value": use.shown_bound, "utilisation": utilisation, "status": use.status}
 
 
 def _day_orders(inputs: ReportInputs) -> list[OrderLike]:
@@ -367,21 +418,22 @@ _PER_DECISION = (("price_band", "price_band", "per order: |reference / last clos
                   "intraday: loss since the last close (monitor)", _pct))
 
 
-def _limit_use(inputs: ReportInputs, weights: Mapping[str, float], curve: pd.Series
-               ) -> pd.DataFrame:
+def _all_limit_uses(inputs: ReportInputs, weights: Mapping[str, float], curve: pd.Series
+                    ) -> list[LimitUse]:
     tolerance = inputs.limits.weight_tolerance
-    rows = [_use_row(u, tolerance) for u in _limit_uses(inputs, weights, curve)]
+    uses = [_use_of(u, tolerance) for u in _limit_uses(inputs, weights, curve)]
     rejected = _rejections(inputs)
     rules = list(rejected["rule"]) if isinstance(rejected, pd.DataFrame) else []
     for name, rule, what, show in _PER_DECISION:
         count = rules.count(rule)
         limit = getattr(inputs.limits, name)
-        rows.append({"limit": name, "applies to": what, "value": f"{count} rejected",
-                     "limit value": _NONE if limit is None else show(limit),
-                     "utilisation": _NONE,
-                     "status": "breach" if count else "ok" if limit is not None
-                     else "not limited"})
-    return pd.DataFrame(rows)
+        uses.append(LimitUse(
+            layer=LIMIT_LAYERS[name], limit=name, applies_to=what, value=float(count),
+            bound=None if limit is None else float(limit), unit="rejections",
+            utilisation=None, status="breach" if count else "ok" if limit is not None
+            else "not limited", shown_value=f"{count} rejected",
+            shown_bound=_NONE if limit is None else show(limit)))
+    return uses
 
 
 def _breaches(limit_use: pd.DataFrame, audit: Sequence[AuditEntryLike]) -> pd.DataFrame | str:
@@ -429,7 +481,8 @@ def build_report(inputs: ReportInputs) -> ComplianceReport:
     """The report's tables from ``inputs`` (see the module docstring for the sections)."""
     positions, equity, weights = _positions(inputs)
     curve = _equity_curve(inputs)
-    limit_use = _limit_use(inputs, weights, curve)
+    uses = _all_limit_uses(inputs, weights, curve)
+    limit_use = pd.DataFrame([_use_row(u) for u in uses])
     rejections = _rejections(inputs)
     breaches = _breaches(limit_use, inputs.audit)
     entries = sum(1 for e in inputs.audit if e.get("action") in BREACH_ACTIONS)
@@ -449,8 +502,37 @@ def build_report(inputs: ReportInputs) -> ComplianceReport:
     return ComplianceReport(
         title=f"Risk and compliance report: {inputs.account_id}, {inputs.session}",
         header=header, pnl=_pnl(inputs, curve), equity=curve, sections=sections,
-        breaches=0 if isinstance(breaches, str) else len(breaches),
+        limit_uses=tuple(uses), breaches=0 if isinstance(breaches, str) else len(breaches),
         rejections=0 if isinstance(rejections, str) else len(rejections) - entries)
+
+
+# -- the limit use file ---------------------------------------------------------------------------
+
+def report_folder(storage_root: Path, account_id: str) -> Path:
+    """Where the account's daily reports are kept (every account of a deployment alike)."""
+    return storage_root / "reports" / account_id
+
+
+def limit_use_path(storage_root: Path, account_id: str, session: dt.date) -> Path:
+    return report_folder(storage_root, account_id) / f"{session:%Y-%m-%d}{LIMITS_SUFFIX}"
+
+
+def limit_use_document(inputs: ReportInputs, rep: ComplianceReport) -> str:
+    """The report's limit use as JSON (no NaN: an unmeasured figure is null)."""
+    return json.dumps({"account_id": inputs.account_id, "session": inputs.session.isoformat(),
+                       "generated_at": inputs.generated_at.isoformat(),
+                       "limits": [asdict(u) for u in rep.limit_uses]},
+                      allow_nan=False, indent=1)
+
+
+def latest_limit_use(storage_root: Path, account_id: str) -> dict[str, Any] | None:
+    """The newest session's limit use of the account (None: no report written yet). The
+    caller vouches for ``account_id`` (an account of the deployment, not a path)."""
+    files = sorted(report_folder(storage_root, account_id).glob(f"*{LIMITS_SUFFIX}"))
+    if not files:
+        return None
+    document: dict[str, Any] = json.loads(files[-1].read_text(encoding="utf-8"))
+    return document
 
 
 # -- HTML ---------------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ from assets.signals import risk_tables
 from resources.ledger import LedgerResource
 from resources.tracking import MlflowTracking
 from rotation import portfolio_risk
-from rotation.compliance_report import build_report, render_html, render_pdf
-from rotation.risk import RiskLimits, check_signal
+from rotation.compliance_report import build_report, limit_use_path, render_html, render_pdf
+from rotation.risk import LAYERS, RiskLimits, check_signal
 from sensors.breaches import risk_breach_alert_sensor
 from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.models import (
@@ -115,21 +115,30 @@ def _fill_book(ledger: Ledger, limits: RiskLimits) -> dict[str, Any]:
     return {"rejected": rejected, "refused": refused, "message": message}
 
 
-def _risk_table(limits: RiskLimits) -> pd.DataFrame:
+Portfolios = dict[str, tuple[dict[str, float], float]]
+
+
+def measured_risk(day: dt.date, funds: tuple[str, ...], portfolios: Portfolios,
+                  limits: RiskLimits, seed: int) -> pd.DataFrame:
     """portfolio_risk's long table, measured by rotation.portfolio_risk from 400 sessions of
-    returns (a seeded random walk) for a target and a book."""
-    rng = np.random.default_rng(19)
-    dates = pd.bdate_range(end=pd.Timestamp(DAY), periods=400)
-    closes = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.012, (400, 3)), axis=0)),
-                          index=dates, columns=list(FUNDS))
-    amounts = pd.DataFrame(rng.uniform(5e6, 5e7, (400, 3)), index=dates, columns=list(FUNDS))
+    returns of ``funds`` (a seeded random walk) up to ``day``."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range(end=pd.Timestamp(day), periods=400)
+    closes = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.012, (400, len(funds))),
+                                                 axis=0)), index=dates, columns=list(funds))
+    amounts = pd.DataFrame(rng.uniform(5e6, 5e7, (400, len(funds))), index=dates,
+                           columns=list(funds))
     returns = closes.pct_change()
     report = portfolio_risk.risk_report(
-        returns, amounts, {"target": ({"510300": 0.45, "518880": 0.45}, 1e6),
-                           "book": ({"510300": 0.4}, 1e6)},
-        DAY, dict.fromkeys(FUNDS, "equity"), portfolio_risk.load_stress("cn_funds"),
-        returns["510300"].dropna(), limits)
+        returns, amounts, portfolios, day, dict.fromkeys(funds, "equity"),
+        portfolio_risk.load_stress("cn_funds"), returns[funds[0]].dropna(), limits)
     return risk_tables(report)
+
+
+def _risk_table(limits: RiskLimits) -> pd.DataFrame:
+    """The risk of a target and a book of this module's account."""
+    return measured_risk(DAY, FUNDS, {"target": ({"510300": 0.45, "518880": 0.45}, 1e6),
+                                      "book": ({"510300": 0.4}, 1e6)}, limits, seed=19)
 
 
 class _Sections(HTMLParser):
@@ -203,6 +212,15 @@ def test_the_report_of_a_real_ledger_has_every_section(ledger_url: str, tmp_path
     assert rule.split("/")[1] in rejections and message in rejections
     assert rep.rejections == len(written["rejected"].reasons) + 1
     assert rep.breaches == 2 + 1           # VaR of target and book, and the conduct breach
+    # The same limit use as numbers, each limit under the layer that checks it.
+    uses = {(u.limit, u.applies_to): u for u in rep.limit_uses}
+    assert len(uses) == len(rep.sections["Limit use"])
+    var = uses[("max_var_99", "target")]
+    assert (var.layer, var.status, var.bound) == ("account", "breach", 0.001)
+    assert var.value is not None and var.utilisation == pytest.approx(var.value / 0.001)
+    assert uses[("max_es_99", "book")].status == "not limited"
+    order = uses[("max_order_notional", "orders sent")]       # 100,000 × 4.00 sent
+    assert (order.layer, order.value, order.utilisation) == ("order", 400_000.0, 1.0)
 
     data = pdf_path.read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
@@ -259,6 +277,13 @@ def test_the_asset_writes_both_files_logs_them_to_mlflow_and_links_them(executio
     html_path, pdf_path = report_paths(settings.resolved_storage_root.resolve(), ACCOUNT, day)
     assert meta["html"] == str(html_path) and meta["pdf"] == str(pdf_path)
     assert html_path.is_file() and pdf_path.read_bytes().startswith(b"%PDF-")
+    # The limit use as numbers beside them: what GET /accounts/{id}/limits serves.
+    limits = limit_use_path(settings.resolved_storage_root.resolve(), ACCOUNT, day)
+    assert meta["limit_use"] == str(limits)
+    stored = json.loads(limits.read_text(encoding="utf-8"))
+    assert (stored["account_id"], stored["session"]) == (ACCOUNT, execution_market.signal_day)
+    assert {u["layer"] for u in stored["limits"]} <= set(LAYERS)
+    assert sum(u["status"] == "breach" for u in stored["limits"]) <= meta["breaches"]
     assert ACCOUNT in str(meta["preview"]) and f"breaches: {meta['breaches']}" \
         in str(meta["preview"])
     assert meta["session"] == execution_market.signal_day

@@ -42,7 +42,13 @@ async function api(path, options = {}) {
 function describe(body, status) {
   const detail = body && body.detail;
   if (typeof detail === "string") return detail;
-  if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
+  // Validation errors name the field they are about (``loc``: where, then the field).
+  if (Array.isArray(detail)) {
+    return detail.map((d) => {
+      const field = Array.isArray(d.loc) && d.loc.length > 1 ? d.loc[d.loc.length - 1] : "";
+      return field ? `${field}: ${d.msg}` : d.msg;
+    }).join("; ");
+  }
   return `the API answered ${status}`;
 }
 
@@ -80,8 +86,8 @@ function table(columns, rows, empty, width = "", pageRows = PAGE_ROWS) {
     view.ascending = view.column === index ? !view.ascending : true;
     view.column = index;
     const column = columns[index];
-    view.rows.sort((a, b) => compareKeys(sortKey(column, a), sortKey(column, b)) *
-                             (view.ascending ? 1 : -1));
+    view.rows.sort((a, b) => compareKeys(sortKey(column, a), sortKey(column, b),
+                                         view.ascending));
     view.page = 0;
     draw();
   };
@@ -108,12 +114,15 @@ function table(columns, rows, empty, width = "", pageRows = PAGE_ROWS) {
   return wrap;
 }
 
-function compareKeys(a, b) {
+const blank = (key) => key === null || key === undefined || key === "";
+
+function compareKeys(a, b, ascending = true) {
   if (a === b) return 0;
-  if (a === null || a === undefined || a === "") return 1;     // blanks last
-  if (b === null || b === undefined || b === "") return -1;
-  if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b), "en", { numeric: true });
+  if (blank(a)) return 1;             // blanks last, whichever way the column is sorted
+  if (blank(b)) return -1;
+  const order = typeof a === "number" && typeof b === "number" ? a - b
+    : String(a).localeCompare(String(b), "en", { numeric: true });
+  return ascending ? order : -order;
 }
 
 // Previous / next for a table's pages; ``go(page)`` shows a page (0-based).
@@ -191,25 +200,36 @@ function openKillDialog(action) {
   dialog.showModal();
 }
 
+// A confirmation dialog's call with its reason (at least 3 characters: it goes to the audit
+// log); a refusal is shown in the dialog. True once the call succeeded.
+async function callWithReason(reasonId, errorId, call) {
+  const reason = document.getElementById(reasonId).value.trim();
+  const error = document.getElementById(errorId);
+  const refuse = (text) => {
+    error.textContent = text;
+    error.hidden = false;
+    return false;
+  };
+  if (reason.length < 3) {
+    return refuse("Give a reason of at least 3 characters: it goes to the audit log.");
+  }
+  try {
+    await call(reason);
+  } catch (failure) {
+    return refuse(`Refused: ${failure.message}`);
+  }
+  return true;
+}
+
 async function confirmKillSwitch(event) {
   event.preventDefault();
   const dialog = document.getElementById("kill-dialog");
-  const reason = document.getElementById("kill-reason").value.trim();
-  const error = document.getElementById("kill-error");
-  if (reason.length < 3) {
-    error.textContent = "Give a reason of at least 3 characters: it goes to the audit log.";
-    error.hidden = false;
-    return;
-  }
-  try {
-    await api(`/accounts/${ACCOUNT}/kill-switch/${dialog.dataset.action}`,
-              { method: "POST", body: { reason } });
-    dialog.close();
-    await loadKillSwitch();
-  } catch (failure) {
-    error.textContent = `Refused: ${failure.message}`;
-    error.hidden = false;
-  }
+  const done = await callWithReason("kill-reason", "kill-error", (reason) =>
+    api(`/accounts/${ACCOUNT}/kill-switch/${dialog.dataset.action}`,
+        { method: "POST", body: { reason } }));
+  if (!done) return;
+  dialog.close();
+  await loadKillSwitch();
 }
 
 function wireKillSwitch() {
@@ -278,6 +298,6 @@ function start() {
 
 // What the pages' scripts use (they run after this one, before the document is loaded).
 window.Desk = { CONTEXT, ACCOUNT, ApiError, api, el, fill, table, pager, number, percent,
-                when, showError, guarded, may: (p) => CONTEXT.permissions.includes(p),
-                page: registerPage };
+                when, showError, guarded, callWithReason,
+                may: (p) => CONTEXT.permissions.includes(p), page: registerPage };
 document.addEventListener("DOMContentLoaded", start);

@@ -14,17 +14,22 @@ from api.permissions import V1
 from api.schemas import (
     PLAIN_TEXT,
     SIGNED_IN_RESPONSES,
+    AccountLimits,
     AccountPnl,
     CashOut,
     FillOut,
     KillSwitchChange,
     KillSwitchOut,
+    LayerLimits,
+    LimitUseOut,
     Page,
     PnlSession,
     PositionOut,
     text_filter,
 )
 from api.store import Audit
+from rotation.compliance_report import latest_limit_use
+from rotation.risk import LAYERS
 from trading.ledger import LedgerError, Position
 from trading.models import Fill, Side
 
@@ -109,6 +114,33 @@ def pnl(account_id: Account, state: State, since: Annotated[dt.date | None, Quer
                              backtest_equity=results.finite_or_none(row["backtest_equity"]),
                              difference=results.finite_or_none(row["difference"]))
                   for day, row in frame.iterrows()])
+
+
+@router.get("/limits", summary="The use of every risk limit, by layer, in the newest daily "
+            "compliance report", description="risk_compliance_report's limit use of its "
+            "newest session (value against limit, utilisation, ok / breach), grouped by the "
+            "risk layer that checks each limit; before the first report, no figures and a "
+            "note saying so. 404 for an account this deployment does not trade.")
+def limits(account_id: Account, state: State) -> AccountLimits:
+    if account_id not in results.deployment_accounts(state.settings):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=(
+            f"account_id: {account_id!r} is not traded by this deployment, so it has no "
+            "compliance report"))
+    document = latest_limit_use(state.settings.resolved_storage_root, account_id)
+    if document is None:
+        return AccountLimits(
+            account_id=account_id, session=None, generated_at=None, breaches=0,
+            layers=[LayerLimits(layer=layer, limits=[]) for layer in LAYERS],
+            note=f"No risk and compliance report of {account_id} yet: "
+                 "risk_compliance_report writes one after each session.")
+    uses: list[dict[str, Any]] = document["limits"]
+    return AccountLimits(
+        account_id=account_id, session=document["session"],
+        generated_at=document["generated_at"], note=None,
+        breaches=sum(u["status"] == "breach" for u in uses),
+        layers=[LayerLimits(layer=layer, limits=[
+            LimitUseOut(**{k: v for k, v in u.items() if k != "layer"})
+            for u in uses if u["layer"] == layer]) for layer in LAYERS])
 
 
 def _kill_switch(state: State, account_id: str) -> KillSwitchOut:

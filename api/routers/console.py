@@ -21,7 +21,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from api.deps import ApiState, Session, State
-from api.permissions import PERMISSIONS, ROLES, allowed
+from api.permissions import PERMISSION_TEXT, PERMISSIONS, ROLES, allowed
+from api.results import deployment_accounts
 from api.schemas import Problem
 from api.signin import browser_session, set_access_cookie
 
@@ -44,6 +45,8 @@ class ConsolePage:
 PAGES: dict[str, ConsolePage] = {p.name: p for p in (
     ConsolePage("today", "Today", "signals.read"),
     ConsolePage("book", "Book", "accounts.read", ("plotly.min.js",)),
+    ConsolePage("risk", "Risk & audit", "accounts.read", ("plotly.min.js",)),
+    ConsolePage("admin", "Administration", "users.read"),
 )}
 JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 # The files the pages load, with their content types (a fixed list: no path from a request
@@ -73,11 +76,6 @@ def _asset(name: str) -> str:
 def _library(name: str) -> bytes:
     package, path = LIBRARIES[name]
     return resources.files(package).joinpath(path).read_bytes()
-
-
-def deployment_accounts(state: ApiState) -> list[str]:
-    execution = state.settings.execution
-    return [execution.account_id, *(a.account_id for a in execution.accounts)]
 
 
 @dataclass(frozen=True)
@@ -146,7 +144,7 @@ def serve_page(page: ConsolePage, request: Request, state: ApiState, account: st
         target = quote(request.url.path + (f"?{request.url.query}" if request.url.query
                                            else ""), safe="")
         return RedirectResponse(f"/signin?next={target}", status_code=status.HTTP_303_SEE_OTHER)
-    accounts = deployment_accounts(state)
+    accounts = deployment_accounts(state.settings)
     chosen = account or accounts[0]
     if chosen not in accounts:
         return _not_found(f"{chosen!r} is not an account of this deployment: choose one of "
@@ -181,10 +179,13 @@ def _plain_page(title: str, message: str, status_code: int) -> HTMLResponse:
 
 def render(page: ConsolePage, viewer: Viewer) -> str:
     body = Template(_asset(f"{page.name}.html")).safe_substitute(
-        kill_switch_controls=kill_switch_controls(viewer))
+        kill_switch_controls=kill_switch_controls(viewer), audit_controls=audit_controls(viewer),
+        kill_dialog=reason_dialog("kill"), user_dialog=reason_dialog("user"),
+        permission_table=permission_table(), role_options="".join(
+            f'<option value="{role.value}">{role.value}</option>' for role in ROLES))
     nav = "".join(
         f'<a href="/console/{p.name}?account={quote(viewer.account)}"'
-        f'{" aria-current=page" if p is page else ""}>{p.title}</a>'
+        f'{" aria-current=page" if p is page else ""}>{html.escape(p.title)}</a>'
         for p in PAGES.values() if viewer.may(p.permission))
     scripts = "".join(f'<script src="/console/static/{name}" defer></script>'
                       for name in (*page.libraries, "console.js", f"{page.name}.js"))
@@ -193,7 +194,7 @@ def render(page: ConsolePage, viewer: Viewer) -> str:
         f">{html.escape(a)}</option>" for a in viewer.accounts)
     user = viewer.session.user
     return Template(_asset("page.html")).substitute(
-        title=page.title, page=page.name, nav=nav, account_options=options,
+        title=html.escape(page.title), page=page.name, nav=nav, account_options=options,
         context=viewer.context(), scripts=scripts, user=html.escape(user.username),
         role=user.role.value, body=body)
 
@@ -214,6 +215,35 @@ def kill_switch_controls(viewer: Viewer) -> str:
     note = "" if release else \
         f'<p class="muted">Releasing it is for: {_roles_with("kill_switch.release")}.</p>'
     return f'<div class="controls">{"".join(buttons)}</div>{note}'
+
+
+def reason_dialog(name: str) -> str:
+    """A confirmation asking why (the reason goes to the audit log): ids ``<name>-dialog``,
+    ``-reason``, ``-error``, ``-confirm``... for the page's script."""
+    return Template(_asset("reason_dialog.html")).substitute(id=name)
+
+
+def audit_controls(viewer: Viewer) -> str:
+    """The audit log's filters for a role that may read it; else who may (no failing call)."""
+    if not viewer.may("audit.read"):
+        return (f'<p class="muted" id="audit-not-yours">Your role '
+                f"({viewer.session.user.role.value}) cannot read the audit log: it is for "
+                f"{_roles_with('audit.read')}.</p>")
+    return _asset("audit_filters.html")
+
+
+def permission_table() -> str:
+    """Each permission of api/permissions.py against the roles that hold it."""
+    head = "".join(f'<th class="role-col" scope="col">{role.value}</th>' for role in ROLES)
+    rows = "".join(
+        f'<tr><th scope="row">{html.escape(name)}</th>'
+        f'<td class="what">{html.escape(PERMISSION_TEXT[name])}</td>' + "".join(
+            '<td class="yes" title="allowed">✓</td>' if role in roles
+            else '<td class="no" title="refused">–</td>' for role in ROLES) + "</tr>"
+        for name, roles in PERMISSIONS.items())
+    return (f'<div class="table-wrap"><table id="permission-table"><thead><tr>'
+            f"<th>Permission</th><th>What it allows</th>{head}</tr></thead><tbody>{rows}"
+            f"</tbody></table></div>")
 
 
 def _roles_with(permission: str) -> str:
