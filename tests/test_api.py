@@ -82,7 +82,7 @@ def concrete(path: str, d: Desk) -> str:
     return path.format(account_id=d.account, signal_id=d.approved.signal_id,
                        order_id=d.order.order_id, name="etf_rotation_sample",
                        username=f"nobody-{d.run}", session=QUALITY_SESSION,
-                       run_id="00000000-0000-0000-0000-000000000000")
+                       run_id="00000000-0000-0000-0000-000000000000", page="today")
 
 
 def audit_rows(d: Desk, **where: str) -> list[dict[str, object]]:
