@@ -44,6 +44,7 @@ class ConsolePage:
 PAGES: dict[str, ConsolePage] = {p.name: p for p in (
     ConsolePage("today", "Today", "signals.read"),
     ConsolePage("book", "Book", "accounts.read", ("plotly.min.js",)),
+    ConsolePage("research", "Research", "strategies.read", ("plotly.min.js",)),
 )}
 JS, CSS = "text/javascript; charset=utf-8", "text/css; charset=utf-8"
 # The files the pages load, with their content types (a fixed list: no path from a request
