@@ -246,27 +246,38 @@ async function launch(kind, reason, buttons) {
   }
 }
 
+// What the run is doing, and what the deployment runs after it.
+function runState(run, label, next) {
+  const failed = run.status === "FAILURE";
+  const line = el("p", { class: `run-state${failed ? " error" : ""}`,
+                         "data-status": run.status, "data-run": run.run_id },
+    `${label}: run ${run.run_id} of ${run.job} is ${run.status}` +
+    (run.ended_at ? ` (ended ${when(run.ended_at)})` : "") +
+    (failed ? ". Its log in Dagster says why." : ""));
+  const then = !next ? "" : !ENDED.has(run.status)
+    ? `When it succeeds, the deployment's sensors run ${next}.`
+    : run.status === "SUCCESS" ? `The deployment's sensors now run ${next}.`
+    : `Nothing follows it: ${next} run only after a success.`;
+  return [line, el("p", { class: "muted" }, then)];
+}
+
 // Poll the run's status until it ends; a failed poll is said and retried.
 async function follow(launched, label) {
-  const then = launched.then.length
-    ? `When it succeeds, the deployment's sensors run ${launched.then.join(", ")}.` : "";
+  const open = launched.dagster_url
+    ? external(launched.dagster_url, "Open the run in Dagster ↗")
+    : el("span", { class: "muted" }, "No Dagster UI is configured: no link to the run.");
   for (;;) {
-    let line;
-    let ended = false;
+    let run = null;
     try {
-      const run = await api(`/runs/${encodeURIComponent(launched.run_id)}`);
-      ended = ENDED.has(run.status);
-      line = el("p", { class: "run-state", "data-status": run.status },
-                `${label}: run ${run.run_id} of ${run.job} is ${run.status}` +
-                (run.ended_at ? ` (ended ${when(run.ended_at)})` : ""));
+      run = await api(`/runs/${encodeURIComponent(launched.run_id)}`);
+      const [line, then] = runState(run, label, launched.then.join(", "));
+      launchStatus(line, el("p", {}, open), then);
     } catch (error) {
-      line = el("p", { class: "error" }, `Reading the run's status failed (${error.message}); ` +
-                                         "trying again.");
+      launchStatus(el("p", { class: "error" }, `Reading the status of run ` +
+                      `${launched.run_id} failed (${error.message}); trying again.`),
+                   el("p", {}, open));
     }
-    const open = launched.dagster_url ? external(launched.dagster_url, "Open the run in Dagster ↗")
-      : el("span", { class: "muted" }, "No Dagster UI is configured: no link to the run.");
-    launchStatus(line, el("p", {}, open), el("p", { class: "muted" }, then));
-    if (ended) return loadResearch();
+    if (run && ENDED.has(run.status)) return loadResearch();
     await new Promise((resolve) => window.setTimeout(resolve, POLL_MS));
   }
 }
