@@ -9,7 +9,10 @@ out-of-sample sessions, the windows are stitched into one backtest by the projec
 (rotation.backtest.run_backtest), and the IO manager writes oos_backtest, target_portfolio and
 the wfo_results partitions under the keys the deployment gives them: plain for its own
 strategy, ``<strategy>/...`` for the two beside it (orchestration.strategy_stage). Two of the
-strategies have their MLflow runs in the deployment's tracking store, the third not."""
+strategies have their MLflow runs in the deployment's tracking store, the third not.
+
+The API launches through ``dagster dev`` serving the project's code location: a researcher's
+rebuild launched from the page is a real Dagster run, followed on the page to its end."""
 
 # ruff: noqa: F811  (the fixtures browser and open_tab of test_console are parameters)
 
@@ -38,6 +41,8 @@ from test_console import (  # noqa: F401  (browser, open_tab: fixtures)
     sign_in,
 )
 
+from api import results, windows
+from api.experiments import Tracking
 from api.permissions import Role
 from orchestration.instance import LOCAL_INSTANCE_YAML
 from orchestration.strategy_stage import strategy_asset_key
@@ -55,7 +60,7 @@ RUN_MS = 120_000              # a research run on this home ends in seconds
 FUNDS = ("510300", "510500", "159915", "518880", "512880", "513100")
 BENCHMARK = "510300"
 SINCE, UNTIL = "2020-01-02", "2024-12-31"
-IN_SAMPLE, OUT_OF_SAMPLE, REBALANCE = 240, 120, 20
+IN_SAMPLE, OUT_OF_SAMPLE, REBALANCE = 240, 60, 20     # quarterly windows
 
 
 @dataclass(frozen=True)
@@ -207,11 +212,7 @@ def store(research: Research, storage: Path, client: MlflowClient) -> tuple[str,
     """Write the strategy's assets as the IO manager writes them and log its MLflow runs (in
     the deployment's store when the rule is tracked; else ids of runs the store lacks)."""
     rule = research.rule
-    io = PartitionedParquetIOManager(base_path=str(storage))
-    for asset, frame in (("oos_backtest", research.daily),
-                         ("target_portfolio", research.targets)):
-        key = strategy_asset_key(rule.name, asset, rule.primary)
-        io.handle_output(dg.build_output_context(asset_key=key), frame)
+    io = store_portfolio(research, storage)
     experiment = client.create_experiment(rule.name) if rule.tracked else ""
     runs = {w.key: log_run(client, experiment, f"wfo {w.key}", key_path(rule, "wfo_results"))
             for w in research.windows}
@@ -224,6 +225,17 @@ def store(research: Research, storage: Path, client: MlflowClient) -> tuple[str,
             research.window_row(w, runs[w.key]))
     oos = log_run(client, experiment, "oos backtest", key_path(rule, "oos_backtest"))
     return experiment, runs, oos
+
+
+def store_portfolio(research: Research, storage: Path) -> PartitionedParquetIOManager:
+    """oos_backtest and target_portfolio, as the IO manager writes them."""
+    rule = research.rule
+    io = PartitionedParquetIOManager(base_path=str(storage))
+    for asset, frame in (("oos_backtest", research.daily),
+                         ("target_portfolio", research.targets)):
+        key = strategy_asset_key(rule.name, asset, rule.primary)
+        io.handle_output(dg.build_output_context(asset_key=key), frame)
+    return io
 
 
 def log_run(client: MlflowClient, experiment: str, name: str, asset_key: str) -> str:
@@ -335,6 +347,26 @@ def test_each_window_names_its_winner_and_links_its_sources(served: Served) -> N
                 oos_link["missing"]
 
 
+def test_without_wfo_results_the_windows_come_from_the_backtest(served: Served,
+                                                                tmp_path: Path) -> None:
+    """A home whose wfo_results is not stored (or was removed): the windows and their
+    sessions from the stitched backtest, and plainly no winner and no run."""
+    research = served.stored.research["sample_momentum"]
+    store_portfolio(research, tmp_path)
+    stored = results.results_in(tmp_path, ("sample_momentum",))
+    assert stored is not None and results.key_prefixes(tmp_path) == [(), ("sample_momentum",)]
+    found = windows.strategy_windows(stored, Tracking(served.live.desk.settings), None,
+                                     "sample_momentum")
+    assert not found.winners_stored
+    assert [w.window for w in found.windows] == [w.key for w in research.windows]
+    assert {w.sessions for w in found.windows} == {OUT_OF_SAMPLE}
+    assert all(w.no_trade is None and not w.factors for w in found.windows)
+    links = found.windows[0].links
+    assert links.mlflow_run.missing == "wfo_results is not stored: the window's run is unknown"
+    assert links.dagster_asset.missing is not None and \
+        "no Dagster UI is configured" in links.dagster_asset.missing
+
+
 def test_bad_strategy_names_get_a_clear_answer(served: Served) -> None:
     missing = served.get("/strategies/no_such_strategy/windows")
     assert missing.status_code == 404
@@ -400,16 +432,25 @@ def test_winners_per_window_link_to_dagster_and_mlflow(served: Served, open_tab:
     stored = served.stored
     for rule in RULES:
         research = stored.research[rule.name]
-        first = research.windows[0].key
+        newest = research.windows[-1].key       # on the first page: newest first
         section = page.locator(f"#windows h3[data-strategy={rule.name}] + p + .table-wrap")
         text = section.inner_text()
-        assert f"{rule.factor}_{research.winners[first]}" in text and first in text
+        assert f"{rule.factor}_{research.winners[newest]}" in text
+        assert section.locator("tbody tr").first.inner_text().startswith(newest)
         partition = section.locator(
-            f"a[href='{served.asset_url(rule, 'wfo_results', first)}']")
+            f"a[href='{served.asset_url(rule, 'wfo_results', newest)}']")
         assert partition.count() == 2      # the window and its sources
-        run = stored.window_runs[rule.name][first]
+        run = stored.window_runs[rule.name][newest]
         linked = section.locator(f"a[href='{mlflow_url(stored, rule.name, run)}']")
         assert linked.count() == (4 if rule.tracked else 0)   # three figures and the source
+    # More windows than a page: ten at a time, the next page on request.
+    oldest = stored.research[NAMES[0]].windows
+    table = page.locator(f"#windows h3[data-strategy={NAMES[0]}] + p + .table-wrap")
+    assert f"1–10 of {len(oldest)}" in table.locator(".pager").inner_text()
+    assert oldest[0].key not in table.inner_text()
+    table.locator("[data-page=next]").click()
+    assert f"11–{len(oldest)} of {len(oldest)}" in table.locator(".pager").inner_text()
+    assert table.locator("tbody tr").last.inner_text().startswith(oldest[0].key)
     # The reason a link is missing is said once per table, not once per row.
     untracked = len(stored.research["sample_low_vol"].windows)
     assert page.locator("#windows .missing-link").all_inner_texts() == [

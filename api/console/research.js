@@ -181,14 +181,16 @@ function windowTable(found) {
     ["Sources", (w) => sources(w.links, w.mlflow_run_id), false,
      (w) => w.links.mlflow_run.url || ""]];
   const about = found.winners_stored
-    ? `${found.windows.length} windows. Each frozen winner traded its window's ` +
+    ? `${found.windows.length} windows, the newest (trading now) first until sorted. ` +
+      "Each frozen winner traded its window's " +
       "out-of-sample sessions; its figures are that window's own and link to its MLflow " +
       "run, the window to its wfo_results partition in Dagster."
     : "wfo_results is not stored for this strategy: the windows come from the stitched " +
       "backtest's sessions, their winners unknown.";
   return [el("h3", { "data-strategy": found.strategy }, found.strategy),
           el("p", { class: "muted" }, about),
-          table(columns, found.windows, "No walk-forward window stored.", "", 10),
+          table(columns, [...found.windows].reverse(), "No walk-forward window stored.", "",
+                10),
           ...missingNote(found.windows.map((w) => w.links), "window")];
 }
 
