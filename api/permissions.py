@@ -154,6 +154,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/strategies/refused"): "strategies.read",
     ("GET", f"{V1}/strategies/{{name}}"): "strategies.read",
     ("GET", f"{V1}/strategies/{{name}}/performance"): "strategies.read",
+    ("GET", f"{V1}/strategies/{{name}}/windows"): "strategies.read",
     ("GET", f"{V1}/experiments"): "experiments.read",
     ("GET", f"{V1}/backtests"): "experiments.read",
     ("GET", f"{V1}/backtests/{{run_id}}"): "experiments.read",

@@ -3,9 +3,11 @@ home's stitched out-of-sample backtest (``oos_backtest``) and target (``target_p
 and the paper account against its backtest (``positions_report``), from the Parquet files the
 pipeline's IO manager wrote. A file is read again only when it changed (path, size, mtime).
 
-One home holds one strategy's results (issue 14: one home per dataset): the strategy is the one
-its target names. Metrics come from :func:`rotation.backtest.metrics.performance_metrics`, the
-function the backtest reports use."""
+A deployment runs several strategies side by side (orchestration.strategy_stage): its own
+strategy's assets keep plain keys (``<storage>/oos_backtest.parquet``), every further strategy's
+are keyed under its name (``<storage>/<strategy>/oos_backtest.parquet``, the IO manager's
+``path_for``). The strategy is the one its target names. Metrics come from
+:func:`rotation.backtest.metrics.performance_metrics`, the function the backtest reports use."""
 
 from __future__ import annotations
 
@@ -33,11 +35,22 @@ class StrategyResults:
     strategy: str
     storage: Path
     daily: pd.DataFrame            # date-indexed: equity, cash, drawdown, benchmark_*, window
+    # The asset key path before the asset's name: () for the deployment's own strategy,
+    # (strategy,) for one beside it.
+    key_prefix: tuple[str, ...] = ()
 
     @property
     def benchmarks(self) -> list[str]:
         return [c.removeprefix(BENCHMARK_PREFIX) for c in self.daily.columns
                 if c.startswith(BENCHMARK_PREFIX)]
+
+    @property
+    def folder(self) -> Path:
+        """Where the IO manager wrote this strategy's assets."""
+        return self.storage.joinpath(*self.key_prefix)
+
+    def asset_key(self, asset: str) -> tuple[str, ...]:
+        return (*self.key_prefix, asset)
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,22 +76,34 @@ def storage_roots(settings: Settings) -> list[Path]:
     return roots
 
 
-def results_in(storage: Path) -> StrategyResults | None:
-    target, daily = read_stored(storage / TARGET_FILE), read_stored(storage / OOS_FILE)
+def results_in(storage: Path, key_prefix: tuple[str, ...] = ()) -> StrategyResults | None:
+    folder = storage.joinpath(*key_prefix)
+    target, daily = read_stored(folder / TARGET_FILE), read_stored(folder / OOS_FILE)
     if target is None or daily is None or target.empty or daily.empty:
         return None
     return StrategyResults(strategy=str(target["strategy"].iloc[0]), storage=storage,
                            daily=daily.assign(date=pd.to_datetime(daily["date"]))
-                           .set_index("date").sort_index())
+                           .set_index("date").sort_index(), key_prefix=key_prefix)
+
+
+def key_prefixes(storage: Path) -> list[tuple[str, ...]]:
+    """The deployment's own strategy's (plain keys) first, then every strategy keyed under its
+    name: a folder holding an ``oos_backtest`` file (account stages and partitioned assets
+    are folders too, without one)."""
+    beside = sorted(d.name for d in storage.iterdir() if (d / OOS_FILE).is_file()) \
+        if storage.is_dir() else []
+    return [(), *((name,) for name in beside)]
 
 
 def all_results(settings: Settings) -> dict[str, StrategyResults]:
-    """Every strategy with stored results, by name (the configured home wins a tie)."""
+    """Every strategy with stored results, by name (the configured home wins a tie, and in
+    a home the deployment's own strategy)."""
     found: dict[str, StrategyResults] = {}
     for root in storage_roots(settings):
-        results = results_in(root)
-        if results is not None and results.strategy not in found:
-            found[results.strategy] = results
+        for prefix in key_prefixes(root):
+            results = results_in(root, prefix)
+            if results is not None and results.strategy not in found:
+                found[results.strategy] = results
     return found
 
 

@@ -173,6 +173,49 @@ class StrategyComparison(Model):
         description="Correlation of daily returns over the common sessions")
 
 
+class Link(Model):
+    """A link to where a number comes from, or why there is none."""
+
+    url: str | None
+    missing: str | None = Field(description="Why there is no link (null: there is one)")
+
+
+class ResultLinks(Model):
+    dagster_asset: Link = Field(description="The asset (and partition) in the Dagster UI")
+    mlflow_run: Link = Field(description="The run in the MLflow UI")
+
+
+class WindowWinner(Model):
+    window: str = Field(description="The walk-forward window (its partition key)")
+    is_start: dt.date | None
+    is_end: dt.date | None
+    oos_start: dt.date
+    oos_end: dt.date
+    sessions: int = Field(description="Its sessions in the stitched out-of-sample backtest")
+    no_trade: bool | None = Field(description="No candidate qualified: the window holds cash "
+                                  "(null: wfo_results not stored)")
+    no_trade_reason: str | None
+    factors: list[str] = Field(description="The frozen winner's factors")
+    top_n: int | None
+    rebalance_every: int | None
+    weighting: str | None
+    oos_metrics: Metrics = Field(description="The window's own out-of-sample figures "
+                                 "(total_return, cagr, sharpe, max_drawdown)")
+    mlflow_run_id: str | None = Field(description="The window's MLflow run, as wfo_results "
+                                      "stored it")
+    links: ResultLinks
+
+
+class StrategyWindows(Model):
+    strategy: str
+    asset_key: str = Field(description="Of the strategy's oos_backtest (key path joined by /)")
+    oos_backtest: ResultLinks = Field(description="The stitched out-of-sample backtest: its "
+                                      "asset and the newest 'oos backtest' MLflow run")
+    winners_stored: bool = Field(description="False: wfo_results is not stored, the windows "
+                                 "come from the backtest's sessions without their winners")
+    windows: list[WindowWinner]
+
+
 class PnlSession(Model):
     date: dt.date
     cash: float

@@ -45,6 +45,7 @@ class ConsolePage:
 PAGES: dict[str, ConsolePage] = {p.name: p for p in (
     ConsolePage("today", "Today", "signals.read"),
     ConsolePage("book", "Book", "accounts.read", ("plotly.min.js",)),
+    ConsolePage("research", "Research", "strategies.read", ("plotly.min.js",)),
     ConsolePage("risk", "Risk & audit", "accounts.read", ("plotly.min.js",)),
     ConsolePage("admin", "Administration", "users.read"),
 )}

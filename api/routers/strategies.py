@@ -14,7 +14,7 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
-from api import results
+from api import results, windows
 from api.deps import PageParams, State, authorize
 from api.paging import page_of
 from api.permissions import V1
@@ -27,6 +27,7 @@ from api.schemas import (
     StrategyDetail,
     StrategyPerformance,
     StrategySummary,
+    StrategyWindows,
     TargetPortfolio,
     TargetWeight,
     text_filter,
@@ -222,6 +223,22 @@ def strategy_performance(name: Annotated[str, Path(pattern=STRATEGY_NAME)], stat
                                    _equity_before(stored, daily, name, state.settings)),
         benchmark_metrics={b: results.metrics_of(c.dropna()) for b, c in bench.items()},
         curve=curve)
+
+
+@router.get("/{name}/windows", summary="A strategy's walk-forward winners per window, each "
+            "with its asset in the Dagster UI and its run in the MLflow UI (or why not)",
+            responses={404: {"description": "No stored results for the strategy"}})
+def strategy_windows(name: Annotated[str, Path(pattern=STRATEGY_NAME)], state: State
+                     ) -> StrategyWindows:
+    stored = results.all_results(state.settings).get(name)
+    if stored is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"no stored out-of-sample results for strategy {name!r} "
+                            "(its oos_backtest and target_portfolio are not materialised)")
+    configs = {c.name: c for c in _strategies(state.settings)}
+    experiment = configs[name].experiment_name if name in configs else name
+    return windows.strategy_windows(stored, state.tracking, state.settings.resolved_dagster_url,
+                                    experiment)
 
 
 @router.get("/{name}", summary="A strategy's configuration and latest target portfolio",
