@@ -44,6 +44,7 @@ from test_console import (  # noqa: F401  (browser, open_tab: fixtures)
 from api import results, windows
 from api.experiments import Tracking
 from api.permissions import Role
+from api.routers.strategies import latest_target
 from orchestration.instance import LOCAL_INSTANCE_YAML
 from orchestration.strategy_stage import strategy_asset_key
 from resources.parquet_io import PartitionedParquetIOManager
@@ -316,6 +317,11 @@ def test_the_api_finds_every_strategy_where_the_pipeline_stores_it(served: Serve
         performance = served.get(f"/strategies/{rule.name}/performance").json()
         assert performance["sessions"] == len(stored)
         assert performance["curve"][-1]["equity"] == pytest.approx(stored["equity"].iloc[-1])
+        # Its latest target too (what the Today page shows for a signal of the strategy).
+        target = latest_target(served.live.desk.settings.resolved_storage_root, rule.name)
+        expected = served.stored.research[rule.name].targets
+        assert target is not None and target.window == expected["window"].iloc[0]
+        assert [w.symbol for w in target.weights] == list(expected["symbol"])
 
 
 def test_each_window_names_its_winner_and_links_its_sources(served: Served) -> None:

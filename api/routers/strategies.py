@@ -123,11 +123,13 @@ def _number_or_none(value: object) -> float | None:
 
 
 def latest_target(storage_root: FilePath, strategy: str) -> TargetPortfolio | None:
-    table = results.read_stored(storage_root / results.TARGET_FILE)
-    if table is None:
-        return None
-    rows = table[table["strategy"] == strategy]
-    if rows.empty:
+    """The strategy's stored target: the deployment's own (plain key) or one keyed under the
+    strategy's name beside it."""
+    tables = (results.read_stored(storage_root.joinpath(*prefix, results.TARGET_FILE))
+              for prefix in results.key_prefixes(storage_root))
+    rows = next((t[t["strategy"] == strategy] for t in tables
+                 if t is not None and (t["strategy"] == strategy).any()), None)
+    if rows is None:
         return None
     weights = [TargetWeight(symbol=str(r["symbol"]), weight=float(r["weight"]),
                             rank=_number_or_none(r.get("rank")), reason=str(r["reason"]))
