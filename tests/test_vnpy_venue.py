@@ -1,0 +1,243 @@
+"""The vn.py venue (issue 18) over vn.py's real RPC against the test venue process: the venue
+contract (trading.contract), and a venue process killed with SIGKILL between an order's
+arrival and its acknowledgement.
+
+Every account is a venue process of its own (``python -m trading.vnpy_process`` with the replay
+gateway and vn.py's paper account, on free loopback ports, in a temporary state folder), as a
+broker login is one account. The replayed bars are the real raw bars of
+``shared/data/cn_etf_morphkyan_raw`` that the paper broker's contract test uses (same sessions,
+funds and blocked cases: see tests/test_venue_contract.py), written once to a temporary parquet
+file the processes read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from demo_home import free_port
+
+# The paper broker's contract case: the same market, funds, sessions and costs.
+from test_venue_contract import (
+    CASH,
+    COSTS,
+    DATASET,
+    SESSION,
+    SYMBOLS,
+    RealMarket,
+    make_env,
+    market,  # noqa: F401  (the fixture: the same real market, checked there)
+)
+
+from rotation.sources.files import FileMarketSource, load_dataset_spec
+from trading.contract import VenueContract, VenueEnv
+from trading.models import OrderRequest, OrderStatus, Side
+from trading.venue import VenueError
+from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = "vnpy venue ready"
+
+
+@dataclass
+class ReplayMarket:
+    """The contract test's real market (tests/test_venue_contract.py), as the venue processes
+    read it: its bars in a parquet file, its funds' instruments in the gateway setting."""
+
+    real: RealMarket
+    bars_file: Path
+    instruments: dict[str, dict[str, object]]
+
+    def reference_price(self, symbol: str, session: dt.date) -> float:
+        return self.real.reference_price(symbol, session)
+
+
+@pytest.fixture(scope="module")
+def replay_market(market: RealMarket, shared_data: Path,  # noqa: F811
+                  tmp_path_factory: pytest.TempPathFactory) -> ReplayMarket:
+    source = FileMarketSource(shared_data / "cn_etf_morphkyan_raw", load_dataset_spec(DATASET))
+    bars = market.bars.assign(symbol=market.bars["symbol"].astype(str))
+    path = tmp_path_factory.mktemp("replay") / "bars.parquet"
+    bars[["date", "symbol", "open", "high", "low", "close", "volume", "adj_factor"]] \
+        .to_parquet(path)
+    wanted = set(bars["symbol"])
+    instruments: dict[str, dict[str, object]] = {
+        i.symbol: {"exchange": i.exchange, "price_limit": i.price_limit,
+                   "same_session_sell": i.same_session_sell,
+                   "sale_cash_same_day": i.sale_cash_same_day}
+        for i in source.instruments() if i.symbol in wanted}
+    assert set(instruments) == wanted
+    return ReplayMarket(real=market, bars_file=path, instruments=instruments)
+
+
+@dataclass
+class VenueProcess:
+    account_id: str
+    state_dir: Path
+    rep_port: int
+    pub_port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def endpoint(self) -> VnpyEndpoint:
+        return VnpyEndpoint(self.account_id, f"tcp://127.0.0.1:{self.rep_port}",
+                            f"tcp://127.0.0.1:{self.pub_port}")
+
+    @property
+    def log(self) -> Path:
+        return self.state_dir / "venue.log"
+
+
+@dataclass
+class VenueProcesses:
+    """Starts venue processes (the command of trading.vnpy_process) and stops them all."""
+
+    market: ReplayMarket
+    root: Path
+    started: list[VenueProcess] = field(default_factory=list)
+
+    def start(self, account_id: str, cash: float, *, ack_delay: float = 0.0,
+              like: VenueProcess | None = None) -> VenueProcess:
+        """A venue process for ``account_id`` (or ``like``'s, restarted on its state folder and
+        ports); returns once its RPC service is up."""
+        state = like.state_dir if like else self.root / account_id
+        state.mkdir(parents=True, exist_ok=True)
+        setting = state / "gateway.json"
+        setting.write_text(json.dumps({
+            "bars": str(self.market.bars_file), "instruments": self.market.instruments,
+            "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS)}))
+        rep, pub = (like.rep_port, like.pub_port) if like else (free_port(), free_port())
+        log_path = state / "venue.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        cmd = [sys.executable, "-m", "trading.vnpy_process",
+               "--gateway", "trading.vnpy_replay:ReplayGateway", "--paper",
+               "--setting-file", str(setting), "--rep-port", str(rep), "--pub-port", str(pub),
+               "--state-dir", str(state)]
+        if ack_delay:
+            cmd += ["--ack-delay", str(ack_delay)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        venue = VenueProcess(account_id, state, rep, pub, proc)
+        self.started.append(venue)
+        deadline = time.monotonic() + 60
+        while READY not in venue.log.read_bytes()[offset:].decode(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"venue process for {account_id} did not start "
+                                     f"(exit {proc.poll()}):\n{venue.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        return venue
+
+    def stop_all(self) -> None:
+        for venue in self.started:
+            if venue.proc.poll() is None:
+                venue.proc.terminate()
+        for venue in self.started:
+            try:
+                venue.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                venue.proc.kill()
+                venue.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def processes(replay_market: ReplayMarket, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[VenueProcesses]:
+    procs = VenueProcesses(replay_market, tmp_path_factory.mktemp("venues"))
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def venue() -> Iterator[VnpyVenue]:
+    v = VnpyVenue([], COSTS, rpc_timeout=10.0, ack_timeout=5.0, replay_clock=True)
+    yield v
+    v.close()
+
+
+class TestVnpyVenueContract(VenueContract):
+    @pytest.fixture
+    def venue_env(self, venue: VnpyVenue, processes: VenueProcesses,
+                  replay_market: ReplayMarket) -> VenueEnv:
+        return make_env(venue, replay_market.real, lambda account, cash: venue.add_endpoint(
+            processes.start(account, cash).endpoint))
+
+
+def _orders_with(state_dir: Path, cid: str) -> list[dict[str, object]]:
+    state = json.loads((state_dir / "replay_state.json").read_text())
+    return [o for o in state["orders"].values() if o["reference"] == cid]
+
+
+def test_sigkill_before_acknowledgement_then_resubmit_is_not_doubled(
+        processes: VenueProcesses, replay_market: ReplayMarket) -> None:
+    account = f"kill-{uuid.uuid4().hex[:12]}"
+    # The venue holds each acknowledgement 30 s after the order is in its journal: the kill
+    # lands after the order reached the venue and before the client read the answer.
+    first = processes.start(account, CASH, ack_delay=30.0)
+    venue = VnpyVenue([first.endpoint], COSTS, rpc_timeout=4.0, ack_timeout=5.0,
+                      replay_clock=True)
+    try:
+        venue.open_account(account, CASH)
+        symbol, qty = SYMBOLS[0], 1000
+        req = OrderRequest(client_order_id=f"o-kill-{uuid.uuid4().hex[:16]}",
+                           account_id=account, symbol=symbol, side=Side.BUY, quantity=qty,
+                           session=SESSION, reference_price=replay_market.reference_price(symbol,
+                                                                                   SESSION))
+        outcome: dict[str, BaseException | object] = {}
+
+        def send() -> None:
+            try:
+                outcome["state"] = venue.submit(req)
+            except BaseException as exc:   # the test inspects it below
+                outcome["error"] = exc
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        journal = first.state_dir / "order_journal.jsonl"
+        deadline = time.monotonic() + 20
+        while not (journal.is_file() and req.client_order_id in journal.read_text()):
+            assert time.monotonic() < deadline, "the order never reached the venue's journal"
+            time.sleep(0.02)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert first.proc.wait(10) == -signal.SIGKILL
+        sender.join(30)
+        assert not sender.is_alive()
+        error = outcome.get("error")
+        assert isinstance(error, VenueError), outcome
+        assert req.client_order_id in str(error)
+        assert "state" not in outcome
+
+        # Restarted on its state folder and ports; the client reconnects and resubmits.
+        processes.start(account, CASH, like=first)
+        state = venue.submit(req)
+        assert state.client_order_id == req.client_order_id
+        assert state.status is OrderStatus.SUBMITTED and state.quantity == qty, state
+        assert venue.submit(req) == state
+        assert len(_orders_with(first.state_dir, req.client_order_id)) == 1
+        fills = venue.fills(account, SESSION)
+        own = [f for f in fills if f.client_order_id == req.client_order_id]
+        assert len(own) == 1 and own[0].quantity == qty, fills
+        done = venue.order(req.client_order_id)
+        assert done is not None and done.status is OrderStatus.FILLED
+        assert done.filled_quantity == qty and done.average_price == own[0].price
+        assert venue.positions(account) == {symbol: qty}
+        assert venue.cash(account) == pytest.approx(
+            CASH - qty * own[0].price - own[0].commission, abs=1e-6)
+        assert len(_orders_with(first.state_dir, req.client_order_id)) == 1
+        lines = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+        assert [x["reference"] for x in lines].count(req.client_order_id) == 1
+    finally:
+        venue.close()
