@@ -41,6 +41,8 @@ from test_venue_contract import (
     market,  # noqa: F401  (the fixture: the same real market, checked there)
 )
 
+from orchestration.settings import load_settings
+from orchestration.vnpy_venue import vnpy_venue
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import VenueContract, VenueEnv
 from trading.models import OrderRequest, OrderStatus, Side
@@ -88,7 +90,7 @@ class VenueProcess:
     state_dir: Path
     rep_port: int
     pub_port: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None
 
     @property
     def endpoint(self) -> VnpyEndpoint:
@@ -108,6 +110,11 @@ class VenueProcesses:
     root: Path
     started: list[VenueProcess] = field(default_factory=list)
 
+    def setting(self, account_id: str, cash: float) -> dict[str, object]:
+        """The replay gateway's setting for an account with ``cash``."""
+        return {"bars": str(self.market.bars_file), "instruments": self.market.instruments,
+                "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS)}
+
     def start(self, account_id: str, cash: float, *, ack_delay: float = 0.0,
               like: VenueProcess | None = None) -> VenueProcess:
         """A venue process for ``account_id`` (or ``like``'s, restarted on its state folder and
@@ -115,42 +122,47 @@ class VenueProcesses:
         state = like.state_dir if like else self.root / account_id
         state.mkdir(parents=True, exist_ok=True)
         setting = state / "gateway.json"
-        setting.write_text(json.dumps({
-            "bars": str(self.market.bars_file), "instruments": self.market.instruments,
-            "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS)}))
+        setting.write_text(json.dumps(self.setting(account_id, cash)))
         rep, pub = (like.rep_port, like.pub_port) if like else (free_port(), free_port())
-        log_path = state / "venue.log"
-        offset = log_path.stat().st_size if log_path.exists() else 0
         cmd = [sys.executable, "-m", "trading.vnpy_process",
                "--gateway", "trading.vnpy_replay:ReplayGateway", "--paper",
                "--setting-file", str(setting), "--rep-port", str(rep), "--pub-port", str(pub),
                "--state-dir", str(state)]
         if ack_delay:
             cmd += ["--ack-delay", str(ack_delay)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
-        venue = VenueProcess(account_id, state, rep, pub, proc)
+        return self.launch(VenueProcess(account_id, state, rep, pub, None), cmd, {})
+
+    def launch(self, venue: VenueProcess, cmd: list[str], env: dict[str, str]
+               ) -> VenueProcess:
+        """Run ``cmd`` as ``venue``'s process (its log in the state folder); returns once its
+        RPC service is up."""
+        venue.state_dir.mkdir(parents=True, exist_ok=True)
+        offset = venue.log.stat().st_size if venue.log.exists() else 0
+        with open(venue.log, "ab") as log:
+            venue.proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT), **env})
         self.started.append(venue)
         deadline = time.monotonic() + 60
         while READY not in venue.log.read_bytes()[offset:].decode(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"venue process for {account_id} did not start "
-                                     f"(exit {proc.poll()}):\n{venue.log.read_text()[-3000:]}")
+            if venue.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"venue process for {venue.account_id} did not start "
+                                     f"(exit {venue.proc.poll()}):\n"
+                                     f"{venue.log.read_text()[-3000:]}")
             time.sleep(0.05)
         return venue
 
     def stop_all(self) -> None:
-        for venue in self.started:
-            if venue.proc.poll() is None:
-                venue.proc.terminate()
-        for venue in self.started:
+        procs = [v.proc for v in self.started if v.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
             try:
-                venue.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                venue.proc.kill()
-                venue.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +223,7 @@ def test_sigkill_before_acknowledgement_then_resubmit_is_not_doubled(
         while not (journal.is_file() and req.client_order_id in journal.read_text()):
             assert time.monotonic() < deadline, "the order never reached the venue's journal"
             time.sleep(0.02)
+        assert first.proc is not None
         os.kill(first.proc.pid, signal.SIGKILL)
         assert first.proc.wait(10) == -signal.SIGKILL
         sender.join(30)
@@ -241,3 +254,42 @@ def test_sigkill_before_acknowledgement_then_resubmit_is_not_doubled(
         assert [x["reference"] for x in lines].count(req.client_order_id) == 1
     finally:
         venue.close()
+
+
+def test_the_venue_process_of_the_settings(processes: VenueProcesses,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/'s command, ``python -m orchestration.vnpy_venue``: the process and the client
+    from ETF_EXECUTION__VNPY__* (the gateway's setting, a secret, never on a command line);
+    SIGTERM stops it cleanly."""
+    account = "paper-main"
+    state = processes.root / f"settings-{uuid.uuid4().hex[:8]}"
+    rep, pub = free_port(), free_port()
+    env = {"ETF_EXECUTION__ACCOUNT_ID": account,
+           "ETF_EXECUTION__VNPY__GATEWAY": "trading.vnpy_replay:ReplayGateway",
+           "ETF_EXECUTION__VNPY__PAPER": "true",
+           "ETF_EXECUTION__VNPY__GATEWAY_SETTING": json.dumps(processes.setting(account, CASH)),
+           "ETF_EXECUTION__VNPY__REP_PORT": str(rep), "ETF_EXECUTION__VNPY__PUB_PORT": str(pub),
+           "ETF_EXECUTION__VNPY__STATE_DIR": str(state)}
+    venue_proc = processes.launch(VenueProcess(account, state, rep, pub, None),
+                                  [sys.executable, "-m", "orchestration.vnpy_venue"], env)
+    assert venue_proc.proc is not None
+    cmdline = Path(f"/proc/{venue_proc.proc.pid}/cmdline").read_bytes().decode()
+    assert "bars.parquet" not in cmdline and "orchestration.vnpy_venue" in cmdline
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    venue = vnpy_venue(load_settings(), COSTS, replay_clock=True)
+    try:
+        venue.open_account(account, CASH)
+        symbol = SYMBOLS[1]
+        req = OrderRequest(client_order_id=f"o-settings-{uuid.uuid4().hex[:12]}",
+                           account_id=account, symbol=symbol, side=Side.BUY, quantity=200,
+                           session=SESSION, reference_price=5.0)
+        assert venue.submit(req).status is OrderStatus.SUBMITTED
+        (fill,) = venue.fills(account, SESSION)
+        assert (fill.client_order_id, fill.quantity, fill.session) == \
+            (req.client_order_id, 200, SESSION)
+        assert venue.positions(account) == {symbol: 200}
+    finally:
+        venue.close()
+    venue_proc.proc.terminate()
+    assert venue_proc.proc.wait(20) == 0

@@ -2,7 +2,7 @@
 service, on loopback ports; :class:`trading.vnpy_venue.VnpyVenue` talks to it over vn.py's RPC.
 
     python -m trading.vnpy_process --gateway vnpy_ctp:CtpGateway \\
-        --setting-env ETF_VNPY_GATEWAY_SETTING --rep-port 2014 --pub-port 4102 \\
+        --setting-env VNPY_GATEWAY_SETTING --rep-port 2014 --pub-port 4102 \\
         --state-dir /var/lib/etf/vnpy-venue
 
 * ``--gateway``: the vn.py gateway class as ``module:Class`` (``vnpy_ctp:CtpGateway``,
