@@ -12,11 +12,13 @@ file the processes read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -293,3 +295,106 @@ def test_the_venue_process_of_the_settings(processes: VenueProcesses,
         venue.close()
     venue_proc.proc.terminate()
     assert venue_proc.proc.wait(20) == 0
+
+
+class LinkProxy:
+    """A TCP relay between the venue's client and a venue process port: the RPC link that the
+    fault test cuts. ``drop_replies``: what the venue sends back is lost (requests still
+    arrive); ``lose_replies_after``: it starts doing so once a request carrying those bytes
+    went through (b"send_order": right after an order is sent); ``cut()`` closes every relayed
+    connection."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.drop_replies = False
+        self.lose_replies_after: bytes | None = None
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.conns += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, False),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True),
+                             daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, reply: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not (reply and self.drop_replies):
+                    dst.sendall(data)
+                if not reply and self.lose_replies_after and self.lose_replies_after in data:
+                    self.drop_replies = True
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def cut(self) -> None:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_link_cut_after_the_order_arrived_then_restored_is_not_doubled(
+        processes: VenueProcesses, replay_market: ReplayMarket) -> None:
+    account = f"cut-{uuid.uuid4().hex[:12]}"
+    proc = processes.start(account, CASH)
+    rep, pub = LinkProxy(proc.rep_port), LinkProxy(proc.pub_port)
+    venue = VnpyVenue([VnpyEndpoint(account, f"tcp://127.0.0.1:{rep.port}",
+                                    f"tcp://127.0.0.1:{pub.port}")],
+                      COSTS, rpc_timeout=2.0, ack_timeout=5.0, replay_clock=True)
+    try:
+        venue.open_account(account, CASH)
+
+        def order(symbol: str, tag: str) -> OrderRequest:
+            return OrderRequest(client_order_id=f"o-{tag}-{uuid.uuid4().hex[:16]}",
+                                account_id=account, symbol=symbol, side=Side.BUY,
+                                quantity=300, session=SESSION,
+                                reference_price=replay_market.reference_price(symbol, SESSION))
+
+        before, during = order(SYMBOLS[0], "before"), order(SYMBOLS[1], "during")
+        assert venue.submit(before).status is OrderStatus.SUBMITTED
+        # The order reaches the venue, its answer is lost, then the link goes down.
+        rep.lose_replies_after = b"send_order"
+        with pytest.raises(VenueError) as info:
+            venue.submit(during)
+        assert during.client_order_id in str(info.value)
+        assert len(_orders_with(proc.state_dir, during.client_order_id)) == 1
+        rep.cut()
+        pub.cut()
+        with pytest.raises(VenueError):
+            venue.order(during.client_order_id)   # down: no answer is not "unknown"
+        # Restored: the venue reconnects, queries everything, recognises the resubmission.
+        rep.lose_replies_after, rep.drop_replies = None, False
+        state = venue.submit(during)
+        assert state.status is OrderStatus.SUBMITTED and state.quantity == 300, state
+        assert len(_orders_with(proc.state_dir, during.client_order_id)) == 1
+        fills = venue.fills(account, SESSION)
+        assert sorted((f.client_order_id, f.quantity) for f in fills) == sorted(
+            [(before.client_order_id, 300), (during.client_order_id, 300)])
+        assert venue.positions(account) == {SYMBOLS[0]: 300, SYMBOLS[1]: 300}
+        assert venue.cash(account) == pytest.approx(
+            CASH - sum(f.quantity * f.price + f.commission for f in fills), abs=1e-6)
+    finally:
+        venue.close()
+        rep.close()
+        pub.close()
