@@ -1,6 +1,8 @@
 """The vn.py venue (issue 18) over vn.py's real RPC against the test venue process: the venue
-contract (trading.contract), and a venue process killed with SIGKILL between an order's
-arrival and its acknowledgement.
+contract (trading.contract); faults, each ending with the venue's book consistent with its
+fills and no order sent twice: the venue process killed with SIGKILL between an order's arrival
+and its acknowledgement, the RPC link losing the answer to an order and going down, a cancel
+racing the fill; and the process and client built from the settings (deploy/'s command).
 
 Every account is a venue process of its own (``python -m trading.vnpy_process`` with the replay
 gateway and vn.py's paper account, on free loopback ports, in a temporary state folder), as a
@@ -398,3 +400,76 @@ def test_link_cut_after_the_order_arrived_then_restored_is_not_doubled(
         venue.close()
         rep.close()
         pub.close()
+
+
+def _race(venue: VnpyVenue, account: str, cid: str, session: dt.date,
+          cancel_delay: float, fill_delay: float) -> dict[str, object]:
+    """``cancel(cid)`` and ``fills(account, session)`` released together from two threads
+    (each after its delay)."""
+    start = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def cancel() -> None:
+        start.wait()
+        time.sleep(cancel_delay)
+        results["cancel"] = venue.cancel(cid)
+
+    def match() -> None:
+        start.wait()
+        time.sleep(fill_delay)
+        results["fills"] = venue.fills(account, session)
+
+    threads = [threading.Thread(target=cancel), threading.Thread(target=match)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert set(results) == {"cancel", "fills"}, results
+    return results
+
+
+def test_a_cancel_racing_the_fill_ends_one_way(processes: VenueProcesses,
+                                               replay_market: ReplayMarket) -> None:
+    """cancel and the session's matching sent at once, from two threads, over several
+    sessions: each order ends cancelled with no fill or filled once, never both, and the book
+    matches its fills. The first two rounds let one side start 0.2 s late (the fill wins, then
+    the cancel does), the others race as they come."""
+    account = f"race-{uuid.uuid4().hex[:12]}"
+    proc = processes.start(account, CASH)
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=10.0, ack_timeout=5.0,
+                      replay_clock=True)
+    bars = replay_market.real.bars
+    symbol = SYMBOLS[0]
+    sessions = sorted(d.date() for d in bars.loc[(bars["symbol"] == symbol)
+                                                 & (bars["date"] >= str(SESSION)), "date"])[:5]
+    delays = [(0.2, 0.0), (0.0, 0.2), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0)]
+    outcomes = []
+    try:
+        venue.open_account(account, CASH)
+        for session, (cancel_delay, fill_delay) in zip(sessions, delays, strict=True):
+            req = OrderRequest(client_order_id=f"o-race-{uuid.uuid4().hex[:16]}",
+                               account_id=account, symbol=symbol, side=Side.BUY, quantity=500,
+                               session=session,
+                               reference_price=replay_market.reference_price(symbol, session))
+            assert venue.submit(req).status is OrderStatus.SUBMITTED
+            results = _race(venue, account, req.client_order_id, session, cancel_delay,
+                            fill_delay)
+            final = venue.order(req.client_order_id)
+            assert final is not None and results["cancel"] == final, (results, final)
+            own = [f for f in venue.fills(account, session)
+                   if f.client_order_id == req.client_order_id]
+            if final.status is OrderStatus.FILLED:
+                assert [f.quantity for f in own] == [500] and final.filled_quantity == 500
+            else:
+                assert final.status is OrderStatus.CANCELLED and final.filled_quantity == 0
+                assert own == []
+            outcomes.append(final.status)
+        fills = venue.fills(account)
+        assert venue.positions(account) == ({symbol: sum(f.quantity for f in fills)}
+                                            if fills else {})
+        assert venue.cash(account) == pytest.approx(
+            CASH - sum(f.quantity * f.price + f.commission for f in fills), abs=1e-6)
+        assert len({f.fill_id for f in fills}) == len(fills)
+    finally:
+        venue.close()
+    assert outcomes[:2] == [OrderStatus.FILLED, OrderStatus.CANCELLED], outcomes

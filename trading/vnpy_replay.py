@@ -158,6 +158,7 @@ class ReplayBroker:
         self._stamps: dict[str, dt.datetime] = {}
         self._waiting: dict[int, threading.Event] = {}
         self._token = 0
+        self._failures: dict[int, str] = {}
         # The paper account crosses; the broker decides before it (main_engine.send_order is
         # the paper account's since PaperAccountApp was added).
         self._paper_send = main_engine.send_order
@@ -191,10 +192,14 @@ class ReplayBroker:
         name = self.gateway.gateway_name
         for symbol in symbols:
             market = str(instruments.get(symbol, {}).get("exchange", ""))
-            self.gateway.on_contract(ContractData(
+            contract = ContractData(
                 symbol=symbol, exchange=exchange_of(symbol, market), name=symbol,
                 product=Product.ETF, size=1, pricetick=0.001,
-                min_volume=self.costs.lot_size, net_position=True, gateway_name=name))
+                min_volume=self.costs.lot_size, net_position=True, gateway_name=name)
+            # The paper account's cancel looks its open orders up by contract without a
+            # default: a cancel racing the fill of a restored order would end its event thread.
+            self.paper.active_orders.setdefault(contract.vt_symbol, {})
+            self.gateway.on_contract(contract)
         if restored:
             self._replay_journal()
         self._put_account()
@@ -326,6 +331,10 @@ class ReplayBroker:
         self.event_engine.put(Event(EVENT_REPLAY_SESSION, (session, token)))
         if not done.wait(60):
             raise RuntimeError(f"replay_session {day}: not done within 60 s")
+        with self.lock:
+            failure = self._failures.pop(token, None)
+        if failure is not None:
+            raise RuntimeError(f"replay_session {day} failed in the venue: {failure}")
         return self.clock.isoformat() if self.clock else None
 
     def _on_done(self, event: Any) -> None:
@@ -339,6 +348,11 @@ class ReplayBroker:
         try:
             if self.clock is None or session > self.clock:
                 self._match(session)
+        except Exception as exc:
+            # An exception would end vn.py's event thread (and the venue with it): the caller
+            # gets it instead.
+            with self.lock:
+                self._failures[token] = f"{type(exc).__name__}: {exc}"
         finally:
             # After the order, trade and position events this session put: the order book
             # holds them when the caller returns.
