@@ -473,3 +473,16 @@ def test_a_cancel_racing_the_fill_ends_one_way(processes: VenueProcesses,
     finally:
         venue.close()
     assert outcomes[:2] == [OrderStatus.FILLED, OrderStatus.CANCELLED], outcomes
+
+
+def test_loading_the_code_locations_imports_no_vnpy() -> None:
+    """vn.py is imported where a vn.py venue is made, never when Dagster loads the code."""
+    code = ("import sys, orchestration.definitions, orchestration.vnpy_venue; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('vnpy', 'vnpy_rpcservice', 'vnpy_paperaccount', 'trading.vnpy_api')"
+            " or m.startswith('trading.vnpy_')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
