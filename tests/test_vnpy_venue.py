@@ -260,25 +260,29 @@ def test_sigkill_before_acknowledgement_then_resubmit_is_not_doubled(
         venue.close()
 
 
-def test_the_venue_process_of_the_settings(processes: VenueProcesses,
+def test_the_venue_process_of_the_settings(processes: VenueProcesses, shared_data: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """deploy/'s command, ``python -m orchestration.vnpy_venue``: the process and the client
-    from ETF_EXECUTION__VNPY__* (the gateway's setting, a secret, never on a command line);
-    SIGTERM stops it cleanly."""
+    from ETF_EXECUTION__VNPY__* (the gateway's setting, a secret, never on a command line), the
+    test venue replaying the stored dataset itself; SIGTERM stops it cleanly."""
     account = "paper-main"
     state = processes.root / f"settings-{uuid.uuid4().hex[:8]}"
     rep, pub = free_port(), free_port()
     env = {"ETF_EXECUTION__ACCOUNT_ID": account,
            "ETF_EXECUTION__VNPY__GATEWAY": "trading.vnpy_replay:ReplayGateway",
            "ETF_EXECUTION__VNPY__PAPER": "true",
-           "ETF_EXECUTION__VNPY__GATEWAY_SETTING": json.dumps(processes.setting(account, CASH)),
+           "ETF_EXECUTION__VNPY__GATEWAY_SETTING": json.dumps({
+               "dataset": {"root": str(shared_data / "cn_etf_morphkyan_raw"),
+                           "config": str(DATASET), "start": "2025-05-01", "end": "2025-07-31",
+                           "symbols": list(SYMBOLS)},
+               "account": account, "cash": CASH, "costs": dataclasses.asdict(COSTS)}),
            "ETF_EXECUTION__VNPY__REP_PORT": str(rep), "ETF_EXECUTION__VNPY__PUB_PORT": str(pub),
            "ETF_EXECUTION__VNPY__STATE_DIR": str(state)}
     venue_proc = processes.launch(VenueProcess(account, state, rep, pub, None),
                                   [sys.executable, "-m", "orchestration.vnpy_venue"], env)
     assert venue_proc.proc is not None
     cmdline = Path(f"/proc/{venue_proc.proc.pid}/cmdline").read_bytes().decode()
-    assert "bars.parquet" not in cmdline and "orchestration.vnpy_venue" in cmdline
+    assert "cn_etf_morphkyan_raw" not in cmdline and "orchestration.vnpy_venue" in cmdline
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     venue = vnpy_venue(load_settings(), COSTS, replay_clock=True)

@@ -23,10 +23,13 @@ paper account's own.
   every change, and restored on start: a venue process killed with SIGKILL comes back with the
   orders it had accepted.
 
-Settings (the gateway's JSON, ``default_setting``): ``bars`` (a parquet file of raw daily bars:
-``date, symbol, open, high, low, close, volume``, optional ``adj_factor``), ``instruments``
-(symbol → ``exchange``, ``price_limit``, ``same_session_sell``, ``sale_cash_same_day``),
-``account``, ``cash`` and ``costs`` (:class:`rotation.costs.CostModel` fields).
+Settings (the gateway's JSON, ``default_setting``): the market, either ``dataset`` (a stored
+dataset: ``{"root": "<shared/data/cn_etf_morphkyan_raw>", "config":
+"config/datasets/cn_etf_morphkyan_raw.yaml", "start", "end", "symbols"}``, read-only) or
+``bars`` (a parquet file of raw daily bars: ``date, symbol, open, high, low, close, volume``,
+optional ``adj_factor``) with ``instruments`` (symbol → ``exchange``, ``price_limit``,
+``same_session_sell``, ``sale_cash_same_day``); ``account``, ``cash`` and ``costs``
+(:class:`rotation.costs.CostModel` fields).
 """
 
 from __future__ import annotations
@@ -84,8 +87,9 @@ class ReplayGateway(BaseGateway):
     (the venue process runs this gateway with ``--paper``)."""
 
     default_name = "REPLAY"
-    default_setting: ClassVar[dict[str, Any]] = {"bars": "", "instruments": {}, "account": "replay",
-                                       "cash": 1_000_000.0, "costs": {}}
+    default_setting: ClassVar[dict[str, Any]] = {
+        "dataset": {}, "bars": "", "instruments": {}, "account": "replay", "cash": 1_000_000.0,
+        "costs": {}}
     exchanges: ClassVar[list[Any]] = [Exchange.SSE, Exchange.SZSE, Exchange.BSE]
 
     def __init__(self, event_engine: Any, gateway_name: str) -> None:
@@ -124,6 +128,32 @@ class ReplayGateway(BaseGateway):
 
     def query_position(self) -> None:
         pass
+
+
+def _market(setting: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+    """The replayed bars and the funds' instruments: ``bars`` (a parquet file) with
+    ``instruments``, or ``dataset`` (``{"root", "config", "start", "end", "symbols"}``: a stored
+    dataset read with its config, read-only, as the platform reads it)."""
+    dataset = setting.get("dataset")
+    if dataset:
+        from rotation.sources.files import FileMarketSource, load_dataset_spec
+
+        source = FileMarketSource(Path(dataset["root"]), load_dataset_spec(dataset["config"]))
+        wanted = set(dataset.get("symbols") or [])
+        bars = source.load(dataset.get("start"), dataset.get("end")).bars
+        bars = bars.assign(symbol=bars["symbol"].astype(str))
+        if wanted:
+            bars = bars.loc[bars["symbol"].isin(wanted)].reset_index(drop=True)
+        known = set(bars["symbol"])
+        return bars, {i.symbol: {"exchange": i.exchange, "price_limit": i.price_limit,
+                                 "same_session_sell": i.same_session_sell,
+                                 "sale_cash_same_day": i.sale_cash_same_day}
+                      for i in source.instruments() if i.symbol in known}
+    bars_path = Path(str(setting.get("bars") or ""))
+    if not bars_path.is_file():
+        raise RuntimeError(f"ReplayGateway: setting 'bars' {str(bars_path)!r} is not a file "
+                           "(a parquet of raw daily bars) and no 'dataset' is set")
+    return pd.read_parquet(bars_path), dict(setting.get("instruments") or {})
 
 
 def _order_record(order: Any, seq: int) -> dict[str, Any]:
@@ -173,12 +203,7 @@ class ReplayBroker:
 
     # -- start -------------------------------------------------------------------------------
     def load(self, setting: dict[str, Any]) -> None:
-        bars_path = Path(str(setting.get("bars") or ""))
-        if not bars_path.is_file():
-            raise RuntimeError(f"ReplayGateway: setting 'bars' {str(bars_path)!r} is not a file "
-                               "(a parquet of raw daily bars)")
-        bars = pd.read_parquet(bars_path)
-        instruments: dict[str, dict[str, Any]] = dict(setting.get("instruments") or {})
+        bars, instruments = _market(setting)
         limits = {s: i.get("price_limit", 0.10) for s, i in instruments.items()}
         classes = {s: (bool(i.get("same_session_sell", False)),
                        bool(i.get("sale_cash_same_day", True))) for s, i in instruments.items()}
