@@ -25,8 +25,8 @@ service answers:
 * ``find_order(reference)``: vn.py's order carrying that reference, or None.
 * ``order_notes()``: why the venue refused or ended orders (vt_orderid → reason), when the
   gateway says (the test venue does).
-* the gateway's own functions (``venue_functions(main_engine, state_dir)``: the test venue's
-  replay clock ``replay_session``).
+* the gateway's own functions (``venue_functions(main_engine, state_dir, launch_dir)``: the
+  test venue's replay clock ``replay_session``).
 
 ``--ack-delay`` holds each ``send_order`` reply that long after the journal is written: fault
 injection for the crash-before-acknowledgement test, never set in a deployment.
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     setting = gateway_setting(args.setting_env, args.setting_file)
+    launch_dir = Path.cwd()
     state_dir: Path = args.state_dir.resolve()
     (state_dir / ".vntrader").mkdir(parents=True, exist_ok=True)
     # vn.py picks its working folder (.vntrader) from the current directory at import.
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         main_engine.add_app(PaperAccountApp)
     extra: list[Any] = []
     if hasattr(gateway, "venue_functions"):
-        extra = list(gateway.venue_functions(main_engine, state_dir))
+        extra = list(gateway.venue_functions(main_engine, state_dir, launch_dir))
     rpc = main_engine.add_app(RpcServiceApp)
     service = VenueService(main_engine, OrderJournal(state_dir / JOURNAL_FILE), args.ack_delay)
     event_engine.register(EVENT_ORDER, service.on_order)

@@ -96,14 +96,16 @@ class ReplayGateway(BaseGateway):
         super().__init__(event_engine, gateway_name)
         self.broker: ReplayBroker | None = None
 
-    def venue_functions(self, main_engine: Any, state_dir: Path) -> list[Any]:
+    def venue_functions(self, main_engine: Any, state_dir: Path, launch_dir: Path
+                        ) -> list[Any]:
         """The venue process's hook: build the broker in front of the paper account and return
-        the RPC functions it adds (the replay clock)."""
+        the RPC functions it adds (the replay clock). Relative paths in the setting are the
+        launch directory's (the process works in its state folder)."""
         paper = main_engine.get_engine("PaperAccount")
         if paper is None:
             raise RuntimeError("ReplayGateway: the venue process must run it with --paper "
                                "(vnpy_paperaccount crosses its orders)")
-        self.broker = ReplayBroker(main_engine, paper, self, state_dir)
+        self.broker = ReplayBroker(main_engine, paper, self, state_dir, launch_dir)
         return [self.broker.replay_session, self.broker.order_notes]
 
     def connect(self, setting: dict[str, Any]) -> None:
@@ -130,7 +132,8 @@ class ReplayGateway(BaseGateway):
         pass
 
 
-def _market(setting: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+def _market(setting: dict[str, Any], base: Path
+            ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """The replayed bars and the funds' instruments: ``bars`` (a parquet file) with
     ``instruments``, or ``dataset`` (``{"root", "config", "start", "end", "symbols"}``: a stored
     dataset read with its config, read-only, as the platform reads it)."""
@@ -138,7 +141,8 @@ def _market(setting: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, 
     if dataset:
         from rotation.sources.files import FileMarketSource, load_dataset_spec
 
-        source = FileMarketSource(Path(dataset["root"]), load_dataset_spec(dataset["config"]))
+        source = FileMarketSource(base / dataset["root"],
+                                  load_dataset_spec(base / dataset["config"]))
         wanted = set(dataset.get("symbols") or [])
         bars = source.load(dataset.get("start"), dataset.get("end")).bars
         bars = bars.assign(symbol=bars["symbol"].astype(str))
@@ -149,8 +153,8 @@ def _market(setting: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict[str, 
                                  "same_session_sell": i.same_session_sell,
                                  "sale_cash_same_day": i.sale_cash_same_day}
                       for i in source.instruments() if i.symbol in known}
-    bars_path = Path(str(setting.get("bars") or ""))
-    if not bars_path.is_file():
+    bars_path = base / str(setting.get("bars") or "")
+    if not setting.get("bars") or not bars_path.is_file():
         raise RuntimeError(f"ReplayGateway: setting 'bars' {str(bars_path)!r} is not a file "
                            "(a parquet of raw daily bars) and no 'dataset' is set")
     return pd.read_parquet(bars_path), dict(setting.get("instruments") or {})
@@ -169,12 +173,13 @@ class ReplayBroker:
     """The replayed market's broker in the venue process (module docstring)."""
 
     def __init__(self, main_engine: Any, paper: Any, gateway: ReplayGateway,
-                 state_dir: Path) -> None:
+                 state_dir: Path, launch_dir: Path) -> None:
         self.main_engine = main_engine
         self.event_engine = main_engine.event_engine
         self.paper = paper
         self.gateway = gateway
         self.path = state_dir / STATE_FILE
+        self.launch_dir = launch_dir
         self.lock = threading.RLock()
         self.quotes: FrameQuotes | None = None
         self.costs = CostModel()
@@ -203,7 +208,7 @@ class ReplayBroker:
 
     # -- start -------------------------------------------------------------------------------
     def load(self, setting: dict[str, Any]) -> None:
-        bars, instruments = _market(setting)
+        bars, instruments = _market(setting, self.launch_dir)
         limits = {s: i.get("price_limit", 0.10) for s, i in instruments.items()}
         classes = {s: (bool(i.get("same_session_sell", False)),
                        bool(i.get("sale_cash_same_day", True))) for s, i in instruments.items()}
