@@ -2,7 +2,8 @@
 contract (trading.contract); faults, each ending with the venue's book consistent with its
 fills and no order sent twice: the venue process killed with SIGKILL between an order's arrival
 and its acknowledgement, the RPC link losing the answer to an order and going down, a cancel
-racing the fill; and the process and client built from the settings (deploy/'s command).
+racing the fill, and the executor on a real ledger with the venue process killed after its
+first order; and the process and client built from the settings (deploy/'s command).
 
 Every account is a venue process of its own (``python -m trading.vnpy_process`` with the replay
 gateway and vn.py's paper account, on free loopback ports, in a temporary state folder), as a
@@ -38,6 +39,7 @@ from test_venue_contract import (
     CASH,
     COSTS,
     DATASET,
+    PREVIOUS,
     SESSION,
     SYMBOLS,
     RealMarket,
@@ -47,9 +49,20 @@ from test_venue_contract import (
 
 from orchestration.settings import load_settings
 from orchestration.vnpy_venue import vnpy_venue
+from rotation.risk import RiskLimits
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import VenueContract, VenueEnv
-from trading.models import OrderRequest, OrderStatus, Side
+from trading.executor import MarketView, execute_signal
+from trading.ledger import Ledger, SignalRecord
+from trading.models import (
+    OrderRequest,
+    OrderStatus,
+    Side,
+    SignalStatus,
+    VenueOrder,
+    signal_id_of,
+    weights_hash,
+)
 from trading.venue import VenueError
 from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
 
@@ -490,3 +503,83 @@ def test_loading_the_code_locations_imports_no_vnpy() -> None:
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+class KillAfterSubmits:
+    """The vn.py venue, with the venue process killed (SIGKILL) right after the n-th order
+    the executor submits."""
+
+    def __init__(self, inner: VnpyVenue, proc: VenueProcess, after: int) -> None:
+        self.inner, self.proc, self.after, self.submits = inner, proc, after, 0
+        self.name = inner.name
+
+    def submit(self, order: OrderRequest) -> VenueOrder:
+        state = self.inner.submit(order)
+        self.submits += 1
+        if self.submits == self.after:
+            assert self.proc.proc is not None
+            os.kill(self.proc.proc.pid, signal.SIGKILL)
+            self.proc.proc.wait(10)
+        return state
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_executor_with_the_venue_killed_mid_execution_keeps_the_ledger_consistent(
+        processes: VenueProcesses, replay_market: ReplayMarket, ledger_url: str) -> None:
+    """The executor (trading.executor) on a real ledger sends a signal's orders through the
+    vn.py venue; the venue process is killed with SIGKILL after the first order; the run
+    fails naming the next order; the venue is restarted and the execution retried: every
+    order reaches the venue once, and the ledger's orders, fills, cash and positions are the
+    venue's."""
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    account = f"exec-{uuid.uuid4().hex[:10]}"
+    ledger.open_account(account, CASH, actor="test")
+    proc = processes.start(account, CASH)
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=3.0, ack_timeout=5.0,
+                      replay_clock=True)
+    quotes = replay_market.real.quotes
+    weights = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
+    signal_id = signal_id_of("alpha", account, PREVIOUS, weights)
+    ledger.record_signal(SignalRecord(
+        signal_id=signal_id, account_id=account, strategy="alpha", as_of=PREVIOUS,
+        weights=weights, weights_hash=weights_hash(weights), status=SignalStatus.APPROVED,
+        reasons=[], data_version=None, dagster_run_id=None), actor="gate")
+    found = {s: quotes.quote(s, PREVIOUS) for s in weights}
+    view = MarketView(signal_day=PREVIOUS, order_session=SESSION, closed_through=PREVIOUS,
+                      quotes={s: q for s, q in found.items() if q is not None},
+                      average_amount={s: 5e9 for s in weights})
+    limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
+                        max_daily_notional=5_000_000.0)
+    try:
+        with pytest.raises(VenueError) as info:
+            execute_signal(ledger=ledger, venue=KillAfterSubmits(venue, proc, 1),
+                           signal_id=signal_id, account_id=account, market=view,
+                           limits=limits, costs=COSTS, actor="test", dagster_run_id="run-1")
+        planned = ledger.orders(signal_id=signal_id)
+        assert len(planned) == 3
+        assert any(o.order_id in str(info.value) for o in planned), info.value
+        processes.start(account, CASH, like=proc)
+        report = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
+                                account_id=account, market=view, limits=limits, costs=COSTS,
+                                actor="test", dagster_run_id="run-2")
+        assert report.status == "completed", report.summary()
+        orders = ledger.orders(signal_id=signal_id)
+        assert {o.order_id for o in orders} == {o.order_id for o in planned}
+        for o in orders:
+            remote = venue.order(o.order_id)
+            assert remote is not None and len(_orders_with(proc.state_dir, o.order_id)) == 1
+            assert (o.status, o.filled_quantity, o.venue_order_id) == \
+                (remote.status, remote.filled_quantity, remote.venue_order_id), (o, remote)
+            assert o.status is OrderStatus.FILLED, o
+        venue_fills = venue.fills(account, SESSION)
+        assert sorted(f.fill_id for f in ledger.fills(account)) == \
+            sorted(f.fill_id for f in venue_fills)
+        assert {s: p.quantity for s, p in ledger.positions(account).items() if p.quantity} == \
+            venue.positions(account)
+        assert ledger.cash(account) == pytest.approx(venue.cash(account), abs=1e-6)
+    finally:
+        venue.close()
+        ledger.dispose()
