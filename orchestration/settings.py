@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import json
 import os
 import re
 import types
@@ -173,6 +174,52 @@ class AccountSettings(BaseModel):
         return self
 
 
+class VnpySettings(BaseModel):
+    """The vn.py venue (issue 18): the venue process (``python -m orchestration.vnpy_venue``,
+    trading/vnpy_process.py: vn.py's MainEngine, the gateway and its RPC service) and how
+    trading.vnpy_venue.VnpyVenue reaches it (``ETF_EXECUTION__VNPY__...``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The vn.py gateway class, module:Class: vnpy_ctp:CtpGateway, vnpy_xtp:XtpGateway, ...
+    # installed in the venue host's environment, or our test venue
+    # trading.vnpy_replay:ReplayGateway (with paper). Unset: no venue process can start.
+    gateway: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # The gateway's vn.py setting as JSON: broker id, front addresses, account, password.
+    # A secret (ETF_EXECUTION__VNPY__GATEWAY_SETTING from the deployment's secrets).
+    gateway_setting: SecretStr = SecretStr("{}")
+    # vn.py's paper account (vnpy_paperaccount) takes the orders instead of the gateway.
+    paper: bool = False
+    # Where the client reaches the process, loopback by default: vn.py's RPC service has no
+    # authentication of its own. bind_host: the address the process listens on (unset: host;
+    # deploy/compose.yaml: 0.0.0.0 inside the compose network, no published port).
+    host: str = "127.0.0.1"
+    bind_host: str | None = None
+    rep_port: int = Field(2014, ge=1, le=65535)
+    pub_port: int = Field(4102, ge=1, le=65535)
+    # vn.py's working folder and the venue's order journal; unset: <home>/vnpy_venue.
+    state_dir: Path | None = None
+    # The gateway's account id when it is not the execution account's id.
+    broker_account: str | None = None
+    rpc_timeout_seconds: float = Field(5.0, gt=0)
+    ack_timeout_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _setting_is_a_json_object(self) -> VnpySettings:
+        try:
+            setting = json.loads(self.gateway_setting.get_secret_value())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"execution.vnpy.gateway_setting is not JSON ({exc.msg} at "
+                             f"character {exc.pos}); the value is secret and not shown"
+                             ) from None
+        if not isinstance(setting, dict):
+            raise ValueError("execution.vnpy.gateway_setting must be a JSON object (the "
+                             "gateway's vn.py setting)")
+        if self.rep_port == self.pub_port:
+            raise ValueError(f"execution.vnpy: rep_port and pub_port are both {self.rep_port}")
+        return self
+
+
 class ExecutionSettings(BaseModel):
     """The execution stage (SPEC §9): paper account, venue, risk limits, kill switch."""
 
@@ -204,6 +251,8 @@ class ExecutionSettings(BaseModel):
     # Further accounts beside the one above, each its own gate, execution job and sensors
     # (ETF_EXECUTION__ACCOUNTS='[{"account_id": "paper-two", "allocation": {...}}]').
     accounts: list[AccountSettings] = Field(default_factory=list)
+    # The vn.py venue process and its RPC link (issue 18).
+    vnpy: VnpySettings = Field(default_factory=VnpySettings)
 
     @model_validator(mode="after")
     def _distinct_accounts(self) -> ExecutionSettings:

@@ -417,7 +417,7 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 SERVICES = {"postgres", "redis", "mlflow", "code", "code-execution", *WEBSERVERS, "daemon",
-            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy"}
+            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy", "vnpy-venue"}
 # Run once and exit: no healthcheck; who depends on them waits for a successful exit.
 ONE_SHOT = {"ledger-migrate"}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +93,14 @@ def paper(database: str, market: RealMarket) -> Iterator[PaperBroker]:
     broker.close()
 
 
-def make_env(venue: ExecutionVenue, market: RealMarket) -> VenueEnv:
+def make_env(venue: ExecutionVenue, market: RealMarket,
+             provision: Callable[[str, float], None] | None = None) -> VenueEnv:
+    """The contract's case on the real market; ``provision(account, cash)`` first sets up what
+    an account needs beyond ``open_account`` (the vn.py venue: its venue process)."""
     def new_account(cash: float) -> str:
         account = f"acct-{uuid.uuid4().hex[:12]}"
+        if provision is not None:
+            provision(account, cash)
         venue.open_account(account, cash)
         return account
 

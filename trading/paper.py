@@ -196,6 +196,17 @@ def sellable_quantity(wanted: int, sellable: int, held: int, lot: int) -> int:
     return cap - cap % lot
 
 
+def lot_rejection(side: Side, quantity: int, held: int, lot: int) -> str | None:
+    """Why an order of ``quantity`` (> 0) is refused at submit for its lots (None: it is not):
+    whole lots, or a sell whose odd part is the position's odd part (an odd lot is sold in one
+    piece, as on the exchange); ``held`` is the position before the order."""
+    if quantity % lot == 0:
+        return None
+    if side is Side.SELL and quantity <= held and quantity % lot == held % lot:
+        return None
+    return REASON_ODD_LOT
+
+
 def _dec(value: float | None) -> Decimal | None:
     """Exact decimal form of a float (its shortest repr) for NUMERIC columns."""
     if value is None or not math.isfinite(value):
@@ -208,7 +219,9 @@ def _float(value: Any) -> float | None:
 
 
 @dataclass
-class _Book:
+class SessionBook:
+    """An account's book while one session is matched (the test venue's too: vnpy_replay)."""
+
     cash: float
     positions: dict[str, int]
     bought: dict[str, int]   # units bought in the session being matched (T+1)
@@ -216,7 +229,9 @@ class _Book:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
+    """What one order executes on a session's bar (:func:`execute_on_bar`)."""
+
     quantity: int
     price: float | None
     commission: float
@@ -448,7 +463,7 @@ class PaperBroker:
                      "AND session = :s AND side = 'buy' GROUP BY symbol"),
                 {"a": account_id, "s": session})
         }
-        book = _Book(cash=cash, positions=positions, bought=bought)
+        book = SessionBook(cash=cash, positions=positions, bought=bought)
         orders = conn.execute(
             text("""
                 SELECT client_order_id, venue_order_id, symbol, side, quantity, filled_quantity,
@@ -518,71 +533,9 @@ class PaperBroker:
         )
 
     def _execute(self, side: Side, symbol: str, wanted: int, slice_index: int, slices: int,
-                 session: dt.date, quote: Quote | None, book: _Book) -> _Outcome:
-        """Match one order against the session's bar and update ``book``."""
-        if quote is None:
-            return _expired(REASON_NO_BAR)
-        frac, clock = child_schedule(slice_index, slices)
-        if slices <= 1:
-            base = quote.open
-            clock = self.fill_time
-            at_limit = quote.limit_up(self.tick) if side is Side.BUY else \
-                quote.limit_down(self.tick)
-        else:
-            base = quote.open + (quote.close - quote.open) * frac
-            at_limit = self._at_limit(quote, base, side)
-        if at_limit:
-            return _expired(REASON_LIMIT_UP if side is Side.BUY else REASON_LIMIT_DOWN)
-        slip = self.costs.slippage_rate
-        price = base * (1 + slip) if side is Side.BUY else base * (1 - slip)
-        filled_at = dt.datetime.combine(session, clock, tzinfo=SHANGHAI)
-        lot = self.costs.lot_size
-        if side is Side.SELL:
-            held = book.positions.get(symbol, 0)
-            # T+1 classes cannot sell units bought in this session; T+0 classes can.
-            sellable = held if quote.same_session_sell else held - book.bought.get(symbol, 0)
-            qty = sellable_quantity(wanted, sellable, held, lot)
-            shortfall_reason = REASON_T1 if sellable < wanted else REASON_ODD_LOT
-            if qty <= 0:
-                return _expired(shortfall_reason)
-            notional = qty * price
-            commission = self.costs.fee(notional, "sell")
-            book.cash += notional - commission
-            if not quote.sale_cash_same_day:
-                book.held_back += notional - commission
-            book.positions[symbol] = held - qty
-        else:
-            qty = wanted - wanted % lot
-            commission = self.costs.commission(qty * price)
-            usable = book.cash - book.held_back
-            if qty * price + commission > usable + _CASH_EPS:
-                lots = min(qty // lot, max(int(usable // (price * lot)), 0))
-                while lots > 0 and (lots * lot * price
-                                    + self.costs.commission(lots * lot * price)
-                                    > usable + _CASH_EPS):
-                    lots -= 1
-                qty = lots * lot
-                shortfall_reason = REASON_CASH_SHORT
-            else:
-                shortfall_reason = REASON_ODD_LOT
-            if qty <= 0:
-                return _expired(shortfall_reason)
-            notional = qty * price
-            commission = self.costs.commission(notional)
-            book.cash -= notional + commission
-            book.positions[symbol] = book.positions.get(symbol, 0) + qty
-            book.bought[symbol] = book.bought.get(symbol, 0) + qty
-        if qty == wanted:
-            return _Outcome(qty, price, commission, OrderStatus.FILLED, None, filled_at)
-        return _Outcome(qty, price, commission, OrderStatus.EXPIRED, shortfall_reason, filled_at)
-
-    def _at_limit(self, quote: Quote, price: float, side: Side) -> bool:
-        """Whether an intraday (interpolated) price sits at the limit against the trade."""
-        if quote.price_limit is None or quote.previous_close is None:
-            return False
-        if side is Side.BUY:
-            return price >= quote.previous_close * (1 + quote.price_limit) - self.tick
-        return price <= quote.previous_close * (1 - quote.price_limit) + self.tick
+                 session: dt.date, quote: Quote | None, book: SessionBook) -> Outcome:
+        return execute_on_bar(side, symbol, wanted, slice_index, slices, session, quote, book,
+                              self.costs, tick=self.tick, fill_time=self.fill_time)
 
     # -- helpers ----------------------------------------------------------------------------
     def _validate(self, conn: Connection, order: OrderRequest, account: Any) -> str | None:
@@ -605,18 +558,13 @@ class PaperBroker:
         if account.matched_through is not None and order.session < account.matched_through:
             return REASON_SESSION_CLOSED
         lot = self.costs.lot_size
-        if quantity % lot == 0:
-            return None
-        if side is Side.BUY:
-            return REASON_ODD_LOT
+        if quantity % lot == 0 or side is Side.BUY:
+            return lot_rejection(side, quantity, 0, lot)
         held = conn.execute(
             text("SELECT quantity FROM paper_positions WHERE account_id = :a AND symbol = :s"),
             {"a": order.account_id, "s": order.symbol},
         ).scalar_one_or_none() or 0
-        # An odd lot is sold in one piece: the sell's odd part must be the position's odd part.
-        if quantity <= held and quantity % lot == held % lot:
-            return None
-        return REASON_ODD_LOT
+        return lot_rejection(side, quantity, int(held), lot)
 
     @staticmethod
     def _require_account(conn: Connection, account_id: str) -> None:
@@ -640,5 +588,76 @@ class PaperBroker:
                           average_price=_float(row.average_price), reason=row.reason)
 
 
-def _expired(reason: str) -> _Outcome:
-    return _Outcome(0, None, 0.0, OrderStatus.EXPIRED, reason, None)
+def _expired(reason: str) -> Outcome:
+    return Outcome(0, None, 0.0, OrderStatus.EXPIRED, reason, None)
+
+
+def execute_on_bar(side: Side, symbol: str, wanted: int, slice_index: int, slices: int,
+               session: dt.date, quote: Quote | None, book: SessionBook, costs: CostModel,
+               *, tick: float = 0.001, fill_time: dt.time = dt.time(9, 30)) -> Outcome:
+    """The market rules of one order on a session's bar (module docstring), updating ``book``:
+    the one place they live, for the paper broker and the vn.py test venue alike."""
+    if quote is None:
+        return _expired(REASON_NO_BAR)
+    frac, clock = child_schedule(slice_index, slices)
+    if slices <= 1:
+        base = quote.open
+        clock = fill_time
+        at_limit = quote.limit_up(tick) if side is Side.BUY else \
+            quote.limit_down(tick)
+    else:
+        base = quote.open + (quote.close - quote.open) * frac
+        at_limit = _at_limit(quote, base, side, tick)
+    if at_limit:
+        return _expired(REASON_LIMIT_UP if side is Side.BUY else REASON_LIMIT_DOWN)
+    slip = costs.slippage_rate
+    price = base * (1 + slip) if side is Side.BUY else base * (1 - slip)
+    filled_at = dt.datetime.combine(session, clock, tzinfo=SHANGHAI)
+    lot = costs.lot_size
+    if side is Side.SELL:
+        held = book.positions.get(symbol, 0)
+        # T+1 classes cannot sell units bought in this session; T+0 classes can.
+        sellable = held if quote.same_session_sell else held - book.bought.get(symbol, 0)
+        qty = sellable_quantity(wanted, sellable, held, lot)
+        shortfall_reason = REASON_T1 if sellable < wanted else REASON_ODD_LOT
+        if qty <= 0:
+            return _expired(shortfall_reason)
+        notional = qty * price
+        commission = costs.fee(notional, "sell")
+        book.cash += notional - commission
+        if not quote.sale_cash_same_day:
+            book.held_back += notional - commission
+        book.positions[symbol] = held - qty
+    else:
+        qty = wanted - wanted % lot
+        commission = costs.commission(qty * price)
+        usable = book.cash - book.held_back
+        if qty * price + commission > usable + _CASH_EPS:
+            lots = min(qty // lot, max(int(usable // (price * lot)), 0))
+            while lots > 0 and (lots * lot * price
+                                + costs.commission(lots * lot * price)
+                                > usable + _CASH_EPS):
+                lots -= 1
+            qty = lots * lot
+            shortfall_reason = REASON_CASH_SHORT
+        else:
+            shortfall_reason = REASON_ODD_LOT
+        if qty <= 0:
+            return _expired(shortfall_reason)
+        notional = qty * price
+        commission = costs.commission(notional)
+        book.cash -= notional + commission
+        book.positions[symbol] = book.positions.get(symbol, 0) + qty
+        book.bought[symbol] = book.bought.get(symbol, 0) + qty
+    if qty == wanted:
+        return Outcome(qty, price, commission, OrderStatus.FILLED, None, filled_at)
+    return Outcome(qty, price, commission, OrderStatus.EXPIRED, shortfall_reason, filled_at)
+
+
+def _at_limit(quote: Quote, price: float, side: Side, tick: float) -> bool:
+    """Whether an intraday (interpolated) price sits at the limit against the trade."""
+    if quote.price_limit is None or quote.previous_close is None:
+        return False
+    if side is Side.BUY:
+        return price >= quote.previous_close * (1 + quote.price_limit) - tick
+    return price <= quote.previous_close * (1 - quote.price_limit) + tick
