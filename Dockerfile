@@ -41,9 +41,13 @@ RUN python requirements.py "${EXTRAS}" pyproject.toml > /tmp/requirements.txt \
 # The package itself. Editable on purpose: rotation/config_paths.py finds config/ (datasets,
 # strategies) beside the source tree, which a site-packages copy would not have.
 # PYTHONPATH also covers top-level packages not listed in [tool.setuptools.packages.find]
-# (e.g. `python -m observability.exporter`).
+# (e.g. `python -m observability.exporter`). The source is compiled here (pip compiled the
+# dependencies): PYTHONDONTWRITEBYTECODE and a read-only tree would have every run worker
+# compile the project's modules again.
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e . \
+    && python -m compileall -q -j 0 api assets jobs observability orchestration resources \
+       rotation sensors trading
 ENV PYTHONPATH=/opt/dagster/app
 
 # Instance configuration and writable state, owned by an unprivileged user.

@@ -41,7 +41,7 @@ from assets.walk_forward import (
 )
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
-from resources.tracking import MlflowTracking
+from resources.tracking import MlflowTracking, experiment_of
 from rotation import classic_search as cs
 from rotation import walkforward as wf
 from rotation.cross_section import CrossSectionConfig
@@ -205,6 +205,8 @@ def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSe
                                 result.candidates.head(20)})
                 run.log_frame(result.candidates, "search/candidates.csv")
                 summary["mlflow_run_id"] = run.run_id
+                # The link of target_portfolio without opening the tracking store.
+                summary["mlflow_experiment_id"] = run.experiment_id
                 context.add_asset_metadata(
                     _window_metadata(result, side_by_side, run.url, images.get("equity")),
                     partition_key=window.key)
@@ -309,7 +311,7 @@ def classic_walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSe
                 table[["symbol", "rank", "weight", "reason"]], names), 100),
         }
         run_id = str(newest.get("mlflow_run_id", "") or "")
-        link = tracking.run_url(run_id) if run_id else None
+        link = tracking.run_url(run_id, experiment_of(newest)) if run_id else None
         if link:
             meta["window_mlflow_run"] = dg.MetadataValue.url(link)
         return dg.Output(table, metadata=meta | cache_stats.metadata())

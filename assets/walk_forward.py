@@ -18,7 +18,7 @@ from assets.code_version import code_version, strategy_sections
 from assets.metadata import data_fingerprint, frame_metadata, metric_metadata, run_level, table
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
-from resources.tracking import MlflowTracking, TrackedRun
+from resources.tracking import MlflowTracking, TrackedRun, experiment_of
 from rotation import report
 from rotation import walkforward as wf
 from rotation.backtest import BacktestResult
@@ -235,6 +235,8 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                 run.log_frame(result.candidates.head(200), "search/candidates.csv")
                 run.log_frame(result.finalists, "search/finalists.csv")
                 summary["mlflow_run_id"] = run.run_id
+                # The link of target_portfolio without opening the tracking store.
+                summary["mlflow_experiment_id"] = run.experiment_id
                 context.add_asset_metadata(_window_metadata(
                     summary, side_by_side, outcome, run.url, images),
                     partition_key=window.key)
@@ -358,7 +360,7 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                 backtest_span(data, _winners(wfo_results))),
         }
         run_id = str(newest.get("mlflow_run_id", "") or "")
-        link = tracking.run_url(run_id) if run_id else None
+        link = tracking.run_url(run_id, experiment_of(newest)) if run_id else None
         if link:
             meta["window_mlflow_run"] = dg.MetadataValue.url(link)
         return dg.Output(table, metadata=meta | cache_stats.metadata())

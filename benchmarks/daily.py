@@ -13,6 +13,11 @@ The baseline, in this process, is the same two jobs executed in process on a war
 against a second fresh ledger: the ratio is the price of process isolation.
 
     python -m benchmarks.daily
+    python -m benchmarks.daily --profile DIR   # where the children's time goes
+
+With ``--profile`` each child runs under ``-X importtime`` and cProfile: ``DIR/<job>.imports``
+(the import table, slowest first), ``DIR/<job>.prof`` (pstats) and ``DIR/<job>.modules`` (every
+module the worker ended with). The wall times then include the profilers' overhead.
 """
 
 from __future__ import annotations
@@ -74,14 +79,52 @@ def _worker(job: str, partition: str | None, run_config: str | None) -> int:
     return 0 if result.success else 1
 
 
-def _in_child(env: dict[str, str], *args: str) -> float:
+def _profiled_worker(folder: Path, job: str, partition: str | None, run_config: str | None
+                     ) -> int:
+    """:func:`_worker` under cProfile, with the modules it ended with."""
+    import cProfile
+
+    profile = cProfile.Profile()
+    code = profile.runcall(_worker, job, partition, run_config)
+    profile.dump_stats(folder / f"{job}.prof")
+    (folder / f"{job}.modules").write_text("\n".join(sorted(sys.modules)) + "\n",
+                                          encoding="utf-8")
+    return int(code)
+
+
+def import_table(stderr: str, top: int = 25) -> list[tuple[int, int, str]]:
+    """The ``-X importtime`` lines of ``stderr`` as (self µs, cumulative µs, module), the
+    slowest cumulative first (nested modules count in their importer's cumulative)."""
+    rows = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "imported package" in line:
+            continue
+        own, cumulative, name = (part.strip() for part in line[12:].split("|", 2))
+        if own.isdigit():
+            rows.append((int(own), int(cumulative), name))
+    return sorted(rows, key=lambda r: -r[1])[:top]
+
+
+def _in_child(env: dict[str, str], *args: str, profile: Path | None = None) -> float:
+    command = [sys.executable, "-m", "benchmarks.daily", "worker", *args]
+    if profile is not None:
+        command = [sys.executable, "-X", "importtime", "-m", "benchmarks.daily",
+                   "profiled-worker", str(profile), *args]
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "benchmarks.daily", "worker", *args], cwd=ROOT,
-                   env={**os.environ, **env}, check=True)
-    return time.perf_counter() - started
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, check=True,
+                          stderr=subprocess.PIPE if profile else None, text=True)
+    elapsed = time.perf_counter() - started
+    if profile is not None:
+        rows = import_table(done.stderr, top=60)
+        total = sum(own for own, _, _ in import_table(done.stderr, top=10**6))
+        (profile / f"{args[0]}.imports").write_text(
+            f"# {total / 1e6:.2f} s importing, {elapsed:.1f} s wall\n"
+            + "".join(f"{own / 1e3:9.1f} ms {cum / 1e3:9.1f} ms  {name}\n"
+                      for own, cum, name in rows), encoding="utf-8")
+    return elapsed
 
 
-def main() -> int:
+def main(profile: Path | None = None) -> int:
     import dagster as dg
     import redis
 
@@ -113,7 +156,7 @@ def main() -> int:
         assert keys == window_keys(defs)
         # The daemon's path, timed.
         started = time.perf_counter()
-        daily = _in_child(env, "daily_job", SIGNAL_DAY)
+        daily = _in_child(env, "daily_job", SIGNAL_DAY, profile=profile)
         tick_started = time.perf_counter()
         sensor = defs.resolve_sensor_def("approved_signal_sensor")
         with dg.build_sensor_context(
@@ -123,7 +166,7 @@ def main() -> int:
         tick = time.perf_counter() - tick_started
         assert len(requests) == 1, "no approved signal: see the approved_signal metadata"
         execution = _in_child(env, "execution_job", "",
-                              json.dumps(requests[0].run_config))
+                              json.dumps(requests[0].run_config), profile=profile)
         ledger = Ledger(env["ETF_POSTGRES_URL"])
         orders = ledger.orders(signal_id=requests[0].run_key)
         ledger.dispose()
@@ -155,4 +198,11 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         sys.exit(_worker(sys.argv[2], sys.argv[3] or None,
                          sys.argv[4] if len(sys.argv) > 4 else None))
+    if len(sys.argv) > 1 and sys.argv[1] == "profiled-worker":
+        sys.exit(_profiled_worker(Path(sys.argv[2]), sys.argv[3], sys.argv[4] or None,
+                                  sys.argv[5] if len(sys.argv) > 5 else None))
+    if len(sys.argv) == 3 and sys.argv[1] == "--profile":
+        folder = Path(sys.argv[2]).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        sys.exit(main(folder))
     sys.exit(main())

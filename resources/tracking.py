@@ -46,6 +46,7 @@ from urllib.parse import urlparse
 import dagster as dg
 
 if TYPE_CHECKING:  # mlflow is imported on first use: it adds ~1.5 s to loading definitions
+    import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities import Experiment, Run
 
@@ -675,6 +676,13 @@ class MlflowTracking(dg.ConfigurableResource):
             return None
         return (f"{self.ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
                 "?workflowType=machine_learning")
+
+
+def experiment_of(row: pd.Series) -> str | None:
+    """The MLflow experiment id a results row recorded beside its ``mlflow_run_id`` (None in
+    rows stored before it was: :meth:`MlflowTracking.run_url` then looks the run up)."""
+    value = row.get("mlflow_experiment_id")
+    return value if isinstance(value, str) and value else None
 
 
 def dagster_url_of(base: str, run_id: str | None = None, asset: str | None = None,

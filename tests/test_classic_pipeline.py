@@ -106,6 +106,8 @@ def test_each_window_holds_its_in_sample_winner_and_out_of_sample_result(chain) 
         assert row["is_end"] < row["oos_start"]
         run = MlflowClient(tracking_uri=_tracking_uri(defs)).get_run(row["mlflow_run_id"])
         assert run.data.params["winner.fast"] == str(json.loads(row["params"])["fast"])
+        # target_portfolio's link to the newest window's run needs no look-up in the store.
+        assert row["mlflow_experiment_id"] == run.info.experiment_id
         assert "in_sample_sharpe" in run.data.metrics and "oos_sharpe" in run.data.metrics
 
 

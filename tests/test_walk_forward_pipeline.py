@@ -31,6 +31,7 @@ from orchestration.runs import (
 from orchestration.settings import Settings, SettingsError
 from resources.deployment import deployed
 from resources.parquet_io import PartitionedParquetIOManager
+from resources.tracking import MlflowTracking, experiment_of
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -164,6 +165,18 @@ def test_mlflow_has_a_closed_run_per_window_and_per_backtest(chain) -> None:
     assert "winner.factors" in window_run.data.params
     assert "oos_total_return" in window_run.data.metrics
     assert "sharpe" in by_name["oos backtest"].data.metrics
+    # Each window's row names its run's experiment: target_portfolio links the newest run
+    # without opening the tracking store, to the page the store's lookup gives.
+    stored = _io(defs).load_partitions(dg.AssetKey("wfo_results"), keys)
+    served = MlflowTracking(tracking_uri=settings.resolved_mlflow_uri,
+                            ui_url="http://127.0.0.1:5000")
+    assert len(stored) == len(keys)
+    for _, row in stored.iterrows():
+        assert experiment_of(row) == experiment.experiment_id
+        run_id = str(row["mlflow_run_id"])
+        assert by_name[f"wfo {row['window']}"].info.run_id == run_id
+        assert served.run_url(run_id, experiment_of(row)) == served.run_url(run_id)
+    assert experiment_of(stored.drop(columns="mlflow_experiment_id").iloc[0]) is None
 
 
 def test_one_window_rematerialises_to_the_same_winner(chain, pg_instance) -> None:
