@@ -293,9 +293,9 @@ def signal_assets(strategies: Sequence[StrategyConfig], account: Account,
         # Uncached: the range grows every day, a cache entry would never be read again.
         seen = venue_bars(market_data, first, last,
                           lookback_sessions=account.quote_lookback_sessions)
-        venue = execution.venue(market_quotes(market_data, seen), account.costs)
         # Fills the venue has made since the last execution (e.g. this morning's open).
-        with account_lock(book, account_id, account.lock_timeout_seconds):
+        with execution.connected(market_quotes(market_data, seen), account.costs) as venue, \
+                account_lock(book, account_id, account.lock_timeout_seconds):
             new_fills = reconcile(book, venue, account_id, actor=actor,
                                   closed_through=last.date())
             differences = book_differences(book, venue, account_id)

@@ -78,10 +78,10 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     adv = average_amounts(market_data, day, limits.liquidity_sessions)
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
                         quotes=on_day, average_amount=adv, closed_through=closed.date())
-    venue = execution.venue(quotes, account.costs)
-    if wrap_venue is not None:
-        venue = wrap_venue(venue)
-    with account_lock(book, account_id, account.lock_timeout_seconds) as lock:
+    with execution.connected(quotes, account.costs) as venue, \
+            account_lock(book, account_id, account.lock_timeout_seconds) as lock:
+        if wrap_venue is not None:
+            venue = wrap_venue(venue)
         report = execute_signal(
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
             market=market, limits=limits, costs=account.costs, actor=actor,

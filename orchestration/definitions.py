@@ -36,7 +36,7 @@ from orchestration.strategy_stage import (
 from resources.cache import RedisCache
 from resources.clock import ClockResource
 from resources.deployment import fixed
-from resources.execution import PaperExecution
+from resources.execution import ExecutionResource, PaperExecution, VnpyExecution
 from resources.ledger import LedgerResource
 from resources.live_quotes import LiveQuotesResource
 from resources.market_data import (
@@ -105,10 +105,27 @@ def resources_for(settings: Settings, account: Account | None = None
             url=settings.postgres_url, account_id=account.account_id,
             initial_cash=account.initial_cash,
             further_accounts={a.account_id: a.initial_cash for a in ex.accounts})
-        resources["execution"] = PaperExecution(url=settings.postgres_url,
-                                                kill_switch=ex.kill_switch,
-                                                twap_slices=ex.twap_slices)
+        resources["execution"] = execution_resource(settings, account, settings.postgres_url)
     return resources
+
+
+def execution_resource(settings: Settings, account: Account, ledger_url: str
+                       ) -> ExecutionResource:
+    """``account``'s venue (``execution.venue``): the paper broker beside the ledger at
+    ``ledger_url``, or the vn.py venue process of ``execution.vnpy``."""
+    ex = settings.execution
+    if account.venue == "vnpy":
+        v = ex.vnpy
+        return VnpyExecution(account_id=account.account_id,
+                             rep_address=f"tcp://{v.host}:{v.rep_port}",
+                             pub_address=f"tcp://{v.host}:{v.pub_port}",
+                             broker_account=v.broker_account,
+                             rpc_timeout_seconds=v.rpc_timeout_seconds,
+                             ack_timeout_seconds=v.ack_timeout_seconds,
+                             replay_clock=v.replay_clock, kill_switch=ex.kill_switch,
+                             twap_slices=ex.twap_slices)
+    return PaperExecution(url=ledger_url, kill_switch=ex.kill_switch,
+                          twap_slices=ex.twap_slices)
 
 
 def walk_forward_executor(settings: Settings) -> dg.ExecutorDefinition:

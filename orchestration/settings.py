@@ -203,6 +203,9 @@ class VnpySettings(BaseModel):
     broker_account: str | None = None
     rpc_timeout_seconds: float = Field(5.0, gt=0)
     ack_timeout_seconds: float = Field(5.0, gt=0)
+    # The venue process is the test venue (trading.vnpy_replay), whose market moves only when
+    # asked: the client opens session D when it asks for the fills through D. A broker: unset.
+    replay_clock: bool = False
 
     @model_validator(mode="after")
     def _setting_is_a_json_object(self) -> VnpySettings:
@@ -227,7 +230,9 @@ class ExecutionSettings(BaseModel):
 
     account_id: str = Field("paper-main", min_length=1)
     initial_cash: float = Field(1_000_000.0, gt=0)
-    venue: Literal["paper"] = "paper"   # live adapters (QMT, CTP) plug in as venues
+    # paper: the paper broker on PostgreSQL; vnpy: the vn.py venue process of execution.vnpy
+    # (one broker login: the execution account alone, no further accounts).
+    venue: Literal["paper", "vnpy"] = "paper"
     # TWAP: child orders per parent across the session (1 = one market order at the open).
     twap_slices: int = Field(1, ge=1, le=48)
     # Engaged by environment (ETF_EXECUTION__KILL_SWITCH=true): no submission at all.
@@ -261,6 +266,25 @@ class ExecutionSettings(BaseModel):
         if len(set(stages)) != len(stages):
             raise ValueError(f"execution.accounts: account ids {ids} repeat (ids differing only "
                              "in case or - against _ name the same Dagster stage)")
+        return self
+
+    @model_validator(mode="after")
+    def _vnpy_venue_is_reachable(self) -> ExecutionSettings:
+        if self.venue != "vnpy":
+            return self
+        unset = [f"execution.vnpy.{name} [env ETF_EXECUTION__VNPY__{name.upper()}]"
+                 for name in ("rep_port", "pub_port") if name not in self.vnpy.model_fields_set]
+        if unset:
+            raise ValueError(f"execution.venue is 'vnpy' but {' and '.join(unset)} "
+                             f"{'is' if len(unset) == 1 else 'are'} not set: the venue "
+                             f"process's RPC ports (on execution.vnpy.host, "
+                             f"{self.vnpy.host}), as its command was given them")
+        if self.accounts:
+            raise ValueError(f"execution.venue is 'vnpy' but execution.accounts lists "
+                             f"{[a.account_id for a in self.accounts]}: a vn.py venue process "
+                             f"is one broker login, the execution account "
+                             f"{self.account_id!r} alone; further accounts trade on the paper "
+                             "venue of a deployment of their own")
         return self
 
 

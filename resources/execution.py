@@ -1,9 +1,11 @@
 """The execution resource: the one interface every venue is reached through (SPEC §9).
 
 :class:`ExecutionResource` is what the execution job depends on; :class:`PaperExecution` is the
-default (the paper broker on PostgreSQL, optionally TWAP-sliced). A live adapter is another
-subclass whose ``venue`` returns an implementation of :class:`trading.venue.ExecutionVenue`
-that passes :mod:`trading.contract` (see ``docs/execution_venue.md``).
+default (the paper broker on PostgreSQL, optionally TWAP-sliced), :class:`VnpyExecution` the
+vn.py venue process (issue 18). A live adapter is another subclass whose ``venue`` returns an
+implementation of :class:`trading.venue.ExecutionVenue` that passes :mod:`trading.contract`
+(see ``docs/execution_venue.md``). Callers reach it through :meth:`ExecutionResource.connected`,
+which closes what the venue holds open (vn.py's RPC link) when they are done.
 """
 
 from __future__ import annotations
@@ -36,7 +38,20 @@ class ExecutionResource(dg.ConfigurableResource):
         raise NotImplementedError
 
     def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
+        """The venue; ``quotes`` are the market the paper venue matches on (a venue with a
+        market of its own ignores them)."""
         raise NotImplementedError
+
+    @contextmanager
+    def connected(self, quotes: QuoteSource, costs: CostModel) -> Iterator[ExecutionVenue]:
+        """:meth:`venue`, closed when the block ends."""
+        venue = self.venue(quotes, costs)
+        try:
+            yield venue
+        finally:
+            close = getattr(venue, "close", None)
+            if callable(close):
+                close()
 
 
 class PaperExecution(ExecutionResource):
@@ -53,6 +68,38 @@ class PaperExecution(ExecutionResource):
         # TWAP children are planned into the ledger by the executor (write-ahead) and sent
         # to the broker one by one: the venue itself never slices.
         return PaperBroker(self.url, quotes, costs)
+
+
+class VnpyExecution(ExecutionResource):
+    """The vn.py venue (:class:`trading.vnpy_venue.VnpyVenue`): vn.py's RPC client of the
+    venue process serving ``account_id`` (settings ``execution.vnpy``). The process's market is
+    its own (a broker's, or the test venue's replayed bars): the quotes given only bound the
+    test venue's replay clock.
+    vn.py is imported when a venue is made, never when the code location loads."""
+
+    account_id: str
+    rep_address: str
+    pub_address: str
+    # The gateway's account id when it is not ``account_id``.
+    broker_account: str | None = None
+    rpc_timeout_seconds: float = 5.0
+    ack_timeout_seconds: float = 5.0
+    # The test venue (trading.vnpy_replay): fills(account, D) opens session D there, up to the
+    # newest session of the quotes given (the sessions the clock has closed).
+    replay_clock: bool = False
+
+    @property
+    def name(self) -> str:
+        return "vnpy" if self.twap_slices == 1 else f"vnpy+twap{self.twap_slices}"
+
+    def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
+        from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
+
+        endpoint = VnpyEndpoint(self.account_id, self.rep_address, self.pub_address,
+                                broker_account=self.broker_account)
+        return VnpyVenue([endpoint], costs, rpc_timeout=self.rpc_timeout_seconds,
+                         ack_timeout=self.ack_timeout_seconds, replay_clock=self.replay_clock,
+                         replay_through=quotes.latest_session() if self.replay_clock else None)
 
 
 @contextmanager

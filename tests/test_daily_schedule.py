@@ -15,6 +15,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -116,8 +117,11 @@ class DailyMarket:
     published through ``day``, so the session partitions end there, as they end at today in
     production; the clock is pinned to that day."""
 
-    def __init__(self, home: Path, instance: dg.DagsterInstance, shared: Path) -> None:
+    def __init__(self, home: Path, instance: dg.DagsterInstance, shared: Path,
+                 execution: dict[str, Any] | None = None) -> None:
         self.home, self.instance, self.shared = home, instance, shared
+        # Further execution settings of every evening (e.g. the venue).
+        self.execution = execution or {}
         self.dataset = yaml.safe_load(
             (ROOT / "config/datasets/cn_etf_morphkyan_raw.yaml").read_text(encoding="utf-8"))
 
@@ -130,7 +134,7 @@ class DailyMarket:
             cache_secret=TEST_CACHE_SECRET,
             market_data={"source": "files", "dataset": str(path),
                          "files_root": str(self.shared / "cn_etf_morphkyan_raw")},
-            execution={"as_of": day})
+            execution={"as_of": day, **self.execution})
 
     def definitions(self, day: str, ledger_url: str | None = None, start: str = START
                     ) -> dg.Definitions:
@@ -141,21 +145,29 @@ class DailyMarket:
                                / f"{key}.parquet")
 
 
-@pytest.fixture(scope="module")
-def daily_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
-                 ) -> Iterator[DailyMarket]:
-    home = tmp_path_factory.mktemp("daily_home")
+@contextmanager
+def researched_market(home: Path, shared: Path, execution: dict[str, Any] | None = None
+                      ) -> Iterator[DailyMarket]:
+    """A :class:`DailyMarket` backfilled and researched through BACKFILLED_TO on a scratch
+    dagster-postgres instance in ``home``."""
     with scratch_database("etf_daily_dagster") as name:
         (home / "dagster").mkdir()
         (home / "dagster" / "dagster.yaml").write_text(
             f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
             "telemetry:\n  enabled: false\n", encoding="utf-8")
         with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-            market = DailyMarket(home, instance, shared_data)
+            market = DailyMarket(home, instance, shared, execution)
             defs = market.definitions(BACKFILLED_TO)
             assert run_range(defs, instance, START, BACKFILLED_TO, log_level="WARNING").success
             assert all(r.success for r in rebuild_research(defs, instance))
             yield market
+
+
+@pytest.fixture(scope="module")
+def daily_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
+                 ) -> Iterator[DailyMarket]:
+    with researched_market(tmp_path_factory.mktemp("daily_home"), shared_data) as market:
+        yield market
 
 
 def schedule_ticks(first: str, last: str) -> list[str]:
@@ -309,13 +321,7 @@ def assert_consistent_ledger(market: DailyMarket, ledger_url: str, last: str,
     assert checks[BOOK_CHECK].passed, checks[BOOK_CHECK].metadata
     ledger = Ledger(ledger_url)
     try:
-        approved = [s["signal_id"] for s in signals.values() if s["status"] == "approved"]
-        assert approved, "no signal was approved over 15 sessions"
-        for signal_id in approved:
-            stored = ledger.signal(signal_id)
-            assert stored is not None and stored.status is SignalStatus.APPROVED
-            execution = ledger.execution(signal_id)
-            assert execution is not None and execution.status == "completed", signal_id
+        executed_signals(ledger, signals)
         orders = ledger.orders(account_id=account)
         assert len({o.order_id for o in orders}) == len(orders)
         # No order lost to the venue not seeing its session's bar (a gap between runs).
@@ -329,6 +335,19 @@ def assert_consistent_ledger(market: DailyMarket, ledger_url: str, last: str,
         assert venue.cash(account) == pytest.approx(ledger.cash(account), abs=1e-6)
     finally:
         ledger.dispose()
+
+
+def executed_signals(ledger: Ledger, signals: dict[str, dict[str, Any]]) -> list[str]:
+    """The ids of the approved ``signals`` (approved_signal's metadata by day), each checked
+    approved in the ledger and executed to completion."""
+    approved = [s["signal_id"] for s in signals.values() if s["status"] == "approved"]
+    assert approved, f"no signal was approved over {len(signals)} sessions"
+    for signal_id in approved:
+        stored = ledger.signal(signal_id)
+        assert stored is not None and stored.status is SignalStatus.APPROVED
+        execution = ledger.execution(signal_id)
+        assert execution is not None and execution.status == "completed", signal_id
+    return approved
 
 
 def test_a_session_the_source_lacks_fails_naming_it(daily_market: DailyMarket) -> None:

@@ -151,35 +151,44 @@ class VenueProcesses:
 
     def launch(self, venue: VenueProcess, cmd: list[str], env: dict[str, str]
                ) -> VenueProcess:
-        """Run ``cmd`` as ``venue``'s process (its log in the state folder); returns once its
-        RPC service is up."""
-        venue.state_dir.mkdir(parents=True, exist_ok=True)
-        offset = venue.log.stat().st_size if venue.log.exists() else 0
-        with open(venue.log, "ab") as log:
-            venue.proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT), **env})
         self.started.append(venue)
-        deadline = time.monotonic() + 60
-        while READY not in venue.log.read_bytes()[offset:].decode(errors="replace"):
-            if venue.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"venue process for {venue.account_id} did not start "
-                                     f"(exit {venue.proc.poll()}):\n"
-                                     f"{venue.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        return venue
+        return launch_venue(venue, cmd, env)
 
     def stop_all(self) -> None:
-        procs = [v.proc for v in self.started if v.proc is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_venues(self.started)
+
+
+def launch_venue(venue: VenueProcess, cmd: list[str], env: dict[str, str]) -> VenueProcess:
+    """Run ``cmd`` as ``venue``'s process (its log in the state folder); returns once its RPC
+    service is up."""
+    venue.state_dir.mkdir(parents=True, exist_ok=True)
+    offset = venue.log.stat().st_size if venue.log.exists() else 0
+    with open(venue.log, "ab") as log:
+        venue.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    deadline = time.monotonic() + 60
+    while READY not in venue.log.read_bytes()[offset:].decode(errors="replace"):
+        if venue.proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"venue process for {venue.account_id} did not start "
+                                 f"(exit {venue.proc.poll()}):\n"
+                                 f"{venue.log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    return venue
+
+
+def stop_venues(venues: list[VenueProcess]) -> None:
+    """SIGTERM to every venue process still running, SIGKILL to any not gone in 10 s."""
+    procs = [v.proc for v in venues if v.proc is not None]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ Rules kept here (``trading.venue``):
 
 ``replay_clock``: the venue process is the test venue (:mod:`trading.vnpy_replay`), whose
 market moves only when asked; ``fills(account, until)`` then first opens session ``until``
-there. A broker's market moves by itself: unset.
+there. ``replay_through``: the newest session the clock has closed (the daily path's market as
+known that evening): no later session is opened (the executor asks for the fills through the
+order session right after sending, which has not happened yet), and ``fills(account)`` opens
+it. A broker's market moves by itself: unset.
 """
 
 from __future__ import annotations
@@ -152,11 +155,12 @@ class VnpyVenue:
 
     def __init__(self, endpoints: Iterable[VnpyEndpoint], costs: CostModel, *,
                  rpc_timeout: float = 5.0, ack_timeout: float = 5.0,
-                 replay_clock: bool = False) -> None:
+                 replay_clock: bool = False, replay_through: dt.date | None = None) -> None:
         self.costs = costs
         self.rpc_timeout = rpc_timeout
         self.ack_timeout = ack_timeout
         self.replay_clock = replay_clock
+        self.replay_through = replay_through
         self._links: dict[str, _Link] = {}
         for endpoint in endpoints:
             self.add_endpoint(endpoint)
@@ -312,8 +316,11 @@ class VnpyVenue:
     def fills(self, account_id: str, until: dt.date | None = None) -> Sequence[Fill]:
         what = f"vnpy: fills of {account_id}"
         link = self._link(account_id, what)
-        if self.replay_clock and until is not None:
-            link.call(what, "replay_session", until.isoformat())
+        if self.replay_clock:
+            session = until if self.replay_through is None else min(
+                until or self.replay_through, self.replay_through)
+            if session is not None:
+                link.call(what, "replay_session", session.isoformat())
         references = {o.vt_orderid: o.reference for o in link.call(what, "get_all_orders")}
         fills: list[Fill] = []
         for t in self._trades(link, what):
