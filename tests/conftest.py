@@ -214,7 +214,8 @@ SHARED_FIXTURE_GROUPS = {
 }
 # The longest groups start first, so the last one to finish is a short one (longest first).
 LONGEST_FIRST = ("demo", "execution", "test_backfill_pipeline", "test_three_strategies",
-                 "test_daily_schedule", "test_hot_reload", "test_strategies_side_by_side",
+                 "test_daily_schedule", "test_vnpy_daily", "test_vnpy_venue",
+                 "test_console_research", "test_hot_reload", "test_strategies_side_by_side",
                  "test_classic_pipeline", "test_walk_forward_pipeline", "test_api_strategies",
                  "test_walk_forward_chain", "test_code_locations", "test_fan_out")
 
