@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import redis
 from api_desk import REDIS_URL, desk
@@ -35,6 +36,7 @@ from websockets.sync.client import ClientConnection
 from api.events import CHANNEL
 from api.permissions import Role
 from api.schemas import EventOut
+from rotation.costs import CostModel
 from rotation.risk import OrderCheck, RiskLimits, check_orders
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.intraday import LastPrice
@@ -379,3 +381,52 @@ def test_intraday_pnl_marks_positions_at_fresh_live_prices() -> None:
     assert pnl.stale == ("510500",)
     with pytest.raises(ValueError, match=r"510500 is held .* no previous close"):
         intraday_pnl({"510500": 100}, {}, {}, 0.0, now=NOW)
+
+
+# -- the executor checks at the reference price now (a real ledger, the paper broker) ------------
+
+def test_the_executor_rejects_at_a_fresh_tick_and_passes_at_a_stale_one(ledger_url: str) -> None:
+    from trading.executor import MarketView, execute_signal
+    from trading.ledger import Ledger, SignalRecord
+    from trading.models import OrderStatus, Quote, SignalStatus, signal_id_of, weights_hash
+    from trading.paper import FrameQuotes, PaperBroker
+
+    day, session = dt.date(2025, 6, 10), SESSION
+    weights = {"510300": 0.5}
+    costs = CostModel()
+    limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
+                        max_daily_notional=5_000_000.0)
+    book = Ledger(ledger_url)
+    book.migrate()
+    broker = PaperBroker(ledger_url, FrameQuotes(pd.DataFrame(
+        columns=["date", "symbol", "open", "high", "low", "close", "volume"])), costs)
+    far = round(4.0 * (1 + limits.price_band + 0.02), 3)
+    outcome = {}
+    try:
+        for account, age in (("acct-fresh", 5), ("acct-stale", 120)):
+            book.open_account(account, 1_000_000.0, actor="test")
+            sid = signal_id_of("quotes", account, day, weights)
+            book.record_signal(SignalRecord(
+                signal_id=sid, account_id=account, strategy="quotes", as_of=day,
+                weights=weights, weights_hash=weights_hash(weights),
+                status=SignalStatus.APPROVED, reasons=[], data_version=None,
+                dagster_run_id=None), actor="test")
+            view = MarketView(
+                signal_day=day, order_session=session, closed_through=day,
+                quotes={"510300": Quote(symbol="510300", session=day, open=4.0, high=4.0,
+                                        low=4.0, close=4.0, volume=1e6, previous_close=4.0,
+                                        price_limit=0.10)},
+                average_amount={"510300": 5e9}, now=NOW,
+                live={"510300": LastPrice(far, NOW - dt.timedelta(seconds=age))})
+            execute_signal(ledger=book, venue=broker, signal_id=sid, account_id=account,
+                           market=view, limits=limits, costs=costs, actor="test")
+            (order,) = book.orders(signal_id=sid)
+            outcome[account] = order
+    finally:
+        book.dispose()
+    rejected = outcome["acct-fresh"]
+    assert rejected.status is OrderStatus.REJECTED
+    assert "price_band" in str(rejected.reason)
+    assert f"live last price {far:.3f} at {(NOW - dt.timedelta(seconds=5)).isoformat()}" \
+        in str(rejected.reason), rejected.reason
+    assert outcome["acct-stale"].status is OrderStatus.SUBMITTED, outcome["acct-stale"].reason
