@@ -104,36 +104,53 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def venue(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venue]:
+def venue_setting(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The replay gateway's setting over the real raw bars of two funds (a temporary copy)."""
     source = FileMarketSource(shared_data / "cn_etf_morphkyan_raw", load_dataset_spec(DATASET))
     bars = source.load(dt.date(2025, 6, 1), SESSION).bars
     bars = bars.assign(symbol=bars["symbol"].astype(str))
     bars = bars.loc[bars["symbol"].isin(SYMBOLS)].reset_index(drop=True)
     assert {(s, SESSION) for s in SYMBOLS} <= {(str(s), d.date()) for s, d in
                                                 zip(bars["symbol"], bars["date"], strict=True)}
-    state = tmp_path_factory.mktemp("quote_venue")
+    folder = tmp_path_factory.mktemp("quote_market")
     bars[["date", "symbol", "open", "high", "low", "close", "volume"]].to_parquet(
-        state / "bars.parquet")
+        folder / "bars.parquet")
     instruments = {i.symbol: {"exchange": i.exchange, "price_limit": i.price_limit}
                    for i in source.instruments() if i.symbol in SYMBOLS}
-    (state / "gateway.json").write_text(json.dumps(
-        {"bars": str(state / "bars.parquet"), "instruments": instruments, "account": "quotes",
+    (folder / "gateway.json").write_text(json.dumps(
+        {"bars": str(folder / "bars.parquet"), "instruments": instruments, "account": "quotes",
          "cash": 1_000_000.0}))
-    rep, pub = free_port(), free_port()
+    return folder / "gateway.json"
+
+
+def launch_venue(setting: Path, state: Path, rep_port: int, pub_port: int) -> Venue:
+    """The test venue process with intraday ticks; returns once its RPC service is up."""
+    state.mkdir(parents=True, exist_ok=True)
     log = state / "venue.log"
-    with log.open("wb") as out:
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "trading.vnpy_process",
              "--gateway", "trading.vnpy_replay_ticks:TickReplayGateway", "--paper",
-             "--setting-file", str(state / "gateway.json"), "--rep-port", str(rep),
-             "--pub-port", str(pub), "--state-dir", str(state / "state")],
+             "--setting-file", str(setting), "--rep-port", str(rep_port),
+             "--pub-port", str(pub_port), "--state-dir", str(state)],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    venue = Venue(f"tcp://127.0.0.1:{rep_port}", f"tcp://127.0.0.1:{pub_port}", proc, log)
     try:
-        _wait_in_log(log, "vnpy venue ready", proc)
-        yield Venue(f"tcp://127.0.0.1:{rep}", f"tcp://127.0.0.1:{pub}", proc, log)
-    finally:
+        _wait_in_log(log, "vnpy venue ready", proc, offset)
+    except AssertionError:
         _stop(proc)
+        raise
+    return venue
+
+
+@pytest.fixture(scope="module")
+def venue(venue_setting: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venue]:
+    v = launch_venue(venue_setting, tmp_path_factory.mktemp("quote_venue"), free_port(),
+                     free_port())
+    yield v
+    _stop(v.proc)
 
 
 @pytest.fixture(scope="module")
@@ -292,6 +309,36 @@ def test_a_killed_relay_restarted_duplicates_no_bar(
              client.hgetall(bar_marks_key(namespace)).items()}
     assert marks == {s: dt.datetime.combine(SESSION, dt.time(9, 32), SHANGHAI).isoformat()
                      for s in SYMBOLS}
+
+
+def test_the_relay_subscribes_again_at_a_venue_process_restarted(
+        venue_setting: Path, api: Live, namespace: str, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    rep_port, pub_port = free_port(), free_port()
+    first = launch_venue(venue_setting, tmp_path / "venue", rep_port, pub_port)
+    assert api.desk.settings.postgres_url is not None
+    relay = Relay(first, namespace, api.desk.settings.postgres_url, tmp_path / "relay.log")
+    second: Venue | None = None
+    try:
+        relay.start()
+        first.call("replay_ticks", SESSION.isoformat(), 1, 4, 0.0)
+        _wait_len(client, ticks_key(namespace), 4 * len(SYMBOLS))
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        second = launch_venue(venue_setting, tmp_path / "venue", rep_port, pub_port)
+        # The relay's probe (every second) finds the feed quiet and subscribes again.
+        deadline = time.monotonic() + WAIT
+        while sorted(second.call("subscribed_symbols")) != list(SYMBOLS):
+            assert time.monotonic() < deadline, relay.log.read_text()[-3000:]
+            time.sleep(0.2)
+        second.call("replay_ticks", SESSION.isoformat(), 1, 4, 0.0)
+        ticks = _wait_len(client, ticks_key(namespace), 8 * len(SYMBOLS))
+        assert relay.proc is not None and relay.proc.poll() is None
+        assert len(ticks) == 8 * len(SYMBOLS)
+    finally:
+        relay.stop()
+        if second is not None:
+            _stop(second.proc)
 
 
 def test_the_relay_names_a_fund_the_venue_does_not_know(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -91,6 +92,7 @@ class QuoteRelay:
         for raw_symbol, raw in redis.hgetall(bar_marks_key(namespace)).items():
             self.marks[raw_symbol.decode()] = dt.datetime.fromisoformat(raw.decode())
         self.link: Any = None
+        self.requests: list[Any] = []
         self.subscribed: list[str] = []
         self.failure: str | None = None
         self.failed = threading.Event()
@@ -123,10 +125,16 @@ class QuoteRelay:
                 raise ValueError(f"quote relay: the venue at {self.rep} knows no fund "
                                  f"{unknown} (it reports {sorted(by_symbol)})")
         symbols = sorted(self.wanted if self.wanted is not None else by_symbol)
-        for symbol in symbols:
-            link.gateway.subscribe(SubscribeRequest(symbol=symbol,
-                                                    exchange=by_symbol[symbol].exchange))
+        self.requests = [(SubscribeRequest(symbol=s, exchange=by_symbol[s].exchange),
+                          by_symbol[s].gateway_name) for s in symbols]
+        self.subscribe()
         self.subscribed = symbols
+
+    def subscribe(self) -> None:
+        """Subscribe the universe on the link (again: a gateway keeps one subscription per
+        fund; a venue process restarted on the same addresses has none)."""
+        for req, gateway_name in self.requests:
+            self.link.gateway.client.subscribe(req, gateway_name, timeout=self.timeout_ms)
 
     def alive(self) -> bool:
         try:
@@ -167,9 +175,8 @@ class QuoteRelay:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(ticks_key(self.namespace), fields, maxlen=self.maxlen, approximate=True)
         if tick.last_price and tick.last_price > 0:
-            pipe.hset(last_key(self.namespace, self.market), tick.symbol,
-                      f'{{"price": {float(tick.last_price)!r}, '
-                      f'"at": "{venue_time.isoformat()}"}}')
+            pipe.hset(last_key(self.namespace, self.market), tick.symbol, json.dumps(
+                {"price": float(tick.last_price), "at": venue_time.isoformat()}))
         pipe.execute()
         self.ticks += 1
         self._notify(QUOTE_TABLE, fields, received)
@@ -213,14 +220,25 @@ class QuoteRelay:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: threading.Event, probe_seconds: float = 5.0) -> int:
         """Relay until ``stop``; the link is probed every ``probe_seconds`` and rebuilt when
-        the venue stops answering. Returns the exit code (1: a tick could not be recorded)."""
+        the venue stops answering; a probe after which no tick came subscribes the universe
+        again (a venue process restarted between two probes answers but has no subscription).
+        Returns the exit code (1: a tick could not be recorded)."""
+        seen = self.ticks
         while not stop.is_set():
             if self.failed.wait(probe_seconds):
                 print(f"quote relay: stopped: {self.failure}", file=sys.stderr, flush=True)
                 return 1
             if stop.is_set():
                 break
-            if not self.alive():
+            quiet, seen = self.ticks == seen, self.ticks
+            if self.alive():
+                if quiet:
+                    try:
+                        self.subscribe()
+                    except Exception as exc:
+                        log.warning("quote relay: subscribing again at %s failed (%s)",
+                                    self.rep, exc)
+            else:
                 try:
                     self.connect()
                     log.warning("quote relay: link to %s rebuilt, %d funds subscribed",
