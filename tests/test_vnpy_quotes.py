@@ -29,6 +29,7 @@ import pandas as pd
 import pytest
 import redis
 from api_desk import REDIS_URL, desk
+from conftest import PG_SERVER
 from test_api_events import sign_in, subscribe
 from test_api_live import Live, api_env, free_port, serve_api
 from websockets.sync.client import ClientConnection
@@ -339,6 +340,27 @@ def test_the_relay_subscribes_again_at_a_venue_process_restarted(
         relay.stop()
         if second is not None:
             _stop(second.proc)
+
+
+def test_without_the_ledger_the_ticks_still_reach_redis(
+        venue: Venue, namespace: str, tmp_path: Path) -> None:
+    """Redis is the record: a PostgreSQL that refuses costs the event stream only, named in the
+    log once per retry period, not once per tick."""
+    client = redis.Redis.from_url(REDIS_URL)
+    missing = f"postgresql+psycopg://{PG_SERVER}/no_such_ledger_{uuid.uuid4().hex[:8]}"
+    relay = Relay(venue, namespace, missing, tmp_path / "relay.log")
+    try:
+        relay.start()
+        venue.call("replay_ticks", SESSION.isoformat(), 2, 4, 0.0)
+        _wait_len(client, ticks_key(namespace), 8 * len(SYMBOLS))
+        _wait_len(client, bars_key(namespace), len(SYMBOLS))
+        assert relay.proc is not None and relay.proc.poll() is None
+    finally:
+        relay.stop()
+    warnings = [line for line in relay.log.read_text().splitlines()
+                if "not sent to the API's event stream" in line]
+    assert len(warnings) == 1, warnings
+    assert "no_such_ledger_" in warnings[0] and "retrying in 5 s" in warnings[0]
 
 
 def test_the_relay_names_a_fund_the_venue_does_not_know(

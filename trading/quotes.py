@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ log = logging.getLogger("trading.quotes")
 
 READY = "quote relay ready"
 DEFAULT_MAXLEN = 100_000
+PG_RETRY_SECONDS = 5.0
 
 
 def libpq(url: str) -> str:
@@ -97,6 +99,7 @@ class QuoteRelay:
         self.failure: str | None = None
         self.failed = threading.Event()
         self._pg: Any = None
+        self._pg_retry_at = 0.0
         self.ticks = 0
         self.bars = 0
 
@@ -201,7 +204,7 @@ class QuoteRelay:
         self._notify(BAR_TABLE, fields, dt.datetime.now(dt.UTC))
 
     def _notify(self, table: str, fields: dict[str, str], at: dt.datetime) -> None:
-        if self.postgres is None:
+        if self.postgres is None or time.monotonic() < self._pg_retry_at:
             return
         import psycopg
 
@@ -211,8 +214,11 @@ class QuoteRelay:
             self._pg.execute("SELECT pg_notify(%s, %s)",
                              (EVENT_CHANNEL, event_body(table, fields, at)))
         except psycopg.Error as exc:
+            # The events of the next PG_RETRY_SECONDS are not sent (not one attempt a tick).
+            self._pg_retry_at = time.monotonic() + PG_RETRY_SECONDS
             log.warning("quote relay: %s event for %s not sent to the API's event stream "
-                        "(PostgreSQL: %s)", table, fields["symbol"], exc)
+                        "(PostgreSQL: %s); retrying in %.0f s", table, fields["symbol"], exc,
+                        PG_RETRY_SECONDS)
             if self._pg is not None:
                 self._pg.close()
                 self._pg = None
