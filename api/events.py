@@ -63,8 +63,12 @@ class Subscriber:
     queue: asyncio.Queue[EventOut] = field(
         default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
     dropped: int = 0
+    # The event types this client asked for (``?types=``); None: all. Notices always come.
+    types: frozenset[str] | None = None
 
     def offer(self, event: EventOut) -> None:
+        if self.types is not None and event.type != "notice" and event.type not in self.types:
+            return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -87,8 +91,8 @@ class EventHub:
     subscribers: set[Subscriber] = field(default_factory=set)
     listening: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def subscribe(self) -> Subscriber:
-        subscriber = Subscriber()
+    def subscribe(self, types: frozenset[str] | None = None) -> Subscriber:
+        subscriber = Subscriber(types=types)
         self.subscribers.add(subscriber)
         return subscriber
 

@@ -30,9 +30,10 @@ import pytest
 import redis
 from api_desk import REDIS_URL, desk
 from conftest import PG_SERVER
-from test_api_events import sign_in, subscribe
+from test_api_events import sign_in, stream_url, subscribe
 from test_api_live import Live, api_env, free_port, serve_api
-from websockets.sync.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
 from api.events import CHANNEL
 from api.permissions import Role
@@ -246,7 +247,10 @@ def test_the_relay_uses_the_api_event_channel() -> None:
 def test_ticks_reach_redis_and_the_websocket_and_bars_close_each_minute(
         venue: Venue, api: Live, relay: Relay, namespace: str, shared_data: Path) -> None:
     client = redis.Redis.from_url(REDIS_URL)
-    with subscribe(api, sign_in(api, Role.VIEWER)) as ws:
+    token = sign_in(api, Role.VIEWER)
+    with subscribe(api, token) as ws, \
+            connect(stream_url(api, token) + "&types=bar", open_timeout=WAIT) as bars_only:
+        assert EventOut.model_validate_json(bars_only.recv(timeout=WAIT)).type == "notice"
         assert sorted(venue.call("subscribed_symbols")) == list(SYMBOLS)
         # 3 replayed minutes of 4 ticks: 2 minutes close (the third has no later tick yet).
         count = venue.call("replay_ticks", SESSION.isoformat(), 3, 4, 0.02)
@@ -254,6 +258,12 @@ def test_ticks_reach_redis_and_the_websocket_and_bars_close_each_minute(
         ticks = _wait_len(client, ticks_key(namespace), count)
         bars = _wait_len(client, bars_key(namespace), 2 * len(SYMBOLS))
         events = _events(ws, {"quote": count, "bar": 2 * len(SYMBOLS)})
+        # A client that asked for bars only gets the bars, no tick.
+        only = [EventOut.model_validate_json(bars_only.recv(timeout=WAIT))
+                for _ in range(2 * len(SYMBOLS))]
+        assert [e.type for e in only] == ["bar"] * 2 * len(SYMBOLS)
+        with pytest.raises(TimeoutError):
+            bars_only.recv(timeout=0.5)
 
     quotes = FileMarketSource(shared_data / "cn_etf_morphkyan_raw", load_dataset_spec(DATASET))
     daily = quotes.load(SESSION, SESSION).bars
@@ -373,6 +383,14 @@ def test_the_relay_names_a_fund_the_venue_does_not_know(
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode != 0
     assert "knows no fund ['999999']" in done.stderr, done.stderr
+
+
+def test_an_unknown_event_type_closes_the_stream_naming_it(api: Live) -> None:
+    url = stream_url(api, sign_in(api, Role.VIEWER)) + "&types=bar,tick"
+    with connect(url, open_timeout=WAIT) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=WAIT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+    assert "unknown event types ['tick']" in closed.value.rcvd.reason
 
 
 # -- pre-trade risk at the reference price now ---------------------------------------------------
