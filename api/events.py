@@ -1,7 +1,8 @@
 """The live event stream's source: one PostgreSQL ``LISTEN ledger_events`` connection per app
 (ledger migration 0005's triggers notify it on every signal, order, fill and kill-switch
-write) fanned out to every connected client through a bounded queue of its own, so a slow
-client loses events (and is told how many) instead of holding up the others."""
+write; the quote relay, trading.quotes, on every tick and 1-minute bar) fanned out to every
+connected client through a bounded queue of its own, so a slow client loses events (and is
+told how many) instead of holding up the others."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ CHANNEL = "ledger_events"
 # Events a client may lag behind before newer ones are dropped for it.
 CLIENT_QUEUE = 256
 RECONNECT_SECONDS = 1.0
+# The quote relay (trading.quotes) notifies the same channel with ``quotes`` and ``bars``.
 EVENT_TYPES: dict[str, EventType] = {"signals": "signal", "orders": "order", "fills": "fill",
-                                     "accounts": "kill_switch"}
+                                     "accounts": "kill_switch", "quotes": "quote",
+                                     "bars": "bar"}
 
 
 def now() -> dt.datetime:
@@ -60,8 +63,12 @@ class Subscriber:
     queue: asyncio.Queue[EventOut] = field(
         default_factory=lambda: asyncio.Queue(maxsize=CLIENT_QUEUE))
     dropped: int = 0
+    # The event types this client asked for (``?types=``); None: all. Notices always come.
+    types: frozenset[str] | None = None
 
     def offer(self, event: EventOut) -> None:
+        if self.types is not None and event.type != "notice" and event.type not in self.types:
+            return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
@@ -84,8 +91,8 @@ class EventHub:
     subscribers: set[Subscriber] = field(default_factory=set)
     listening: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def subscribe(self) -> Subscriber:
-        subscriber = Subscriber()
+    def subscribe(self, types: frozenset[str] | None = None) -> Subscriber:
+        subscriber = Subscriber(types=types)
         self.subscribers.add(subscriber)
         return subscriber
 

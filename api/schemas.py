@@ -420,7 +420,7 @@ class Health(Model):
     version: str
 
 
-EventType = Literal["signal", "order", "fill", "kill_switch", "run", "notice"]
+EventType = Literal["signal", "order", "fill", "kill_switch", "run", "notice", "quote", "bar"]
 
 
 class EventOut(BaseModel):
@@ -428,7 +428,11 @@ class EventOut(BaseModel):
     (``entity`` is its table, ``id`` its key), a Dagster run's new status (``run``: entity
     ``dagster_runs``, ``id`` the run id, payload ``job``, ``status``, ``url``), or a
     ``notice`` from the stream itself (subscribed, events dropped for a slow client, the
-    ledger or Dagster connection lost)."""
+    ledger or Dagster connection lost). Live market data from the quote relay
+    (``python -m trading.quotes``): ``quote`` (entity ``quotes``, ``id`` the fund; payload
+    ``symbol``, ``exchange``, ``price``, ``volume``, ``bid``, ``ask``, ``venue_time``,
+    ``sent_at``, ``received_at``) and ``bar``, a closed 1-minute bar (entity ``bars``; payload
+    ``symbol``, ``exchange``, ``minute``, ``open``, ``high``, ``low``, ``close``, ``volume``)."""
 
     type: EventType
     entity: str

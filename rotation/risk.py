@@ -480,6 +480,9 @@ class OrderCheck:
     reference_price: float
     closes_position: bool  # a sell of the whole position (may be an odd lot)
     held_before: int | None = None  # units held before the order (for the settlement rule)
+    # Where reference_price comes from, named in a price-band rejection (trading.live_prices:
+    # a fresh live last price, or the last close).
+    reference_source: str = ""
 
     @property
     def notional(self) -> float:
@@ -564,8 +567,9 @@ def _order_rules(o: OrderCheck, last_close: Mapping[str, float], limit_up: set[s
         if abs(dev) > limits.price_band + 1e-12:
             out.append(RiskViolation(
                 "instrument", "price_band", o.order_id,
-                f"{o.side} {o.symbol}: reference price {price:.3f} is {dev:+.2%} from the last "
-                f"close {last_f:.3f}, outside the band ±{_pct(limits.price_band)}"))
+                f"{o.side} {o.symbol}: reference price {price:.3f}"
+                f"{f' ({o.reference_source})' if o.reference_source else ''} is {dev:+.2%} "
+                f"from the last close {last_f:.3f}, outside the band ±{_pct(limits.price_band)}"))
     return out
 
 

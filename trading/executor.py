@@ -40,7 +40,9 @@ from rotation.risk import (
     unsellable_units,
 )
 from trading.conduct import ConductRules, order_violations, pace_violation, plan_violation
+from trading.intraday import LastPrice
 from trading.ledger import EXECUTION_FINAL, AccountLock, Ledger, OrderRecord
+from trading.live_prices import DEFAULT_MAX_AGE, checks_at_reference
 from trading.models import (
     AuditEntry,
     OrderRequest,
@@ -93,6 +95,11 @@ class MarketView:
     # symbol → average daily traded amount up to the signal day (the participation limit)
     average_amount: Mapping[str, float]
     closed_through: dt.date | None = None   # the newest session closed by the clock
+    # Live last prices (trading.live_prices): when ``now`` is set, pre-trade risk checks each
+    # order at its fund's fresh live price (age <= live_max_age), else at the last close.
+    live: Mapping[str, LastPrice] = field(default_factory=dict)
+    now: dt.datetime | None = None
+    live_max_age: dt.timedelta = DEFAULT_MAX_AGE
 
     def last_close(self) -> dict[str, float]:
         return {s: q.close for s, q in self.quotes.items()}
@@ -309,6 +316,9 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
                                                     else -p.quantity)
     checks = [order_check_of(p, order_id_of(signal_id, p.symbol, Side(p.side)))
               for p in planned]
+    if market.now is not None:
+        checks = checks_at_reference(checks, now=market.now, last_close=closes,
+                                     live=market.live, max_age=market.live_max_age)
     limit_up = {s for s, q in market.quotes.items()
                 if limit_state(q.close, q.previous_close, q.price_limit) == "up"}
     limit_down = {s for s, q in market.quotes.items()

@@ -41,6 +41,7 @@ from vnpy.trader.object import (
     TickData,
     TradeData,
 )
+from vnpy.trader.utility import BarGenerator
 from vnpy_paperaccount import PaperAccountApp
 from vnpy_rpcservice import RpcServiceApp
 from vnpy_rpcservice.rpc_gateway import RpcGateway
@@ -59,6 +60,7 @@ __all__ = [
     "SIDE_OF_DIRECTION",
     "STATUS",
     "AccountData",
+    "BarGenerator",
     "BaseEngine",
     "BaseGateway",
     "CancelRequest",

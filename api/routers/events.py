@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import WS_UNAUTHORIZED, ApiState, Session, WebSocketSession
 from api.events import Subscriber, notice, now
 from api.permissions import V1, WEBSOCKET, allowed, permission_of
+from api.schemas import EventType
 
 router = APIRouter(tags=["events"])
 
@@ -30,10 +31,16 @@ EVENTS = f"{V1}/events"
 async def events(websocket: WebSocket, session: WebSocketSession) -> None:
     """Messages until the client leaves or its access token expires or is revoked (close
     4401: reconnect with a fresh token). The first message is a ``subscribed`` notice: events
-    committed from then on reach this client. Whatever the client sends is ignored."""
+    committed from then on reach this client. ``?types=quote,bar``: only those event types
+    (notices always); an unknown type closes the stream (4400) naming it. Whatever the client
+    sends is ignored."""
     state: ApiState = websocket.app.state.api
     await websocket.accept()
-    subscriber = state.events.subscribe()
+    types = _types(websocket.query_params.get("types"))
+    if isinstance(types, str):
+        await websocket.close(WS_BAD_REQUEST, reason=types)
+        return
+    subscriber = state.events.subscribe(types)
     try:
         await _wait_for_listener(state)
         await websocket.send_text(notice("subscribed", user=session.user.username)
@@ -44,6 +51,20 @@ async def events(websocket: WebSocket, session: WebSocketSession) -> None:
         pass
     finally:
         state.events.unsubscribe(subscriber)
+
+
+WS_BAD_REQUEST = 4400
+
+
+def _types(raw: str | None) -> frozenset[str] | str | None:
+    """The ``types`` query parameter as a set, or the reason it is refused."""
+    if raw is None:
+        return None
+    types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    unknown = sorted(types - set(get_args(EventType)))
+    if unknown:
+        return f"unknown event types {unknown}; known: {sorted(get_args(EventType))}"
+    return types
 
 
 async def _wait_for_listener(state: ApiState) -> None:
