@@ -630,6 +630,7 @@ NON_SETTING_ENV: dict[str, str] = {
     "ETF_TEST_CHROMIUM": "deploy/ensure-browser.sh, tests/test_researcher_view.py: the Chromium "
                          "binary the browser tests drive (default /usr/bin/chromium)",
     "ETF_BENCH_API_SECONDS": "benchmarks/api_load.py: how long the load runs (default 60 s)",
+    "ETF_BENCH_QUOTE_MINUTES": "benchmarks/quotes.py: replayed minutes of ticks (default 20)",
     "ETF_HELM_CHART": "tests/test_deploy.py: the unpacked dagster chart for `helm template`",
     "ETF_DATA_DIR": "deploy/compose.yaml (from deploy/.env): host folder mounted at /data",
     "ETF_IMAGE_TAG": "deploy/compose.yaml (from deploy/.env): the image tag",
