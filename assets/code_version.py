@@ -147,8 +147,10 @@ ASSET_CODE: dict[str, AssetCode] = {
         ("assets.signals:positions_report", "assets.signals:book_differences",
          "assets.signals:paper_equity", "assets.signals:backtest_equity",
          "assets.signals:strategy_pnl_metadata"),
-        ("resources.execution", "trading.executor", "trading.paper", "rotation.backtest",
-         "rotation.report", *_SOURCE, *_TRADING), ("approved_signal",)),
+        ("resources.execution", "trading.executor", "trading.paper", "trading.vnpy_venue",
+         "trading.vnpy_api", "trading.intraday", "trading.live_prices", "rotation.backtest",
+         "rotation.report",
+         *_SOURCE, *_TRADING), ("approved_signal",)),
     "risk_compliance_report": AssetCode(
         ("assets.compliance:risk_compliance_report", "assets.compliance:report_inputs",
          "assets.compliance:breach_entries", "assets.compliance:marked_positions",
@@ -156,7 +158,8 @@ ASSET_CODE: dict[str, AssetCode] = {
          "assets.compliance:_of_account", "assets.compliance:_risk_as_of",
          "assets.compliance:_log_to_mlflow"),
         ("rotation.compliance_report", "rotation.report", "rotation.backtest.metrics",
-         "resources.execution", "trading.paper", *_SOURCE, *_TRADING),
+         "resources.execution", "trading.paper", "trading.vnpy_venue", "trading.vnpy_api",
+         *_SOURCE, *_TRADING),
         ("portfolio_risk", "positions_report")),
 }
 
