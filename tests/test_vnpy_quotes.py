@@ -32,6 +32,7 @@ from api_desk import REDIS_URL, desk
 from conftest import PG_SERVER
 from test_api_events import sign_in, stream_url, subscribe
 from test_api_live import Live, api_env, free_port, serve_api
+from test_vnpy_venue import stop_processes
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -94,17 +95,6 @@ def _wait_in_log(log: Path, text: str, proc: subprocess.Popen[bytes], offset: in
         time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def venue_setting(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The replay gateway's setting over the real raw bars of two funds (a temporary copy)."""
@@ -142,7 +132,7 @@ def launch_venue(setting: Path, state: Path, rep_port: int, pub_port: int) -> Ve
     try:
         _wait_in_log(log, "vnpy venue ready", proc, offset)
     except AssertionError:
-        _stop(proc)
+        stop_processes([proc])
         raise
     return venue
 
@@ -152,7 +142,7 @@ def venue(venue_setting: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     v = launch_venue(venue_setting, tmp_path_factory.mktemp("quote_venue"), free_port(),
                      free_port())
     yield v
-    _stop(v.proc)
+    stop_processes([v.proc])
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +189,7 @@ class Relay:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_processes([self.proc])
 
 
 @pytest.fixture
@@ -349,7 +339,7 @@ def test_the_relay_subscribes_again_at_a_venue_process_restarted(
     finally:
         relay.stop()
         if second is not None:
-            _stop(second.proc)
+            stop_processes([second.proc])
 
 
 def test_without_the_ledger_the_ticks_still_reach_redis(

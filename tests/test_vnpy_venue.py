@@ -179,7 +179,11 @@ def launch_venue(venue: VenueProcess, cmd: list[str], env: dict[str, str]) -> Ve
 
 def stop_venues(venues: list[VenueProcess]) -> None:
     """SIGTERM to every venue process still running, SIGKILL to any not gone in 10 s."""
-    procs = [v.proc for v in venues if v.proc is not None]
+    stop_processes([v.proc for v in venues if v.proc is not None])
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to every process still running, SIGKILL to any not gone in 10 s."""
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()

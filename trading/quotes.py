@@ -105,14 +105,14 @@ class QuoteRelay:
 
     # -- the link ----------------------------------------------------------------------------
     def connect(self) -> None:
-        """A new RPC link to the venue process (the venue's own, :class:`_Link`: probe, then
+        """A new RPC link to the venue process (the venue's own, :class:`VenueLink`: probe, then
         vn.py's full query) and the universe subscribed on it."""
         from trading.venue import VenueError
         from trading.vnpy_api import EVENT_TICK, SubscribeRequest
-        from trading.vnpy_venue import VnpyEndpoint, _Link
+        from trading.vnpy_venue import VenueLink, VnpyEndpoint
 
         self.close_link()
-        link = _Link(VnpyEndpoint("quotes", self.rep, self.pub), self.timeout_ms / 1000)
+        link = VenueLink(VnpyEndpoint("quotes", self.rep, self.pub), self.timeout_ms / 1000)
         try:
             link.connect()
         except VenueError as exc:

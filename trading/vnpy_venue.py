@@ -83,7 +83,7 @@ class VnpyEndpoint:
         return self.broker_account or self.account_id
 
 
-class _Link:
+class VenueLink:
     """vn.py's RPC gateway to one venue process, rebuilt after a failure."""
 
     def __init__(self, endpoint: VnpyEndpoint, rpc_timeout: float) -> None:
@@ -161,20 +161,20 @@ class VnpyVenue:
         self.ack_timeout = ack_timeout
         self.replay_clock = replay_clock
         self.replay_through = replay_through
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, VenueLink] = {}
         for endpoint in endpoints:
             self.add_endpoint(endpoint)
 
     def add_endpoint(self, endpoint: VnpyEndpoint) -> None:
         if endpoint.account_id in self._links:
             raise VenueError(f"vnpy: account {endpoint.account_id} has an endpoint already")
-        self._links[endpoint.account_id] = _Link(endpoint, self.rpc_timeout)
+        self._links[endpoint.account_id] = VenueLink(endpoint, self.rpc_timeout)
 
     def close(self) -> None:
         for link in self._links.values():
             link.close()
 
-    def _link(self, account_id: str, what: str) -> _Link:
+    def _link(self, account_id: str, what: str) -> VenueLink:
         link = self._links.get(account_id)
         if link is None:
             raise VenueError(f"{what}: no vn.py venue process for account {account_id!r} "
@@ -197,7 +197,7 @@ class VnpyVenue:
                     raise
                 time.sleep(0.05)
 
-    def _account(self, link: _Link, what: str) -> Any:
+    def _account(self, link: VenueLink, what: str) -> Any:
         wanted = link.endpoint.gateway_account
         accounts = link.call(what, "get_all_accounts")
         for account in accounts:
@@ -248,7 +248,7 @@ class VnpyVenue:
             raise VenueError(f"{what}: the venue does not report the order after sending it")
         return state
 
-    def _await(self, link: _Link, cid: str, what: str, done: Any) -> VenueOrder | None:
+    def _await(self, link: VenueLink, cid: str, what: str, done: Any) -> VenueOrder | None:
         """The order once ``done(vn.py order)`` holds, or its state at ``ack_timeout`` (None:
         the venue has not reported it by then)."""
         deadline = time.monotonic() + self.ack_timeout
@@ -286,7 +286,7 @@ class VnpyVenue:
             return state
         raise UnknownOrder(f"{what}: no order with this client_order_id at the venue")
 
-    def _state(self, link: _Link, raw: Any, what: str) -> VenueOrder:
+    def _state(self, link: VenueLink, raw: Any, what: str) -> VenueOrder:
         status = STATUS[raw.status]
         notes: dict[str, str] = link.call(what, "order_notes")
         note = notes.get(raw.vt_orderid)
@@ -307,7 +307,7 @@ class VnpyVenue:
                           average_price=average, reason=reason)
 
     @staticmethod
-    def _trades(link: _Link, what: str) -> list[Any]:
+    def _trades(link: VenueLink, what: str) -> list[Any]:
         """The venue's trades, one per vn.py trade id."""
         unique = {t.vt_tradeid: t for t in link.call(what, "get_all_trades")}
         return list(unique.values())
