@@ -43,11 +43,13 @@ RUN python requirements.py "${EXTRAS}" pyproject.toml > /tmp/requirements.txt \
 # PYTHONPATH also covers top-level packages not listed in [tool.setuptools.packages.find]
 # (e.g. `python -m observability.exporter`). The source is compiled here (pip compiled the
 # dependencies): PYTHONDONTWRITEBYTECODE and a read-only tree would have every run worker
-# compile the project's modules again.
+# compile the project's modules again. Likewise the code versions' syntax-tree digests
+# (assets/code_version.py), which every process building the definitions would recompute.
 COPY . .
 RUN pip install --no-deps -e . \
     && python -m compileall -q -j 0 api assets jobs observability orchestration resources \
-       rotation sensors trading
+       rotation sensors trading \
+    && python -m assets.code_version
 ENV PYTHONPATH=/opt/dagster/app
 
 # Instance configuration and writable state, owned by an unprivileged user.

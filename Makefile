@@ -7,6 +7,10 @@ UV := $(VENV)/bin/uv
 # fresh venv once; from then on `uv sync` keeps it at the lock's version like any package.
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-stamp
+# The project's packages: compiled once by `make env` (PYTHONDONTWRITEBYTECODE would have each
+# fresh process compile them again), as the image does.
+SOURCE_DIRS := api assets benchmarks jobs observability orchestration resources rotation sensors \
+	trading
 # Where `make dev` serves the Dagster UI and the MLflow UI (loopback only), and where the links
 # in the asset metadata and the MLflow runs written by `make demo` / `make dev` point:
 # `make dev DAGSTER_PORT=3100 MLFLOW_PORT=5100`. ETF_DAGSTER_WEBSERVER_URL / ETF_MLFLOW_UI_URL
@@ -33,6 +37,8 @@ $(STAMP): pyproject.toml uv.lock
 	test -x $(UV) || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
 	UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --extra dev \
 		--compile-bytecode
+	$(PY) -m compileall -q -j 0 $(SOURCE_DIRS)
+	$(PY) -m assets.code_version
 	touch $(STAMP)
 
 env: $(STAMP)  ## create the virtual environment

@@ -27,6 +27,8 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -223,14 +225,32 @@ def strategy_sections(strategy: StrategyConfig, *names: str) -> dict[str, Any]:
 # -- source ----------------------------------------------------------------------------------
 
 
-def modules_of(module: str) -> list[str]:
-    """``module`` itself, or every module of a package (sorted), sub-packages included."""
+# The project's own modules are found by path: ``importlib.util.find_spec`` of a submodule
+# imports its package (``rotation.factors`` loads numba), which versioning has no need of.
+_PROJECT = Path(__file__).resolve().parents[1]
+
+
+@cache
+def module_file(module: str) -> tuple[Path, bool]:
+    """The source file of ``module`` and whether it is a package (its ``__init__.py``)."""
+    base = _PROJECT.joinpath(*module.split("."))
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py", True
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py"), False
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise ValueError(f"code version: no module {module!r}")
-    if not spec.submodule_search_locations:
+    return Path(spec.origin), bool(spec.submodule_search_locations)
+
+
+@cache
+def modules_of(module: str) -> list[str]:
+    """``module`` itself, or every module of a package (sorted), sub-packages included."""
+    origin, package = module_file(module)
+    if not package:
         return [module]
-    root = Path(spec.origin).parent
+    root = origin.parent
     names = []
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
@@ -242,19 +262,64 @@ def modules_of(module: str) -> list[str]:
 @cache
 def source_text(module: str) -> str:
     """The source of one module, as the code version reads it (the file on disk)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ValueError(f"code version: no module {module!r}")
-    return Path(spec.origin).read_text(encoding="utf-8")
+    return module_file(module)[0].read_text(encoding="utf-8")
 
 
 def module_digest(module: str) -> str:
-    return _tree_digest(source_text(module), None)
+    return _stored_digest(module, source_text(module), None)
 
 
 def function_digest(ref: str) -> str:
     module, _, name = ref.partition(":")
-    return _tree_digest(source_text(module), name)
+    return _stored_digest(module, source_text(module), name)
+
+
+# Digests of syntax trees are kept beside the module's bytecode, keyed by the source text, this
+# file and the Python version (whose ``ast`` they depend on): parsing and normalising every
+# listed module costs each fresh process (every run worker builds the definitions) seconds, a
+# small file read does not. Where the tree is read-only they are computed every time.
+_STORE_KEY = hashlib.sha256(
+    Path(__file__).read_bytes() + repr(sys.version_info[:2]).encode()).hexdigest()
+
+
+def store_path(module: str) -> Path:
+    origin = module_file(module)[0]
+    return origin.parent / "__pycache__" / f"{origin.stem}.code-digests.json"
+
+
+@cache
+def _store(module: str, text: str) -> tuple[Path, str, dict[str, str]]:
+    """Where ``module``'s digests are kept, the key of ``text`` and the digests stored for it."""
+    path = store_path(module)
+    key = _digest([_STORE_KEY, text])
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    known = stored.get("digests") if isinstance(stored, dict) and stored.get("key") == key \
+        else None
+    return path, key, dict(known) if isinstance(known, dict) else {}
+
+
+def _stored_digest(module: str, text: str, name: str | None) -> str:
+    path, key, known = _store(module, text)
+    entry = name or ""  # "" is the whole module
+    if entry not in known:
+        known[entry] = _tree_digest(text, name)
+        _save(path, {"key": key, "digests": known})
+    return known[entry]
+
+
+def _save(path: Path, content: dict[str, object]) -> None:
+    """Write atomically (a concurrent reader sees the old file or the new one); a tree that
+    cannot be written only loses the saving."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        temporary.write_text(json.dumps(content, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 @cache
@@ -310,3 +375,16 @@ def _plain(value: object) -> object:
 
 def _digest(parts: Iterable[str]) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def store_digests() -> int:
+    """Compute (and store) the digests of every asset's code, as a build step does once;
+    returns how many assets."""
+    assets = (*ASSET_CODE, *CLASSIC_ASSET_CODE)
+    for asset in assets:
+        code_lineage(asset)
+    return len(assets)
+
+
+if __name__ == "__main__":
+    print(f"code versions: digests of {store_digests()} assets' code stored")

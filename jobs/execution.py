@@ -67,15 +67,15 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     # since before the signal (a gap in the daily runs) fills at its own session's open.
     waiting = [pd.Timestamp(o.session) for o in book.orders(account_id=account_id)
                if not o.status.is_final]
-    quotes = market_quotes(market_data, venue_bars(
-        market_data, min([day, *waiting]), closed,
-        lookback_sessions=account.quote_lookback_sessions, cache=cache, stats=cache_stats,
-        warn=warn))
+    first = min([day, *waiting])
+    bars = venue_bars(market_data, first, closed, lookback_sessions=account.quote_lookback_sessions,
+                      cache=cache, stats=cache_stats, warn=warn)
+    quotes = market_quotes(market_data, bars)
     on_day = {s: q for s in {*signal.weights, *book.positions(account_id)}
               if (q := quotes.quote(s, day.date())) is not None}
-    # Read past the cache: the bar cache serves the range the daily run loaded (a hit), and
-    # this window is another range, read once per execution.
-    adv = average_amounts(market_data, day, limits.liquidity_sessions)
+    # The venue's lookback covers the participation window (quote_lookback): no second read.
+    adv = average_amounts(market_data, day, limits.liquidity_sessions, loaded=(
+        calendar.offset(first, -account.quote_lookback_sessions), bars))
     market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
                         quotes=on_day, average_amount=adv, closed_through=closed.date())
     with execution.connected(quotes, account.costs) as venue, \

@@ -120,7 +120,8 @@ def _account(settings: Settings, spec: AccountSettings, strategy: StrategyConfig
                    costs=strategy.cost_model, allocation=spec.allocation,
                    limits=spec.risk.model_copy(update={"lot_size": lot}), conduct=spec.conduct,
                    lock_timeout_seconds=ex.lock_timeout_seconds,
-                   quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions),
+                   quote_lookback_sessions=quote_lookback(settings.quality.lookback_sessions,
+                                                           spec.risk.liquidity_sessions),
                    parity_tolerance=ex.parity_tolerance)
 
 

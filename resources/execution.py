@@ -115,11 +115,13 @@ def account_lock(ledger: Ledger, account_id: str, timeout: float) -> Iterator[Ac
 MIN_QUOTE_LOOKBACK_SESSIONS = 5
 
 
-def quote_lookback(quality_lookback_sessions: int) -> int:
+def quote_lookback(quality_lookback_sessions: int, liquidity_sessions: int = 1) -> int:
     """The venue's lookback: the quality gate's, so that a signal's execution on its evening
-    asks for exactly the range ``raw_bars`` loaded for that session (a cache hit), but never
-    fewer than :data:`MIN_QUOTE_LOOKBACK_SESSIONS`."""
-    return max(quality_lookback_sessions, MIN_QUOTE_LOOKBACK_SESSIONS)
+    asks for exactly the range ``raw_bars`` loaded for that session (a cache hit); long enough
+    for the participation limit's window (``liquidity_sessions`` up to the signal day), whose
+    average amounts then come from the same bars (:func:`average_amounts`); never fewer than
+    :data:`MIN_QUOTE_LOOKBACK_SESSIONS`."""
+    return max(quality_lookback_sessions, liquidity_sessions - 1, MIN_QUOTE_LOOKBACK_SESSIONS)
 
 
 def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Timestamp, *,
@@ -136,14 +138,19 @@ def venue_bars(market_data: MarketDataResource, first: pd.Timestamp, last: pd.Ti
 
 
 def average_amounts(market_data: MarketDataResource, day: pd.Timestamp, sessions: int, *,
+                    loaded: tuple[pd.Timestamp, pd.DataFrame] | None = None,
                     cache: RedisCache | None = None, stats: CacheStats | None = None,
                     warn: Callable[[str], None] | None = None) -> dict[str, float]:
     """Each fund's average daily traded amount over the ``sessions`` up to ``day`` (the
     participation limit): the window's total over its sessions, so a day without a bar (a
     halt) counts as nothing traded rather than being skipped, as the gate's days to liquidate
-    have it (``rotation.portfolio_risk.liquidity``)."""
+    have it (``rotation.portfolio_risk.liquidity``). ``loaded``: bars already read from a
+    session on (the venue's), used when they reach back over the window; else the source is
+    read (through ``cache`` when given)."""
     start = market_data.calendar.offset(day, -(sessions - 1))
-    if cache is None:
+    if loaded is not None and loaded[0] <= start:
+        bars = loaded[1].loc[loaded[1]["date"].between(start, day)]
+    elif cache is None:
         bars = market_data.load(start, day).bars
     else:
         bars = market_data.load_cached(cache, start, day, stats or CacheStats(), warn=warn).bars

@@ -1,4 +1,6 @@
-"""Market-data quality rules (SPEC §2), evaluated by a Great Expectations 1.x suite.
+"""Market-data quality rules (SPEC §2): one table of expectations (:func:`rule_checks`),
+evaluated by a Great Expectations 1.x suite, or by pandera where GX's import would cost the
+daily run more than its evaluation (``QualityConfig.engine``; both give the same verdicts).
 
 Each rule has a name (the Dagster check name), a description and one or more expectations.
 Rules that need history (returns, gaps, stale runs, turnover consistency) are expressed as
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -122,8 +124,15 @@ class QualityConfig:
     vwap_slack: float = Field(default=0.05, ge=0, le=0.5)
     # Funds without an exchange limit (cross-border) still cannot move this much unexplained.
     unlimited_move_bound: float = Field(default=0.25, gt=0, le=1)
-    # Sessions of history read before a partition so history-based rules see context.
-    lookback_sessions: int = Field(default=10, ge=1)
+    # Sessions of history read before a partition so history-based rules see context; as many
+    # as the participation limit's default window, so that the execution that evening reads
+    # the range raw_bars read (resources.execution.quote_lookback): one read of the source.
+    lookback_sessions: int = Field(default=20, ge=1)
+    # Which library evaluates the bar rules' expectations (the same table, rule_checks; the
+    # same verdicts, tests/test_quality_engines.py): "gx" (Great Expectations), "pandera", or
+    # "auto": pandera for a run of one session (the evening's daily run: GX's import alone
+    # costs seconds of a fresh run worker), GX for ranges (backfills, where it is paid once).
+    engine: Literal["auto", "gx", "pandera"] = "auto"
 
 
 @dataclass
@@ -226,48 +235,81 @@ def derive_rule_columns(bars: pd.DataFrame, ctx: QualityContext) -> pd.DataFrame
     return frame.join(derived)
 
 
-def _expectations(ctx: QualityContext) -> list[tuple[str, Expectation]]:
+@dataclass(frozen=True)
+class RuleCheck:
+    """One expectation of a bar rule over the derived frame, in terms both evaluators share:
+    ``not_null``, ``between`` (``min_value`` / ``max_value``, ``strict_min``), ``a_ge_b``
+    (``columns[0] >= columns[1]``, rows missing either skipped), ``unique`` (the columns
+    together) and ``in_set``. Like GX's column expectations, a null is not judged except by
+    ``not_null``."""
+
+    rule: str
+    kind: Literal["not_null", "between", "a_ge_b", "unique", "in_set"]
+    columns: tuple[str, ...]
+    min_value: float | None = None
+    max_value: float | None = None
+    strict_min: bool = False
+    value_set: tuple[object, ...] = ()
+
+
+def rule_checks(ctx: QualityContext) -> list[RuleCheck]:
+    """The suite: every expectation of every bar rule (the one table both evaluators read)."""
+    cfg = ctx.config
+    out: list[RuleCheck] = []
+    for col in PRICE_COLUMNS:
+        out.append(RuleCheck("prices_present", "not_null", (col,)))
+        out.append(RuleCheck("prices_positive", "between", (col,), min_value=0,
+                             strict_min=True))
+    for a, b in (("high", "low"), ("high", "open"), ("high", "close"), ("open", "low"),
+                 ("close", "low")):
+        out.append(RuleCheck("ohlc_consistent", "a_ge_b", (a, b)))
+    out += [
+        RuleCheck("volume_non_negative", "between", ("volume",), min_value=0),
+        RuleCheck("unique_date_symbol", "unique", ("date", "symbol")),
+        RuleCheck("dates_are_sessions", "in_set", ("is_session",), value_set=(True,)),
+        # On a derived flag: a set expectation skips nulls, and a row without a readable
+        # symbol belongs to no universe.
+        RuleCheck("known_symbols", "in_set", ("symbol_known",), value_set=(True,)),
+        RuleCheck("returns_within_price_limit", "between", ("limit_excess",), max_value=0),
+        RuleCheck("open_within_price_limit", "between", ("open_excess",), max_value=0),
+        RuleCheck("range_within_price_limit", "between", ("range_excess",), max_value=0),
+        RuleCheck("no_long_gaps", "between", ("missing_sessions_before",),
+                  max_value=cfg.max_gap_sessions),
+        RuleCheck("no_stale_closes", "between", ("stale_excess",), max_value=0),
+        RuleCheck("amount_matches_prices", "between", ("vwap_excess",), max_value=0),
+    ]
+    return out
+
+
+def offending_rows(frame: pd.DataFrame, ctx: QualityContext, engine: str
+                   ) -> dict[str, set[int]]:
+    """Offending ``row_id`` values per rule, by ``engine`` ("gx" or "pandera")."""
+    if engine == "gx":
+        return _run_gx(frame, ctx)
+    if engine == "pandera":
+        return _run_pandera(frame, rule_checks(ctx))
+    raise ValueError(f"quality engine {engine!r}: expected 'gx' or 'pandera'")
+
+
+def _gx_expectation(check: RuleCheck) -> Expectation:
     import great_expectations as gx
 
     e = gx.expectations
-    cfg = ctx.config
-    out: list[tuple[str, Expectation]] = []
-    for col in PRICE_COLUMNS:
-        out.append(("prices_present", e.ExpectColumnValuesToNotBeNull(column=col)))
-        out.append(
-            ("prices_positive", e.ExpectColumnValuesToBeBetween(column=col, min_value=0,
-                                                                 strict_min=True))
-        )
-    for a, b in (("high", "low"), ("high", "open"), ("high", "close"), ("open", "low"),
-                 ("close", "low")):
-        out.append(
-            ("ohlc_consistent",
-             e.ExpectColumnPairValuesAToBeGreaterThanB(column_A=a, column_B=b, or_equal=True,
-                                                       ignore_row_if="either_value_is_missing"))
-        )
-    out += [
-        ("volume_non_negative", e.ExpectColumnValuesToBeBetween(column="volume", min_value=0)),
-        ("unique_date_symbol", e.ExpectCompoundColumnsToBeUnique(column_list=["date", "symbol"])),
-        ("dates_are_sessions", e.ExpectColumnValuesToBeInSet(column="is_session",
-                                                              value_set=[True])),
-        # On a derived flag: a set expectation skips nulls, and a row without a readable
-        # symbol belongs to no universe.
-        ("known_symbols", e.ExpectColumnValuesToBeInSet(column="symbol_known",
-                                                        value_set=[True])),
-        ("returns_within_price_limit",
-         e.ExpectColumnValuesToBeBetween(column="limit_excess", max_value=0)),
-        ("open_within_price_limit",
-         e.ExpectColumnValuesToBeBetween(column="open_excess", max_value=0)),
-        ("range_within_price_limit",
-         e.ExpectColumnValuesToBeBetween(column="range_excess", max_value=0)),
-        ("no_long_gaps", e.ExpectColumnValuesToBeBetween(column="missing_sessions_before",
-                                                          max_value=cfg.max_gap_sessions)),
-        ("no_stale_closes", e.ExpectColumnValuesToBeBetween(column="stale_excess",
-                                                             max_value=0)),
-        ("amount_matches_prices", e.ExpectColumnValuesToBeBetween(column="vwap_excess",
-                                                                   max_value=0)),
-    ]
-    return out
+    if check.kind == "not_null":
+        return e.ExpectColumnValuesToNotBeNull(column=check.columns[0])
+    if check.kind == "between":
+        return e.ExpectColumnValuesToBeBetween(column=check.columns[0],
+                                               min_value=check.min_value,
+                                               max_value=check.max_value,
+                                               strict_min=check.strict_min)
+    if check.kind == "a_ge_b":
+        return e.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=check.columns[0], column_B=check.columns[1], or_equal=True,
+            ignore_row_if="either_value_is_missing")
+    if check.kind == "unique":
+        return e.ExpectCompoundColumnsToBeUnique(column_list=list(check.columns))
+    return e.ExpectColumnValuesToBeInSet(column=check.columns[0],
+                                         value_set=list(check.value_set))
 
 
 def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
@@ -283,8 +325,9 @@ def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
     asset = source.add_dataframe_asset("bars")
     batch_def = asset.add_batch_definition_whole_dataframe("frame")
     suite = gx.ExpectationSuite(name="market_data_quality")
-    for rule, expectation in _expectations(ctx):
-        expectation.meta = {"rule": rule}
+    for check in rule_checks(ctx):
+        expectation = _gx_expectation(check)
+        expectation.meta = {"rule": check.rule}
         suite.add_expectation(expectation)
     # GX compares values: give it plain numpy types, not pandas extension arrays.
     plain = frame.astype({"symbol": object, "source": object})
@@ -308,6 +351,71 @@ def _run_gx(frame: pd.DataFrame, ctx: QualityContext) -> dict[str, set[int]]:
         for item in res.result.get("unexpected_index_list") or []:
             rows.add(int(item["row_id"]))
     return offending
+
+
+def _run_pandera(frame: pd.DataFrame, checks: Sequence[RuleCheck]) -> dict[str, set[int]]:
+    """Offending ``row_id`` values per rule, from one lazy pandera validation of the suite.
+    A failure case names its column and the check's position among that column's (or the
+    frame's) checks, which maps it back to its rule; ``not_null`` and ``unique`` are pandera's
+    own column and frame properties."""
+    import pandera.pandas as pa
+    from pandera.errors import SchemaErrors
+
+    columns: dict[str, list[tuple[str, pa.Check]]] = {}
+    frame_checks: list[tuple[str, pa.Check]] = []
+    not_null: dict[str, str] = {}
+    unique: tuple[str, list[str]] | None = None
+    for check in checks:
+        if check.kind == "not_null":
+            not_null[check.columns[0]] = check.rule
+        elif check.kind == "unique":
+            unique = (check.rule, list(check.columns))
+        elif check.kind == "a_ge_b":
+            a, b = check.columns
+            frame_checks.append((check.rule, pa.Check(
+                lambda df, a=a, b=b: (df[a] >= df[b]) | df[a].isna() | df[b].isna())))
+        else:
+            columns.setdefault(check.columns[0], []).append(
+                (check.rule, _pandera_column_check(check)))
+    schema = pa.DataFrameSchema(
+        {col: pa.Column(checks=[c for _, c in columns.get(col, [])],
+                        nullable=col not in not_null, required=True)
+         for col in {*columns, *not_null}},
+        checks=[c for _, c in frame_checks], unique=unique[1] if unique else None,
+        report_duplicates="all")
+    offending: dict[str, set[int]] = {c.rule: set() for c in checks}
+    try:
+        schema.validate(frame, lazy=True)
+    except SchemaErrors as errors:
+        failures = errors.failure_cases
+        for case in failures.itertuples(index=False):
+            if case.check == "not_nullable":
+                rule = not_null[case.column]
+            elif unique is not None and "uniqueness" in str(case.check):
+                rule = unique[0]
+            elif case.column in columns and case.schema_context == "Column":
+                rule = columns[case.column][int(case.check_number)][0]
+            elif case.schema_context == "DataFrameSchema" and not pd.isna(case.check_number):
+                rule = frame_checks[int(case.check_number)][0]
+            else:
+                raise RuntimeError(f"pandera reported {case.check!r} on {case.column!r}, "
+                                   "which no quality rule asked for") from errors
+            if case.index is not None and not pd.isna(case.index):
+                offending[rule].add(int(frame.at[case.index, "row_id"]))
+    return offending
+
+
+def _pandera_column_check(check: RuleCheck) -> Any:
+    import pandera.pandas as pa
+
+    if check.kind == "in_set":
+        return pa.Check.isin(list(check.value_set))
+    low, high, strict = check.min_value, check.max_value, check.strict_min
+    if low is not None and high is not None:
+        return pa.Check.in_range(low, high, include_min=not strict)
+    if low is not None:
+        return pa.Check.gt(low) if strict else pa.Check.ge(low)
+    return pa.Check.le(high)
 
 
 def _message(rule: str, row: pd.Series) -> str:
@@ -380,7 +488,8 @@ def evaluate(
     rules: Iterable[QualityRule] = RULES,
 ) -> list[RuleOutcome]:
     """Evaluate every rule. Rows before ``evaluate_from`` are context (history) only;
-    ``expected_sessions`` are the sessions that must each hold at least one bar."""
+    ``expected_sessions`` are the sessions that must each hold at least one bar (one: the
+    evening's run, which the ``auto`` engine evaluates with pandera)."""
     issues = empty_issues() if issues is None else issues
     frame = derive_rule_columns(bars, ctx)
     in_scope = (
@@ -388,7 +497,10 @@ def evaluate(
         if evaluate_from is None
         else (frame["date"] >= pd.Timestamp(evaluate_from)).to_numpy()
     )
-    offending = _run_gx(frame, ctx) if len(frame) else {}
+    engine = ctx.config.engine
+    if engine == "auto":
+        engine = "pandera" if len(expected_sessions) == 1 else "gx"
+    offending = offending_rows(frame, ctx, engine) if len(frame) else {}
     accepted_keys = ctx.accepted
     outcomes: list[RuleOutcome] = []
     for rule in rules:

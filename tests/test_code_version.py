@@ -2,6 +2,7 @@
 MLflow runs carry the source revision (resources/tracking.py)."""
 
 import ast
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,35 @@ def _edit_source(monkeypatch: pytest.MonkeyPatch, module: str,
         return edit(text) if name == module else text
 
     monkeypatch.setattr(cv, "source_text", edited)
+
+
+def test_stored_digests_are_used_only_for_the_source_they_were_computed_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests kept beside the bytecode save a fresh process the parsing; a store whose
+    key does not match the source (edited, corrupt, another Python) is recomputed."""
+    module = "rotation.labels"
+    text = cv.source_text(module)
+    fresh = cv._tree_digest(text, None)
+    store = tmp_path / "labels.code-digests.json"
+    monkeypatch.setattr(cv, "store_path", lambda name: store)
+
+    def in_a_new_process(source: str) -> str:
+        cv._store.cache_clear()
+        return cv._stored_digest(module, source, None)
+
+    try:
+        assert in_a_new_process(text) == fresh
+        saved = json.loads(store.read_text())
+        assert saved["digests"] == {"": fresh}
+        # A stored digest is what a later process returns for the same source …
+        store.write_text(json.dumps({"key": saved["key"], "digests": {"": "stored"}}))
+        assert in_a_new_process(text) == "stored"
+        # … and never for another source, nor from a corrupt file.
+        assert in_a_new_process(text + "\nx = 1\n") != "stored"
+        store.write_text("{not json")
+        assert in_a_new_process(text) == fresh
+    finally:
+        cv._store.cache_clear()
 
 
 def _downstream(make_settings: Callable[..., Settings], asset: str) -> set[str]:
