@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.dagster_storage import instance_yaml
+
 PG_SERVER = os.environ.get("ETF_TEST_PG_SERVER", "postgres@127.0.0.1:5432")
 _ADMIN = f"postgresql://{PG_SERVER}/postgres"
 
@@ -53,7 +55,5 @@ def scratch_postgres_home() -> Iterator[ScratchHome]:
         dagster_home = Path(tmp) / "dagster"
         dagster_home.mkdir()
         (dagster_home / "dagster.yaml").write_text(
-            "storage:\n  postgres:\n    postgres_url: "
-            f"postgresql+psycopg2://{PG_SERVER}/{database}\ntelemetry:\n  enabled: false\n",
-            encoding="utf-8")
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
         yield ScratchHome(root=Path(tmp), dagster_home=dagster_home, database=database)

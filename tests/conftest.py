@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 
+from orchestration.dagster_storage import instance_yaml
 from orchestration.instance import configure_event_batching
 from orchestration.settings import DATASET_CONFIG_DIR, Settings, load_settings
 from rotation.costs import CostModel
@@ -66,13 +67,7 @@ def pg_instance(tmp_path_factory: pytest.TempPathFactory, pg_database: str
 def postgres_instance(home: Path, database: str) -> Iterator[dg.DagsterInstance]:
     """A dagster-postgres instance on ``database``, its dagster.yaml in ``home``."""
     (home / "dagster.yaml").write_text(
-        "storage:\n"
-        "  postgres:\n"
-        f"    postgres_url: postgresql+psycopg2://{PG_SERVER}/{database}\n"
-        "telemetry:\n"
-        "  enabled: false\n",
-        encoding="utf-8",
-    )
+        instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         yield instance
 
@@ -187,8 +182,7 @@ def execution_market(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
     name = new_database("etf_exec_dagster")
     (home / "dagster").mkdir()
     (home / "dagster" / "dagster.yaml").write_text(
-        f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
-        "telemetry:\n  enabled: false\n", encoding="utf-8")
+        instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{name}"), encoding="utf-8")
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         market = ExecutionMarket(home, dataset, instance, shared_data)
         settings = market.settings(None)

@@ -32,6 +32,7 @@ from test_execution_pipeline import NoQuotes, evaluate_sensor, run_request
 from assets.partitions import session_partitions
 from assets.signals import BOOK_CHECK
 from jobs.market import after_close_schedule, market_data_job
+from orchestration.dagster_storage import instance_yaml
 from orchestration.definitions import build_definitions, strategy_for
 from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, rebuild_research, run_range
 from orchestration.settings import Settings, load_settings
@@ -153,8 +154,7 @@ def researched_market(home: Path, shared: Path, execution: dict[str, Any] | None
     with scratch_database("etf_daily_dagster") as name:
         (home / "dagster").mkdir()
         (home / "dagster" / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
-            "telemetry:\n  enabled: false\n", encoding="utf-8")
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{name}"), encoding="utf-8")
         with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
             market = DailyMarket(home, instance, shared, execution)
             defs = market.definitions(BACKFILLED_TO)

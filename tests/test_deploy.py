@@ -51,6 +51,7 @@ from dagster._core.workspace.load import location_origins_from_yaml_paths
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from api.schemas import USERNAME_PATTERN
+from orchestration.dagster_storage import PooledPostgresStorage, postgres_storage
 from orchestration.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def fresh_pg_url() -> Iterator[str]:
 
 def test_prod_instance_takes_its_secrets_from_the_environment() -> None:
     raw = load_yaml(PROD_INSTANCE)
-    assert raw["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
+    assert raw["storage"] == postgres_storage({"env": "DAGSTER_PG_URL"})
     assert raw["telemetry"] == {"enabled": False}
 
 
@@ -174,6 +175,7 @@ def test_prod_instance_runs_on_postgresql(tmp_path: Path, fresh_pg_url: str,
     monkeypatch.setenv("DAGSTER_PG_URL", fresh_pg_url)
     with dg.DagsterInstance.from_config(str(prod_instance_home(tmp_path))) as instance:
         assert instance.get_runs_count() == 0   # the schema was created and is queryable
+        assert isinstance(instance.get_ref().storage, PooledPostgresStorage)
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert isinstance(instance.run_launcher, DefaultRunLauncher)
         assert isinstance(instance.compute_log_manager, LocalComputeLogManager)

@@ -48,6 +48,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from psycopg import sql
 
+from orchestration.dagster_storage import postgres_storage
 from orchestration.definitions import build_definitions
 from trading.ledger import MIGRATIONS_DIR, VERSION_TABLE, Ledger, migrate
 
@@ -187,13 +188,13 @@ class Executed:
 
 def dagster_database_of(market: ExecutionMarket) -> str:
     config = yaml.safe_load((market.home / "dagster" / "dagster.yaml").read_text())
-    return str(config["storage"]["postgres"]["postgres_url"]).rsplit("/", 1)[1]
+    return str(config["storage"]["custom"]["config"]["postgres_url"]).rsplit("/", 1)[1]
 
 
 def instance_home(path: Path, database: str, **settings: Any) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "dagster.yaml").write_text(yaml.safe_dump({
-        "storage": {"postgres": {"postgres_url": f"postgresql+psycopg2://{PG_SERVER}/{database}"}},
+        "storage": postgres_storage(f"postgresql+psycopg2://{PG_SERVER}/{database}"),
         "telemetry": {"enabled": False}, **settings}), encoding="utf-8")
     return path
 

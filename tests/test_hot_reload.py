@@ -28,6 +28,7 @@ from conftest import PG_SERVER, scratch_database
 from dagster_dev import dagster_dev, location_loaded, wait_for
 from dagster_graphql import DagsterGraphQLClient
 
+from orchestration.dagster_storage import instance_yaml
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +117,7 @@ def dagster_dev_env(home: Path, strategies: Path, database: str) -> dict[str, st
     dagster_home = home / "dagster"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(
-        "storage:\n  postgres:\n"
-        f"    postgres_url: postgresql+psycopg2://{PG_SERVER}/{database}\n"
-        "telemetry:\n  enabled: false\n", encoding="utf-8")
+        instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
     return {**inherited, "DAGSTER_HOME": str(dagster_home), "ETF_HOME": str(home / "etf"),
             "ETF_STRATEGY_DIR": str(strategies), "ETF_MARKET_DATA__SAMPLE_END": "2021-12-31",

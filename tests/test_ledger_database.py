@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from conftest import PG_SERVER, scratch_database
 
+from orchestration.dagster_storage import instance_yaml
 from trading.ledger import LedgerError, _migration_tables, metadata, migrate
 
 
@@ -45,8 +46,7 @@ def test_allowed_tables_are_exactly_what_the_migrations_create() -> None:
 def test_a_dagster_database_is_refused(tmp_path: Path) -> None:
     with scratch_database("etf_dagster") as name:
         (tmp_path / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
-            "telemetry:\n  enabled: false\n", encoding="utf-8")
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{name}"), encoding="utf-8")
         with dg.DagsterInstance.from_config(str(tmp_path)):
             pass                                             # creates Dagster's tables
         dagster_tables = tables(name)

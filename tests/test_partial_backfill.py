@@ -21,6 +21,7 @@ from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from assets.market import FIELD_WINDOW, failed_partitions
+from orchestration.dagster_storage import instance_yaml
 from orchestration.definitions import build_definitions
 from orchestration.runs import full_history, run_range
 from orchestration.settings import Settings, load_settings
@@ -99,8 +100,7 @@ def backfills(tmp_path_factory: pytest.TempPathFactory, shared_data: Path
     with scratch_database("etf_partial") as name:
         (tmp / "dagster").mkdir()
         (tmp / "dagster" / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: postgresql+psycopg2://{PG_SERVER}/{name}\n"
-            "telemetry:\n  enabled: false\n", encoding="utf-8")
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{name}"), encoding="utf-8")
         with dg.DagsterInstance.from_config(str(tmp / "dagster")) as instance:
             defs, result, keys = _backfill(bad_root, tmp / "bad_home", instance)
             yield Backfills(defs, instance, result, keys,

@@ -73,8 +73,8 @@ def prod_config() -> dict[str, Any]:
 
 def monitoring_instance_config(database: str, compute_logs: Path) -> dict[str, Any]:
     config = prod_config()
-    config["storage"] = {"postgres": {
-        "postgres_url": f"postgresql+psycopg2://{PG_SERVER}/{database}"}}
+    config["storage"]["custom"]["config"]["postgres_url"] = \
+        f"postgresql+psycopg2://{PG_SERVER}/{database}"
     config["compute_logs"]["config"]["base_dir"] = str(compute_logs)
     for path, value in TEST_OVERRIDES.items():
         section = config
@@ -99,8 +99,8 @@ def test_config_is_the_prod_file(tmp_path: Path) -> None:
     prod = leaves(prod_config())
     copy = leaves(monitoring_instance_config("scratch", tmp_path))
     changed = {k for k in prod.keys() | copy.keys() if prod.get(k) != copy.get(k)}
-    assert changed == {("storage", "postgres", "postgres_url", "env"),
-                       ("storage", "postgres", "postgres_url"),
+    assert changed == {("storage", "custom", "config", "postgres_url", "env"),
+                       ("storage", "custom", "config", "postgres_url"),
                        ("compute_logs", "config", "base_dir"), *TEST_OVERRIDES}
     # The prod values the shortened ones stand for must be set in the file to begin with.
     for path in TEST_OVERRIDES:
