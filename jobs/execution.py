@@ -86,6 +86,7 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
             market=market, limits=limits, costs=account.costs, actor=actor,
             kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
+            profile=execution.profile,
             dagster_run_id=dagster_run_id, lock=lock, conduct=account.conduct)
     return report, "postgres"
 
