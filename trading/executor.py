@@ -185,8 +185,8 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     """Execute ``signal_id`` (see module doc). The caller holds the account ``lock``, checked
     before every order. The venue account is funded with the ledger's initial cash the first
     time (a paper venue). ``twap_slices`` > 1 slices each order: TWAP, or VWAP over
-    ``profile`` when it is given (trading.twap; a callable is asked only when orders are
-    planned, so a retry of a planned execution needs no profile)."""
+    ``profile`` when it is given (trading.twap; a callable is asked only when the signal's
+    orders are not planned yet, so a retry of a planned execution needs no profile)."""
     signal = ledger.signal(signal_id)
     if signal is None:
         raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
@@ -197,6 +197,10 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         raise ExecutionRefused(f"signal {signal_id} belongs to account {signal.account_id}, "
                                f"not {account_id}")
     conduct = conduct or ConductRules()
+    # The VWAP profile is made before the ledger records anything of this execution, and only
+    # when its orders are not planned yet (a retry sends the stored plan): a profile that
+    # cannot be made (too few bars) fails here, with nothing half-done.
+    plan_profile = None if ledger.orders(signal_id=signal_id) else _resolved(profile)
     report = ExecutionReport(signal_id=signal_id, status="completed")
     started = ledger.start_execution(signal_id, account_id, dagster_run_id=dagster_run_id,
                                      actor=actor)
@@ -219,7 +223,7 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     report.crossed = _cross_strategies(ledger, signal_id, market, actor)
     if not orders:
         orders = _plan(ledger, report, signal_id, signal.weights, account_id, market, limits,
-                       costs, twap_slices, _resolved(profile), actor, conduct)
+                       costs, twap_slices, plan_profile, actor, conduct)
 
     sendable = _sendable(orders)
     for position, order in enumerate(sendable):
