@@ -68,6 +68,7 @@ _PREPARE = ("assets.walk_forward:prepare", "assets.walk_forward:_prepare")
 _CLASSIC = ("rotation.classic_search", *_WALK_FORWARD)
 _CLASSIC_PREPARE = ("assets.classic_walk_forward:prepare", "assets.classic_walk_forward:_prepare")
 _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twap",
+            "trading.volume_profile", "trading.session_clock",
             "trading.venue", "trading.conduct", "trading.account", "trading.attribution",
             "rotation.allocation", "rotation.portfolio_risk", "rotation.risk", "rotation.orders",
             "rotation.costs")
@@ -161,7 +162,7 @@ ASSET_CODE: dict[str, AssetCode] = {
          "assets.compliance:_log_to_mlflow"),
         ("rotation.compliance_report", "rotation.report", "rotation.backtest.metrics",
          "resources.execution", "trading.paper", "trading.vnpy_venue", "trading.vnpy_api",
-         *_SOURCE, *_TRADING),
+         "trading.live_prices", "trading.intraday", *_SOURCE, *_TRADING),
         ("portfolio_risk", "positions_report")),
 }
 

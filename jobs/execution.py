@@ -23,6 +23,7 @@ from resources.market_data import MarketDataResource
 from trading.account import Account
 from trading.executor import ExecutionRefused, ExecutionReport, MarketView, execute_signal
 from trading.venue import ExecutionVenue
+from trading.volume_profile import ProfileError
 
 ACCOUNT_TAG = "etf/account"
 VENUE_TAG = "etf/venue"
@@ -86,6 +87,7 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
             market=market, limits=limits, costs=account.costs, actor=actor,
             kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
+            profile=execution.profile,
             dagster_run_id=dagster_run_id, lock=lock, conduct=account.conduct)
     return report, "postgres"
 
@@ -117,7 +119,9 @@ def execution_jobs(account: Account, prefix: str = ""
                 cache=cache, clock=clock, account=account,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
                 warn=context.log.warning, cache_stats=cache_stats)
-        except ExecutionRefused as exc:
+        except (ExecutionRefused, ProfileError) as exc:
+            # Refused, or no VWAP profile (e.g. too few bars in Redis): nothing was recorded;
+            # a retry would meet the same, so it fails once, the reason named.
             raise dg.Failure(str(exc), allow_retries=False) from None
         signal_id = config.signal_id
         if result.status == "halted":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -114,6 +115,7 @@ def execution_resource(settings: Settings, account: Account, ledger_url: str
     """``account``'s venue (``execution.venue``): the paper broker beside the ledger at
     ``ledger_url``, or the vn.py venue process of ``execution.vnpy``."""
     ex = settings.execution
+    slicing = _slicing_config(settings)
     if account.venue == "vnpy":
         v = ex.vnpy
         return VnpyExecution(account_id=account.account_id,
@@ -123,9 +125,19 @@ def execution_resource(settings: Settings, account: Account, ledger_url: str
                              rpc_timeout_seconds=v.rpc_timeout_seconds,
                              ack_timeout_seconds=v.ack_timeout_seconds,
                              replay_clock=v.replay_clock, kill_switch=ex.kill_switch,
-                             twap_slices=ex.twap_slices)
-    return PaperExecution(url=ledger_url, kill_switch=ex.kill_switch,
-                          twap_slices=ex.twap_slices)
+                             **slicing)
+    return PaperExecution(url=ledger_url, kill_switch=ex.kill_switch, **slicing)
+
+
+def _slicing_config(settings: Settings) -> dict[str, Any]:
+    """The execution resource's slicing fields from ``execution`` (slices, the algorithm and
+    the VWAP profile's source)."""
+    ex = settings.execution
+    return {"twap_slices": ex.twap_slices, "algorithm": ex.algorithm,
+            "vwap_source": ex.vwap.source, "vwap_curve": list(ex.vwap.curve),
+            "vwap_sessions": ex.vwap.sessions, "vwap_min_sessions": ex.vwap.min_sessions,
+            "vwap_min_coverage": ex.vwap.min_coverage,
+            "quotes_namespace": ex.vwap.quotes_namespace, "redis_url": settings.redis_url}
 
 
 def walk_forward_executor(settings: Settings) -> dg.ExecutorDefinition:

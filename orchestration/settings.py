@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.dataclasses import is_pydantic_dataclass
@@ -48,6 +49,7 @@ from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
 from trading.account import Allocation, stage_of
 from trading.conduct import ConductRules
+from trading.volume_profile import DEFAULT_CURVE, profile_from_curve
 
 # The UIs `make dev` starts by default (DAGSTER_PORT and MLFLOW_PORT in the Makefile move them
 # and set ETF_DAGSTER_WEBSERVER_URL / ETF_MLFLOW_UI_URL to match).
@@ -174,6 +176,35 @@ class AccountSettings(BaseModel):
         return self
 
 
+class VwapSettings(BaseModel):
+    """The intraday volume profile VWAP slicing follows (trading/volume_profile.py,
+    ``ETF_EXECUTION__VWAP__...``): a configured curve, or learned from the quote relay's
+    1-minute bars in Redis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # curve: ``curve`` below; bars: the relay's stream <quotes_namespace>:quotes:bars in Redis
+    # (redis_url), the average minute share over the newest ``sessions`` sessions.
+    source: Literal["curve", "bars"] = "curve"
+    # Weights over equal parts of the session (1..240 buckets; normalised). Default: a
+    # typical A-share U shape over the eight half hours (illustrative, not measured).
+    curve: list[float] = Field(default_factory=lambda: list(DEFAULT_CURVE), min_length=1,
+                               max_length=240)
+    sessions: int = Field(20, ge=1)
+    # Fewer usable sessions in the stream: the execution fails, naming the stream and count.
+    min_sessions: int = Field(5, ge=1)
+    # A (fund, session) counts when its bars cover at least this share of the 240 minutes.
+    min_coverage: float = Field(0.9, gt=0, le=1)
+    # The relay's --namespace.
+    quotes_namespace: str = Field("etf", min_length=1)
+
+    @field_validator("curve")
+    @classmethod
+    def _curve_normalisable(cls, curve: list[float]) -> list[float]:
+        profile_from_curve(curve)   # raises ProfileError (a ValueError) naming the bad weight
+        return curve
+
+
 class VnpySettings(BaseModel):
     """The vn.py venue (issue 18): the venue process (``python -m orchestration.vnpy_venue``,
     trading/vnpy_process.py: vn.py's MainEngine, the gateway and its RPC service) and how
@@ -233,8 +264,11 @@ class ExecutionSettings(BaseModel):
     # paper: the paper broker on PostgreSQL; vnpy: the vn.py venue process of execution.vnpy
     # (one broker login: the execution account alone, no further accounts).
     venue: Literal["paper", "vnpy"] = "paper"
-    # TWAP: child orders per parent across the session (1 = one market order at the open).
+    # Slices per parent order across the session (1 = one market order at the open), sized
+    # evenly (algorithm twap) or by the intraday volume profile of ``vwap`` (algorithm vwap).
     twap_slices: int = Field(1, ge=1, le=48)
+    algorithm: Literal["twap", "vwap"] = "twap"
+    vwap: VwapSettings = Field(default_factory=VwapSettings)
     # Engaged by environment (ETF_EXECUTION__KILL_SWITCH=true): no submission at all.
     kill_switch: bool = False
     lock_timeout_seconds: float = Field(60.0, gt=0)

@@ -10,11 +10,13 @@ which closes what the venue holds open (vn.py's RPC link) when they are done.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from resources.cache import CacheStats, RedisCache
 from resources.market_data import MarketDataResource
@@ -23,15 +25,59 @@ from rotation.costs import CostModel
 from trading.ledger import AccountLock, Ledger
 from trading.paper import FrameQuotes, PaperBroker, QuoteSource
 from trading.venue import ExecutionVenue
+from trading.volume_profile import (
+    DEFAULT_CURVE,
+    ProfileError,
+    VolumeProfile,
+    bars_of_stream,
+    profile_from_bars,
+    profile_from_curve,
+)
 
 
 class ExecutionResource(dg.ConfigurableResource):
     """``kill_switch`` (``ETF_EXECUTION__KILL_SWITCH``) stops every submission, like the
-    ledger's flag; ``twap_slices`` children per order are planned by the executor. Bound by
+    ledger's flag; ``twap_slices`` children per order are planned by the executor, sized by
+    ``algorithm`` (twap: evenly; vwap: by the volume profile of :meth:`profile`). Bound by
     the deployment (resources/deployment.py): no run can set them."""
 
     kill_switch: bool = False
     twap_slices: int = 1
+    algorithm: str = "twap"
+    # The VWAP profile (settings execution.vwap): the curve, or the relay's bars in Redis.
+    vwap_source: str = "curve"
+    vwap_curve: list[float] = Field(default_factory=lambda: list(DEFAULT_CURVE))
+    vwap_sessions: int = 20
+    vwap_min_sessions: int = 5
+    vwap_min_coverage: float = 0.9
+    quotes_namespace: str = "etf"
+    redis_url: str | None = None
+
+    def profile(self) -> VolumeProfile | None:
+        """The volume profile VWAP slices by (None: TWAP, or no slicing). Learned from the
+        bars: read when an execution starts, so each execution follows the newest sessions;
+        too few bars is a ProfileError naming the stream and the count."""
+        if self.algorithm != "vwap" or self.twap_slices <= 1:
+            return None
+        if self.vwap_source == "curve":
+            return profile_from_curve(self.vwap_curve)
+        if self.redis_url is None:
+            raise ProfileError("execution.vwap.source is 'bars' but no Redis URL is set "
+                               "(ETF_REDIS_URL): the relay's 1-minute bars are there")
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0,
+                                      socket_connect_timeout=5.0)
+        try:
+            return learn_profile(client, self.quotes_namespace, sessions=self.vwap_sessions,
+                                 min_sessions=self.vwap_min_sessions,
+                                 min_coverage=self.vwap_min_coverage)
+        finally:
+            client.close()
+
+    def _slicing(self) -> str:
+        """The name's slicing suffix: '' unsliced, else '+twapN' / '+vwapN'."""
+        return "" if self.twap_slices == 1 else f"+{self.algorithm}{self.twap_slices}"
 
     @property
     def name(self) -> str:
@@ -62,7 +108,7 @@ class PaperExecution(ExecutionResource):
 
     @property
     def name(self) -> str:
-        return "paper" if self.twap_slices == 1 else f"paper+twap{self.twap_slices}"
+        return f"paper{self._slicing()}"
 
     def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
         # TWAP children are planned into the ledger by the executor (write-ahead) and sent
@@ -90,7 +136,7 @@ class VnpyExecution(ExecutionResource):
 
     @property
     def name(self) -> str:
-        return "vnpy" if self.twap_slices == 1 else f"vnpy+twap{self.twap_slices}"
+        return f"vnpy{self._slicing()}"
 
     def venue(self, quotes: QuoteSource, costs: CostModel) -> ExecutionVenue:
         from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
@@ -100,6 +146,20 @@ class VnpyExecution(ExecutionResource):
         return VnpyVenue([endpoint], costs, rpc_timeout=self.rpc_timeout_seconds,
                          ack_timeout=self.ack_timeout_seconds, replay_clock=self.replay_clock,
                          replay_through=quotes.latest_session() if self.replay_clock else None)
+
+
+def learn_profile(redis: Any, namespace: str, *, sessions: int = 20, min_sessions: int = 5,
+                  min_coverage: float = 0.9, symbols: Iterable[str] | None = None
+                  ) -> VolumeProfile:
+    """:func:`trading.volume_profile.profile_from_bars` over the quote relay's 1-minute bars
+    (``<namespace>:quotes:bars``, read whole: the relay bounds it with ``MAXLEN``)."""
+    from trading.live_prices import bars_key
+
+    key = bars_key(namespace)
+    where = f"Redis stream {key}"
+    return profile_from_bars(bars_of_stream(redis.xrange(key), where), sessions=sessions,
+                             min_sessions=min_sessions, min_coverage=min_coverage,
+                             where=where, symbols=symbols)
 
 
 @contextmanager

@@ -347,3 +347,61 @@ def test_a_run_that_run_retries_will_relaunch_is_not_a_stall(execution_market,
         assert found[0].run_status == "FAILURE"
     finally:
         ledger.dispose()
+
+
+def test_vwap_from_the_relays_bars_through_the_execution_job(execution_market,
+                                                             ledger_url) -> None:
+    """ETF_EXECUTION__ALGORITHM=vwap with the profile learned from the quote relay's 1-minute
+    bars in Redis: with too few bars the execution job fails once, naming the stream and the
+    count, before the ledger records anything; once the bars are there, the children follow
+    the learned profile and the ledger records the plan."""
+    import uuid
+
+    import redis
+    from test_vwap import REDIS_URL, _write_session
+
+    from jobs.execution import signal_run_config
+    from resources.execution import learn_profile
+    from trading.live_prices import bars_key
+    from trading.twap import slice_sizes
+
+    market = execution_market
+    namespace = f"vwap-job-{uuid.uuid4().hex[:8]}"
+    vwap = {"source": "bars", "quotes_namespace": namespace, "sessions": 2, "min_sessions": 2}
+    defs, signal_id = approve(market, ledger_url, twap_slices=3, algorithm="vwap", vwap=vwap)
+    client = redis.Redis.from_url(REDIS_URL)
+    ledger = Ledger(ledger_url)
+    try:
+        result = defs.resolve_job_def("execution_job").execute_in_process(
+            instance=market.instance, run_config=signal_run_config(signal_id),
+            raise_on_error=False)
+        assert not result.success
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = failure.event_specific_data.error.message
+        assert f"Redis stream {bars_key(namespace)}: 0 usable session(s)" in message, message
+        assert "at least 2 needed" in message
+        assert ledger.orders(signal_id=signal_id) == [] and ledger.execution(signal_id) is None
+        for day in (dt.date(2025, 6, 9), dt.date(2025, 6, 10)):
+            _write_session(client, namespace, "510300", day,
+                           lambda i: 3000.0 if i < 60 else 1000.0)
+        result = defs.resolve_job_def("execution_job").execute_in_process(
+            instance=market.instance, run_config=signal_run_config(signal_id),
+            raise_on_error=False)
+        assert result.success
+        assert step_metadata(result)["venue"] == "paper+vwap3"
+        weights = learn_profile(client, namespace, sessions=2, min_sessions=2).slice_weights(3)
+        orders = ledger.orders(signal_id=signal_id)
+        parents = [o for o in orders if o.parent_order_id is None and o.slices > 1]
+        assert parents
+        for parent in parents:
+            kids = [o for o in orders if o.parent_order_id == parent.order_id]
+            assert [(k.slice_index, k.quantity) for k in kids] == \
+                slice_sizes(parent.quantity, 3, 100, weights)
+            (plan,) = [r for r in ledger.audit_log(entity="order", entity_id=parent.order_id)
+                       if r["action"] == "order_sliced"]
+            assert plan["details"]["algorithm"] == "vwap"
+            assert bars_key(namespace) in plan["details"]["profile"]["source"]
+    finally:
+        client.delete(bars_key(namespace))
+        client.close()
+        ledger.dispose()

@@ -6,7 +6,8 @@ ids are deterministic), resubmits only what the venue has not acknowledged (the 
 de-duplicates by client order id as well) and records fills by their venue fill id. So no order
 is sent twice and no fill is lost or counted twice.
 
-Write-ahead: every order, and every TWAP child with its slicing plan, is in the ledger before
+Write-ahead: every order, and every TWAP/VWAP child with its slicing plan (an ``order_sliced``
+audit entry per parent: algorithm, sizes by slice, the VWAP profile), is in the ledger before
 the first one is sent. A retry sends what the ledger holds, whatever the slicing setting is now,
 so the book never goes past the target; an order the venue has that the ledger still calls
 planned (a run killed between the two) is adopted from the venue at the next reconcile.
@@ -55,8 +56,17 @@ from trading.models import (
 )
 from trading.twap import child_orders
 from trading.venue import ExecutionVenue
+from trading.volume_profile import VolumeProfile
 
 log = logging.getLogger(__name__)
+
+
+# A VWAP volume profile, or what makes one when orders are planned (None: TWAP).
+ProfileSource = VolumeProfile | Callable[[], VolumeProfile | None] | None
+
+
+def _resolved(profile: ProfileSource) -> VolumeProfile | None:
+    return profile() if callable(profile) else profile
 
 
 class ExecutionRefused(RuntimeError):
@@ -168,12 +178,15 @@ def kill_switch_reason(ledger: Ledger, account_id: str, env_engaged: bool) -> st
 def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, account_id: str,
                    market: MarketView, limits: RiskLimits, costs: CostModel, actor: str,
                    kill_switch_env: bool = False, twap_slices: int = 1,
+                   profile: ProfileSource = None,
                    dagster_run_id: str | None = None, lock: AccountLock | None = None,
                    on_submitted: Callable[[OrderRecord], None] | None = None,
                    conduct: ConductRules | None = None) -> ExecutionReport:
     """Execute ``signal_id`` (see module doc). The caller holds the account ``lock``, checked
     before every order. The venue account is funded with the ledger's initial cash the first
-    time (a paper venue)."""
+    time (a paper venue). ``twap_slices`` > 1 slices each order: TWAP, or VWAP over
+    ``profile`` when it is given (trading.twap; a callable is asked only when the signal's
+    orders are not planned yet, so a retry of a planned execution needs no profile)."""
     signal = ledger.signal(signal_id)
     if signal is None:
         raise ExecutionRefused(f"signal {signal_id} is not in the ledger")
@@ -184,6 +197,10 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         raise ExecutionRefused(f"signal {signal_id} belongs to account {signal.account_id}, "
                                f"not {account_id}")
     conduct = conduct or ConductRules()
+    # The VWAP profile is made before the ledger records anything of this execution, and only
+    # when its orders are not planned yet (a retry sends the stored plan): a profile that
+    # cannot be made (too few bars) fails here, with nothing half-done.
+    plan_profile = None if ledger.orders(signal_id=signal_id) else _resolved(profile)
     report = ExecutionReport(signal_id=signal_id, status="completed")
     started = ledger.start_execution(signal_id, account_id, dagster_run_id=dagster_run_id,
                                      actor=actor)
@@ -206,7 +223,7 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
     report.crossed = _cross_strategies(ledger, signal_id, market, actor)
     if not orders:
         orders = _plan(ledger, report, signal_id, signal.weights, account_id, market, limits,
-                       costs, twap_slices, actor, conduct)
+                       costs, twap_slices, plan_profile, actor, conduct)
 
     sendable = _sendable(orders)
     for position, order in enumerate(sendable):
@@ -298,7 +315,8 @@ def _bought_in_session(ledger: Ledger, account_id: str, market: MarketView) -> d
 
 def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapping[str, float],
           account_id: str, market: MarketView, limits: RiskLimits, costs: CostModel,
-          twap_slices: int, actor: str, conduct: ConductRules) -> list[OrderRecord]:
+          twap_slices: int, profile: VolumeProfile | None, actor: str, conduct: ConductRules
+          ) -> list[OrderRecord]:
     positions, cash = _book_after_open_orders(ledger, account_id, signal_id, costs)
     closes = market.last_close()
     missing = sorted(s for s in set(weights) | set(positions)
@@ -347,7 +365,8 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
             session=market.order_session,
             status=OrderStatus.REJECTED if found else OrderStatus.PLANNED,
             reason=reason_text(found) or p.reason)
-        records.extend(_with_slices(parent, 1 if found else twap_slices, costs.lot_size))
+        records.extend(_with_slices(parent, 1 if found else twap_slices, costs.lot_size,
+                                    profile))
     for symbol in missing:
         ledger.audit(AuditEntry(actor=actor, action="order_not_planned", entity="signal",
                                 entity_id=signal_id, reason=f"instrument/halted: {symbol} has no "
@@ -369,7 +388,8 @@ def _plan(ledger: Ledger, report: ExecutionReport, signal_id: str, weights: Mapp
     # with the conduct breaches) before the first one is sent; a retry sends exactly these,
     # whatever the settings now.
     return ledger.record_orders(records, actor=actor, audits=[
-        _breach_entry(account_id, signal_id, b, actor, market.signal_day) for b in breaches])
+        *(_breach_entry(account_id, signal_id, b, actor, market.signal_day) for b in breaches),
+        *_slicing_entries(records, profile, actor)])
 
 
 def _leaves(records: Sequence[OrderRecord]) -> int:
@@ -416,9 +436,30 @@ def _stop_stream(ledger: Ledger, report: ExecutionReport, unsent: Sequence[Order
     return _halted(ledger, report, reason, actor)
 
 
-def _with_slices(parent: OrderRecord, slices: int, lot_size: int) -> list[OrderRecord]:
-    """The parent and, when it is sliced, its TWAP children (trading.twap.child_orders)."""
-    children = child_orders(_request(parent), slices, lot_size)
+def _slicing_entries(records: Sequence[OrderRecord], profile: VolumeProfile | None,
+                     actor: str) -> list[AuditEntry]:
+    """The slicing plan of each sliced parent, for the ledger: the algorithm, the children's
+    sizes by slice and, for VWAP, the profile it followed."""
+    children: dict[str, list[OrderRecord]] = {}
+    for r in records:
+        if r.parent_order_id is not None:
+            children.setdefault(r.parent_order_id, []).append(r)
+    return [AuditEntry(
+        actor=actor, action="order_sliced", entity="order", entity_id=parent_id,
+        reason="vwap" if profile is not None else "twap",
+        details={"algorithm": "vwap" if profile is not None else "twap",
+                 "slices": kids[0].slices,
+                 "sizes": {str(k.slice_index): k.quantity for k in kids},
+                 **({"profile": profile.as_dict()} if profile is not None else {})})
+        for parent_id, kids in children.items()]
+
+
+def _with_slices(parent: OrderRecord, slices: int, lot_size: int,
+                 profile: VolumeProfile | None = None) -> list[OrderRecord]:
+    """The parent and, when it is sliced, its TWAP (or VWAP over ``profile``) children
+    (trading.twap.child_orders)."""
+    weights = profile.slice_weights(slices) if profile is not None and slices > 1 else None
+    children = child_orders(_request(parent), slices, lot_size, weights)
     if len(children) == 1:
         return [parent]
     return [dataclasses.replace(parent, slices=len(children)), *(

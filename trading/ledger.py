@@ -138,7 +138,10 @@ ORDERS = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
-    sa.UniqueConstraint("signal_id", "symbol", "side", "slice_index"),
+    # The child order whose unfilled remainder this one carries into the next slice (0009).
+    sa.Column("replaces", sa.Text, sa.ForeignKey("orders.order_id"), unique=True),
+    sa.Index("orders_signal_symbol_side_slice_key", "signal_id", "symbol", "side",
+             "slice_index", unique=True, postgresql_where=sa.text("replaces IS NULL")),
 )
 # When a venue first answered for an order (0007): the conduct rules count sends from it.
 ORDER_SENDS = sa.Table(
@@ -293,6 +296,7 @@ class OrderRecord:
     filled_quantity: int = 0
     average_price: float | None = None
     reason: str | None = None
+    replaces: str | None = None               # slice-end replacement: the order it carries on
 
 
 @dataclass(frozen=True)
@@ -474,6 +478,7 @@ def _order_of(row: sa.Row[Any]) -> OrderRecord:
         status=OrderStatus(row.status), parent_order_id=row.parent_order_id,
         slice_index=row.slice_index, slices=row.slices, venue_order_id=row.venue_order_id,
         filled_quantity=row.filled_quantity, average_price=row.average_price, reason=row.reason,
+        replaces=row.replaces,
     )
 
 
@@ -515,7 +520,7 @@ def _order_values(order: OrderRecord) -> dict[str, Any]:
         "slices": order.slices, "status": OrderStatus(order.status).value,
         "venue_order_id": order.venue_order_id, "filled_quantity": order.filled_quantity,
         "average_price": None if order.average_price is None else _dec(order.average_price),
-        "reason": order.reason,
+        "reason": order.reason, "replaces": order.replaces,
         # clock_timestamp keeps the insertion order of one transaction (sells before buys)
         "created_at": sa.func.clock_timestamp(),
     }
@@ -1621,7 +1626,8 @@ class Ledger:
                 .order_by(ORDERS.c.slice_index))]
             if not kids or all(k.status is OrderStatus.PLANNED for k in kids):
                 return _order_of(row)
-            state = aggregate(parent_id, [_child_state(k) for k in kids])
+            state = aggregate(parent_id, [_child_state(k) for k in kids],
+                              replaced={k.replaces for k in kids if k.replaces})
             current = OrderStatus(row.status)
             status = current if current.is_final or _rank(state.status) < _rank(current) \
                 else state.status

@@ -28,8 +28,9 @@ Market rules (the same as the backtest engine, :mod:`rotation.backtest.engine`):
 * One fill per order with the deterministic id ``f"{venue_order_id}-1"``: re-reads return the
   same ids and values. A partially executed order ends ``expired`` with ``filled_quantity > 0``
   (the paper broker never leaves an order ``partially_filled``: its session is over).
-* TWAP children (``parent_order_id`` set, ``slices`` = n > 1, ``slice_index`` = 1..n, the index
-  in their client id ``order_id_of(parent, symbol, side, slice_index)``) are the daily-bar
+* TWAP and VWAP children (``parent_order_id`` set, ``slices`` = n > 1, ``slice_index`` =
+  1..n, the index in their client id ``order_id_of(parent, symbol, side, slice_index)``; a
+  slice-end replacement has the index of the slice it is carried into) are the daily-bar
   approximation of an intraday schedule: child k = slice_index − 1 (0-based) executes at
   ``open + (close − open) × k / (n − 1)`` (slippage on top) and is stamped at its scheduled
   time, the 240 minutes of 09:30–11:30 and 13:00–15:00 (Asia/Shanghai) split evenly (the first
@@ -51,7 +52,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -59,13 +59,10 @@ from sqlalchemy import Connection, Engine, create_engine, text
 
 from rotation.costs import CostModel
 from trading.models import Fill, OrderRequest, OrderStatus, Quote, Side, VenueOrder
+from trading.session_clock import SESSION_MINUTES, SHANGHAI, clock_at
 from trading.venue import UnknownOrder, VenueError
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
 OPEN_STATUSES = (OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value)
-# Continuous trading sessions of the Shanghai/Shenzhen exchanges (minutes after midnight).
-_MORNING = (9 * 60 + 30, 11 * 60 + 30)
-_AFTERNOON = (13 * 60, 15 * 60)
 _CASH_EPS = 1e-6   # float tolerance when checking that cash pays for a buy
 
 # Reasons an order is rejected at submit or expires at matching.
@@ -178,11 +175,7 @@ def child_schedule(slice_index: int, slices: int) -> tuple[float, dt.time]:
     if slices <= 1:
         return 0.0, dt.time(9, 30)
     frac = min(max((slice_index - 1) / (slices - 1), 0.0), 1.0)
-    morning = _MORNING[1] - _MORNING[0]
-    minutes = frac * (morning + _AFTERNOON[1] - _AFTERNOON[0])
-    clock = _MORNING[0] + minutes if minutes <= morning else _AFTERNOON[0] + minutes - morning
-    seconds = round(clock * 60)
-    return frac, dt.time(seconds // 3600, seconds % 3600 // 60, seconds % 60)
+    return frac, clock_at(frac * SESSION_MINUTES)
 
 
 def sellable_quantity(wanted: int, sellable: int, held: int, lot: int) -> int:
