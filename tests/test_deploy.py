@@ -417,7 +417,8 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 SERVICES = {"postgres", "redis", "mlflow", "code", "code-execution", *WEBSERVERS, "daemon",
-            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy", "vnpy-venue"}
+            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy", "vnpy-venue",
+            "quote-relay"}
 # Run once and exit: no healthcheck; who depends on them waits for a successful exit.
 ONE_SHOT = {"ledger-migrate"}
 
@@ -454,6 +455,29 @@ def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() 
     }
     for name, dependencies in expected.items():
         assert set(services[name]["depends_on"]) >= dependencies, name
+
+
+def test_compose_quote_relay_follows_the_venue_process() -> None:
+    """The quote relay (orchestration.quotes) runs beside the venue process in the vnpy
+    profile, reaches it on its RPC ports on the compose network, and gets the deployment's
+    Redis and ledger URLs in its environment (never on its command line)."""
+    services = compose_config()["services"]
+    relay, venue = services["quote-relay"], services["vnpy-venue"]
+    assert relay["profiles"] == venue["profiles"] == ["vnpy"]
+    assert relay["command"] == ["python", "-m", "orchestration.quotes"]
+    assert relay["build"]["args"]["EXTRAS"] == "vnpy"
+    env, venue_env = service_env(relay), service_env(venue)
+    assert env["ETF_EXECUTION__VNPY__HOST"] == "vnpy-venue"
+    for port in ("REP_PORT", "PUB_PORT"):
+        assert env[f"ETF_EXECUTION__VNPY__{port}"] == venue_env[f"ETF_EXECUTION__VNPY__{port}"]
+        assert venue_env[f"ETF_EXECUTION__VNPY__{port}"] in {str(p) for p in venue["expose"]}
+    assert re.fullmatch(r"redis://:[^@/]+@redis:6379/\d+", env["ETF_REDIS_URL"])
+    assert env["ETF_POSTGRES_URL"].startswith("postgresql+psycopg://")
+    assert not any("://" in str(a) for a in relay["command"])
+    assert set(relay["depends_on"]) >= {"vnpy-venue", "redis", "postgres"}
+    assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in env   # the broker's secret stays put
+    health = " ".join(relay["healthcheck"]["test"])
+    assert f"('vnpy-venue', {venue_env['ETF_EXECUTION__VNPY__REP_PORT']})" in health
 
 
 def test_compose_wiring() -> None:
@@ -689,6 +713,7 @@ PG_PASSWORDS_SEEN = {
     "exporter": {"DAGSTER_DB_PASSWORD", "LEDGER_READER_PASSWORD"},
     **{name: {"DAGSTER_DB_PASSWORD"} for name in WEBSERVERS},
     "daemon": {"DAGSTER_DB_PASSWORD"},
+    "quote-relay": {"LEDGER_READER_PASSWORD"},
     "mlflow": {"MLFLOW_DB_PASSWORD"},
     "ledger-migrate": {"LEDGER_OWNER_PASSWORD"},
 }
@@ -725,6 +750,7 @@ def test_compose_postgres_has_one_login_per_consumer() -> None:
         ("code-execution", "ETF_POSTGRES_URL"): ("etf_app", "LEDGER_WRITER_PASSWORD", "ledger"),
         ("api", "ETF_POSTGRES_URL"): ("etf_api", "LEDGER_API_PASSWORD", "ledger"),
         ("exporter", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
+        ("quote-relay", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
         ("ledger-migrate", "ETF_LEDGER_ADMIN_URL"): (
             "etf_ledger_migrator", "LEDGER_OWNER_PASSWORD", "ledger"),
         ("mlflow", "MLFLOW_BACKEND_STORE_URI"): ("mlflow", "MLFLOW_DB_PASSWORD", "mlflow"),
