@@ -126,18 +126,10 @@ def pnl(account_id: Account, state: State, since: Annotated[dt.date | None, Quer
             "marked each fund, and how old it is, is in the answer.")
 def intraday(account_id: Account, state: State) -> AccountIntraday:
     # Imported here: the market data and the deployment's strategy are read by this route only.
-    from orchestration.definitions import market_data_resource, strategy_for
-    from resources.clock import ClockResource
-    from resources.live_quotes import LiveQuotesResource
-    from sensors.risk_monitor import last_closes
+    from orchestration.intraday import intraday_inputs
 
-    settings = state.settings
-    now = ClockResource(as_of=settings.execution.as_of,
-                        timezone=settings.schedule_timezone).now()
-    market = strategy_for(settings).market.name
-    # The last closes before today's session: from midnight, the newest closed session.
-    previous = last_closes(market_data_resource(settings), now.normalize())
-    live, _ = LiveQuotesResource(url=settings.redis_url).last_prices(market)
+    inputs = intraday_inputs(state.settings)
+    now, market, previous, live = inputs.now, inputs.market, inputs.previous_close, inputs.live
     held = {s: p.quantity for s, p in state.ledger.positions(account_id).items()}
     at, session = now.to_pydatetime(), now.date()
     try:
