@@ -679,3 +679,45 @@ def test_executor_with_venue_rejections_and_partial_fills_keeps_the_ledger_consi
     finally:
         venue.close()
         ledger.dispose()
+
+
+def test_an_order_after_the_session_closed_is_refused_session_closed(
+        processes: VenueProcesses, replay_market: ReplayMarket) -> None:
+    """The test venue's hours: once the replay clock has opened a session (its close is past),
+    an order for it is refused with the paper broker's reason ``session_closed``; an order
+    for a later session is taken."""
+    from trading.paper import REASON_SESSION_CLOSED
+
+    account = f"late-{uuid.uuid4().hex[:10]}"
+    proc = processes.start(account, CASH)
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                      replay_clock=True)
+    symbol = SYMBOLS[0]
+    price = replay_market.reference_price(symbol, SESSION)
+    later = min(d.date() for d in replay_market.real.bars["date"] if d.date() > SESSION)
+
+    def order(tag: str, session: dt.date) -> OrderRequest:
+        return OrderRequest(client_order_id=f"o-{tag}-{uuid.uuid4().hex[:12]}",
+                            account_id=account, symbol=symbol, side=Side.BUY, quantity=100,
+                            session=session, reference_price=price)
+
+    try:
+        on_time = venue.submit(order("on-time", SESSION))
+        assert on_time.status is OrderStatus.SUBMITTED, on_time
+        venue.fills(account, SESSION)               # the clock opens SESSION: it is over
+        filled = venue.order(on_time.client_order_id)
+        assert filled is not None and filled.status is OrderStatus.FILLED, filled
+        late = venue.submit(order("late", SESSION))
+        assert (late.status, late.reason, late.filled_quantity) == (
+            OrderStatus.REJECTED, REASON_SESSION_CLOSED, 0), late
+        # Asked again (a retry after a lost answer): the same refusal, no second order.
+        again = venue.submit(OrderRequest(
+            client_order_id=late.client_order_id, account_id=account, symbol=symbol,
+            side=Side.BUY, quantity=100, session=SESSION, reference_price=price))
+        assert (again.status, again.reason, again.venue_order_id) == (
+            OrderStatus.REJECTED, REASON_SESSION_CLOSED, late.venue_order_id)
+        assert len(_orders_with(proc.state_dir, late.client_order_id)) == 1
+        next_day = venue.submit(order("next", later))
+        assert next_day.status is OrderStatus.SUBMITTED, next_day
+    finally:
+        venue.close()
