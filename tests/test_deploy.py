@@ -66,6 +66,7 @@ PROMETHEUS = DEPLOY / "prometheus.yml"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "etf_rotation.json"
 HELM_VALUES = DEPLOY / "helm" / "values.yaml"
+HELM_VNPY = DEPLOY / "helm" / "vnpy.yaml"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -478,6 +479,52 @@ def test_compose_quote_relay_follows_the_venue_process() -> None:
     assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in env   # the broker's secret stays put
     health = " ".join(relay["healthcheck"]["test"])
     assert f"('vnpy-venue', {venue_env['ETF_EXECUTION__VNPY__REP_PORT']})" in health
+
+
+def test_helm_vnpy_venue_and_quote_relay() -> None:
+    """deploy/helm/vnpy.yaml: the venue process (one, its gateway setting from a secret, its
+    journal on etf-state) behind a cluster-internal Service, and the quote relay reaching it
+    there on the same ports with the platform's settings from etf-rotation-env, as compose."""
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all(HELM_VNPY.read_text(encoding="utf-8"))}
+    assert set(docs) == {("Deployment", "etf-vnpy-venue"), ("Service", "etf-vnpy-venue"),
+                         ("Deployment", "etf-quote-relay"), ("NetworkPolicy", "etf-vnpy-venue")}
+
+    def container(name: str) -> dict[str, Any]:
+        (only,) = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        return dict(only)
+
+    venue, relay = container("etf-vnpy-venue"), container("etf-quote-relay")
+    venue_deployment = docs[("Deployment", "etf-vnpy-venue")]["spec"]
+    assert venue_deployment["replicas"] == 1
+    assert venue_deployment["strategy"]["type"] == "Recreate"   # one broker login at a time
+    assert venue["command"] == ["python", "-m", "orchestration.vnpy_venue"]
+    assert relay["command"] == ["python", "-m", "orchestration.quotes"]
+    assert [e["secretRef"]["name"] for e in venue["envFrom"]] == ["etf-vnpy-env"]
+    assert [e["secretRef"]["name"] for e in relay["envFrom"]] == ["etf-rotation-env"]
+    venue_env = {e["name"]: e["value"] for e in venue["env"]}
+    relay_env = {e["name"]: e["value"] for e in relay["env"]}
+    assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in venue_env   # only from the secret
+    service = docs[("Service", "etf-vnpy-venue")]["spec"]
+    assert service.get("type", "ClusterIP") == "ClusterIP"
+    ports = {p["name"]: p["port"] for p in service["ports"]}
+    assert relay_env["ETF_EXECUTION__VNPY__HOST"] == "etf-vnpy-venue"
+    for name, port in (("rep", "REP_PORT"), ("pub", "PUB_PORT")):
+        assert str(ports[name]) == venue_env[f"ETF_EXECUTION__VNPY__{port}"] == \
+            relay_env[f"ETF_EXECUTION__VNPY__{port}"]
+    assert service["selector"] == \
+        docs[("Deployment", "etf-vnpy-venue")]["spec"]["selector"]["matchLabels"]
+    compose = service_env(compose_config()["services"]["vnpy-venue"])
+    assert {venue_env[k] for k in ("ETF_EXECUTION__VNPY__REP_PORT",
+                                   "ETF_EXECUTION__VNPY__PUB_PORT")} == \
+        {compose["ETF_EXECUTION__VNPY__REP_PORT"], compose["ETF_EXECUTION__VNPY__PUB_PORT"]}
+    assert venue_env["ETF_EXECUTION__VNPY__STATE_DIR"].startswith(
+        next(m["mountPath"] for m in venue["volumeMounts"] if m["name"] == "etf-state"))
+    policy = docs[("NetworkPolicy", "etf-vnpy-venue")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == service["selector"]
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == set(ports.values())
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    assert "apply -f deploy/helm/vnpy.yaml" in readme
 
 
 def test_compose_wiring() -> None:
