@@ -171,6 +171,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", f"{V1}/accounts/{{account_id}}/cash"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/kill-switch"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/pnl"): "accounts.read",
+    ("GET", f"{V1}/accounts/{{account_id}}/intraday"): "accounts.read",
     ("GET", f"{V1}/accounts/{{account_id}}/limits"): "accounts.read",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/engage"): "kill_switch.engage",
     ("POST", f"{V1}/accounts/{{account_id}}/kill-switch/release"): "kill_switch.release",

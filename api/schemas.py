@@ -369,6 +369,35 @@ class PositionOut(Model):
     cost: float
 
 
+class IntradayPositionOut(Model):
+    symbol: str
+    units: int
+    previous_close: float = Field(description="The fund's close of the last session before "
+                                  "today's (raw)")
+    price: float = Field(description="The price the position is marked at now")
+    source: Literal["live", "close"] = Field(description="live: the quote relay's last price, "
+                                             "fresh (at most max_age_seconds old); close: no "
+                                             "fresh live price, marked at the previous close")
+    price_at: dt.datetime | None = Field(description="When the live price traded (null: close)")
+    age_seconds: float | None = Field(description="now − price_at (null: close)")
+    pnl: float = Field(description="units × (price − previous_close)")
+
+
+class AccountIntraday(Model):
+    account_id: str
+    at: dt.datetime = Field(description="Now, by the deployment's clock")
+    session: dt.date = Field(description="Today's date by that clock: its fills are the "
+                             "session's trades")
+    market: str = Field(description="The market whose live prices mark the book")
+    max_age_seconds: float
+    positions: list[IntradayPositionOut]
+    unrealised: float = Field(description="Sum of the positions' pnl")
+    trades: float = Field(description="The session's fills against the previous close, net of "
+                          "commission")
+    total: float = Field(description="unrealised + trades: the book's move since the close")
+    stale: list[str] = Field(description="Funds held without a fresh live price")
+
+
 class CashOut(Model):
     account_id: str
     balance: float

@@ -19,9 +19,11 @@ from resources.execution import (
     venue_bars,
 )
 from resources.ledger import LedgerResource
+from resources.live_quotes import LiveQuotesResource
 from resources.market_data import MarketDataResource
 from trading.account import Account
 from trading.executor import ExecutionRefused, ExecutionReport, MarketView, execute_signal
+from trading.intraday import LastPrice
 from trading.venue import ExecutionVenue
 from trading.volume_profile import ProfileError
 
@@ -50,12 +52,15 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
                account: Account, actor: str, dagster_run_id: str | None,
                warn: Callable[[str], None],
                cache_stats: CacheStats,
-               wrap_venue: Callable[[ExecutionVenue], ExecutionVenue] | None = None
+               wrap_venue: Callable[[ExecutionVenue], ExecutionVenue] | None = None,
+               live_quotes: LiveQuotesResource | None = None, market: str | None = None
                ) -> tuple[ExecutionReport, str]:
     """Execute one signal under the account lock with the resources' venue and market view
     (what ``execute_signal_op`` runs; ``wrap_venue`` decorates the venue, e.g. to audit or to
-    inject faults in tests). Returns the report and the lock that was held; the bar cache's
-    use is counted in ``cache_stats``."""
+    inject faults in tests). Pre-trade risk measures each order at its fund's fresh live price
+    in ``live_quotes`` (the quote relay's hash of ``market``), else at the last close
+    (trading.live_prices). Returns the report and the lock that was held; the bar cache's use
+    is counted in ``cache_stats``."""
     account_id, limits = account.account_id, account.limits
     book = ledger.ledger
     signal = book.signal(signal_id)
@@ -77,25 +82,32 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
     # The venue's lookback covers the participation window (quote_lookback): no second read.
     adv = average_amounts(market_data, day, limits.liquidity_sessions, loaded=(
         calendar.offset(first, -account.quote_lookback_sessions), bars))
-    market = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
-                        quotes=on_day, average_amount=adv, closed_through=closed.date())
+    live: dict[str, LastPrice] = {}
+    if live_quotes is not None and market is not None:
+        live, problems = live_quotes.last_prices(market)
+        for problem in problems:
+            warn(f"unreadable live price {problem}: its fund is checked at the last close")
+    view = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),
+                      quotes=on_day, average_amount=adv, closed_through=closed.date(),
+                      now=clock.now().to_pydatetime(), live=live)
     with execution.connected(quotes, account.costs) as venue, \
             account_lock(book, account_id, account.lock_timeout_seconds) as lock:
         if wrap_venue is not None:
             venue = wrap_venue(venue)
         report = execute_signal(
             ledger=book, venue=venue, signal_id=signal_id, account_id=account_id,
-            market=market, limits=limits, costs=account.costs, actor=actor,
+            market=view, limits=limits, costs=account.costs, actor=actor,
             kill_switch_env=execution.kill_switch, twap_slices=execution.twap_slices,
             profile=execution.profile,
             dagster_run_id=dagster_run_id, lock=lock, conduct=account.conduct)
     return report, "postgres"
 
 
-def execution_jobs(account: Account, prefix: str = ""
+def execution_jobs(account: Account, prefix: str = "", market: str | None = None
                    ) -> tuple[dg.JobDefinition, dg.JobDefinition]:
     """``prefix``: of a further account's job and op names (op names are unique in a code
-    location; :func:`signal_run_config` names the op)."""
+    location; :func:`signal_run_config` names the op). ``market``: the market data's name,
+    whose live prices (the quote relay's) pre-trade risk uses when fresh; None: the closes."""
     account_id = account.account_id
 
     @dg.op(
@@ -111,14 +123,16 @@ def execution_jobs(account: Account, prefix: str = ""
     def execute_signal_op(context: dg.OpExecutionContext, config: ExecuteSignalConfig,
                           ledger: LedgerResource, execution: ExecutionResource,
                           market_data: MarketDataResource, cache: RedisCache,
-                          clock: ClockResource) -> dg.Output[None]:
+                          clock: ClockResource, live_quotes: LiveQuotesResource
+                          ) -> dg.Output[None]:
         cache_stats = CacheStats()
         try:
             result, lock = run_signal(
                 config.signal_id, ledger=ledger, execution=execution, market_data=market_data,
                 cache=cache, clock=clock, account=account,
                 actor=f"dagster:{context.run.run_id}", dagster_run_id=context.run.run_id,
-                warn=context.log.warning, cache_stats=cache_stats)
+                warn=context.log.warning, cache_stats=cache_stats,
+                live_quotes=live_quotes, market=market)
         except (ExecutionRefused, ProfileError) as exc:
             # Refused, or no VWAP profile (e.g. too few bars in Redis): nothing was recorded;
             # a retry would meet the same, so it fails once, the reason named.

@@ -180,7 +180,7 @@ def account_definitions(settings: Settings, stage: AccountStage,
     account, traded, prefix = stage.account, stage.traded, stage.prefix
     webhook = settings.alert_webhook_url or None
     timeout = settings.alert_webhook_timeout_seconds
-    execution_job, kill_switch_job = execution_jobs(account, prefix)
+    execution_job, kill_switch_job = execution_jobs(account, prefix, traded[0].market.name)
     assets = signal_assets(traded, account, guards,
                            target_portfolio=stage.research(traded[0], "target_portfolio"),
                            oos_backtests={s.name: stage.research(s, "oos_backtest")

@@ -67,6 +67,7 @@ PROMETHEUS = DEPLOY / "prometheus.yml"
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "etf_rotation.json"
 HELM_VALUES = DEPLOY / "helm" / "values.yaml"
+HELM_VNPY = DEPLOY / "helm" / "vnpy.yaml"
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -419,7 +420,8 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
 
 
 SERVICES = {"postgres", "redis", "mlflow", "code", "code-execution", *WEBSERVERS, "daemon",
-            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy", "vnpy-venue"}
+            "exporter", "prometheus", "grafana", "ledger-migrate", "api", "proxy", "vnpy-venue",
+            "quote-relay"}
 # Run once and exit: no healthcheck; who depends on them waits for a successful exit.
 ONE_SHOT = {"ledger-migrate"}
 
@@ -456,6 +458,75 @@ def test_compose_services_have_healthchecks_and_wait_for_healthy_dependencies() 
     }
     for name, dependencies in expected.items():
         assert set(services[name]["depends_on"]) >= dependencies, name
+
+
+def test_compose_quote_relay_follows_the_venue_process() -> None:
+    """The quote relay (orchestration.quotes) runs beside the venue process in the vnpy
+    profile, reaches it on its RPC ports on the compose network, and gets the deployment's
+    Redis and ledger URLs in its environment (never on its command line)."""
+    services = compose_config()["services"]
+    relay, venue = services["quote-relay"], services["vnpy-venue"]
+    assert relay["profiles"] == venue["profiles"] == ["vnpy"]
+    assert relay["command"] == ["python", "-m", "orchestration.quotes"]
+    assert relay["build"]["args"]["EXTRAS"] == "vnpy"
+    env, venue_env = service_env(relay), service_env(venue)
+    assert env["ETF_EXECUTION__VNPY__HOST"] == "vnpy-venue"
+    for port in ("REP_PORT", "PUB_PORT"):
+        assert env[f"ETF_EXECUTION__VNPY__{port}"] == venue_env[f"ETF_EXECUTION__VNPY__{port}"]
+        assert venue_env[f"ETF_EXECUTION__VNPY__{port}"] in {str(p) for p in venue["expose"]}
+    assert re.fullmatch(r"redis://:[^@/]+@redis:6379/\d+", env["ETF_REDIS_URL"])
+    assert env["ETF_POSTGRES_URL"].startswith("postgresql+psycopg://")
+    assert not any("://" in str(a) for a in relay["command"])
+    assert set(relay["depends_on"]) >= {"vnpy-venue", "redis", "postgres"}
+    assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in env   # the broker's secret stays put
+    health = " ".join(relay["healthcheck"]["test"])
+    assert f"('vnpy-venue', {venue_env['ETF_EXECUTION__VNPY__REP_PORT']})" in health
+
+
+def test_helm_vnpy_venue_and_quote_relay() -> None:
+    """deploy/helm/vnpy.yaml: the venue process (one, its gateway setting from a secret, its
+    journal on etf-state) behind a cluster-internal Service, and the quote relay reaching it
+    there on the same ports with the platform's settings from etf-rotation-env, as compose."""
+    docs = {(d["kind"], d["metadata"]["name"]): d
+            for d in yaml.safe_load_all(HELM_VNPY.read_text(encoding="utf-8"))}
+    assert set(docs) == {("Deployment", "etf-vnpy-venue"), ("Service", "etf-vnpy-venue"),
+                         ("Deployment", "etf-quote-relay"), ("NetworkPolicy", "etf-vnpy-venue")}
+
+    def container(name: str) -> dict[str, Any]:
+        (only,) = docs[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        return dict(only)
+
+    venue, relay = container("etf-vnpy-venue"), container("etf-quote-relay")
+    venue_deployment = docs[("Deployment", "etf-vnpy-venue")]["spec"]
+    assert venue_deployment["replicas"] == 1
+    assert venue_deployment["strategy"]["type"] == "Recreate"   # one broker login at a time
+    assert venue["command"] == ["python", "-m", "orchestration.vnpy_venue"]
+    assert relay["command"] == ["python", "-m", "orchestration.quotes"]
+    assert [e["secretRef"]["name"] for e in venue["envFrom"]] == ["etf-vnpy-env"]
+    assert [e["secretRef"]["name"] for e in relay["envFrom"]] == ["etf-rotation-env"]
+    venue_env = {e["name"]: e["value"] for e in venue["env"]}
+    relay_env = {e["name"]: e["value"] for e in relay["env"]}
+    assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in venue_env   # only from the secret
+    service = docs[("Service", "etf-vnpy-venue")]["spec"]
+    assert service.get("type", "ClusterIP") == "ClusterIP"
+    ports = {p["name"]: p["port"] for p in service["ports"]}
+    assert relay_env["ETF_EXECUTION__VNPY__HOST"] == "etf-vnpy-venue"
+    for name, port in (("rep", "REP_PORT"), ("pub", "PUB_PORT")):
+        assert str(ports[name]) == venue_env[f"ETF_EXECUTION__VNPY__{port}"] == \
+            relay_env[f"ETF_EXECUTION__VNPY__{port}"]
+    assert service["selector"] == \
+        docs[("Deployment", "etf-vnpy-venue")]["spec"]["selector"]["matchLabels"]
+    compose = service_env(compose_config()["services"]["vnpy-venue"])
+    assert {venue_env[k] for k in ("ETF_EXECUTION__VNPY__REP_PORT",
+                                   "ETF_EXECUTION__VNPY__PUB_PORT")} == \
+        {compose["ETF_EXECUTION__VNPY__REP_PORT"], compose["ETF_EXECUTION__VNPY__PUB_PORT"]}
+    assert venue_env["ETF_EXECUTION__VNPY__STATE_DIR"].startswith(
+        next(m["mountPath"] for m in venue["volumeMounts"] if m["name"] == "etf-state"))
+    policy = docs[("NetworkPolicy", "etf-vnpy-venue")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == service["selector"]
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == set(ports.values())
+    readme = (DEPLOY / "helm" / "README.md").read_text(encoding="utf-8")
+    assert "apply -f deploy/helm/vnpy.yaml" in readme
 
 
 def test_compose_wiring() -> None:
@@ -691,6 +762,7 @@ PG_PASSWORDS_SEEN = {
     "exporter": {"DAGSTER_DB_PASSWORD", "LEDGER_READER_PASSWORD"},
     **{name: {"DAGSTER_DB_PASSWORD"} for name in WEBSERVERS},
     "daemon": {"DAGSTER_DB_PASSWORD"},
+    "quote-relay": {"LEDGER_READER_PASSWORD"},
     "mlflow": {"MLFLOW_DB_PASSWORD"},
     "ledger-migrate": {"LEDGER_OWNER_PASSWORD"},
 }
@@ -727,6 +799,7 @@ def test_compose_postgres_has_one_login_per_consumer() -> None:
         ("code-execution", "ETF_POSTGRES_URL"): ("etf_app", "LEDGER_WRITER_PASSWORD", "ledger"),
         ("api", "ETF_POSTGRES_URL"): ("etf_api", "LEDGER_API_PASSWORD", "ledger"),
         ("exporter", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
+        ("quote-relay", "ETF_POSTGRES_URL"): ("etf_reader", "LEDGER_READER_PASSWORD", "ledger"),
         ("ledger-migrate", "ETF_LEDGER_ADMIN_URL"): (
             "etf_ledger_migrator", "LEDGER_OWNER_PASSWORD", "ledger"),
         ("mlflow", "MLFLOW_BACKEND_STORE_URI"): ("mlflow", "MLFLOW_DB_PASSWORD", "mlflow"),

@@ -201,6 +201,12 @@ def test_the_vnpy_venue_settings_name_what_is_missing(make_settings: Callable[..
             "venue process is one broker login") in str(further.value)
     with pytest.raises(ValueError, match=r"execution\.venue"):
         make_settings(execution={"venue": "ctp"})
+    # A further account cannot name a vn.py venue of its own (one process, one login).
+    with pytest.raises(ValueError) as own:
+        make_settings(execution={"accounts": [
+            {"account_id": "two", "venue": "vnpy", "allocation": {"strategies": ["x"]}}]})
+    assert ("setting execution.accounts.0.venue [env ETF_EXECUTION__ACCOUNTS__0__VENUE]: "
+            "Input should be 'paper' (got 'vnpy')") in str(own.value)
 
 
 def test_the_code_location_on_the_vnpy_venue_imports_no_vnpy(tmp_path: Path) -> None:

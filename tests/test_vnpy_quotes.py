@@ -507,3 +507,70 @@ def test_the_executor_rejects_at_a_fresh_tick_and_passes_at_a_stale_one(ledger_u
     assert f"live last price {far:.3f} at {(NOW - dt.timedelta(seconds=5)).isoformat()}" \
         in str(rejected.reason), rejected.reason
     assert outcome["acct-stale"].status is OrderStatus.SUBMITTED, outcome["acct-stale"].reason
+
+
+# -- the relay from the settings (python -m orchestration.quotes, the deploy/ service) ----------
+
+# A database of its own: the launcher writes the deployment's namespace (etf), not a test one.
+LAUNCHER_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/9"
+
+
+def test_the_relay_launcher_names_a_missing_setting(make_settings: Any) -> None:
+    from orchestration.quotes import relay_argv
+
+    with pytest.raises(SystemExit) as ports:
+        relay_argv(make_settings(redis_url=REDIS_URL, cache_secret="x" * 32,
+                                 execution={"vnpy": {"rep_port": 3014}}))
+    assert ("orchestration.quotes: execution.vnpy.pub_port [env ETF_EXECUTION__VNPY__PUB_PORT] "
+            "is not set") in str(ports.value)
+    with pytest.raises(SystemExit) as no_redis:
+        relay_argv(make_settings(execution={"vnpy": {"rep_port": 3014, "pub_port": 3015}}))
+    assert "redis_url [env ETF_REDIS_URL] is not set" in str(no_redis.value)
+
+
+def test_the_relay_launcher_feeds_what_execution_reads(
+        venue: Venue, shared_data: Path, tmp_path: Path) -> None:
+    """``python -m orchestration.quotes`` from settings (environment only, as in deploy/):
+    subscribes the strategy's universe at the venue process and sets the live prices in the
+    hash the execution job and the intraday monitor read (LiveQuotesResource, the market of
+    the deployment's strategy)."""
+    from conftest import TEST_CACHE_SECRET
+
+    from orchestration.definitions import strategy_for
+    from orchestration.settings import load_settings
+    from resources.live_quotes import LiveQuotesResource
+
+    rep_port, pub_port = venue.rep.rsplit(":", 1)[1], venue.pub.rsplit(":", 1)[1]
+    env = {"ETF_HOME": str(tmp_path / "home"), "ETF_REDIS_URL": LAUNCHER_REDIS,
+           "ETF_CACHE_SECRET": TEST_CACHE_SECRET,
+           "ETF_MARKET_DATA__SOURCE": "files", "ETF_MARKET_DATA__DATASET": MARKET,
+           "ETF_MARKET_DATA__FILES_ROOT": str(shared_data / MARKET),
+           "ETF_EXECUTION__VNPY__REP_PORT": rep_port, "ETF_EXECUTION__VNPY__PUB_PORT": pub_port}
+    settings = load_settings(home=tmp_path / "home", redis_url=LAUNCHER_REDIS,
+                             cache_secret=TEST_CACHE_SECRET,
+                             market_data={"source": "files", "dataset": MARKET,
+                                          "files_root": str(shared_data / MARKET)})
+    market = strategy_for(settings).market.name
+    quotes = LiveQuotesResource(url=LAUNCHER_REDIS)
+    client = redis.Redis.from_url(LAUNCHER_REDIS)
+    stale = [quotes.key(market), "etf:quotes:ticks", "etf:quotes:bars", "etf:quotes:bar_marks"]
+    client.delete(*stale)
+    log = tmp_path / "launcher.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestration.quotes"], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    try:
+        _wait_in_log(log, "quote relay ready: 2 funds subscribed", proc)
+        assert "redis://" not in " ".join(str(a) for a in proc.args)
+        venue.call("replay_ticks", SESSION.isoformat(), 1, 4, 0.0)
+        ticks = _wait_len(client, "etf:quotes:ticks", 4 * len(SYMBOLS))
+        live, problems = quotes.last_prices(market)
+        assert problems == [] and sorted(live) == list(SYMBOLS)
+        for symbol, price in live.items():
+            newest = [t for t in ticks if t["symbol"] == symbol][-1]
+            assert (price.price, price.at.isoformat()) == (float(newest["price"]),
+                                                           newest["venue_time"])
+    finally:
+        stop_processes([proc])
+        client.delete(*stale)

@@ -127,19 +127,31 @@ class VenueProcesses:
     root: Path
     started: list[VenueProcess] = field(default_factory=list)
 
-    def setting(self, account_id: str, cash: float) -> dict[str, object]:
-        """The replay gateway's setting for an account with ``cash``."""
-        return {"bars": str(self.market.bars_file), "instruments": self.market.instruments,
+    def setting(self, account_id: str, cash: float, unlisted: frozenset[str] = frozenset(),
+                state: Path | None = None) -> dict[str, object]:
+        """The replay gateway's setting for an account with ``cash`` (``unlisted``: funds
+        the venue does not offer, left out of its bars, written to ``state``)."""
+        bars_file = self.market.bars_file
+        if unlisted:
+            assert state is not None
+            import pandas as pd
+
+            bars = pd.read_parquet(bars_file)
+            bars_file = state / "bars.parquet"
+            bars.loc[~bars["symbol"].isin(unlisted)].to_parquet(bars_file)
+        instruments = {s: i for s, i in self.market.instruments.items() if s not in unlisted}
+        return {"bars": str(bars_file), "instruments": instruments,
                 "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS)}
 
     def start(self, account_id: str, cash: float, *, ack_delay: float = 0.0,
-              like: VenueProcess | None = None) -> VenueProcess:
+              like: VenueProcess | None = None,
+              unlisted: frozenset[str] = frozenset()) -> VenueProcess:
         """A venue process for ``account_id`` (or ``like``'s, restarted on its state folder and
         ports); returns once its RPC service is up."""
         state = like.state_dir if like else self.root / account_id
         state.mkdir(parents=True, exist_ok=True)
         setting = state / "gateway.json"
-        setting.write_text(json.dumps(self.setting(account_id, cash)))
+        setting.write_text(json.dumps(self.setting(account_id, cash, unlisted, state)))
         rep, pub = (like.rep_port, like.pub_port) if like else (free_port(), free_port())
         cmd = [sys.executable, "-m", "trading.vnpy_process",
                "--gateway", "trading.vnpy_replay:ReplayGateway", "--paper",
@@ -596,3 +608,116 @@ def test_executor_with_the_venue_killed_mid_execution_keeps_the_ledger_consisten
     finally:
         venue.close()
         ledger.dispose()
+
+
+def test_executor_with_venue_rejections_and_partial_fills_keeps_the_ledger_consistent(
+        processes: VenueProcesses, replay_market: ReplayMarket, ledger_url: str) -> None:
+    """The venue rejects an order (a fund it does not offer: ``unknown_symbol``) and fills
+    others in part (its account has a quarter of the ledger's cash: ``cash_short``). The
+    ledger records each order's status, reason and filled quantity and each fill exactly as
+    the venue reports them; executing the signal again sends nothing."""
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    account = f"faults-{uuid.uuid4().hex[:10]}"
+    ledger.open_account(account, CASH, actor="test")
+    venue_cash = CASH / 4
+    proc = processes.start(account, venue_cash, unlisted=frozenset({"512880"}))
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                      replay_clock=True)
+    quotes = replay_market.real.quotes
+    weights = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
+    signal_id = signal_id_of("faults", account, PREVIOUS, weights)
+    ledger.record_signal(SignalRecord(
+        signal_id=signal_id, account_id=account, strategy="faults", as_of=PREVIOUS,
+        weights=weights, weights_hash=weights_hash(weights), status=SignalStatus.APPROVED,
+        reasons=[], data_version=None, dagster_run_id=None), actor="gate")
+    found = {s: quotes.quote(s, PREVIOUS) for s in weights}
+    view = MarketView(signal_day=PREVIOUS, order_session=SESSION, closed_through=PREVIOUS,
+                      quotes={s: q for s, q in found.items() if q is not None},
+                      average_amount={s: 5e9 for s in weights})
+    limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
+                        max_daily_notional=5_000_000.0)
+    try:
+        first = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
+                               account_id=account, market=view, limits=limits, costs=COSTS,
+                               actor="test", dagster_run_id="run-1")
+        assert first.submitted == 3, first.summary()
+        orders = {o.symbol: o for o in ledger.orders(signal_id=signal_id)}
+        assert set(orders) == set(weights)
+        for o in orders.values():
+            remote = venue.order(o.order_id)
+            assert remote is not None and len(_orders_with(proc.state_dir, o.order_id)) == 1
+            assert (o.status, o.reason, o.filled_quantity, o.venue_order_id) == (
+                remote.status, remote.reason, remote.filled_quantity,
+                remote.venue_order_id), (o, remote)
+        rejected = orders["512880"]
+        assert (rejected.status, rejected.reason, rejected.filled_quantity) == (
+            OrderStatus.REJECTED, "unknown_symbol", 0)
+        partial = [o for o in orders.values() if 0 < o.filled_quantity < o.quantity]
+        assert partial, [(o.symbol, o.status, o.filled_quantity, o.quantity) for o in
+                         orders.values()]
+        assert all((o.status, o.reason) == (OrderStatus.EXPIRED, "cash_short")
+                   for o in partial), partial
+        venue_fills = venue.fills(account, SESSION)
+        ledger_fills = ledger.fills(account)
+        assert sorted((f.fill_id, f.symbol, f.quantity, f.price) for f in ledger_fills) == \
+            sorted((f.fill_id, f.symbol, f.quantity, f.price) for f in venue_fills)
+        for o in orders.values():
+            assert sum(f.quantity for f in ledger_fills if f.client_order_id == o.order_id) \
+                == o.filled_quantity
+        assert {s: p.quantity for s, p in ledger.positions(account).items() if p.quantity} == \
+            venue.positions(account)
+        # The same money moved on both sides (they started CASH − venue_cash apart).
+        assert ledger.cash(account) - venue.cash(account) == pytest.approx(CASH - venue_cash,
+                                                                            abs=1e-6)
+        again = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
+                               account_id=account, market=view, limits=limits, costs=COSTS,
+                               actor="test", dagster_run_id="run-2")
+        assert again.submitted == 0, again.summary()
+        assert all(len(_orders_with(proc.state_dir, o.order_id)) == 1 for o in orders.values())
+        assert len(ledger.fills(account)) == len(ledger_fills)
+    finally:
+        venue.close()
+        ledger.dispose()
+
+
+def test_an_order_after_the_session_closed_is_refused_session_closed(
+        processes: VenueProcesses, replay_market: ReplayMarket) -> None:
+    """The test venue's hours: once the replay clock has opened a session (its close is past),
+    an order for it is refused with the paper broker's reason ``session_closed``; an order
+    for a later session is taken."""
+    from trading.paper import REASON_SESSION_CLOSED
+
+    account = f"late-{uuid.uuid4().hex[:10]}"
+    proc = processes.start(account, CASH)
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                      replay_clock=True)
+    symbol = SYMBOLS[0]
+    price = replay_market.reference_price(symbol, SESSION)
+    later = min(d.date() for d in replay_market.real.bars["date"] if d.date() > SESSION)
+
+    def order(tag: str, session: dt.date) -> OrderRequest:
+        return OrderRequest(client_order_id=f"o-{tag}-{uuid.uuid4().hex[:12]}",
+                            account_id=account, symbol=symbol, side=Side.BUY, quantity=100,
+                            session=session, reference_price=price)
+
+    try:
+        on_time = venue.submit(order("on-time", SESSION))
+        assert on_time.status is OrderStatus.SUBMITTED, on_time
+        venue.fills(account, SESSION)               # the clock opens SESSION: it is over
+        filled = venue.order(on_time.client_order_id)
+        assert filled is not None and filled.status is OrderStatus.FILLED, filled
+        late = venue.submit(order("late", SESSION))
+        assert (late.status, late.reason, late.filled_quantity) == (
+            OrderStatus.REJECTED, REASON_SESSION_CLOSED, 0), late
+        # Asked again (a retry after a lost answer): the same refusal, no second order.
+        again = venue.submit(OrderRequest(
+            client_order_id=late.client_order_id, account_id=account, symbol=symbol,
+            side=Side.BUY, quantity=100, session=SESSION, reference_price=price))
+        assert (again.status, again.reason, again.venue_order_id) == (
+            OrderStatus.REJECTED, REASON_SESSION_CLOSED, late.venue_order_id)
+        assert len(_orders_with(proc.state_dir, late.client_order_id)) == 1
+        next_day = venue.submit(order("next", later))
+        assert next_day.status is OrderStatus.SUBMITTED, next_day
+    finally:
+        venue.close()

@@ -28,6 +28,7 @@ from typing import Any
 
 from rotation.risk import OrderCheck
 from trading.intraday import LastPrice
+from trading.models import Fill, Side
 
 # api/events.py CHANNEL: the ledger's event channel the API listens on.
 EVENT_CHANNEL = "ledger_events"
@@ -179,3 +180,23 @@ def intraday_pnl(positions: Mapping[str, float], previous_close: Mapping[str, fl
         marks[symbol] = ref
         unrealised[symbol] = float(units) * (ref.price - float(prev))
     return IntradayPnl(at=now, unrealised=unrealised, marks=marks, realised=float(realised))
+
+
+def session_trades_pnl(fills: Sequence[Fill], previous_close: Mapping[str, float],
+                       session: dt.date) -> float:
+    """What the ``session``'s fills made against the previous close, net of commission: a
+    buy ``quantity × (previous close − price)``, a sell ``quantity × (price − previous
+    close)``. With :func:`intraday_pnl` marking the units held now from the previous close,
+    their sum is the book's move since the close (units bought today count from their price,
+    units sold today up to theirs)."""
+    total = 0.0
+    for f in fills:
+        if f.session != session:
+            continue
+        prev = previous_close.get(f.symbol)
+        if prev is None:
+            raise ValueError(f"session_trades_pnl: fill {f.fill_id} of {f.symbol} on {session} "
+                             "has no previous close to measure it against")
+        move = float(prev) - float(f.price)
+        total += (move if f.side is Side.BUY else -move) * int(f.quantity) - float(f.commission)
+    return total

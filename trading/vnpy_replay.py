@@ -17,7 +17,9 @@ paper account's own.
   ``CANCELLED`` with a note: ``no_bar``, ``limit_up``, ``t1``, ``cash_short``, ...), which our
   venue reports as ``expired``. Sessions not asked for are not replayed.
 * Submit-time refusals (not whole lots, an odd lot that does not close the position, a
-  non-market order, an unknown fund) are vn.py ``REJECTED`` orders with a note.
+  non-market order, an unknown fund, an order for a session the clock has already replayed:
+  ``session_closed``, the session told by ``expect_session`` before the order is sent) are
+  vn.py ``REJECTED`` orders with a note.
 * State (cash, clock, holdings, orders with their reference, trades, notes) is written to
   ``replay_state.json`` in the venue's state directory before an order is acknowledged and after
   every change, and restored on start: a venue process killed with SIGKILL comes back with the
@@ -49,6 +51,7 @@ from trading.models import Side
 from trading.paper import (
     REASON_INVALID_QUANTITY,
     REASON_ORDER_TYPE,
+    REASON_SESSION_CLOSED,
     SHANGHAI,
     FrameQuotes,
     SessionBook,
@@ -106,7 +109,8 @@ class ReplayGateway(BaseGateway):
             raise RuntimeError("ReplayGateway: the venue process must run it with --paper "
                                "(vnpy_paperaccount crosses its orders)")
         self.broker = ReplayBroker(main_engine, paper, self, state_dir, launch_dir)
-        return [self.broker.replay_session, self.broker.order_notes]
+        return [self.broker.replay_session, self.broker.order_notes,
+                self.broker.expect_session]
 
     def connect(self, setting: dict[str, Any]) -> None:
         if self.broker is None:
@@ -189,6 +193,8 @@ class ReplayBroker:
         self.orders: dict[str, dict[str, Any]] = {}
         self.trades: dict[str, dict[str, Any]] = {}
         self.notes: dict[str, str] = {}
+        # reference -> the session its order is for (expect_session): the exchange's hours.
+        self.sessions: dict[str, dt.date] = {}
         self.seq = 0
         self._stamps: dict[str, dt.datetime] = {}
         self._waiting: dict[int, threading.Event] = {}
@@ -305,6 +311,10 @@ class ReplayBroker:
             return REASON_ORDER_TYPE
         if self.main_engine.get_contract(req.vt_symbol) is None:
             return REASON_UNKNOWN_SYMBOL
+        session = self.sessions.get(req.reference)
+        if session is not None and self.clock is not None and session <= self.clock:
+            # The session was replayed (it has closed): its order would trade on a later one.
+            return REASON_SESSION_CLOSED
         held = int(self.paper.get_position(req.vt_symbol, Direction.NET).volume)
         return lot_rejection(side, int(volume), held, self.costs.lot_size)
 
@@ -339,6 +349,14 @@ class ReplayBroker:
                 "direction": trade.direction.name, "price": float(trade.price),
                 "volume": float(trade.volume), "datetime": trade.datetime.isoformat()}
             self._save()
+
+    def expect_session(self, reference: str, day: str) -> None:
+        """The session (ISO date) the order with ``reference`` is for, told before it is
+        sent: an order for a session the replay clock has already opened arrives after that
+        session's close and is refused, ``session_closed`` (a broker's exchange refuses it by
+        its hours; vn.py's order request has no session)."""
+        with self.lock:
+            self.sessions[reference] = dt.date.fromisoformat(day)
 
     def order_notes(self) -> dict[str, str]:
         """Why the venue refused or ended an order (vt_orderid → reason)."""

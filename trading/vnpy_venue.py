@@ -233,6 +233,9 @@ class VnpyVenue:
         link = self._link(order.account_id, what)
         existing = link.call(what, "find_order", cid)
         if existing is None:
+            if self.replay_clock:
+                # The test venue's hours: it refuses an order for a session it has closed.
+                link.call(what, "expect_session", cid, order.session.isoformat())
             exchange, gateway_name = link.contract(order.symbol, what)
             req = VnOrderRequest(
                 symbol=order.symbol, exchange=exchange,

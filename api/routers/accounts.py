@@ -14,10 +14,12 @@ from api.permissions import V1
 from api.schemas import (
     PLAIN_TEXT,
     SIGNED_IN_RESPONSES,
+    AccountIntraday,
     AccountLimits,
     AccountPnl,
     CashOut,
     FillOut,
+    IntradayPositionOut,
     KillSwitchChange,
     KillSwitchOut,
     LayerLimits,
@@ -31,6 +33,7 @@ from api.store import Audit
 from rotation.compliance_report import latest_limit_use
 from rotation.risk import LAYERS
 from trading.ledger import LedgerError, Position
+from trading.live_prices import DEFAULT_MAX_AGE, intraday_pnl, session_trades_pnl
 from trading.models import Fill, Side
 
 AccountId = Annotated[str, Path(min_length=1, max_length=200, pattern=PLAIN_TEXT)]
@@ -114,6 +117,39 @@ def pnl(account_id: Account, state: State, since: Annotated[dt.date | None, Quer
                              backtest_equity=results.finite_or_none(row["backtest_equity"]),
                              difference=results.finite_or_none(row["difference"]))
                   for day, row in frame.iterrows()])
+
+
+@router.get("/intraday", summary="The book's P&L in today's session at live prices",
+            description="Each position marked at its fund's fresh live price (the quote "
+            "relay's, at most max_age_seconds old) else at its previous close, against the "
+            "previous close; plus today's fills against the previous close. Which price "
+            "marked each fund, and how old it is, is in the answer.")
+def intraday(account_id: Account, state: State) -> AccountIntraday:
+    # Imported here: the market data and the deployment's strategy are read by this route only.
+    from orchestration.intraday import intraday_inputs
+
+    inputs = intraday_inputs(state.settings)
+    now, market, previous, live = inputs.now, inputs.market, inputs.previous_close, inputs.live
+    held = {s: p.quantity for s, p in state.ledger.positions(account_id).items()}
+    at, session = now.to_pydatetime(), now.date()
+    try:
+        trades = session_trades_pnl(state.ledger.fills(account_id), previous, session)
+        book = intraday_pnl(held, previous, live, trades, now=at, max_age=DEFAULT_MAX_AGE)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    positions = []
+    for symbol in sorted(held):
+        mark = book.marks[symbol]
+        positions.append(IntradayPositionOut(
+            symbol=symbol, units=int(held[symbol]), previous_close=previous[symbol],
+            price=mark.price, source="live" if mark.source == "live" else "close",
+            price_at=mark.at, age_seconds=(at - mark.at).total_seconds() if mark.at else None,
+            pnl=book.unrealised[symbol]))
+    return AccountIntraday(
+        account_id=account_id, at=at, session=session, market=market,
+        max_age_seconds=DEFAULT_MAX_AGE.total_seconds(), positions=positions,
+        unrealised=sum(book.unrealised.values()), trades=trades, total=book.total,
+        stale=list(book.stale))
 
 
 @router.get("/limits", summary="The use of every risk limit, by layer, in the newest daily "
