@@ -209,10 +209,11 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                          "few funds or too little signal in-sample): no trade, held in cash")
     table = search_window(panel, factors, window.is_start, window.is_end, space, backtest)
     rows = []
-    for rank in range(min(space.finalists, len(table))):
-        candidate = candidate_of(table.iloc[rank])
+    chosen = [candidate_of(table.iloc[rank]) for rank in range(min(space.finalists, len(table)))]
+    # One vectorbt call for all finalists: its per-call overhead dominated the window.
+    checks = panel.vectorbt_equities(chosen, window.is_start, window.is_end, backtest)
+    for rank, (candidate, vbt) in enumerate(zip(chosen, checks, strict=True)):
         engine = panel.candidate_equity(candidate, window.is_start, window.is_end, backtest)
-        vbt = panel.vectorbt_equity(candidate, window.is_start, window.is_end, backtest)
         diff = float(np.max(np.abs(engine.to_numpy() / vbt.to_numpy() - 1.0)))
         rows.append({"rank": rank + 1, "factors": ",".join(candidate.factors),
                      "top_n": candidate.top_n, "rebalance_every": candidate.rebalance_every,
