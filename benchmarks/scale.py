@@ -13,7 +13,7 @@ Stages (what each one runs):
 - ``backfill``  generate the market, ``adjust_bars``, write the adjusted bars (one Parquet file)
 - ``factors``   ``walkforward.prepare``: panels, factor kernels, cross-section processing,
   eligibility, market panels, labels
-- ``screen``    ``walkforward.screen_window`` for every walk-forward window (rank IC screen)
+- ``screen``    ``walkforward.screen_windows`` over every walk-forward window (rank IC screen)
 - ``search``    ``walkforward.evaluate_window`` for every window (combination search, vectorbt
   check of the finalists, out-of-sample result)
 - ``backtest``  ``stitched_targets`` + ``oos_backtest`` (the stitched out-of-sample backtest)
@@ -198,11 +198,9 @@ def stage_screen(point: Point, work: Path) -> Callable[[], dict[str, int]]:
     data, windows = _load(work, "data"), _load(work, "windows")
 
     def run() -> dict[str, int]:
-        chosen = []
-        for window in windows:
-            screen = wf.screen_window(data, window, strategy.screening_horizon,
-                                      strategy.select_kwargs(), strategy.search.min_factors)
-            chosen.append(screen.loc[screen["selected"], "factor"].tolist())
+        screens = wf.screen_windows(data, windows, strategy.screening_horizon,
+                                    strategy.select_kwargs(), strategy.search.min_factors)
+        chosen = [s.loc[s["selected"], "factor"].tolist() for s in screens]
         _save(work, "chosen", chosen)
         return {}
     return run
