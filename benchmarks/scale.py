@@ -384,6 +384,18 @@ def to_json(results: dict[Point, list[StageResult]]) -> list[dict[str, Any]]:
             for p, rows in results.items()]
 
 
+def from_json(paths: Sequence[Path]) -> dict[Point, list[StageResult]]:
+    """Results saved by ``--json`` (later files replace a point of earlier ones)."""
+    out: dict[Point, list[StageResult]] = {}
+    for path in paths:
+        for row in json.loads(path.read_text(encoding="utf-8"))["points"]:
+            point = Point(row["funds"], row["years"], row["factors"])
+            out[point] = [StageResult(**{k: v for k, v in stage.items()
+                                         if k in StageResult.__dataclass_fields__})
+                          for stage in row["stages"]]
+    return dict(sorted(out.items(), key=lambda kv: (kv[0].years, kv[0].factors, kv[0].funds)))
+
+
 def plot(results: dict[Point, list[StageResult]], path: Path) -> None:
     """Cost per fund-day of each stage against the number of funds, one panel per
     years × factors."""
@@ -466,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dagster", action="store_true",
                         help="also one full rebuild through Dagster at the smallest point "
                              "(sample source, ≤ 60 funds)")
+    parser.add_argument("--replot", type=Path, nargs="+",
+                        help="no runs: merge these results JSON files, print the table and "
+                             "(with --plot) draw it")
     parser.add_argument("--child", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -475,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run_stage(args.child, point, args.work)))
         return 0
 
+    if args.replot:
+        merged = from_json(args.replot)
+        print(table(merged))
+        if args.plot:
+            plot(merged, args.plot)
+        return 0
     results: dict[Point, list[StageResult]] = {}
     for years in args.years:
         for factors in args.factors:

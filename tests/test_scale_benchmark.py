@@ -3,6 +3,7 @@ from configuration, the per-stage accounting and one stage in a fresh subprocess
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -73,3 +74,15 @@ def test_backfill_stage_in_a_fresh_process(tmp_path: Path) -> None:
     assert bars["symbol"].nunique() == 8
     assert rows[0].fund_days == len(bars) > 8 * 200
     assert rows[0].seconds > 0 and rows[0].peak_mb > 0
+
+
+def test_results_json_round_trip_and_plot(tmp_path: Path) -> None:
+    small, big = Point(60, 10, 25), Point(250, 10, 25)
+    results = {big: _rows({"factors": 5.0}, 250_000), small: _rows({"factors": 1.0}, 60_000)}
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"points": scale.to_json(results)}), encoding="utf-8")
+    merged = scale.from_json([path])
+    assert list(merged) == [small, big]  # sorted by years, factors, funds
+    assert merged[big][0].us_per_fund_day == pytest.approx(results[big][0].us_per_fund_day)
+    scale.plot(merged, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 10_000
