@@ -150,10 +150,9 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
                     factors: pd.DataFrame, market_data: MarketDataResource, cache: RedisCache
                     ) -> dg.Output[pd.DataFrame]:
         data, cache_stats = prepare(adjusted_bars, factors, market_data, cache, context)
-        tables = []
-        for window in windows_of(data, context.partition_keys):
-            tables.append(wf.screen_window(data, window, strategy.screening_horizon,
-                                           strategy.select_kwargs(), space.min_factors))
+        tables = wf.screen_windows(data, windows_of(data, context.partition_keys),
+                                   strategy.screening_horizon, strategy.select_kwargs(),
+                                   space.min_factors)
         table = pd.concat(tables, ignore_index=True)
         outcomes = screen_summary(table, space.min_factors)
         whole_run = run_level({

@@ -302,16 +302,18 @@ def _own_ranks_kernel(factors: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, parallel=True)
-def pairwise_rank_corr_kernel(factors: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
-                              min_obs: int = DEFAULT_MIN_OBS) -> np.ndarray:
-    """Mean over dates of the cross-sectional rank correlation of each listed factor pair.
+def pairwise_rank_corr_daily_kernel(factors: np.ndarray, pair_i: np.ndarray,
+                                    pair_j: np.ndarray, min_obs: int = DEFAULT_MIN_OBS
+                                    ) -> np.ndarray:
+    """Cross-sectional rank correlation of each listed factor pair per date: ``(pairs, dates)``,
+    NaN where fewer than ``min_obs`` funds have both or the correlation is undefined.
 
     Each factor is ranked once per date; a pair whose finite funds coincide reuses those ranks,
     otherwise both are re-ranked on the common funds (exact Spearman either way).
     """
     n_dates, n_sym = factors.shape[1], factors.shape[2]
     own = _own_ranks_kernel(factors)
-    out = np.full(pair_i.shape[0], np.nan)
+    out = np.full((pair_i.shape[0], n_dates), np.nan)
     for p in numba.prange(pair_i.shape[0]):
         a = pair_i[p]
         b = pair_j[p]
@@ -320,8 +322,6 @@ def pairwise_rank_corr_kernel(factors: np.ndarray, pair_i: np.ndarray, pair_j: n
         dx = np.empty(n_sym, dtype=np.int64)
         dy = np.empty(n_sym, dtype=np.int64)
         key, cnt, rep = _rank_scratch(n_sym)
-        total = 0.0
-        count = 0
         for t in range(n_dates):
             n = 0
             same = True
@@ -342,6 +342,21 @@ def pairwise_rank_corr_kernel(factors: np.ndarray, pair_i: np.ndarray, pair_j: n
                 _centred_ranks(xb, n, dx, key, cnt, rep)
                 _centred_ranks(yb, n, dy, key, cnt, rep)
             r = _rank_corr(dx, dy, n, _sum_squares(dy, n))
+            if np.isfinite(r):
+                out[p, t] = r
+    return out
+
+
+@numba.njit(cache=True)
+def mean_finite_kernel(daily: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Mean of the finite values of each row of ``daily[:, lo:hi]``, summed in date order
+    (NaN for a row without any)."""
+    out = np.full(daily.shape[0], np.nan)
+    for p in range(daily.shape[0]):
+        total = 0.0
+        count = 0
+        for t in range(lo, hi):
+            r = daily[p, t]
             if np.isfinite(r):
                 total += r
                 count += 1
@@ -463,19 +478,37 @@ def mean_pairwise_correlation(factors: Mapping[str, pd.DataFrame],
     on most days carry the same bet, whatever their IC.
     """
     names = list(factors)
+    daily = daily_pairwise_correlation(factors, min_obs)
+    return pairwise_mean(names, daily, 0, daily.shape[1])
+
+
+def daily_pairwise_correlation(factors: Mapping[str, pd.DataFrame],
+                               min_obs: int = DEFAULT_MIN_OBS) -> np.ndarray:
+    """Per-date rank correlation of every factor pair ``(i < j)`` in ``np.triu_indices``
+    order: ``(pairs, dates)`` over the union of the factors' dates."""
+    k = len(factors)
+    if k < 2:
+        return np.empty((0, 0))
+    frames = list(factors.values())
+    index = _union_index(frames)
+    columns = _union_columns(frames)
+    pi, pj = np.triu_indices(k, 1)
+    return pairwise_rank_corr_daily_kernel(stack_factors(factors, index, columns),
+                                           pi.astype(np.int64), pj.astype(np.int64),
+                                           int(min_obs))
+
+
+def pairwise_mean(names: Sequence[str], daily: np.ndarray, lo: int, hi: int) -> pd.DataFrame:
+    """The (factor × factor) matrix of :func:`mean_pairwise_correlation` from the per-date
+    correlations of :func:`daily_pairwise_correlation`, over its dates ``lo:hi``."""
     k = len(names)
     out = np.eye(k)
     if k > 1:
-        frames = list(factors.values())
-        index = _union_index(frames)
-        columns = _union_columns(frames)
         pi, pj = np.triu_indices(k, 1)
-        values = pairwise_rank_corr_kernel(stack_factors(factors, index, columns),
-                                           pi.astype(np.int64), pj.astype(np.int64),
-                                           int(min_obs))
+        values = mean_finite_kernel(daily, int(lo), int(hi))
         out[pi, pj] = values
         out[pj, pi] = values
-    labels = pd.Index(names, name="factor")
+    labels = pd.Index(list(names), name="factor")
     return pd.DataFrame(out, index=labels, columns=labels)
 
 

@@ -552,24 +552,38 @@ class SearchPanel:
     def vectorbt_equity(self, candidate: Candidate, start: object, end: object,
                         cfg: BacktestConfig) -> pd.Series:
         """The same candidate re-run in ``vectorbt.Portfolio.from_orders`` (target percent)."""
+        return self.vectorbt_equities([candidate], start, end, cfg)[0]
+
+    def vectorbt_equities(self, candidates: Sequence[Candidate], start: object, end: object,
+                          cfg: BacktestConfig) -> list[pd.Series]:
+        """Several candidates re-run in ONE ``vectorbt.Portfolio.from_orders`` call, one group
+        with shared cash per candidate (groups are simulated independently, so each equity is
+        what a call of its own gives; one call pays vectorbt's per-call overhead once)."""
+        if not candidates:
+            return []
         import vectorbt as vbt
 
-        weights, trade = self.candidate_targets(candidate, start, end)
         a, b = self.rows(start, end)
         tradable = self.tradable[a:b + 1]
-        size = np.full(weights.shape, np.nan)
-        decided = np.flatnonzero(trade.to_numpy()[:-1])
-        size[decided + 1] = weights.to_numpy()[decided]
-        size[~tradable] = np.nan
-        close = pd.DataFrame(self.close[a:b + 1], index=weights.index,
-                             columns=self.columns).fillna(1.0)  # before listing: no position
+        sizes = []
+        index = self.dates[a:b + 1]
+        for candidate in candidates:
+            weights, trade = self.candidate_targets(candidate, start, end)
+            size = np.full(weights.shape, np.nan)
+            decided = np.flatnonzero(trade.to_numpy()[:-1])
+            size[decided + 1] = weights.to_numpy()[decided]
+            size[~tradable] = np.nan
+            sizes.append(size)
+        k, m = len(candidates), len(self.columns)
+        close = np.tile(np.nan_to_num(self.close[a:b + 1], nan=1.0), k)  # before listing: 1.0
         pf = vbt.Portfolio.from_orders(
-            close=close, size=size, size_type="targetpercent", direction="longonly",
-            price=self.price[a:b + 1], fees=cfg.costs.commission_rate,
+            close=pd.DataFrame(close, index=index), size=np.hstack(sizes),
+            size_type="targetpercent", direction="longonly",
+            price=np.tile(self.price[a:b + 1], k), fees=cfg.costs.commission_rate,
             slippage=cfg.costs.slippage_rate, init_cash=cfg.initial_cash, cash_sharing=True,
-            group_by=True, call_seq="auto", freq="1D")
-        return pd.Series(np.asarray(pf.value(), dtype=float).ravel(), index=weights.index,
-                         name="vbt_equity")
+            group_by=np.repeat(np.arange(k), m), call_seq="auto", freq="1D")
+        value = np.asarray(pf.value(), dtype=float).reshape(len(index), k)
+        return [pd.Series(value[:, i], index=index, name="vbt_equity") for i in range(k)]
 
 
 # -- one window ---------------------------------------------------------------------------------

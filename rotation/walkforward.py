@@ -142,12 +142,48 @@ def screen_window(data: ResearchData, window: WfoWindow, horizon: int,
     """SPEC §5 screen on the window's in-sample sessions only, one row per factor with its
     statistics, ``selected`` and ``reason``. When fewer than ``min_factors`` pass, the best
     remaining factors by in-sample |ICIR| with the declared sign fill up (and say so)."""
-    in_sample = slice(window.is_start, window.is_end)
-    wide = {n: f.loc[in_sample] for n, f in data.std_factors.items()}
-    label = data.labels[horizon].loc[in_sample]
-    ics = ic_stats.rank_ic_many(wide, label)
+    return screen_windows(data, [window], horizon, select_kwargs, min_factors)[0]
+
+
+# Sessions per block of the daily screen statistics: bounds the stacked (factors × sessions ×
+# funds) array whatever the history and the number of windows.
+SCREEN_BLOCK = 256
+
+
+def screen_windows(data: ResearchData, windows: Sequence[WfoWindow], horizon: int,
+                   select_kwargs: Mapping[str, float], min_factors: int) -> list[pd.DataFrame]:
+    """:func:`screen_window` of each window. The daily rank ICs and pairwise factor
+    correlations do not depend on the window, so they are computed once per session over the
+    windows' in-sample span (in blocks of :data:`SCREEN_BLOCK` sessions) and each window
+    averages its own sessions — overlapping in-sample periods are not recomputed."""
+    if not windows:
+        return []
+    lo = min(int(data.dates.searchsorted(w.is_start)) for w in windows)
+    hi = max(int(data.dates.searchsorted(w.is_end, side="right")) for w in windows)
+    names = list(data.std_factors)
+    label = data.labels[horizon]
+    ics, daily = [], []
+    for a in range(lo, hi, SCREEN_BLOCK):
+        rows = slice(a, min(a + SCREEN_BLOCK, hi))
+        wide = {n: f.iloc[rows] for n, f in data.std_factors.items()}
+        ics.append(ic_stats.rank_ic_many(wide, label.iloc[rows]))
+        daily.append(ic_stats.daily_pairwise_correlation(wide))
+    ic_all = pd.concat(ics)
+    pairs = np.hstack(daily)
+    out = []
+    for window in windows:
+        a = int(data.dates.searchsorted(window.is_start)) - lo
+        b = int(data.dates.searchsorted(window.is_end, side="right")) - lo
+        correlations = ic_stats.pairwise_mean(names, pairs, a, b)
+        out.append(_screen_table(data, window, ic_all.iloc[a:b], correlations, horizon,
+                                 select_kwargs, min_factors))
+    return out
+
+
+def _screen_table(data: ResearchData, window: WfoWindow, ics: pd.DataFrame,
+                  correlations: pd.DataFrame, horizon: int,
+                  select_kwargs: Mapping[str, float], min_factors: int) -> pd.DataFrame:
     summary = ic_stats.ic_summary_table(ics, horizon, data.directions)
-    correlations = ic_stats.mean_pairwise_correlation(wide)
     result = ic_stats.select_factors(summary, correlations=correlations,
                                      directions=data.directions, **select_kwargs)
     table = result.reasons.copy()
@@ -209,10 +245,11 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                          "few funds or too little signal in-sample): no trade, held in cash")
     table = search_window(panel, factors, window.is_start, window.is_end, space, backtest)
     rows = []
-    for rank in range(min(space.finalists, len(table))):
-        candidate = candidate_of(table.iloc[rank])
+    chosen = [candidate_of(table.iloc[rank]) for rank in range(min(space.finalists, len(table)))]
+    # One vectorbt call for all finalists: its per-call overhead dominated the window.
+    checks = panel.vectorbt_equities(chosen, window.is_start, window.is_end, backtest)
+    for rank, (candidate, vbt) in enumerate(zip(chosen, checks, strict=True)):
         engine = panel.candidate_equity(candidate, window.is_start, window.is_end, backtest)
-        vbt = panel.vectorbt_equity(candidate, window.is_start, window.is_end, backtest)
         diff = float(np.max(np.abs(engine.to_numpy() / vbt.to_numpy() - 1.0)))
         rows.append({"rank": rank + 1, "factors": ",".join(candidate.factors),
                      "top_n": candidate.top_n, "rebalance_every": candidate.rebalance_every,

@@ -114,7 +114,7 @@ _TEMPLATE: tuple[_Fund, ...] = (
     _Fund("159160", "Media Sector ETF", "equity_sector", 1, 0.30, 0.90, 0.68, 0.30, 0.04, 2.0e8),
 )
 # fmt: on
-_MAX_EXTRA = 100
+_MAX_EXTRA = 1000  # the scale benchmark's 1,000 funds (benchmarks/scale.py)
 
 # GARCH(1,1) on unit-variance series: h_t = (1 - a - b) + a e_{t-1}^2 + b h_{t-1}.
 _FACTOR_GARCH = (0.07, 0.91)
@@ -125,7 +125,8 @@ _SECTOR_DRIFT_HALF_LIFE = 90.0  # sessions
 
 
 def _funds(n_funds: int) -> tuple[_Fund, ...]:
-    """The first ``n_funds`` profiles; beyond the template, equity sector funds on 5178xx."""
+    """The first ``n_funds`` profiles; beyond the template, equity sector funds on 5178xx,
+    then on 520100.. (codes in no dataset of ``shared/data``)."""
     if not 1 <= n_funds <= len(_TEMPLATE) + _MAX_EXTRA:
         raise ValueError(
             f"SampleMarketSpec.n_funds must be within 1..{len(_TEMPLATE) + _MAX_EXTRA}, "
@@ -136,7 +137,7 @@ def _funds(n_funds: int) -> tuple[_Fund, ...]:
         sector = j % N_SECTORS
         funds.append(
             _Fund(
-                symbol=f"5178{j:02d}",
+                symbol=f"5178{j:02d}" if j < 100 else f"52{j:04d}",
                 label=f"Extra Sector {sector} Fund {j:02d}",
                 asset_class="equity_sector",
                 sector=sector,
