@@ -24,7 +24,13 @@ import pandas as pd
 from dagster_pandera import pandera_schema_to_dagster_type
 
 from assets.code_version import code_version
-from assets.metadata import frame_metadata, markdown, partition_metadata, rows_by_partition
+from assets.metadata import (
+    column_schema,
+    frame_metadata,
+    markdown,
+    partition_metadata,
+    rows_by_partition,
+)
 from assets.partitions import partition_sessions
 from orchestration.dagster_private import (
     CODE_VERSION_TAG,
@@ -459,10 +465,11 @@ class PartialBackfill:
         stored_by = "raw_bars: the partitions of a failed range that passed"
         tags = {CODE_VERSION_TAG: self.versions[asset]}
         parts = rows_by_partition(frame, list(keys))
+        schema = column_schema(frame)   # shared by every partition's slice
         self.materializations += [
             dg.AssetMaterialization(
                 asset_key=key, partition=partition, tags=tags,
-                metadata=frame_metadata(parts[partition], stored_by=stored_by,
+                metadata=frame_metadata(parts[partition], schema=schema, stored_by=stored_by,
                                         partition=partition))
             for partition in keys]
 

@@ -27,7 +27,12 @@ RUN_PREFIX = "run_"
 RUN_SCOPE_KEY = "run_scope"
 
 
-def frame_metadata(frame: pd.DataFrame, **extra: object) -> dict[str, object]:
+def frame_metadata(frame: pd.DataFrame, *, preview: bool = True,
+                   schema: dg.TableSchema | None = None, **extra: object) -> dict[str, object]:
+    """Rows, dates, funds, missing values, a preview and the column schema of ``frame``.
+    ``preview=False`` leaves the preview to the caller; ``schema``: the frame's column schema
+    when the caller already has it (every partition of a run's frame shares it)."""
+    schema = schema or column_schema(frame)
     meta: dict[str, object] = {"dagster/row_count": dg.MetadataValue.int(len(frame))}
     if "date" in frame and len(frame):
         meta["first_date"] = dg.MetadataValue.text(str(frame["date"].min().date()))
@@ -41,8 +46,9 @@ def frame_metadata(frame: pd.DataFrame, **extra: object) -> dict[str, object]:
     if len(missing):
         meta["missing_by_column"] = dg.MetadataValue.json(
             {str(k): int(v) for k, v in missing.items()})
-    meta["preview"] = table(frame.tail(PREVIEW_ROWS))
-    meta["dagster/column_schema"] = dg.MetadataValue.table_schema(column_schema(frame))
+    if preview:
+        meta["preview"] = table(frame.tail(PREVIEW_ROWS), schema=schema)
+    meta["dagster/column_schema"] = dg.MetadataValue.table_schema(schema)
     meta.update({k: _value(v) for k, v in extra.items()})
     return meta
 
@@ -92,13 +98,18 @@ def _cell(value: object) -> str | int | float | bool | None:
 
 
 def table(frame: pd.DataFrame, limit: int = 50,
-          descriptions: Mapping[str, str] | None = None) -> dg.TableMetadataValue:
+          descriptions: Mapping[str, str] | None = None,
+          schema: dg.TableSchema | None = None) -> dg.TableMetadataValue:
     """The first ``limit`` rows of ``frame`` as a native Dagster table (shown inline in the UI);
-    dates as YYYY-MM-DD, floats to 6 decimals, missing values empty."""
+    dates as YYYY-MM-DD, floats to 6 decimals, missing values empty. ``schema``: the frame's
+    column schema when the caller already has it."""
     shown = frame.head(limit)
-    records = [dg.TableRecord({str(k): _cell(v) for k, v in row.items()})
-               for row in shown.to_dict("records")]
-    return dg.MetadataValue.table(records, schema=column_schema(frame, descriptions))
+    names = [str(k) for k in shown.columns]
+    # Column lists rather than to_dict("records"): a backfill builds thousands of previews.
+    columns = [shown[c].tolist() for c in shown.columns]
+    records = [dg.TableRecord({n: _cell(v) for n, v in zip(names, row, strict=True)})
+               for row in zip(*columns, strict=True)]
+    return dg.MetadataValue.table(records, schema=schema or column_schema(frame, descriptions))
 
 
 # -- metrics ------------------------------------------------------------------------------------
@@ -186,17 +197,19 @@ def partition_metadata(
     keys = list(context.partition_keys)
     parts = rows_by_partition(frame, keys)
     whole_run = run_metadata(frame, keys, **(run or {}))
+    # Every partition is a slice of ``frame``: one schema for all (a history has thousands).
+    schema = column_schema(frame)
     for key, part in parts.items():
         reason = no_session(key)
         shown = part.sort_values([c for c in sort if c in part.columns] or list(part.columns)[:1]
                                  ) if len(part) else part
-        meta = frame_metadata(shown)
+        meta = frame_metadata(shown, preview=False, schema=schema)
         meta["partition"] = dg.MetadataValue.text(key)
         if reason is not None and part.empty:
             meta["session"] = dg.MetadataValue.text(reason)
         elif "date" in part and len(part):
             meta["session"] = dg.MetadataValue.text(f"{pd.Timestamp(part['date'].max()):%Y-%m-%d}")
-        meta["preview"] = table(shown.head(PREVIEW_ROWS)) if len(part) else \
+        meta["preview"] = table(shown.head(PREVIEW_ROWS), schema=schema) if len(part) else \
             dg.MetadataValue.text(reason or "no rows")
         if per_partition is not None:
             meta.update({k: _value(v) for k, v in per_partition(key, part).items()})
