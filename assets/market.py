@@ -383,7 +383,7 @@ def report_failed(context: dg.AssetExecutionContext, failed: dict[str, list[str]
             context.job_name, step.step.key,
             AssetMaterializationPlannedData(dg.AssetKey(asset), partition=key))
         context.instance.report_dagster_event(
-            event, context.run_id,
+            event, context.run.run_id,
             batch_metadata=DagsterEventBatchMetadata(batch, i == len(planned) - 1))
 
 
