@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import redis
 from pydantic import Field
 
 from resources.cache import CacheStats, RedisCache
@@ -84,7 +85,12 @@ def run_signal(signal_id: str, *, ledger: LedgerResource, execution: ExecutionRe
         calendar.offset(first, -account.quote_lookback_sessions), bars))
     live: dict[str, LastPrice] = {}
     if live_quotes is not None and market is not None:
-        live, problems = live_quotes.last_prices(market)
+        try:
+            live, problems = live_quotes.last_prices(market)
+        except redis.RedisError as exc:
+            # No live prices is what a quiet relay means too: the closes are the reference.
+            live, problems = {}, []
+            warn(f"live prices unreadable ({exc}): every fund is checked at the last close")
         for problem in problems:
             warn(f"unreadable live price {problem}: its fund is checked at the last close")
     view = MarketView(signal_day=day.date(), order_session=calendar.offset(day, 1).date(),

@@ -39,7 +39,20 @@ def relay_argv(settings: Settings) -> list[str]:
     argv = ["--rep", f"tcp://{v.host}:{v.rep_port}", "--pub", f"tcp://{v.host}:{v.pub_port}",
             "--market", strategy.market.name, "--namespace", NAMESPACE]
     symbols = strategy.universe.symbols
-    return argv + (["--symbols", ",".join(symbols)] if symbols else [])
+    if not symbols:
+        return argv
+    length = stream_length(len(symbols), settings.execution.vwap.sessions)
+    return [*argv, "--symbols", ",".join(symbols), "--maxlen", str(length)]
+
+
+def stream_length(funds: int, sessions: int) -> int:
+    """Entries the relay's streams keep: the minute bars of ``sessions`` + 1 sessions of every
+    fund (what a VWAP profile learned from the bars reads), never fewer than the relay's
+    default."""
+    from trading.quotes import DEFAULT_MAXLEN
+    from trading.session_clock import SESSION_MINUTES
+
+    return max(DEFAULT_MAXLEN, funds * SESSION_MINUTES * (sessions + 1))
 
 
 def main() -> int:

@@ -400,8 +400,12 @@ def _run_pandera(frame: pd.DataFrame, checks: Sequence[RuleCheck]) -> dict[str, 
             else:
                 raise RuntimeError(f"pandera reported {case.check!r} on {case.column!r}, "
                                    "which no quality rule asked for") from errors
-            if case.index is not None and not pd.isna(case.index):
-                offending[rule].add(int(frame.at[case.index, "row_id"]))
+            if case.index is None or pd.isna(case.index):
+                # A check that raised (GX raises too): no verdict, not a pass.
+                raise RuntimeError(f"quality rule {rule}: pandera's check {case.check!r} on "
+                                   f"{case.column!r} failed without a row: "
+                                   f"{case.failure_case!r}") from errors
+            offending[rule].add(int(frame.at[case.index, "row_id"]))
     return offending
 
 

@@ -108,15 +108,12 @@ def test_execution_checks_at_a_fresh_live_price_else_at_the_close(
     assert notes == []
 
 
-def test_an_unreadable_live_price_is_named_and_the_close_is_used(
-        settings: Settings, namespace: str) -> None:
-    """A corrupt entry in the relay's hash: named in a warning, never used."""
+def _one_signal(settings: Settings, live_quotes: LiveQuotesResource
+                ) -> tuple[OrderStatus, str | None, list[str]]:
+    """One approved signal of the deployment's account executed with ``live_quotes``: the
+    order's status and reason, and the warnings."""
     resources = resources_for(settings)
     strategy = strategy_for(settings)
-    market = strategy.market.name
-    client = redis.Redis.from_url(REDIS_URL)
-    client.hset(last_key(namespace, market), FUND, "not json")
-    client.close()
     ledger = resources["ledger"]
     assert isinstance(ledger, LedgerResource)
     account = account_of(settings, strategy)
@@ -134,10 +131,31 @@ def test_an_unreadable_live_price_is_named_and_the_close_is_used(
                market_data=resources["market_data"],  # type: ignore[arg-type]
                cache=resources["cache"], clock=resources["clock"],  # type: ignore[arg-type]
                account=account, actor="test", dagster_run_id=None, warn=notes.append,
-               cache_stats=CacheStats(),
-               live_quotes=LiveQuotesResource(url=REDIS_URL, namespace=namespace),
-               market=market)
+               cache_stats=CacheStats(), live_quotes=live_quotes,
+               market=strategy.market.name)
     (order,) = book.orders(signal_id=sid)
-    assert order.status is OrderStatus.SUBMITTED, order.reason
+    return order.status, order.reason, notes
+
+
+def test_an_unreadable_live_price_is_named_and_the_close_is_used(
+        settings: Settings, namespace: str) -> None:
+    """A corrupt entry in the relay's hash: named in a warning, never used."""
+    market = strategy_for(settings).market.name
+    client = redis.Redis.from_url(REDIS_URL)
+    client.hset(last_key(namespace, market), FUND, "not json")
+    client.close()
+    status, reason, notes = _one_signal(
+        settings, LiveQuotesResource(url=REDIS_URL, namespace=namespace))
+    assert status is OrderStatus.SUBMITTED, reason
     assert len(notes) == 1 and f"{namespace}:last:{market}[{FUND}]" in notes[0], notes
     assert "checked at the last close" in notes[0]
+
+
+def test_an_unreachable_quote_store_falls_back_to_the_closes(settings: Settings) -> None:
+    """The relay's Redis down (nothing listens on the port): the order is checked at the last
+    close and goes out, and a warning says why."""
+    status, reason, notes = _one_signal(
+        settings, LiveQuotesResource(url="redis://127.0.0.1:9/0", namespace="etf"))
+    assert status is OrderStatus.SUBMITTED, reason
+    assert len(notes) == 1 and "live prices unreadable" in notes[0], notes
+    assert "every fund is checked at the last close" in notes[0]

@@ -121,3 +121,13 @@ def test_an_unknown_engine_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="quality engine 'spreadsheet'"):
         quality.offending_rows(_adversarial(0), _context(_market("cn_etf_akshare_qfq_2020")),
                                "spreadsheet")
+
+
+def test_a_check_that_cannot_be_evaluated_is_no_pass() -> None:
+    """A column whose values cannot be compared (conform_bars makes them floats, so only a
+    bug gets here) is no verdict: pandera's check raises instead of passing the rule."""
+    ctx = _context(_market("cn_etf_akshare_qfq_2020"))
+    frame = _adversarial(0, rows=6)
+    frame["volume"] = ["a", 1.0, 2.0, 3.0, 4.0, 5.0]
+    with pytest.raises(RuntimeError, match="volume_non_negative"):
+        quality.offending_rows(frame, ctx, "pandera")

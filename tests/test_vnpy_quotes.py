@@ -528,6 +528,18 @@ def test_the_relay_launcher_names_a_missing_setting(make_settings: Any) -> None:
     assert "redis_url [env ETF_REDIS_URL] is not set" in str(no_redis.value)
 
 
+def test_the_relays_streams_keep_what_a_vwap_profile_reads() -> None:
+    """The launcher sizes the streams for the VWAP profile's sessions of minute bars of every
+    fund (a profile learned from fewer sessions than configured would fail or mislead)."""
+    from orchestration.quotes import stream_length
+    from trading.quotes import DEFAULT_MAXLEN
+    from trading.session_clock import SESSION_MINUTES
+
+    assert SESSION_MINUTES == 240
+    assert stream_length(3, 20) == DEFAULT_MAXLEN
+    assert stream_length(1000, 20) == 1000 * 240 * 21
+
+
 def test_the_relay_launcher_feeds_what_execution_reads(
         venue: Venue, shared_data: Path, tmp_path: Path) -> None:
     """``python -m orchestration.quotes`` from settings (environment only, as in deploy/):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import uuid
 from collections.abc import Iterator
@@ -437,5 +438,54 @@ def test_cancel_replace_on_the_vnpy_venue_with_crashes_mid_replace(
             assert sum(f.quantity for f in ledger.fills(account)) == parent.quantity
         finally:
             live.close()
+    finally:
+        resting.close()
+
+
+class SubmitFails:
+    """A venue whose submit raises (the slice-end run dies after recording the replacement)."""
+
+    def __init__(self, inner: PaperBroker) -> None:
+        self.inner = inner
+
+    def submit(self, order: OrderRequest) -> VenueOrder:
+        raise Crash(f"died before sending {order.client_order_id}")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_vwap_plan_with_empty_slices_closes_each_slice_at_its_own_end(
+        ledger: Ledger, ledger_url: str, market: RealMarket) -> None:
+    """Few lots over 8 VWAP slices leave slices without a child: slice ends and the last
+    slice are the plan's (its children's n), not the parent's count of children; and a
+    replacement recorded but never sent is listed again and sent by the next close."""
+    account, _, orders = _executed(ledger, ledger_url, market, {"510300": 0.0012}, 8)
+    parent = next(o for o in orders if o.parent_order_id is None)
+    kids = sorted((o for o in orders if o.parent_order_id == parent.order_id),
+                  key=lambda o: o.slice_index)
+    indices = [k.slice_index for k in kids]
+    assert {k.slices for k in kids} == {8} and parent.slices == len(kids) < 8
+    assert any(b - a > 1 for a, b in itertools.pairwise(indices)), indices
+    first = kids[0]
+    at = slice_end(SESSION, first.slice_index, 8)
+    assert slices_due(ledger, account, at - dt.timedelta(seconds=1)) == []
+    assert slices_due(ledger, account, at) == [(parent.order_id, first.slice_index)]
+    resting = PaperBroker(ledger_url, _before(market), COSTS)
+    try:
+        with pytest.raises(Crash):
+            close_slice(ledger, SubmitFails(resting), parent_order_id=parent.order_id,
+                        slice_index=first.slice_index, actor="slicer")
+        carried = ledger.order(replacement_id(first, first.slice_index + 1))
+        assert carried is not None and carried.status is OrderStatus.PLANNED
+        assert carried.quantity == first.quantity and carried.slices == 8
+        # The original is final now; the planned replacement keeps the slice due.
+        assert slices_due(ledger, account, at) == [(parent.order_id, first.slice_index)]
+        done = close_slice(ledger, resting, parent_order_id=parent.order_id,
+                           slice_index=first.slice_index, actor="slicer")
+        assert done.sent == [carried.order_id] and done.dropped_units == 0
+        sent = ledger.order(carried.order_id)
+        assert sent is not None and sent.status is OrderStatus.SUBMITTED
+        assert slices_due(ledger, account, at) == []
     finally:
         resting.close()

@@ -70,13 +70,20 @@ def slices_due(ledger: Ledger, account_id: str, now: dt.datetime) -> list[tuple[
     """(parent id, slice index) of every slice of the account that has ended by ``now``
     (aware) and still has orders open at the venue, earliest end first: what an intraday
     driver passes to :func:`close_slice`."""
-    orders = ledger.orders(account_id=account_id)
-    slices = {o.order_id: o.slices for o in orders}
-    due = {(slice_end(o.session, o.slice_index, slices[o.parent_order_id]), o.parent_order_id,
-            o.slice_index)
-           for o in orders
-           if o.parent_order_id is not None and o.status in _SENT_OPEN
-           and 1 <= o.slice_index <= slices.get(o.parent_order_id, 0)}
+    due: set[tuple[dt.datetime, str, int]] = set()
+    for o in ledger.orders(account_id=account_id):
+        # A child's ``slices`` is its plan's n (a VWAP slice without a lot has no child, so
+        # the parent's count of children is not n).
+        if o.parent_order_id is None or not 1 <= o.slice_index <= o.slices:
+            continue
+        if o.status in _SENT_OPEN:
+            due.add((slice_end(o.session, o.slice_index, o.slices), o.parent_order_id,
+                     o.slice_index))
+        elif o.status is OrderStatus.PLANNED and o.replaces is not None:
+            # Recorded but not sent (the closing run died in between): the slice it carries
+            # on from is closed again, which sends it.
+            due.add((slice_end(o.session, o.slice_index - 1, o.slices), o.parent_order_id,
+                     o.slice_index - 1))
     return [(parent, k) for end, parent, k in sorted(due) if end <= now]
 
 
@@ -95,15 +102,16 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
     if parent.slices <= 1 or parent.parent_order_id is not None:
         raise SliceError(f"close_slice: order {parent_order_id} is not a sliced parent "
                          f"(slices {parent.slices})")
-    if not 1 <= slice_index <= parent.slices:
+    n = _plan_slices(ledger, parent)
+    if not 1 <= slice_index <= n:
         raise SliceError(f"close_slice: slice {slice_index} of {parent_order_id} is not one "
-                         f"of 1..{parent.slices}")
+                         f"of 1..{n}")
     done = SliceEnd(parent_order_id, slice_index)
-    last = slice_index == parent.slices
+    last = slice_index == n
     for order in _slice_orders(ledger, parent, slice_index):
         if lock is not None:
             lock.ensure()
-        replacement = _replacement_of(ledger, parent, order)
+        replacement = _replacement_of(ledger, order, n)
         if order.status is OrderStatus.PLANNED:
             # Never sent (its run died before): the executor's reconcile adopts or expires
             # it; nothing here to cancel.
@@ -139,7 +147,7 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
         done.sent.append(replacement.order_id)
     _sync_parents(ledger, signal_id=parent.signal_id, actor=actor)
     log.info("slice %s/%s of %s closed: cancelled %s, replaced by %s", slice_index,
-             parent.slices, parent_order_id, done.cancelled,
+             n, parent_order_id, done.cancelled,
              [r.order_id for r in done.replacements])
     return done
 
@@ -149,10 +157,16 @@ def _slice_orders(ledger: Ledger, parent: OrderRecord, slice_index: int) -> list
             if o.parent_order_id == parent.order_id and o.slice_index == slice_index]
 
 
-def _replacement_of(ledger: Ledger, parent: OrderRecord, order: OrderRecord
-                    ) -> OrderRecord | None:
+def _plan_slices(ledger: Ledger, parent: OrderRecord) -> int:
+    """n of the parent's slicing plan: its children's ``slices`` (the parent's own count is
+    of its children, fewer when a VWAP slice got no lot)."""
+    return max((o.slices for o in ledger.orders(signal_id=parent.signal_id)
+                if o.parent_order_id == parent.order_id), default=parent.slices)
+
+
+def _replacement_of(ledger: Ledger, order: OrderRecord, n: int) -> OrderRecord | None:
     return ledger.order(replacement_id(order, order.slice_index + 1)) \
-        if order.slice_index < parent.slices else None
+        if order.slice_index < n else None
 
 
 def _record_fills(ledger: Ledger, venue: ExecutionVenue, order: OrderRecord, actor: str) -> None:
