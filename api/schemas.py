@@ -348,6 +348,8 @@ class OrderOut(Model):
     filled_quantity: int
     average_price: float | None
     reason: str | None
+    # A slice-end replacement: the order whose unfilled remainder it carries on (trading.slice_end).
+    replaces: str | None
 
 
 class FillOut(Model):

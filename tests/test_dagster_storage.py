@@ -77,3 +77,21 @@ def test_the_instance_uses_the_pooled_storage(tmp_path: Path) -> None:
             instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
         with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
             assert isinstance(instance.get_ref().storage, PooledPostgresStorage)
+
+
+def test_a_kept_connection_the_server_drops_is_replaced(tmp_path: Path) -> None:
+    """A PostgreSQL restart or an idle timeout ends the kept connections: the next storage
+    call reconnects instead of failing (pre-ping)."""
+    with scratch_database("etf_pool") as database:
+        (tmp_path / "dagster.yaml").write_text(
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            assert dg.materialize([probe], instance=instance, partition_key="2024-01-02").success
+            with sa.create_engine(f"postgresql+psycopg://{PG_SERVER}/postgres",
+                                  isolation_level="AUTOCOMMIT").connect() as admin:
+                ended = admin.execute(sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": database}).scalar()
+            assert ended and ended >= 1
+            assert dg.materialize([probe], instance=instance, partition_key="2024-01-03").success
+            assert instance.get_runs_count() == 2
