@@ -63,6 +63,7 @@ from trading.models import (
     signal_id_of,
     weights_hash,
 )
+from trading.paper import FrameQuotes
 from trading.venue import VenueError
 from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
 
@@ -566,18 +567,7 @@ def test_executor_with_the_venue_killed_mid_execution_keeps_the_ledger_consisten
     venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=3.0, ack_timeout=5.0,
                       replay_clock=True)
     quotes = replay_market.real.quotes
-    weights = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
-    signal_id = signal_id_of("alpha", account, PREVIOUS, weights)
-    ledger.record_signal(SignalRecord(
-        signal_id=signal_id, account_id=account, strategy="alpha", as_of=PREVIOUS,
-        weights=weights, weights_hash=weights_hash(weights), status=SignalStatus.APPROVED,
-        reasons=[], data_version=None, dagster_run_id=None), actor="gate")
-    found = {s: quotes.quote(s, PREVIOUS) for s in weights}
-    view = MarketView(signal_day=PREVIOUS, order_session=SESSION, closed_through=PREVIOUS,
-                      quotes={s: q for s, q in found.items() if q is not None},
-                      average_amount={s: 5e9 for s in weights})
-    limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
-                        max_daily_notional=5_000_000.0)
+    signal_id, view, limits = _approved(ledger, account, "alpha", quotes)
     try:
         with pytest.raises(VenueError) as info:
             execute_signal(ledger=ledger, venue=KillAfterSubmits(venue, proc, 1),
@@ -610,6 +600,27 @@ def test_executor_with_the_venue_killed_mid_execution_keeps_the_ledger_consisten
         ledger.dispose()
 
 
+SIGNAL_WEIGHTS = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
+
+
+def _approved(ledger: Ledger, account: str, strategy: str, quotes: FrameQuotes
+              ) -> tuple[str, MarketView, RiskLimits]:
+    """An approved signal of ``account`` over three funds for the evening before the session,
+    the market view and the limits its execution is checked with."""
+    weights = SIGNAL_WEIGHTS
+    signal_id = signal_id_of(strategy, account, PREVIOUS, weights)
+    ledger.record_signal(SignalRecord(
+        signal_id=signal_id, account_id=account, strategy=strategy, as_of=PREVIOUS,
+        weights=weights, weights_hash=weights_hash(weights), status=SignalStatus.APPROVED,
+        reasons=[], data_version=None, dagster_run_id=None), actor="gate")
+    found = {s: quotes.quote(s, PREVIOUS) for s in weights}
+    view = MarketView(signal_day=PREVIOUS, order_session=SESSION, closed_through=PREVIOUS,
+                      quotes={s: q for s, q in found.items() if q is not None},
+                      average_amount={s: 5e9 for s in weights})
+    return signal_id, view, RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
+                                       max_daily_notional=5_000_000.0)
+
+
 def test_executor_with_venue_rejections_and_partial_fills_keeps_the_ledger_consistent(
         processes: VenueProcesses, replay_market: ReplayMarket, ledger_url: str) -> None:
     """The venue rejects an order (a fund it does not offer: ``unknown_symbol``) and fills
@@ -625,25 +636,14 @@ def test_executor_with_venue_rejections_and_partial_fills_keeps_the_ledger_consi
     venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
                       replay_clock=True)
     quotes = replay_market.real.quotes
-    weights = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
-    signal_id = signal_id_of("faults", account, PREVIOUS, weights)
-    ledger.record_signal(SignalRecord(
-        signal_id=signal_id, account_id=account, strategy="faults", as_of=PREVIOUS,
-        weights=weights, weights_hash=weights_hash(weights), status=SignalStatus.APPROVED,
-        reasons=[], data_version=None, dagster_run_id=None), actor="gate")
-    found = {s: quotes.quote(s, PREVIOUS) for s in weights}
-    view = MarketView(signal_day=PREVIOUS, order_session=SESSION, closed_through=PREVIOUS,
-                      quotes={s: q for s, q in found.items() if q is not None},
-                      average_amount={s: 5e9 for s in weights})
-    limits = RiskLimits(max_weight=1.0, max_order_notional=2_000_000.0,
-                        max_daily_notional=5_000_000.0)
+    signal_id, view, limits = _approved(ledger, account, "faults", quotes)
     try:
         first = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
                                account_id=account, market=view, limits=limits, costs=COSTS,
                                actor="test", dagster_run_id="run-1")
         assert first.submitted == 3, first.summary()
         orders = {o.symbol: o for o in ledger.orders(signal_id=signal_id)}
-        assert set(orders) == set(weights)
+        assert set(orders) == set(SIGNAL_WEIGHTS)
         for o in orders.values():
             remote = venue.order(o.order_id)
             assert remote is not None and len(_orders_with(proc.state_dir, o.order_id)) == 1
