@@ -128,7 +128,7 @@ def reconcile(ledger: Ledger, venue: ExecutionVenue, account_id: str, *, actor: 
     for order in _open_leaves(ledger, account_id, OrderStatus.PLANNED):
         remote = venue.order(order.order_id)
         if remote is not None:
-            ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
+            ledger.update_order(order.order_id, status=sent_status(remote), actor=actor,
                                 venue_order_id=remote.venue_order_id, reason=remote.reason)
     new = sum(ledger.record_fill(f, actor=actor) for f in venue.fills(account_id, until))
     for order in _open_leaves(ledger, account_id):
@@ -140,7 +140,7 @@ def reconcile(ledger: Ledger, venue: ExecutionVenue, account_id: str, *, actor: 
                 and closed_through is not None and order.session <= closed_through:
             ledger.update_order(order.order_id, status=OrderStatus.EXPIRED, actor=actor,
                                 reason=f"never sent: session {order.session} closed")
-    _sync_parents(ledger, account_id=account_id, actor=actor)
+    sync_parents(ledger, account_id=account_id, actor=actor)
     return new
 
 
@@ -153,12 +153,13 @@ def _open_leaves(ledger: Ledger, account_id: str, status: OrderStatus | None = N
     return [o for o in orders if not o.status.is_final and o.order_id not in parents]
 
 
-def _sent_status(remote: VenueOrder) -> OrderStatus:
+def sent_status(remote: VenueOrder) -> OrderStatus:
+    """The ledger status of an order the venue has just answered for: at least submitted."""
     return remote.status if remote.status is not OrderStatus.PLANNED else OrderStatus.SUBMITTED
 
 
-def _sync_parents(ledger: Ledger, *, actor: str, account_id: str | None = None,
-                  signal_id: str | None = None) -> None:
+def sync_parents(ledger: Ledger, *, actor: str, account_id: str | None = None,
+                 signal_id: str | None = None) -> None:
     """A TWAP parent is never sent itself: its state is its children's."""
     orders = ledger.orders(account_id=account_id, signal_id=signal_id)
     open_ids = {o.order_id for o in orders if not o.status.is_final}
@@ -237,13 +238,13 @@ def execute_signal(*, ledger: Ledger, venue: ExecutionVenue, signal_id: str, acc
         if breach is not None:
             return _stop_stream(ledger, report, sendable[position:], breach, actor,
                                 market.signal_day)
-        remote = venue.submit(_request(order))
-        stored = ledger.update_order(order.order_id, status=_sent_status(remote), actor=actor,
+        remote = venue.submit(order_request(order))
+        stored = ledger.update_order(order.order_id, status=sent_status(remote), actor=actor,
                                      venue_order_id=remote.venue_order_id, reason=remote.reason)
         report.submitted += 1
         if on_submitted is not None:
             on_submitted(stored)
-    _sync_parents(ledger, signal_id=signal_id, actor=actor)
+    sync_parents(ledger, signal_id=signal_id, actor=actor)
 
     report.new_fills += reconcile(ledger, venue, account_id, actor=actor,
                                   until=market.order_session,
@@ -459,7 +460,7 @@ def _with_slices(parent: OrderRecord, slices: int, lot_size: int,
     """The parent and, when it is sliced, its TWAP (or VWAP over ``profile``) children
     (trading.twap.child_orders)."""
     weights = profile.slice_weights(slices) if profile is not None and slices > 1 else None
-    children = child_orders(_request(parent), slices, lot_size, weights)
+    children = child_orders(order_request(parent), slices, lot_size, weights)
     if len(children) == 1:
         return [parent]
     return [dataclasses.replace(parent, slices=len(children)), *(
@@ -469,7 +470,8 @@ def _with_slices(parent: OrderRecord, slices: int, lot_size: int,
         for c in children)]
 
 
-def _request(order: OrderRecord) -> OrderRequest:
+def order_request(order: OrderRecord) -> OrderRequest:
+    """What the venue is sent for a recorded order (its client id is the ledger's)."""
     return OrderRequest(client_order_id=order.order_id, account_id=order.account_id,
                         symbol=order.symbol, side=order.side, quantity=order.quantity,
                         session=order.session, reference_price=order.reference_price,
@@ -499,7 +501,7 @@ def _halted(ledger: Ledger, report: ExecutionReport, reason: str, actor: str
             ) -> ExecutionReport:
     """The execution ends halted: TWAP parents follow their children, the ledger records
     why."""
-    _sync_parents(ledger, signal_id=report.signal_id, actor=actor)
+    sync_parents(ledger, signal_id=report.signal_id, actor=actor)
     report.status = "halted"
     report.notes.append(reason)
     report.orders = ledger.orders(signal_id=report.signal_id)

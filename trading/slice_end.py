@@ -36,7 +36,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from trading.executor import _request, _sent_status, _sync_parents, kill_switch_reason
+from trading.executor import kill_switch_reason, order_request, sent_status, sync_parents
 from trading.ledger import AccountLock, Ledger, OrderRecord
 from trading.models import OrderStatus, VenueOrder, order_id_of
 from trading.session_clock import slice_end
@@ -141,11 +141,11 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
                                 actor=actor, reason=stop)
             done.notes.append(f"{replacement.order_id}: not sent: {stop}")
             continue
-        sent = venue.submit(_request(replacement))
-        ledger.update_order(replacement.order_id, status=_sent_status(sent), actor=actor,
+        sent = venue.submit(order_request(replacement))
+        ledger.update_order(replacement.order_id, status=sent_status(sent), actor=actor,
                             venue_order_id=sent.venue_order_id, reason=sent.reason)
         done.sent.append(replacement.order_id)
-    _sync_parents(ledger, signal_id=parent.signal_id, actor=actor)
+    sync_parents(ledger, signal_id=parent.signal_id, actor=actor)
     log.info("slice %s/%s of %s closed: cancelled %s, replaced by %s", slice_index,
              n, parent_order_id, done.cancelled,
              [r.order_id for r in done.replacements])
