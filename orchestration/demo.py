@@ -29,7 +29,8 @@ import pandas as pd
 
 from assets.research import ranked_by_direction, screen_outcome
 from assets.walk_forward import fund_names, in_and_out_of_sample, screen_summary
-from orchestration.definitions import build_definitions, strategy_for
+from orchestration.definitions import build_definitions
+from orchestration.deployment import strategy_for
 from orchestration.embedded_pg import EmbeddedPostgresError, embedded_ledger
 from orchestration.instance import prepare_local_instance
 from orchestration.runs import full_history, rebuild_research, run_range, window_keys

@@ -22,7 +22,7 @@ class IntradayInputs:
 
 
 def intraday_inputs(settings: Settings) -> IntradayInputs:
-    from orchestration.definitions import market_data_resource, strategy_for
+    from orchestration.deployment import market_data_resource, strategy_for
     from resources.clock import ClockResource
     from resources.live_quotes import LiveQuotesResource
     from sensors.risk_monitor import last_closes

@@ -33,7 +33,7 @@ def relay_argv(settings: Settings) -> list[str]:
     if not settings.redis_url:
         raise SystemExit("orchestration.quotes: redis_url [env ETF_REDIS_URL] is not set: the "
                          "relay records the ticks and live prices in Redis")
-    from orchestration.definitions import strategy_for
+    from orchestration.deployment import strategy_for
 
     strategy = strategy_for(settings)
     argv = ["--rep", f"tcp://{v.host}:{v.rep_port}", "--pub", f"tcp://{v.host}:{v.pub_port}",

@@ -96,12 +96,14 @@ def test_a_home_that_cannot_keep_says_so(folder: Path, tmp_path: Path) -> None:
 def deployed_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """config/strategies as a copy the test may break (what a deployment reads on reload)."""
     import orchestration.definitions as definitions
+    import orchestration.deployment as deployment
     import rotation.catalogue as catalogue
 
     out = tmp_path / "deployed_strategies"
     shutil.copytree(STRATEGY_CONFIG_DIR, out)
     monkeypatch.setattr(catalogue, "STRATEGY_CONFIG_DIR", out)
     monkeypatch.setattr(definitions, "STRATEGY_CONFIG_DIR", out)
+    monkeypatch.setattr(deployment, "STRATEGY_CONFIG_DIR", out)
     return out
 
 

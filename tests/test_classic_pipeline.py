@@ -153,7 +153,7 @@ def test_a_broken_classic_file_does_not_stop_the_choice_by_data(
         shared_data: Path, tmp_path: Path) -> None:
     """A refused file that would be chosen by the data stops the choice; a classic one never
     would be, so it stays a warning."""
-    from orchestration import definitions
+    from orchestration import deployment
     from rotation import catalogue as cat
 
     folder = tmp_path / "strategies"
@@ -167,7 +167,7 @@ def test_a_broken_classic_file_does_not_stop_the_choice_by_data(
     read = cat.read_catalogue(folder)
     assert [r.path.name for r in read.refused] == ["ma_cross_akshare.yaml"]
     assert read.refused[0].classic and not read.refused[0].may_trade(DATASET)
-    assert definitions._strategy_of_dataset(read, DATASET) == "etf_rotation_akshare"
+    assert deployment._strategy_of_dataset(read, DATASET) == "etf_rotation_akshare"
 
 
 def test_a_classic_deployment_defines_the_rotations_assets_and_gate(

@@ -1,4 +1,5 @@
-"""The code location loads without the libraries the daily path does not use at load.
+"""The code location loads without the libraries the daily path does not use at load; the desk
+API's intraday P&L reads the deployment without loading the code location.
 
 The daemon starts a fresh process for every run (the run worker loads the code location, then
 runs); the gRPC code server loads it on every reload. Great Expectations (the quality suite
@@ -15,6 +16,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from conftest import TEST_CACHE_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,14 +35,32 @@ print(json.dumps({"jobs": sorted(jobs), "modules": sorted(sys.modules)}))
 """
 
 
-def loaded_modules(env: dict[str, str]) -> tuple[list[str], set[str]]:
-    """The jobs resolved and every module a fresh interpreter holds after loading ``defs``."""
+# What ``GET /accounts/{id}/intraday`` runs in the API process.
+INTRADAY = """
+import json, sys
+from orchestration.intraday import intraday_inputs
+from orchestration.settings import load_settings
+
+inputs = intraday_inputs(load_settings())
+print(json.dumps({"market": inputs.market, "closes": len(inputs.previous_close),
+                  "modules": sorted(sys.modules)}))
+"""
+
+
+def run_fresh(script: str, env: dict[str, str]) -> dict[str, Any]:
+    """What ``script`` printed last (JSON) in a fresh interpreter."""
     # The deployment's settings are ``env`` alone (none of this process's ETF_ settings).
     plain = {k: v for k, v in os.environ.items() if not k.startswith("ETF_")}
-    out = subprocess.run([sys.executable, "-c", LOAD], cwd=ROOT, env={**plain, **env},
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**plain, **env},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    found = json.loads(out.stdout.strip().splitlines()[-1])
+    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def loaded_modules(env: dict[str, str]) -> tuple[list[str], set[str]]:
+    """The jobs resolved and every module a fresh interpreter holds after loading ``defs``."""
+    found = run_fresh(LOAD, env)
     return found["jobs"], set(found["modules"])
 
 
@@ -56,3 +78,25 @@ def test_loading_the_code_location_imports_no_heavy_library(tmp_path: Path, ledg
     assert {"dagster", "pandas", "orchestration.definitions", "assets.market"} <= modules
     heavy = sorted(m for m in modules if m.partition(".")[0] in NOT_AT_LOAD)
     assert not heavy, f"loading the code location imported {heavy[:10]}"
+
+
+def test_the_intraday_pnl_reads_the_deployment_without_the_code_location(
+        tmp_path: Path, shared_data: Path) -> None:
+    """The API imports orchestration.intraday on the first intraday request: the deployment's
+    strategy, market data and clock come from orchestration.deployment, not from building (or
+    importing) the code location's definitions."""
+    env = {"ETF_HOME": str(tmp_path / "home"), "ETF_MARKET_DATA__SOURCE": "files",
+           "ETF_MARKET_DATA__DATASET": "cn_etf_morphkyan_raw",
+           "ETF_MARKET_DATA__FILES_ROOT": str(shared_data / "cn_etf_morphkyan_raw"),
+           "ETF_EXECUTION__AS_OF": "2024-03-05",
+           "ETF_REDIS_URL": os.environ.get("ETF_TEST_REDIS_URL", "redis://127.0.0.1:6379/3"),
+           "ETF_CACHE_SECRET": TEST_CACHE_SECRET}
+    found = run_fresh(INTRADAY, env)
+    # It did read them: the strategy's market and a close of each fund of the data.
+    assert found["market"] == "cn_funds" and found["closes"] > 10
+    modules = set(found["modules"])
+    assert "orchestration.deployment" in modules
+    loaded = sorted(m for m in modules if m == "orchestration.definitions"
+                    or m.partition(".")[0] in {"assets", "jobs"} or m in {
+                        "orchestration.account_stage", "orchestration.strategy_stage"})
+    assert not loaded, f"the intraday P&L imported the code location's {loaded}"
