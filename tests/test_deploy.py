@@ -479,6 +479,10 @@ def test_compose_quote_relay_follows_the_venue_process() -> None:
     assert not any("://" in str(a) for a in relay["command"])
     assert set(relay["depends_on"]) >= {"vnpy-venue", "redis", "postgres"}
     assert "ETF_EXECUTION__VNPY__GATEWAY_SETTING" not in env   # the broker's secret stays put
+    # Profile prod as the other services that load the settings, with the URLs it needs.
+    assert env["ETF_PROFILE"] == service_env(services["code"])["ETF_PROFILE"] == "prod"
+    assert all(env[f"ETF_{name}"] for name in ("POSTGRES_URL", "REDIS_URL",
+                                                "MLFLOW_TRACKING_URI"))
     health = " ".join(relay["healthcheck"]["test"])
     assert f"('vnpy-venue', {venue_env['ETF_EXECUTION__VNPY__REP_PORT']})" in health
 
@@ -511,6 +515,7 @@ def test_helm_vnpy_venue_and_quote_relay() -> None:
     assert service.get("type", "ClusterIP") == "ClusterIP"
     ports = {p["name"]: p["port"] for p in service["ports"]}
     assert relay_env["ETF_EXECUTION__VNPY__HOST"] == "etf-vnpy-venue"
+    assert relay_env["ETF_PROFILE"] == "prod"     # its URLs come from etf-rotation-env
     for name, port in (("rep", "REP_PORT"), ("pub", "PUB_PORT")):
         assert str(ports[name]) == venue_env[f"ETF_EXECUTION__VNPY__{port}"] == \
             relay_env[f"ETF_EXECUTION__VNPY__{port}"]
