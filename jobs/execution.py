@@ -31,6 +31,11 @@ from trading.volume_profile import ProfileError
 ACCOUNT_TAG = "etf/account"
 VENUE_TAG = "etf/venue"
 SIGNAL_TAG = "etf/signal_id"
+# What an op that acts at the venue returns (the ledger holds the outcome) and how it retries
+# (every step is idempotent in the ledger and at the venue).
+LEDGER_OUTCOME = dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is "
+                        "this output's metadata")
+VENUE_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
 class ExecuteSignalConfig(dg.Config):
@@ -117,11 +122,7 @@ def execution_jobs(account: Account, prefix: str = "", market: str | None = None
     account_id = account.account_id
 
     @dg.op(
-        name=f"{prefix}execute_signal_op",
-        out=dg.Out(dg.Nothing, description="The outcome is in the ledger; the summary is this "
-                   "output's metadata"),
-        retry_policy=dg.RetryPolicy(max_retries=3, delay=5,
-                                    backoff=dg.Backoff.EXPONENTIAL),
+        name=f"{prefix}execute_signal_op", out=LEDGER_OUTCOME, retry_policy=VENUE_RETRY,
         description="Reconcile earlier fills, plan orders from the ledger positions to the "
         "signal's weights (raw closes, 100-unit lots, sells first), apply pre-trade risk, and "
         "submit through the execution resource unless the kill switch is engaged.",

@@ -1,5 +1,6 @@
 """The execution stage of each account (issue 15): its gate, risk, book and report, its
-execution, kill-switch and supersede jobs, its end-of-day schedule and its sensors.
+execution, kill-switch and supersede jobs, its end-of-day schedule and its sensors (on a vn.py
+venue, also the slice-end job and sensor: cancel/replace at each slice's end).
 
 The deployment's account (``execution.account_id``) keeps the plain names (``approved_signal``,
 ``execution_job``), so the daily path, the API and the demo read what they always read. A further
@@ -21,6 +22,7 @@ from assets.signals import GuardingCheck, signal_assets
 from jobs.daily import end_of_day_job, end_of_day_schedule
 from jobs.execution import execution_jobs
 from jobs.signal_decisions import supersede_signal_job
+from jobs.slice_end import slice_end_job
 from orchestration.dagster_private import with_key_prefix
 from orchestration.settings import AccountSettings, Settings, SettingsError
 from orchestration.strategy_stage import STAGE_GROUPS, strategy_asset_key
@@ -32,7 +34,9 @@ from sensors.breaches import risk_breach_alert_sensor
 from sensors.executions import stalled_execution_sensor
 from sensors.risk_monitor import intraday_risk_sensor
 from sensors.signals import approved_signal_sensor
+from sensors.slice_ends import slice_end_sensor
 from trading.account import Account, Allocation, stage_of
+from trading.slice_end import closes_slices
 
 # What an account decides up to its gate (user strings without the account's prefix).
 DECIDED = ("account_allocation", "account_target", "approved_signal")
@@ -198,14 +202,20 @@ def account_definitions(settings: Settings, stage: AccountStage,
             with_key_prefix(assets, stage.stage)))
     end_of_day = end_of_day_job(prefix, None if stage.main else stage.stage)
     ex = settings.execution
+    jobs = [execution_job, kill_switch_job, end_of_day, supersede_signal_job(account, prefix)]
+    sensors = [approved_signal_sensor(execution_job, account, prefix,
+                                      gate=stage.key("approved_signal")),
+               stalled_execution_sensor(execution_job, account, webhook, timeout,
+                                        prefix=prefix),
+               intraday_risk_sensor(account, traded[0].market.name, prefix=prefix),
+               risk_breach_alert_sensor(account, webhook, timeout, prefix=prefix)]
+    if closes_slices(account.venue):
+        # The vn.py venue's children rest past their slice end; the paper broker's do not.
+        slice_job = slice_end_job(account, prefix)
+        jobs.append(slice_job)
+        sensors.append(slice_end_sensor(slice_job, account, prefix))
     return dg.Definitions(
-        assets=assets,
-        jobs=[execution_job, kill_switch_job, end_of_day, supersede_signal_job(account, prefix)],
+        assets=assets, jobs=jobs,
         schedules=[end_of_day_schedule(end_of_day, calendar, ex.end_of_day_cron,
                                        settings.schedule_timezone, prefix)],
-        sensors=[approved_signal_sensor(execution_job, account, prefix,
-                                        gate=stage.key("approved_signal")),
-                 stalled_execution_sensor(execution_job, account, webhook, timeout,
-                                          prefix=prefix),
-                 intraday_risk_sensor(account, traded[0].market.name, prefix=prefix),
-                 risk_breach_alert_sensor(account, webhook, timeout, prefix=prefix)])
+        sensors=sensors)

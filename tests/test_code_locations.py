@@ -62,6 +62,26 @@ def test_the_execution_location_serves_the_desk_on_the_research_assets(make_sett
         == {"approved_signal"}
 
 
+def test_a_vnpy_account_closes_its_slices_from_the_execution_location(make_settings) -> None:
+    """On the vn.py venue the execution location adds the slice-end job and its sensor,
+    running by default as the other execution sensors; a paper deployment has neither
+    (DESK_JOBS and DESK_SENSORS above are exact), and the research location never."""
+    vnpy = {"venue": "vnpy", "vnpy": {"rep_port": 3014, "pub_port": 3015}}
+    defs = build_definitions(make_settings(postgres_url=LEDGER, code_location="execution",
+                                           execution=vnpy))
+    jobs, _, _, sensors = _contents(defs)
+    assert jobs == DESK_JOBS | {"slice_end_job"}
+    assert sensors == DESK_SENSORS | {"run_failure_alert_sensor", "slice_end_sensor"}
+    driver = defs.resolve_sensor_def("slice_end_sensor")
+    assert driver.job_name == "slice_end_job" and driver.minimum_interval_seconds == 30
+    assert driver.default_status == defs.resolve_sensor_def(
+        "approved_signal_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    research = build_definitions(make_settings(postgres_url=LEDGER, code_location="research",
+                                               execution=vnpy))
+    jobs, _, _, sensors = _contents(research)
+    assert "slice_end_job" not in jobs and "slice_end_sensor" not in sensors
+
+
 def test_one_location_holds_everything_by_default(make_settings) -> None:
     jobs, executable, external, sensors = _contents(_location(make_settings, "all"))
     assert jobs >= DESK_JOBS - {"approval_job"} and "approval_job" not in jobs

@@ -45,6 +45,11 @@ from trading.venue import ExecutionVenue
 log = logging.getLogger(__name__)
 
 REASON_SLICE_END = "slice_end"
+# The venues whose sliced children can still be open when their slice ends: the vn.py venue's
+# rest at the broker (or the test venue) until its market reaches them. The paper broker fills
+# each child at its scheduled time when it matches the session (trading.paper): nothing rests
+# past its slice end there, so no slice of a paper account is closed.
+SLICE_CLOSING_VENUES = frozenset({"vnpy"})
 REASON_LAST_SLICE = "slice_end_last"
 _SENT_OPEN = (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
 
@@ -63,7 +68,14 @@ class SliceEnd:
     replacements: list[OrderRecord] = field(default_factory=list)
     sent: list[str] = field(default_factory=list)
     dropped_units: int = 0              # the last slice's remainder, not carried
+    new_fills: int = 0                  # venue fills recorded in the ledger by this close
     notes: list[str] = field(default_factory=list)
+
+
+def closes_slices(venue: str) -> bool:
+    """Whether the slices of an account on ``venue`` (``Account.venue``) are closed at their
+    ends (:data:`SLICE_CLOSING_VENUES`)."""
+    return venue in SLICE_CLOSING_VENUES
 
 
 def slices_due(ledger: Ledger, account_id: str, now: dt.datetime) -> list[tuple[str, int]]:
@@ -120,7 +132,7 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
         if not order.status.is_final:
             # Idempotent: after a crash the cancel returns the same final state.
             remote = venue.cancel(order.order_id)
-            _record_fills(ledger, venue, order, actor)
+            done.new_fills += _record_fills(ledger, venue, order, actor)
             left = _remainder(remote)
             done.cancelled.append(order.order_id)
             if left and not last:
@@ -169,11 +181,11 @@ def _replacement_of(ledger: Ledger, order: OrderRecord, n: int) -> OrderRecord |
         if order.slice_index < n else None
 
 
-def _record_fills(ledger: Ledger, venue: ExecutionVenue, order: OrderRecord, actor: str) -> None:
+def _record_fills(ledger: Ledger, venue: ExecutionVenue, order: OrderRecord, actor: str) -> int:
     """The venue's fills into the ledger, its market not advanced (``until`` before the
-    order's session: no session of this order is matched by the call)."""
-    for fill in venue.fills(order.account_id, until=order.session - dt.timedelta(days=1)):
-        ledger.record_fill(fill, actor=actor)
+    order's session: no session of this order is matched by the call); how many were new."""
+    return sum(ledger.record_fill(fill, actor=actor) for fill in
+               venue.fills(order.account_id, until=order.session - dt.timedelta(days=1)))
 
 
 def _remainder(remote: VenueOrder) -> int:
