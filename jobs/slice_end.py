@@ -5,6 +5,7 @@ unfilled remainder is sent as the next slice's replacement unless the kill switc
 (parent, slice) whose end has passed."""
 
 # No ``from __future__ import annotations``: Dagster reads the op's annotations (its config).
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -19,7 +20,7 @@ from resources.ledger import LedgerResource
 from resources.market_data import MarketDataResource
 from trading.account import Account
 from trading.executor import kill_switch_reason
-from trading.ledger import Ledger, LedgerError
+from trading.ledger import Ledger
 from trading.paper import FrameQuotes
 from trading.slice_end import SliceEnd, SliceError, close_slice, closes_slices
 
@@ -49,7 +50,8 @@ def slice_run_config(parent_order_id: str, slice_index: int, prefix: str = ""
 
 
 def closed_market(market_data: MarketDataResource, clock: ClockResource, account: Account,
-                  cache: RedisCache, stats: CacheStats, warn: Any) -> FrameQuotes:
+                  cache: RedisCache, stats: CacheStats, warn: Callable[[str], None]
+                  ) -> FrameQuotes:
     """The market as the clock has closed it (the quotes a venue is made with: the test
     venue's replay never goes past them)."""
     closed = market_data.calendar.latest_closed_session(clock.now())
@@ -95,10 +97,9 @@ def slice_end_job(account: Account, prefix: str = "") -> dg.JobDefinition:
                                    kill_switch_env=execution.kill_switch, lock=lock)
         except SliceError as exc:
             # Bad config (not a sliced parent, slice out of range): a retry meets the same.
+            # Anything else (the account locked by an execution, the venue unreachable) is
+            # retried by VENUE_RETRY: the close is idempotent.
             raise dg.Failure(str(exc), allow_retries=False) from None
-        except LedgerError as exc:
-            # The account is locked by an execution: the retry policy tries again.
-            raise dg.RetryRequested(max_retries=3, seconds_to_wait=10) from exc
         stop = kill_switch_reason(book, account_id, execution.kill_switch)
         unsent = [r.order_id for r in done.replacements if r.order_id not in done.sent]
         if unsent:
