@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -1537,8 +1537,9 @@ class Ledger:
         return self._run(f"recording orders of signal {signals}", work)
 
     def orders(self, *, signal_id: str | None = None, account_id: str | None = None,
-               status: OrderStatus | None = None) -> list[OrderRecord]:
-        """Orders in the order they were recorded."""
+               status: OrderStatus | None = None,
+               statuses: Collection[OrderStatus] | None = None) -> list[OrderRecord]:
+        """Orders in the order they were recorded (``statuses``: any of them)."""
         query = sa.select(ORDERS).order_by(ORDERS.c.created_at, ORDERS.c.order_id)
         if signal_id is not None:
             query = query.where(ORDERS.c.signal_id == signal_id)
@@ -1546,6 +1547,8 @@ class Ledger:
             query = query.where(ORDERS.c.account_id == account_id)
         if status is not None:
             query = query.where(ORDERS.c.status == OrderStatus(status).value)
+        if statuses is not None:
+            query = query.where(ORDERS.c.status.in_([OrderStatus(s).value for s in statuses]))
         return self._run("reading orders", lambda conn: [_order_of(r) for r in conn.execute(query)])
 
     def orders_page(self, *, signal_id: str | None = None, account_id: str | None = None,

@@ -83,7 +83,9 @@ def slices_due(ledger: Ledger, account_id: str, now: dt.datetime) -> list[tuple[
     (aware) and still has orders open at the venue, earliest end first: what an intraday
     driver passes to :func:`close_slice`."""
     due: set[tuple[dt.datetime, str, int]] = set()
-    for o in ledger.orders(account_id=account_id):
+    # Only what can still be due (open at the venue, or a recorded replacement): the driver
+    # asks every 30 s and the account's orders grow with every session.
+    for o in ledger.orders(account_id=account_id, statuses=(*_SENT_OPEN, OrderStatus.PLANNED)):
         # A child's ``slices`` is its plan's n (a VWAP slice without a lot has no child, so
         # the parent's count of children is not n).
         if o.parent_order_id is None or not 1 <= o.slice_index <= o.slices:
