@@ -27,13 +27,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from rotation.derived_store import save_json
 
 if TYPE_CHECKING:
     from rotation.strategy import StrategyConfig
@@ -71,7 +72,7 @@ _TRADING = ("trading.approval", "trading.ledger", "trading.models", "trading.twa
             "trading.volume_profile", "trading.session_clock",
             "trading.venue", "trading.conduct", "trading.account", "trading.attribution",
             "rotation.allocation", "rotation.portfolio_risk", "rotation.risk", "rotation.orders",
-            "rotation.costs")
+            "rotation.costs", "rotation.derived_store")
 
 ASSET_CODE: dict[str, AssetCode] = {
     "raw_bars": AssetCode(
@@ -307,20 +308,8 @@ def _stored_digest(module: str, text: str, name: str | None) -> str:
     entry = name or ""  # "" is the whole module
     if entry not in known:
         known[entry] = _tree_digest(text, name)
-        _save(path, {"key": key, "digests": known})
+        save_json(path, {"key": key, "digests": known})
     return known[entry]
-
-
-def _save(path: Path, content: dict[str, object]) -> None:
-    """Write atomically (a concurrent reader sees the old file or the new one); a tree that
-    cannot be written only loses the saving."""
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(exist_ok=True)
-        temporary.write_text(json.dumps(content, sort_keys=True), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)
 
 
 @cache

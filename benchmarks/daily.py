@@ -1,7 +1,8 @@
 """The daily path as the daemon runs it: a new session → orders in the ledger. Target ≤ 8 s.
 
 Set-up (not timed): cn_etf_morphkyan_raw stored up to the session before the signal day and
-researched through ``target_portfolio`` on a PostgreSQL-backed instance, a fresh ledger.
+researched through ``target_portfolio`` on a PostgreSQL-backed instance, a fresh ledger
+migrated to head (as the deployment's migrate step leaves it before the first evening).
 
 Timed, the way the daemon does it: ``daily_job`` for the new session in a fresh process (the
 run worker: imports, code location, run), one tick of ``approved_signal_sensor``, and
@@ -143,6 +144,10 @@ def main(profile: Path | None = None) -> int:
                                        PREVIOUS_DAY))
         defs = build_definitions(load_settings())
         instance = dg.DagsterInstance.get()
+        for ledger_name in (first_ledger, second_ledger):
+            migrated = Ledger(f"postgresql+psycopg://{PG_SERVER}/{ledger_name}")
+            migrated.migrate()
+            migrated.dispose()
         print("set-up: market data, research and walk-forward up to "
               f"{PREVIOUS_DAY} (not timed)")
         assert run_range(defs, instance, START, PREVIOUS_DAY, log_level="WARNING").success

@@ -48,13 +48,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scipy import stats
 
 from rotation.bars import traded_amount
 from rotation.config_paths import RISK_CONFIG_DIR
@@ -126,6 +126,16 @@ def horizon_returns(daily: np.ndarray, horizon: int) -> np.ndarray:
 # ------------------------------------------------------------------------------ methods
 
 
+def _stats() -> ModuleType:
+    """scipy.stats, imported by the measures that use it: its import costs about a second of
+    every fresh run worker, and the approval gate (historical VaR, stress, liquidity) does not
+    need it."""
+    import scipy.stats
+
+    return scipy.stats
+
+
+
 def historical(daily: np.ndarray, level: float, horizon: int) -> tuple[float, float]:
     """Empirical VaR and ES of ``horizon``-session returns (the one-row case of
     :func:`var_es_many`, so a batch of portfolios gives the same figures to the last bit)."""
@@ -145,8 +155,8 @@ def parametric(returns: np.ndarray, weights: np.ndarray, level: float,
     """Normal VaR and ES from the mean and the shrunk covariance, scaled to ``horizon``."""
     mean = float(returns.mean(axis=0) @ weights) * horizon
     sigma = math.sqrt(float(weights @ shrunk_covariance(returns) @ weights) * horizon)
-    z = float(stats.norm.ppf(1 - level))
-    return -(mean + z * sigma), -(mean - sigma * float(stats.norm.pdf(z)) / (1 - level))
+    z = float(_stats().norm.ppf(1 - level))
+    return -(mean + z * sigma), -(mean - sigma * float(_stats().norm.pdf(z)) / (1 - level))
 
 
 def cornish_fisher_z(z: np.ndarray, skew: float, excess_kurtosis: float) -> np.ndarray:
@@ -158,11 +168,11 @@ def cornish_fisher(daily: np.ndarray, level: float, horizon: int
                    ) -> tuple[float, float, bool]:
     """Cornish–Fisher VaR and ES, and whether the expansion was monotone over the tail."""
     mean, sigma = float(daily.mean()) * horizon, float(daily.std(ddof=1)) * math.sqrt(horizon)
-    skew = float(stats.skew(daily, bias=False)) / math.sqrt(horizon)
-    kurt = float(stats.kurtosis(daily, fisher=True, bias=False)) / horizon
+    skew = float(_stats().skew(daily, bias=False)) / math.sqrt(horizon)
+    kurt = float(_stats().kurtosis(daily, fisher=True, bias=False)) / horizon
     tail = (1 - level) * (np.arange(CF_TAIL_POINTS) + 0.5) / CF_TAIL_POINTS
-    quantiles = cornish_fisher_z(stats.norm.ppf(tail), skew, kurt)
-    z = float(cornish_fisher_z(np.array([stats.norm.ppf(1 - level)]), skew, kurt)[0])
+    quantiles = cornish_fisher_z(_stats().norm.ppf(tail), skew, kurt)
+    z = float(cornish_fisher_z(np.array([_stats().norm.ppf(1 - level)]), skew, kurt)[0])
     monotone = bool(np.all(np.diff(quantiles) > 0))
     return -(mean + z * sigma), -(mean + sigma * float(quantiles.mean())), monotone
 
@@ -337,7 +347,7 @@ def kupiec(observations: int, exceedances: int, level: float) -> tuple[float, fl
     observed = x / n
     lr = -2 * (_xlogy(n - x, 1 - p) + _xlogy(x, p)
                - _xlogy(n - x, 1 - observed) - _xlogy(x, observed))
-    return lr, float(stats.chi2.sf(lr, 1))
+    return lr, float(_stats().chi2.sf(lr, 1))
 
 
 def christoffersen(hits: np.ndarray) -> tuple[float, float]:
@@ -355,7 +365,7 @@ def christoffersen(hits: np.ndarray) -> tuple[float, float]:
     markov = (_xlogy(n00, 1 - pi0) + _xlogy(n01, pi0) + _xlogy(n10, 1 - pi1)
               + _xlogy(n11, pi1))
     lr = max(-2 * (restricted - markov), 0.0)
-    return lr, float(stats.chi2.sf(lr, 1))
+    return lr, float(_stats().chi2.sf(lr, 1))
 
 
 def rolling_var(daily: np.ndarray, lookback: int, level: float, method: Method) -> np.ndarray:
@@ -365,10 +375,10 @@ def rolling_var(daily: np.ndarray, lookback: int, level: float, method: Method) 
     if method == "historical":
         return -np.quantile(windows, 1 - level, axis=1, method="lower")
     mean, sigma = windows.mean(axis=1), windows.std(axis=1, ddof=1)
-    z = np.full(len(windows), stats.norm.ppf(1 - level))
+    z = np.full(len(windows), _stats().norm.ppf(1 - level))
     if method == "cornish_fisher":
-        skew = stats.skew(windows, axis=1, bias=False)
-        kurt = stats.kurtosis(windows, axis=1, fisher=True, bias=False)
+        skew = _stats().skew(windows, axis=1, bias=False)
+        kurt = _stats().kurtosis(windows, axis=1, fisher=True, bias=False)
         z = cornish_fisher_z(z, skew, kurt)
     return np.asarray(-(mean + z * sigma))
 
@@ -387,7 +397,7 @@ def backtest(daily: pd.Series, *, lookback: int = 250, level: float = 0.99,
     pof, pof_p = kupiec(n, x, level)
     ind, ind_p = christoffersen(hits)
     return VarBacktest(method, level, n, x, n * (1 - level), pof, pof_p, ind, ind_p,
-                       pof + ind, float(stats.chi2.sf(pof + ind, 2)))
+                       pof + ind, float(_stats().chi2.sf(pof + ind, 2)))
 
 
 # ------------------------------------------------------------------------------ stress

@@ -100,3 +100,33 @@ def test_the_intraday_pnl_reads_the_deployment_without_the_code_location(
                     or m.partition(".")[0] in {"assets", "jobs"} or m in {
                         "orchestration.account_stage", "orchestration.strategy_stage"})
     assert not loaded, f"the intraday P&L imported the code location's {loaded}"
+
+
+GATE = """
+import datetime as dt, json, sys
+import numpy as np, pandas as pd
+from rotation import portfolio_risk
+from rotation.risk import RiskLimits
+
+days = pd.bdate_range("2023-01-02", periods=300)
+rng = np.random.default_rng(7)
+close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (len(days), 3)), axis=0))
+bars = pd.DataFrame([{"date": d, "symbol": s, "close": close[i, j], "amount": 1e8,
+                      "volume": 1e6} for i, d in enumerate(days)
+                     for j, s in enumerate(["510050", "510300", "159915"])])
+returns, amounts = portfolio_risk.panels_from_bars(bars)
+as_of = days[-1].date()
+limits, _ = portfolio_risk.limits_in_force(returns, as_of, RiskLimits())
+figures = portfolio_risk.gate_figures(returns, amounts, {"510050": 0.5, "510300": 0.5}, as_of,
+                                      1e6, limits)
+print(json.dumps({"var": figures.var_99, "scipy_stats": "scipy.stats" in sys.modules}))
+"""
+
+
+def test_the_approval_gates_risk_figures_do_not_import_scipy_stats() -> None:
+    """The gate's figures (historical VaR and ES, the worst window, liquidity) are measured in
+    every daily run worker: scipy.stats, a second of import, is left to the measures that use
+    it (parametric and Cornish–Fisher VaR, the backtests of VaR)."""
+    found = run_fresh(GATE, {})
+    assert found["var"] > 0
+    assert found["scipy_stats"] is False

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from conftest import PG_SERVER, scratch_database
 
+import trading.ledger as ledger_module
 from orchestration.dagster_storage import instance_yaml
 from trading.ledger import LedgerError, _migration_tables, metadata, migrate
 
@@ -41,6 +42,38 @@ def test_allowed_tables_are_exactly_what_the_migrations_create() -> None:
         assert tables(name) == ours
         migrate(sa_url(name))                                # an up-to-date ledger passes
         assert tables(name) == ours
+
+
+def test_the_kept_table_list_is_used_only_for_the_migrations_it_was_read_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table list kept beside the migrations' bytecode (a fresh process would spend half a
+    second deriving it) is read back only for the same migration texts; a changed migration, a
+    corrupt file or a list of another key is derived again, from the migrations."""
+    derived = ledger_module._tables_created_by_migrations()
+    assert derived == _migration_tables()
+    migrations = tmp_path / "migrations"
+    (migrations / "versions").mkdir(parents=True)
+    for source in [ledger_module.MIGRATIONS_DIR / "env.py",
+                   *sorted((ledger_module.MIGRATIONS_DIR / "versions").glob("*.py"))]:
+        target = migrations / source.relative_to(ledger_module.MIGRATIONS_DIR)
+        target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    (migrations / "script.py.mako").write_text(
+        (ledger_module.MIGRATIONS_DIR / "script.py.mako").read_text(encoding="utf-8"))
+    monkeypatch.setattr(ledger_module, "MIGRATIONS_DIR", migrations)
+    kept = migrations / "__pycache__" / "ledger-tables.json"
+
+    def fresh() -> frozenset[str]:
+        ledger_module._migration_tables_of.cache_clear()
+        return _migration_tables()
+
+    assert fresh() == derived and kept.exists()               # derived once, then kept
+    kept.write_text(kept.read_text().replace('"orders"', '"orders_planted"'))
+    assert "orders_planted" in fresh()                        # the kept list is what is read
+    (migrations / "versions" / "0001_ledger.py").write_text(
+        (migrations / "versions" / "0001_ledger.py").read_text() + "\n# changed\n")
+    assert fresh() == derived                                 # another text: derived again
+    kept.write_text("{not json")
+    assert fresh() == derived                                 # a corrupt file counts as absent
 
 
 def test_a_dagster_database_is_refused(tmp_path: Path) -> None:

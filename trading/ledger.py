@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
+from rotation.derived_store import load_derived, save_derived, source_key
 from trading.attribution import (
     AttributionError,
     Crossing,
@@ -569,7 +570,30 @@ def _retry(attempt: Callable[[], T], *, what: str, retry_seconds: float) -> T:
 
 def _migration_tables() -> frozenset[str]:
     """Every table the ledger's migrations create (the paper broker's and Alembic's version
-    table included), read from the SQL they would run, so no list is kept by hand."""
+    table included), read from the SQL they would run, so no list is kept by hand. Kept beside
+    the migrations' bytecode for their text: deriving it costs every fresh process (each run
+    worker opening the ledger) about half a second."""
+    return _migration_tables_of(_migration_sources())
+
+
+def _migration_sources() -> tuple[str, ...]:
+    files = [MIGRATIONS_DIR / "env.py", *sorted((MIGRATIONS_DIR / "versions").glob("*.py"))]
+    return tuple(f"{path.name}\n{path.read_text(encoding='utf-8')}" for path in files)
+
+
+@functools.cache
+def _migration_tables_of(sources: tuple[str, ...]) -> frozenset[str]:
+    path = MIGRATIONS_DIR / "__pycache__" / "ledger-tables.json"
+    key = source_key(sources)
+    stored = load_derived(path, key)
+    if isinstance(stored, list) and stored and all(isinstance(t, str) for t in stored):
+        return frozenset(stored)
+    tables = _tables_created_by_migrations()
+    save_derived(path, key, sorted(tables))
+    return tables
+
+
+def _tables_created_by_migrations() -> frozenset[str]:
     import io
     import re
 
