@@ -55,7 +55,7 @@ from trading.models import (
     weights_hash,
 )
 from trading.paper import SHANGHAI, FrameQuotes, PaperBroker, child_schedule
-from trading.session_clock import slice_end
+from trading.session_clock import clock_at, minutes_at, slice_end
 from trading.slice_end import REASON_LAST_SLICE, close_slice, replacement_id, slices_due
 from trading.twap import TwapVenue, child_orders, slice_sizes, split_quantity
 from trading.vnpy_venue import VnpyVenue
@@ -86,6 +86,14 @@ def test_the_default_curve_is_a_u_shape_over_the_session() -> None:
     assert [slice_end(SESSION, k, 3).time() for k in (1, 2, 3)] == \
         [dt.time(10, 30), dt.time(14, 0), dt.time(15, 0)]
     assert profile.slice_weights(1) == [pytest.approx(1.0)]
+
+
+def test_minutes_at_inverts_the_session_clock() -> None:
+    """The test venue replays a session up to a time of day by its minutes of trading."""
+    for minutes in (0.0, 1.0, 60.0, 119.5, 120.0, 121.0, 180.0, 240.0):
+        assert minutes_at(clock_at(minutes)) == pytest.approx(minutes, abs=1 / 60)
+    assert [minutes_at(dt.time(*t)) for t in ((8, 0), (12, 15), (13, 0), (16, 0))] == \
+        [0.0, 120.0, 120.0, 240.0]
 
 
 @pytest.mark.parametrize(("curve", "message"), [
