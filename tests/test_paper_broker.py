@@ -27,7 +27,19 @@ from rotation.costs import CostModel
 from rotation.sources.files import FileMarketSource, load_dataset_spec
 from trading.contract import temporary_database
 from trading.models import OrderRequest, OrderStatus, Side, order_id_of
-from trading.paper import SHANGHAI, FrameQuotes, PaperBroker, child_schedule, sellable_quantity
+from trading.paper import (
+    REASON_CASH_SHORT,
+    REASON_PARTICIPATION,
+    REASON_T1,
+    SHANGHAI,
+    FrameQuotes,
+    PaperBroker,
+    SessionBook,
+    child_schedule,
+    execute_on_bar,
+    participation_cap,
+    sellable_quantity,
+)
 from trading.twap import TwapVenue, aggregate, split_quantity
 from trading.venue import ExecutionVenue, UnknownOrder, VenueError
 
@@ -328,6 +340,40 @@ def test_child_schedule() -> None:
     assert child_schedule(4, 4) == (1.0, dt.time(15, 0))
     assert child_schedule(2, 3)[1] == dt.time(11, 30)
     assert child_schedule(0, 1) == (0.0, dt.time(9, 30))
+
+
+def test_a_participation_cap_limits_the_fill_in_the_one_model(quotes: FrameQuotes) -> None:
+    """The cap (the vn.py test venue's setting) on 510300's real bar of D2: a share of the volume
+    traded while the order was open, less what it has; whole lots; its shortfall is
+    ``participation`` unless cash or T+1 bind first."""
+    bar = quotes.quote("510300", D2)
+    assert bar is not None and bar.volume > 0
+    share = 1e-5
+    assert participation_cap(None, bar.volume, 1.0, 0) is None
+    quarter = participation_cap(share, bar.volume, 0.25, 0)
+    assert quarter == int(share * bar.volume * 0.25) > 100
+    assert participation_cap(share, bar.volume, 0.25, quarter) == 0
+    assert participation_cap(share, bar.volume, 1.0, quarter) == int(share * bar.volume) - quarter
+
+    def run(side: Side, wanted: int, book: SessionBook, cap: int | None) -> tuple[int, str | None]:
+        out = execute_on_bar(side, "510300", wanted, 0, 1, D2, bar, book, COSTS, cap=cap)
+        return out.quantity, out.reason
+
+    assert quarter is not None
+    lots = quarter - quarter % 100
+    rich = SessionBook(cash=1e9, positions={}, bought={})
+    assert run(Side.BUY, 50_000, rich, quarter) == (lots, REASON_PARTICIPATION)
+    assert run(Side.BUY, lots, SessionBook(cash=1e9, positions={}, bought={}), quarter) == \
+        (lots, None)
+    poor = SessionBook(cash=2_000.0, positions={}, bought={})
+    # 500 × 3.974 × 1.0005 + 5 (minimum commission) = 1992.99 ≤ 2000 < 600 units' cost.
+    assert run(Side.BUY, 50_000, poor, quarter) == (500, REASON_CASH_SHORT)
+    held = SessionBook(cash=0.0, positions={"510300": 50_000}, bought={})
+    assert run(Side.SELL, 50_000, held, quarter) == (lots, REASON_PARTICIPATION)
+    fresh = SessionBook(cash=0.0, positions={"510300": 1_000}, bought={"510300": 800})
+    assert run(Side.SELL, 1_000, fresh, quarter) == (200, REASON_T1)
+    assert run(Side.BUY, 300, SessionBook(cash=1e9, positions={}, bought={}), 0) == \
+        (0, REASON_PARTICIPATION)
 
 
 def test_sellable_quantity() -> None:

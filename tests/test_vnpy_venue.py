@@ -3,7 +3,10 @@ contract (trading.contract); faults, each ending with the venue's book consisten
 fills and no order sent twice: the venue process killed with SIGKILL between an order's arrival
 and its acknowledgement, the RPC link losing the answer to an order and going down, a cancel
 racing the fill, and the executor on a real ledger with the venue process killed after its
-first order; and the process and client built from the settings (deploy/'s command).
+first order; partial fills (the test venue's participation cap leaves orders partly filled and
+open): cancelled with the executor's ledger kept the venue's, a cancel racing the fill of the
+remainder, and a process killed in the middle of a session and after it (a closed session
+stays closed); and the process and client built from the settings (deploy/'s command).
 
 Every account is a venue process of its own (``python -m trading.vnpy_process`` with the replay
 gateway and vn.py's paper account, on free loopback ports, in a temporary state folder), as a
@@ -27,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +58,7 @@ from trading.contract import VenueContract, VenueEnv
 from trading.executor import MarketView, execute_signal
 from trading.ledger import Ledger, SignalRecord
 from trading.models import (
+    Fill,
     OrderRequest,
     OrderStatus,
     Side,
@@ -63,7 +67,7 @@ from trading.models import (
     signal_id_of,
     weights_hash,
 )
-from trading.paper import FrameQuotes
+from trading.paper import SHANGHAI, FrameQuotes
 from trading.venue import VenueError
 from trading.vnpy_venue import VnpyEndpoint, VnpyVenue
 
@@ -129,9 +133,11 @@ class VenueProcesses:
     started: list[VenueProcess] = field(default_factory=list)
 
     def setting(self, account_id: str, cash: float, unlisted: frozenset[str] = frozenset(),
-                state: Path | None = None) -> dict[str, object]:
+                state: Path | None = None, participation: float | None = None
+                ) -> dict[str, object]:
         """The replay gateway's setting for an account with ``cash`` (``unlisted``: funds
-        the venue does not offer, left out of its bars, written to ``state``)."""
+        the venue does not offer, left out of its bars, written to ``state``;
+        ``participation``: the share of a bar's volume an order may take)."""
         bars_file = self.market.bars_file
         if unlisted:
             assert state is not None
@@ -142,17 +148,19 @@ class VenueProcesses:
             bars.loc[~bars["symbol"].isin(unlisted)].to_parquet(bars_file)
         instruments = {s: i for s, i in self.market.instruments.items() if s not in unlisted}
         return {"bars": str(bars_file), "instruments": instruments,
-                "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS)}
+                "account": account_id, "cash": cash, "costs": dataclasses.asdict(COSTS),
+                "participation": participation}
 
     def start(self, account_id: str, cash: float, *, ack_delay: float = 0.0,
-              like: VenueProcess | None = None,
-              unlisted: frozenset[str] = frozenset()) -> VenueProcess:
+              like: VenueProcess | None = None, unlisted: frozenset[str] = frozenset(),
+              participation: float | None = None) -> VenueProcess:
         """A venue process for ``account_id`` (or ``like``'s, restarted on its state folder and
         ports); returns once its RPC service is up."""
         state = like.state_dir if like else self.root / account_id
         state.mkdir(parents=True, exist_ok=True)
         setting = state / "gateway.json"
-        setting.write_text(json.dumps(self.setting(account_id, cash, unlisted, state)))
+        setting.write_text(json.dumps(self.setting(account_id, cash, unlisted, state,
+                                                   participation)))
         rep, pub = (like.rep_port, like.pub_port) if like else (free_port(), free_port())
         cmd = [sys.executable, "-m", "trading.vnpy_process",
                "--gateway", "trading.vnpy_replay:ReplayGateway", "--paper",
@@ -471,6 +479,37 @@ def _race(venue: VnpyVenue, account: str, cid: str, session: dt.date,
     return results
 
 
+def _race_round(venue: VnpyVenue, req: OrderRequest, before: int, cancel_delay: float,
+                fill_delay: float) -> OrderStatus:
+    """One round of ``_race`` for ``req`` (open, ``before`` units of it filled): it ends
+    filled (its remainder in one more trade) or cancelled with what it had, never more;
+    returns how it ended."""
+    cid, session = req.client_order_id, req.session
+    results = _race(venue, req.account_id, cid, session, cancel_delay, fill_delay)
+    final = venue.order(cid)
+    assert final is not None and results["cancel"] == final, (results, final)
+    own = [f.quantity for f in venue.fills(req.account_id, session) if f.client_order_id == cid]
+    earlier = [before] if before else []
+    if final.status is OrderStatus.FILLED:
+        assert final.filled_quantity == req.quantity
+        assert own == [*earlier, req.quantity - before], own
+    else:
+        assert (final.status, final.filled_quantity, final.reason) == (
+            OrderStatus.CANCELLED, before, None), final
+        assert own == earlier, own
+    return final.status
+
+
+def _book_is_its_fills(venue: VnpyVenue, account: str, symbol: str) -> None:
+    """The venue's position in ``symbol``, its cash and its fills agree, each fill once."""
+    fills = venue.fills(account)
+    assert venue.positions(account) == ({symbol: sum(f.quantity for f in fills)}
+                                        if fills else {})
+    assert venue.cash(account) == pytest.approx(
+        CASH - sum(f.quantity * f.price + f.commission for f in fills), abs=1e-6)
+    assert len({f.fill_id for f in fills}) == len(fills)
+
+
 def test_a_cancel_racing_the_fill_ends_one_way(processes: VenueProcesses,
                                                replay_market: ReplayMarket) -> None:
     """cancel and the session's matching sent at once, from two threads, over several
@@ -495,24 +534,8 @@ def test_a_cancel_racing_the_fill_ends_one_way(processes: VenueProcesses,
                                session=session,
                                reference_price=replay_market.reference_price(symbol, session))
             assert venue.submit(req).status is OrderStatus.SUBMITTED
-            results = _race(venue, account, req.client_order_id, session, cancel_delay,
-                            fill_delay)
-            final = venue.order(req.client_order_id)
-            assert final is not None and results["cancel"] == final, (results, final)
-            own = [f for f in venue.fills(account, session)
-                   if f.client_order_id == req.client_order_id]
-            if final.status is OrderStatus.FILLED:
-                assert [f.quantity for f in own] == [500] and final.filled_quantity == 500
-            else:
-                assert final.status is OrderStatus.CANCELLED and final.filled_quantity == 0
-                assert own == []
-            outcomes.append(final.status)
-        fills = venue.fills(account)
-        assert venue.positions(account) == ({symbol: sum(f.quantity for f in fills)}
-                                            if fills else {})
-        assert venue.cash(account) == pytest.approx(
-            CASH - sum(f.quantity * f.price + f.commission for f in fills), abs=1e-6)
-        assert len({f.fill_id for f in fills}) == len(fills)
+            outcomes.append(_race_round(venue, req, 0, cancel_delay, fill_delay))
+        _book_is_its_fills(venue, account, symbol)
     finally:
         venue.close()
     assert outcomes[:2] == [OrderStatus.FILLED, OrderStatus.CANCELLED], outcomes
@@ -589,15 +612,22 @@ def test_executor_with_the_venue_killed_mid_execution_keeps_the_ledger_consisten
             assert (o.status, o.filled_quantity, o.venue_order_id) == \
                 (remote.status, remote.filled_quantity, remote.venue_order_id), (o, remote)
             assert o.status is OrderStatus.FILLED, o
-        venue_fills = venue.fills(account, SESSION)
-        assert sorted(f.fill_id for f in ledger.fills(account)) == \
-            sorted(f.fill_id for f in venue_fills)
-        assert {s: p.quantity for s, p in ledger.positions(account).items() if p.quantity} == \
-            venue.positions(account)
-        assert ledger.cash(account) == pytest.approx(venue.cash(account), abs=1e-6)
+        _ledger_is_the_venues(ledger, venue, account, venue.fills(account, SESSION))
     finally:
         venue.close()
         ledger.dispose()
+
+
+def _ledger_is_the_venues(ledger: Ledger, venue: VnpyVenue, account: str,
+                          venue_fills: Sequence[Fill]) -> None:
+    """The ledger's fills are the venue's (by trade id, order, quantity, price), and so are
+    its positions and cash."""
+    assert sorted((f.fill_id, f.client_order_id, f.quantity, f.price)
+                  for f in ledger.fills(account)) == \
+        sorted((f.fill_id, f.client_order_id, f.quantity, f.price) for f in venue_fills)
+    assert {s: p.quantity for s, p in ledger.positions(account).items() if p.quantity} == \
+        venue.positions(account)
+    assert ledger.cash(account) == pytest.approx(venue.cash(account), abs=1e-6)
 
 
 SIGNAL_WEIGHTS = {"510300": 0.3, "510500": 0.3, "512880": 0.2}
@@ -721,3 +751,211 @@ def test_an_order_after_the_session_closed_is_refused_session_closed(
         assert next_day.status is OrderStatus.SUBMITTED, next_day
     finally:
         venue.close()
+
+
+# -- partial fills: the test venue's participation cap -----------------------------------------
+# An order takes at most this share of its bar's volume traded while it was open: the signal's
+# orders (tens of thousands of units against bars of 10^8–10^9) fill a quarter of the cap's
+# worth by 10:30, so each is left partly filled and open.
+PARTICIPATION = 1e-4
+# A smaller share, for single orders sized from their bar.
+SMALL_SHARE = 2.5e-5
+
+
+def _at(session: dt.date, clock: str) -> dt.datetime:
+    return dt.datetime.combine(session, dt.time.fromisoformat(clock), SHANGHAI)
+
+
+def _capped_venue(processes: VenueProcesses, tag: str, share: float
+                  ) -> tuple[str, VenueProcess, VnpyVenue]:
+    """A new account's venue process whose orders take at most ``share`` of a bar's volume,
+    and a vn.py venue driving its replay clock."""
+    account = f"{tag}-{uuid.uuid4().hex[:10]}"
+    proc = processes.start(account, CASH, participation=share)
+    return account, proc, VnpyVenue([proc.endpoint], COSTS, rpc_timeout=10.0,
+                                     ack_timeout=5.0, replay_clock=True)
+
+
+def test_a_closed_session_stays_closed_after_a_sigkill_restart(
+        processes: VenueProcesses, replay_market: ReplayMarket) -> None:
+    """The venue process is killed with SIGKILL and restarted on its state folder twice: in
+    the middle of a session (replayed to 10:30, an order partly filled by the participation
+    cap), which goes on where it stood (the order open with its fill, the cap counting it, a
+    new order for the session taken); and after the session closed: an order for it is still
+    refused ``session_closed`` (the clock is on disk before ``replay_session`` answers), one for
+    the next session is taken."""
+    from trading.paper import REASON_SESSION_CLOSED
+
+    share = SMALL_SHARE
+    account, proc, venue = _capped_venue(processes, "reclosed", share)
+    symbol = SYMBOLS[0]
+    price = replay_market.reference_price(symbol, SESSION)
+    bar = replay_market.real.quotes.quote(symbol, SESSION)
+    assert bar is not None
+    later = min(d.date() for d in replay_market.real.bars["date"] if d.date() > SESSION)
+
+    def order(tag: str, session: dt.date, quantity: int = 100) -> OrderRequest:
+        return OrderRequest(client_order_id=f"o-{tag}-{uuid.uuid4().hex[:12]}",
+                            account_id=account, symbol=symbol, side=Side.BUY,
+                            quantity=quantity, session=session, reference_price=price)
+
+    running = [proc]
+
+    def sigkill_and_restart() -> None:
+        killed = running[-1].proc
+        assert killed is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(10) == -signal.SIGKILL
+        running.append(processes.start(account, CASH, like=proc, participation=share))
+
+    try:
+        venue.open_account(account, CASH)
+        large = order("large", SESSION, quantity=int(share * bar.volume) // 100 * 100)
+        assert venue.submit(large).status is OrderStatus.SUBMITTED
+        venue.replay_until(account, _at(SESSION, "10:30"))
+        part = venue.order(large.client_order_id)
+        assert part is not None and part.status is OrderStatus.PARTIALLY_FILLED, part
+        sigkill_and_restart()
+        assert venue.order(large.client_order_id) == part
+        during = venue.submit(order("during", SESSION))
+        assert during.status is OrderStatus.SUBMITTED, during
+        fills = venue.fills(account, SESSION)                # the session's close
+        own = [f.quantity for f in fills if f.client_order_id == large.client_order_id]
+        cap = int(share * bar.volume)
+        assert own == [part.filled_quantity, cap - cap % 100 - part.filled_quantity], fills
+        assert [f.quantity for f in fills if f.client_order_id == during.client_order_id] \
+            == [100]
+        sigkill_and_restart()
+        late = venue.submit(order("late", SESSION))
+        assert (late.status, late.reason, late.filled_quantity) == (
+            OrderStatus.REJECTED, REASON_SESSION_CLOSED, 0), late
+        assert len(_orders_with(proc.state_dir, late.client_order_id)) == 1
+        assert venue.submit(order("next", later)).status is OrderStatus.SUBMITTED
+        assert venue.positions(account) == {symbol: sum(f.quantity for f in fills)}
+    finally:
+        venue.close()
+
+
+def _vn_status(state_dir: Path, cid: str) -> tuple[str, float]:
+    """vn.py's status and traded volume of the order, as the venue process wrote them."""
+    (rec,) = _orders_with(state_dir, cid)
+    traded = rec["traded"]
+    assert isinstance(traded, float), rec
+    return str(rec["status"]), traded
+
+
+def test_a_partial_fill_then_cancel_keeps_the_ledger_the_venues(
+        processes: VenueProcesses, replay_market: ReplayMarket, ledger_url: str) -> None:
+    """The executor sends a signal's orders; the venue's session runs to 10:30 and the
+    participation cap leaves each order partly filled and open (vn.py PARTTRADED: ours
+    partially_filled); each is cancelled (vn.py CANCELLED with its traded volume: ours
+    cancelled, the filled quantity kept). Executing the signal again sends nothing and brings
+    the ledger to the venue: every order's status and filled quantity, every fill once (by trade
+    id), positions and cash. The rest of the session fills nothing more."""
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    account = f"part-{uuid.uuid4().hex[:10]}"
+    ledger.open_account(account, CASH, actor="test")
+    proc = processes.start(account, CASH, participation=PARTICIPATION)
+    # The evening before: the executor's own matching stops at PREVIOUS.
+    venue = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                      replay_clock=True, replay_through=PREVIOUS)
+    signal_id, view, limits = _approved(ledger, account, "partial", replay_market.real.quotes)
+    try:
+        first = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
+                               account_id=account, market=view, limits=limits, costs=COSTS,
+                               actor="test", dagster_run_id="run-1")
+        assert first.submitted == 3, first.summary()
+        orders = ledger.orders(signal_id=signal_id)
+        assert all(o.status is OrderStatus.SUBMITTED for o in orders), orders
+
+        venue.replay_until(account, _at(SESSION, "10:30"))
+        partial = {}
+        for o in orders:
+            state = venue.order(o.order_id)
+            assert state is not None and state.status is OrderStatus.PARTIALLY_FILLED, state
+            assert 0 < state.filled_quantity < o.quantity and state.quantity == o.quantity
+            bar = replay_market.real.quotes.quote(o.symbol, SESSION)
+            assert bar is not None
+            cap = int(PARTICIPATION * bar.volume * 60 / 240)
+            assert state.filled_quantity == cap - cap % COSTS.lot_size, (o.symbol, state)
+            assert _vn_status(proc.state_dir, o.order_id) == ("PARTTRADED",
+                                                              state.filled_quantity)
+            partial[o.order_id] = state
+
+        for o in orders:
+            cancelled = venue.cancel(o.order_id)
+            assert (cancelled.status, cancelled.filled_quantity, cancelled.quantity,
+                    cancelled.reason) == (OrderStatus.CANCELLED,
+                                          partial[o.order_id].filled_quantity, o.quantity,
+                                          None), cancelled
+            assert _vn_status(proc.state_dir, o.order_id) == ("CANCELLED",
+                                                              cancelled.filled_quantity)
+            assert venue.cancel(o.order_id) == cancelled          # idempotent
+
+        again = execute_signal(ledger=ledger, venue=venue, signal_id=signal_id,
+                               account_id=account, market=view, limits=limits, costs=COSTS,
+                               actor="test", dagster_run_id="run-2")
+        assert again.submitted == 0, again.summary()
+        # The rest of the session: nothing more fills on a cancelled order.
+        live = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                         replay_clock=True)
+        try:
+            venue_fills = live.fills(account, SESSION)
+        finally:
+            live.close()
+        assert len({f.fill_id for f in venue_fills}) == len(venue_fills) == 3
+        for o in ledger.orders(signal_id=signal_id):
+            assert len(_orders_with(proc.state_dir, o.order_id)) == 1
+            remote = venue.order(o.order_id)
+            assert remote is not None
+            assert (o.status, o.filled_quantity, o.venue_order_id) == (
+                OrderStatus.CANCELLED, partial[o.order_id].filled_quantity,
+                remote.venue_order_id), o
+            assert (remote.status, remote.filled_quantity) == (o.status, o.filled_quantity)
+            assert o.average_price == pytest.approx(remote.average_price)
+        # Fills recorded twice are one fill each.
+        for fill in venue_fills:
+            ledger.record_fill(fill, actor="test")
+        _ledger_is_the_venues(ledger, venue, account, venue_fills)
+    finally:
+        venue.close()
+        ledger.dispose()
+
+
+def test_a_cancel_racing_the_fill_of_the_remainder(processes: VenueProcesses,
+                                                   replay_market: ReplayMarket) -> None:
+    """A partly filled order (the cap, by 10:30) and the rest of its session, which has the
+    volume for its remainder, racing its cancel from two threads: it ends filled (two trades,
+    its quantity) or cancelled with the part filled before (one trade), never more; the book
+    matches its fills. The first two rounds let one side start 0.2 s late (the fill wins, then
+    the cancel does), the others race as they come."""
+    share = SMALL_SHARE
+    account, _, venue = _capped_venue(processes, "rest", share)
+    symbol = SYMBOLS[0]
+    quotes = replay_market.real.quotes
+    sessions = [d for d in quotes.sessions(symbol) if d >= SESSION][:4]
+    delays = [(0.2, 0.0), (0.0, 0.2), (0.0, 0.0), (0.0, 0.0)]
+    outcomes = []
+    try:
+        venue.open_account(account, CASH)
+        for session, (cancel_delay, fill_delay) in zip(sessions, delays, strict=True):
+            bar = quotes.quote(symbol, session)
+            assert bar is not None
+            # Half of the session's cap: a quarter of the cap by 10:30 fills half of it.
+            quantity = int(share * bar.volume / 2) // COSTS.lot_size * COSTS.lot_size
+            req = OrderRequest(client_order_id=f"o-rest-{uuid.uuid4().hex[:16]}",
+                               account_id=account, symbol=symbol, side=Side.BUY,
+                               quantity=quantity, session=session,
+                               reference_price=replay_market.reference_price(symbol, session))
+            assert venue.submit(req).status is OrderStatus.SUBMITTED
+            venue.replay_until(account, _at(session, "10:30"))
+            part = venue.order(req.client_order_id)
+            assert part is not None and part.status is OrderStatus.PARTIALLY_FILLED, part
+            assert 0 < part.filled_quantity < quantity
+            outcomes.append(_race_round(venue, req, part.filled_quantity, cancel_delay,
+                                        fill_delay))
+        _book_is_its_fills(venue, account, symbol)
+    finally:
+        venue.close()
+    assert outcomes[:2] == [OrderStatus.FILLED, OrderStatus.CANCELLED], outcomes

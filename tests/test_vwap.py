@@ -10,7 +10,11 @@
   carried; a cancel that lost the race to a fill replaces nothing) and on the real vn.py venue
   process (a chain of replacements over three slices, our process crashing after the cancel
   and after the replacement was recorded: every order reaches the venue once, the ledger is
-  the venue's, total filled = the parent's quantity).
+  the venue's, total filled = the parent's quantity); a child partly filled at its slice end
+  (the test venue's participation cap) is cancelled with its fill recorded and replaced by its
+  remainder only.
+* The TWAP venue's own parent view (trading.twap.TwapVenue) after cancel/replace: the parent's
+  quantity once, its filled quantity the children's and replacements'.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from test_venue_contract import CASH, COSTS, PREVIOUS, SESSION, RealMarket
 from test_venue_contract import market as market
 from test_vnpy_venue import (
     ReplayMarket,
+    VenueProcess,
     VenueProcesses,
     _orders_with,
 )
@@ -37,7 +42,7 @@ from test_vnpy_venue import replay_market as replay_market
 
 from resources.execution import learn_profile
 from rotation.risk import RiskLimits
-from trading.executor import MarketView, execute_signal, reconcile
+from trading.executor import MarketView, _request, execute_signal, reconcile
 from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.live_prices import bar_fields, bars_key
 from trading.models import (
@@ -50,9 +55,9 @@ from trading.models import (
     weights_hash,
 )
 from trading.paper import SHANGHAI, FrameQuotes, PaperBroker, child_schedule
-from trading.session_clock import slice_end
+from trading.session_clock import clock_at, minutes_at, slice_end
 from trading.slice_end import REASON_LAST_SLICE, close_slice, replacement_id, slices_due
-from trading.twap import child_orders, slice_sizes, split_quantity
+from trading.twap import TwapVenue, child_orders, slice_sizes, split_quantity
 from trading.vnpy_venue import VnpyVenue
 from trading.volume_profile import (
     DEFAULT_CURVE,
@@ -81,6 +86,14 @@ def test_the_default_curve_is_a_u_shape_over_the_session() -> None:
     assert [slice_end(SESSION, k, 3).time() for k in (1, 2, 3)] == \
         [dt.time(10, 30), dt.time(14, 0), dt.time(15, 0)]
     assert profile.slice_weights(1) == [pytest.approx(1.0)]
+
+
+def test_minutes_at_inverts_the_session_clock() -> None:
+    """The test venue replays a session up to a time of day by its minutes of trading."""
+    for minutes in (0.0, 1.0, 60.0, 119.5, 120.0, 121.0, 180.0, 240.0):
+        assert minutes_at(clock_at(minutes)) == pytest.approx(minutes, abs=1 / 60)
+    assert [minutes_at(dt.time(*t)) for t in ((8, 0), (12, 15), (13, 0), (16, 0))] == \
+        [0.0, 120.0, 120.0, 240.0]
 
 
 @pytest.mark.parametrize(("curve", "message"), [
@@ -359,24 +372,34 @@ class CrashAfter:
         return getattr(self.inner, name)
 
 
-def test_cancel_replace_on_the_vnpy_venue_with_crashes_mid_replace(
-        processes: VenueProcesses, replay_market: ReplayMarket,
-        ledger: Ledger) -> None:
-    account = f"cr-{uuid.uuid4().hex[:8]}"
+def _resting_on_vnpy(ledger: Ledger, processes: VenueProcesses, replay_market: ReplayMarket,
+                     tag: str, slices: int, profile: Any = None,
+                     participation: float | None = None
+                     ) -> tuple[str, VenueProcess, VnpyVenue, str]:
+    """A sliced execution of half the cash in 510300 on a vn.py test venue process of a new
+    account, the evening before the session (the venue's market stops at PREVIOUS: the
+    children rest there). Returns the account, the process, the resting venue and the
+    signal."""
+    account = f"{tag}-{uuid.uuid4().hex[:8]}"
     ledger.open_account(account, CASH, actor="test")
-    proc = processes.start(account, CASH)
-    # The evening before: the venue's market stops at PREVIOUS, the children rest there.
+    proc = processes.start(account, CASH, participation=participation)
     resting = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
                         replay_clock=True, replay_through=PREVIOUS)
     weights = {"510300": 0.5}
     sid = _signal(ledger, account, weights)
+    report = execute_signal(ledger=ledger, venue=resting, signal_id=sid, account_id=account,
+                            market=_view(replay_market.real.quotes, weights), limits=LIMITS,
+                            costs=COSTS, actor="test", twap_slices=slices, profile=profile)
+    assert report.status == "completed", report.summary()
+    return account, proc, resting, sid
+
+
+def test_cancel_replace_on_the_vnpy_venue_with_crashes_mid_replace(
+        processes: VenueProcesses, replay_market: ReplayMarket,
+        ledger: Ledger) -> None:
+    account, proc, resting, sid = _resting_on_vnpy(ledger, processes, replay_market, "cr", 3,
+                                                   profile_from_curve())
     try:
-        report = execute_signal(ledger=ledger, venue=resting, signal_id=sid,
-                                account_id=account, market=_view(replay_market.real.quotes,
-                                                                 weights),
-                                limits=LIMITS, costs=COSTS, actor="test", twap_slices=3,
-                                profile=profile_from_curve())
-        assert report.status == "completed", report.summary()
         orders = ledger.orders(signal_id=sid)
         parent = next(o for o in orders if o.parent_order_id is None)
         c1, c2, c3 = (o for o in orders if o.parent_order_id == parent.order_id)
@@ -487,5 +510,114 @@ def test_a_vwap_plan_with_empty_slices_closes_each_slice_at_its_own_end(
         sent = ledger.order(carried.order_id)
         assert sent is not None and sent.status is OrderStatus.SUBMITTED
         assert slices_due(ledger, account, at) == []
+    finally:
+        resting.close()
+
+
+def _view_of_parent(view: VenueOrder | None, status: OrderStatus, quantity: int,
+                    filled: int) -> None:
+    assert view is not None
+    assert (view.status, view.quantity, view.filled_quantity) == (status, quantity, filled), \
+        view
+
+
+def test_the_twap_venues_parent_view_counts_a_replaced_child_once(
+        ledger: Ledger, ledger_url: str, market: RealMarket) -> None:
+    """On the paper broker (which reports a parent's children and replacements): slice 1 ends
+    unfilled and its child is replaced; the TWAP venue's parent view has the parent's quantity
+    (not the cancelled child's and its replacement's both), open; once the session is matched,
+    filled, as the ledger's parent."""
+    account, _, orders = _executed(ledger, ledger_url, market, {"510300": 0.5}, 2)
+    parent = next(o for o in orders if o.parent_order_id is None)
+    first, _last = (o for o in orders if o.parent_order_id == parent.order_id)
+    resting = PaperBroker(ledger_url, _before(market), COSTS)
+    try:
+        done = close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
+                           actor="slicer")
+        assert done.sent == [replacement_id(first, 2)]
+        assert len(resting.children_of(parent.order_id)) == 3
+        _view_of_parent(TwapVenue(resting).order(parent.order_id), OrderStatus.SUBMITTED,
+                        parent.quantity, 0)
+    finally:
+        resting.close()
+    broker = PaperBroker(ledger_url, market.quotes, COSTS)
+    try:
+        reconcile(ledger, broker, account, actor="test", until=SESSION)
+        view = TwapVenue(broker).order(parent.order_id)
+        _view_of_parent(view, OrderStatus.FILLED, parent.quantity, parent.quantity)
+        stored = ledger.order(parent.order_id)
+        assert view is not None and stored is not None
+        assert (stored.status, stored.filled_quantity) == (view.status, view.filled_quantity)
+        assert view.average_price == pytest.approx(stored.average_price)
+    finally:
+        broker.close()
+
+
+def test_close_slice_on_a_partly_filled_child_carries_only_the_remainder(
+        processes: VenueProcesses, replay_market: ReplayMarket, ledger: Ledger) -> None:
+    """The vn.py test venue with a participation cap: by the end of slice 1 (11:30) child 1 is
+    partly filled and open. ``close_slice`` cancels it, records its partial fill, and its
+    replacement carries only the remainder; the session's close fills the rest: every order
+    sent once, the ledger the venue's, total filled = the parent's quantity; the TWAP venue's
+    parent view agrees with the ledger's at each step."""
+    account, proc, resting, sid = _resting_on_vnpy(ledger, processes, replay_market, "crp", 2,
+                                                   participation=1e-4)
+    try:
+        orders = ledger.orders(signal_id=sid)
+        parent = next(o for o in orders if o.parent_order_id is None)
+        c1, c2 = (o for o in orders if o.parent_order_id == parent.order_id)
+        # The TWAP venue learns the plan from a resubmission of the parent: nothing is sent.
+        twap = TwapVenue(resting)
+        twap.submit(_request(parent))
+        assert all(len(_orders_with(proc.state_dir, c.order_id)) == 1 for c in (c1, c2))
+
+        resting.replay_until(account, slice_end(SESSION, 1, 2))
+        part = resting.order(c1.order_id)
+        assert part is not None and part.status is OrderStatus.PARTIALLY_FILLED, part
+        assert 0 < part.filled_quantity < c1.quantity
+
+        done = close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
+                           actor="slicer")
+        stored1 = ledger.order(c1.order_id)
+        carried = ledger.order(replacement_id(c1, 2))
+        assert stored1 is not None and carried is not None
+        assert (stored1.status, stored1.filled_quantity) == (OrderStatus.CANCELLED,
+                                                             part.filled_quantity)
+        assert [f.quantity for f in ledger.fills(account) if f.client_order_id == c1.order_id] \
+            == [part.filled_quantity]
+        assert (carried.replaces, carried.slice_index, carried.quantity, carried.status) == (
+            c1.order_id, 2, c1.quantity - part.filled_quantity, OrderStatus.SUBMITTED)
+        assert done.cancelled == [c1.order_id] and done.sent == [carried.order_id]
+        stored_parent = ledger.order(parent.order_id)
+        assert stored_parent is not None
+        view = twap.order(parent.order_id)
+        _view_of_parent(view, OrderStatus.PARTIALLY_FILLED, parent.quantity,
+                        stored_parent.filled_quantity)
+
+        live = VnpyVenue([proc.endpoint], COSTS, rpc_timeout=5.0, ack_timeout=5.0,
+                         replay_clock=True)
+        try:
+            reconcile(ledger, live, account, actor="test", until=SESSION)
+            end2 = close_slice(ledger, live, parent_order_id=parent.order_id, slice_index=2,
+                               actor="slicer")
+            assert end2.cancelled == [] and end2.dropped_units == 0
+            orders = ledger.orders(signal_id=sid)
+            _book_matches(ledger, live, account, orders)
+            kids = {o.order_id: o for o in orders if o.parent_order_id == parent.order_id}
+            assert {k: o.status for k, o in kids.items()} == {
+                c1.order_id: OrderStatus.CANCELLED, c2.order_id: OrderStatus.FILLED,
+                carried.order_id: OrderStatus.FILLED}
+            assert all(len(_orders_with(proc.state_dir, k)) == 1 for k in kids)
+            fills = ledger.fills(account)
+            assert len({f.fill_id for f in fills}) == len(fills)
+            assert sum(f.quantity for f in fills) == parent.quantity
+            stored_parent = ledger.order(parent.order_id)
+            assert stored_parent is not None
+            assert (stored_parent.status, stored_parent.filled_quantity) == (
+                OrderStatus.FILLED, parent.quantity)
+            _view_of_parent(twap.order(parent.order_id), OrderStatus.FILLED,
+                            parent.quantity, parent.quantity)
+        finally:
+            live.close()
     finally:
         resting.close()

@@ -25,6 +25,10 @@ Market rules (the same as the backtest engine, :mod:`rotation.backtest.engine`):
 * Lots: a buy is whole lots of ``costs.lot_size``. A sell is whole lots, or its odd remainder
   equals the odd remainder of the position (an odd lot can only be sold in one piece, as on the
   exchange); selling the whole position is the common case.
+* Participation (``cap``, :func:`participation_cap`; the vn.py test venue's setting, never the
+  paper broker's): an order trades at most a share of the bar's volume traded while it was open
+  (the volume spread evenly over the session); what the cap alone held back is ``participation``
+  (the test venue keeps such an order open until the session's close).
 * One fill per order with the deterministic id ``f"{venue_order_id}-1"``: re-reads return the
   same ids and values. A partially executed order ends ``expired`` with ``filled_quantity > 0``
   (the paper broker never leaves an order ``partially_filled``: its session is over).
@@ -78,6 +82,7 @@ REASON_LIMIT_UP = "limit_up"
 REASON_LIMIT_DOWN = "limit_down"
 REASON_T1 = "t1"
 REASON_CASH_SHORT = "cash_short"
+REASON_PARTICIPATION = "participation"
 REASON_CANCELLED = "cancelled"
 
 
@@ -581,15 +586,29 @@ class PaperBroker:
                           average_price=_float(row.average_price), reason=row.reason)
 
 
+def participation_cap(share: float | None, volume: float, elapsed: float, traded: int
+                      ) -> int | None:
+    """Units an order may still trade when the venue lets it take at most ``share`` (0..1) of
+    the bar's ``volume`` traded while it was open: ``elapsed`` (0..1) of the session, the bar's
+    volume spread evenly over it, less the ``traded`` units it has already. None: no cap (the
+    paper broker's default: an order takes the whole bar)."""
+    if not share:
+        return None
+    return max(int(share * volume * elapsed) - traded, 0)
+
+
 def _expired(reason: str) -> Outcome:
     return Outcome(0, None, 0.0, OrderStatus.EXPIRED, reason, None)
 
 
 def execute_on_bar(side: Side, symbol: str, wanted: int, slice_index: int, slices: int,
                session: dt.date, quote: Quote | None, book: SessionBook, costs: CostModel,
-               *, tick: float = 0.001, fill_time: dt.time = dt.time(9, 30)) -> Outcome:
+               *, tick: float = 0.001, fill_time: dt.time = dt.time(9, 30),
+               cap: int | None = None) -> Outcome:
     """The market rules of one order on a session's bar (module docstring), updating ``book``:
-    the one place they live, for the paper broker and the vn.py test venue alike."""
+    the one place they live, for the paper broker and the vn.py test venue alike. ``cap``: at
+    most that many units trade (:func:`participation_cap`); a shortfall it alone causes has the
+    reason ``participation``."""
     if quote is None:
         return _expired(REASON_NO_BAR)
     frac, clock = child_schedule(slice_index, slices)
@@ -607,12 +626,14 @@ def execute_on_bar(side: Side, symbol: str, wanted: int, slice_index: int, slice
     price = base * (1 + slip) if side is Side.BUY else base * (1 - slip)
     filled_at = dt.datetime.combine(session, clock, tzinfo=SHANGHAI)
     lot = costs.lot_size
+    allowed = wanted if cap is None else max(cap, 0)
     if side is Side.SELL:
         held = book.positions.get(symbol, 0)
         # T+1 classes cannot sell units bought in this session; T+0 classes can.
         sellable = held if quote.same_session_sell else held - book.bought.get(symbol, 0)
-        qty = sellable_quantity(wanted, sellable, held, lot)
-        shortfall_reason = REASON_T1 if sellable < wanted else REASON_ODD_LOT
+        qty = sellable_quantity(min(wanted, allowed), sellable, held, lot)
+        shortfall_reason = REASON_PARTICIPATION if allowed < min(wanted, sellable) else \
+            REASON_T1 if sellable < wanted else REASON_ODD_LOT
         if qty <= 0:
             return _expired(shortfall_reason)
         notional = qty * price
@@ -622,7 +643,8 @@ def execute_on_bar(side: Side, symbol: str, wanted: int, slice_index: int, slice
             book.held_back += notional - commission
         book.positions[symbol] = held - qty
     else:
-        qty = wanted - wanted % lot
+        capped = min(wanted, allowed)
+        qty = capped - capped % lot
         commission = costs.commission(qty * price)
         usable = book.cash - book.held_back
         if qty * price + commission > usable + _CASH_EPS:
@@ -634,7 +656,7 @@ def execute_on_bar(side: Side, symbol: str, wanted: int, slice_index: int, slice
             qty = lots * lot
             shortfall_reason = REASON_CASH_SHORT
         else:
-            shortfall_reason = REASON_ODD_LOT
+            shortfall_reason = REASON_PARTICIPATION if allowed < wanted else REASON_ODD_LOT
         if qty <= 0:
             return _expired(shortfall_reason)
         notional = qty * price

@@ -25,6 +25,15 @@ def clock_at(minutes: float) -> dt.time:
     return dt.time(seconds // 3600, seconds % 3600 // 60, seconds % 60)
 
 
+def minutes_at(clock: dt.time) -> float:
+    """Minutes of continuous trading from 09:30 to ``clock`` (Shanghai wall time): the inverse
+    of :func:`clock_at`, 0 before the open, 120 over the midday break, 240 from the close."""
+    at = clock.hour * 60 + clock.minute + clock.second / 60
+    morning = min(max(at, MORNING[0]), MORNING[1]) - MORNING[0]
+    afternoon = min(max(at, AFTERNOON[0]), AFTERNOON[1]) - AFTERNOON[0]
+    return morning + afternoon
+
+
 def slice_bounds(slices: int) -> list[float]:
     """Minutes after 09:30 where each of ``slices`` slices begins and ends (n + 1 edges). Slice
     k (1..n) is scheduled at fraction (k−1)/(n−1) of the session (``trading.paper.

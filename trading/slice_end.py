@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 
 from trading.executor import kill_switch_reason, order_request, sent_status, sync_parents
 from trading.ledger import AccountLock, Ledger, OrderRecord
-from trading.models import OrderStatus, VenueOrder, order_id_of
+from trading.models import OrderStatus, VenueOrder
 from trading.session_clock import slice_end
+from trading.twap import replacement_order_id
 from trading.venue import ExecutionVenue
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def slices_due(ledger: Ledger, account_id: str, now: dt.datetime) -> list[tuple[
 
 def replacement_id(order: OrderRecord, next_slice: int) -> str:
     """The replacement's client id: deterministic in the order it replaces."""
-    return order_id_of(order.order_id, order.symbol, order.side, next_slice)
+    return replacement_order_id(order.order_id, order.symbol, order.side, next_slice)
 
 
 def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,

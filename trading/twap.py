@@ -33,7 +33,10 @@ Aggregated status of a parent: while any child is open, ``partially_filled`` if 
 filled, else ``submitted``. Once every child is final: ``filled`` if all filled, ``cancelled``
 if any was cancelled, ``rejected`` if all were rejected, otherwise ``expired`` (with the filled
 quantity, if any). ``partially_filled`` is therefore never reported for a finished parent, so a
-caller waiting for a final state is not left hanging.
+caller waiting for a final state is not left hanging. A child cancelled at its slice end whose
+remainder a replacement carries on (:mod:`trading.slice_end`; found at the venue by its
+deterministic id, :func:`replacement_order_id`) counts for what it filled, and the replacement
+for its own quantity: the parent's quantity stays the parent's.
 """
 
 from __future__ import annotations
@@ -96,6 +99,13 @@ def _apportion(lots: int, weights: Sequence[float]) -> list[int]:
     for k in order[:lots - sum(whole)]:
         whole[k] += 1
     return whole
+
+
+def replacement_order_id(order_id: str, symbol: str, side: Side, next_slice: int) -> str:
+    """The client id of the order that carries ``order_id``'s unfilled remainder into slice
+    ``next_slice`` at a slice end (:mod:`trading.slice_end`): deterministic in the order it
+    replaces, so a venue's view of a parent finds its replacements without the ledger."""
+    return order_id_of(order_id, symbol, side, next_slice)
 
 
 def child_orders(parent: OrderRequest, slices: int, lot_size: int,
@@ -200,20 +210,22 @@ class TwapVenue:
         ids = self._known_plan(client_order_id)
         if ids is None:
             return self.inner.order(client_order_id)
+        ids, replaced = self._with_replacements(ids)
         states = [self.inner.order(cid) for cid in ids]
         if all(s is None for s in states):
             return None
         with self._lock:
             plan = self._plans.get(client_order_id)
         planned = {c.client_order_id: c.quantity for c in plan} if plan else {}
+        # A replaced child counts for what it filled: its remainder is its replacement's.
         return aggregate(client_order_id, states,
-                         [planned.get(cid, 0) for cid in ids])
+                         [planned.get(cid, 0) for cid in ids], replaced)
 
     def cancel(self, client_order_id: str) -> VenueOrder:
         ids = self._known_plan(client_order_id)
         if ids is None:
             return self.inner.cancel(client_order_id)
-        for cid in ids:
+        for cid in self._with_replacements(ids)[0]:
             state = self.inner.order(cid)
             if state is not None and not state.status.is_final:
                 self.inner.cancel(cid)
@@ -232,6 +244,31 @@ class TwapVenue:
         return self.inner.positions(account_id)
 
     # -- helpers ----------------------------------------------------------------------------
+    def _with_replacements(self, ids: Sequence[str]) -> tuple[list[str], set[str]]:
+        """``ids`` (a parent's children) with every order the venue holds that carries a
+        child's remainder on at a slice end (:func:`replacement_order_id`, followed down the
+        chain), and the ids that were so replaced."""
+        chain = list(ids)
+        replaced: set[str] = set()
+        todo = []
+        for cid in ids:
+            request = self.request(cid)
+            if request is not None:
+                todo.append((cid, request.symbol, Side(request.side), request.slice_index,
+                             request.slices))
+        while todo:
+            cid, symbol, side, k, n = todo.pop()
+            if not 1 <= k < n:          # the last slice's remainder is not carried
+                continue
+            successor = replacement_order_id(cid, symbol, side, k + 1)
+            if successor not in chain:
+                if self.inner.order(successor) is None:
+                    continue
+                chain.append(successor)
+                todo.append((successor, symbol, side, k + 1, n))
+            replaced.add(cid)
+        return chain, replaced
+
     def _known_plan(self, parent_id: str) -> list[str] | None:
         """Child ids of a parent split by this process, else as the wrapped venue records
         them (``children_of``, e.g. the paper broker's ``parent_order_id``); None when the id

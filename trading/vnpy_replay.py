@@ -6,24 +6,31 @@ What it is, for the venue over RPC (:mod:`trading.vnpy_venue`), is a broker: one
 cash and holdings, orders and trades, and the exchange's rules. vn.py's paper account knows
 none of those rules (lots, T+1, price limits, cash), so :class:`ReplayBroker` decides them with
 the platform's one market-rules model, :func:`trading.paper.execute_on_bar` and
-:func:`trading.paper.lot_rejection` (the paper broker's), and the paper account crosses what
-they allow: a market order is crossed against a tick whose ask (buy) or bid (sell) is the
-rules' fill price (the open with slippage), so the trade, its id and the position are the
-paper account's own.
+:func:`trading.paper.lot_rejection` (the paper broker's), and what they allow is traded as the
+paper account trades (its order and trade events, its position), at the rules' fill price (the
+open with slippage), one trade id per fill (``<orderid>-<n>``).
 
 * The replay clock: ``replay_session(day)`` (an RPC function of the venue process) opens the
   session ``day`` (> the clock): every open order is matched on that session's bar, sells before
   buys, then by arrival; an order the bar does not fill completely is ended by the venue (vn.py
   ``CANCELLED`` with a note: ``no_bar``, ``limit_up``, ``t1``, ``cash_short``, ...), which our
   venue reports as ``expired``. Sessions not asked for are not replayed.
+  ``replay_session(day, through="HH:MM")`` replays the session only up to that time: it stays
+  open (orders for it are taken and matched by the next call) until replayed to its close.
+* Participation (setting ``participation``, a share of the bar's volume; unset: none): an order
+  takes at most that share of the volume traded while it was open (the bar's volume spread
+  evenly over the session's minutes; :func:`trading.paper.participation_cap`). What the cap
+  held back rests in the book, vn.py ``PARTTRADED`` (or ``NOTTRADED``), until a later part of
+  the session fills it, it is cancelled, or the close ends it (``participation``). With no
+  cap, an order fills in one trade as before.
 * Submit-time refusals (not whole lots, an odd lot that does not close the position, a
   non-market order, an unknown fund, an order for a session the clock has already replayed:
   ``session_closed``, the session told by ``expect_session`` before the order is sent) are
   vn.py ``REJECTED`` orders with a note.
-* State (cash, clock, holdings, orders with their reference, trades, notes) is written to
-  ``replay_state.json`` in the venue's state directory before an order is acknowledged and after
-  every change, and restored on start: a venue process killed with SIGKILL comes back with the
-  orders it had accepted.
+* State (cash, clock, the session in progress, holdings, orders with their reference, trades,
+  notes) is written to ``replay_state.json`` in the venue's state directory before an order
+  is acknowledged and after every change, and restored on start: a venue process killed with
+  SIGKILL comes back with the orders it had accepted.
 
 Settings (the gateway's JSON, ``default_setting``): the market, either ``dataset`` (a stored
 dataset: ``{"root": "<shared/data/cn_etf_morphkyan_raw>", "config":
@@ -31,7 +38,7 @@ dataset: ``{"root": "<shared/data/cn_etf_morphkyan_raw>", "config":
 ``bars`` (a parquet file of raw daily bars: ``date, symbol, open, high, low, close, volume``,
 optional ``adj_factor``) with ``instruments`` (symbol → ``exchange``, ``price_limit``,
 ``same_session_sell``, ``sale_cash_same_day``); ``account``, ``cash`` and ``costs``
-(:class:`rotation.costs.CostModel` fields).
+(:class:`rotation.costs.CostModel` fields); ``participation`` (above).
 """
 
 from __future__ import annotations
@@ -51,13 +58,17 @@ from trading.models import Side
 from trading.paper import (
     REASON_INVALID_QUANTITY,
     REASON_ORDER_TYPE,
+    REASON_PARTICIPATION,
     REASON_SESSION_CLOSED,
     SHANGHAI,
     FrameQuotes,
+    Outcome,
     SessionBook,
     execute_on_bar,
     lot_rejection,
+    participation_cap,
 )
+from trading.session_clock import SESSION_MINUTES, clock_at, minutes_at
 from trading.vnpy_api import (
     EVENT_ACCOUNT,
     EVENT_ORDER,
@@ -73,7 +84,6 @@ from trading.vnpy_api import (
     OrderType,
     Product,
     Status,
-    TickData,
     TradeData,
     exchange_of,
 )
@@ -164,6 +174,17 @@ def _market(setting: dict[str, Any], base: Path
     return pd.read_parquet(bars_path), dict(setting.get("instruments") or {})
 
 
+def _participation(value: Any) -> float | None:
+    """The setting ``participation``: the share (0 < share ≤ 1) of a bar's volume one order may
+    take; unset or null: no cap."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise RuntimeError(f"ReplayGateway: setting 'participation' {value!r} is not a share "
+                           "of the bar's volume in (0, 1]")
+    return float(value)
+
+
 def _order_record(order: Any, seq: int) -> dict[str, Any]:
     return {"orderid": order.orderid, "symbol": order.symbol, "exchange": order.exchange.value,
             "direction": order.direction.name, "type": order.type.name,
@@ -196,7 +217,12 @@ class ReplayBroker:
         # reference -> the session its order is for (expect_session): the exchange's hours.
         self.sessions: dict[str, dt.date] = {}
         self.seq = 0
-        self._stamps: dict[str, dt.datetime] = {}
+        # The share of a bar's volume an order may take (None: the whole bar), the session the
+        # clock is inside (replayed up to a time of day: its minutes, and its book's T+1 units
+        # and held-back sale cash) and when each order arrived in it.
+        self.participation: float | None = None
+        self.day: dict[str, Any] | None = None
+        self.arrivals: dict[str, list[Any]] = {}
         self._waiting: dict[int, threading.Event] = {}
         self._token = 0
         self._failures: dict[int, str] = {}
@@ -221,6 +247,7 @@ class ReplayBroker:
         self.quotes = FrameQuotes(bars, limits, classes=classes)
         self.costs = CostModel(**dict(setting.get("costs") or {}))
         self.account = str(setting.get("account") or "replay")
+        self.participation = _participation(setting.get("participation"))
         symbols = sorted(set(bars["symbol"].astype(str)))
         with self.lock:
             self.cash = float(setting.get("cash", 1_000_000.0))
@@ -250,6 +277,8 @@ class ReplayBroker:
         self.trades = state["trades"]
         self.notes = state["notes"]
         self.seq = int(state["seq"])
+        self.day = state.get("day")
+        self.arrivals = state.get("arrivals", {})
         self.paper.order_count = max(self.paper.order_count, int(state["order_count"]))
         self.paper.positions.clear()
         for vt_symbol, volume in state["positions"].items():
@@ -268,7 +297,8 @@ class ReplayBroker:
                 datetime=dt.datetime.fromisoformat(rec["datetime"]) if rec["datetime"] else None,
                 gateway_name="PAPER")
             if rec["status"] in ACTIVE:
-                order.status = Status.NOTTRADED
+                if order.status == Status.SUBMITTING:
+                    order.status = Status.NOTTRADED
                 self.paper.active_orders.setdefault(order.vt_symbol, {})[order.orderid] = order
             self.event_engine.put(Event(EVENT_ORDER, copy(order)))
         for rec in self.trades.values():
@@ -299,6 +329,9 @@ class ReplayBroker:
                 order = req.create_order_data(vt_orderid.split(".", 1)[1], "PAPER")
                 order.status = Status.NOTTRADED
                 order.datetime = dt.datetime.now(SHANGHAI)
+                if self.day is not None:
+                    # It takes part in the volume from now on, not in what already traded.
+                    self.arrivals[order.orderid] = [self.day["session"], self.day["minutes"]]
                 self._record(order)
             return vt_orderid
 
@@ -339,9 +372,6 @@ class ReplayBroker:
 
     def _on_trade(self, event: Any) -> None:
         trade = event.data
-        stamp = self._stamps.pop(trade.orderid, None)
-        if stamp is not None:
-            trade.datetime = stamp
         with self.lock:
             self.trades[trade.tradeid] = {
                 "symbol": trade.symbol, "exchange": trade.exchange.value,
@@ -364,11 +394,20 @@ class ReplayBroker:
             return dict(self.notes)
 
     # -- the replay clock --------------------------------------------------------------------
-    def replay_session(self, day: str) -> str | None:
+    def replay_session(self, day: str, through: str | None = None) -> str | None:
         """Open session ``day`` (ISO date) and match every open order on its bar; returns the
-        clock. A day at or before the clock changes nothing. Runs in the event thread, after
-        every order sent before it; returns once vn.py's order book holds the outcome."""
+        clock (the newest session closed). ``through`` (``HH:MM``, Shanghai): replay the session
+        only up to that time of day; it stays open (orders for it are taken) until it is replayed
+        to its close. A session at or before the clock changes nothing; a later one closes a
+        session left open first. Runs in the event thread, after every order sent before it;
+        returns once vn.py's order book holds the outcome."""
         session = dt.date.fromisoformat(day)
+        try:
+            minutes = float(SESSION_MINUTES) if through is None else \
+                minutes_at(dt.time.fromisoformat(through))
+        except ValueError:
+            raise ValueError(f"replay_session {day}: through {through!r} is not a time of "
+                             "day HH:MM") from None
         done = threading.Event()
         # Events carry a token, not the threading.Event: the RPC service publishes (pickles)
         # every event.
@@ -376,7 +415,7 @@ class ReplayBroker:
             self._token += 1
             token = self._token
             self._waiting[token] = done
-        self.event_engine.put(Event(EVENT_REPLAY_SESSION, (session, token)))
+        self.event_engine.put(Event(EVENT_REPLAY_SESSION, (session, minutes, token)))
         if not done.wait(60):
             raise RuntimeError(f"replay_session {day}: not done within 60 s")
         with self.lock:
@@ -392,10 +431,12 @@ class ReplayBroker:
             done.set()
 
     def _on_replay(self, event: Any) -> None:
-        session, token = event.data
+        session, minutes, token = event.data
         try:
             if self.clock is None or session > self.clock:
-                self._match(session)
+                if self.day is not None and dt.date.fromisoformat(self.day["session"]) < session:
+                    self._match(dt.date.fromisoformat(self.day["session"]), SESSION_MINUTES)
+                self._match(session, minutes)
         except Exception as exc:
             # An exception would end vn.py's event thread (and the venue with it): the caller
             # gets it instead.
@@ -406,11 +447,22 @@ class ReplayBroker:
             # holds them when the caller returns.
             self.event_engine.put(Event(EVENT_REPLAY_DONE, token))
 
-    def _match(self, session: dt.date) -> None:
+    def _match(self, session: dt.date, minutes: float) -> None:
+        """Replay ``session`` from where it stands up to ``minutes`` of continuous trading
+        (``SESSION_MINUTES``: its close, which ends what is still open)."""
         assert self.quotes is not None
+        iso = session.isoformat()
+        fresh: dict[str, Any] = {"session": iso, "minutes": 0.0, "bought": {},
+                                 "held_back": 0.0}
+        day = self.day if self.day is not None and self.day["session"] == iso else fresh
+        start = float(day["minutes"])
+        if minutes <= start:
+            return
+        closing = minutes >= SESSION_MINUTES
         positions = {p.symbol: int(p.volume) for (_, d), p in self.paper.positions.items()
                      if d == Direction.NET and p.volume}
-        book = SessionBook(cash=self.cash, positions=positions, bought={})
+        book = SessionBook(cash=self.cash, positions=positions, bought=dict(day["bought"]),
+                           held_back=float(day["held_back"]))
         active = [o for orders in self.paper.active_orders.values() for o in orders.values()]
         active.sort(key=lambda o: (SIDE_OF_DIRECTION[o.direction] is Side.BUY,
                                    self.orders.get(o.orderid, {}).get("seq", 0)))
@@ -419,33 +471,54 @@ class ReplayBroker:
             side = SIDE_OF_DIRECTION[order.direction]
             wanted = int(order.volume - order.traded)
             quote = self.quotes.quote(order.symbol, session)
+            since = self._arrival(order.orderid, iso)
+            cap = participation_cap(self.participation, quote.volume if quote else 0.0,
+                                    (minutes - since) / SESSION_MINUTES, int(order.traded))
             outcome = execute_on_bar(side, order.symbol, wanted, 0, 1, session, quote, book,
-                                     self.costs)
-            if outcome.quantity > 0 and outcome.price is not None:
-                assert quote is not None and outcome.filled_at is not None
-                tick = TickData(
-                    symbol=order.symbol, exchange=order.exchange, datetime=outcome.filled_at,
-                    name=order.symbol, last_price=quote.open,
-                    ask_price_1=outcome.price if side is Side.BUY else 0.0,
-                    bid_price_1=outcome.price if side is Side.SELL else 0.0,
-                    gateway_name=self.gateway.gateway_name)
-                full = order.volume
-                order.volume = order.traded + outcome.quantity
-                self._stamps[order.orderid] = outcome.filled_at
-                # vn.py's paper account crosses it: the trade, its id, the position.
-                self.paper.cross_order(order, tick)
-                order.volume = full
+                                     self.costs, fill_time=clock_at(max(start, since)), cap=cap)
+            if outcome.quantity > 0:
+                self._cross(order, outcome)
             if outcome.quantity < wanted:
-                # The venue ends what the session did not fill (the order object is the one
-                # the queued events carry: they report the final state).
+                if outcome.reason == REASON_PARTICIPATION and not closing:
+                    # The volume so far held it back: it rests while the session goes on.
+                    self.paper.active_orders[order.vt_symbol][order.orderid] = order
+                    continue
+                # The venue ends what the session did not fill.
                 order.status = Status.CANCELLED
                 self.notes[order.vt_orderid] = outcome.reason or "expired"
                 self.event_engine.put(Event(EVENT_ORDER, copy(order)))
         with self.lock:
             self.cash = book.cash
-            self.clock = session
+            if closing:
+                self.clock, self.day = session, None
+            else:
+                self.day = {"session": iso, "minutes": minutes, "bought": book.bought,
+                            "held_back": book.held_back}
             self._save()
         self._put_account()
+
+    def _arrival(self, orderid: str, session: str) -> float:
+        """Minutes into ``session`` when the order arrived (0: before it opened)."""
+        arrived = self.arrivals.get(orderid)
+        return float(arrived[1]) if arrived is not None and arrived[0] == session else 0.0
+
+    def _cross(self, order: Any, outcome: Outcome) -> None:
+        """One trade of ``order`` as vn.py's paper account makes it (its order and trade events,
+        its position), with a trade id per fill: ``<orderid>-<n>`` (the paper account's own
+        cross gives every trade the order's id, and fills all of an order at once)."""
+        assert outcome.price is not None and outcome.filled_at is not None
+        order.traded += outcome.quantity
+        order.status = Status.ALLTRADED if order.traded >= order.volume else Status.PARTTRADED
+        self.event_engine.put(Event(EVENT_ORDER, copy(order)))
+        with self.lock:
+            n = 1 + sum(1 for t in self.trades.values() if t["orderid"] == order.orderid)
+        trade = TradeData(
+            symbol=order.symbol, exchange=order.exchange, orderid=order.orderid,
+            tradeid=f"{order.orderid}-{n}", direction=order.direction, offset=order.offset,
+            price=outcome.price, volume=outcome.quantity, datetime=outcome.filled_at,
+            gateway_name=order.gateway_name)
+        self.event_engine.put(Event(EVENT_TRADE, trade))
+        self.paper.update_position(trade, self.main_engine.get_contract(order.vt_symbol))
 
     # -- state -------------------------------------------------------------------------------
     def _put_account(self) -> None:
@@ -460,7 +533,7 @@ class ReplayBroker:
         state = {"cash": self.cash, "clock": self.clock.isoformat() if self.clock else None,
                  "orders": self.orders, "trades": self.trades, "notes": self.notes,
                  "seq": self.seq, "order_count": self.paper.order_count,
-                 "positions": positions}
+                 "positions": positions, "day": self.day, "arrivals": self.arrivals}
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w") as fh:
             json.dump(state, fh)

@@ -315,6 +315,19 @@ class VnpyVenue:
         unique = {t.vt_tradeid: t for t in link.call(what, "get_all_trades")}
         return list(unique.values())
 
+    def replay_until(self, account_id: str, at: dt.datetime) -> None:
+        """The test venue's market moved to ``at`` (aware) within its session: the session is
+        replayed up to that time of day (Shanghai) and stays open (``replay_session``'s
+        ``through``); ``fills(account, session)`` replays the rest of it."""
+        what = f"vnpy: replay {account_id} until {at.isoformat()}"
+        if not self.replay_clock:
+            raise VenueError(f"{what}: the venue's market moves by itself (no replay clock)")
+        if at.tzinfo is None:
+            raise VenueError(f"{what}: the time has no time zone")
+        local = at.astimezone(SHANGHAI)
+        self._link(account_id, what).call(what, "replay_session", local.date().isoformat(),
+                                          local.strftime("%H:%M:%S"))
+
     # -- execution --------------------------------------------------------------------------
     def fills(self, account_id: str, until: dt.date | None = None) -> Sequence[Fill]:
         what = f"vnpy: fills of {account_id}"
