@@ -34,10 +34,12 @@ def research_partitions(sessions: pd.DatetimeIndex, strategy: StrategyConfig
 
 
 def strategy_research_assets(strategy: StrategyConfig, cross_section: CrossSectionConfig,
-                             partitions: dg.StaticPartitionsDefinition, fan_out: bool = False
-                             ) -> list[dg.AssetsDefinition]:
+                             partitions: dg.StaticPartitionsDefinition, fan_out: bool = False,
+                             workers: int = 1) -> list[dg.AssetsDefinition]:
     """wfo_windows, wfo_results, oos_backtest, oos_positions and target_portfolio of
-    ``strategy`` (``partitions``: :func:`research_partitions`)."""
-    factory = (classic_walk_forward_assets if strategy.classic is not None
-               else walk_forward_assets)
-    return factory(strategy, cross_section, partitions, fan_out=fan_out)
+    ``strategy`` (``partitions``: :func:`research_partitions`; ``workers``: the local
+    processes a rotation's windows are searched in)."""
+    if strategy.classic is not None:
+        return classic_walk_forward_assets(strategy, cross_section, partitions, fan_out=fan_out)
+    return walk_forward_assets(strategy, cross_section, partitions, fan_out=fan_out,
+                               workers=workers)

@@ -71,10 +71,11 @@ def search_space(strategy: StrategyConfig) -> SearchSpace:
 
 
 def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionConfig,
-                        partitions: dg.StaticPartitionsDefinition, fan_out: bool = False
-                        ) -> list[dg.AssetsDefinition]:
+                        partitions: dg.StaticPartitionsDefinition, fan_out: bool = False,
+                        workers: int = 1) -> list[dg.AssetsDefinition]:
     """``fan_out``: a backfill of the windows is one run per window (to run them on separate
-    pods) instead of one run sharing the prepared panels."""
+    pods) instead of one run sharing the prepared panels. ``workers``: the windows of one run
+    are searched in this many local processes (:func:`rotation.walkforward.evaluate_windows`)."""
     window_backfill = (dg.BackfillPolicy.multi_run(1) if fan_out
                        else dg.BackfillPolicy.single_run())
     warmup = warmup_sessions(strategy)
@@ -203,13 +204,15 @@ def walk_forward_assets(strategy: StrategyConfig, cross_section: CrossSectionCon
         version = data_fingerprint(adjusted_bars)
         names = fund_names(market_data)
         rows, worst = [], 0.0
-        for window in windows_of(data, context.partition_keys):
+        jobs = [(window, wfo_windows.loc[(wfo_windows["window"] == window.key)
+                                         & wfo_windows["selected"], "factor"].tolist())
+                for window in windows_of(data, context.partition_keys)]
+        results = wf.evaluate_windows(data, panel, jobs, space, bcfg, workers=workers)
+        for (window, chosen), result in zip(jobs, results, strict=True):
             screen = wfo_windows.loc[wfo_windows["window"] == window.key]
-            chosen = screen.loc[screen["selected"], "factor"].tolist()
             with tracking.run(context, experiment=strategy.experiment_name,
                               run_name=f"wfo {window.key}", params=strategy.tracking_params(),
                               tags=tags(window), data_version=version) as run:
-                result = wf.evaluate_window(data, panel, window, chosen, space, bcfg)
                 summary = result.summary()
                 if result.winner is None:
                     context.log.warning(result.no_trade_reason)

@@ -56,6 +56,8 @@ STAGES = ("backfill", "factors", "screen", "search", "backtest", "target", "appr
 STRATEGY = "etf_rotation_sample"
 END = "2025-12-31"
 SESSIONS_PER_YEAR = 244
+# Processes the search stage spreads the windows over (--workers; 1: in the stage's process).
+WORKERS = 1
 # Targets of issue 20 at 1,000 funds × 20 years × 50 factors.
 TARGET_SECONDS = 600.0
 TARGET_MB = 8192.0
@@ -81,6 +83,9 @@ class StageResult:
     peak_mb: float
     fund_days: int
     windows: int
+    # Peak resident memory of the largest window worker (0: none ran); a forked worker's
+    # resident pages include those it shares with the stage's process.
+    worker_peak_mb: float = 0.0
 
     @property
     def us_per_fund_day(self) -> float:
@@ -216,10 +221,9 @@ def stage_search(point: Point, work: Path) -> Callable[[], dict[str, int]]:
     def run() -> dict[str, int]:
         panel = data.search_panel(strategy.portfolio_config())
         space, bcfg = search_space(strategy), strategy.backtest_config()
-        winners = []
-        for window, factors in zip(windows, chosen, strict=True):
-            result = wf.evaluate_window(data, panel, window, factors, space, bcfg)
-            winners.append((window, result.winner))
+        jobs = list(zip(windows, chosen, strict=True))
+        winners = [(result.window, result.winner) for result in wf.evaluate_windows(
+            data, panel, jobs, space, bcfg, workers=WORKERS)]
         _save(work, "winners", winners)
         return {}
     return run
@@ -296,9 +300,10 @@ STAGE_FUNCTIONS: dict[str, Callable[[Point, Path], Callable[[], dict[str, int]]]
 }
 
 
-def peak_mb() -> float:
-    """Peak resident memory of this process (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or of its largest finished child, with
+    ``RUSAGE_CHILDREN``); Linux reports kB."""
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def run_stage(stage: str, point: Point, work: Path) -> dict[str, float]:
@@ -309,6 +314,7 @@ def run_stage(stage: str, point: Point, work: Path) -> dict[str, float]:
     extra = run()
     done = time.perf_counter()
     return {"seconds": done - loaded, "load_seconds": loaded - t0, "peak_mb": peak_mb(),
+            "worker_peak_mb": peak_mb(resource.RUSAGE_CHILDREN),
             **{k: float(v) for k, v in extra.items()}}
 
 
@@ -316,14 +322,14 @@ def run_stage(stage: str, point: Point, work: Path) -> dict[str, float]:
 
 
 def measure(point: Point, work: Path, stages: Sequence[str] = STAGES, *,
-            verbose: bool = False) -> list[StageResult]:
+            verbose: bool = False, workers: int = 1) -> list[StageResult]:
     """Every stage of ``point`` in a fresh subprocess, in order (a failure raises)."""
     out: list[StageResult] = []
     fund_days = windows = 0
     for stage in stages:
         cmd = [sys.executable, "-m", "benchmarks.scale", "--child", stage, "--work", str(work),
                "--funds", str(point.funds), "--years", str(point.years),
-               "--factors", str(point.factors)]
+               "--factors", str(point.factors), "--workers", str(workers)]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"scale {point.label}: stage {stage} failed "
@@ -333,11 +339,14 @@ def measure(point: Point, work: Path, stages: Sequence[str] = STAGES, *,
         windows = int(row.get("windows", windows))
         out.append(StageResult(stage=stage, seconds=row["seconds"],
                                load_seconds=row["load_seconds"], peak_mb=row["peak_mb"],
-                               fund_days=fund_days, windows=windows))
+                               fund_days=fund_days, windows=windows,
+                               worker_peak_mb=row["worker_peak_mb"]))
         if verbose:
+            workers_mb = (f", children {row['worker_peak_mb']:.0f} MB"
+                          if row["worker_peak_mb"] else "")
             print(f"  {point.label} {stage:<10} {row['seconds']:8.2f} s "
-                  f"(load {row['load_seconds']:.1f} s) peak {row['peak_mb']:.0f} MB",
-                  flush=True)
+                  f"(load {row['load_seconds']:.1f} s) peak {row['peak_mb']:.0f} MB"
+                  f"{workers_mb}", flush=True)
     return out
 
 
@@ -473,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--years", type=int, nargs="+", default=[5])
     parser.add_argument("--factors", type=int, nargs="+", default=[25])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes the search stage spreads the windows over")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="save the cost-per-fund-day plot here")
     parser.add_argument("--dagster", action="store_true",
@@ -486,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child:
+        global WORKERS
+        WORKERS = args.workers
         point = Point(args.funds[0], args.years[0], args.factors[0])
         print(json.dumps(run_stage(args.child, point, args.work)))
         return 0
@@ -503,11 +516,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 point = Point(funds, years, factors)
                 with tempfile.TemporaryDirectory(prefix="etf_scale_") as tmp:
                     t0 = time.perf_counter()
-                    results[point] = measure(point, Path(tmp), args.stages, verbose=True)
+                    results[point] = measure(point, Path(tmp), args.stages, verbose=True,
+                                             workers=args.workers)
                     wall = time.perf_counter() - t0
                 print(f"{point.label}: {wall:.1f} s wall (fresh processes, loads included)",
                       flush=True)
-    print(f"\nscale benchmark, cpus {os.cpu_count()}, load average "
+    print(f"\nscale benchmark, cpus {os.cpu_count()}, search workers {args.workers}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(table(results))
     for point, rows in results.items():
@@ -518,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{'MET' if total <= TARGET_SECONDS else 'MISSED'}), peak {peak:.0f} MB "
                   f"(≤ {TARGET_MB:.0f}: {'MET' if peak <= TARGET_MB else 'MISSED'})")
     payload: dict[str, Any] = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
+                               "workers": args.workers,
                                "points": to_json(results)}
     if args.dagster:
         small = min(results, key=lambda p: (p.funds, p.years))

@@ -200,7 +200,8 @@ def research_definitions(settings: Settings, deployed: Deployed, sessions: pd.Da
     executor = walk_forward_executor(settings)
     fan_out = settings.walk_forward.executor == "k8s"
     stages = [StrategyStage(of, of is strategy, settings.cross_section, sessions, executor,
-                            fan_out, settings.research_cron, settings.schedule_timezone)
+                            fan_out, settings.research_cron, settings.schedule_timezone,
+                            workers=1 if fan_out else settings.walk_forward.workers)
               for of in (strategy, *others)]
     built = [strategy_stage(s) for s in stages]
     files = catalogue_spec(deployed.catalogue, [strategy, *others],

@@ -329,11 +329,17 @@ class WalkForwardSettings(BaseModel):
     prepared once (local, compose). ``k8s``: one run per window (a pod each under the Helm
     chart's K8sRunLauncher) with ``k8s_job_executor``, so each step of a window (its screen,
     then its search, vectorbt check and out-of-sample result) is a pod with the resources
-    below; needs the ``k8s`` extra (dagster-k8s)."""
+    below; needs the ``k8s`` extra (dagster-k8s).
+
+    ``workers`` (``in_process``): the windows of a run are searched in this many local
+    processes that share the prepared panels (forked; each takes its share of numba's threads);
+    1 searches them in the run's process. The combination search already spreads one window
+    over the cores, so more processes pay where the cores outnumber what it keeps busy."""
 
     model_config = ConfigDict(extra="forbid")
 
     executor: Literal["in_process", "k8s"] = "in_process"
+    workers: int = Field(default=1, ge=1)
     step_cpu: str = "2"
     step_memory: str = "6Gi"
     step_memory_limit: str = "8Gi"

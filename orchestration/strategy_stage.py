@@ -58,6 +58,7 @@ class StrategyStage:
     fan_out: bool
     cron: str
     timezone: str
+    workers: int = 1                    # local processes the windows of a run are spread over
 
     @property
     def prefix(self) -> str:
@@ -95,7 +96,7 @@ def strategy_stage(stage: StrategyStage) -> dg.Definitions:
                                   s.select_kwargs(), experiment=s.experiment_name))
     windows = research_partitions(stage.sessions, s)
     walk_forward = ([] if windows is None else strategy_research_assets(
-        s, stage.cross_section, windows, fan_out=stage.fan_out))
+        s, stage.cross_section, windows, fan_out=stage.fan_out, workers=stage.workers))
     assets = _placed(stage, [*screening, *walk_forward])
     research = (research_job(stage.prefix, None if stage.primary else
                              dg.AssetSelection.assets(*[a.key for a in assets[:len(screening)]]))

@@ -10,9 +10,9 @@ in-sample score (:func:`rotation.search.rank_score`: rank-weighted annual return
 drawdown), and the winner is frozen and run on the out-of-sample sessions. Windows are stitched
 with :func:`rotation.walkforward.stitch` like the rotation's.
 
-Timing: the generator of a span reads closes up to the span's last decision only (it is causal,
-and the frame is cut there before it runs), so an in-sample score never sees a session after
-the in-sample end, and a decision of session D fills at open(D+1).
+Timing: the targets of a span are the generator's rows up to the span's last decision; the
+generator is causal (each row reads closes up to it), so an in-sample score never sees a
+session after the in-sample end, and a decision of session D fills at open(D+1).
 """
 
 from __future__ import annotations
@@ -59,12 +59,21 @@ def params_text(params: Mapping[str, Any]) -> str:
 def _weights(data: wf.ResearchData, section: ClassicSection, params: Mapping[str, Any],
              last: pd.Timestamp) -> pd.DataFrame:
     """Daily targets of the generator decided on every session up to ``last`` from closes up to
-    ``last`` only; funds outside the point-in-time universe (SPEC §2 eligibility) get 0."""
+    ``last`` only; funds outside the point-in-time universe (SPEC §2 eligibility) get 0.
+
+    The generators are causal (a row reads the closes up to it, in order), so these are the
+    rows up to ``last`` of the generator run once over the whole history per parameter set:
+    each window then costs its own sessions, not the history before it."""
+    return data.derived(("classic", section.generator, params_text(params)),
+                        lambda: _history_weights(data, section, params)).loc[:last]
+
+
+def _history_weights(data: wf.ResearchData, section: ClassicSection,
+                     params: Mapping[str, Any]) -> pd.DataFrame:
     ranked = list(data.universe.ranked)
-    close = data.close.loc[:last, ranked]
     config = CLASSIC_CONFIGS[section.generator](**params, rebalance="daily")
-    weights = CLASSIC_STRATEGIES[section.generator](close, config)
-    eligible = data.eligible.loc[:last, ranked].fillna(False).astype(bool)
+    weights = CLASSIC_STRATEGIES[section.generator](data.close[ranked], config)
+    eligible = data.eligible[ranked].fillna(False).astype(bool)
     return weights.where(eligible, 0.0)
 
 

@@ -626,8 +626,14 @@ def build_portfolio(score: pd.DataFrame, eligible: pd.DataFrame, cfg: PortfolioC
                     close: pd.DataFrame | None = None, vol: pd.DataFrame | None = None,
                     abs_mom: pd.DataFrame | None = None,
                     market_returns: pd.Series | None = None,
+                    percentile: pd.Series | None = None,
                     rebalance: pd.Series | None = None) -> PortfolioResult:
-    """The SPEC §8 chain with every intermediate stage (see :func:`target_weights`)."""
+    """The SPEC §8 chain with every intermediate stage (see :func:`target_weights`).
+
+    ``percentile``: the regime percentile (:func:`regime_percentile`) when it was computed over
+    a longer history than ``score``'s (it looks back ``regime_lookback`` sessions), instead of
+    from ``market_returns`` on ``score``'s sessions.
+    """
     _check_index(score, "build_portfolio")
     score = score.astype(np.float64)
     index, universe = score.index, score.columns
@@ -648,12 +654,13 @@ def build_portfolio(score: pd.DataFrame, eligible: pd.DataFrame, cfg: PortfolioC
         vol = fund_volatility(need_close("inverse_vol weighting"), cfg)
     if use_mom and abs_mom is None:
         abs_mom = absolute_momentum(need_close("the absolute momentum filter"), cfg)
-    if cfg.regime_levels and market_returns is None:
+    if cfg.regime_levels and percentile is None and market_returns is None:
         market_returns = market_returns_of(need_close("the regime gate"), elig)
 
     base, capped = _weights(selection, score, vol, cfg)
     if cfg.regime_levels:
-        pct = regime_percentile(market_returns.reindex(index), cfg)  # type: ignore[union-attr]
+        pct = (regime_percentile(market_returns.reindex(index), cfg)  # type: ignore[union-attr]
+               if percentile is None else percentile.reindex(index).rename("regime_percentile"))
         exposure = exposure_for_percentile(pct, cfg)
     else:
         pct = pd.Series(np.nan, index=index, name="regime_percentile")

@@ -15,9 +15,16 @@ rows <= D — so nothing here depends on data after the session it is about.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import multiprocessing
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from multiprocessing.context import BaseContext
+from typing import Any, TypeVar
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -37,16 +44,22 @@ from rotation.labels import forward_returns
 from rotation.portfolio import (
     PortfolioConfig,
     PortfolioResult,
+    absolute_momentum,
     build_portfolio,
     composite_score,
     explain,
+    fund_volatility,
+    market_returns_of,
     rebalance_schedule,
+    regime_percentile,
 )
 from rotation.search import Candidate, SearchPanel, SearchSpace, candidate_of, search_window
 from rotation.wfo import WfoConfig, WfoWindow, wfo_windows
 
 # Relative daily-equity tolerance between the engine and vectorbt for every finalist.
 VBT_TOLERANCE = 1e-9
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,18 @@ class ResearchData:
     labels: dict[int, pd.DataFrame]
     universe: Universe
     instruments: tuple[Instrument, ...] | dict[str, float | None]
+    # Whole-history inputs derived on first use (:meth:`derived`).
+    memo: dict[tuple[object, ...], Any] = field(default_factory=dict, repr=False,
+                                                compare=False)
+
+    def derived(self, key: tuple[object, ...], make: Callable[[], T]) -> T:
+        """``make()`` once per ``key``: a whole-history input every window reads a slice of
+        (computing it per window would cost the whole history each time)."""
+        # Panels pickled before the memo existed (the Redis research cache) have none.
+        memo = self.__dict__.setdefault("memo", {})
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
 
     def search_panel(self, cfg: PortfolioConfig) -> SearchPanel:
         return SearchPanel.build(self.std_factors, self.directions, self.eligible, self.market,
@@ -269,6 +294,68 @@ def evaluate_window(data: ResearchData, panel: SearchPanel, window: WfoWindow,
                         oos=oos)
 
 
+Shared = tuple[ResearchData, SearchPanel, SearchSpace, BacktestConfig]
+# What a window worker reads, set once per worker by :func:`_start_worker`.
+_SHARED: Shared | None = None
+
+
+def _start_worker(shared: Shared, threads: int) -> None:
+    global _SHARED
+    _SHARED = shared
+    numba.set_num_threads(threads)  # the workers share the cores, not each all of them
+
+
+def _evaluate_shared(window: WfoWindow, factors: Sequence[str]) -> WindowResult:
+    if _SHARED is None:
+        raise RuntimeError("evaluate_windows: a window worker started without the shared panels")
+    data, panel, space, backtest = _SHARED
+    return evaluate_window(data, panel, window, factors, space, backtest)
+
+
+def _pool_context() -> BaseContext:
+    """``fork`` while numba's thread pool has not started in this process: the workers then
+    share its panels copy-on-write, nothing is pickled. Once it runs, ``forkserver``: GNU
+    OpenMP (numba's ``omp`` layer) does not survive a fork, and each worker receives one
+    pickled copy of the panels."""
+    try:
+        numba.threading_layer()
+    except ValueError:  # "not initialized": no parallel kernel has run yet
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver")
+
+
+def evaluate_windows(data: ResearchData, panel: SearchPanel,
+                     jobs: Sequence[tuple[WfoWindow, Sequence[str]]], space: SearchSpace,
+                     backtest: BacktestConfig, workers: int = 1) -> Iterator[WindowResult]:
+    """:func:`evaluate_window` of each ``(window, screened factors)``, in order.
+
+    With ``workers > 1`` the windows run in that many processes (:func:`_pool_context`: forked
+    ones read ``data`` and ``panel`` copy-on-write), each with its share of numba's threads;
+    only each window's result comes back. At most ``2 × workers`` windows are in flight and
+    results are yielded in order, so memory does not grow with the number of windows when the
+    caller keeps only what it needs of each. Results equal the in-process ones (the same code
+    on the same arrays; every window is independent of the others).
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for window, factors in jobs:
+            yield evaluate_window(data, panel, window, factors, space, backtest)
+        return
+    # Derived once here so that the children inherit them instead of each building its own.
+    chain_inputs(data, panel.cfg)
+    backtest_panels(data, backtest.tick)
+    threads = max(1, numba.config.NUMBA_NUM_THREADS // workers)  # type: ignore[attr-defined]
+    with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_start_worker,
+                             initargs=((data, panel, space, backtest), threads)) as pool:
+        queue = iter(jobs)
+        pending: deque[Future[WindowResult]] = deque(
+            pool.submit(_evaluate_shared, w, f) for w, f in islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for window, factors in islice(queue, 1):
+                pending.append(pool.submit(_evaluate_shared, window, factors))
+            yield result
+
+
 def _no_trade(data: ResearchData, cfg: PortfolioConfig, window: WfoWindow,
               backtest: BacktestConfig, reason: str) -> WindowResult:
     """A window that holds cash through its out-of-sample sessions, and why."""
@@ -303,22 +390,59 @@ def benchmark_curves(data: ResearchData, result: BacktestResult) -> dict[str, pd
     return out
 
 
+@dataclass(frozen=True)
+class ChainInputs:
+    """The inputs of the SPEC §8 chain that look back before a window, over the whole history:
+    fund volatility, absolute momentum (None: filter off) and the regime percentile (None: gate
+    off). Causal kernels, so each row equals the one computed on the history up to it."""
+
+    vol: pd.DataFrame
+    abs_mom: pd.DataFrame | None
+    percentile: pd.Series | None
+
+
+def chain_inputs(data: ResearchData, cfg: PortfolioConfig) -> ChainInputs:
+    """:class:`ChainInputs` of the ranked funds under ``cfg``, computed once per history and
+    set of look-backs (what :func:`rotation.portfolio.build_portfolio` derives from ``close``)."""
+    key = ("chain", cfg.vol_window, cfg.abs_mom_window, cfg.regime_window, cfg.regime_lookback,
+           cfg.regime_min_periods, bool(cfg.regime_levels))
+
+    def make() -> ChainInputs:
+        ranked = list(data.universe.ranked)
+        close = data.close[ranked]
+        percentile = None
+        if cfg.regime_levels:
+            eligible = data.eligible.reindex(columns=ranked).astype("boolean").fillna(False)
+            percentile = regime_percentile(market_returns_of(close, eligible.astype(bool)), cfg)
+        return ChainInputs(
+            vol=fund_volatility(close, cfg),
+            abs_mom=absolute_momentum(close, cfg) if cfg.abs_mom_window is not None else None,
+            percentile=percentile)
+    return data.derived(key, make)
+
+
 def portfolio_result(data: ResearchData, cfg: PortfolioConfig, candidate: Candidate,
                      start: object, end: object) -> PortfolioResult:
-    """The SPEC §8 chain of ``candidate`` through :func:`rotation.portfolio.build_portfolio`,
-    holding nothing before ``start`` (its first rebalance session) and ending at ``end``.
+    """The SPEC §8 chain of ``candidate`` through :func:`rotation.portfolio.build_portfolio`
+    on the sessions ``start..end``, ``start`` being its first rebalance session.
 
-    The chain runs on every session up to ``end`` so that the causal inputs (volatility, the
-    regime percentile, absolute momentum) see the same history as in the search.
+    Equal, row for row, to the chain run from the first session of the history while holding
+    nothing before ``start``: before its first rebalance the chain holds and decides nothing,
+    so its state at ``start`` is empty, and the inputs that look further back (volatility,
+    absolute momentum, the regime percentile) are read from :func:`chain_inputs` over the
+    whole history. So a window costs its own sessions, not the history before it.
     """
-    rows = slice(None, pd.Timestamp(end))
+    rows = slice(pd.Timestamp(start), pd.Timestamp(end))
     ranked = list(data.universe.ranked)
     score_frame = composite_score(
         {n: data.std_factors[n].loc[rows, ranked] for n in candidate.factors}, data.directions)
     pcfg = candidate.portfolio_config(cfg)
-    return build_portfolio(score_frame, data.eligible.loc[rows], pcfg,
-                           close=data.close.loc[rows, ranked],
-                           rebalance=rebalance_schedule(score_frame.index, pcfg, start))
+    inputs = chain_inputs(data, pcfg)
+    return build_portfolio(
+        score_frame, data.eligible.loc[rows], pcfg, vol=inputs.vol.loc[rows],
+        abs_mom=None if inputs.abs_mom is None else inputs.abs_mom.loc[rows],
+        percentile=None if inputs.percentile is None else inputs.percentile.loc[rows],
+        rebalance=rebalance_schedule(score_frame.index, pcfg, start))
 
 
 def trade_rows(result: PortfolioResult, start: object) -> pd.DataFrame:
@@ -384,12 +508,22 @@ def traded_columns(data: ResearchData) -> list[str]:
                                          if data.universe.defensive else [])
 
 
+def backtest_panels(data: ResearchData, tick: float) -> MarketPanels:
+    """The backtest's market panels of the traded funds over the whole history (limit flags
+    with ``tick``), built once: each backtest reads its own rows of them."""
+    return data.derived(("backtest_panels", tick), lambda: market_panels(
+        _bars_mapping(data), data.dates, pd.Index(traded_columns(data)), data.instruments,
+        tick))
+
+
 def oos_backtest(data: ResearchData, targets: pd.DataFrame, cfg: BacktestConfig
                  ) -> BacktestResult:
     """The stitched out-of-sample backtest with the equal-weight universe (``ew_*``) and the
-    benchmark fund (``bm_*``) in its metrics."""
-    return run_backtest(targets, _bars_mapping(data), data.instruments, cfg,
-                        benchmark=_benchmark_curve(data))
+    benchmark fund (``bm_*``) in its metrics. The market panels come from
+    :func:`backtest_panels` (built once per history)."""
+    market = backtest_panels(data, cfg.tick)
+    bars = market if market.covers(targets.columns) else _bars_mapping(data)
+    return run_backtest(targets, bars, data.instruments, cfg, benchmark=_benchmark_curve(data))
 
 
 def latest_targets(data: ResearchData, cfg: PortfolioConfig, winner: Candidate | None,

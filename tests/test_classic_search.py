@@ -117,6 +117,27 @@ def test_no_look_ahead_the_winner_ignores_data_after_the_in_sample_end(real) -> 
     assert not winner.oos.equity.equals(moved.oos.equity)
 
 
+@pytest.mark.parametrize("name", ["macd_akshare", "ma_cross_akshare"])
+def test_span_weights_equal_the_generator_on_closes_cut_at_the_span(real, name: str) -> None:
+    """A span's targets are the rows of the generator run once over the history: exactly
+    the generator run on the closes up to the span's last decision (it is causal)."""
+    from rotation.classic import CLASSIC_CONFIGS, CLASSIC_STRATEGIES
+
+    bars, instruments = real
+    strategy = load_strategy(name)
+    section = strategy.classic
+    assert section is not None
+    data, windows = _research(bars, instruments, strategy)
+    ranked = list(data.universe.ranked)
+    for params in list(section.candidates())[:3]:
+        for window in (windows[0], windows[-1]):
+            last = window.oos_end
+            config = CLASSIC_CONFIGS[section.generator](**params, rebalance="daily")
+            cut = CLASSIC_STRATEGIES[section.generator](data.close.loc[:last, ranked], config)
+            expected = cut.where(data.eligible.loc[:last, ranked].fillna(False).astype(bool), 0.0)
+            pd.testing.assert_frame_equal(cs._weights(data, section, params, last), expected)
+
+
 def test_optuna_with_a_fixed_seed_is_reproducible(real) -> None:
     bars, instruments = real
     strategy = _small_macd()

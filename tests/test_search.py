@@ -19,11 +19,17 @@ import pytest
 
 from rotation import walkforward as wf
 from rotation.adjust import adjust_bars
-from rotation.backtest import BacktestConfig
+from rotation.backtest import BacktestConfig, run_backtest
 from rotation.costs import CostModel
 from rotation.cross_section import CrossSectionConfig
 from rotation.factors.registry import DEFAULT_FACTORS
-from rotation.portfolio import PortfolioConfig
+from rotation.portfolio import (
+    PortfolioConfig,
+    PortfolioResult,
+    build_portfolio,
+    composite_score,
+    rebalance_schedule,
+)
 from rotation.search import (
     METRICS,
     Candidate,
@@ -230,6 +236,83 @@ def test_engine_targets_equal_pandas_chain(real: Real, kind: str, window: int) -
         assert trade.iloc[:: c.rebalance_every].all()
         if c.rebalance_every > 1:
             assert not trade.all()
+
+
+# -- a window's chain costs its own sessions ---------------------------------------------------
+
+
+def _chain_from_first_session(data: wf.ResearchData, cfg: PortfolioConfig, c: Candidate,
+                              start: pd.Timestamp, end: pd.Timestamp) -> PortfolioResult:
+    """The reference: the SPEC §8 chain on every session up to ``end``, holding nothing before
+    ``start`` (what portfolio_result ran before it started at ``start``)."""
+    ranked = list(data.universe.ranked)
+    score = composite_score({n: data.std_factors[n].loc[:end, ranked] for n in c.factors},
+                            data.directions)
+    pcfg = c.portfolio_config(cfg)
+    return build_portfolio(score, data.eligible.loc[:end], pcfg, close=data.close.loc[:end, ranked],
+                           rebalance=rebalance_schedule(score.index, pcfg, start))
+
+
+@pytest.mark.parametrize("kind", ["defensive", "cash"])
+def test_window_chain_equals_the_chain_from_the_first_session(real: Real, kind: str) -> None:
+    """portfolio_result starts at the window with the look-back inputs read over the whole
+    history: every stage equals the chain run from the first session, exactly, on windows late
+    in the history (regime percentile and momentum warm) and with every weighting."""
+    cfg = real.cfgs[kind]
+    for k in (3, len(real.windows) - 1):
+        window = real.windows[k]
+        start = real.data.dates[real.data.dates.get_loc(window.oos_start) - 1]
+        for c in CANDIDATES:
+            got = wf.portfolio_result(real.data, cfg, c, start, window.oos_end)
+            ref = _chain_from_first_session(real.data, cfg, c, start, window.oos_end)
+            assert got.score.index[0] == start
+            for stage in ("weights", "selection", "rank", "held_days", "base_weights",
+                          "capped", "abs_mom"):
+                pd.testing.assert_frame_equal(getattr(got, stage),
+                                              getattr(ref, stage).loc[start:], obj=stage)
+            for stage in ("percentile", "exposure", "decision", "rebalance"):
+                pd.testing.assert_series_equal(getattr(got, stage),
+                                               getattr(ref, stage).loc[start:], obj=stage)
+            assert ref.weights.loc[:start].iloc[:-1].eq(0.0).all().all()
+            assert got.percentile.notna().any() and got.abs_mom.notna().any().any()
+
+
+def test_backtest_reads_the_history_panels_exactly(real: Real) -> None:
+    """oos_backtest reads the market panels built once over the history: the same result as
+    building them from the bars for the window alone."""
+    window = real.windows[-1]
+    targets = wf.window_targets(real.data, real.cfgs["defensive"], CANDIDATES[1], window)
+    got = wf.oos_backtest(real.data, targets, LOW_COSTS)
+    ref = run_backtest(targets, {"open": real.data.market.open,
+                                 "close": real.data.market.close,
+                                 "adj_factor": real.data.market.factor},
+                       real.data.instruments, LOW_COSTS,
+                       benchmark=wf._benchmark_curve(real.data))
+    pd.testing.assert_series_equal(got.equity, ref.equity)
+    pd.testing.assert_frame_equal(got.orders, ref.orders)
+    pd.testing.assert_frame_equal(got.positions, ref.positions)
+    assert pd.Series(got.metrics).equals(pd.Series(ref.metrics))
+    assert len(got.orders) > 0
+
+
+def test_windows_in_worker_processes_equal_in_process(real: Real) -> None:
+    """evaluate_windows over two forked workers gives every window's result exactly as in
+    this process, in order."""
+    panel = real.panels["defensive"]
+    space = SearchSpace(min_factors=2, max_factors=3, top_n=(2, 3), rebalance_every=(5,),
+                        weightings=("equal", "inverse_vol"), complexity_penalty=0.02,
+                        finalists=2)
+    jobs = [(w, FACTORS[:4]) for w in real.windows[:3]] + [(real.windows[3], FACTORS[:1])]
+    local = list(wf.evaluate_windows(real.data, panel, jobs, space, LOW_COSTS, workers=1))
+    pooled = list(wf.evaluate_windows(real.data, panel, jobs, space, LOW_COSTS, workers=2))
+    assert [r.window for r in pooled] == [w for w, _ in jobs]
+    assert pooled[-1].winner is None  # one factor: the no-trade window
+    for a, b in zip(local, pooled, strict=True):
+        assert a.winner == b.winner
+        pd.testing.assert_frame_equal(a.candidates, b.candidates)
+        pd.testing.assert_frame_equal(a.finalists, b.finalists)
+        pd.testing.assert_series_equal(a.oos.equity, b.oos.equity)
+        pd.testing.assert_frame_equal(a.oos.orders, b.oos.orders)
 
 
 # -- the table's metrics and ranking -----------------------------------------------------------

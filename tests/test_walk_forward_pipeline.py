@@ -208,3 +208,24 @@ def test_unknown_window_range_is_a_clear_failure(chain, pg_instance) -> None:
     with pytest.raises(Exception, match="w999"):
         job.execute_in_process(instance=pg_instance,
                                tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: "w999_2099-01-01"})
+
+
+def test_windows_searched_in_two_local_processes_store_the_same_results(chain,
+                                                                        pg_instance) -> None:
+    """walk_forward.workers = 2: the run's windows are searched in two processes
+    (rotation.walkforward.evaluate_windows) and every window's stored result is unchanged."""
+    settings, defs, _ = chain
+    keys = window_keys(defs)
+    before = _io(defs).load_partitions(dg.AssetKey("wfo_results"), keys)
+    pooled = build_definitions(Settings(home=settings.home, market_data=settings.market_data,
+                                        walk_forward={"workers": 2}))
+    again = pooled.resolve_job_def("walk_forward_job").execute_in_process(
+        instance=pg_instance, tags={RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+        raise_on_error=False)
+    assert again.success
+    assert _checks(again) == {VBT_CHECK: True}
+    after = _io(pooled).load_partitions(dg.AssetKey("wfo_results"), keys)
+    same = ["window", "no_trade", "factors", "top_n", "rebalance_every", "weighting",
+            "candidates", "in_sample_score", "oos_total_return", "oos_sharpe"]
+    assert len(after) == len(keys)
+    pd.testing.assert_frame_equal(before[same], after[same])

@@ -86,6 +86,32 @@ class MarketPanels:
         """Close carried forward over days without a bar (the marking price)."""
         return self.close.ffill()
 
+    def covers(self, symbols: pd.Index) -> bool:
+        return bool(pd.Index(symbols).isin(self.open.columns).all())
+
+    def on(self, index: pd.Index, symbols: pd.Index) -> MarketPanels:
+        """These panels on ``index × symbols`` (subsets of their own rows and columns): what
+        :func:`market_panels` gives for them, read instead of recomputed over the whole history
+        (the limit flags of a row read the bars before it, so a subset cannot recompute them)."""
+        missing = pd.Index(index).difference(self.open.index)
+        if len(missing):
+            raise ValueError(f"target dates without market data calendar rows: "
+                             f"{list(missing[:5])}")
+        if not self.covers(symbols):
+            raise ValueError(f"MarketPanels.on: no columns for "
+                             f"{list(pd.Index(symbols).difference(self.open.columns))}")
+
+        def part(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame.reindex(index=index, columns=symbols)
+
+        return MarketPanels(
+            open=part(self.open), close=part(self.close), factor=part(self.factor),
+            has_bar=part(self.has_bar), limit_up=part(self.limit_up),
+            limit_down=part(self.limit_down), close_limit_up=part(self.close_limit_up),
+            close_limit_down=part(self.close_limit_down),
+            same_session_sell=self.same_session_sell.reindex(symbols),
+            sale_cash_same_day=self.sale_cash_same_day.reindex(symbols))
+
 
 @dataclass
 class BacktestResult:
@@ -218,7 +244,7 @@ def cost_array(costs: CostModel) -> np.ndarray:
 
 
 def run_backtest(target_weights: pd.DataFrame,
-                 bars: pd.DataFrame | Mapping[str, pd.DataFrame],
+                 bars: pd.DataFrame | Mapping[str, pd.DataFrame] | MarketPanels,
                  instruments: Sequence[Instrument] | Mapping[str, float | None] | None = None,
                  cfg: BacktestConfig | None = None, *,
                  benchmark: str | pd.Series | None = None,
@@ -230,13 +256,17 @@ def run_backtest(target_weights: pd.DataFrame,
 
     Metrics always include the equal-weight universe benchmark (``ew_*``, daily rebalanced over
     the target columns' adjusted closes); ``benchmark`` adds a fund (a symbol among the bars,
-    e.g. ``"510300"``) or a given curve (``bm_*``).
+    e.g. ``"510300"``) or a given curve (``bm_*``). ``bars`` may be :class:`MarketPanels`
+    already built by :func:`market_panels` over a longer history with the same ``instruments``
+    and ``cfg.tick`` (many short backtests of one history read them instead of rebuilding
+    them).
     """
     cfg = cfg or BacktestConfig()
     tw = target_weights.sort_index().astype(float)
     if (tw < 0).any().any() or (tw.fillna(0).sum(axis=1) > 1 + 1e-9).any():
         raise ValueError("target weights must be >= 0 with rows summing to <= 1 (long only)")
-    panels = market_panels(bars, tw.index, tw.columns, instruments, cfg.tick)
+    panels = (bars.on(tw.index, tw.columns) if isinstance(bars, MarketPanels)
+              else market_panels(bars, tw.index, tw.columns, instruments, cfg.tick))
     at_close = (pd.DataFrame(np.nan, index=tw.index, columns=tw.columns) if close_weights is None
                 else close_weights.reindex(index=tw.index, columns=tw.columns).astype(float))
     equity, cash, units, rec = simulate_nb(
@@ -259,7 +289,9 @@ def run_backtest(target_weights: pd.DataFrame,
     metrics.update({f"ew_{k}": v for k, v in benchmark_comparison(eq, ew).items()})
     if benchmark is not None:
         if isinstance(benchmark, str):
-            bm_panels = market_panels(bars, tw.index, pd.Index([benchmark]), instruments)
+            symbol = pd.Index([benchmark])
+            bm_panels = (bars.on(tw.index, symbol) if isinstance(bars, MarketPanels)
+                         else market_panels(bars, tw.index, symbol, instruments))
             curve = bm_panels.close_marked[benchmark]
         else:
             curve = benchmark
