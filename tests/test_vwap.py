@@ -42,7 +42,7 @@ from test_vnpy_venue import replay_market as replay_market
 
 from resources.execution import learn_profile
 from rotation.risk import RiskLimits
-from trading.executor import MarketView, _request, execute_signal, reconcile
+from trading.executor import MarketView, execute_signal, order_request, reconcile
 from trading.ledger import Ledger, OrderRecord, SignalRecord
 from trading.live_prices import bar_fields, bars_key
 from trading.models import (
@@ -568,7 +568,7 @@ def test_close_slice_on_a_partly_filled_child_carries_only_the_remainder(
         c1, c2 = (o for o in orders if o.parent_order_id == parent.order_id)
         # The TWAP venue learns the plan from a resubmission of the parent: nothing is sent.
         twap = TwapVenue(resting)
-        twap.submit(_request(parent))
+        twap.submit(order_request(parent))
         assert all(len(_orders_with(proc.state_dir, c.order_id)) == 1 for c in (c1, c2))
 
         resting.replay_until(account, slice_end(SESSION, 1, 2))
