@@ -11,13 +11,16 @@ timing: no look-ahead beyond the label's own horizon (``open(D+1+H)`` under ``T1
 
 Layout: numba kernels over numpy arrays (``*_kernel``) do the work; the pandas functions align
 frames, call them and label the results. Kernels run in parallel with ``prange`` (over blocks
-of dates, or of (factor, dates) for the batched kernel). ``benchmarks/ic.py`` measures them.
+of dates, or of (factor, dates) for the batched kernel), except the one behind
+``rank_ic_many``, which is serial and GIL-free and gets one factor per thread.
+``benchmarks/ic.py`` measures them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numba
@@ -81,6 +84,44 @@ def _rank_scratch(n_sym: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True, nogil=True)
+def _count_ranks(values: np.ndarray, n: int, key: np.ndarray, cnt: np.ndarray) -> bool:
+    """``cnt[i] = #{j : values[j] < values[i]}`` counted on float32 keys, for n up to
+    ``_COUNT_RANK_MAX``; True when the keys have no ties (the counts are then a permutation of
+    0..n-1 and exact: rounding to float32 is monotone and merged nothing)."""
+    n_pad = (n + 7) // 8 * 8
+    for i in range(n):
+        key[i] = np.float32(values[i])
+    for i in range(n, n_pad):
+        key[i] = np.float32(np.inf)  # never below anything: adds nothing to a count
+    _less_counts(key, n_pad, cnt)
+    total = 0
+    for i in range(n):
+        total += cnt[i]
+    return total == n * (n - 1) // 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _tied_ranks(values: np.ndarray, n: int, out: np.ndarray, cnt: np.ndarray,
+                rep: np.ndarray) -> None:
+    """``out[:n]`` from the float32 counts of :func:`_count_ranks` when it found ties: recount
+    in float64 if float32 merged distinct values, then give each tie group its mean rank."""
+    for i in range(n):
+        rep[cnt[i]] = values[i]
+    for i in range(n):
+        if rep[cnt[i]] != values[i]:  # float32 merged distinct values: count exactly
+            _less_counts(values, n, cnt)
+            break
+    hist = cnt[(n + 7) // 8 * 8:]
+    for i in range(n):
+        hist[i] = 0
+    for i in range(n):
+        hist[cnt[i]] += 1
+    for i in range(n):
+        c = cnt[i]
+        out[i] = 2 * c + hist[c] - n
+
+
+@numba.njit(cache=True, nogil=True)
 def _centred_ranks(values: np.ndarray, n: int, out: np.ndarray, key: np.ndarray,
                    cnt: np.ndarray, rep: np.ndarray) -> None:
     """``out[:n]`` (int64) = 2·rank − (n+1), rank = 1-based average rank of ``values[:n]``.
@@ -108,33 +149,11 @@ def _centred_ranks(values: np.ndarray, n: int, out: np.ndarray, key: np.ndarray,
                 out[order[q]] = i + j + 1 - n
             i = j + 1
         return
-    n_pad = (n + 7) // 8 * 8
-    for i in range(n):
-        key[i] = np.float32(values[i])
-    for i in range(n, n_pad):
-        key[i] = np.float32(np.inf)  # never below anything: adds nothing to a count
-    _less_counts(key, n_pad, cnt)
-    total = 0
-    for i in range(n):
-        total += cnt[i]
-    if total == n * (n - 1) // 2:  # no ties, not even between float32 keys
+    if _count_ranks(values, n, key, cnt):
         for i in range(n):
             out[i] = 2 * cnt[i] + 1 - n
         return
-    for i in range(n):
-        rep[cnt[i]] = values[i]
-    for i in range(n):
-        if rep[cnt[i]] != values[i]:  # float32 merged distinct values: count exactly
-            _less_counts(values, n, cnt)
-            break
-    hist = cnt[n_pad:]
-    for i in range(n):
-        hist[i] = 0
-    for i in range(n):
-        hist[cnt[i]] += 1
-    for i in range(n):
-        c = cnt[i]
-        out[i] = 2 * c + hist[c] - n
+    _tied_ranks(values, n, out, cnt, rep)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -153,6 +172,12 @@ def _rank_corr(dx: np.ndarray, dy: np.ndarray, n: int, syy: int) -> float:
     for i in range(n):
         sxy += dx[i] * dy[i]
         sxx += dx[i] * dx[i]
+    return _corr_from_sums(sxy, sxx, syy)
+
+
+@numba.njit(cache=True, nogil=True)
+def _corr_from_sums(sxy: int, sxx: int, syy: int) -> float:
+    """Pearson correlation from the exact integer sums of centred doubled ranks."""
     if sxx == 0 or syy == 0:  # a constant side: undefined, as in scipy
         return np.nan
     r = sxy / math.sqrt(float(sxx) * float(syy))
@@ -205,28 +230,135 @@ def rank_ic_kernel(factor: np.ndarray, label: np.ndarray, min_obs: int = DEFAULT
 @numba.njit(cache=True, parallel=True)
 def _label_ranks(label: np.ndarray, min_obs: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per date: the label's finite funds (count, positions, values), their centred doubled
-    ranks and Σ d² — computed once, reused by every factor."""
+    """Per date, computed once and reused by every factor: the label's finite funds (count
+    ``m`` and positions ``where[:m]``), their centred doubled ranks and Σ d², and ``order[:m]``,
+    the indices into ``where`` sorted by label value (ties: equal ranks), from which the ranks
+    on any subset of those funds follow in one pass (:func:`_subset_ranks`)."""
     n_dates, n_sym = label.shape
     count = np.zeros(n_dates, dtype=np.int64)
     where = np.empty((n_dates, n_sym), dtype=np.int64)
-    values = np.empty((n_dates, n_sym))
+    order = np.empty((n_dates, n_sym), dtype=np.int64)
     ranks = np.empty((n_dates, n_sym), dtype=np.int64)
     sumsq = np.zeros(n_dates, dtype=np.int64)
     for t in numba.prange(n_dates):
+        values = np.empty(n_sym)
         key, cnt, rep = _rank_scratch(n_sym)
         m = 0
         for j in range(n_sym):
             y = label[t, j]
             if np.isfinite(y):
                 where[t, m] = j
-                values[t, m] = y
+                values[m] = y
                 m += 1
         count[t] = m
         if m >= min_obs:
-            _centred_ranks(values[t], m, ranks[t], key, cnt, rep)
+            _centred_ranks(values, m, ranks[t], key, cnt, rep)
             sumsq[t] = _sum_squares(ranks[t], m)
-    return count, where, values, ranks, sumsq
+            order[t, :m] = np.argsort(values[:m], kind="mergesort")
+    return count, where, order, ranks, sumsq
+
+
+@numba.njit(cache=True, nogil=True)
+def _subset_ranks(order: np.ndarray, ranks: np.ndarray, m: int, pos: np.ndarray, n: int,
+                  out: np.ndarray) -> None:
+    """Centred doubled ranks of the label on the ``n`` of its ``m`` funds with ``pos[q] >= 0``,
+    written to ``out[pos[q]]``: one walk up the label's sorted ``order``, tie groups being runs
+    of equal full-set ``ranks`` — exactly the ranks a fresh ranking of the subset gives."""
+    below = 0
+    i = 0
+    while i < m:
+        tie = ranks[order[i]]
+        j = i
+        size = 0
+        while j < m and ranks[order[j]] == tie:
+            size += pos[order[j]] >= 0
+            j += 1
+        for u in range(i, j):
+            p = pos[order[u]]
+            if p >= 0:
+                out[p] = 2 * below + size - n
+        below += size
+        i = j
+
+
+@numba.njit(cache=True, nogil=True)
+def _ranked_rows(factor: np.ndarray, count: np.ndarray, where: np.ndarray, order: np.ndarray,
+                 ranks: np.ndarray, sumsq: np.ndarray, min_obs: int, out: np.ndarray,
+                 start: int, stop: int) -> None:
+    """``out[t]`` = rank IC of factor row ``t`` for ``start <= t < stop`` (one set of scratch
+    buffers for the block) against the label ranked once by :func:`_label_ranks`.
+
+    Usual case — the factor is finite on all the label's ``m`` funds and has no ties: then
+    d_i = 2·L_i + 1 − m and Σ dy = 0, so Σ dx·dy = 2 Σ L_i·dy_i and Σ dx² = (m³ − m)/3, the same
+    integers the ranks themselves give. A factor with ties gets its mean ranks. Where the
+    factor misses some of the label's funds the label's ranks on the common funds come from its
+    sorted order (:func:`_subset_ranks`) rather than a fresh ranking. Everything is integer
+    until the final division, so the result is bitwise that of ranking both sides afresh.
+    """
+    n_sym = factor.shape[1]
+    xb = np.empty(n_sym)
+    dx = np.empty(n_sym, dtype=np.int64)
+    dy = np.empty(n_sym, dtype=np.int64)
+    pos = np.empty(n_sym, dtype=np.int64)
+    key, cnt, rep = _rank_scratch(n_sym)
+    for t in range(start, stop):
+        m = count[t]
+        if m < min_obs:
+            out[t] = np.nan
+            continue
+        n = 0
+        if m == n_sym:  # every fund: contiguous reads
+            for q in range(m):
+                x = factor[t, q]
+                xb[q] = x
+                n += np.isfinite(x)
+        else:
+            for q in range(m):
+                x = factor[t, where[t, q]]
+                xb[q] = x
+                n += np.isfinite(x)
+        if n == m:
+            y = ranks[t]
+            syy = sumsq[t]
+        else:
+            if n < min_obs:
+                out[t] = np.nan
+                continue
+            n = 0
+            for q in range(m):
+                if np.isfinite(xb[q]):
+                    xb[n] = xb[q]
+                    pos[q] = n
+                    n += 1
+                else:
+                    pos[q] = -1
+            _subset_ranks(order[t], ranks[t], m, pos, n, dy)
+            y = dy
+            syy = _sum_squares(dy, n)
+        if n <= _COUNT_RANK_MAX and _count_ranks(xb, n, key, cnt):
+            sxy = 0
+            for i in range(n):
+                sxy += cnt[i] * y[i]
+            out[t] = _corr_from_sums(2 * sxy, (n * n * n - n) // 3, syy)
+        else:
+            if n <= _COUNT_RANK_MAX:
+                _tied_ranks(xb, n, dx, cnt, rep)
+            else:
+                _centred_ranks(xb, n, dx, key, cnt, rep)
+            out[t] = _rank_corr(dx, y, n, syy)
+
+
+@numba.njit(cache=True, nogil=True)
+def rank_ic_ranked_kernel(factor: np.ndarray, count: np.ndarray, where: np.ndarray,
+                          order: np.ndarray, ranks: np.ndarray, sumsq: np.ndarray,
+                          min_obs: int, out: np.ndarray) -> None:
+    """Daily rank IC of one (dates × symbols) factor, C- or Fortran-ordered (a pandas frame's
+    own array, uncopied), against a label ranked once by :func:`_label_ranks`, into ``out``.
+
+    Serial and GIL-free: :func:`rank_ic_many` runs one factor per thread, so threads never wait
+    on each other between factors.
+    """
+    _ranked_rows(factor, count, where, order, ranks, sumsq, min_obs, out, 0, factor.shape[0])
 
 
 @numba.njit(cache=True, parallel=True)
@@ -234,43 +366,19 @@ def rank_ic_batch_kernel(factors: np.ndarray, label: np.ndarray,
                          min_obs: int = DEFAULT_MIN_OBS, n_chunks: int = 64) -> np.ndarray:
     """Daily rank IC of many factors ``(factors, dates, symbols)`` → ``(dates, factors)``.
 
-    The label of a date is ranked once and reused for every factor finite on all of the label's
-    funds (the usual case); otherwise both sides are re-ranked on the common funds. Work items
-    are (factor, block of dates), so each reads its factor's rows in memory order.
+    The label of a date is ranked once and reused for every factor (see
+    :func:`_ranked_rows`). Work items are (factor, block of dates), so each reads its
+    factor's rows in memory order.
     """
-    n_factors, n_dates, n_sym = factors.shape
-    count, where, values, ranks, sumsq = _label_ranks(label, min_obs)
+    n_factors, n_dates = factors.shape[0], factors.shape[1]
+    count, where, order, ranks, sumsq = _label_ranks(label, min_obs)
     out = np.empty((n_factors, n_dates))
     n_blocks = max(1, min(n_dates, -(-n_chunks // max(n_factors, 1))))
     for item in numba.prange(n_factors * n_blocks):
         k = item // n_blocks
         b = item % n_blocks
-        xb = np.empty(n_sym)
-        yb = np.empty(n_sym)
-        dx = np.empty(n_sym, dtype=np.int64)
-        dy = np.empty(n_sym, dtype=np.int64)
-        key, cnt, rep = _rank_scratch(n_sym)
-        for t in range(b * n_dates // n_blocks, (b + 1) * n_dates // n_blocks):
-            m = count[t]
-            if m < min_obs:
-                out[k, t] = np.nan
-                continue
-            n = 0
-            for q in range(m):
-                x = factors[k, t, where[t, q]]
-                if np.isfinite(x):
-                    xb[n] = x
-                    yb[n] = values[t, q]
-                    n += 1
-            if n < min_obs:
-                out[k, t] = np.nan
-            elif n == m:
-                _centred_ranks(xb, n, dx, key, cnt, rep)
-                out[k, t] = _rank_corr(dx, ranks[t], n, sumsq[t])
-            else:
-                _centred_ranks(xb, n, dx, key, cnt, rep)
-                _centred_ranks(yb, n, dy, key, cnt, rep)
-                out[k, t] = _rank_corr(dx, dy, n, _sum_squares(dy, n))
+        _ranked_rows(factors[k], count, where, order, ranks, sumsq, min_obs, out[k],
+                     b * n_dates // n_blocks, (b + 1) * n_dates // n_blocks)
     return np.ascontiguousarray(out.T)
 
 
@@ -385,6 +493,18 @@ def rank_ic(factor: pd.DataFrame, label: pd.DataFrame, min_obs: int = DEFAULT_MI
     return pd.Series(values, index=factor.index, name="rank_ic")
 
 
+def _panel_array(panel: pd.DataFrame, index: pd.Index, columns: pd.Index) -> np.ndarray:
+    """A frame's float64 values on ``index × columns``: pandas' own array when the frame is
+    already aligned (no copy; Fortran-ordered for a frame built column by column), otherwise a
+    reindexed copy. Always C- or Fortran-contiguous, the two layouts the kernels compile for."""
+    if not (panel.index.equals(index) and panel.columns.equals(columns)):
+        panel = panel.reindex(index=index, columns=columns)
+    values = panel.to_numpy(dtype=np.float64)
+    if values.flags.c_contiguous or values.flags.f_contiguous:
+        return values
+    return np.ascontiguousarray(values)
+
+
 def stack_factors(factors: Mapping[str, pd.DataFrame], index: pd.Index, columns: pd.Index,
                   out: np.ndarray | None = None) -> np.ndarray:
     """A ``(factors, dates, symbols)`` float64 array of the factors aligned to one frame
@@ -392,9 +512,7 @@ def stack_factors(factors: Mapping[str, pd.DataFrame], index: pd.Index, columns:
     shape = (len(factors), len(index), len(columns))
     out = np.empty(shape) if out is None else out[: len(factors)]
     for k, panel in enumerate(factors.values()):
-        if not (panel.index.equals(index) and panel.columns.equals(columns)):
-            panel = panel.reindex(index=index, columns=columns)
-        out[k] = panel.to_numpy(dtype=np.float64)
+        out[k] = _panel_array(panel, index, columns)
     return out
 
 
@@ -415,13 +533,14 @@ def _union_columns(frames: Sequence[pd.DataFrame]) -> pd.Index:
 
 
 def rank_ic_many(factors: Mapping[str, pd.DataFrame], label: pd.DataFrame,
-                 min_obs: int = DEFAULT_MIN_OBS, chunk: int = 32) -> pd.DataFrame:
+                 min_obs: int = DEFAULT_MIN_OBS) -> pd.DataFrame:
     """Daily rank IC of every factor against one label: a (dates × factors) frame.
 
-    Dates and funds are the union over the factors; identical to ``rank_ic`` per factor.
-    Factors go through the batched kernel ``chunk`` at a time in one reused buffer, which
-    bounds memory (a 3-D stack of hundreds of 10-year panels is hundreds of MB) and avoids
-    faulting in a fresh array per call.
+    Dates and funds are the union over the factors; identical to ``rank_ic`` per factor. The
+    label is ranked once; each factor then goes through the kernel straight from pandas' own
+    array (a copy only for a frame that needs reindexing), so nothing is stacked and memory
+    does not grow with the number of factors. Factors are shared out to ``numba`` 's number of
+    threads, each taking the next factor when done with one (the kernel releases the GIL).
     """
     names = list(factors)
     if not names:
@@ -429,15 +548,24 @@ def rank_ic_many(factors: Mapping[str, pd.DataFrame], label: pd.DataFrame,
     frames = list(factors.values())
     index = _union_index(frames)
     columns = _union_columns(frames)
-    label_arr = _as_array(label, index, columns)
-    chunk = max(1, int(chunk))
-    buffer = np.empty((min(chunk, len(names)), len(index), len(columns)))
-    values = np.empty((len(index), len(names)))
-    for lo in range(0, len(names), chunk):
-        part = {name: factors[name] for name in names[lo:lo + chunk]}
-        stacked = stack_factors(part, index, columns, out=buffer)
-        values[:, lo:lo + len(part)] = rank_ic_batch_kernel(stacked, label_arr, int(min_obs))
-    return pd.DataFrame(values, index=index, columns=pd.Index(names, name="factor"))
+    min_obs = int(min_obs)
+    ranked = _label_ranks(_as_array(label, index, columns), min_obs)
+    out = np.empty((len(names), len(index)))
+    todo = iter(range(len(frames)))  # shared: next() under the GIL hands each factor out once
+
+    def work() -> None:
+        for k in todo:
+            rank_ic_ranked_kernel(_panel_array(frames[k], index, columns), *ranked, min_obs,
+                                  out[k])
+
+    n_threads = min(numba.get_num_threads(), len(frames))
+    if n_threads <= 1:
+        work()
+    else:
+        with ThreadPoolExecutor(n_threads) as pool:
+            for done in [pool.submit(work) for _ in range(n_threads)]:
+                done.result()
+    return pd.DataFrame(out.T, index=index, columns=pd.Index(names, name="factor"), copy=False)
 
 
 def ic_decay(factor: pd.DataFrame, labels_by_horizon: Mapping[int, pd.DataFrame],

@@ -194,12 +194,14 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold, ran
 
     ``rank_all=False`` is the search's fast path with the same selection: ranks are computed
     only where the selection reads them (holdings on rebalance rows) and new entries are the
-    best remaining funds found by scanning, instead of a full ranking of every row.
+    best remaining funds found by scanning, instead of a full ranking of every row; ``rank``
+    and ``held`` then come back empty (zero rows), as the search reads only ``selected``.
     """
     n_rows, n_sym = score.shape
     selected = np.zeros((n_rows, n_sym), dtype=np.bool_)
-    rank = np.full((n_rows, n_sym), np.nan)
-    held = np.full((n_rows, n_sym), np.nan)
+    n_out = n_rows if rank_all else 0
+    rank = np.full((n_out, n_sym), np.nan)
+    held = np.full((n_out, n_sym), np.nan)
     entry = np.full(n_sym, -1, dtype=np.int64)
     by_rank = np.empty(n_sym, dtype=np.int64)
     ok = np.empty(n_sym, dtype=np.bool_)
@@ -212,7 +214,7 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold, ran
             ok[j] = eligible[t, j] and np.isfinite(score[t, j])
             if ok[j]:
                 n_ok += 1
-            if entry[j] >= 0:
+            if rank_all and entry[j] >= 0:
                 held[t, j] = t - entry[j]
         if rank_all:
             # Highest score first, ties by key: a stable sort of the key-ordered candidates.
@@ -240,13 +242,16 @@ def _hysteresis_nb(score, eligible, rebalance, key, top_n, buffer, min_hold, ran
         for j in range(n_sym):
             if entry[j] < 0:
                 continue
-            if not rank_all and ok[j]:
-                r = 1
+            if rank_all:
+                r = rank[t, j]
+            elif ok[j]:
+                r = 1.0
                 for k in range(n_sym):
                     if ok[k] and _better_nb(score[t, k], key[k], score[t, j], key[j]):
-                        r += 1
-                rank[t, j] = r
-            in_buffer = ok[j] and rank[t, j] <= top_n + buffer
+                        r += 1.0
+            else:
+                r = np.nan
+            in_buffer = ok[j] and r <= top_n + buffer
             if eligible[t, j] and (in_buffer or t - entry[j] < min_hold):
                 selected[t, j] = True
                 n_kept += 1
@@ -373,14 +378,16 @@ def _cap_row_nb(base, cap, out, fixed):
 
 
 @numba.njit(cache=True)
-def _weights_nb(selected, score, vol, scheme, cap):
+def _weights_nb(selected, score, vol, scheme, cap, rows):
+    """Capped base weights on the rows listed in ``rows`` (every row for the portfolio; the
+    search lists only the rebalance rows, the only ones it reads); other rows stay zero."""
     n_rows, n_sym = selected.shape
     out = np.zeros((n_rows, n_sym))
     capped = np.zeros((n_rows, n_sym), dtype=np.bool_)
     base = np.zeros(n_sym)
     row = np.zeros(n_sym)
     fixed = np.zeros(n_sym, dtype=np.bool_)
-    for t in range(n_rows):
+    for t in rows:
         k = 0
         for j in range(n_sym):
             base[j] = 0.0
@@ -431,7 +438,8 @@ def _weights(selection: pd.DataFrame, score: pd.DataFrame | None, vol: pd.DataFr
             frame.reindex(index=sel.index, columns=sel.columns).to_numpy(dtype=np.float64))
 
     out, capped = _weights_nb(np.ascontiguousarray(sel.to_numpy(dtype=np.bool_)), arr(score),
-                              arr(vol), _SCHEMES[cfg.weighting], float(cfg.max_weight))
+                              arr(vol), _SCHEMES[cfg.weighting], float(cfg.max_weight),
+                              np.arange(len(sel), dtype=np.int64))
     return (pd.DataFrame(out, index=sel.index, columns=sel.columns),
             pd.DataFrame(capped, index=sel.index, columns=sel.columns))
 

@@ -269,16 +269,29 @@ def simulate_sessions_nb(weights: np.ndarray, trade: np.ndarray, price: np.ndarr
     cash = init_cash
     traded = 0.0
     bought = np.zeros(n_col)
+    has_close = close_weights.shape[0] > 0
+    # The columns with pos != 0, ascending: positions change only where orders fill, and the
+    # valuations sum over exactly these columns in this order, as a scan of every column would.
+    held = np.empty(n_col, dtype=np.int64)
+    n_held = 0
     for i in range(n_rows):
-        bought[:] = 0.0
-        for j in range(n_col):
-            if not np.isnan(price[i, j]):
-                last_val[j] = price[i, j]
-        if i > 0 and trade[i - 1]:
-            value = cash
+        orders = i > 0 and trade[i - 1]
+        if has_close:
+            bought[:] = 0.0
+        if orders or has_close:
             for j in range(n_col):
-                if pos[j] != 0.0:
-                    value += pos[j] * last_val[j]
+                if not np.isnan(price[i, j]):
+                    last_val[j] = price[i, j]
+        else:  # only held columns' last prices are read before the next order row updates all
+            for h in range(n_held):
+                j = held[h]
+                if not np.isnan(price[i, j]):
+                    last_val[j] = price[i, j]
+        if orders:
+            value = cash
+            for h in range(n_held):
+                j = held[h]
+                value += pos[j] * last_val[j]
             for j in range(n_col):
                 order[j] = j
                 if tradable[i, j] and not np.isnan(price[i, j]):
@@ -323,14 +336,20 @@ def simulate_sessions_nb(weights: np.ndarray, trade: np.ndarray, price: np.ndarr
                     cash = cash + _add_nb(acquired, -acquired * fees)
                     pos[j] = _add_nb(pos[j], -qty)
                     traded += acquired
-        if close_weights.shape[0] > 0:
+        if has_close:
             cash, extra = _close_fills_nb(close_weights[i], close[i], tradable[i], pos, bought,
                                           t0, cash, fees, slippage)
             traded += extra
+        if orders or has_close:
+            n_held = 0
+            for j in range(n_col):
+                if pos[j] != 0.0:
+                    held[n_held] = j
+                    n_held += 1
         value = cash
-        for j in range(n_col):
-            if pos[j] != 0.0:
-                value += pos[j] * close[i, j]
+        for h in range(n_held):
+            j = held[h]
+            value += pos[j] * close[i, j]
         equity[i] = value
     return equity, traded
 
@@ -380,7 +399,9 @@ def _candidate_nb(score: np.ndarray, a: int, b: int, top_n: int, every: int, sch
         sched[i] = True
     selected, _, _ = _hysteresis_nb(score, eligible[a:b + 1], sched, key, top_n, buffer,
                                     min_hold, False)
-    base, _ = _weights_nb(selected, score, vol[a:b + 1], scheme, cap)
+    # targets_nb reads the base weights on rebalance rows only: compute just those.
+    base, _ = _weights_nb(selected, score, vol[a:b + 1], scheme, cap,
+                          np.arange(0, n_rows, every))
     return targets_nb(selected, base, sched, exposure[a:b + 1], abs_neg[a:b + 1],
                       def_ok[a:b + 1], has_def, def_cap)
 
