@@ -94,7 +94,8 @@ def slice_end_job(account: Account, prefix: str = "") -> dg.JobDefinition:
                     account_lock(book, account_id, account.lock_timeout_seconds) as lock:
                 done = close_slice(book, venue, parent_order_id=config.parent_order_id,
                                    slice_index=config.slice_index, actor=actor,
-                                   kill_switch_env=execution.kill_switch, lock=lock)
+                                   kill_switch_env=execution.kill_switch, lock=lock,
+                                   now=clock.now().to_pydatetime())
         except SliceError as exc:
             # Bad config (not a sliced parent, slice out of range): a retry meets the same.
             # Anything else (the account locked by an execution, the venue unreachable) is

@@ -135,7 +135,6 @@ def _stats() -> ModuleType:
     return scipy.stats
 
 
-
 def historical(daily: np.ndarray, level: float, horizon: int) -> tuple[float, float]:
     """Empirical VaR and ES of ``horizon``-session returns (the one-row case of
     :func:`var_es_many`, so a batch of portfolios gives the same figures to the last bit)."""

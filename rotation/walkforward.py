@@ -16,6 +16,7 @@ rows <= D — so nothing here depends on data after the session it is about.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -91,11 +92,9 @@ class ResearchData:
     def derived(self, key: tuple[object, ...], make: Callable[[], T]) -> T:
         """``make()`` once per ``key``: a whole-history input every window reads a slice of
         (computing it per window would cost the whole history each time)."""
-        # Panels pickled before the memo existed (the Redis research cache) have none.
-        memo = self.__dict__.setdefault("memo", {})
-        if key not in memo:
-            memo[key] = make()
-        return memo[key]
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
 
     def search_panel(self, cfg: PortfolioConfig) -> SearchPanel:
         return SearchPanel.build(self.std_factors, self.directions, self.eligible, self.market,
@@ -313,10 +312,13 @@ def _evaluate_shared(window: WfoWindow, factors: Sequence[str]) -> WindowResult:
 
 
 def _pool_context() -> BaseContext:
-    """``fork`` while numba's thread pool has not started in this process: the workers then
-    share its panels copy-on-write, nothing is pickled. Once it runs, ``forkserver``: GNU
-    OpenMP (numba's ``omp`` layer) does not survive a fork, and each worker receives one
-    pickled copy of the panels."""
+    """``fork`` while this process has one thread and numba's thread pool has not started:
+    the workers then share its panels copy-on-write, nothing is pickled. Otherwise
+    ``forkserver``: a lock held by another thread (a connection pool's, a logger's) would stay
+    held forever in the child, GNU OpenMP (numba's ``omp`` layer) does not survive a fork, and
+    each worker receives one pickled copy of the panels."""
+    if threading.active_count() > 1:
+        return multiprocessing.get_context("forkserver")
     try:
         numba.threading_layer()
     except ValueError:  # "not initialized": no parallel kernel has run yet

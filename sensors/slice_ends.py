@@ -62,12 +62,15 @@ def slice_end_sensor(job: dg.JobDefinition, account: Account, prefix: str = "",
             return dg.SkipReason(f"no slice of {account_id} due at {now:%Y-%m-%d %H:%M:%S}")
         requests, stuck = [], set()
         reported = set(json.loads(context.cursor)) if context.cursor else set()
-        for parent, k in due:
+        for parent, k in _first_due_of_each_parent(due):
             key = slice_key(parent, k)
+            if any(r.status in _ACTIVE for r in context.instance.get_runs(filters=dg.RunsFilter(
+                    job_name=job.name, tags={PARENT_TAG: parent}))):
+                # A slice of this parent is being closed: its slices close in order (a later
+                # one closed first would leave the earlier one's replacement to nobody).
+                continue
             runs = context.instance.get_runs(filters=dg.RunsFilter(
                 job_name=job.name, tags={SLICE_END_TAG: key}))
-            if any(r.status in _ACTIVE for r in runs):
-                continue            # launched, not done yet
             if runs:
                 stuck.add(key)
                 if key not in reported:     # said once, not every tick
@@ -82,3 +85,12 @@ def slice_end_sensor(job: dg.JobDefinition, account: Account, prefix: str = "",
         return dg.SensorResult(run_requests=requests, cursor=json.dumps(sorted(stuck)))
 
     return _sensor
+
+
+def _first_due_of_each_parent(due: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The earliest due slice of each parent (``due``: earliest end first): the next is asked
+    for once it is closed."""
+    first: dict[str, int] = {}
+    for parent, k in due:
+        first.setdefault(parent, k)
+    return list(first.items())

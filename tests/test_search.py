@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -295,9 +296,14 @@ def test_backtest_reads_the_history_panels_exactly(real: Real) -> None:
     assert len(got.orders) > 0
 
 
-def test_windows_in_worker_processes_equal_in_process(real: Real) -> None:
-    """evaluate_windows over two forked workers gives every window's result exactly as in
-    this process, in order."""
+@pytest.mark.parametrize("start", ["chosen", "forkserver"])
+def test_windows_in_worker_processes_equal_in_process(real: Real, start: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate_windows over two workers, started as ``_pool_context`` chooses or from a fork
+    server (each worker given a pickled copy of the panels, as in a process with threads),
+    gives every window's result exactly as in this process, in order."""
+    if start != "chosen":
+        monkeypatch.setattr(wf, "_pool_context", lambda: multiprocessing.get_context(start))
     panel = real.panels["defensive"]
     space = SearchSpace(min_factors=2, max_factors=3, top_n=(2, 3), rebalance_every=(5,),
                         weightings=("equal", "inverse_vol"), complexity_penalty=0.02,

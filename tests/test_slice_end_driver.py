@@ -185,7 +185,12 @@ def test_the_driver_closes_each_slice_once_on_the_vnpy_venue(
     queued = driver.instance.create_run_for_job(driver.job, run_config=request.run_config,
                                                 tags=request.tags)
     assert driver.requests(end1 + dt.timedelta(seconds=60)) == []
+    # Nor for a later slice of the parent while it is being closed: its slices close in order.
+    assert driver.requests(end2) == []
     driver.instance.delete_run(queued.run_id)
+    # Slice 2 has ended too, slice 1 still open: slice 1 first, slice 2 once it is closed.
+    (first,) = driver.requests(end2)
+    assert first.run_key == request.run_key
     # A run that failed with the slice still due is not launched again: an operator
     # re-executes it (said once, the key kept in the cursor).
     failed = driver.instance.create_run_for_job(driver.job, run_config=request.run_config,

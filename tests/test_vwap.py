@@ -56,7 +56,14 @@ from trading.models import (
 )
 from trading.paper import SHANGHAI, FrameQuotes, PaperBroker, child_schedule
 from trading.session_clock import clock_at, minutes_at, slice_end
-from trading.slice_end import REASON_LAST_SLICE, close_slice, replacement_id, slices_due
+from trading.slice_end import (
+    REASON_LAST_SLICE,
+    REASON_SESSION_OVER,
+    SliceError,
+    close_slice,
+    replacement_id,
+    slices_due,
+)
 from trading.twap import TwapVenue, child_orders, slice_sizes, split_quantity
 from trading.vnpy_venue import VnpyVenue
 from trading.volume_profile import (
@@ -301,6 +308,52 @@ def test_vwap_through_the_executor_on_the_paper_broker(ledger: Ledger, ledger_ur
         _book_matches(ledger, broker, account, orders)
     finally:
         broker.close()
+
+
+def test_a_slice_is_not_closed_before_its_end_nor_carried_past_the_close(
+        ledger: Ledger, ledger_url: str, market: RealMarket) -> None:
+    """With the driver's clock (``now``): an earlier session's open children are no slice to
+    close; a slice is not closed before its end; from the session's close on nothing is carried
+    or sent (a replacement recorded but not sent is cancelled unsent, a remainder dropped)."""
+    account, _, orders = _executed(ledger, ledger_url, market, {"510300": 0.5}, 3)
+    parent = next(o for o in orders if o.parent_order_id is None)
+    c1, c2, _ = (o for o in orders if o.parent_order_id == parent.order_id)
+    next_day = dt.datetime.combine(SESSION + dt.timedelta(days=1), dt.time(10), SHANGHAI)
+    assert slices_due(ledger, account, next_day) == []
+    end1 = slice_end(SESSION, 1, 3)
+    assert slices_due(ledger, account, end1) == [(parent.order_id, 1)]
+    resting = PaperBroker(ledger_url, _before(market), COSTS)
+    try:
+        with pytest.raises(SliceError, match="not closed before"):
+            close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
+                        actor="slicer", now=end1 - dt.timedelta(seconds=1))
+        early = ledger.order(c1.order_id)
+        assert early is not None and early.status is OrderStatus.SUBMITTED
+        # Slice 1's close dies after recording the replacement, before sending it ...
+        with pytest.raises(Crash):
+            close_slice(ledger, CrashAfter(resting, "submit"),  # type: ignore[arg-type]
+                        parent_order_id=parent.order_id, slice_index=1, actor="slicer",
+                        now=end1)
+        recorded = ledger.order(replacement_id(c1, 2))
+        assert recorded is not None and recorded.status is OrderStatus.PLANNED
+        # ... and runs again only after the close: nothing is sent into another session.
+        after_close = slice_end(SESSION, 3, 3) + dt.timedelta(minutes=5)
+        done = close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
+                           actor="slicer", now=after_close)
+        assert done.sent == []
+        unsent = ledger.order(recorded.order_id)
+        assert unsent is not None and unsent.status is OrderStatus.CANCELLED
+        assert unsent.reason == REASON_SESSION_OVER
+        assert resting.order(recorded.order_id) is None
+        done = close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=2,
+                           actor="slicer", now=after_close)
+        assert done.cancelled == [c2.order_id] and done.replacements == []
+        assert done.dropped_units == c2.quantity
+        stored = ledger.order(c2.order_id)
+        assert stored is not None and stored.reason is not None
+        assert stored.reason.startswith(REASON_LAST_SLICE)
+    finally:
+        resting.close()
 
 
 def test_paper_last_slice_remainder_is_not_carried_and_a_lost_race_replaces_nothing(

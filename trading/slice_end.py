@@ -39,13 +39,15 @@ from dataclasses import dataclass, field
 from trading.executor import kill_switch_reason, order_request, sent_status, sync_parents
 from trading.ledger import AccountLock, Ledger, OrderRecord
 from trading.models import OrderStatus, VenueOrder
-from trading.session_clock import slice_end
+from trading.session_clock import SHANGHAI, slice_end
 from trading.twap import replacement_order_id
 from trading.venue import ExecutionVenue
 
 log = logging.getLogger(__name__)
 
 REASON_SLICE_END = "slice_end"
+# A replacement recorded in its session but not sent before the close: not sent into another.
+REASON_SESSION_OVER = "session_over: the session closed before it was sent"
 # The venues whose sliced children can still be open when their slice ends: the vn.py venue's
 # rest at the broker (or the test venue) until its market reaches them. The paper broker fills
 # each child at its scheduled time when it matches the session (trading.paper): nothing rests
@@ -80,16 +82,20 @@ def closes_slices(venue: str) -> bool:
 
 
 def slices_due(ledger: Ledger, account_id: str, now: dt.datetime) -> list[tuple[str, int]]:
-    """(parent id, slice index) of every slice of the account that has ended by ``now``
-    (aware) and still has orders open at the venue, earliest end first: what an intraday
-    driver passes to :func:`close_slice`."""
+    """(parent id, slice index) of every slice of the account's session of ``now`` (aware)
+    that has ended by ``now`` and still has orders open at the venue, earliest end first: what
+    an intraday driver passes to :func:`close_slice`. An earlier session's open orders are not
+    slices to close (nothing is carried into another day): the executor's reconcile settles
+    them before that account trades again."""
+    today = now.astimezone(SHANGHAI).date()
     due: set[tuple[dt.datetime, str, int]] = set()
     # Only what can still be due (open at the venue, or a recorded replacement): the driver
     # asks every 30 s and the account's orders grow with every session.
     for o in ledger.orders(account_id=account_id, statuses=(*_SENT_OPEN, OrderStatus.PLANNED)):
         # A child's ``slices`` is its plan's n (a VWAP slice without a lot has no child, so
         # the parent's count of children is not n).
-        if o.parent_order_id is None or not 1 <= o.slice_index <= o.slices:
+        if o.parent_order_id is None or not 1 <= o.slice_index <= o.slices \
+                or o.session != today:
             continue
         if o.status in _SENT_OPEN:
             due.add((slice_end(o.session, o.slice_index, o.slices), o.parent_order_id,
@@ -109,8 +115,11 @@ def replacement_id(order: OrderRecord, next_slice: int) -> str:
 
 def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
                 slice_index: int, actor: str, kill_switch_env: bool = False,
-                lock: AccountLock | None = None) -> SliceEnd:
-    """End slice ``slice_index`` (1..n) of ``parent_order_id`` (module docstring)."""
+                lock: AccountLock | None = None, now: dt.datetime | None = None) -> SliceEnd:
+    """End slice ``slice_index`` (1..n) of ``parent_order_id`` (module docstring). ``now``
+    (aware; the driver's clock): a slice is not closed before its end, and from the session's
+    close on nothing is carried or sent (as for the last slice: a remainder is not taken into
+    another day). None: the caller vouches for the time (tests of the steps)."""
     parent = ledger.order(parent_order_id)
     if parent is None:
         raise SliceError(f"close_slice: order {parent_order_id} is not in the ledger")
@@ -121,8 +130,9 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
     if not 1 <= slice_index <= n:
         raise SliceError(f"close_slice: slice {slice_index} of {parent_order_id} is not one "
                          f"of 1..{n}")
+    closed = _check_time(parent, slice_index, n, now)
     done = SliceEnd(parent_order_id, slice_index)
-    last = slice_index == n
+    last = slice_index == n or closed
     for order in _slice_orders(ledger, parent, slice_index):
         if lock is not None:
             lock.ensure()
@@ -150,7 +160,8 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
         if replacement is None or replacement.status is not OrderStatus.PLANNED:
             continue
         done.replacements.append(replacement)
-        stop = kill_switch_reason(ledger, parent.account_id, kill_switch_env)
+        stop = REASON_SESSION_OVER if closed else \
+            kill_switch_reason(ledger, parent.account_id, kill_switch_env)
         if stop is not None:
             ledger.update_order(replacement.order_id, status=OrderStatus.CANCELLED,
                                 actor=actor, reason=stop)
@@ -165,6 +176,20 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
              n, parent_order_id, done.cancelled,
              [r.order_id for r in done.replacements])
     return done
+
+
+def _check_time(parent: OrderRecord, slice_index: int, n: int, now: dt.datetime | None
+                ) -> bool:
+    """Whether the parent's session has closed by ``now``; :class:`SliceError` before the
+    slice's end (a launch by hand, a clock gone wrong: closing early would cancel a child the
+    plan still gives time)."""
+    if now is None:
+        return False
+    ends = slice_end(parent.session, slice_index, n)
+    if now < ends:
+        raise SliceError(f"close_slice: slice {slice_index} of {parent.order_id} ends at "
+                         f"{ends.isoformat()}; it is not closed before (now {now.isoformat()})")
+    return now >= slice_end(parent.session, n, n)
 
 
 def _slice_orders(ledger: Ledger, parent: OrderRecord, slice_index: int) -> list[OrderRecord]:
