@@ -58,11 +58,12 @@ STANDARDIZED_CHECK = "cross_sections_standardized"
 FIELD_WINDOW = 25
 
 
-def _check_metadata(outcome: quality.RuleOutcome) -> dict[str, object]:
+def _check_metadata(outcome: quality.RuleOutcome, keys: Sequence[str]) -> dict[str, object]:
     meta: dict[str, object] = {
         "rule": dg.MetadataValue.text(outcome.rule.description),
         "checked": dg.MetadataValue.int(outcome.checked_rows),
         "failing_rows": dg.MetadataValue.int(len(outcome.failures)),
+        **checked_partitions(keys, [] if outcome.passed else failed_partitions([outcome], keys)),
     }
     if not outcome.passed:
         meta["failures"] = dg.MetadataValue.md(markdown(outcome.failures))
@@ -146,7 +147,7 @@ def market_assets(
                 passed=outcome.passed,
                 severity=(dg.AssetCheckSeverity.ERROR if outcome.rule.blocking
                           else dg.AssetCheckSeverity.WARN),
-                metadata=_check_metadata(outcome),
+                metadata=_check_metadata(outcome, context.partition_keys),
             )
         bars = loaded.bars.loc[loaded.bars["date"] >= first].reset_index(drop=True)
         failures = quality.failed(outcomes)
@@ -235,7 +236,9 @@ def market_assets(
             check_name=STANDARDIZED_CHECK,
             passed=problems.empty,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"failing_dates": dg.MetadataValue.md(markdown(problems))},
+            metadata={"failing_dates": dg.MetadataValue.md(markdown(problems)),
+                      **checked_partitions(context.partition_keys,
+                                           sorted(set(partition_keys_of(problems))))},
         )
         if not problems.empty:
             raise dg.Failure(
@@ -294,6 +297,17 @@ def standardization_problems(
     return pd.DataFrame(rows, columns=["date", "field", "n", "mean", "std"]).astype(
         {"n": np.int64}
     )
+
+
+def checked_partitions(keys: Sequence[str], failed: Sequence[str]) -> dict[str, object]:
+    """A check's result per partition: it reports once per run (one record per check and run,
+    orchestration/dagster_storage.py), covering the run's partitions; those it failed are
+    listed (every other one passed)."""
+    return {
+        "partitions_checked": dg.MetadataValue.int(len(keys)),
+        "partition_range": dg.MetadataValue.text(f"{keys[0]}..{keys[-1]}" if keys else ""),
+        "failed_partitions": dg.MetadataValue.json(list(failed)),
+    }
 
 
 def no_session_text(calendar: TradingCalendar) -> Callable[[str], str | None]:

@@ -166,16 +166,73 @@ def metric_label(name: str, value: object) -> str:
 
 # -- partitions ---------------------------------------------------------------------------------
 
+def partition_positions(frame: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """The index in ``keys`` (sorted weekday keys) of each row's partition: the last key on or
+    before its date (a Saturday bar is in Friday's window); -1 before the first key."""
+    starts = pd.DatetimeIndex(pd.to_datetime(list(keys)))
+    days = pd.DatetimeIndex(pd.to_datetime(frame["date"])).normalize()
+    return starts.searchsorted(days, side="right") - 1
+
+
 def rows_by_partition(frame: pd.DataFrame, keys: Sequence[str]) -> dict[str, pd.DataFrame]:
     """The rows of each partition of ``keys`` (sorted weekday keys): a row belongs to the last
     key on or before its date (a Saturday bar is in Friday's window)."""
-    starts = pd.DatetimeIndex(pd.to_datetime(list(keys)))
     if "date" not in frame or frame.empty:
         return {k: frame.iloc[0:0] for k in keys}
-    days = pd.DatetimeIndex(pd.to_datetime(frame["date"])).normalize()
-    position = starts.searchsorted(days, side="right") - 1
-    groups = {int(p): part for p, part in frame.groupby(position, sort=False)}
+    groups = {int(p): part for p, part in frame.groupby(partition_positions(frame, keys),
+                                                        sort=False)}
     return {k: groups.get(i, frame.iloc[0:0]) for i, k in enumerate(keys)}
+
+
+def partitions_frame_metadata(frame: pd.DataFrame, keys: Sequence[str],
+                              schema: dg.TableSchema) -> dict[str, dict[str, object]]:
+    """``frame_metadata(part, preview=False, schema=schema)`` of each partition's rows, computed
+    for all partitions at once (grouped once, not a frame per partition: a history has
+    thousands)."""
+    if "date" not in frame or frame.empty:
+        return {k: frame_metadata(frame.iloc[0:0], preview=False, schema=schema) for k in keys}
+    position = partition_positions(frame, keys)
+    grouped = frame.groupby(position, sort=False)
+    rows = grouped.size()
+    dates = grouped["date"].agg(["min", "max", "nunique"])
+    funds = grouped["symbol"].nunique() if "symbol" in frame else None
+    missing = frame.isna().groupby(position, sort=False).sum()
+    columns = [str(c) for c in missing.columns]
+    schema_value = dg.MetadataValue.table_schema(schema)
+    out: dict[str, dict[str, object]] = {}
+    for i, key in enumerate(keys):
+        if i not in rows.index:
+            out[key] = frame_metadata(frame.iloc[0:0], preview=False, schema=schema)
+            continue
+        meta: dict[str, object] = {
+            "dagster/row_count": dg.MetadataValue.int(int(rows[i])),
+            "first_date": dg.MetadataValue.text(str(dates.at[i, "min"].date())),
+            "last_date": dg.MetadataValue.text(str(dates.at[i, "max"].date())),
+            "sessions": dg.MetadataValue.int(int(dates.at[i, "nunique"]))}
+        if funds is not None:
+            meta["funds_covered"] = dg.MetadataValue.int(int(funds[i]))
+        counts = missing.loc[i].to_numpy()
+        meta["missing_values"] = dg.MetadataValue.int(int(counts.sum()))
+        if counts.any():
+            meta["missing_by_column"] = dg.MetadataValue.json(
+                {c: int(v) for c, v in zip(columns, counts, strict=True) if v > 0})
+        meta["dagster/column_schema"] = schema_value
+        out[key] = meta
+    return out
+
+
+def partition_previews(frame: pd.DataFrame, keys: Sequence[str], sort: Sequence[str],
+                       schema: dg.TableSchema) -> dict[str, dg.TableMetadataValue]:
+    """The first ``PREVIEW_ROWS`` rows of each partition that has rows, ordered by ``sort``
+    (sorted once for the whole frame)."""
+    if "date" not in frame or frame.empty:
+        return {}
+    by = [c for c in sort if c in frame.columns] or list(frame.columns)[:1]
+    position = pd.Series(partition_positions(frame, keys), index=frame.index)
+    order = frame.assign(_partition=position).sort_values(["_partition", *by], kind="stable")
+    heads = order.groupby("_partition", sort=False).head(PREVIEW_ROWS)
+    return {keys[int(p)]: table(part.drop(columns="_partition"), schema=schema)
+            for p, part in heads.groupby("_partition", sort=False) if 0 <= p < len(keys)}
 
 
 def partition_metadata(
@@ -195,24 +252,24 @@ def partition_metadata(
     a preview of its rows; a partition without a session says so (``no_session(key)`` returns
     the sentence, or None for a session) instead of showing rows of other days."""
     keys = list(context.partition_keys)
-    parts = rows_by_partition(frame, keys)
     whole_run = run_metadata(frame, keys, **(run or {}))
     # Every partition is a slice of ``frame``: one schema for all (a history has thousands).
     schema = column_schema(frame)
-    for key, part in parts.items():
+    figures = partitions_frame_metadata(frame, keys, schema)
+    previews = partition_previews(frame, keys, sort, schema)
+    parts = rows_by_partition(frame, keys) if per_partition is not None else {}
+    for key in keys:
         reason = no_session(key)
-        shown = part.sort_values([c for c in sort if c in part.columns] or list(part.columns)[:1]
-                                 ) if len(part) else part
-        meta = frame_metadata(shown, preview=False, schema=schema)
+        meta = figures[key]
         meta["partition"] = dg.MetadataValue.text(key)
-        if reason is not None and part.empty:
+        if reason is not None and key not in previews:
             meta["session"] = dg.MetadataValue.text(reason)
-        elif "date" in part and len(part):
-            meta["session"] = dg.MetadataValue.text(f"{pd.Timestamp(part['date'].max()):%Y-%m-%d}")
-        meta["preview"] = table(shown.head(PREVIEW_ROWS), schema=schema) if len(part) else \
-            dg.MetadataValue.text(reason or "no rows")
+        elif "last_date" in meta:
+            meta["session"] = meta["last_date"]
+        meta["preview"] = (previews[key] if key in previews
+                           else dg.MetadataValue.text(reason or "no rows"))
         if per_partition is not None:
-            meta.update({k: _value(v) for k, v in per_partition(key, part).items()})
+            meta.update({k: _value(v) for k, v in per_partition(key, parts[key]).items()})
         # The partition's own figures first, then the run's (as the UI lists them).
         context.add_asset_metadata(meta | whole_run, partition_key=key)
     return {}

@@ -64,8 +64,13 @@ def test_a_run_keeps_its_connections(tmp_path: Path) -> None:
         opened, as_before = _three_runs(
             tmp_path / "plain", "storage:\n  postgres:\n    postgres_url: "
             f"postgresql+psycopg2://{PG_SERVER}/{plain}\ntelemetry:\n  enabled: false\n")
-    assert stored == as_before
-    assert [status for status, _ in stored].count("SUCCEEDED") == 3
+    # Each run's check is one record, resolved by its evaluation; dagster-postgres's own storage
+    # also keeps a "planned" record per partition that nothing resolves.
+    assert stored == [("SUCCEEDED", None)] * 3
+    assert sorted(as_before, key=str) == sorted(
+        [("SUCCEEDED", None)] * 3 + [("PLANNED", d)
+                                     for d in ("2024-01-02", "2024-01-03", "2024-01-04")],
+        key=str)
     # dagster-postgres's own storage opens one connection per call: dozens per run.
     assert opened > 60, opened
     assert kept <= 15, kept
@@ -95,3 +100,31 @@ def test_a_kept_connection_the_server_drops_is_replaced(tmp_path: Path) -> None:
             assert ended and ended >= 1
             assert dg.materialize([probe], instance=instance, partition_key="2024-01-03").success
             assert instance.get_runs_count() == 2
+
+
+@dg.asset(partitions_def=PARTITIONS, backfill_policy=dg.BackfillPolicy.single_run(),
+          check_specs=[dg.AssetCheckSpec("positive", asset="ranged_probe", blocking=True)])
+def ranged_probe(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata={"partitions": len(context.partition_keys)},
+        check_results=[dg.AssetCheckResult(check_name="positive", passed=True)])
+
+
+def test_a_ranged_run_records_its_check_once(tmp_path: Path) -> None:
+    """A run over ten partitions plans and resolves one record of its (unpartitioned) check,
+    not one planned record per partition that nothing resolves."""
+    with scratch_database("etf_pool") as database:
+        (tmp_path / "dagster.yaml").write_text(
+            instance_yaml(f"postgresql+psycopg2://{PG_SERVER}/{database}"), encoding="utf-8")
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            ranged = dg.define_asset_job("ranged", [ranged_probe])
+            job = dg.Definitions(assets=[ranged_probe], jobs=[ranged]).resolve_job_def("ranged")
+            result = job.execute_in_process(instance=instance, tags={
+                "dagster/asset_partition_range_start": "2024-01-01",
+                "dagster/asset_partition_range_end": "2024-01-10"}, raise_on_error=False)
+            checks = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(dg.AssetKey("ranged_probe"), "positive"), limit=50)
+            assert result.success
+            assert len(instance.get_materialized_partitions(dg.AssetKey("ranged_probe"))) == 10
+    assert [(c.run_id, c.status.value, c.partition) for c in checks] == [
+        (result.run_id, "SUCCEEDED", None)]

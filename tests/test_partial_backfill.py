@@ -176,6 +176,34 @@ def test_stored_partitions_carry_their_asset_code_version(backfills: Backfills) 
         assert materialization.tags[CODE_VERSION_TAG] == graph.get(key).code_version
 
 
+def test_each_check_reports_once_for_the_range_with_its_failed_partitions(
+        backfills: Backfills) -> None:
+    """One record per check and run, resolved by its evaluation (none left "planned" for
+    each partition); its metadata names the partitions it covered and the ones it failed."""
+    run_id = backfills.result.run_id
+    graph = backfills.defs.resolve_asset_graph()
+    raw_checks = [k for k in graph.asset_check_keys if k.asset_key == dg.AssetKey("raw_bars")]
+    assert len(raw_checks) == len(quality.RULES)
+    # The storage's one record per check and run holds for unpartitioned checks: all of ours.
+    assert all(graph.get(k).partitions_def is None for k in graph.asset_check_keys)
+    for key in raw_checks:
+        records = [r for r in backfills.instance.event_log_storage
+                   .get_asset_check_execution_history(key, limit=50) if r.run_id == run_id]
+        assert len(records) == 1, (key.name, len(records))
+        record = records[0]
+        assert record.partition is None
+        evaluation = record.event.dagster_event.asset_check_evaluation_data  # type: ignore[union-attr]
+        meta = evaluation.metadata
+        assert meta["partitions_checked"].value == len(backfills.keys)
+        assert meta["partition_range"].value == f"{backfills.keys[0]}..{backfills.keys[-1]}"
+        if key.name == "ohlc_consistent":
+            assert record.status.value == "FAILED"
+            assert meta["failed_partitions"].value == [BAD_DAY]
+        else:
+            assert record.status.value == "SUCCEEDED", key.name
+            assert meta["failed_partitions"].value == []
+
+
 def _outcome(dates: list[object]) -> quality.RuleOutcome:
     failures = pd.DataFrame({"rule": "r", "source": "s", "symbol": "510300", "date": dates,
                              "message": "m"})

@@ -8,7 +8,16 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.metadata import _cell, column_schema, frame_metadata, rows_by_partition, table
+from assets.metadata import (
+    PREVIEW_ROWS,
+    _cell,
+    column_schema,
+    frame_metadata,
+    partition_previews,
+    partitions_frame_metadata,
+    rows_by_partition,
+    table,
+)
 
 
 def _frame() -> pd.DataFrame:
@@ -49,3 +58,32 @@ def test_a_partition_shares_the_run_schema_and_keeps_its_own_figures() -> None:
     assert meta["sessions"] == dg.MetadataValue.int(2)
     whole = frame_metadata(friday)
     assert [r.data["date"] for r in whole["preview"].records] == ["2024-01-05", "2024-01-06"]
+
+
+def test_the_partitions_figures_computed_at_once_are_each_partitions_own() -> None:
+    """Grouped once for the whole frame, each partition's figures and preview are those of its
+    own rows: a Saturday bar in Friday's window, a weekday without rows, missing values, more
+    rows than a preview holds, a row before the first partition left out."""
+    days = ["2024-01-03", "2024-01-04", "2024-01-05", "2024-01-06", "2024-01-09"]
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({
+        "date": pd.to_datetime(np.repeat(days, 12)),
+        "symbol": [f"{s:06d}" for s in rng.permutation(60)],
+        "close": rng.normal(size=60),
+    })
+    frame.loc[[5, 30, 31], "close"] = np.nan
+    keys = ["2024-01-04", "2024-01-05", "2024-01-08", "2024-01-09"]
+    schema = column_schema(frame)
+    figures = partitions_frame_metadata(frame, keys, schema)
+    previews = partition_previews(frame, keys, ("symbol",), schema)
+    parts = rows_by_partition(frame, keys)
+    assert len(parts["2024-01-05"]) == 24 and parts["2024-01-08"].empty
+    for key in keys:
+        part = parts[key]
+        assert figures[key] == frame_metadata(part, preview=False, schema=schema), key
+        if part.empty:
+            assert key not in previews
+        else:
+            expected = table(part.sort_values("symbol").head(PREVIEW_ROWS), schema=schema)
+            assert previews[key] == expected, key
+    assert figures["2024-01-05"]["missing_by_column"] == dg.MetadataValue.json({"close": 2})
