@@ -22,7 +22,7 @@ from trading.account import Account
 from trading.executor import kill_switch_reason
 from trading.ledger import Ledger
 from trading.paper import FrameQuotes
-from trading.slice_end import SliceEnd, SliceError, close_slice, closes_slices
+from trading.slice_end import SliceEnd, SliceError, SliceNotEnded, close_slice, closes_slices
 
 JOB_NAME = "slice_end_job"
 PARENT_TAG = "etf/parent_order_id"
@@ -96,6 +96,12 @@ def slice_end_job(account: Account, prefix: str = "") -> dg.JobDefinition:
                                    slice_index=config.slice_index, actor=actor,
                                    kill_switch_env=execution.kill_switch, lock=lock,
                                    now=clock.now().to_pydatetime())
+        except SliceNotEnded as exc:
+            # This worker's clock is behind the sensor's, or the run was launched early: try
+            # again once the slice has ended (the close is idempotent).
+            wait = (exc.ends - clock.now().to_pydatetime()).total_seconds()
+            raise dg.RetryRequested(max_retries=3, seconds_to_wait=min(max(wait, 1.0) + 1.0,
+                                                                       300.0)) from exc
         except SliceError as exc:
             # Bad config (not a sliced parent, slice out of range): a retry meets the same.
             # Anything else (the account locked by an execution, the venue unreachable) is

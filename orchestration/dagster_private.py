@@ -12,6 +12,10 @@ that moves them breaks one import block, reviewed in one file:
   public API cannot express (a step stores all partitions of its range or none).
 * The SQL storages and their tables: the metrics exporter counts runs and check results in
   the instance's database directly (one query each instead of paging the public API).
+* ``AssetCheckEvaluationPlanned``: the planned check event, which the instance's event log
+  (``orchestration/dagster_storage.py``, ``RunLevelCheckEventLog`` overriding
+  ``SqlEventLogStorage.store_asset_check_event``, an internal hook) stores once per run instead
+  of once per partition of the run.
 * ``with_key_prefix``: ``AssetsDefinition.with_attributes`` (not public) moves a strategy's
   assets, their dependencies on each other and their checks under the strategy's key prefix,
   which the public ``map_asset_specs`` refuses (it may not change keys); the op is renamed
@@ -21,6 +25,9 @@ that moves them breaks one import block, reviewed in one file:
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+)
 from dagster._core.definitions.assets.definition.assets_definition import AssetsDefinition
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.definitions.partitions.subset import PartitionsSubset
@@ -39,6 +46,7 @@ from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
 __all__ = [
     "CODE_VERSION_TAG",
+    "AssetCheckEvaluationPlanned",
     "AssetCheckExecutionRecordStatus",
     "AssetCheckExecutionsTable",
     "AssetMaterializationPlannedData",

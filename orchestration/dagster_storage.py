@@ -33,6 +33,8 @@ from dagster_postgres.utils import (
     pg_url_from_config,
 )
 
+from orchestration.dagster_private import AssetCheckEvaluationPlanned
+
 # Connections opened beyond the kept one while several threads use a storage at once (the
 # daemon's, the webserver's); returned to the server when they are done.
 MAX_OVERFLOW = 10
@@ -72,8 +74,9 @@ class RunLevelCheckEventLog(PostgresEventLogStorage):
                 and dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED
                 and dagster_event.event_specific_data.partitions_subset is not None):
             planned = dagster_event.event_specific_data
-            # The same planned check, for the run as a whole (its type is not public).
-            planned = type(planned)(asset_key=planned.asset_key, check_name=planned.check_name)
+            # The same planned check, for the run as a whole.
+            planned = AssetCheckEvaluationPlanned(asset_key=planned.asset_key,
+                                                  check_name=planned.check_name)
             event = event._replace(dagster_event=dagster_event._replace(
                 event_specific_data=planned))
         super().store_asset_check_event(event, event_id)

@@ -59,7 +59,7 @@ from trading.session_clock import clock_at, minutes_at, slice_end
 from trading.slice_end import (
     REASON_LAST_SLICE,
     REASON_SESSION_OVER,
-    SliceError,
+    SliceNotEnded,
     close_slice,
     replacement_id,
     slices_due,
@@ -324,9 +324,10 @@ def test_a_slice_is_not_closed_before_its_end_nor_carried_past_the_close(
     assert slices_due(ledger, account, end1) == [(parent.order_id, 1)]
     resting = PaperBroker(ledger_url, _before(market), COSTS)
     try:
-        with pytest.raises(SliceError, match="not closed before"):
+        with pytest.raises(SliceNotEnded, match="not closed before") as early_close:
             close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
                         actor="slicer", now=end1 - dt.timedelta(seconds=1))
+        assert early_close.value.ends == end1     # the job retries from then
         early = ledger.order(c1.order_id)
         assert early is not None and early.status is OrderStatus.SUBMITTED
         # Slice 1's close dies after recording the replacement, before sending it ...
@@ -340,7 +341,7 @@ def test_a_slice_is_not_closed_before_its_end_nor_carried_past_the_close(
         after_close = slice_end(SESSION, 3, 3) + dt.timedelta(minutes=5)
         done = close_slice(ledger, resting, parent_order_id=parent.order_id, slice_index=1,
                            actor="slicer", now=after_close)
-        assert done.sent == []
+        assert done.sent == [] and done.dropped_units == recorded.quantity
         unsent = ledger.order(recorded.order_id)
         assert unsent is not None and unsent.status is OrderStatus.CANCELLED
         assert unsent.reason == REASON_SESSION_OVER

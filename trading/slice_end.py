@@ -61,6 +61,15 @@ class SliceError(ValueError):
     """The slice cannot be closed (unknown or unsliced parent, slice out of range)."""
 
 
+class SliceNotEnded(SliceError):
+    """The slice has not ended by the caller's clock: closing it now would cancel a child the
+    plan still gives time (a clock behind the driver's, a run launched by hand early)."""
+
+    def __init__(self, message: str, ends: dt.datetime) -> None:
+        super().__init__(message)
+        self.ends = ends
+
+
 @dataclass
 class SliceEnd:
     """What :func:`close_slice` did."""
@@ -152,11 +161,12 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
                 if replacement is None:
                     replacement = ledger.record_orders(
                         [_replacing(order, left, slice_index + 1)], actor=actor)[0]
-            elif left:
+            elif left and replacement is None:      # a recorded one is counted below
                 done.dropped_units += left
             ledger.update_order(order.order_id, status=remote.status, actor=actor,
                                 venue_order_id=remote.venue_order_id,
-                                reason=_reason(remote, left, last, replacement))
+                                reason=_reason(remote, left, last,
+                                               None if closed else replacement))
         if replacement is None or replacement.status is not OrderStatus.PLANNED:
             continue
         done.replacements.append(replacement)
@@ -165,6 +175,8 @@ def close_slice(ledger: Ledger, venue: ExecutionVenue, *, parent_order_id: str,
         if stop is not None:
             ledger.update_order(replacement.order_id, status=OrderStatus.CANCELLED,
                                 actor=actor, reason=stop)
+            if closed:      # not carried into another session, as a last slice's remainder
+                done.dropped_units += replacement.quantity
             done.notes.append(f"{replacement.order_id}: not sent: {stop}")
             continue
         sent = venue.submit(order_request(replacement))
@@ -187,8 +199,9 @@ def _check_time(parent: OrderRecord, slice_index: int, n: int, now: dt.datetime 
         return False
     ends = slice_end(parent.session, slice_index, n)
     if now < ends:
-        raise SliceError(f"close_slice: slice {slice_index} of {parent.order_id} ends at "
-                         f"{ends.isoformat()}; it is not closed before (now {now.isoformat()})")
+        raise SliceNotEnded(f"close_slice: slice {slice_index} of {parent.order_id} ends at "
+                            f"{ends.isoformat()}; it is not closed before (now "
+                            f"{now.isoformat()})", ends)
     return now >= slice_end(parent.session, n, n)
 
 
