@@ -64,13 +64,13 @@ def slice_end_sensor(job: dg.JobDefinition, account: Account, prefix: str = "",
         reported = set(json.loads(context.cursor)) if context.cursor else set()
         for parent, k in _first_due_of_each_parent(due):
             key = slice_key(parent, k)
-            if any(r.status in _ACTIVE for r in context.instance.get_runs(filters=dg.RunsFilter(
-                    job_name=job.name, tags={PARENT_TAG: parent}))):
+            of_parent = context.instance.get_runs(filters=dg.RunsFilter(
+                job_name=job.name, tags={PARENT_TAG: parent}))
+            if any(r.status in _ACTIVE for r in of_parent):
                 # A slice of this parent is being closed: its slices close in order (a later
                 # one closed first would leave the earlier one's replacement to nobody).
                 continue
-            runs = context.instance.get_runs(filters=dg.RunsFilter(
-                job_name=job.name, tags={SLICE_END_TAG: key}))
+            runs = [r for r in of_parent if r.tags.get(SLICE_END_TAG) == key]
             if runs:
                 stuck.add(key)
                 if key not in reported:     # said once, not every tick
