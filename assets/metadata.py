@@ -33,23 +33,35 @@ def frame_metadata(frame: pd.DataFrame, *, preview: bool = True,
     ``preview=False`` leaves the preview to the caller; ``schema``: the frame's column schema
     when the caller already has it (every partition of a run's frame shares it)."""
     schema = schema or column_schema(frame)
-    meta: dict[str, object] = {"dagster/row_count": dg.MetadataValue.int(len(frame))}
-    if "date" in frame and len(frame):
-        meta["first_date"] = dg.MetadataValue.text(str(frame["date"].min().date()))
-        meta["last_date"] = dg.MetadataValue.text(str(frame["date"].max().date()))
-        meta["sessions"] = dg.MetadataValue.int(int(frame["date"].nunique()))
-    if "symbol" in frame:
-        meta["funds_covered"] = dg.MetadataValue.int(int(frame["symbol"].nunique()))
-    missing = frame.isna().sum()
-    missing = missing[missing > 0]
-    meta["missing_values"] = dg.MetadataValue.int(int(missing.sum()))
-    if len(missing):
-        meta["missing_by_column"] = dg.MetadataValue.json(
-            {str(k): int(v) for k, v in missing.items()})
+    dated = "date" in frame and len(frame)
+    meta = _figures(
+        len(frame),
+        (frame["date"].min(), frame["date"].max(), frame["date"].nunique()) if dated else None,
+        frame["symbol"].nunique() if "symbol" in frame else None,
+        frame.isna().sum().items())
     if preview:
         meta["preview"] = table(frame.tail(PREVIEW_ROWS), schema=schema)
     meta["dagster/column_schema"] = dg.MetadataValue.table_schema(schema)
     meta.update({k: _value(v) for k, v in extra.items()})
+    return meta
+
+
+def _figures(rows: int, dates: tuple[pd.Timestamp, pd.Timestamp, int] | None,
+             funds: int | None, missing: Iterable[tuple[object, int]]) -> dict[str, object]:
+    """The figures of a frame (or of one partition's rows): rows, first and last date and
+    sessions, funds, and the missing values by column (those with any)."""
+    meta: dict[str, object] = {"dagster/row_count": dg.MetadataValue.int(int(rows))}
+    if dates is not None:
+        first, last, sessions = dates
+        meta["first_date"] = dg.MetadataValue.text(str(first.date()))
+        meta["last_date"] = dg.MetadataValue.text(str(last.date()))
+        meta["sessions"] = dg.MetadataValue.int(int(sessions))
+    if funds is not None:
+        meta["funds_covered"] = dg.MetadataValue.int(int(funds))
+    gaps = {str(column): int(count) for column, count in missing if count > 0}
+    meta["missing_values"] = dg.MetadataValue.int(sum(gaps.values()))
+    if gaps:
+        meta["missing_by_column"] = dg.MetadataValue.json(gaps)
     return meta
 
 
@@ -197,25 +209,14 @@ def partitions_frame_metadata(frame: pd.DataFrame, keys: Sequence[str],
     dates = grouped["date"].agg(["min", "max", "nunique"])
     funds = grouped["symbol"].nunique() if "symbol" in frame else None
     missing = frame.isna().groupby(position, sort=False).sum()
-    columns = [str(c) for c in missing.columns]
     schema_value = dg.MetadataValue.table_schema(schema)
     out: dict[str, dict[str, object]] = {}
     for i, key in enumerate(keys):
         if i not in rows.index:
             out[key] = frame_metadata(frame.iloc[0:0], preview=False, schema=schema)
             continue
-        meta: dict[str, object] = {
-            "dagster/row_count": dg.MetadataValue.int(int(rows[i])),
-            "first_date": dg.MetadataValue.text(str(dates.at[i, "min"].date())),
-            "last_date": dg.MetadataValue.text(str(dates.at[i, "max"].date())),
-            "sessions": dg.MetadataValue.int(int(dates.at[i, "nunique"]))}
-        if funds is not None:
-            meta["funds_covered"] = dg.MetadataValue.int(int(funds[i]))
-        counts = missing.loc[i].to_numpy()
-        meta["missing_values"] = dg.MetadataValue.int(int(counts.sum()))
-        if counts.any():
-            meta["missing_by_column"] = dg.MetadataValue.json(
-                {c: int(v) for c, v in zip(columns, counts, strict=True) if v > 0})
+        meta = _figures(rows[i], (dates.at[i, "min"], dates.at[i, "max"], dates.at[i, "nunique"]),
+                        None if funds is None else funds[i], missing.loc[i].items())
         meta["dagster/column_schema"] = schema_value
         out[key] = meta
     return out
