@@ -2,13 +2,14 @@
 
 Everything is Dagster's native metadata: previews and result tables are
 ``MetadataValue.table`` with a ``TableSchema`` (shown inline, not behind "[Show Markdown]"),
-every frame carries ``dagster/column_schema``, and each metric is its own float key whose name
-carries the unit (``total_return_pct``), so the asset's Plots tab charts it across
-materialisations.
+every frame carries ``dagster/column_schema`` (a range of partitions: its newest), and each
+metric is its own float key whose name carries the unit (``total_return_pct``), so the asset's
+Plots tab charts it across materialisations.
 
 A partitioned asset materialised over a range (a single-run backfill) describes each partition
-by itself (:func:`partition_metadata`: its rows, funds, missing values and preview, or that it
-has no session); the figures of the whole run are keyed ``run_…`` and say so.
+by itself (:func:`partition_metadata`: its rows, funds and missing values, or that it has no
+session); the run's newest partition adds a preview of its rows and the figures of the whole
+run, keyed ``run_…`` (they say so).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import dagster as dg
 import numpy as np
 import pandas as pd
+
+from orchestration.dagster_private import add_partitions_metadata
 
 PREVIEW_ROWS = 10
 # Figures of a partitioned asset's whole run (not of the partition shown) carry this prefix.
@@ -246,19 +249,29 @@ def partition_metadata(
     per_partition: Callable[[str, pd.DataFrame], Mapping[str, object]] | None = None,
 ) -> dict[str, object]:
     """Per-partition metadata of a partitioned asset (``context.add_asset_metadata`` with each
-    partition key), followed by the run-level figures keyed ``run_…``; returns the (empty)
-    metadata for the step's output, so nothing of the run is shown without its label.
+    partition key); returns the (empty) metadata for the step's output, so nothing of the run
+    is shown without its label.
 
-    Each partition shows its own rows (``dagster/row_count``), date, funds, missing values and
-    a preview of its rows; a partition without a session says so (``no_session(key)`` returns
-    the sentence, or None for a session) instead of showing rows of other days."""
+    Each partition shows its own rows (``dagster/row_count``), date, funds and missing values;
+    a partition without a session says so (``no_session(key)`` returns the sentence, or None
+    for a session) instead of showing rows of other days. The run's newest partition — the
+    only one of the evening's run, the asset's latest materialisation after a backfill — also
+    carries a preview of its rows, the column schema and the whole run's figures keyed
+    ``run_…``; the older partitions of a range name it (``run_figures``). A preview and a
+    schema in every one of a history's thousands of events were most of a backfill's
+    bookkeeping: Dagster serialises each event several times (issue 20)."""
     keys = list(context.partition_keys)
-    whole_run = run_metadata(frame, keys, **(run or {}))
-    # Every partition is a slice of ``frame``: one schema for all (a history has thousands).
+    newest = keys[-1]
+    # Every partition is a slice of ``frame``: one schema for all.
     schema = column_schema(frame)
     figures = partitions_frame_metadata(frame, keys, schema)
-    previews = partition_previews(frame, keys, sort, schema)
+    latest = frame.loc[frame["date"] >= pd.Timestamp(newest)] if "date" in frame else frame
+    previews = partition_previews(latest, [newest], sort, schema)
     parts = rows_by_partition(frame, keys) if per_partition is not None else {}
+    pointer = {"run_figures": dg.MetadataValue.text(
+        f"on {newest}, the newest of this run's {len(keys)} partitions: a preview of its rows, "
+        "the column schema and the run's figures (run_*)")}
+    described: dict[str, dict[str, object]] = {}
     for key in keys:
         reason = no_session(key)
         meta = figures[key]
@@ -267,12 +280,18 @@ def partition_metadata(
             meta["session"] = dg.MetadataValue.text(reason)
         elif "last_date" in meta:
             meta["session"] = meta["last_date"]
-        meta["preview"] = (previews[key] if key in previews
-                           else dg.MetadataValue.text(reason or "no rows"))
         if per_partition is not None:
             meta.update({k: _value(v) for k, v in per_partition(key, parts[key]).items()})
-        # The partition's own figures first, then the run's (as the UI lists them).
-        context.add_asset_metadata(meta | whole_run, partition_key=key)
+        if key == newest:
+            meta["preview"] = (previews[key] if key in previews
+                               else dg.MetadataValue.text(reason or "no rows"))
+            # The partition's own figures first, then the run's (as the UI lists them).
+            meta |= run_metadata(frame, keys, **(run or {}))
+        else:
+            del meta["dagster/column_schema"]
+            meta |= pointer
+        described[key] = meta
+    add_partitions_metadata(context, described)
     return {}
 
 

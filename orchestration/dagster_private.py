@@ -20,9 +20,14 @@ that moves them breaks one import block, reviewed in one file:
   assets, their dependencies on each other and their checks under the strategy's key prefix,
   which the public ``map_asset_specs`` refuses (it may not change keys); the op is renamed
   through ``dagster_internal_init`` so two strategies' copies can share a job.
+* ``OutputMetadataAccumulator``, ``AssetMetadataHandle``: :func:`add_partitions_metadata`
+  gives each partition of a range its metadata in one step. Dagster 1.13's
+  ``add_asset_metadata`` copies the step's whole accumulated metadata and lists the run's
+  partition keys on every call: quadratic in partitions, most of a history backfill's time.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
@@ -37,6 +42,10 @@ from dagster._core.events import (
     DagsterEvent,
     DagsterEventBatchMetadata,
     generate_event_batch_id,
+)
+from dagster._core.execution.context.metadata_logging import (
+    AssetMetadataHandle,
+    OutputMetadataAccumulator,
 )
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
@@ -57,6 +66,7 @@ __all__ = [
     "SqlEventLogStorage",
     "SqlRunStorage",
     "UnresolvedAssetJobDefinition",
+    "add_partitions_metadata",
     "generate_event_batch_id",
     "with_key_prefix",
 ]
@@ -79,3 +89,23 @@ def _renamed_op(asset: dg.AssetsDefinition, prefix: str) -> dg.AssetsDefinition:
     attributes["node_def"] = asset.node_def.with_replaced_properties(
         name=f"{prefix}__{asset.node_def.name}")
     return AssetsDefinition.dagster_internal_init(**attributes)
+
+
+def add_partitions_metadata(context: dg.AssetExecutionContext,
+                            metadata: Mapping[str, Mapping[str, Any]]) -> None:
+    """``context.add_asset_metadata(meta, partition_key=key)`` for each ``key: meta`` of
+    ``metadata`` (partitions of the run's range), merged the same way, in one step."""
+    targeted = set(context.partition_keys)
+    stray = [key for key in metadata if key not in targeted]
+    if stray:
+        raise dg.DagsterInvariantViolationError(
+            f"Attempted to add metadata for partition keys {stray[:3]} that are not being "
+            "targeted.")
+    step = context.get_step_execution_context()
+    asset_key = context.assets_def.key
+    merged = dict(step._metadata_accumulator.per_output_metadata)
+    for partition, meta in metadata.items():
+        handle = AssetMetadataHandle(asset_key=asset_key, partition_key=partition)
+        merged[handle] = {**merged.get(handle, {}), **meta}
+    step._metadata_accumulator = OutputMetadataAccumulator(
+        per_output_metadata=merged)

@@ -47,6 +47,7 @@ from rotation.cross_section import CrossSectionConfig
 from rotation.market import DEFAULT_MARKET, load_market
 from rotation.quality import QualityConfig
 from rotation.risk import RiskLimits
+from rotation.yaml_config import parse_yaml
 from trading.account import Allocation, stage_of
 from trading.conduct import ConductRules
 from trading.volume_profile import DEFAULT_CURVE, profile_from_curve
@@ -504,7 +505,7 @@ class Settings(BaseSettings):
         if md.source == "files" and md.dataset:
             # Only the market's name: the dataset config itself is checked where it is read.
             try:
-                spec = yaml.safe_load(md.dataset_config_path().read_text(encoding="utf-8"))
+                spec = parse_yaml(md.dataset_config_path().read_text(encoding="utf-8"))
             except (OSError, ValueError, yaml.YAMLError):
                 return self
             name = spec.get("market", DEFAULT_MARKET) if isinstance(spec, dict) else None
@@ -607,7 +608,7 @@ class Settings(BaseSettings):
         # The dataset's own ``name:`` wins: the same dataset read through another file (a
         # copy with a later history_end) keeps its home.
         try:
-            spec = yaml.safe_load(md.dataset_config_path().read_text(encoding="utf-8"))
+            spec = parse_yaml(md.dataset_config_path().read_text(encoding="utf-8"))
         except (OSError, ValueError, yaml.YAMLError):
             spec = None
         if isinstance(spec, dict) and isinstance(spec.get("name"), str) and spec["name"]:
@@ -777,7 +778,7 @@ def _unknown_keys(data: Mapping[Any, Any], section: object, parent: str = ""
 def _unknown_config_keys(config_file: str) -> list[str]:
     """One line per key of the ETF_CONFIG_FILE YAML that names no setting."""
     try:
-        data = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        data = parse_yaml(Path(config_file).read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise SettingsError(f"ETF_CONFIG_FILE={config_file}: not valid YAML: {exc}") from None
     if not isinstance(data, Mapping):

@@ -22,6 +22,7 @@ import yaml
 
 from rotation.config_paths import STRATEGY_CONFIG_DIR
 from rotation.strategy import StrategyConfig, StrategyConfigError, load_strategy
+from rotation.yaml_config import parse_yaml
 
 __all__ = ["Catalogue", "RefusedFile", "read_catalogue"]
 
@@ -106,7 +107,7 @@ def _named_dataset(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError:
         found = _DATASET_LINE.search(text)
         return found.group(1) if found else None

@@ -53,12 +53,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rotation.bars import traded_amount
 from rotation.config_paths import RISK_CONFIG_DIR
 from rotation.risk import SESSIONS_PER_YEAR, PortfolioFigures, RiskLimits, regime_limits
+from rotation.yaml_config import parse_yaml
 
 Method = Literal["historical", "parametric", "cornish_fisher"]
 METHODS: tuple[Method, ...] = ("historical", "parametric", "cornish_fisher")
@@ -575,7 +575,7 @@ class StressConfig(BaseModel):
 
 def load_stress(market: str, path: Path = RISK_CONFIG_DIR / "stress.yaml") -> StressConfig:
     """The scenarios of ``market`` (none configured: only the worst windows)."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     try:
         return StressConfig.model_validate(raw.get(market) or {})
     except ValidationError as exc:

@@ -69,6 +69,7 @@ from rotation.market import (
 )
 from rotation.portfolio import PortfolioConfig, Weighting
 from rotation.wfo import WfoConfig
+from rotation.yaml_config import parse_yaml
 
 # The built-in generated market (rotation.sources.sample) has no dataset config file.
 SAMPLE_DATASET = "sample"
@@ -143,7 +144,7 @@ def _market_of(data: Mapping[str, Any]) -> str:
         path = Path(dataset) if Path(dataset).suffix in {".yaml", ".yml"} \
             else DATASET_CONFIG_DIR / f"{dataset}.yaml"
         try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+            spec = parse_yaml(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             spec = None  # the dataset field reports the unreadable file
         of_data = str(spec.get("market", DEFAULT_MARKET)) if isinstance(spec, Mapping) \
@@ -1070,7 +1071,7 @@ def load_strategy(name_or_path: str | Path, *, warn: bool = True) -> StrategyCon
         raise StrategyConfigError(path, [("", f"no such file (strategies in "
                                               f"{STRATEGY_CONFIG_DIR}: {known})")])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise StrategyConfigError(path, [("", f"not valid YAML: {exc}")]) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,8 +1,7 @@
 """The per-partition metadata of a backfill is built once per partition, cheaply, and says the
-same as before: each partition's preview holds its own rows, typed and rounded as the UI shows
-them, and every partition carries the run frame's column schema."""
-
-from __future__ import annotations
+same as before: each partition's figures are its own rows', a preview holds its own rows, typed
+and rounded as the UI shows them; over a range, the newest partition carries the preview, the
+run frame's column schema and the run's figures, the older ones point to it."""
 
 import dagster as dg
 import numpy as np
@@ -13,6 +12,7 @@ from assets.metadata import (
     _cell,
     column_schema,
     frame_metadata,
+    partition_metadata,
     partition_previews,
     partitions_frame_metadata,
     rows_by_partition,
@@ -87,3 +87,66 @@ def test_the_partitions_figures_computed_at_once_are_each_partitions_own() -> No
             expected = table(part.sort_values("symbol").head(PREVIEW_ROWS), schema=schema)
             assert previews[key] == expected, key
     assert figures["2024-01-05"]["missing_by_column"] == dg.MetadataValue.json({"close": 2})
+
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-01-11")
+
+
+def _range_frame() -> pd.DataFrame:
+    days = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-06", "2024-01-08"]
+    return pd.DataFrame({"date": pd.to_datetime(np.repeat(days, 3)),
+                         "symbol": ["510300", "159915", "513100"] * len(days),
+                         "close": np.arange(18, dtype=float)})
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def ranged(context: dg.AssetExecutionContext) -> dg.Output[None]:
+    frame = _range_frame()
+    return dg.Output(None, metadata=partition_metadata(
+        context, frame, no_session=lambda key: "no session" if key == "2024-01-07" else None,
+        run={"source": "test"}))
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def ranged_one_call_each(context: dg.AssetExecutionContext) -> None:
+    """Dagster's own per-call API, for the same metadata (the reference)."""
+    for key in context.partition_keys:
+        context.add_asset_metadata({"partition": dg.MetadataValue.text(key)}, partition_key=key)
+
+
+def _materialised(instance: dg.DagsterInstance, asset: str) -> dict[str, dict[str, object]]:
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=100).records
+    return {r.partition_key: dict(r.asset_materialization.metadata)  # type: ignore[union-attr]
+            for r in records if r.partition_key}
+
+
+def test_a_range_describes_each_partition_and_the_run_on_its_newest(
+        pg_instance: dg.DagsterInstance) -> None:
+    tags = {"dagster/asset_partition_range_start": "2024-01-02",
+            "dagster/asset_partition_range_end": "2024-01-08"}
+    assert dg.materialize([ranged, ranged_one_call_each], instance=pg_instance, tags=tags).success
+    stored = _materialised(pg_instance, "ranged")
+    keys = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-06", "2024-01-07",
+            "2024-01-08"]
+    assert sorted(stored) == keys
+    frame = _range_frame()
+    parts = rows_by_partition(frame, keys)
+    schema = column_schema(frame)
+    for key in keys[:-1]:
+        meta = stored[key]
+        own = {k: v for k, v in frame_metadata(parts[key], preview=False, schema=schema).items()
+               if k != "dagster/column_schema"}
+        assert {k: meta[k] for k in own} == own, key
+        assert "preview" not in meta and "dagster/column_schema" not in meta, key
+        assert not any(k.startswith("run_") and k != "run_figures" for k in meta), key
+        assert "on 2024-01-08, the newest of this run's 7 partitions" in meta["run_figures"].text
+    assert stored["2024-01-07"]["session"] == dg.MetadataValue.text("no session")
+    newest = stored["2024-01-08"]
+    assert newest["dagster/row_count"] == dg.MetadataValue.int(3)
+    assert newest["dagster/column_schema"] == dg.MetadataValue.table_schema(schema)
+    assert [r.data["close"] for r in newest["preview"].records] == [16.0, 15.0, 17.0]
+    assert newest["run_row_count"] == dg.MetadataValue.int(18)
+    assert newest["run_source"] == dg.MetadataValue.text("test")
+    reference = _materialised(pg_instance, "ranged_one_call_each")
+    assert {k: m["partition"] for k, m in reference.items()} == {
+        k: m["partition"] for k, m in stored.items()}

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from rotation.factors import kernels as K
+from rotation.yaml_config import parse_yaml
 
 UNITS = ("return", "ratio", "z", "bps", "correlation", "score")
 DIRECTIONS = (1, -1)
@@ -295,7 +295,7 @@ def factor_specs_from_yaml(source: str | Path) -> list[FactorSpec]:
         text = Path(source).read_text(encoding="utf-8")
     else:
         text = str(source)
-    data = yaml.safe_load(text)
+    data = parse_yaml(text)
     if isinstance(data, Mapping):
         if "factors" not in data:
             raise FactorConfigError("factor config: a mapping needs a 'factors' list")
