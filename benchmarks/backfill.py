@@ -73,6 +73,50 @@ def _pipeline(dataset: str) -> dict[str, float]:
             **{f"step_{k}_s": v for k, v in steps.items()}}
 
 
+def _dagster_floor(partitions: int) -> float:
+    """Seconds of a single-run backfill of three chained daily assets that do nothing, over
+    ``partitions`` partitions."""
+    import dagster as dg
+
+    first = dg.DailyPartitionsDefinition(start_date="1990-01-01", end_date="2100-01-01")
+    keys = first.get_partition_keys()[:partitions]
+    # Exactly ``partitions`` partitions, all in the run's range.
+    days = dg.DailyPartitionsDefinition(start_date=keys[0], end_date=first.get_partition_keys()[
+        partitions])
+
+    class Nothing(dg.ConfigurableIOManager):
+        def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+            return None
+
+        def load_input(self, context: dg.InputContext) -> None:
+            return None
+
+    def idle(name: str, upstream: str | None) -> dg.AssetsDefinition:
+        @dg.asset(name=name, partitions_def=days, backfill_policy=dg.BackfillPolicy.single_run(),
+                  deps=[upstream] if upstream else None, io_manager_key="nothing")
+        def _asset() -> None:
+            return None
+        return _asset
+
+    chain = [idle("first", None), idle("second", "first"), idle("third", "second")]
+    job = dg.Definitions(
+        assets=chain, resources={"nothing": Nothing()},
+        jobs=[dg.define_asset_job("floor", partitions_def=days,
+                                   executor_def=dg.in_process_executor)],
+    ).resolve_job_def("floor")
+    with scratch_postgres_home() as scratch, \
+            dg.DagsterInstance.from_config(str(scratch.dagster_home)) as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance, run_config={"loggers": {"console": {"config": {
+                "log_level": "WARNING"}}}},
+            tags={"dagster/asset_partition_range_start": keys[0],
+                  "dagster/asset_partition_range_end": keys[-1]})
+        seconds = time.perf_counter() - started
+    assert result.success
+    return seconds
+
+
 def _measure(dataset: str) -> dict[str, float]:
     from orchestration.instance import configure_event_batching
 
@@ -82,17 +126,21 @@ def _measure(dataset: str) -> dict[str, float]:
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pipe = _pipeline(dataset)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    floor = _dagster_floor(int(pipe["partitions"]))
     return {"baseline_s": base["seconds"], "baseline_peak_mb": base_rss, "rows": base["rows"],
-            "pipeline_s": pipe.pop("seconds"), "peak_rss_mb": rss, **pipe}
+            "pipeline_s": pipe.pop("seconds"), "peak_rss_mb": rss, "floor_s": floor, **pipe}
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
         print(json.dumps(_measure(argv[1])))
         return 0
+    env = dict(os.environ)
+    if argv[:1] == ["--engine"]:
+        env["ETF_QUALITY__ENGINE"], argv = argv[1], argv[2:]
     for dataset in argv or DATASETS:
         out = subprocess.run([sys.executable, "-m", "benchmarks.backfill", "--child", dataset],
-                             cwd=ROOT, capture_output=True, text=True, check=False)
+                             cwd=ROOT, capture_output=True, text=True, check=False, env=env)
         if out.returncode:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
@@ -104,7 +152,12 @@ def main(argv: list[str]) -> int:
                                       if k.startswith("step_")))
         print(f"  baseline (plain pandas, same process): {m['baseline_s']:.1f} s, "
               f"peak RSS {m['baseline_peak_mb']:.0f} MB")
-        print(f"  ratio pipeline/baseline: {m['pipeline_s'] / m['baseline_s']:.1f}x wall")
+        print(f"  ratio pipeline/baseline: {m['pipeline_s'] / m['baseline_s']:.1f}x wall "
+              f"(quality engine: {env.get('ETF_QUALITY__ENGINE', 'auto')})")
+        per_event = m["floor_s"] / (3 * m["partitions"]) * 1e3
+        print(f"  Dagster alone (3 assets doing nothing, same partitions): {m['floor_s']:.1f} s, "
+              f"{per_event:.2f} ms per partition and asset, "
+              f"{m['floor_s'] / m['baseline_s']:.1f}x the baseline")
     return 0
 
 
