@@ -256,40 +256,43 @@ def partition_metadata(
     a partition without a session says so (``no_session(key)`` returns the sentence, or None
     for a session) instead of showing rows of other days. The run's newest partition — the
     only one of the evening's run, the asset's latest materialisation after a backfill — also
-    carries a preview of its rows, the column schema and the whole run's figures keyed
-    ``run_…``; the older partitions of a range name it (``run_figures``). A preview and a
-    schema in every one of a history's thousands of events were most of a backfill's
-    bookkeeping: Dagster serialises each event several times (issue 20)."""
+    carries the whole run's figures keyed ``run_…``; its newest partition with rows (the same
+    one unless a range ends on a holiday) a preview of its rows and the column schema; the
+    other partitions of a range name them (``run_figures``). A preview and a schema in every
+    one of a history's thousands of events were most of a backfill's bookkeeping: Dagster
+    serialises each event several times (issue 20)."""
     keys = list(context.partition_keys)
-    newest = keys[-1]
     # Every partition is a slice of ``frame``: one schema for all.
     schema = column_schema(frame)
     figures = partitions_frame_metadata(frame, keys, schema)
-    latest = frame.loc[frame["date"] >= pd.Timestamp(newest)] if "date" in frame else frame
-    previews = partition_previews(latest, [newest], sort, schema)
+    newest = keys[-1]
+    shown = next((k for k in reversed(keys) if "last_date" in figures[k]), newest)
+    latest = frame.loc[frame["date"] >= pd.Timestamp(shown)] if "date" in frame else frame
+    previews = partition_previews(latest, [shown], sort, schema)
     parts = rows_by_partition(frame, keys) if per_partition is not None else {}
-    pointer = {"run_figures": dg.MetadataValue.text(
-        f"on {newest}, the newest of this run's {len(keys)} partitions: a preview of its rows, "
-        "the column schema and the run's figures (run_*)")}
+    where = (f"on {newest}, the newest of this run's {len(keys)} partitions: the run's figures "
+             f"(run_*); on {shown}: a preview of its rows and the column schema")
     described: dict[str, dict[str, object]] = {}
     for key in keys:
         reason = no_session(key)
         meta = figures[key]
         meta["partition"] = dg.MetadataValue.text(key)
-        if reason is not None and key not in previews:
-            meta["session"] = dg.MetadataValue.text(reason)
-        elif "last_date" in meta:
+        if "last_date" in meta:
             meta["session"] = meta["last_date"]
+        elif reason is not None:
+            meta["session"] = dg.MetadataValue.text(reason)
         if per_partition is not None:
             meta.update({k: _value(v) for k, v in per_partition(key, parts[key]).items()})
-        if key == newest:
+        if key == shown:
             meta["preview"] = (previews[key] if key in previews
                                else dg.MetadataValue.text(reason or "no rows"))
-            # The partition's own figures first, then the run's (as the UI lists them).
-            meta |= run_metadata(frame, keys, **(run or {}))
         else:
             del meta["dagster/column_schema"]
-            meta |= pointer
+        if key == newest:
+            # The partition's own figures first, then the run's (as the UI lists them).
+            meta |= run_metadata(frame, keys, **(run or {}))
+        if len(keys) > 1:
+            meta["run_figures"] = dg.MetadataValue.text(where)
         described[key] = meta
     add_partitions_metadata(context, described)
     return {}

@@ -95,6 +95,11 @@ def add_partitions_metadata(context: dg.AssetExecutionContext,
                             metadata: Mapping[str, Mapping[str, Any]]) -> None:
     """``context.add_asset_metadata(meta, partition_key=key)`` for each ``key: meta`` of
     ``metadata`` (partitions of the run's range), merged the same way, in one step."""
+    asset = context.assets_def
+    if len(asset.keys) != 1 or asset.partitions_def is None:
+        raise dg.DagsterInvariantViolationError(
+            "add_partitions_metadata: for the one partitioned asset an op materialises, not "
+            f"{sorted(k.to_user_string() for k in asset.keys)}")
     targeted = set(context.partition_keys)
     stray = [key for key in metadata if key not in targeted]
     if stray:
@@ -102,7 +107,7 @@ def add_partitions_metadata(context: dg.AssetExecutionContext,
             f"Attempted to add metadata for partition keys {stray[:3]} that are not being "
             "targeted.")
     step = context.get_step_execution_context()
-    asset_key = context.assets_def.key
+    asset_key = asset.key
     merged = dict(step._metadata_accumulator.per_output_metadata)
     for partition, meta in metadata.items():
         handle = AssetMetadataHandle(asset_key=asset_key, partition_key=partition)

@@ -15,8 +15,12 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_yaml(text: str) -> Any:
-    """``yaml.safe_load(text)``, by libyaml where available."""
-    return yaml.load(text, Loader=_LOADER)
+    """``yaml.safe_load(text)``, by libyaml where available. A document libyaml refuses is
+    parsed again by PyYAML, whose error quotes the offending line with a caret."""
+    try:
+        return yaml.load(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        return yaml.safe_load(text)
 
 
 def load_yaml_model(path: Path, model: type[M], error: type[Exception], what: str) -> M:

@@ -99,12 +99,19 @@ def _range_frame() -> pd.DataFrame:
                          "close": np.arange(18, dtype=float)})
 
 
-@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
-def ranged(context: dg.AssetExecutionContext) -> dg.Output[None]:
-    frame = _range_frame()
-    return dg.Output(None, metadata=partition_metadata(
-        context, frame, no_session=lambda key: "no session" if key == "2024-01-07" else None,
-        run={"source": "test"}))
+def _ranged(name: str) -> dg.AssetsDefinition:
+    @dg.asset(name=name, partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+    def _asset(context: dg.AssetExecutionContext) -> dg.Output[None]:
+        frame = _range_frame()
+        frame = frame.loc[frame["date"] <= pd.Timestamp(context.partition_keys[-1])]
+        # As adjusted_bars' no_bars_text: a sentence for every key, shown only without rows.
+        return dg.Output(None, metadata=partition_metadata(
+            context, frame, no_session=lambda key: f"no bars on {key}",
+            run={"source": "test"}))
+    return _asset
+
+
+ranged, ranged_to_a_holiday = _ranged("ranged"), _ranged("ranged_to_a_holiday")
 
 
 @dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
@@ -120,11 +127,15 @@ def _materialised(instance: dg.DagsterInstance, asset: str) -> dict[str, dict[st
             for r in records if r.partition_key}
 
 
+def _range(start: str, end: str) -> dict[str, str]:
+    return {"dagster/asset_partition_range_start": start,
+            "dagster/asset_partition_range_end": end}
+
+
 def test_a_range_describes_each_partition_and_the_run_on_its_newest(
         pg_instance: dg.DagsterInstance) -> None:
-    tags = {"dagster/asset_partition_range_start": "2024-01-02",
-            "dagster/asset_partition_range_end": "2024-01-08"}
-    assert dg.materialize([ranged, ranged_one_call_each], instance=pg_instance, tags=tags).success
+    assert dg.materialize([ranged, ranged_one_call_each], instance=pg_instance,
+                          tags=_range("2024-01-02", "2024-01-08")).success
     stored = _materialised(pg_instance, "ranged")
     keys = ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-06", "2024-01-07",
             "2024-01-08"]
@@ -132,6 +143,8 @@ def test_a_range_describes_each_partition_and_the_run_on_its_newest(
     frame = _range_frame()
     parts = rows_by_partition(frame, keys)
     schema = column_schema(frame)
+    where = ("on 2024-01-08, the newest of this run's 7 partitions: the run's figures (run_*); "
+             "on 2024-01-08: a preview of its rows and the column schema")
     for key in keys[:-1]:
         meta = stored[key]
         own = {k: v for k, v in frame_metadata(parts[key], preview=False, schema=schema).items()
@@ -139,8 +152,11 @@ def test_a_range_describes_each_partition_and_the_run_on_its_newest(
         assert {k: meta[k] for k in own} == own, key
         assert "preview" not in meta and "dagster/column_schema" not in meta, key
         assert not any(k.startswith("run_") and k != "run_figures" for k in meta), key
-        assert "on 2024-01-08, the newest of this run's 7 partitions" in meta["run_figures"].text
-    assert stored["2024-01-07"]["session"] == dg.MetadataValue.text("no session")
+        assert meta["run_figures"] == dg.MetadataValue.text(where), key
+        # A partition with rows shows its session, even where the asset has a sentence for
+        # every key (the one without rows shows the sentence).
+        expected = "no bars on 2024-01-07" if key == "2024-01-07" else key
+        assert meta["session"] == dg.MetadataValue.text(expected), key
     newest = stored["2024-01-08"]
     assert newest["dagster/row_count"] == dg.MetadataValue.int(3)
     assert newest["dagster/column_schema"] == dg.MetadataValue.table_schema(schema)
@@ -150,3 +166,19 @@ def test_a_range_describes_each_partition_and_the_run_on_its_newest(
     reference = _materialised(pg_instance, "ranged_one_call_each")
     assert {k: m["partition"] for k, m in reference.items()} == {
         k: m["partition"] for k, m in stored.items()}
+
+
+def test_a_range_ending_on_a_holiday_shows_its_last_rows(pg_instance: dg.DagsterInstance
+                                                         ) -> None:
+    assert dg.materialize([ranged_to_a_holiday], instance=pg_instance,
+                          tags=_range("2024-01-02", "2024-01-07")).success
+    stored = _materialised(pg_instance, "ranged_to_a_holiday")
+    holiday, shown = stored["2024-01-07"], stored["2024-01-06"]
+    assert holiday["dagster/row_count"] == dg.MetadataValue.int(0)
+    assert holiday["run_row_count"] == dg.MetadataValue.int(15)
+    assert "preview" not in holiday and "dagster/column_schema" not in holiday
+    assert [r.data["close"] for r in shown["preview"].records] == [13.0, 12.0, 14.0]
+    assert "dagster/column_schema" in shown and "run_row_count" not in shown
+    assert shown["run_figures"] == dg.MetadataValue.text(
+        "on 2024-01-07, the newest of this run's 6 partitions: the run's figures (run_*); "
+        "on 2024-01-06: a preview of its rows and the column schema")

@@ -22,6 +22,10 @@ def test_every_configuration_file_reads_the_same(path: Path) -> None:
     assert parse_yaml(text) == yaml.safe_load(text)
 
 
-def test_a_broken_document_names_its_line() -> None:
-    with pytest.raises(yaml.YAMLError, match="line 3"):
-        parse_yaml("a: 1\nb: [2,\nc: {3\n")
+def test_a_broken_document_names_its_line_as_pyyaml_does() -> None:
+    broken = "a: 1\nb: [2,\nc: {3\n"
+    with pytest.raises(yaml.YAMLError) as pyyaml:
+        yaml.safe_load(broken)
+    with pytest.raises(yaml.YAMLError, match="line 3") as ours:
+        parse_yaml(broken)
+    assert str(ours.value) == str(pyyaml.value) and "^" in str(ours.value)
