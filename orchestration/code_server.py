@@ -67,7 +67,10 @@ def run_workers(preload: Sequence[str]) -> ForkServerContext:
         raise PreloadError(f"the run workers' forkserver exited while preloading {list(preload)} "
                            f"(its traceback is above): {exc!r}") from None
     send.close()
-    failures = receive.recv() if receive.poll(600) else {"(probe)": "no answer in 600 s"}
+    try:
+        failures = receive.recv() if receive.poll(600) else {"(probe)": "no answer in 600 s"}
+    except EOFError:   # the probe died before answering
+        failures = {"(probe)": f"exited with {probe.exitcode} before answering"}
     probe.join()
     if failures:
         raise PreloadError("the run workers' preload failed: " + "\n".join(

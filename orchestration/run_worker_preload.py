@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet  # noqa: F401  (the IO manager's files)
 from numba.np.ufunc import parallel
 
-import orchestration.dagster_storage
+import orchestration.dagster_storage  # the instance's storage class (deploy/dagster.prod.yaml)
 import orchestration.definitions  # noqa: F401  (the code location: assets, jobs, resources)
 from orchestration.settings import load_settings
 from rotation.calendar import get_calendar
@@ -57,7 +57,8 @@ def load_factor_kernels() -> int:
 
 def load_calendar() -> None:
     """The exchange calendar of this process's settings (the server's: the forkserver has its
-    environment). Invalid settings load nothing here: the run reports them, as without it."""
+    environment; its sessions reach a year past the server's start, as the server's own
+    calendar). Invalid settings load nothing here: the run reports them, as without it."""
     try:
         settings = load_settings()
     except Exception as exc:
