@@ -24,9 +24,19 @@ that moves them breaks one import block, reviewed in one file:
   gives each partition of a range its metadata in one step. Dagster 1.13's
   ``add_asset_metadata`` copies the step's whole accumulated metadata and lists the run's
   partition keys on every call: quadratic in partitions, most of a history backfill's time.
+* ``serve_grpc``: ``dagster api grpc`` (``dagster._cli.api.grpc_command``) whose
+  ``DagsterApiServer`` starts run workers from another multiprocessing context than its
+  hard-coded ``spawn`` (``_mp_ctx``): orchestration/code_server.py forks them from a preloaded
+  forkserver. Imported when called, so no other process pays for the CLI's imports.
+* ``grpc_workspace``, ``launch_on_grpc_server``: what the daemon does for a scheduled or
+  sensor run, for benchmarks/daily.py: a run created from a gRPC code server's snapshot and
+  launched by the instance's run launcher on that server (the workspace classes are not
+  public).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import dagster as dg
@@ -68,6 +78,9 @@ __all__ = [
     "UnresolvedAssetJobDefinition",
     "add_partitions_metadata",
     "generate_event_batch_id",
+    "grpc_workspace",
+    "launch_on_grpc_server",
+    "serve_grpc",
     "with_key_prefix",
 ]
 
@@ -114,3 +127,63 @@ def add_partitions_metadata(context: dg.AssetExecutionContext,
         merged[handle] = {**merged.get(handle, {}), **meta}
     step._metadata_accumulator = OutputMetadataAccumulator(
         per_output_metadata=merged)
+
+
+def serve_grpc(args: Sequence[str], run_workers: BaseContext) -> None:
+    """``dagster api grpc ARGS`` (same options, same server), its run workers started by
+    ``run_workers`` instead of ``multiprocessing.get_context("spawn")``."""
+    from dagster._cli.api import grpc_command
+    from dagster._grpc import server
+
+    spawning = server.DagsterApiServer
+
+    class ApiServer(spawning):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            if getattr(self, "_mp_ctx", None) is None:  # an upgrade moved it: fail, not spawn
+                raise RuntimeError("dagster's DagsterApiServer has no _mp_ctx any more: "
+                                   "orchestration/dagster_private.serve_grpc needs updating")
+            self._mp_ctx = run_workers
+
+    # grpc_command looks the class up in its module when it runs.
+    server.DagsterApiServer = ApiServer  # type: ignore[misc]
+    try:
+        grpc_command.main(args=list(args), prog_name="dagster api grpc")
+    finally:
+        server.DagsterApiServer = spawning  # type: ignore[misc]
+
+
+@contextmanager
+def grpc_workspace(instance: dg.DagsterInstance, host: str, port: int) -> Iterator[Any]:
+    """The daemon's view of the code server at ``host:port``: a workspace request context, its
+    location named ``benchmark``, loaded once (the daemon keeps its workspace too)."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import GrpcServerTarget
+
+    target = GrpcServerTarget(host=host, port=port, socket=None, location_name="benchmark")
+    with WorkspaceProcessContext(instance, target) as workspace:
+        yield workspace.create_request_context()
+
+
+def launch_on_grpc_server(instance: dg.DagsterInstance, workspace: Any, job: str,
+                          run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """A run of ``job`` from ``workspace``'s code server (:func:`grpc_workspace`), launched
+    by ``instance``'s run launcher on that server (the queue skipped, as the daemon dequeues
+    it); its id."""
+    location = workspace.get_code_location("benchmark")
+    (repository,) = location.get_repositories().values()
+    remote_job = repository.get_full_job(job)
+    plan = location.get_execution_plan(remote_job, dict(run_config), step_keys_to_execute=None,
+                                       known_state=None, instance=instance)
+    run = instance.create_run(
+        job_name=job, run_id=None, run_config=dict(run_config), status=None,
+        tags={**remote_job.tags, **tags}, root_run_id=None, parent_run_id=None,
+        step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        job_snapshot=remote_job.job_snapshot,
+        parent_job_snapshot=remote_job.parent_job_snapshot, asset_selection=None,
+        asset_check_selection=None, resolved_op_selection=None, op_selection=None,
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(), asset_graph=repository.asset_graph)
+    instance.launch_run(run.run_id, workspace)
+    return run.run_id

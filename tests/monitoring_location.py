@@ -11,6 +11,7 @@ leaves a claimed slot behind; ``account_job`` has no pool, so only the account l
 """
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def hold_until_released(context: dg.OpExecutionContext, config: HoldConfig) -> N
     markers = Path(config.markers)
     # Written first: the test waits for it to know the worker is up, and reads the pid from it.
     (markers / f"{context.run_id}.started").write_text(str(os.getpid()), encoding="utf-8")
+    # Whether the worker started with the run-worker preload (tests/test_code_server.py): this
+    # file never imports it, so only a worker forked from orchestration.code_server has it.
+    (markers / f"{context.run_id}.preloaded").write_text(
+        str("orchestration.run_worker_preload" in sys.modules), encoding="utf-8")
     deadline = time.monotonic() + config.hold_seconds
     while not (markers / RELEASE_FILE).exists():
         if time.monotonic() > deadline:

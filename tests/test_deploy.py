@@ -259,6 +259,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def code_server_command(port: int) -> list[str]:
+    """The code location's server as the deployment runs it: Dagster's gRPC server with run
+    workers forked from a preloaded process (orchestration/code_server.py)."""
+    return ["python", "-m", "orchestration.code_server", "-h", "0.0.0.0", "-p", str(port),
+            "-m", "orchestration.definitions", "-a", "defs"]
+
+
 def test_deploy_workspace_points_at_the_code_servers() -> None:
     origins = location_origins_from_yaml_paths([str(WORKSPACE)])
     assert all(isinstance(o, GrpcServerCodeLocationOrigin) for o in origins)
@@ -273,6 +280,13 @@ def test_deploy_workspace_points_at_the_code_servers() -> None:
     assert {"code", "code-execution"} <= set(compose["services"])
     command = dockerfile_exec_form("CMD")
     assert command[command.index("-p") + 1] == str(GRPC_PORT)
+    # Both code servers are ours (the research one by the image's CMD), health-checked as before.
+    assert "command" not in compose["services"]["code"]
+    assert compose["services"]["code-execution"]["command"] == code_server_command(
+        EXECUTION_GRPC_PORT)
+    for name, port in (("code", GRPC_PORT), ("code-execution", EXECUTION_GRPC_PORT)):
+        assert compose["services"][name]["healthcheck"]["test"] == [
+            "CMD", "dagster", "api", "grpc-health-check", "-p", str(port)]
 
 
 def test_dockerfile() -> None:
@@ -284,9 +298,7 @@ def test_dockerfile() -> None:
     assert ("COPY", "deploy/dagster.prod.yaml ${DAGSTER_HOME}/dagster.yaml") in instructions
     users = [rest for keyword, rest in instructions if keyword == "USER"]
     assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
-    assert dockerfile_exec_form("CMD") == [
-        "dagster", "api", "grpc", "-h", "0.0.0.0", "-p", str(GRPC_PORT),
-        "-m", "orchestration.definitions", "-a", "defs"]
+    assert dockerfile_exec_form("CMD") == code_server_command(GRPC_PORT)
     assert dockerfile_exec_form("HEALTHCHECK") == [
         "dagster", "api", "grpc-health-check", "-p", str(GRPC_PORT)]
 
