@@ -8,6 +8,7 @@ stay missing; nothing is ever filled with zero.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -45,6 +46,29 @@ def wide(bars: pd.DataFrame, column: str) -> pd.DataFrame:
     return bars.pivot(index="date", columns="symbol", values=column).sort_index()
 
 
+def wide_many(bars: pd.DataFrame, columns: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """:func:`wide` of each of ``columns`` (float64), the long frame's dates and symbols
+    factorised once for all of them: a pivot per column re-factorised both every time, which
+    dominated building the panels of a large universe. Same frames as :func:`wide`."""
+    dates, symbols = bars["date"], bars["symbol"]
+    if dates.isna().any() or symbols.isna().any():
+        return {c: wide(bars, c).astype(np.float64) for c in columns}
+    row, index = pd.factorize(dates, sort=True)
+    col, names = pd.factorize(symbols, sort=True)
+    cell = row.astype(np.int64) * len(names) + col
+    if np.bincount(cell, minlength=len(index) * len(names)).max(initial=0) > 1:
+        raise ValueError("Index contains duplicate entries, cannot reshape")
+    index = pd.Index(index, name="date")
+    labels = pd.Index(names, name="symbol")
+    out = {}
+    for c in columns:
+        values = np.full(len(index) * len(labels), np.nan)
+        values[cell] = bars[c].to_numpy(dtype=np.float64)
+        out[c] = pd.DataFrame(values.reshape(len(index), len(labels)), index=index,
+                              columns=labels)
+    return out
+
+
 def coverage(close: pd.DataFrame, cfg: CrossSectionConfig,
              turnover: pd.DataFrame | None = None) -> pd.DataFrame:
     """True where a fund may enter the cross-section on that date — the point-in-time universe.
@@ -80,21 +104,30 @@ def row_quantile(values: np.ndarray, q: float) -> np.ndarray:
     numpy's interpolation formula), by one sort instead of a Python-level loop over rows,
     which made winsorising every date of a long history take seconds.
     """
+    return row_quantiles(values, (q,))[0]
+
+
+def row_quantiles(values: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """:func:`row_quantile` of each of ``qs``, from ONE sort of the rows (the sort is the
+    cost; winsorising needs two quantiles of every date)."""
     if values.shape[1] == 0:
-        return np.full((len(values), 1), np.nan)
+        return [np.full((len(values), 1), np.nan) for _ in qs]
     ordered = np.sort(values, axis=1)  # NaN sorts last
     count = np.count_nonzero(~np.isnan(values), axis=1)
-    position = (count - 1) * q
-    below = np.floor(position)
-    gamma = position - below
-    lower = np.clip(below, 0, None).astype(np.int64)
-    upper = np.minimum(lower + 1, np.maximum(count - 1, 0))
     rows = np.arange(len(values))
-    a, b = ordered[rows, lower], ordered[rows, upper]
-    diff = b - a
-    out = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
-    out[count == 0] = np.nan
-    return out[:, None]
+    out = []
+    for q in qs:
+        position = (count - 1) * q
+        below = np.floor(position)
+        gamma = position - below
+        lower = np.clip(below, 0, None).astype(np.int64)
+        upper = np.minimum(lower + 1, np.maximum(count - 1, 0))
+        a, b = ordered[rows, lower], ordered[rows, upper]
+        diff = b - a
+        quantile = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+        quantile[count == 0] = np.nan
+        out.append(quantile[:, None])
+    return out
 
 
 def winsorize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
@@ -105,8 +138,7 @@ def winsorize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
         # Dates where no fund qualifies are all-NaN rows: their result is NaN by design.
         warnings.simplefilter("ignore", RuntimeWarning)
         if cfg.winsorize == "quantile":
-            lo = row_quantile(values, cfg.lower_quantile)
-            hi = row_quantile(values, cfg.upper_quantile)
+            lo, hi = row_quantiles(values, (cfg.lower_quantile, cfg.upper_quantile))
         else:
             med = np.nanmedian(values, axis=1, keepdims=True)
             mad = np.nanmedian(np.abs(values - med), axis=1, keepdims=True) * 1.4826
@@ -128,7 +160,7 @@ def standardize(panel: pd.DataFrame, cfg: CrossSectionConfig) -> pd.DataFrame:
         else:
             ranks = panel.rank(axis=1, method="average").to_numpy()
             out = 2.0 * (ranks - 1.0) / (count - 1.0) - 1.0
-    out[np.broadcast_to(count < cfg.min_funds, out.shape)] = np.nan
+    out[count[:, 0] < cfg.min_funds] = np.nan  # whole rows: cheaper than a full-size mask
     return pd.DataFrame(out, index=panel.index, columns=panel.columns)
 
 

@@ -122,6 +122,21 @@ def _tied_ranks(values: np.ndarray, n: int, out: np.ndarray, cnt: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
+def _ranks_from_order(values: np.ndarray, order: np.ndarray, n: int, out: np.ndarray) -> None:
+    """``out[:n]`` = centred doubled ranks of ``values[:n]`` from their sort ``order``: a tie
+    group is a run of equal values in that order, sharing its mean rank."""
+    i = 0
+    while i < n:
+        j = i
+        v = values[order[i]]
+        while j + 1 < n and values[order[j + 1]] == v:
+            j += 1
+        for q in range(i, j + 1):
+            out[order[q]] = i + j + 1 - n
+        i = j + 1
+
+
+@numba.njit(cache=True, nogil=True)
 def _centred_ranks(values: np.ndarray, n: int, out: np.ndarray, key: np.ndarray,
                    cnt: np.ndarray, rep: np.ndarray) -> None:
     """``out[:n]`` (int64) = 2·rank − (n+1), rank = 1-based average rank of ``values[:n]``.
@@ -138,16 +153,7 @@ def _centred_ranks(values: np.ndarray, n: int, out: np.ndarray, key: np.ndarray,
     values a sort is used instead. ``key``, ``cnt``, ``rep`` come from ``_rank_scratch``.
     """
     if n > _COUNT_RANK_MAX:
-        order = np.argsort(values[:n], kind="mergesort")
-        i = 0
-        while i < n:
-            j = i
-            v = values[order[i]]
-            while j + 1 < n and values[order[j + 1]] == v:
-                j += 1
-            for q in range(i, j + 1):
-                out[order[q]] = i + j + 1 - n
-            i = j + 1
+        _ranks_from_order(values, np.argsort(values[:n], kind="mergesort"), n, out)
         return
     if _count_ranks(values, n, key, cnt):
         for i in range(n):
@@ -382,76 +388,132 @@ def rank_ic_batch_kernel(factors: np.ndarray, label: np.ndarray,
     return np.ascontiguousarray(out.T)
 
 
-@numba.njit(cache=True, parallel=True)
-def _own_ranks_kernel(factors: np.ndarray) -> np.ndarray:
-    """Centred doubled ranks of each (factor, date) row over its own finite values (float64,
-    NaN where the factor is missing)."""
-    n_factors, n_dates, n_sym = factors.shape
-    out = np.full(factors.shape, np.nan)
-    for k in numba.prange(n_factors):
-        xb = np.empty(n_sym)
-        dx = np.empty(n_sym, dtype=np.int64)
-        pos = np.empty(n_sym, dtype=np.int64)
-        key, cnt, rep = _rank_scratch(n_sym)
-        for t in range(n_dates):
-            n = 0
-            for j in range(n_sym):
-                x = factors[k, t, j]
-                if np.isfinite(x):
-                    xb[n] = x
-                    pos[n] = j
-                    n += 1
-            if n == 0:
-                continue
-            _centred_ranks(xb, n, dx, key, cnt, rep)
+@numba.njit(cache=True, nogil=True)
+def _rank_date(factors: np.ndarray, t: int, own: np.ndarray, ordered: np.ndarray,
+               count: np.ndarray, sumsq: np.ndarray, group: np.ndarray, finite: np.ndarray,
+               xb: np.ndarray, dx: np.ndarray) -> None:
+    """Every factor of date ``t`` ranked once over its own finite funds: ``own[k, j]`` its
+    centred doubled rank (float64, exact; 0 where missing), Σ of their squares, the funds in
+    value order (``ordered[k, :count[k]]``, for ranks on a subset) and ``group[k]``, the first
+    factor with the same finite funds."""
+    n_factors, n_sym = own.shape
+    for k in range(n_factors):
+        n = 0
+        for j in range(n_sym):
+            x = factors[k, t, j]
+            ok = np.isfinite(x)
+            finite[k, j] = ok
+            own[k, j] = 0.0
+            if ok:
+                xb[n] = x
+                ordered[k, n] = j
+                n += 1
+        count[k] = n
+        total = 0
+        if n > 0:
+            # One sort gives both the value order and the ranks (a tie group: a run of equal
+            # values, its mean rank), as _centred_ranks' sorting branch computes them.
+            order = np.argsort(xb[:n])
+            _ranks_from_order(xb, order, n, dx)
             for q in range(n):
-                out[k, t, pos[q]] = dx[q]
-    return out
+                own[k, ordered[k, q]] = dx[q]
+                total += dx[q] * dx[q]
+            for q in range(n):
+                dx[q] = ordered[k, order[q]]
+            ordered[k, :n] = dx[:n]
+        sumsq[k] = total
+        group[k] = k
+        for g in range(k):
+            if group[g] == g and count[g] == n:
+                same = True
+                for j in range(n_sym):
+                    if finite[g, j] != finite[k, j]:
+                        same = False
+                        break
+                if same:
+                    group[k] = g
+                    break
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _exact_dot(x: np.ndarray, y: np.ndarray) -> float:
+    """Σ x·y of integer-valued float64 vectors whose partial sums stay below 2**53: every
+    partial sum is exact, so any summation order (vectorised, reassociated) gives the same."""
+    s = 0.0
+    for j in range(x.shape[0]):
+        s += x[j] * y[j]
+    return s
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_rows(factors: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray, min_obs: int,
+                   out: np.ndarray, start: int, stop: int) -> None:
+    """Dates ``start:stop`` of :func:`pairwise_rank_corr_daily_kernel` (one set of buffers)."""
+    n_factors, n_sym = factors.shape[0], factors.shape[2]
+    own = np.empty((n_factors, n_sym))
+    ordered = np.empty((n_factors, n_sym), dtype=np.int64)
+    finite = np.empty((n_factors, n_sym), dtype=np.bool_)
+    count = np.empty(n_factors, dtype=np.int64)
+    sumsq = np.empty(n_factors, dtype=np.int64)
+    group = np.empty(n_factors, dtype=np.int64)
+    xb = np.empty(n_sym)
+    dx = np.empty(n_sym, dtype=np.int64)
+    da = np.zeros(n_sym, dtype=np.int64)
+    db = np.zeros(n_sym, dtype=np.int64)
+    pa = np.empty(n_sym, dtype=np.int64)
+    pb = np.empty(n_sym, dtype=np.int64)
+    for t in range(start, stop):
+        _rank_date(factors, t, own, ordered, count, sumsq, group, finite, xb, dx)
+        for p in range(pair_i.shape[0]):
+            a = pair_i[p]
+            b = pair_j[p]
+            if group[a] == group[b]:  # the same funds: their own ranks are the pair's
+                if count[a] < min_obs:
+                    continue
+                sxy = int(_exact_dot(own[a], own[b]))
+                r = _corr_from_sums(sxy, sumsq[a], sumsq[b])
+            else:
+                n = 0
+                for j in range(n_sym):  # each side keeps the funds where the other is finite
+                    pa[j] = j if finite[b, j] else -1
+                    pb[j] = j if finite[a, j] else -1
+                    n += finite[a, j] and finite[b, j]
+                if n < min_obs:
+                    continue
+                _subset_ranks(ordered[a], own[a], count[a], pa, n, da)
+                _subset_ranks(ordered[b], own[b], count[b], pb, n, db)
+                sxy = 0
+                sxx = 0
+                syy = 0
+                for j in range(n_sym):
+                    if finite[a, j] and finite[b, j]:
+                        sxy += da[j] * db[j]
+                        sxx += da[j] * da[j]
+                        syy += db[j] * db[j]
+                r = _corr_from_sums(sxy, sxx, syy)
+            if np.isfinite(r):
+                out[p, t] = r
 
 
 @numba.njit(cache=True, parallel=True)
 def pairwise_rank_corr_daily_kernel(factors: np.ndarray, pair_i: np.ndarray,
-                                    pair_j: np.ndarray, min_obs: int = DEFAULT_MIN_OBS
-                                    ) -> np.ndarray:
+                                    pair_j: np.ndarray, min_obs: int = DEFAULT_MIN_OBS,
+                                    n_chunks: int = 64) -> np.ndarray:
     """Cross-sectional rank correlation of each listed factor pair per date: ``(pairs, dates)``,
     NaN where fewer than ``min_obs`` funds have both or the correlation is undefined.
 
-    Each factor is ranked once per date; a pair whose finite funds coincide reuses those ranks,
-    otherwise both are re-ranked on the common funds (exact Spearman either way).
+    Blocks of dates run in parallel. On a date each factor is ranked once
+    (:func:`_rank_date`); a pair whose finite funds coincide correlates those ranks (one exact
+    dot product), otherwise both sides' ranks on the common funds follow from their value
+    order (:func:`_subset_ranks`). Integer sums throughout, so the result is bitwise that
+    of ranking each pair's common funds afresh (exact Spearman).
     """
-    n_dates, n_sym = factors.shape[1], factors.shape[2]
-    own = _own_ranks_kernel(factors)
+    n_dates = factors.shape[1]
     out = np.full((pair_i.shape[0], n_dates), np.nan)
-    for p in numba.prange(pair_i.shape[0]):
-        a = pair_i[p]
-        b = pair_j[p]
-        xb = np.empty(n_sym)
-        yb = np.empty(n_sym)
-        dx = np.empty(n_sym, dtype=np.int64)
-        dy = np.empty(n_sym, dtype=np.int64)
-        key, cnt, rep = _rank_scratch(n_sym)
-        for t in range(n_dates):
-            n = 0
-            same = True
-            for j in range(n_sym):
-                fa = np.isfinite(factors[a, t, j])
-                fb = np.isfinite(factors[b, t, j])
-                if fa != fb:
-                    same = False
-                if fa and fb:
-                    xb[n] = factors[a, t, j]
-                    yb[n] = factors[b, t, j]
-                    dx[n] = np.int64(own[a, t, j])
-                    dy[n] = np.int64(own[b, t, j])
-                    n += 1
-            if n < min_obs:
-                continue
-            if not same:
-                _centred_ranks(xb, n, dx, key, cnt, rep)
-                _centred_ranks(yb, n, dy, key, cnt, rep)
-            r = _rank_corr(dx, dy, n, _sum_squares(dy, n))
-            if np.isfinite(r):
-                out[p, t] = r
+    n_chunks = max(1, min(n_dates, n_chunks))
+    for c in numba.prange(n_chunks):
+        _pairwise_rows(factors, pair_i, pair_j, min_obs, out, c * n_dates // n_chunks,
+                       (c + 1) * n_dates // n_chunks)
     return out
 
 

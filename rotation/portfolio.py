@@ -292,6 +292,10 @@ def _check_index(frame: pd.DataFrame, what: str) -> None:
 def _bool_panel(frame: pd.DataFrame, index: pd.Index, columns: pd.Index) -> pd.DataFrame:
     """Aligned boolean panel; missing entries (and NaN) are False, never True."""
     aligned = frame.reindex(index=index, columns=columns)
+    # Nothing missing: the nullable round trip (column by column, the main cost of the chain
+    # per window) would change nothing.
+    if all(dtype == np.dtype(bool) for dtype in aligned.dtypes):
+        return aligned.astype(bool)
     return aligned.astype("boolean").fillna(False).astype(bool)
 
 

@@ -586,25 +586,35 @@ class SearchPanel:
 
         a, b = self.rows(start, end)
         tradable = self.tradable[a:b + 1]
-        sizes = []
+        close_all = np.nan_to_num(self.close[a:b + 1], nan=1.0)  # before listing: 1.0
+        price_all = self.price[a:b + 1]
+        sizes, closes, prices, groups = [], [], [], []
         index = self.dates[a:b + 1]
-        for candidate in candidates:
+        for g, candidate in enumerate(candidates):
             weights, trade = self.candidate_targets(candidate, start, end)
             size = np.full(weights.shape, np.nan)
             decided = np.flatnonzero(trade.to_numpy()[:-1])
             size[decided + 1] = weights.to_numpy()[decided]
             size[~tradable] = np.nan
-            sizes.append(size)
-        k, m = len(candidates), len(self.columns)
-        close = np.tile(np.nan_to_num(self.close[a:b + 1], nan=1.0), k)  # before listing: 1.0
+            # Only the funds the candidate orders: a fund without any order is never held,
+            # and vectorbt skips it in the group value (zero position), sorts its NaN order
+            # last and adds its zero asset value, so the equity is the same; the simulation
+            # then costs the candidate's funds, not the universe's.
+            used = np.flatnonzero(~np.isnan(size).all(axis=0))
+            used = used if len(used) else np.arange(1)
+            sizes.append(size[:, used])
+            closes.append(close_all[:, used])
+            prices.append(price_all[:, used])
+            groups.append(np.full(len(used), g))
         pf = vbt.Portfolio.from_orders(
-            close=pd.DataFrame(close, index=index), size=np.hstack(sizes),
+            close=pd.DataFrame(np.hstack(closes), index=index), size=np.hstack(sizes),
             size_type="targetpercent", direction="longonly",
-            price=np.tile(self.price[a:b + 1], k), fees=cfg.costs.commission_rate,
+            price=np.hstack(prices), fees=cfg.costs.commission_rate,
             slippage=cfg.costs.slippage_rate, init_cash=cfg.initial_cash, cash_sharing=True,
-            group_by=np.repeat(np.arange(k), m), call_seq="auto", freq="1D")
-        value = np.asarray(pf.value(), dtype=float).reshape(len(index), k)
-        return [pd.Series(value[:, i], index=index, name="vbt_equity") for i in range(k)]
+            group_by=np.concatenate(groups), call_seq="auto", freq="1D")
+        value = np.asarray(pf.value(), dtype=float).reshape(len(index), len(candidates))
+        return [pd.Series(value[:, i], index=index, name="vbt_equity")
+                for i in range(len(candidates))]
 
 
 # -- one window ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from rotation.cross_section import wide
+from rotation.cross_section import wide_many
 from rotation.factors.registry import FactorSpec
 
 
@@ -51,11 +51,7 @@ class Panels:
             if "amount" in bars.columns:
                 fallback = bars["amount"].fillna(fallback)
             bars = bars.assign(turnover=fallback)
-        close = wide(bars, "close")
-        panels = {}
-        for f in fields(cls):
-            panels[f.name] = wide(bars, f.name).reindex(index=close.index, columns=close.columns)
-        return cls(**{k: v.astype(np.float64) for k, v in panels.items()})
+        return cls(**wide_many(bars, [f.name for f in fields(cls)]))
 
     @property
     def index(self) -> pd.Index:
