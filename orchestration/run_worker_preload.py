@@ -3,15 +3,16 @@ forkserver (``orchestration/code_server.py``), never by a run.
 
 Its import is the preload: the modules a run worker of either code location imports (Dagster,
 dagster-postgres and the instance's storage, pandas, pyarrow, numba, the code location's own
-modules), the factor kernels' machine code, loaded from numba's on-disk cache by calling each
-kernel once on a tiny panel, and the settings' exchange calendar (built from the exchange's
+modules), the factor kernels' machine code, loaded from numba's on-disk cache for the types of
+a tiny panel (compiled, not run), and the settings' exchange calendar (built from the exchange's
 rules, cached by name and start: a worker whose settings name another one builds that one).
 Each forked worker then starts with all of it in memory.
 
 Fork safety (the forkserver forks after this import): nothing here opens a connection, starts a
-Python thread or runs a parallel kernel. The factor kernels are serial (no ``parallel=True``),
-so numba's threading layer (OpenMP/TBB/workqueue), which does not survive a fork once launched,
-is not launched: the import fails if it was, or if a Python thread was started. The only other
+Python thread or runs a kernel. The factor kernels run their funds in parallel (``prange``): their
+first run launches numba's threading layer (OpenMP/TBB/workqueue), which does not survive a
+fork, so they are only loaded here: the import fails if the layer was launched, or if a Python
+thread was started. The only other
 threads are the libraries' own idle workers, which have fork handlers (OpenBLAS's thread
 servers of numpy and scipy, jemalloc's background thread of pyarrow), as in any process that
 imports them. tests/test_code_server.py checks the forkserver has no more threads than such a
@@ -26,6 +27,7 @@ import sys
 import threading
 
 import dagster_postgres  # noqa: F401  (the instance's storage: every run worker opens it)
+import numba
 import numpy as np
 import pyarrow.parquet  # noqa: F401  (the IO manager's files)
 from numba.np.ufunc import parallel
@@ -49,9 +51,10 @@ def _warm_arguments(info: KernelInfo) -> list[object]:
 
 
 def load_factor_kernels() -> int:
-    """Every registered factor kernel compiled or loaded for the panels' types; how many."""
+    """Every registered factor kernel compiled or loaded for the panels' types, not run (a
+    parallel kernel's first run would launch numba's threading layer); how many."""
     for info in KERNELS.values():
-        info.func(*_warm_arguments(info))
+        info.func.compile(tuple(numba.typeof(a) for a in _warm_arguments(info)))
     return len(KERNELS)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
+import numba
 import numpy as np
 import pandas as pd
 
@@ -66,15 +68,16 @@ class Panels:
         return np.ascontiguousarray(getattr(self, name).to_numpy(dtype=np.float64))
 
 
-def _run(spec: FactorSpec, panels: Panels, cache: dict[str, np.ndarray]) -> pd.DataFrame:
-    info = spec.info
-    arrays = []
-    for name in info.inputs:
+def _inputs(spec: FactorSpec, panels: Panels, cache: dict[str, np.ndarray]
+            ) -> list[np.ndarray]:
+    for name in spec.info.inputs:
         if name not in cache:
             cache[name] = panels.array(name)
-        arrays.append(cache[name])
-    args = [spec.params[p.name] for p in info.params]
-    values = info.func(*arrays, *args)
+    return [cache[name] for name in spec.info.inputs]
+
+
+def _run(spec: FactorSpec, panels: Panels, arrays: list[np.ndarray]) -> pd.DataFrame:
+    values = spec.info.func(*arrays, *(spec.params[p.name] for p in spec.info.params))
     out = pd.DataFrame(values, index=panels.index, columns=panels.columns)
     out.columns.name = panels.columns.name
     return out
@@ -82,18 +85,30 @@ def _run(spec: FactorSpec, panels: Panels, cache: dict[str, np.ndarray]) -> pd.D
 
 def compute_factor(spec: FactorSpec, panels: Panels) -> pd.DataFrame:
     """One factor as a (dates × symbols) frame aligned with ``panels``."""
-    return _run(spec, panels, {})
+    return _run(spec, panels, _inputs(spec, panels, {}))
 
 
 def compute_factors(specs: Iterable[FactorSpec], panels: Panels) -> dict[str, pd.DataFrame]:
-    """Factors by name (insertion order = ``specs`` order); names must be unique."""
+    """Factors by name (insertion order = ``specs`` order); names must be unique.
+
+    The factors run on numba's number of threads: the kernels are serial and release the GIL.
+    Parallel within a kernel (``prange``) would launch numba's threading layer wherever one is
+    loaded, and the code server's forkserver loads them before forking run workers, which a
+    launched GNU OpenMP layer does not survive (orchestration/run_worker_preload.py)."""
+    specs = list(specs)
+    names = [spec.name for spec in specs]
+    duplicated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if duplicated is not None:
+        raise ValueError(f"compute_factors: duplicate factor name {duplicated!r}")
     cache: dict[str, np.ndarray] = {}
-    out: dict[str, pd.DataFrame] = {}
-    for spec in specs:
-        if spec.name in out:
-            raise ValueError(f"compute_factors: duplicate factor name {spec.name!r}")
-        out[spec.name] = _run(spec, panels, cache)
-    return out
+    arrays = [_inputs(spec, panels, cache) for spec in specs]
+    threads = min(numba.get_num_threads(), len(specs))
+    if threads <= 1:
+        return {spec.name: _run(spec, panels, a) for spec, a in zip(specs, arrays, strict=True)}
+    with ThreadPoolExecutor(threads) as pool:
+        frames = pool.map(lambda job: _run(panels=panels, spec=job[0], arrays=job[1]),
+                          zip(specs, arrays, strict=True))
+        return dict(zip(names, frames, strict=True))
 
 
 def factors_long(factors: Mapping[str, pd.DataFrame], *, dropna: bool = True) -> pd.DataFrame:

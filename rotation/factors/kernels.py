@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -149,10 +149,10 @@ def momentum_1d_nb(c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def momentum_nb(close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, momentum_1d_nb(gather_nb(close, idx, j), window), idx, j)
     return out
@@ -173,10 +173,10 @@ def volatility_1d_nb(c, window, periods_per_year):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def volatility_nb(close, window, periods_per_year):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         res = volatility_1d_nb(gather_nb(close, idx, j), window, periods_per_year)
         scatter_nb(out, res, idx, j)
@@ -201,10 +201,10 @@ def sharpe_1d_nb(c, window, periods_per_year):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def sharpe_nb(close, window, periods_per_year):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         res = sharpe_1d_nb(gather_nb(close, idx, j), window, periods_per_year)
         scatter_nb(out, res, idx, j)
@@ -224,10 +224,10 @@ def max_drawdown_1d_nb(c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def max_drawdown_nb(close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, max_drawdown_1d_nb(gather_nb(close, idx, j), window), idx, j)
     return out
@@ -250,10 +250,10 @@ def calmar_1d_nb(c, window, periods_per_year):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def calmar_nb(close, window, periods_per_year):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         res = calmar_1d_nb(gather_nb(close, idx, j), window, periods_per_year)
         scatter_nb(out, res, idx, j)
@@ -288,10 +288,10 @@ def slope_r2_1d_nb(c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def slope_r2_nb(close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, slope_r2_1d_nb(gather_nb(close, idx, j), window), idx, j)
     return out
@@ -321,10 +321,10 @@ def price_position_1d_nb(h, lo_, c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def price_position_nb(high, low, close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(high, low, close, close, j)
         res = price_position_1d_nb(
             gather_nb(high, idx, j), gather_nb(low, idx, j), gather_nb(close, idx, j), window
@@ -350,10 +350,10 @@ def breakout_1d_nb(h, c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def breakout_nb(high, close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(high, close, close, close, j)
         res = breakout_1d_nb(gather_nb(high, idx, j), gather_nb(close, idx, j), window)
         scatter_nb(out, res, idx, j)
@@ -393,10 +393,10 @@ def rsi_1d_nb(c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def rsi_nb(close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, rsi_1d_nb(gather_nb(close, idx, j), window), idx, j)
     return out
@@ -462,10 +462,10 @@ def adx_1d_nb(h, lo_, c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def adx_nb(high, low, close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(high, low, close, close, j)
         res = adx_1d_nb(
             gather_nb(high, idx, j), gather_nb(low, idx, j), gather_nb(close, idx, j), window
@@ -496,10 +496,10 @@ def vortex_1d_nb(h, lo_, c, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def vortex_nb(high, low, close, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(high, low, close, close, j)
         res = vortex_1d_nb(
             gather_nb(high, idx, j), gather_nb(low, idx, j), gather_nb(close, idx, j), window
@@ -518,10 +518,10 @@ def ma_cross_1d_nb(c, fast, slow):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def ma_cross_nb(close, fast, slow):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, ma_cross_1d_nb(gather_nb(close, idx, j), fast, slow), idx, j)
     return out
@@ -558,10 +558,10 @@ def macd_hist_1d_nb(c, fast, slow, signal):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def macd_hist_nb(close, fast, slow, signal):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         res = macd_hist_1d_nb(gather_nb(close, idx, j), fast, slow, signal)
         scatter_nb(out, res, idx, j)
@@ -585,10 +585,10 @@ def bollinger_1d_nb(c, window, k_std):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def bollinger_nb(close, window, k_std):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         scatter_nb(out, bollinger_1d_nb(gather_nb(close, idx, j), window, k_std), idx, j)
     return out
@@ -629,10 +629,10 @@ def obv_slope_1d_nb(c, v, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def obv_slope_nb(close, volume, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, volume, close, close, j)
         res = obv_slope_1d_nb(gather_nb(close, idx, j), gather_nb(volume, idx, j), window)
         scatter_nb(out, res, idx, j)
@@ -652,10 +652,10 @@ def pv_corr_1d_nb(c, v, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def pv_corr_nb(close, volume, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, volume, close, close, j)
         res = pv_corr_1d_nb(gather_nb(close, idx, j), gather_nb(volume, idx, j), window)
         scatter_nb(out, res, idx, j)
@@ -682,10 +682,10 @@ def amihud_1d_nb(c, turnover, window, scale):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def amihud_nb(close, turnover, window, scale):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, turnover, close, close, j)
         res = amihud_1d_nb(gather_nb(close, idx, j), gather_nb(turnover, idx, j), window, scale)
         scatter_nb(out, res, idx, j)
@@ -707,10 +707,10 @@ def volume_ratio_1d_nb(v, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def volume_ratio_nb(volume, window):
     out = np.full(volume.shape, np.nan)
-    for j in prange(volume.shape[1]):  # funds are independent
+    for j in range(volume.shape[1]):
         idx = valid_rows_nb(volume, volume, volume, volume, j)
         scatter_nb(out, volume_ratio_1d_nb(gather_nb(volume, idx, j), window), idx, j)
     return out
@@ -738,10 +738,10 @@ def updown_volume_1d_nb(c, v, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def updown_volume_nb(close, volume, window):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, volume, close, close, j)
         res = updown_volume_1d_nb(gather_nb(close, idx, j), gather_nb(volume, idx, j), window)
         scatter_nb(out, res, idx, j)
@@ -768,10 +768,10 @@ def garman_klass_1d_nb(o, h, lo_, c, window, periods_per_year):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def garman_klass_nb(open_, high, low, close, window, periods_per_year):
     out = np.full(close.shape, np.nan)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(open_, high, low, close, j)
         res = garman_klass_1d_nb(
             gather_nb(open_, idx, j),
@@ -833,12 +833,12 @@ def corr_market_1d_nb(c, rows, mkt, window):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True)
 def corr_market_nb(close, window):
     """Rolling correlation of each fund to the equal-weight market of the panel."""
     out = np.full(close.shape, np.nan)
     mkt = market_returns_nb(close)
-    for j in prange(close.shape[1]):  # funds are independent
+    for j in range(close.shape[1]):
         idx = valid_rows_nb(close, close, close, close, j)
         res = corr_market_1d_nb(gather_nb(close, idx, j), idx, mkt, window)
         scatter_nb(out, res, idx, j)
