@@ -121,8 +121,8 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         written = {p: _Rows(table, int(bounds[i]), int(bounds[i + 1]))
                    for i, p in enumerate(partitions)}
         years: dict[int, dict[str, _Rows]] = {}
-        for p in partitions:
-            years.setdefault(_year(p, fmt), {})[p] = written[p]
+        for p, year in zip(partitions, _years(partitions, fmt), strict=True):
+            years.setdefault(year, {})[p] = written[p]
         with ThreadPoolExecutor(_THREADS) as pool:
             list(pool.map(lambda item: self._store_year(key, fmt, *item), years.items()))
 
@@ -137,7 +137,8 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
                       if s not in kept and s not in written}
             kept |= _read_whole(legacy)
             rows = {**kept, **written}
-            _write_year(sorted(rows, key=lambda s: dt.datetime.strptime(s, fmt)), rows, path)
+            days = pd.to_datetime(pd.Index(list(rows)), format=fmt)
+            _write_year([s for _, s in sorted(zip(days, rows, strict=True))], rows, path)
             for session in rows:
                 self.path_for(key, session).unlink(missing_ok=True)
 
@@ -159,7 +160,7 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             return _read(self.path_for(key), key.to_user_string())
         partitions = list(context.asset_partition_keys)
         fmt = _session_format(context.asset_partitions_def)
-        years = None if fmt is None else sorted({_year(p, fmt) for p in partitions})
+        years = None if fmt is None else sorted(set(_years(partitions, fmt)))
         found = self._find(key, partitions, years)
         missing = [p for p in partitions if p not in found]
         if missing:
@@ -222,8 +223,8 @@ def _session_format(partitions_def: dg.PartitionsDefinition | None) -> str | Non
     return None
 
 
-def _year(partition: str, fmt: str) -> int:
-    return dt.datetime.strptime(partition, fmt).year
+def _years(partitions: list[str], fmt: str) -> list[int]:
+    return pd.to_datetime(pd.Index(partitions), format=fmt).year.tolist()
 
 
 def _row_keys(column: pd.Series) -> pd.Series:
