@@ -160,7 +160,8 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             return _read(self.path_for(key), key.to_user_string())
         partitions = list(context.asset_partition_keys)
         fmt = _session_format(context.asset_partitions_def)
-        years = None if fmt is None else sorted(set(_years(partitions, fmt)))
+        # Other partitionings have no year files.
+        years = [] if fmt is None else sorted(set(_years(partitions, fmt)))
         found = self._find(key, partitions, years)
         missing = [p for p in partitions if p not in found]
         if missing:
@@ -175,9 +176,9 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
 
     def _find(self, key: dg.AssetKey, partitions: list[str],
               years: list[int] | None) -> dict[str, _Rows]:
-        """The stored rows of each of ``partitions`` that is stored. ``years``: the year files
-        that can hold them (None: not session partitions, or not known outside a run — every
-        file that is not one of ``partitions``' own files is opened to see whether it is one).
+        """The stored rows of each of ``partitions`` that is stored. ``years``: those of the
+        year files that can hold them (None: not known outside a run — every file that is not
+        one of ``partitions``' own files is opened to see whether it is a year file).
 
         Files of single partitions are read before year files: a writer renames a year file into
         place before it removes the session files it took in, so a session is found in one or
