@@ -37,7 +37,6 @@ def _peak_mb() -> float:
 def _baseline(defs: object) -> tuple[float, int]:
     """The research chain as a script on the stored adjusted bars."""
     import dagster as dg
-    import pandas as pd
 
     from assets.walk_forward import search_space, warmup_sessions
     from orchestration.definitions import strategy_for
@@ -50,10 +49,9 @@ def _baseline(defs: object) -> tuple[float, int]:
 
     io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     market = deployed(defs, "market_data", MarketDataResource)
-    folder = io.path_for(dg.AssetKey("adjusted_bars"), "x").parent
+    key = dg.AssetKey("adjusted_bars")
     started = time.perf_counter()
-    bars = pd.concat([pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))],
-                     ignore_index=True)
+    bars = io.load_partitions(key, io.stored_partitions(key))
     strategy = strategy_for(load_settings())
     u = strategy.universe
     universe = wf.resolve_universe(bars["symbol"].unique(), exclude=u.exclude,

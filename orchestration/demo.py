@@ -183,8 +183,8 @@ def _summarise_research(settings: Settings, end: str) -> None:
     io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     pd.set_option("display.width", 160)
     for name in ("raw_bars", "adjusted_bars", "cross_sections"):
-        folder = io.path_for(dg.AssetKey(name), "x").parent
-        print(f"{name:<14}: {len(list(folder.glob('*.parquet')))} partition files in {folder}")
+        stored = io.stored_partitions(dg.AssetKey(name))
+        print(f"{name:<14}: {len(stored)} partitions stored in {io.base_path}/{name}")
     last = io.load_partitions(dg.AssetKey("cross_sections"), [end])
     print(f"\ncross-section of {end} ({len(last)} eligible funds):")
     print(last.drop(columns=["date"]).round(4).to_string(index=False))

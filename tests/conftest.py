@@ -21,6 +21,7 @@ import yaml
 from orchestration.dagster_storage import instance_yaml
 from orchestration.instance import configure_event_batching
 from orchestration.settings import DATASET_CONFIG_DIR, Settings, load_settings
+from resources.parquet_io import PartitionedParquetIOManager
 from rotation.costs import CostModel
 from rotation.risk import RiskLimits
 from trading.account import Account
@@ -110,6 +111,25 @@ def copy_dataset(shared: Path, dataset: str, root: Path, symbols: tuple[str, ...
     spec = yaml.safe_load((DATASET_CONFIG_DIR / f"{dataset}.yaml").read_text(encoding="utf-8"))
     (root / "dataset.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True), "utf-8")
     return root
+
+
+def session_digests(storage: Path, assets: tuple[str, ...]) -> dict[str, str]:
+    """``<asset>/<session>`` → a digest of the session's stored rows and dtypes (sessions stored
+    empty included), read through the IO manager: a year file holds many sessions."""
+    io = PartitionedParquetIOManager(base_path=str(storage))
+    out = {}
+    for asset in assets:
+        key = dg.AssetKey(asset)
+        sessions = io.stored_partitions(key)
+        frame = io.load_partitions(key, sessions)
+        days = frame["date"].dt.strftime("%Y-%m-%d") if len(frame) else pd.Series([], dtype=str)
+        rows = dict(tuple(frame.groupby(days, sort=False))) if len(frame) else {}
+        for session in sessions:
+            part = rows.get(session, frame.iloc[0:0])
+            digest = hashlib.sha256(repr(list(part.dtypes.items())).encode())
+            digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+            out[f"{asset}/{session}"] = digest.hexdigest()
+    return out
 
 
 def new_database(prefix: str) -> str:

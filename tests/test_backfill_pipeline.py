@@ -82,7 +82,7 @@ def test_full_history_backfill_of_a_real_dataset(
     expected = source.load().bars
     io = deployed(defs, "io_manager", PartitionedParquetIOManager)
     assert isinstance(io, PartitionedParquetIOManager)
-    keys = sorted(p.stem for p in (settings.resolved_storage_root / "raw_bars").glob("*.parquet"))
+    keys = io.stored_partitions(dg.AssetKey("raw_bars"))
     stored = io.load_partitions(dg.AssetKey("raw_bars"), keys)
     assert len(stored) == len(expected)
     merged = stored.merge(expected, on=["date", "symbol"], suffixes=("", "_src"))

@@ -36,6 +36,7 @@ from orchestration.dagster_storage import instance_yaml
 from orchestration.definitions import build_definitions, strategy_for
 from orchestration.runs import RANGE_END_TAG, RANGE_START_TAG, rebuild_research, run_range
 from orchestration.settings import Settings, load_settings
+from resources.parquet_io import PartitionedParquetIOManager
 from rotation.calendar import TradingCalendar, get_calendar
 from trading.ledger import Ledger
 from trading.models import SignalStatus
@@ -142,8 +143,10 @@ class DailyMarket:
         return build_definitions(self.settings(day, ledger_url, start))
 
     def stored(self, asset: str, key: str) -> pd.DataFrame:
-        return pd.read_parquet(self.settings(BACKFILLED_TO).resolved_storage_root / asset
-                               / f"{key}.parquet")
+        io = PartitionedParquetIOManager(
+            base_path=str(self.settings(BACKFILLED_TO).resolved_storage_root))
+        assert key in io.stored_partitions(dg.AssetKey(asset)), (asset, key)
+        return io.load_partitions(dg.AssetKey(asset), [key])
 
 
 @contextmanager

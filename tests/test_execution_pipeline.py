@@ -18,6 +18,7 @@ from orchestration.definitions import (
 )
 from resources.deployment import deployed
 from resources.market_data import MarketDataResource
+from resources.parquet_io import PartitionedParquetIOManager
 from rotation.orders import plan_orders
 from trading.ledger import Ledger
 from trading.models import OrderStatus, Side, SignalStatus
@@ -285,7 +286,9 @@ def test_portfolio_risk_reports_every_figure_from_data_up_to_d(stage) -> None:
     root = settings.resolved_storage_root
     target = pd.read_parquet(root / "target_portfolio.parquet")
     day = pd.Timestamp(target["date"].iloc[0]).normalize()
-    bars = pd.concat(pd.read_parquet(f) for f in sorted((root / "adjusted_bars").iterdir()))
+    io = PartitionedParquetIOManager(base_path=str(root))
+    adjusted = dg.AssetKey("adjusted_bars")
+    bars = io.load_partitions(adjusted, io.stored_partitions(adjusted))
     returns, amounts = risk.panels_from_bars(bars.loc[bars["date"] <= day])
     weights = {s: w for s, w in proposed_weights(target["symbol"].astype(str).tolist(),
                                                  target["weight"].tolist()).items() if w}

@@ -8,7 +8,6 @@ corrupted copy has 510300's high below its low on 2024-03-05.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from conftest import PG_SERVER, copy_dataset, scratch_database
+from conftest import PG_SERVER, copy_dataset, scratch_database, session_digests
 from dagster._core.definitions.data_version import CODE_VERSION_TAG
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
@@ -25,6 +24,7 @@ from orchestration.dagster_storage import instance_yaml
 from orchestration.definitions import build_definitions
 from orchestration.runs import full_history, run_range
 from orchestration.settings import Settings, load_settings
+from resources.parquet_io import PartitionedParquetIOManager
 from rotation import quality
 
 DATASET = "cn_etf_akshare_qfq_2020"
@@ -47,8 +47,7 @@ def _corrupt(root: Path) -> None:
 
 
 def _hashes(storage: Path) -> dict[str, str]:
-    return {p.relative_to(storage).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(storage.rglob("*.parquet"))}
+    return session_digests(storage, ASSETS)
 
 
 @dataclass
@@ -134,15 +133,17 @@ def test_every_partition_outside_the_reach_is_stored_as_a_clean_backfill_stores_
         failed = set(backfills.failed[asset])
         good = [k for k in backfills.keys if k not in failed]
         assert backfills.instance.get_materialized_partitions(dg.AssetKey(asset)) == set(good)
-        files = {f"{asset}/{k}.parquet" for k in good}
+        files = {f"{asset}/{k}" for k in good}
         assert {f for f in stored if f.startswith(f"{asset}/")} == files
         different = sorted(f for f in files if stored[f] != clean[f])
         if asset == "cross_sections":
             # Rolling windows run over one fewer session: the same numbers to rounding.
-            for name in different:
-                pd.testing.assert_frame_equal(pd.read_parquet(backfills.stored / name),
-                                              pd.read_parquet(backfills.clean / name),
-                                              check_exact=False, rtol=1e-9, atol=1e-12)
+            sessions = [name.split("/")[1] for name in different]
+            stored_rows, clean_rows = (
+                PartitionedParquetIOManager(base_path=str(root)).load_partitions(
+                    dg.AssetKey(asset), sessions) for root in (backfills.stored, backfills.clean))
+            pd.testing.assert_frame_equal(stored_rows, clean_rows,
+                                          check_exact=False, rtol=1e-9, atol=1e-12)
         else:
             assert not different, f"{asset}: {len(different)} differ, e.g. {different[:3]}"
     # Before and after the reach, in the same run: 2020 to 2026.

@@ -6,7 +6,6 @@ stores its other partitions: tests/test_partial_backfill.py)."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +15,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 import yaml
+from conftest import session_digests
 
 from orchestration.definitions import build_definitions
 from orchestration.runs import run_range
 from orchestration.settings import DATASET_CONFIG_DIR, load_settings
+from resources.parquet_io import PartitionedParquetIOManager
 from rotation.calendar import get_calendar
 
 DATASET = "cn_etf_morphkyan_raw"
@@ -96,10 +97,7 @@ def _settings(root: Path, storage: Path, home: Path):
 
 
 def _hashes(storage: Path) -> dict[str, str]:
-    return {
-        p.relative_to(storage).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(storage.rglob("*.parquet"))
-    }
+    return session_digests(storage, ("raw_bars", *sorted(DOWNSTREAM)))
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +109,12 @@ def baseline(pristine: Path, pg_instance: dg.DagsterInstance,
     result = run_range(build_definitions(settings), pg_instance, START, END)
     assert result.success
     hashes = _hashes(storage)
-    # One file per weekday partition; the sessions hold bars, the weekday holidays none.
+    # Every weekday partition stored; the sessions hold bars, the weekday holidays none.
     assert sum(1 for k in hashes if k.startswith("raw_bars/")) == len(pd.bdate_range(START, END))
     sessions = get_calendar("XSHG").sessions(START, END)
-    held = {p.stem for p in (storage / "raw_bars").glob("*.parquet") if len(pd.read_parquet(p))}
+    raw = dg.AssetKey("raw_bars")
+    io = PartitionedParquetIOManager(base_path=str(storage))
+    held = set(io.load_partitions(raw, io.stored_partitions(raw))["date"].dt.strftime("%Y-%m-%d"))
     assert held == {d.strftime("%Y-%m-%d") for d in sessions}
     return Baseline(storage, hashes)
 
@@ -369,7 +369,7 @@ def assert_blocked(result: dg.ExecuteInProcessResult, corruption: Corruption, st
     assert hashes.keys() == baseline.hashes.keys()
     for asset, keys in failed.items():
         for key in keys:
-            name = f"{asset}/{key}.parquet"
+            name = f"{asset}/{key}"
             assert hashes[name] == baseline.hashes[name], name
 
 
@@ -380,10 +380,10 @@ def test_good_copy_passes_every_check(baseline: Baseline, pg_instance: dg.Dagste
     )
     assert any(r.status.value == "SUCCEEDED" for r in records)
     # The 513100 split of 2022-01-14 is explained by its factor: adjusted prices continuous.
-    adjusted = pd.read_parquet(baseline.storage / "adjusted_bars" / "2022-01-14.parquet")
-    before = pd.read_parquet(baseline.storage / "adjusted_bars" / "2022-01-13.parquet")
+    io = PartitionedParquetIOManager(base_path=str(baseline.storage))
+    adjusted, before, prev = (io.load_partitions(dg.AssetKey("adjusted_bars"), [day])
+                              for day in ("2022-01-14", "2022-01-13", "2022-01-12"))
     assert "513100" not in set(before["symbol"])  # suspended on the record date
-    prev = pd.read_parquet(baseline.storage / "adjusted_bars" / "2022-01-12.parquet")
     a = adjusted.set_index("symbol").loc["513100"]
     b = prev.set_index("symbol").loc["513100"]
     assert a["raw_close"] / b["raw_close"] < 0.25
