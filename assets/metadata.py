@@ -256,18 +256,19 @@ def partition_metadata(
     a partition without a session says so (``no_session(key)`` returns the sentence, or None
     for a session) instead of showing rows of other days. The run's newest partition — the
     only one of the evening's run, the asset's latest materialisation after a backfill — also
-    carries the whole run's figures keyed ``run_…``; its newest partition with rows (the same
-    one unless a range ends on a holiday) a preview of its rows and the column schema; the
-    other partitions of a range name them (``run_figures``). A preview and a schema in every
-    one of a history's thousands of events were most of a backfill's bookkeeping: Dagster
-    serialises each event several times (issue 20)."""
+    carries the whole run's figures keyed ``run_…`` and the column schema; its newest partition
+    with rows (the same one unless a range ends on a holiday) a preview of its rows and the
+    schema; the other partitions of a range name them (``run_figures``). A preview and a schema
+    in every one of a history's thousands of events were most of a backfill's bookkeeping:
+    Dagster serialises each event several times (issue 20)."""
     keys = list(context.partition_keys)
     # Every partition is a slice of ``frame``: one schema for all.
     schema = column_schema(frame)
     figures = partitions_frame_metadata(frame, keys, schema)
     newest = keys[-1]
     shown = next((k for k in reversed(keys) if "last_date" in figures[k]), newest)
-    latest = frame.loc[frame["date"] >= pd.Timestamp(shown)] if "date" in frame else frame
+    latest = (frame.loc[partition_positions(frame, keys) >= keys.index(shown)]
+              if "date" in frame else frame)
     previews = partition_previews(latest, [shown], sort, schema)
     parts = rows_by_partition(frame, keys) if per_partition is not None else {}
     where = (f"on {newest}, the newest of this run's {len(keys)} partitions: the run's figures "
@@ -286,7 +287,7 @@ def partition_metadata(
         if key == shown:
             meta["preview"] = (previews[key] if key in previews
                                else dg.MetadataValue.text(reason or "no rows"))
-        else:
+        elif key != newest:   # the latest materialisation keeps the schema
             del meta["dagster/column_schema"]
         if key == newest:
             # The partition's own figures first, then the run's (as the UI lists them).

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import multiprocessing
+import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
-from multiprocessing.context import ForkServerContext
+from multiprocessing import forkserver, popen_forkserver
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext, ForkServerProcess
+from pathlib import Path
 
 PRELOAD = ("orchestration.run_worker_preload",)
 
@@ -53,10 +56,73 @@ def _report_preload(modules: Sequence[str], out: Connection) -> None:
     out.close()
 
 
+def _exit_code(pid: int) -> int | None:
+    """``pid``'s exit code once it has exited (255 when unknown), None while it runs. A worker
+    whose forkserver died is reparented to the container's first process (this server, where
+    it is PID 1: reaped here) or to the host's init."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return 255
+    return 255 if state == "Z" else None
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """A run worker's handle that outlives the forkserver. The server learns a worker's exit
+    from the forkserver, and Python reports every worker as exited (code 255) once the
+    forkserver is gone (the OOM killer, a stray kill): Dagster's server would fail runs whose
+    workers still run, and run retries would start them again beside them (an execution twice).
+    Without the forkserver, a worker runs while its process does."""
+
+    _orphaned = False
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if self.returncode is None and not self._orphaned:
+            if not wait([self.sentinel], 0 if flag == os.WNOHANG else None):
+                return None
+            try:
+                self.returncode = forkserver.read_signed(self.sentinel)
+            except (OSError, EOFError):
+                self._orphaned = True
+        while self.returncode is None:
+            self.returncode = _exit_code(self.pid)
+            if self.returncode is None and flag == os.WNOHANG:
+                return None
+            if self.returncode is None:
+                time.sleep(0.5)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if not self._orphaned or timeout is None:
+            return super().wait(timeout)
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.returncode
+
+
+class _WorkerProcess(ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: ForkServerProcess) -> _WorkerPopen:  # type: ignore[override]
+        return _WorkerPopen(process_obj)
+
+
+class RunWorkers(ForkServerContext):
+    """The forkserver context whose processes are :class:`_WorkerPopen` handles."""
+
+    Process = _WorkerProcess  # type: ignore[assignment]
+
+
 def run_workers(preload: Sequence[str]) -> ForkServerContext:
     """The forkserver context, its server started now with ``preload`` imported, checked by
     forking one process from it (which also pays the first fork's set-up before any run)."""
-    context = multiprocessing.get_context("forkserver")
+    context = RunWorkers()
     context.set_forkserver_preload(list(preload))
     receive, send = context.Pipe(duplex=False)
     probe = context.Process(target=_report_preload, args=(list(preload), send),
@@ -71,7 +137,9 @@ def run_workers(preload: Sequence[str]) -> ForkServerContext:
         failures = receive.recv() if receive.poll(600) else {"(probe)": "no answer in 600 s"}
     except EOFError:   # the probe died before answering
         failures = {"(probe)": f"exited with {probe.exitcode} before answering"}
-    probe.join()
+    probe.join(10)
+    if probe.is_alive():
+        probe.kill()
     if failures:
         raise PreloadError("the run workers' preload failed: " + "\n".join(
             f"{name}: {why}" for name, why in failures.items()))

@@ -9,11 +9,11 @@ rules, cached by name and start: a worker whose settings name another one builds
 Each forked worker then starts with all of it in memory.
 
 Fork safety (the forkserver forks after this import): nothing here opens a connection, starts a
-Python thread or runs a kernel. The factor kernels run their funds in parallel (``prange``): their
-first run launches numba's threading layer (OpenMP/TBB/workqueue), which does not survive a
-fork, so they are only loaded here: the import fails if the layer was launched, or if a Python
-thread was started. The only other
-threads are the libraries' own idle workers, which have fork handlers (OpenBLAS's thread
+Python thread or runs a kernel. numba's threading layer (GNU OpenMP here), which does not survive
+a fork, must not be launched: loading a parallel (``prange``) kernel launches it, so the factor
+kernels are serial (``compute_factors`` runs factors on threads in the run) and are only loaded
+here; the import fails if the layer was launched, or if a Python thread was started. The only
+other threads are the libraries' own idle workers, which have fork handlers (OpenBLAS's thread
 servers of numpy and scipy, jemalloc's background thread of pyarrow), as in any process that
 imports them. tests/test_code_server.py checks the forkserver has no more threads than such a
 process and no TCP connection. The code location's definitions are not built here: they read

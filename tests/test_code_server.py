@@ -10,8 +10,10 @@ database, a real `dagster-daemon run` and our code server serving tests/monitori
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,3 +126,19 @@ def test_failing_preload_stops_the_server(tmp_path: Path, module: str, error: st
     assert "orchestration.code_server" in done.stderr and module in done.stderr
     assert error in done.stderr, done.stderr
     assert "Started Dagster code server" not in done.stderr + done.stdout
+
+
+def test_a_run_outlives_its_forkserver(stack: Stack, markers: Path) -> None:
+    """The forkserver killed (the OOM killer, a stray kill) while a run works: the server does
+    not fail the run, whose worker still runs (a failed run would be retried beside it), and
+    the run finishes. Last in this module: the next run would start a new forkserver."""
+    run_id = stack.submit("account_job", "acct-orphaned", markers)
+    worker = stack.wait_worker(run_id, markers)
+    os.kill(forkserver_of(stack), signal.SIGKILL)
+    time.sleep(3)                                   # the server looks every 0.5 s
+    run = stack.instance.get_run_by_id(run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.STARTED, stack.diagnostics()
+    assert is_running(worker)
+    release(markers)
+    stack.wait_status(run_id, {dg.DagsterRunStatus.SUCCESS}, 60)
+    assert (markers / f"{run_id}.done").exists()

@@ -91,7 +91,8 @@ def compute_factor(spec: FactorSpec, panels: Panels) -> pd.DataFrame:
 def compute_factors(specs: Iterable[FactorSpec], panels: Panels) -> dict[str, pd.DataFrame]:
     """Factors by name (insertion order = ``specs`` order); names must be unique.
 
-    The factors run on numba's number of threads: the kernels are serial and release the GIL.
+    The factors run on numba's configured number of threads (read from its configuration:
+    asking numba launches its threading layer): the kernels are serial and release the GIL.
     Parallel within a kernel (``prange``) would launch numba's threading layer wherever one is
     loaded, and the code server's forkserver loads them before forking run workers, which a
     launched GNU OpenMP layer does not survive (orchestration/run_worker_preload.py)."""
@@ -102,7 +103,7 @@ def compute_factors(specs: Iterable[FactorSpec], panels: Panels) -> dict[str, pd
         raise ValueError(f"compute_factors: duplicate factor name {duplicated!r}")
     cache: dict[str, np.ndarray] = {}
     arrays = [_inputs(spec, panels, cache) for spec in specs]
-    threads = min(numba.get_num_threads(), len(specs))
+    threads = min(numba.config.NUMBA_NUM_THREADS, len(specs))  # type: ignore[attr-defined]
     if threads <= 1:
         return {spec.name: _run(spec, panels, a) for spec, a in zip(specs, arrays, strict=True)}
     with ThreadPoolExecutor(threads) as pool:
