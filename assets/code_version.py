@@ -56,7 +56,7 @@ class AssetCode:
 # The data source (files, sample, akshare) as raw_bars reads it.
 _SOURCE = ("resources.market_data", "rotation.sources", "rotation.bars", "rotation.calendar",
            "rotation.market", "rotation.yaml_config", "rotation.config_paths")
-_FACTORS = ("rotation.factors", "rotation.cross_section")
+_FACTORS = ("rotation.factors", "rotation.cross_section", "rotation.yaml_config")
 # rotation.walkforward and what it imports (prepare, screen, search, portfolio, backtest), the
 # strategy's derived settings and the funds' instruments from the data source.
 _WALK_FORWARD = ("rotation.walkforward", "rotation.wfo", "rotation.search", "rotation.portfolio",
