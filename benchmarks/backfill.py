@@ -78,11 +78,11 @@ def _dagster_floor(partitions: int) -> float:
     ``partitions`` partitions."""
     import dagster as dg
 
-    first = dg.DailyPartitionsDefinition(start_date="1990-01-01", end_date="2100-01-01")
-    keys = first.get_partition_keys()[:partitions]
-    # Exactly ``partitions`` partitions, all in the run's range.
-    days = dg.DailyPartitionsDefinition(start_date=keys[0], end_date=first.get_partition_keys()[
-        partitions])
+    every = dg.DailyPartitionsDefinition(start_date="1990-01-01", end_date="2100-01-01")
+    keys = every.get_partition_keys()[:partitions + 1]
+    # Exactly ``partitions`` partitions (the end date is exclusive), all in the run's range.
+    days = dg.DailyPartitionsDefinition(start_date=keys[0], end_date=keys[-1])
+    keys = keys[:-1]
 
     class Nothing(dg.ConfigurableIOManager):
         def handle_output(self, context: dg.OutputContext, obj: object) -> None:

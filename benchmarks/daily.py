@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ import yaml
 
 from benchmarks.scratch import PG_SERVER, scratch_database, scratch_postgres_home
 from orchestration.dagster_private import grpc_workspace
+from orchestration.embedded_pg import free_port
 from orchestration.instance import DAGSTER_EVENT_SETTINGS
 from orchestration.runs import PARTITION_TAG
 
@@ -145,9 +145,7 @@ def _in_child(env: dict[str, str], *args: str, profile: Path | None = None) -> f
 def _code_server(env: dict[str, str], log: Path) -> Iterator[int]:
     """The deployment's code server for ``env``'s settings, answering its health check; its
     port. Started before the clock: in the deployment it runs all day."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = int(free.getsockname()[1])
+    port = free_port()
     argv = [sys.executable, "-m", "orchestration.code_server", "-h", "127.0.0.1", "-p",
             str(port), "-m", "orchestration.definitions", "-a", "defs"]
     health = [str(Path(sys.executable).parent / "dagster"), "api", "grpc-health-check", "-p",

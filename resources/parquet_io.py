@@ -123,17 +123,21 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
         years: dict[int, dict[str, _Rows]] = {}
         for p, year in zip(partitions, _years(partitions, fmt), strict=True):
             years.setdefault(year, {})[p] = written[p]
+        session_files = self._session_files(key, fmt)
         with ThreadPoolExecutor(_THREADS) as pool:
-            list(pool.map(lambda item: self._store_year(key, fmt, *item), years.items()))
+            list(pool.map(lambda item: self._store_year(
+                key, fmt, item[0], item[1], session_files.get(item[0], {})), years.items()))
 
-    def _store_year(self, key: dg.AssetKey, fmt: str, year: int,
-                    written: dict[str, _Rows]) -> None:
+    def _store_year(self, key: dg.AssetKey, fmt: str, year: int, written: dict[str, _Rows],
+                    session_files: dict[str, Path]) -> None:
+        """``session_files``: the year's files of single sessions (the layout before year
+        files), taken in."""
         path = self.year_path(key, year)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path.with_name(f".{path.name}.lock")):
             stored = _read_year(path)
             kept = {s: r for s, r in (stored.rows.items() if stored else ()) if s not in written}
-            legacy = {s: p for s, p in self._session_files(key, fmt, year).items()
+            legacy = {s: p for s, p in session_files.items()
                       if s not in kept and s not in written}
             kept |= _read_whole(legacy)
             rows = {**kept, **written}
@@ -142,16 +146,16 @@ class PartitionedParquetIOManager(dg.ConfigurableIOManager):
             for session in rows:
                 self.path_for(key, session).unlink(missing_ok=True)
 
-    def _session_files(self, key: dg.AssetKey, fmt: str, year: int) -> dict[str, Path]:
-        """The per-session files (the layout before year files) of ``year``'s sessions."""
-        out = {}
+    def _session_files(self, key: dg.AssetKey, fmt: str) -> dict[int, dict[str, Path]]:
+        """The per-session files (the layout before year files) by year, listed once per
+        write."""
+        out: dict[int, dict[str, Path]] = {}
         for path in _parquet_files(self._asset_dir(key)):
             try:
                 day = dt.datetime.strptime(path.stem, fmt)
             except ValueError:
                 continue
-            if day.year == year:
-                out[path.stem] = path
+            out.setdefault(day.year, {})[path.stem] = path
         return out
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
